@@ -1,0 +1,23 @@
+"""diffprog: gradients of ordinary Python/NumPy code.
+
+>>> import numpy as np, diffprog as dp
+>>> dp.grad(lambda x: np.sum(np.tanh(x)))(np.zeros(2))
+array([1., 1.])
+"""
+from . import engines
+from .api import differentiable, grad, hessian, jacobian, jvp, value_and_grad, vjp
+from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
+                     EngineError, EngineUnavailable, NotDifferentiableError, ShapeError,
+                     UnsupportedFunctionError)
+from .ir import Graph
+from .primitives import PRIMITIVES
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "differentiable", "grad", "value_and_grad", "vjp", "jvp", "jacobian", "hessian",
+    "engines", "Graph", "PRIMITIVES",
+    "DiffprogError", "ArgumentError", "ArgumentValueError", "ShapeError",
+    "UnsupportedFunctionError", "ConcretizationError", "NotDifferentiableError",
+    "EngineUnavailable", "EngineError",
+]

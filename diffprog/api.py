@@ -1,0 +1,649 @@
+"""The public transformations: differentiable, grad, value_and_grad, vjp, jvp,
+jacobian, hessian.
+
+Each call flattens its arguments, looks up a compiled program for their signature
+(tree structure, shapes, dtypes, static values, engine, kind) and runs it. Called on
+traced values (inside another traced function) the same transformations record into
+the enclosing trace instead, so they nest: ``dp.grad(dp.grad(f))``, or derivatives
+inside a physics-informed loss.
+"""
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import engines as _engines
+from .errors import ArgumentError, ArgumentValueError, NotDifferentiableError, ShapeError
+from .ir import Graph
+from .tracing import Tracer, eval_graph, trace_function
+from .transforms import jvp_graph, simplify, vjp_graph
+from .tree import TreeDef, flatten, leaf_paths, unflatten
+
+_DYNAMIC_SCALARS = (float, np.floating, np.complexfloating)
+
+
+def _is_dynamic(leaf) -> bool:
+    """Leaves that become traced inputs; everything else is static (part of the cache key)."""
+    if isinstance(leaf, (np.ndarray, Tracer, np.generic)):
+        return True
+    if isinstance(leaf, float):
+        return True
+    return hasattr(leaf, "__cuda_array_interface__") or hasattr(leaf, "__dlpack__")
+
+
+def _leaf_key(leaf):
+    if isinstance(leaf, float):
+        return float
+    if isinstance(leaf, Tracer):
+        return (leaf.shape, leaf.dtype, leaf.aval.weak)
+    return (type(leaf), leaf.shape, leaf.dtype)
+
+
+def _static_key(leaf):
+    try:
+        hash(leaf)
+        return (type(leaf), leaf)
+    except TypeError:
+        return ("id", id(leaf))
+
+
+@dataclass
+class Signature:
+    """How one call's arguments split into traced leaves and static values."""
+
+    treedef: TreeDef
+    leaves: list
+    dynamic: list  # positions (in leaves) of traced leaves
+    key: tuple
+    nested: bool  # some leaf is a Tracer: record into the enclosing trace
+
+    def build_args(self, dyn_values):
+        leaves = list(self.leaves)
+        for pos, v in zip(self.dynamic, dyn_values):
+            leaves[pos] = v
+        return unflatten(self.treedef, leaves)
+
+    @property
+    def dyn_leaves(self):
+        return [self.leaves[p] for p in self.dynamic]
+
+
+def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
+    leaves, treedef = flatten(tuple(a for i, a in enumerate(args)))
+    static_leaf_pos = _static_positions(treedef, static_argnums) if static_argnums else set()
+    dynamic, keys, nested = [], [], False
+    for i, leaf in enumerate(leaves):
+        if i not in static_leaf_pos and _is_dynamic(leaf):
+            dynamic.append(i)
+            keys.append(_leaf_key(leaf))
+            nested = nested or isinstance(leaf, Tracer)
+        else:
+            keys.append(_static_key(leaf))
+    return Signature(treedef, leaves, dynamic, (treedef, tuple(keys)), nested)
+
+
+def _static_positions(treedef: TreeDef, static_argnums) -> set:
+    out, start = set(), 0
+    for i, child in enumerate(treedef.children):
+        n = child.num_leaves
+        if i in static_argnums:
+            out.update(range(start, start + n))
+        start += n
+    return out
+
+
+def _arg_leaf_ranges(treedef: TreeDef) -> list[range]:
+    ranges, start = [], 0
+    for child in treedef.children:
+        ranges.append(range(start, start + child.num_leaves))
+        start += child.num_leaves
+    return ranges
+
+
+# =========================================================================== tracing
+
+@dataclass
+class Traced:
+    graph: Graph
+    out_tree: TreeDef
+    n_explicit: int
+    captured: list  # outer tracers, bound to the graph's trailing inputs
+
+
+def trace_call(fn: Callable, sig: Signature) -> Traced:
+    graph, out_tree, trace = trace_function(fn, sig.dyn_leaves, sig.build_args)
+    return Traced(simplify(graph), out_tree, len(sig.dynamic), [o for o, _ in trace.captured])
+
+
+class FunctionCache:
+    """Compiled programs of one user function, keyed by signature/kind/engine."""
+
+    def __init__(self):
+        self.traced: dict = {}
+        self.programs: dict = {}
+
+
+_CACHES: "weakref.WeakKeyDictionary[Callable, FunctionCache]" = weakref.WeakKeyDictionary()
+_STRONG_CACHES: dict = {}
+
+
+def cache_for(fn: Callable) -> FunctionCache:
+    try:
+        cache = _CACHES.get(fn)
+        if cache is None:
+            cache = _CACHES[fn] = FunctionCache()
+    except TypeError:  # not weak-referenceable (e.g. a builtin): cache by identity
+        cache = _STRONG_CACHES.setdefault(id(fn), FunctionCache())
+    return cache
+
+
+def _engine_name(sig: Signature, requested: str | None) -> str:
+    on_gpu = [type(l).__module__.split(".")[0] == "cupy" for l in sig.dyn_leaves]
+    if any(on_gpu) and not all(on_gpu):
+        paths = leaf_paths(sig.treedef)
+        where = [paths[p] for p, g in zip(sig.dynamic, on_gpu) if not g][:3]
+        raise ArgumentError(
+            f"inputs mix CuPy (GPU) and NumPy (CPU) arrays; CPU inputs at args{', args'.join(where)}. "
+            f"Fix: move all inputs to one device (cupy.asarray(x) or x.get()); diffprog never "
+            f"copies between devices silently.")
+    if requested is not None:
+        return requested
+    if any(on_gpu):
+        return "cupy"
+    return _engines.default_engine_name()
+
+
+class Transformed:
+    """Shared machinery of every transformed function: tracing, caching, engines."""
+
+    def __init__(self, fn: Callable, engine: str | None = None, static_argnums: Sequence[int] = ()):
+        base = fn
+        while isinstance(base, Differentiable):
+            engine = engine or base.engine
+            static_argnums = tuple(static_argnums) or base.static_argnums
+            base = base.fn
+        self.fn = base
+        self.engine = engine
+        self.static_argnums = tuple(static_argnums)
+        if engine is not None:
+            _engines.get(engine) if engine == "numpy" else None
+
+    def _signature(self, args) -> Signature:
+        return make_signature(args, self.static_argnums)
+
+    def _traced(self, sig: Signature) -> Traced:
+        if sig.nested:
+            return trace_call(self.fn, sig)
+        cache = cache_for(self.fn)
+        hit = cache.traced.get(sig.key)
+        if hit is None:
+            hit = cache.traced[sig.key] = trace_call(self.fn, sig)
+        return hit
+
+    def _program(self, sig: Signature, kind: tuple, build: Callable[[Traced], Graph]):
+        """(program, traced) for this signature; ``build`` makes the graph on a miss."""
+        engine_name = _engine_name(sig, self.engine)
+        cache = cache_for(self.fn)
+        key = (sig.key, kind, engine_name)
+        hit = cache.programs.get(key)
+        if hit is None:
+            traced = self._traced(sig)
+            graph = build(traced)
+            program = _engines.get(engine_name).compile(graph)
+            hit = cache.programs[key] = (program, traced)
+        return hit
+
+
+# ======================================================================= differentiable
+
+class Differentiable(Transformed):
+    """A function traced and compiled on first call; see :func:`differentiable`."""
+
+    def __init__(self, fn, engine=None, static_argnums=()):
+        super().__init__(fn, engine, static_argnums)
+        functools.update_wrapper(self, self.fn, updated=())
+
+    def __call__(self, *args):
+        sig = self._signature(args)
+        if sig.nested:
+            return self.fn(*args)
+        program, traced = self._program(sig, ("value",), lambda t: t.graph)
+        return unflatten(traced.out_tree, program(*sig.dyn_leaves))
+
+    def __get__(self, obj, objtype=None):  # usable as a method
+        return self if obj is None else functools.partial(self, obj)
+
+    def ir(self, *args) -> Graph:
+        """The traced IR of this function for these arguments (printable like code)."""
+        return self._traced(self._signature(args)).graph
+
+    def source(self, *args, kind: str = "value", engine: str | None = None, argnums=0) -> str:
+        """The generated program for these arguments.
+
+        ``kind``: "value" (the function), "grad" (value and gradient w.r.t. argnums),
+        "jvp" or "vjp". ``engine`` defaults to the function's engine.
+        """
+        sig = self._signature(args)
+        traced = self._traced(sig)
+        graph = _graph_for_kind(kind, traced, sig, argnums)
+        eng = _engines.get(engine or _engine_name(sig, self.engine))
+        if hasattr(eng, "render_source"):
+            return eng.render_source(graph)
+        return eng.compile(graph).source
+
+    def __repr__(self) -> str:
+        return f"<diffprog.differentiable {getattr(self.fn, '__qualname__', self.fn)}>"
+
+
+def _graph_for_kind(kind, traced, sig, argnums):
+    if kind == "value":
+        return traced.graph
+    if kind == "grad":
+        wrt = _wrt_positions(sig, _norm_argnums(argnums, len(sig.treedef.children)))
+        _check_scalar_output(traced, "grad")
+        return vjp_graph(traced.graph, wrt, seed="ones")
+    float_pos = _float_positions(sig, range(len(sig.dynamic)))
+    if kind == "jvp":
+        return jvp_graph(traced.graph, float_pos)
+    if kind == "vjp":
+        return vjp_graph(traced.graph, float_pos, seed="input")
+    raise ArgumentValueError(f"kind must be 'value', 'grad', 'jvp' or 'vjp', got {kind!r}")
+
+
+def differentiable(fn: Callable | None = None, *, engine: str | None = None,
+                   static_argnums: Sequence[int] = ()):
+    """Decorate an ordinary NumPy function so diffprog traces, compiles and differentiates it.
+
+    >>> import numpy as np, diffprog as dp
+    >>> @dp.differentiable
+    ... def f(x):
+    ...     return np.sum(np.sin(x) * x ** 2)
+    >>> float(f(np.array([1.0, 2.0])))  # doctest: +ELLIPSIS
+    4.47...
+    >>> dp.grad(f)(np.array([0.0, 1.0]))  # doctest: +ELLIPSIS
+    array([0.        , 2.2232...])
+    """
+    if fn is None:
+        return lambda f: Differentiable(f, engine, static_argnums)
+    return Differentiable(fn, engine, static_argnums)
+
+
+# ============================================================================ helpers
+
+def _norm_argnums(argnums, n_args: int) -> tuple:
+    single = isinstance(argnums, (int, np.integer))
+    nums = (int(argnums),) if single else tuple(int(a) for a in argnums)
+    for a in nums:
+        if not -n_args <= a < n_args:
+            raise ArgumentValueError(
+                f"argnums={argnums!r} is out of range: the function was called with {n_args} "
+                f"positional argument(s). Fix: use argnums between 0 and {n_args - 1}.")
+    return tuple(a % n_args for a in nums)
+
+
+def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
+    """Indices into the traced inputs for the leaves of the differentiated arguments."""
+    ranges = _arg_leaf_ranges(sig.treedef)
+    paths = leaf_paths(sig.treedef)
+    dyn_index = {p: i for i, p in enumerate(sig.dynamic)}
+    wrt = []
+    for a in argnums:
+        for pos in ranges[a]:
+            leaf = sig.leaves[pos]
+            where = f"argument {a}{paths[pos][len(f'[{a}]'):]}"
+            if pos not in dyn_index:
+                if leaf is None or isinstance(leaf, str):
+                    continue
+                raise NotDifferentiableError(
+                    f"cannot differentiate with respect to {where}: it is a Python "
+                    f"{type(leaf).__name__} ({leaf!r}), not a float array. Fix: pass a float "
+                    f"(e.g. {float(leaf) if isinstance(leaf, (int, bool)) else 'np.asarray(...)'}) "
+                    f"or leave this argument out of argnums.")
+            dt = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.dtype(float)
+            if not np.issubdtype(dt, np.inexact):
+                raise NotDifferentiableError(
+                    f"cannot differentiate with respect to {where}: its dtype is {dt}, not a "
+                    f"floating type. Fix: convert it with .astype(float) or leave it out of argnums.")
+            wrt.append(dyn_index[pos])
+    return wrt
+
+
+def _float_positions(sig: Signature, indices) -> list[int]:
+    out = []
+    for i in indices:
+        leaf = sig.leaves[sig.dynamic[i]]
+        dt = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.dtype(float)
+        if np.issubdtype(dt, np.inexact):
+            out.append(i)
+    return out
+
+
+def _check_scalar_output(traced: Traced, what: str, has_aux: bool = False):
+    outs = traced.graph.outvars
+    if has_aux:
+        if traced.out_tree.kind not in ("tuple", "list") or len(traced.out_tree.children) != 2:
+            raise ArgumentError(f"{what}(has_aux=True) needs the function to return a pair "
+                                f"(value, aux); it returned structure {traced.out_tree}")
+    elif len(outs) != 1 or traced.out_tree.kind != "leaf":
+        raise NotDifferentiableError(
+            f"{what} needs a function returning one scalar; it returned {traced.out_tree} "
+            f"with {len(outs)} array(s). Fix: return a scalar loss, or use dp.vjp / dp.jacobian.")
+    out = outs[0]
+    if out.aval.shape != ():
+        raise NotDifferentiableError(
+            f"{what} needs a scalar output, but the function returned an array of shape "
+            f"{out.aval.shape}. Fix: reduce it (np.sum / np.mean), or use dp.jacobian or dp.vjp "
+            f"for non-scalar outputs.")
+    if not np.issubdtype(out.aval.dtype, np.inexact):
+        raise NotDifferentiableError(
+            f"{what} needs a floating-point output; the function returned dtype {out.aval.dtype}.")
+
+
+def _grads_tree(sig: Signature, argnums: tuple, wrt: list[int], grads, single: bool):
+    """Place flat gradients back into the structure of the differentiated arguments."""
+    ranges = _arg_leaf_ranges(sig.treedef)
+    by_dyn = dict(zip(wrt, grads))
+    dyn_index = {p: i for i, p in enumerate(sig.dynamic)}
+    out = []
+    for a in argnums:
+        leaves = [by_dyn.get(dyn_index.get(pos)) for pos in ranges[a]]
+        out.append(unflatten(sig.treedef.children[a], leaves))
+    return out[0] if single else tuple(out)
+
+
+def _run_nested(graph: Graph, traced: Traced, dyn_values: list) -> list:
+    """Record ``graph`` into the enclosing trace (nesting), binding captured values."""
+    return eval_graph(graph, list(dyn_values) + list(traced.captured))
+
+
+# =============================================================================== grad
+
+class _GradFunction(Transformed):
+    def __init__(self, fn, argnums=0, has_aux=False, with_value=False, engine=None):
+        super().__init__(fn, engine)
+        self.argnums = argnums
+        self.has_aux = has_aux
+        self.with_value = with_value
+        functools.update_wrapper(self, self.fn, updated=())
+
+    def __call__(self, *args):
+        sig = self._signature(args)
+        argnums = _norm_argnums(self.argnums, len(args))
+        single = isinstance(self.argnums, (int, np.integer))
+        wrt = _wrt_positions(sig, argnums)
+
+        def build(traced):
+            _check_scalar_output(traced, self._name(), self.has_aux)
+            return vjp_graph(_value_only(traced.graph, self.has_aux), wrt, seed="ones") \
+                if not self.has_aux else _aux_grad_graph(traced.graph, wrt)
+
+        if sig.nested:
+            traced = self._traced(sig)
+            flat = _run_nested(build(traced), traced, sig.dyn_leaves)
+        else:
+            program, traced = self._program(sig, ("grad", argnums, self.has_aux), build)
+            flat = program(*sig.dyn_leaves)
+        n_out = len(traced.graph.outvars)
+        value = unflatten(traced.out_tree, flat[:n_out]) if self.has_aux else flat[0]
+        grads = _grads_tree(sig, argnums, wrt, flat[n_out if self.has_aux else 1:], single)
+        if self.with_value:
+            return value, grads
+        if self.has_aux:
+            return grads, value[1]
+        return grads
+
+    def _name(self):
+        return "value_and_grad" if self.with_value else "grad"
+
+
+def _value_only(graph: Graph, has_aux: bool) -> Graph:
+    return graph if not has_aux else Graph(graph.invars, graph.eqns, graph.outvars[:1])
+
+
+def _aux_grad_graph(graph: Graph, wrt):
+    """Gradient of the first output, passing every output (value and aux) through."""
+    g = vjp_graph(Graph(graph.invars, graph.eqns, graph.outvars[:1]), wrt, seed="ones")
+    return Graph(g.invars, g.eqns, list(graph.outvars) + g.outvars[1:]) if _shares(g, graph) \
+        else _merge_outputs(graph, wrt)
+
+
+def _shares(g, graph):
+    return False
+
+
+def _merge_outputs(graph: Graph, wrt):
+    """vjp of output 0 while also returning the other outputs (aux)."""
+    from .transforms.vjp import backward_pass, _forward
+    from .tracing import new_trace
+    with new_trace(concrete=False) as trace:
+        primals = [trace.new_input(v.aval) for v in graph.invars]
+        env, tape = _forward(graph, primals)
+        outs = [o.value if not hasattr(o, "id") else env[id(o)] for o in graph.outvars]
+        seeds = [np.ones((), graph.outvars[0].aval.dtype)] + [None] * (len(outs) - 1)
+        grads = backward_pass(graph, env, tape, seeds, [graph.invars[i] for i in wrt])
+        res = trace.to_graph(outs + grads)
+    return simplify(res)
+
+
+def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+    """Gradient of a scalar function with respect to argument(s) ``argnums``.
+
+    Returns a function with the same arguments returning the gradient, shaped like the
+    differentiated argument (nested dicts/lists/tuples are mirrored). With a tuple of
+    argnums it returns a tuple of gradients. ``has_aux=True``: ``fn`` returns
+    ``(value, aux)`` and the result is ``(grad, aux)``.
+
+    >>> import numpy as np, diffprog as dp
+    >>> dp.grad(lambda x: np.sum(x ** 2))(np.array([1.0, 2.0]))
+    array([2., 4.])
+    >>> g = dp.grad(lambda p, x: np.sum(p["w"] * x), argnums=(0, 1))
+    >>> g({"w": np.array([1.0, 2.0])}, np.array([3.0, 4.0]))
+    ({'w': array([3., 4.])}, array([1., 2.]))
+    """
+    return _GradFunction(fn, argnums, has_aux=has_aux)
+
+
+def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+    """Like :func:`grad` but returns ``(value, gradient)`` from one compiled program.
+
+    >>> import numpy as np, diffprog as dp
+    >>> dp.value_and_grad(lambda x: np.sum(x ** 3))(np.array([1.0, 2.0]))
+    (9.0, array([ 3., 12.]))
+    """
+    return _GradFunction(fn, argnums, has_aux=has_aux, with_value=True)
+
+
+# ================================================================================ vjp
+
+def vjp(fn: Callable, *primals):
+    """Evaluate ``fn(*primals)`` and return ``(out, pullback)``.
+
+    ``pullback(cotangent)`` (cotangent shaped like ``out``) returns a tuple with one
+    gradient per primal argument.
+
+    >>> import numpy as np, diffprog as dp
+    >>> out, pullback = dp.vjp(lambda x, y: x * y, np.array([1.0, 2.0]), np.array([3.0, 4.0]))
+    >>> pullback(np.array([1.0, 1.0]))
+    (array([3., 4.]), array([1., 2.]))
+    """
+    t = Transformed(fn)
+    sig = t._signature(primals)
+    traced = t._traced(sig)
+    wrt = _float_positions(sig, range(len(sig.dynamic)))
+    argnums = tuple(range(len(primals)))
+
+    def build(tr):
+        return vjp_graph(tr.graph, wrt, seed="input")
+
+    if sig.nested:
+        out_flat = _run_nested(traced.graph, traced, sig.dyn_leaves)
+        program = None
+    else:
+        value_program, _ = t._program(sig, ("value",), lambda tr: tr.graph)
+        out_flat = list(value_program(*sig.dyn_leaves))
+        program, _ = t._program(sig, ("vjp",), build)
+    out = unflatten(traced.out_tree, out_flat)
+    n_out = len(traced.graph.outvars)
+
+    def pullback(cotangent):
+        cts, ct_tree = flatten(cotangent)
+        if ct_tree != traced.out_tree:
+            raise ArgumentError(f"pullback: the cotangent must have the structure of the output "
+                                f"{traced.out_tree}; got {ct_tree}")
+        for c, o in zip(cts, traced.graph.outvars):
+            if tuple(np.shape(c)) != o.aval.shape:
+                raise ShapeError(f"pullback: cotangent of shape {tuple(np.shape(c))} for an "
+                                 f"output of shape {o.aval.shape}; they must match")
+        if program is None or any(isinstance(c, Tracer) for c in cts):
+            graph = build(traced)
+            flat = _run_nested(graph, traced, sig.dyn_leaves) if not traced.captured \
+                else eval_graph(graph, list(sig.dyn_leaves) + list(traced.captured) + list(cts))
+            if not traced.captured:
+                flat = eval_graph(graph, list(sig.dyn_leaves) + list(cts))
+        else:
+            flat = program(*sig.dyn_leaves, *cts)
+        grads = flat[n_out:]
+        return _grads_tree(sig, argnums, wrt, grads, single=False)
+
+    return out, pullback
+
+
+# ================================================================================ jvp
+
+def jvp(fn: Callable, primals: Sequence, tangents: Sequence):
+    """Forward mode: ``(fn(*primals), J @ tangents)``.
+
+    >>> import numpy as np, diffprog as dp
+    >>> dp.jvp(np.sin, (np.array([0.0, 1.0]),), (np.array([1.0, 1.0]),))  # doctest: +ELLIPSIS
+    (array([0.        , 0.84147...]), array([1.        , 0.54030...]))
+    """
+    primals, tangents = tuple(primals), tuple(tangents)
+    t = Transformed(fn)
+    sig = t._signature(primals)
+    tan_leaves, tan_tree = flatten(tangents)
+    if tan_tree != sig.treedef:
+        raise ArgumentError(f"jvp: tangents must have the structure of primals {sig.treedef}; "
+                            f"got {tan_tree}")
+    wrt = _float_positions(sig, range(len(sig.dynamic)))
+    tans = []
+    for i in wrt:
+        pos = sig.dynamic[i]
+        p, tg = sig.leaves[pos], tan_leaves[pos]
+        if tuple(np.shape(tg)) != tuple(np.shape(p)):
+            raise ShapeError(f"jvp: tangent {leaf_paths(sig.treedef)[pos]} has shape "
+                             f"{tuple(np.shape(tg))} but its primal has shape {tuple(np.shape(p))}")
+        tans.append(tg if isinstance(tg, Tracer) else np.asarray(tg, dtype=np.result_type(p)))
+    if sig.nested or any(isinstance(x, Tracer) for x in tans):
+        traced = t._traced(sig)
+        graph = jvp_graph(traced.graph, wrt)
+        n_in = len(traced.graph.invars)
+        inputs = list(sig.dyn_leaves) + list(traced.captured)
+        flat = eval_graph(graph, inputs + tans) if n_in == len(inputs) else None
+    else:
+        program, traced = t._program(sig, ("jvp",), lambda tr: jvp_graph(tr.graph, wrt))
+        flat = program(*sig.dyn_leaves, *tans)
+    n_out = len(traced.graph.outvars)
+    return unflatten(traced.out_tree, flat[:n_out]), unflatten(traced.out_tree, flat[n_out:])
+
+
+# =========================================================================== jacobian
+
+def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
+    """Jacobian of ``fn`` w.r.t. argument(s) ``argnums``: shape ``out.shape + x.shape``.
+
+    ``mode="rev"`` runs one pullback per output element; ``"fwd"`` one tangent per
+    input element. Pick the one with fewer runs.
+
+    >>> import numpy as np, diffprog as dp
+    >>> dp.jacobian(lambda x: x ** 2)(np.array([1.0, 2.0]))
+    array([[2., 0.],
+           [0., 4.]])
+    """
+    if mode not in ("rev", "fwd"):
+        raise ArgumentValueError(f"jacobian: mode must be 'rev' or 'fwd', got {mode!r}")
+
+    def jac(*args):
+        nums = _norm_argnums(argnums, len(args))
+        single = isinstance(argnums, (int, np.integer))
+        for a in nums:
+            if not _is_dynamic(args[a]) or isinstance(args[a], (dict, list, tuple)):
+                raise ArgumentError(
+                    f"jacobian: argument {a} must be a float array (got {type(args[a]).__name__}); "
+                    f"use dp.vjp / dp.jvp for nested structures")
+        result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums)
+        return result[0] if single else tuple(result)
+
+    return functools.wraps(fn)(jac) if hasattr(fn, "__name__") else jac
+
+
+def _as_float(x):
+    return x if isinstance(x, Tracer) or np.issubdtype(np.result_type(x), np.inexact) else \
+        np.asarray(x, dtype=float)
+
+
+def _stack(rows, out_shape, in_shape):
+    from . import numpy_api
+    stacked = numpy_api.stack(rows, axis=0) if rows else np.zeros((0,) + tuple(in_shape))
+    return numpy_api.reshape(stacked, tuple(out_shape) + tuple(in_shape))
+
+
+def _jac_rev(fn, args, nums):
+    out, pullback = vjp(fn, *args)
+    if isinstance(out, (tuple, list, dict)):
+        raise ArgumentError("jacobian: the function must return a single array")
+    out_shape = tuple(np.shape(out))
+    n = int(np.prod(out_shape, dtype=np.int64))
+    dtype = np.result_type(out) if not isinstance(out, Tracer) else out.dtype
+    rows = [[] for _ in nums]
+    for i in range(n):
+        basis = np.zeros(n, dtype)
+        basis[i] = 1
+        cts = pullback(basis.reshape(out_shape))
+        for k, a in enumerate(nums):
+            rows[k].append(cts[a])
+    return [_stack(rows[k], out_shape, np.shape(args[a])) for k, a in enumerate(nums)]
+
+
+def _jac_fwd(fn, args, nums):
+    results = []
+    for a in nums:
+        x = args[a]
+        in_shape = tuple(np.shape(x))
+        n = int(np.prod(in_shape, dtype=np.int64))
+        dtype = x.dtype if hasattr(x, "dtype") else np.dtype(float)
+        cols, out = [], None
+        for j in range(n):
+            basis = np.zeros(n, dtype)
+            basis[j] = 1
+            tangents = tuple(basis.reshape(in_shape) if i == a else _zero_tangent(v)
+                             for i, v in enumerate(args))
+            out, t = jvp(fn, args, tangents)
+            cols.append(t)
+        from . import numpy_api
+        if out is None:
+            out = fn(*args)
+        out_shape = tuple(np.shape(out))
+        stacked = numpy_api.stack(cols, axis=-1) if cols else np.zeros(out_shape + (0,))
+        results.append(numpy_api.reshape(stacked, out_shape + in_shape))
+    return results
+
+
+def _zero_tangent(v):
+    from .tree import tree_map
+    return tree_map(lambda l: np.zeros(np.shape(l), l.dtype if hasattr(l, "dtype") else float)
+                    if _is_dynamic(l) else l, v)
+
+
+def hessian(fn: Callable, argnums: int = 0):
+    """Hessian of a scalar function: forward-mode Jacobian of the reverse-mode gradient.
+
+    >>> import numpy as np, diffprog as dp
+    >>> dp.hessian(lambda x: np.sum(x ** 3))(np.array([1.0, 2.0]))
+    array([[ 6.,  0.],
+           [ 0., 12.]])
+    """
+    return jacobian(grad(fn, argnums), argnums, mode="fwd")

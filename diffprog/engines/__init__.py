@@ -1,0 +1,74 @@
+"""Engines turn a Graph into something runnable.
+
+``numpy`` is embedded and always available; ``cupy`` runs the same generated source
+on the GPU; ``julia`` hands generated Julia source to the DiffProg Julia package.
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import ArgumentValueError, EngineUnavailable
+from .base import Engine, Program
+
+_FACTORIES = {}
+_INSTANCES: dict[str, Engine] = {}
+
+
+def register(name: str, factory) -> None:
+    _FACTORIES[name] = factory
+
+
+def _numpy_factory():
+    from .numpy import NumpyEngine
+    return NumpyEngine()
+
+
+def _cupy_factory():
+    from .cupy import CupyEngine
+    return CupyEngine()
+
+
+register("numpy", _numpy_factory)
+register("cupy", _cupy_factory)
+
+
+def names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def default_engine_name() -> str:
+    return os.environ.get("DIFFPROG_ENGINE", "numpy")
+
+
+def get(name: str | None = None) -> Engine:
+    """The engine called ``name`` (default: $DIFFPROG_ENGINE or "numpy"), checked usable."""
+    name = name or default_engine_name()
+    if name not in _FACTORIES:
+        raise ArgumentValueError(
+            f"unknown engine {name!r}; expected one of {names()}. Fix: pass engine="
+            f"{names()[0]!r} (or set DIFFPROG_ENGINE to a known name).")
+    engine = _INSTANCES.get(name)
+    if engine is None:
+        engine = _FACTORIES[name]()
+        engine.check_available()
+        _INSTANCES[name] = engine
+    return engine
+
+
+def available() -> dict[str, str]:
+    """Map each engine name to "ok" or the reason it cannot run here.
+
+    >>> available()["numpy"]
+    'ok'
+    """
+    report = {}
+    for name in names():
+        try:
+            get(name)
+            report[name] = "ok"
+        except EngineUnavailable as e:
+            report[name] = str(e)
+    return report
+
+
+__all__ = ["Engine", "Program", "get", "available", "names", "register", "default_engine_name"]

@@ -1,0 +1,43 @@
+"""The one exception hierarchy of diffprog.
+
+Every error diffprog raises derives from :class:`DiffprogError`. Subclasses also
+derive from the matching built-in (``TypeError``, ``ValueError``, ...) so existing
+``except`` clauses in user code keep working.
+"""
+from __future__ import annotations
+
+
+class DiffprogError(Exception):
+    """Base class of every error raised by diffprog."""
+
+
+class ArgumentError(DiffprogError, TypeError):
+    """An argument passed to a diffprog API has the wrong type or kind."""
+
+
+class ArgumentValueError(DiffprogError, ValueError):
+    """An argument passed to a diffprog API has a bad value (argnums out of range...)."""
+
+
+class ShapeError(DiffprogError, ValueError):
+    """Shapes of operands do not fit together."""
+
+
+class UnsupportedFunctionError(DiffprogError, TypeError):
+    """A NumPy function was called on a traced value and diffprog has no rule for it."""
+
+
+class ConcretizationError(DiffprogError, TypeError):
+    """A traced value was turned into a plain Python/NumPy value, which drops its gradient."""
+
+
+class NotDifferentiableError(DiffprogError, TypeError):
+    """A gradient was asked of something that has none (integer input, non-scalar output)."""
+
+
+class EngineUnavailable(DiffprogError, RuntimeError):
+    """The requested engine cannot run here; the message says why and how to fix it."""
+
+
+class EngineError(DiffprogError, RuntimeError):
+    """An engine failed to compile or run a program."""

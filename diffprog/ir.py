@@ -1,0 +1,170 @@
+"""The intermediate representation: a Graph of equations in SSA form.
+
+A :class:`Graph` has input variables, a list of equations and outputs. Each
+:class:`Eqn` applies one primitive (from :mod:`diffprog.primitives`) to input atoms
+(a :class:`Var` or a :class:`Lit` constant) and defines new output Vars. Every
+transform maps Graph -> Graph; every engine compiles a Graph.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import DiffprogError
+
+
+@dataclass(frozen=True)
+class Aval:
+    """Abstract value: what is known about an array before it is computed.
+
+    ``weak`` marks a Python scalar: like in NumPy (NEP 50) it does not promote the
+    dtype of arrays it meets (``float32_array * 2.0`` stays float32).
+    """
+
+    shape: tuple
+    dtype: np.dtype
+    weak: bool = False
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __str__(self) -> str:
+        dims = ",".join(str(d) for d in self.shape)
+        return f"{self.dtype.name}[{dims}]" + ("~" if self.weak else "")
+
+
+def aval_of(value: Any) -> Aval:
+    """The Aval of a concrete value (array, NumPy scalar or Python number)."""
+    if isinstance(value, (bool, int, float, complex)) and not isinstance(value, np.generic):
+        return Aval((), np.result_type(type(value)), weak=True)
+    value = np.asarray(value) if not hasattr(value, "dtype") else value
+    return Aval(tuple(value.shape), np.dtype(value.dtype))
+
+
+_var_ids = itertools.count()
+
+
+class Var:
+    """An SSA variable. Identity is the object; ``id`` only names it when printed."""
+
+    __slots__ = ("id", "aval")
+
+    def __init__(self, aval: Aval):
+        self.id = next(_var_ids)
+        self.aval = aval
+
+    def __repr__(self) -> str:
+        return f"v{self.id}"
+
+
+class Lit:
+    """A constant operand. Its value travels as a bound value, never as source text."""
+
+    __slots__ = ("value", "aval")
+
+    def __init__(self, value: Any):
+        self.value = value
+        self.aval = aval_of(value)
+
+    def __repr__(self) -> str:
+        v = self.value
+        if self.aval.shape == () and not isinstance(v, np.ndarray):
+            return repr(v.item() if isinstance(v, np.generic) else v)
+        return f"const:{self.aval}"
+
+
+@dataclass
+class Eqn:
+    """``outputs = prim(*inputs, **params)``."""
+
+    prim: Any  # primitives.Primitive
+    inputs: list
+    outputs: list
+    params: dict = field(default_factory=dict)
+    line: str | None = None  # user source line that produced it, for messages
+
+    def __repr__(self) -> str:
+        outs = ", ".join(f"{v}:{v.aval}" for v in self.outputs)
+        args = " ".join(repr(a) for a in self.inputs)
+        ps = " ".join(f"{k}={_short(v)}" for k, v in self.params.items())
+        return f"{outs} = {self.prim.name}{('[' + ps + ']') if ps else ''} {args}"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"array{v.shape}"
+    text = repr(v)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+@dataclass
+class Graph:
+    """A traced program: ``outvars = f(*invars)`` as a list of equations."""
+
+    invars: list
+    eqns: list
+    outvars: list  # Var or Lit
+
+    def __str__(self) -> str:
+        ins = ", ".join(f"{v}:{v.aval}" for v in self.invars)
+        body = "\n".join("    " + repr(e) for e in self.eqns)
+        outs = ", ".join(repr(v) for v in self.outvars)
+        return f"{{ lambda {ins} .\n{body}\n    return ({outs}) }}"
+
+    __repr__ = __str__
+
+    def _repr_pretty_(self, p, cycle):  # IPython shows the program, not an object repr
+        p.text(str(self))
+
+    def validate(self) -> None:
+        """Check SSA form: every Var is defined once, before it is used."""
+        defined = set(map(id, self.invars))
+        if len(defined) != len(self.invars):
+            raise DiffprogError("IR invalid: an input variable appears twice")
+        for eqn in self.eqns:
+            for a in eqn.inputs:
+                if isinstance(a, Var) and id(a) not in defined:
+                    raise DiffprogError(f"IR invalid: {a} used before definition in `{eqn}`")
+            for o in eqn.outputs:
+                if id(o) in defined:
+                    raise DiffprogError(f"IR invalid: {o} defined twice (`{eqn}`)")
+                defined.add(id(o))
+        for o in self.outvars:
+            if isinstance(o, Var) and id(o) not in defined:
+                raise DiffprogError(f"IR invalid: output {o} is never defined")
+
+    def structure_key(self) -> tuple:
+        """A hashable fingerprint of the program (used to cache compiled code)."""
+        ids = {id(v): i for i, v in enumerate(self.invars)}
+        counter = itertools.count(len(ids))
+        rows = []
+
+        def ref(a):
+            if isinstance(a, Lit):
+                return ("lit", id(a.value), str(a.aval))
+            return ids[id(a)]
+
+        for e in self.eqns:
+            ins = tuple(ref(a) for a in e.inputs)
+            for o in e.outputs:
+                ids[id(o)] = next(counter)
+            rows.append((e.prim.name, ins, tuple((k, _hashable(v)) for k, v in e.params.items())))
+        return (tuple(str(v.aval) for v in self.invars), tuple(rows), tuple(ref(o) for o in self.outvars))
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return ("ndarray", id(v))
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return ("obj", id(v))

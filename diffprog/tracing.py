@@ -1,0 +1,364 @@
+"""Tracing: run ordinary NumPy code on Tracer objects and record a Graph.
+
+A :class:`Tracer` stands for an array inside a traced function. It carries its
+abstract value (shape, dtype) and, while tracing user code, its concrete value, so
+shape-dependent Python keeps working. Every NumPy call or operator on a Tracer
+becomes an equation through :func:`bind`.
+
+Traces nest: ``dp.grad`` called inside a traced function opens a new trace at a
+higher level; values from outer traces that the inner function closes over are
+*captured* as extra inputs of the inner graph, so derivatives flow through them.
+"""
+from __future__ import annotations
+
+import contextlib
+import linecache
+import os
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ConcretizationError, DiffprogError, UnsupportedFunctionError
+from .ir import Aval, Eqn, Graph, Lit, Var, aval_of
+
+_TRACE_STACK: list["Trace"] = []
+
+
+class Trace:
+    """Records equations. ``concrete`` traces also compute every value eagerly."""
+
+    def __init__(self, concrete: bool):
+        self.level = len(_TRACE_STACK)
+        self.concrete = concrete
+        self.eqns: list[Eqn] = []
+        self.invars: list[Var] = []
+        self.captured: list[tuple[Any, Var]] = []  # (outer tracer, inner input var)
+        self._capture_index: dict[int, Tracer] = {}
+        self.active = True
+
+    def new_input(self, aval: Aval, value: Any = None) -> "Tracer":
+        var = Var(aval)
+        self.invars.append(var)
+        return Tracer(self, var, value)
+
+    def capture(self, outer: "Tracer") -> "Tracer":
+        """Turn a tracer of an enclosing trace into an input of this one."""
+        known = self._capture_index.get(id(outer))
+        if known is not None:
+            return known
+        var = Var(outer.var.aval)
+        self.captured.append((outer, var))
+        inner = Tracer(self, var, outer.val if self.concrete else None)
+        self._capture_index[id(outer)] = inner
+        return inner
+
+    def to_graph(self, outputs: list) -> Graph:
+        outvars = [self.atom(o) for o in outputs]
+        return Graph(self.invars + [v for _, v in self.captured], self.eqns, outvars)
+
+    def atom(self, x: Any):
+        if isinstance(x, Tracer):
+            if x.trace is self:
+                return x.var
+            return self.capture(x).var
+        return Lit(x)
+
+
+@contextlib.contextmanager
+def new_trace(concrete: bool):
+    trace = Trace(concrete)
+    _TRACE_STACK.append(trace)
+    try:
+        yield trace
+    finally:
+        _TRACE_STACK.pop()
+        trace.active = False
+
+
+def _top_trace(args) -> Trace | None:
+    top = None
+    for a in args:
+        if isinstance(a, Tracer):
+            if not a.trace.active:
+                raise DiffprogError(
+                    "a traced value escaped the function it was traced in (stored in a "
+                    "global, a closure or an object and used later). Return it from the "
+                    "function instead.")
+            if top is None or a.trace.level > top.level:
+                top = a.trace
+    return top
+
+
+def bind(prim, *args, **params):
+    """Apply primitive ``prim``: record an equation if any argument is traced,
+    otherwise compute the result directly (constant folding for free)."""
+    trace = _top_trace(args)
+    if trace is None:
+        return prim.evaluate(np, *args, **params)
+    if prim.identity:
+        kept = _drop_identity(prim, args)
+        if kept is not None:
+            return kept
+    atoms = [trace.atom(a) for a in args]
+    out_avals = prim.abstract_eval(*[a.aval for a in atoms], **params)
+    multiple = isinstance(out_avals, (list, tuple))
+    out_avals = list(out_avals) if multiple else [out_avals]
+    values = [None] * len(out_avals)
+    if trace.concrete:
+        concrete_in = [a.val if isinstance(a, Tracer) else a for a in
+                       (_as_tracer_in(trace, x) for x in args)]
+        if all(v is not None for v in concrete_in):
+            result = prim.evaluate(np, *concrete_in, **params)
+            values = list(result) if multiple else [result]
+    outvars = [Var(av) for av in out_avals]
+    trace.eqns.append(Eqn(prim, atoms, outvars, params))
+    tracers = [Tracer(trace, v, val) for v, val in zip(outvars, values)]
+    return tracers if multiple else tracers[0]
+
+
+def _is_constant_equal(x, value) -> bool:
+    """True when ``x`` is a plain constant whose every element equals ``value``."""
+    if isinstance(x, Tracer):
+        return False
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return x == value
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        base = x if all(s == 0 for s in x.strides) else None
+        if base is not None or x.size <= 64:
+            flat = x.reshape(-1)[:1] if base is not None else x
+            return bool(np.all(flat == value))
+    return False
+
+
+def _drop_identity(prim, args):
+    """``x * 1``, ``x + 0``, ``x / 1``: return x when that changes neither shape nor dtype."""
+    for pos, neutral in prim.identity.items():
+        if _is_constant_equal(args[pos], neutral):
+            other = args[1 - pos]
+            if isinstance(other, Tracer):
+                const = args[pos]
+                c_shape = np.shape(const)
+                c_dtype = np.result_type(const) if isinstance(const, np.ndarray) else None
+                if len(c_shape) <= other.ndim and all(
+                        c in (1, o) for c, o in zip(reversed(c_shape), reversed(other.shape))) \
+                        and (c_dtype is None or np.result_type(c_dtype, other.dtype) == other.dtype):
+                    return other
+    return None
+
+
+def _as_tracer_in(trace: Trace, x: Any) -> Any:
+    if isinstance(x, Tracer) and x.trace is not trace:
+        return trace.capture(x)
+    return x
+
+
+def eval_graph(graph: Graph, args: list) -> list:
+    """Run ``graph`` on ``args`` through :func:`bind`: records into the current
+    trace when args are traced, computes directly otherwise."""
+    env = {id(v): a for v, a in zip(graph.invars, args)}
+
+    def read(atom):
+        return atom.value if isinstance(atom, Lit) else env[id(atom)]
+
+    for eqn in graph.eqns:
+        outs = bind(eqn.prim, *[read(a) for a in eqn.inputs], **eqn.params)
+        if len(eqn.outputs) == 1 and not isinstance(outs, list):
+            outs = [outs]
+        for v, o in zip(eqn.outputs, outs):
+            env[id(v)] = o
+    return [read(o) for o in graph.outvars]
+
+
+# --------------------------------------------------------------------------- messages
+
+_OWN_DIRS = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(np.__file__))
+
+
+def user_frame_line() -> str:
+    """'file.py:12: <source>' of the innermost frame outside diffprog and NumPy."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        fname = os.path.abspath(frame.f_code.co_filename)
+        if not fname.startswith(_OWN_DIRS) and not fname.startswith("<frozen"):
+            src = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+            where = f"{os.path.basename(fname)}:{frame.f_lineno}"
+            return f"{where}: {src}" if src else where
+        frame = frame.f_back
+    return "<unknown location>"
+
+
+def _escape_error(what: str, fix: str) -> ConcretizationError:
+    return ConcretizationError(
+        f"{what} on a traced value at {user_frame_line()}\n"
+        f"This would turn the traced array into a plain value and silently drop its "
+        f"gradient. {fix}")
+
+
+# --------------------------------------------------------------------------- Tracer
+
+class Tracer:
+    """An array-like stand-in recorded into a Trace. Behaves like an ndarray."""
+
+    __slots__ = ("trace", "var", "val")
+    __array_priority__ = 1000  # ndarray (op) Tracer defers to the Tracer
+
+    def __init__(self, trace: Trace, var: Var, val: Any = None):
+        self.trace = trace
+        self.var = var
+        self.val = val
+
+    # ---- abstract properties
+    @property
+    def aval(self) -> Aval:
+        return self.var.aval
+
+    @property
+    def shape(self) -> tuple:
+        return self.var.aval.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.var.aval.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.var.aval.shape)
+
+    @property
+    def size(self) -> int:
+        return self.var.aval.size
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of unsized (0-d) traced array")
+        return self.shape[0]
+
+    def __iter__(self):
+        if not self.shape:
+            raise TypeError("iteration over a 0-d traced array")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __repr__(self) -> str:
+        return f"Tracer<{self.aval}>"
+
+    # ---- escapes: the traced value would become a plain value
+    def __array__(self, dtype=None, copy=None):
+        raise _escape_error(
+            "np.asarray/np.array (or another conversion to a plain ndarray)",
+            "Remove the conversion (the value already behaves like an array); build "
+            "arrays from traced pieces with np.stack/np.concatenate instead of "
+            "np.array([...]) or item assignment into a preallocated array.")
+
+    def __bool__(self):
+        return self._concrete_guard("bool", bool)
+
+    def __float__(self):
+        return self._concrete_guard("float", float)
+
+    def __int__(self):
+        return self._concrete_guard("int", int)
+
+    def __index__(self):
+        return self._concrete_guard("index", int)
+
+    def __complex__(self):
+        raise _escape_error("complex()", "Use NumPy operations on the array instead.")
+
+    def _concrete_guard(self, kind: str, convert: Callable):
+        hook = _GUARD_HOOK[0]
+        if hook is not None:
+            return hook(self, kind, convert)
+        if kind == "bool":
+            raise _escape_error(
+                "Python control flow (if/while/and/or/not) depends",
+                "Use np.where(cond, a, b) for elementwise choices, or dp.cond / "
+                "dp.while_loop for control flow.")
+        raise _escape_error(
+            f"{kind}() (or a math.* function, or indexing with it)",
+            "Use the NumPy equivalent (np.sin instead of math.sin, x.item() is not "
+            "differentiable either); keep the value as an array.")
+
+    def item(self):
+        return self._concrete_guard("float", lambda v: v.item())
+
+    def tolist(self):
+        raise _escape_error("tolist()", "Keep the value as an array.")
+
+    # ---- NumPy protocols
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        from . import numpy_api
+        return numpy_api.dispatch_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        from . import numpy_api
+        return numpy_api.dispatch_function(func, args, kwargs)
+
+    def __getattr__(self, name):
+        from . import numpy_api
+        method = numpy_api.TRACER_METHODS.get(name)
+        if method is None:
+            raise AttributeError(f"traced array has no attribute {name!r}")
+        return method.__get__(self)
+
+    def __hash__(self):
+        return id(self)
+
+
+# Set by diffprog.control to replace the error on bool()/float()/int() with guards.
+_GUARD_HOOK: list = [None]
+
+
+def _install_operators() -> None:
+    """Python operators forward to the NumPy ufuncs, which dispatch back to us."""
+    binary = {
+        "add": np.add, "sub": np.subtract, "mul": np.multiply, "truediv": np.true_divide,
+        "floordiv": np.floor_divide, "mod": np.remainder, "pow": np.power,
+        "matmul": np.matmul, "and": np.logical_and, "or": np.logical_or,
+        "xor": np.logical_xor,
+    }
+    for name, uf in binary.items():
+        def fwd(self, other, uf=uf):
+            return uf(self, other)
+
+        def rev(self, other, uf=uf):
+            return uf(other, self)
+        setattr(Tracer, f"__{name}__", fwd)
+        setattr(Tracer, f"__r{name}__", rev)
+    compare = {"lt": np.less, "le": np.less_equal, "gt": np.greater,
+               "ge": np.greater_equal, "eq": np.equal, "ne": np.not_equal}
+    for name, uf in compare.items():
+        setattr(Tracer, f"__{name}__", lambda self, other, uf=uf: uf(self, other))
+    Tracer.__neg__ = lambda self: np.negative(self)
+    Tracer.__pos__ = lambda self: self
+    Tracer.__abs__ = lambda self: np.abs(self)
+    Tracer.__invert__ = lambda self: np.logical_not(self)
+
+
+_install_operators()
+
+
+def trace_function(fn: Callable, flat_values: list, build_args: Callable, concrete: bool = True):
+    """Trace ``fn(*build_args(tracers))``; return (graph, flat outputs, out treedef, trace).
+
+    ``flat_values`` are the concrete leaves; a leaf may also be an outer Tracer, whose
+    value becomes this trace's input value (nesting).
+    """
+    from .tree import flatten
+    with new_trace(concrete) as trace:
+        tracers = []
+        for v in flat_values:
+            aval = v.aval if isinstance(v, Tracer) else aval_of(v)
+            val = v.val if isinstance(v, Tracer) else v
+            tracers.append(trace.new_input(aval, val if concrete else None))
+        out = fn(*build_args(tracers))
+        flat_out, out_tree = flatten(out)
+        graph = trace.to_graph(flat_out)
+    return graph, out_tree, trace
+
+
+def unsupported(name: str) -> UnsupportedFunctionError:
+    return UnsupportedFunctionError(
+        f"{name} has no differentiation rule in diffprog (called at {user_frame_line()}).\n"
+        f"Fix: express it with supported NumPy functions, wrap it with @dp.custom_vjp and "
+        f"give its gradient, or add an entry for it in diffprog/primitives.py.")

@@ -1,0 +1,70 @@
+"""Simplification: common-subexpression elimination and dead-code elimination.
+
+Constant folding happens earlier, in :func:`diffprog.tracing.bind`: an equation
+whose inputs are all constants is computed on the spot and never recorded.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Lit, Var
+
+
+def simplify(graph: Graph) -> Graph:
+    return dead_code_elimination(common_subexpressions(graph))
+
+
+def dead_code_elimination(graph: Graph) -> Graph:
+    live = {id(v) for v in graph.outvars if isinstance(v, Var)}
+    kept = []
+    for eqn in reversed(graph.eqns):
+        if any(id(o) in live for o in eqn.outputs):
+            kept.append(eqn)
+            live.update(id(a) for a in eqn.inputs if isinstance(a, Var))
+    kept.reverse()
+    return Graph(graph.invars, kept, graph.outvars)
+
+
+def _param_key(v):
+    if isinstance(v, np.ndarray):
+        return ("nd", id(v))
+    if isinstance(v, np.dtype):
+        return ("dtype", v.str)
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return ("obj", id(v))
+
+
+def common_subexpressions(graph: Graph) -> Graph:
+    """Replace an equation by an earlier identical one (same primitive, inputs, params)."""
+    rename: dict[int, Var] = {}
+    seen: dict[tuple, list] = {}
+    eqns = []
+
+    def ref(a):
+        if isinstance(a, Lit):
+            v = a.value
+            scalar = not isinstance(v, np.ndarray) or v.ndim == 0
+            return ("lit", type(v).__name__, v.item() if isinstance(v, np.ndarray) and scalar
+                    else (v if scalar else id(v)))
+        return id(rename.get(id(a), a))
+
+    for eqn in graph.eqns:
+        eqn.inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
+        try:
+            key = (eqn.prim.name, tuple(ref(a) for a in eqn.inputs),
+                   tuple((k, _param_key(v)) for k, v in eqn.params.items()))
+            hash(key)
+        except TypeError:
+            key = None
+        if key is not None and key in seen:
+            for o, prev in zip(eqn.outputs, seen[key]):
+                rename[id(o)] = prev
+            continue
+        if key is not None:
+            seen[key] = eqn.outputs
+        eqns.append(eqn)
+    outvars = [rename.get(id(v), v) if isinstance(v, Var) else v for v in graph.outvars]
+    return Graph(graph.invars, eqns, outvars)
