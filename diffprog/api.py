@@ -292,6 +292,7 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
     dyn_index = {p: i for i, p in enumerate(sig.dynamic)}
     wrt = []
     for a in argnums:
+        before = len(wrt)
         for pos in ranges[a]:
             leaf = sig.leaves[pos]
             where = f"argument {a}{paths[pos][len(f'[{a}]'):]}"
@@ -309,6 +310,12 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
                     f"cannot differentiate with respect to {where}: its dtype is {dt}, not a "
                     f"floating type. Fix: convert it with .astype(float) or leave it out of argnums.")
             wrt.append(dyn_index[pos])
+        if len(wrt) == before:
+            found = [type(sig.leaves[p]).__name__ for p in ranges[a]] or ["an empty container"]
+            raise NotDifferentiableError(
+                f"cannot differentiate with respect to argument {a}: it holds no floating-point "
+                f"values (found {', '.join(sorted(set(found)))}). Fix: pass float arrays, or "
+                f"leave argument {a} out of argnums.")
     return wrt
 
 

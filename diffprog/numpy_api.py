@@ -596,6 +596,24 @@ def shift_right(x, axis, fill):
     return concatenate([head, slice_axis(x, axis, 0, shape(x)[axis] - 1)], axis=axis)
 
 
+@implements(np.diff)
+def diff(x, n=1, axis=-1, prepend=None, append=None):
+    if prepend is not None or append is not None:
+        x = concatenate([p for p in (_edge(prepend, x, axis), x, _edge(append, x, axis)) if p is not None], axis=axis)
+    for _ in range(n):
+        m = shape(x)[axis]
+        x = slice_axis(x, axis, 1, m) - slice_axis(x, axis, 0, m - 1)
+    return x
+
+
+def _edge(value, x, axis):
+    if value is None:
+        return None
+    s = list(shape(x))
+    s[axis % len(s)] = 1
+    return broadcast_to(value, tuple(s)) if ndim(value) == 0 else value
+
+
 @implements(np.flip)
 def flip(x, axis=None):
     axes = _axes(axis, ndim(x))
@@ -958,9 +976,10 @@ def norm(x, ord=None, axis=None, keepdims=False):
     x = _float_of(x)
     if axis is None and ndim(x) == 2 and ord is not None:
         axis = (0, 1)
+    if axis is None and ndim(x) == 1:
+        return _vector_norm(x, ord, 0, keepdims)
     if axis is None:
-        return P.sqrt(sum(x * x, keepdims=keepdims)) if ord in (None, 2, "fro") or ndim(x) == 1 \
-            else _vector_norm(ravel(x), ord, 0, keepdims)
+        return P.sqrt(sum(x * x, keepdims=keepdims))
     if isinstance(axis, (int, np.integer)) or len(axis) == 1:
         ax = axis if isinstance(axis, (int, np.integer)) else axis[0]
         return _vector_norm(x, ord, ax, keepdims)

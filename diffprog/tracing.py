@@ -47,7 +47,7 @@ class Trace:
         known = self._capture_index.get(id(outer))
         if known is not None:
             return known
-        var = Var(outer.var.aval)
+        var = Var(outer._var.aval)
         self.captured.append((outer, var))
         inner = Tracer(self, var, outer.val if self.concrete else None)
         self._capture_index[id(outer)] = inner
@@ -59,9 +59,9 @@ class Trace:
 
     def atom(self, x: Any):
         if isinstance(x, Tracer):
-            if x.trace is self:
-                return x.var
-            return self.capture(x).var
+            if x._trace is self:
+                return x._var
+            return self.capture(x)._var
         return Lit(x)
 
 
@@ -80,13 +80,13 @@ def _top_trace(args) -> Trace | None:
     top = None
     for a in args:
         if isinstance(a, Tracer):
-            if not a.trace.active:
+            if not a._trace.active:
                 raise DiffprogError(
                     "a traced value escaped the function it was traced in (stored in a "
                     "global, a closure or an object and used later). Return it from the "
                     "function instead.")
-            if top is None or a.trace.level > top.level:
-                top = a.trace
+            if top is None or a._trace.level > top.level:
+                top = a._trace
     return top
 
 
@@ -148,7 +148,7 @@ def _drop_identity(prim, args):
 
 
 def _as_tracer_in(trace: Trace, x: Any) -> Any:
-    if isinstance(x, Tracer) and x.trace is not trace:
+    if isinstance(x, Tracer) and x._trace is not trace:
         return trace.capture(x)
     return x
 
@@ -200,34 +200,35 @@ def _escape_error(what: str, fix: str) -> ConcretizationError:
 class Tracer:
     """An array-like stand-in recorded into a Trace. Behaves like an ndarray."""
 
-    __slots__ = ("trace", "var", "val")
+    # Underscored: ``x.trace()`` and ``x.var()`` are NumPy methods users call.
+    __slots__ = ("_trace", "_var", "val")
     __array_priority__ = 1000  # ndarray (op) Tracer defers to the Tracer
 
     def __init__(self, trace: Trace, var: Var, val: Any = None):
-        self.trace = trace
-        self.var = var
+        self._trace = trace
+        self._var = var
         self.val = val
 
     # ---- abstract properties
     @property
     def aval(self) -> Aval:
-        return self.var.aval
+        return self._var.aval
 
     @property
     def shape(self) -> tuple:
-        return self.var.aval.shape
+        return self._var.aval.shape
 
     @property
     def dtype(self) -> np.dtype:
-        return self.var.aval.dtype
+        return self._var.aval.dtype
 
     @property
     def ndim(self) -> int:
-        return len(self.var.aval.shape)
+        return len(self._var.aval.shape)
 
     @property
     def size(self) -> int:
-        return self.var.aval.size
+        return self._var.aval.size
 
     def __len__(self) -> int:
         if not self.shape:

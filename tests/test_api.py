@@ -1,0 +1,300 @@
+"""Every public entry point: results, structures, caching and errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffprog as dp
+from diffprog.api import cache_for
+
+from .helpers import assert_close, numeric_grad
+
+
+def mlp_loss(params, x, y):
+    h = np.tanh(x @ params["w1"] + params["b1"])
+    return np.mean((h @ params["w2"] - y) ** 2)
+
+
+@pytest.fixture
+def mlp(rng):
+    params = {"w1": rng.standard_normal((4, 8)), "b1": rng.standard_normal(8) * 0.1,
+              "w2": rng.standard_normal((8, 1))}
+    return params, rng.standard_normal((16, 4)), rng.standard_normal((16, 1))
+
+
+def test_differentiable_value_matches_plain_numpy(mlp):
+    loss = dp.differentiable(mlp_loss)
+    assert_close(loss(*mlp), mlp_loss(*mlp), rtol=1e-14)
+
+
+def test_grad_mirrors_nested_structure_and_matches_fd(mlp):
+    params, x, y = mlp
+    g = dp.grad(mlp_loss)(params, x, y)
+    assert set(g) == set(params)
+    for k in params:
+        assert g[k].shape == params[k].shape
+
+        def along(w, k=k):
+            return mlp_loss({**params, k: w}, x, y)
+        assert_close(g[k], numeric_grad(along, [params[k]], 0))
+
+
+def test_grad_argnums_tuple_and_value_and_grad(mlp):
+    params, x, y = mlp
+    gp, gx = dp.grad(mlp_loss, argnums=(0, 1))(params, x, y)
+    assert gx.shape == x.shape
+    value, gp2 = dp.value_and_grad(mlp_loss)(params, x, y)
+    assert_close(value, mlp_loss(params, x, y), rtol=1e-14)
+    for k in params:
+        assert_close(gp2[k], gp[k], rtol=1e-14)
+
+
+def test_lists_tuples_and_python_floats():
+    def f(ps, scale):
+        a, (b, c) = ps
+        return scale * np.sum(a * b) + c ** 2
+    g = dp.grad(f, argnums=(0, 1))([np.ones(2), (np.arange(2.0), 3.0)], 2.0)
+    (ga, (gb, gc)), gs = g
+    assert_close(ga, [0.0, 2.0])
+    assert_close(gb, [2.0, 2.0])
+    assert_close(gc, 6.0)
+    assert_close(gs, 1.0)
+    assert isinstance(g[0], list) and isinstance(g[0][1], tuple)
+
+
+def test_float32_gradients_stay_float32():
+    x = np.linspace(-1, 1, 5, dtype=np.float32)
+    g = dp.grad(lambda x: np.sum(np.sin(x) * 3.0 + x ** 2))(x)
+    assert g.dtype == np.float32
+    assert_close(g, 3 * np.cos(x) + 2 * x, rtol=1e-6)
+
+
+def test_vjp_returns_one_gradient_per_argument():
+    x, y = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+    out, pullback = dp.vjp(lambda x, y: np.sin(x) * y, x, y)
+    assert_close(out, np.sin(x) * y)
+    gx, gy = pullback(np.array([1.0, -1.0]))
+    assert_close(gx, np.cos(x) * y * [1, -1])
+    assert_close(gy, np.sin(x) * [1, -1])
+
+
+def test_vjp_cotangent_shape_mismatch_names_both_shapes():
+    _, pullback = dp.vjp(lambda x: x * 2, np.ones(3))
+    with pytest.raises(dp.ShapeError, match=r"\(2,\).*\(3,\)"):
+        pullback(np.ones(2))
+
+
+def test_jvp_forward_mode():
+    x = np.array([0.5, 1.0])
+    out, t = dp.jvp(lambda x, y: x * np.exp(y), (x, x), (np.ones(2), np.zeros(2)))
+    assert_close(out, x * np.exp(x))
+    assert_close(t, np.exp(x))
+
+
+@pytest.mark.parametrize("mode", ["rev", "fwd"])
+def test_jacobian_shape_and_values(mode):
+    x = np.arange(1.0, 7.0).reshape(2, 3)
+    jac = dp.jacobian(lambda x: np.sum(x ** 2, axis=0), mode=mode)(x)
+    assert jac.shape == (3, 2, 3)
+    expected = np.zeros((3, 2, 3))
+    for j in range(3):
+        expected[j, :, j] = 2 * x[:, j]
+    assert_close(jac, expected)
+
+
+def test_jacobian_argnums_tuple():
+    ja, jb = dp.jacobian(lambda a, b: a * b, argnums=(0, 1))(np.ones(2), np.arange(2.0))
+    assert_close(ja, np.diag([0.0, 1.0]))
+    assert_close(jb, np.eye(2))
+
+
+def test_hessian_of_quadratic_and_of_nonlinear():
+    A = np.array([[2.0, 1.0], [1.0, 3.0]])
+    assert_close(dp.hessian(lambda x: 0.5 * x @ A @ x)(np.ones(2)), A)
+    x = np.array([0.3, -0.7])
+    h = dp.hessian(lambda x: np.sum(np.sin(x) * x[0]))(x)
+    expected = np.diag(-np.sin(x) * x[0])
+    expected[0, :] += np.cos(x)
+    expected[:, 0] += np.cos(x)
+    assert_close(h, expected)
+
+
+def test_grad_of_grad_nests():
+    f = lambda x: np.sin(x) * x  # noqa: E731
+    assert_close(dp.grad(dp.grad(f))(1.5), 2 * np.cos(1.5) - 1.5 * np.sin(1.5))
+    assert_close(dp.grad(dp.grad(dp.grad(f)))(1.5), -3 * np.sin(1.5) - 1.5 * np.cos(1.5))
+
+
+def test_grad_inside_traced_function_captures_outer_values():
+    """A physics-informed loss: derivative w.r.t. the input inside the loss."""
+    def u(x, p):
+        return np.tanh(p * x)
+
+    def loss(p):
+        return dp.grad(u)(0.3, p) ** 2
+
+    p, eps = 0.7, 1e-6
+    fd = (loss(p + eps) - loss(p - eps)) / (2 * eps)
+    assert_close(dp.grad(loss)(p), fd)
+
+
+def test_ir_is_printable_and_source_is_python(mlp):
+    loss = dp.differentiable(mlp_loss)
+    text = str(loss.ir(*mlp))
+    assert "matmul" in text and "tanh" in text
+    src = loss.source(*mlp, kind="grad")
+    assert src.startswith("def ") and "xp.tanh" in src
+    compile(src, "<test>", "exec")
+    assert "xp.tanh" in loss.source(*mlp)
+
+
+def test_compiled_programs_are_cached_and_retraced_on_new_shapes():
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return np.sum(x * x)
+    g = dp.grad(f)
+    g(np.ones(3))
+    g(np.zeros(3))
+    assert len(calls) == 1
+    g(np.ones(4))
+    assert len(calls) == 2
+    g(np.ones(4, np.float32))
+    assert len(calls) == 3
+    assert len(cache_for(f).programs) == 3
+
+
+def test_static_python_ints_are_part_of_the_cache_key():
+    calls = []
+
+    def f(x, n):
+        calls.append(n)
+        return np.sum(x ** n)
+    assert_close(dp.grad(f)(np.array([2.0]), 3), [12.0])
+    assert_close(dp.grad(f)(np.array([2.0]), 2), [4.0])
+    assert calls == [3, 2]
+
+
+def test_inputs_are_not_mutated(mlp):
+    params, x, y = mlp
+    before = {k: v.copy() for k, v in params.items()}
+    g = dp.grad(mlp_loss)(params, x, y)
+    g["w1"] += 1.0  # mutating a result must not touch inputs or cached constants
+    dp.grad(mlp_loss)(params, x, y)
+    for k in params:
+        np.testing.assert_array_equal(params[k], before[k])
+
+
+def test_returned_zero_gradients_are_fresh_arrays():
+    g1 = dp.grad(lambda x, y: np.sum(y))(np.ones(2), np.ones(2))
+    g1 += 5
+    g2 = dp.grad(lambda x, y: np.sum(y))(np.ones(2), np.ones(2))
+    assert_close(g2, [0.0, 0.0])
+
+
+def test_nan_propagates_instead_of_raising():
+    g = dp.grad(lambda x: np.sum(x ** 2))(np.array([np.nan, 1.0]))
+    assert np.isnan(g[0]) and g[1] == 2.0
+
+
+def test_method_decoration():
+    class Model:
+        @dp.differentiable
+        def energy(self, x):
+            return np.sum(x ** 2)
+    assert_close(Model().energy(np.ones(3)), 3.0)
+
+
+def test_has_aux():
+    def f(x):
+        return np.sum(x ** 2), {"mean": np.mean(x)}
+    g, aux = dp.grad(f, has_aux=True)(np.array([1.0, 3.0]))
+    assert_close(g, [2.0, 6.0])
+    assert_close(aux["mean"], 2.0)
+    (v, aux2), g2 = dp.value_and_grad(f, has_aux=True)(np.array([1.0, 3.0]))
+    assert_close(v, 10.0)
+    assert_close(g2, g)
+
+
+# ------------------------------------------------------------------------- errors
+
+def test_non_scalar_output_to_grad():
+    with pytest.raises(dp.NotDifferentiableError, match=r"shape \(3,\).*dp.jacobian") as e:
+        dp.grad(lambda x: x * 2)(np.ones(3))
+    assert isinstance(e.value, TypeError)
+
+
+@pytest.mark.parametrize("bad,kind", [(3, "int"), (True, "bool"), (np.arange(3), "int64")])
+def test_integer_and_bool_inputs_to_grad(bad, kind):
+    with pytest.raises(dp.NotDifferentiableError, match=f"argument 0.*{kind}"):
+        dp.grad(lambda x: np.sum(x * 2.0))(bad)
+
+
+def test_str_and_none_inputs_to_grad_are_rejected_clearly():
+    with pytest.raises(dp.NotDifferentiableError, match="argument 0.*str"):
+        dp.grad(lambda x: 1.0)("abc")
+    with pytest.raises(dp.NotDifferentiableError, match="argument 0.*NoneType"):
+        dp.grad(lambda x: 1.0)(None)
+
+
+def test_nested_integer_leaf_is_named_by_path():
+    with pytest.raises(dp.NotDifferentiableError, match=r"argument 0\['n'\]"):
+        dp.grad(lambda p: np.sum(p["w"]) * p["n"])({"w": np.ones(2), "n": np.arange(2)})
+
+
+def test_argnums_out_of_range():
+    with pytest.raises(dp.ArgumentValueError, match="argnums=2.*2 positional") as e:
+        dp.grad(lambda x, y: np.sum(x * y), argnums=2)(np.ones(2), np.ones(2))
+    assert isinstance(e.value, ValueError)
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(dp.ShapeError, match=r"\(3,\) and \(4,\)"):
+        dp.grad(lambda x, y: np.sum(x + y))(np.ones(3), np.ones(4))
+    with pytest.raises(dp.ShapeError, match=r"\(2, 3\) and \(2, 3\).*not aligned"):
+        dp.grad(lambda x: np.sum(x @ x))(np.ones((2, 3)))
+
+
+def test_function_without_rule_names_it_and_the_fix():
+    with pytest.raises(dp.UnsupportedFunctionError, match=r"(?s)np.sort.*custom_vjp.*primitives.py"):
+        dp.grad(lambda x: np.sum(np.sort(x)))(np.ones(3))
+    with pytest.raises(dp.UnsupportedFunctionError, match=r"linalg.eigh"):
+        dp.grad(lambda x: np.sum(np.linalg.eigh(x)[0]))(np.eye(2))
+
+
+def test_escape_through_np_asarray_names_the_call():
+    def f(x):
+        return np.sum(np.asarray(x) ** 2)
+    with pytest.raises(dp.ConcretizationError, match=r"test_api.py:\d+: return np.sum\(np.asarray\(x\)"):
+        dp.grad(f)(np.ones(2))
+
+
+def test_escape_through_float_and_math_names_the_call():
+    import math
+    with pytest.raises(dp.ConcretizationError, match=r"math.sin"):
+        dp.grad(lambda x: math.sin(x))(1.0)
+    with pytest.raises(dp.ConcretizationError, match=r"float\(x\)"):
+        dp.grad(lambda x: float(x) * 2)(1.0)
+
+
+def test_unknown_engine_name():
+    with pytest.raises(dp.ArgumentValueError, match=r"unknown engine 'fortran'.*numpy"):
+        dp.differentiable(lambda x: x, engine="fortran")(np.ones(1))
+
+
+def test_escaped_tracer_is_a_clear_error():
+    leaked = []
+
+    def f(x):
+        leaked.append(x)
+        return np.sum(x)
+    dp.grad(f)(np.ones(2))
+    with pytest.raises(dp.DiffprogError, match="escaped"):
+        np.sin(leaked[0])
+
+
+def test_all_errors_share_the_base_class():
+    for name in ("ArgumentError", "ArgumentValueError", "ShapeError", "UnsupportedFunctionError",
+                 "ConcretizationError", "NotDifferentiableError", "EngineUnavailable", "EngineError"):
+        assert issubclass(getattr(dp, name), dp.DiffprogError)

@@ -1,0 +1,175 @@
+"""The NumPy a scientist writes: every supported function traced, compared with NumPy
+itself (values) and with finite differences (gradients)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffprog as dp
+
+from .helpers import assert_close, numeric_grad
+
+R = np.random.default_rng(3)
+A34 = R.standard_normal((3, 4))
+B34 = R.standard_normal((3, 4))
+V4 = R.standard_normal(4)
+M3 = R.standard_normal((3, 3)) + 3 * np.eye(3)
+P34 = R.uniform(0.5, 2.0, (3, 4))
+T234 = R.standard_normal((2, 3, 4))
+
+CASES = {
+    "mean": (lambda x: np.mean(x), [A34]),
+    "mean_axis_keepdims": (lambda x: np.mean(x, axis=0, keepdims=True), [A34]),
+    "method_mean": (lambda x: x.mean(axis=1), [A34]),
+    "var": (lambda x: np.var(x, axis=1), [A34]),
+    "var_ddof": (lambda x: x.var(ddof=1), [A34]),
+    "std": (lambda x: np.std(x, axis=0), [A34]),
+    "sum_negative_axis": (lambda x: np.sum(x, axis=-1), [T234]),
+    "prod": (lambda x: np.prod(x, axis=0), [P34]),
+    "max_axis": (lambda x: np.max(x, axis=1), [A34]),
+    "amin_method": (lambda x: x.min(), [A34]),
+    "cumsum_flat": (lambda x: np.cumsum(x), [A34]),
+    "cumprod": (lambda x: np.cumprod(x, axis=1), [P34]),
+    "diff": (lambda x: np.diff(x, axis=1), [A34]),
+    "diff_n2": (lambda x: np.diff(x, n=2), [A34]),
+    "square_reciprocal": (lambda x: np.square(x) + np.reciprocal(x), [P34]),
+    "log2_log10_exp2": (lambda x: np.log2(x) + np.log10(x) + np.exp2(x), [P34]),
+    "power_float": (lambda x: x ** 2.5 + x ** -1 + x ** 0.5, [P34]),
+    "rpow": (lambda x: 2.0 ** x, [A34]),
+    "clip": (lambda x: np.clip(x, -0.5, 0.5), [A34]),
+    "clip_method": (lambda x: x.clip(min=0.0), [A34]),
+    "where": (lambda x, y: np.where(x > 0, x, y * 2), [A34, B34]),
+    "hypot_logaddexp": (lambda x, y: np.hypot(x, y) + np.logaddexp(x, y), [A34, B34]),
+    "arctan2": (lambda x, y: np.arctan2(x, y + 3.0), [A34, B34]),
+    "maximum_minimum": (lambda x, y: np.maximum(x, y) - np.minimum(x, 0.1), [A34, B34]),
+    "matmul_operator": (lambda a, b: a @ b.T, [A34, B34]),
+    "dot_matrix_vector": (lambda a, v: np.dot(a, v), [A34, V4]),
+    "dot_method": (lambda a, v: a.dot(v), [A34, V4]),
+    "dot_nd": (lambda a, b: np.dot(a, b), [T234, R.standard_normal((5, 4, 2))]),
+    "vdot_inner": (lambda a, b: np.vdot(a, b) + np.sum(np.inner(a, b)), [A34, B34]),
+    "outer": (lambda a, b: np.outer(a, b), [V4, R.standard_normal(3)]),
+    "tensordot": (lambda a, b: np.tensordot(a, b, axes=([1, 2], [0, 1])), [T234, R.standard_normal((3, 4, 2))]),
+    "tensordot_int": (lambda a, b: np.tensordot(a, b, axes=1), [A34, R.standard_normal((4, 2))]),
+    "einsum_matmul": (lambda a, b: np.einsum("ij,kj->ik", a, b), [A34, B34]),
+    "einsum_implicit": (lambda a, b: np.einsum("ij,jk", a, b), [A34, R.standard_normal((4, 2))]),
+    "einsum_ellipsis": (lambda a, b: np.einsum("...ij,...jk->...ik", a, b), [T234, R.standard_normal((2, 4, 3))]),
+    "einsum_sum": (lambda a: np.einsum("ijk->j", a), [T234]),
+    "trace": (lambda m: np.trace(m), [M3]),
+    "trace_method": (lambda m: m.trace(), [M3]),
+    "diag": (lambda v: np.diag(v) @ np.ones(4), [V4]),
+    "diagonal": (lambda m: np.diagonal(m), [M3]),
+    "triu_tril": (lambda m: np.triu(m) * 2 + np.tril(m, -1), [M3]),
+    "solve_vector": (lambda a, b: np.linalg.solve(a, b), [M3, R.standard_normal(3)]),
+    "solve_matrix": (lambda a, b: np.linalg.solve(a, b), [M3, R.standard_normal((3, 2))]),
+    "inv": (lambda a: np.linalg.inv(a), [M3]),
+    "det": (lambda a: np.linalg.det(a), [M3]),
+    "slogdet": (lambda a: np.linalg.slogdet(a)[1], [M3]),
+    "cholesky": (lambda a: np.linalg.cholesky(a @ a.T + 3 * np.eye(3)), [M3]),
+    "norm_vector": (lambda v: np.linalg.norm(v), [V4]),
+    "norm_fro": (lambda a: np.linalg.norm(a), [A34]),
+    "norm_ord1_axis": (lambda a: np.linalg.norm(a, ord=1, axis=1), [A34]),
+    "norm_inf_vector": (lambda v: np.linalg.norm(v, ord=np.inf), [V4]),
+    "norm_p3": (lambda v: np.linalg.norm(v, ord=3), [V4]),
+    "norm_matrix_1": (lambda a: np.linalg.norm(a, ord=1), [A34]),
+    "norm_matrix_inf": (lambda a: np.linalg.norm(a, ord=np.inf), [A34]),
+    "reshape": (lambda x: np.reshape(x, (4, 3)) * 2, [A34]),
+    "reshape_method_varargs": (lambda x: x.reshape(2, -1), [A34]),
+    "transpose": (lambda x: np.transpose(x, (2, 0, 1)), [T234]),
+    "T_property": (lambda x: x.T @ x, [A34]),
+    "swapaxes": (lambda x: np.swapaxes(x, 0, 2), [T234]),
+    "moveaxis": (lambda x: np.moveaxis(x, 0, -1), [T234]),
+    "expand_squeeze": (lambda x: np.squeeze(np.expand_dims(x, (0, 2)), axis=0), [A34]),
+    "broadcast_to": (lambda v: np.broadcast_to(v, (3, 4)) * A34, [V4]),
+    "concatenate": (lambda a, b: np.concatenate([a, b], axis=1), [A34, B34]),
+    "concatenate_none": (lambda a, b: np.concatenate([a, b], axis=None), [A34, B34]),
+    "stack": (lambda a, b: np.stack([a, b], axis=1), [A34, B34]),
+    "hstack_vstack": (lambda a, b: np.hstack([a, b]).sum() + np.vstack([a, b]), [A34, B34]),
+    "column_stack": (lambda v, w: np.column_stack([v, w]), [V4, R.standard_normal(4)]),
+    "split": (lambda x: np.split(x, 2, axis=1)[1] * 3, [A34]),
+    "split_indices": (lambda x: np.split(x, [1, 3], axis=1)[1], [A34]),
+    "array_split": (lambda x: np.array_split(x, 3, axis=1)[0], [A34]),
+    "flip": (lambda x: np.flip(x, axis=1), [A34]),
+    "flip_all": (lambda x: np.flip(x), [A34]),
+    "fliplr_flipud": (lambda x: np.fliplr(x) + np.flipud(x), [A34]),
+    "roll": (lambda x: np.roll(x, 1, axis=1), [A34]),
+    "roll_flat": (lambda x: np.roll(x, -5), [A34]),
+    "roll_multi": (lambda x: np.roll(x, (1, 2), axis=(0, 1)), [A34]),
+    "tile": (lambda x: np.tile(x, (2, 1)), [A34]),
+    "tile_1d": (lambda v: np.tile(v, 3), [V4]),
+    "repeat": (lambda x: np.repeat(x, 2, axis=0), [A34]),
+    "repeat_flat": (lambda x: np.repeat(x, 3), [V4]),
+    "repeat_array": (lambda x: np.repeat(x, [1, 0, 2, 3], axis=1), [A34]),
+    "pad": (lambda x: np.pad(x, ((1, 0), (2, 1))), [A34]),
+    "pad_value": (lambda x: np.pad(x, 1, constant_values=2.0), [A34]),
+    "ravel_flatten": (lambda x: np.ravel(x) + x.flatten(), [A34]),
+    "index_int_slice": (lambda x: x[1, 1:3], [A34]),
+    "index_negative_step": (lambda x: x[::-1, ::2], [A34]),
+    "index_newaxis_ellipsis": (lambda x: x[..., None, 1], [T234]),
+    "index_int_array": (lambda x: x[np.array([0, 2, 2])], [A34]),
+    "index_list": (lambda x: x[:, [3, 0]], [A34]),
+    "index_two_arrays": (lambda x: x[np.array([0, 1]), np.array([3, 3])], [A34]),
+    "index_bool_mask": (lambda x: x[np.array([True, False, True])], [A34]),
+    "index_bool_mask_2d": (lambda x: x[A34 > 0], [A34]),
+    "take": (lambda x: np.take(x, [0, 3, 3], axis=1), [A34]),
+    "take_flat": (lambda x: np.take(x, [0, 11]), [A34]),
+    "zeros_ones_like": (lambda x: np.zeros_like(x) + np.ones_like(x) * x + np.full_like(x, 2.0), [A34]),
+    "abs_sign": (lambda x: np.abs(x) * 2 + np.sign(x), [A34]),
+    "round_floor": (lambda x: x * np.round(x) + np.floor(x) + np.ceil(x), [A34]),
+    "cross": (lambda a, b: np.cross(a, b), [R.standard_normal((2, 3)), R.standard_normal((2, 3))]),
+    "len_iter": (lambda x: sum(row * i for i, row in enumerate(x)) + len(x), [A34]),
+    "tanh_sigmoid_softplus": (lambda x: np.tanh(x) + 1 / (1 + np.exp(-x)) + np.log1p(np.exp(x)), [A34]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_value_matches_numpy(name):
+    fn, args = CASES[name]
+    expected = fn(*args)
+    got = dp.differentiable(fn)(*args)
+    assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert np.shape(got) == np.shape(expected)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradient_matches_finite_differences(name):
+    fn, args = CASES[name]
+    weights = np.random.default_rng(0).standard_normal(np.shape(fn(*args)))
+
+    def scalar(*xs):
+        return np.sum(fn(*xs) * weights)
+
+    grads = dp.grad(scalar, argnums=tuple(range(len(args))))(*args)
+    for i in range(len(args)):
+        assert_close(grads[i], numeric_grad(scalar, args, i), what=f"{name} arg {i}")
+
+
+def test_astype_round_trip_passes_the_gradient_through_in_the_input_dtype():
+    w = np.arange(12.0).reshape(3, 4)
+    g = dp.grad(lambda x: np.sum(x.astype(np.float32) * w))(A34)
+    assert g.dtype == np.float64
+    assert_close(g, w)
+
+
+def test_np_array_of_tracers_names_the_call_and_the_fix():
+    def f(x):
+        return np.sum(np.array([x[0], x[1]]))
+    with pytest.raises(dp.ConcretizationError, match=r"(?s)test_numpy_api.py:\d+.*np.stack"):
+        dp.grad(f)(np.ones(2))
+
+
+def test_item_assignment_is_a_clear_error():
+    def f(x):
+        x[0] = 1.0
+        return np.sum(x)
+    with pytest.raises(dp.DiffprogError, match="item assignment"):
+        dp.grad(f)(np.ones(2))
+
+
+def test_traced_boolean_mask_is_a_clear_error():
+    with pytest.raises(dp.DiffprogError, match="np.where"):
+        dp.grad(lambda x: np.sum(x[x > 0]))(np.ones(3))
+
+
+def test_out_argument_is_rejected():
+    with pytest.raises(dp.DiffprogError, match="out="):
+        dp.grad(lambda x: np.sum(np.exp(x, out=np.empty(3))))(np.ones(3))

@@ -1,0 +1,73 @@
+"""Tracing: what is recorded, and what a traced value refuses to do."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffprog as dp
+from diffprog.ir import Lit
+from diffprog.tracing import Tracer
+
+
+def test_constant_subexpressions_are_folded_at_trace_time():
+    c = np.arange(3.0)
+    graph = dp.differentiable(lambda x: x * np.exp(c) + np.sum(c)).ir(np.ones(3))
+    names = [e.prim.name for e in graph.eqns]
+    assert "exp" not in names and "reduce_sum" not in names
+    assert names == ["mul", "add"]
+
+
+def test_multiplying_by_one_and_adding_zero_records_nothing():
+    graph = dp.differentiable(lambda x: (x * 1.0 + 0.0) / 1.0).ir(np.ones(3))
+    assert graph.eqns == []
+
+
+def test_identity_is_kept_when_it_would_broadcast_or_promote():
+    graph = dp.differentiable(lambda x: x * np.ones((2, 3))).ir(np.ones(3))
+    assert [e.prim.name for e in graph.eqns] == ["mul"]
+    assert graph.outvars[0].aval.shape == (2, 3)
+
+
+def test_tracer_behaves_like_an_array():
+    seen = {}
+
+    def f(x):
+        seen.update(shape=x.shape, ndim=x.ndim, size=x.size, dtype=x.dtype, len=len(x))
+        return np.sum(x)
+    dp.grad(f)(np.ones((2, 3), np.float32))
+    assert seen == {"shape": (2, 3), "ndim": 2, "size": 6, "dtype": np.float32, "len": 2}
+
+
+def test_python_if_on_a_traced_value_names_the_line():
+    def f(x):
+        if np.sum(x) > 0:
+            return np.sum(x)
+        return -np.sum(x)
+    with pytest.raises(dp.ConcretizationError, match=r"test_tracing.py:\d+: if np.sum\(x\) > 0"):
+        dp.grad(f)(np.ones(2))
+
+
+def test_graph_validates_and_prints():
+    graph = dp.differentiable(lambda x, y: np.sin(x) @ y).ir(np.ones((2, 3)), np.ones(3))
+    graph.validate()
+    text = str(graph)
+    assert "sin" in text and "matmul" in text and "float64[2,3]" in text
+
+
+def test_outputs_that_ignore_the_input_are_constants():
+    graph = dp.differentiable(lambda x: np.ones(2)).ir(np.ones(3))
+    assert isinstance(graph.outvars[0], Lit)
+    assert_out = dp.differentiable(lambda x: np.ones(2))(np.ones(3))
+    np.testing.assert_array_equal(assert_out, np.ones(2))
+
+
+def test_ndarray_on_the_left_defers_to_the_tracer():
+    c = np.arange(3.0)
+    kinds = []
+
+    def f(x):
+        y = c * x
+        kinds.append(type(y))
+        return np.sum(c - x + y)
+    dp.grad(f)(np.ones(3))
+    assert kinds == [Tracer]
