@@ -19,7 +19,7 @@ import numpy as np
 from . import engines as _engines
 from .errors import ArgumentError, ArgumentValueError, NotDifferentiableError, ShapeError
 from .ir import Graph
-from .tracing import Tracer, eval_graph, trace_function
+from .tracing import _TRACE_STACK, Tracer, eval_graph, trace_function
 from .transforms import jvp_graph, simplify, vjp_graph
 from .tree import TreeDef, flatten, leaf_paths, unflatten
 
@@ -83,6 +83,9 @@ def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
             nested = nested or isinstance(leaf, Tracer)
         else:
             keys.append(_static_key(leaf))
+    # Inside an enclosing trace the function may close over traced values even when its
+    # arguments are plain: record into that trace rather than compiling a program.
+    nested = nested or bool(_TRACE_STACK)
     return Signature(treedef, leaves, dynamic, (treedef, tuple(keys)), nested)
 
 
@@ -412,28 +415,17 @@ def _value_only(graph: Graph, has_aux: bool) -> Graph:
 
 
 def _aux_grad_graph(graph: Graph, wrt):
-    """Gradient of the first output, passing every output (value and aux) through."""
-    g = vjp_graph(Graph(graph.invars, graph.eqns, graph.outvars[:1]), wrt, seed="ones")
-    return Graph(g.invars, g.eqns, list(graph.outvars) + g.outvars[1:]) if _shares(g, graph) \
-        else _merge_outputs(graph, wrt)
-
-
-def _shares(g, graph):
-    return False
-
-
-def _merge_outputs(graph: Graph, wrt):
-    """vjp of output 0 while also returning the other outputs (aux)."""
-    from .transforms.vjp import backward_pass, _forward
+    """Gradient of the first output while also returning every output (value and aux)."""
     from .tracing import new_trace
+    from .transforms.vjp import _forward, _read, backward_pass
     with new_trace(concrete=False) as trace:
         primals = [trace.new_input(v.aval) for v in graph.invars]
         env, tape = _forward(graph, primals)
-        outs = [o.value if not hasattr(o, "id") else env[id(o)] for o in graph.outvars]
+        outs = [_read(env, o) for o in graph.outvars]
         seeds = [np.ones((), graph.outvars[0].aval.dtype)] + [None] * (len(outs) - 1)
         grads = backward_pass(graph, env, tape, seeds, [graph.invars[i] for i in wrt])
-        res = trace.to_graph(outs + grads)
-    return simplify(res)
+        result = trace.to_graph(outs + grads)
+    return simplify(result)
 
 
 def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
@@ -506,11 +498,8 @@ def vjp(fn: Callable, *primals):
                 raise ShapeError(f"pullback: cotangent of shape {tuple(np.shape(c))} for an "
                                  f"output of shape {o.aval.shape}; they must match")
         if program is None or any(isinstance(c, Tracer) for c in cts):
-            graph = build(traced)
-            flat = _run_nested(graph, traced, sig.dyn_leaves) if not traced.captured \
-                else eval_graph(graph, list(sig.dyn_leaves) + list(traced.captured) + list(cts))
-            if not traced.captured:
-                flat = eval_graph(graph, list(sig.dyn_leaves) + list(cts))
+            # vjp graph inputs: primals (explicit, then captured), then cotangents
+            flat = eval_graph(build(traced), list(sig.dyn_leaves) + list(traced.captured) + list(cts))
         else:
             flat = program(*sig.dyn_leaves, *cts)
         grads = flat[n_out:]
@@ -546,10 +535,8 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence):
         tans.append(tg if isinstance(tg, Tracer) else np.asarray(tg, dtype=np.result_type(p)))
     if sig.nested or any(isinstance(x, Tracer) for x in tans):
         traced = t._traced(sig)
-        graph = jvp_graph(traced.graph, wrt)
-        n_in = len(traced.graph.invars)
-        inputs = list(sig.dyn_leaves) + list(traced.captured)
-        flat = eval_graph(graph, inputs + tans) if n_in == len(inputs) else None
+        # jvp graph inputs: primals (explicit, then captured), then tangents
+        flat = eval_graph(jvp_graph(traced.graph, wrt), list(sig.dyn_leaves) + list(traced.captured) + tans)
     else:
         program, traced = t._program(sig, ("jvp",), lambda tr: jvp_graph(tr.graph, wrt))
         flat = program(*sig.dyn_leaves, *tans)

@@ -298,3 +298,19 @@ def test_all_errors_share_the_base_class():
     for name in ("ArgumentError", "ArgumentValueError", "ShapeError", "UnsupportedFunctionError",
                  "ConcretizationError", "NotDifferentiableError", "EngineUnavailable", "EngineError"):
         assert issubclass(getattr(dp, name), dp.DiffprogError)
+
+
+@pytest.mark.parametrize("inner", ["jvp", "vjp", "jacobian"])
+def test_forward_and_reverse_nest_inside_traced_functions(inner):
+    def d_dx(p):
+        f = lambda x: np.sin(p * x) * p  # noqa: E731  closes over the outer traced p
+        if inner == "jvp":
+            return dp.jvp(f, (0.3,), (1.0,))[1]
+        if inner == "vjp":
+            return dp.vjp(f, 0.3)[1](1.0)[0]
+        return dp.jacobian(f)(np.array([0.3]))[0, 0]
+
+    p, eps = 0.7, 1e-6
+    fd = (d_dx(p + eps) - d_dx(p - eps)) / (2 * eps)
+    assert_close(d_dx(p), np.cos(0.3 * p) * p * p)
+    assert_close(dp.grad(d_dx)(p), fd)
