@@ -21,6 +21,7 @@ from .errors import ArgumentError, ArgumentValueError, NotDifferentiableError, S
 from .ir import Graph
 from .tracing import _TRACE_STACK, Tracer, eval_graph, trace_function
 from .transforms import jvp_graph, simplify, vjp_graph
+from .transforms.partial_eval import split_known
 from .tree import TreeDef, flatten, leaf_paths, unflatten
 
 _DYNAMIC_SCALARS = (float, np.floating, np.complexfloating)
@@ -462,7 +463,8 @@ def vjp(fn: Callable, *primals):
     """Evaluate ``fn(*primals)`` and return ``(out, pullback)``.
 
     ``pullback(cotangent)`` (cotangent shaped like ``out``) returns a tuple with one
-    gradient per primal argument.
+    gradient per primal argument. The forward pass runs once, here; each pullback runs
+    only the backward pass on the values it kept.
 
     >>> import numpy as np, diffprog as dp
     >>> out, pullback = dp.vjp(lambda x, y: x * y, np.array([1.0, 2.0]), np.array([3.0, 4.0]))
@@ -474,19 +476,20 @@ def vjp(fn: Callable, *primals):
     traced = t._traced(sig)
     wrt = _float_positions(sig, range(len(sig.dynamic)))
     argnums = tuple(range(len(primals)))
-
-    def build(tr):
-        return vjp_graph(tr.graph, wrt, seed="input")
+    n_out = len(traced.graph.outvars)
+    n_in = len(traced.graph.invars)
 
     if sig.nested:
         out_flat = _run_nested(traced.graph, traced, sig.dyn_leaves)
-        program = None
+        backward = None
     else:
-        value_program, _ = t._program(sig, ("value",), lambda tr: tr.graph)
-        out_flat = list(value_program(*sig.dyn_leaves))
-        program, _ = t._program(sig, ("vjp",), build)
+        def split(tr):
+            return split_known(vjp_graph(tr.graph, wrt, seed="input"), n_in, n_out)
+        forward, _ = t._program(sig, ("vjp-forward",), lambda tr: split(tr)[0])
+        backward, _ = t._program(sig, ("vjp-backward",), lambda tr: split(tr)[1])
+        flat = forward(*sig.dyn_leaves)
+        out_flat, residuals = list(flat[:n_out]), flat[n_out:]
     out = unflatten(traced.out_tree, out_flat)
-    n_out = len(traced.graph.outvars)
 
     def pullback(cotangent):
         cts, ct_tree = flatten(cotangent)
@@ -497,12 +500,13 @@ def vjp(fn: Callable, *primals):
             if tuple(np.shape(c)) != o.aval.shape:
                 raise ShapeError(f"pullback: cotangent of shape {tuple(np.shape(c))} for an "
                                  f"output of shape {o.aval.shape}; they must match")
-        if program is None or any(isinstance(c, Tracer) for c in cts):
+        if backward is None or any(isinstance(c, Tracer) for c in cts):
             # vjp graph inputs: primals (explicit, then captured), then cotangents
-            flat = eval_graph(build(traced), list(sig.dyn_leaves) + list(traced.captured) + list(cts))
+            graph = vjp_graph(traced.graph, wrt, seed="input")
+            flat = eval_graph(graph, list(sig.dyn_leaves) + list(traced.captured) + list(cts))
+            grads = flat[n_out:]
         else:
-            flat = program(*sig.dyn_leaves, *cts)
-        grads = flat[n_out:]
+            grads = backward(*residuals, *cts)
         return _grads_tree(sig, argnums, wrt, grads, single=False)
 
     return out, pullback
