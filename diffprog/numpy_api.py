@@ -63,8 +63,9 @@ _UFUNC_COMPOSITES: dict[Any, Callable] = {}
 def dispatch_ufunc(ufunc, method, inputs, kwargs):
     if kwargs.get("out") is not None:
         raise ArgumentError(
-            f"np.{ufunc.__name__}(..., out=...) writes into an array in place, which cannot "
-            f"be traced. Fix: use the returned value instead of out=.")
+            f"np.{ufunc.__name__}(..., out=...) (or an in-place operator such as `a += x` on a "
+            f"plain NumPy array) writes into an array in place, which cannot be traced. Fix: "
+            f"use the returned value, e.g. `a = a + x`, instead of out= or +=.")
     dtype = kwargs.pop("dtype", None)
     kwargs.pop("out", None)
     if kwargs:
@@ -356,6 +357,50 @@ def argmin(x, axis=None, out=None, keepdims=False):
     if axis is None:
         x, axis = reshape(x, (-1,)), 0
     return P.argmin(x, axis=axis % ndim(x))
+
+
+@implements(np.argsort, method="argsort")
+def argsort(x, axis=-1, kind=None, order=None, stable=None):
+    if axis is None:
+        x, axis = ravel(x), 0
+    return P.argsort(x, axis=axis % ndim(x))
+
+
+@implements(np.take_along_axis)
+def take_along_axis(arr, indices, axis):
+    """``arr`` gathered with ``indices`` along ``axis`` (open-mesh indices elsewhere)."""
+    if axis is None:
+        arr, axis = ravel(arr), 0
+    nd = ndim(arr)
+    axis %= nd
+    index = []
+    for d in range(nd):
+        if d == axis:
+            index.append(indices)
+        else:
+            shape_d = [1] * nd
+            shape_d[d] = shape(arr)[d]
+            index.append(np.arange(shape(arr)[d]).reshape(shape_d))
+    return getitem(arr, tuple(index))
+
+
+@implements(np.sort, method="sort")
+def sort(x, axis=-1, kind=None, order=None, stable=None):
+    """Sorted values; the gradient flows back to where each value came from."""
+    if axis is None:
+        x, axis = ravel(x), 0
+    return take_along_axis(x, argsort(x, axis=axis), axis)
+
+
+@implements(np.median)
+def median(x, axis=None, out=None, overwrite_input=False, keepdims=False):
+    if axis is None:
+        x, axis = ravel(x), 0
+    axis %= ndim(x)
+    n = shape(x)[axis]
+    s = sort(x, axis=axis)
+    mid = slice_axis(s, axis, (n - 1) // 2, n // 2 + 1)
+    return mean(mid, axis=axis, keepdims=keepdims)
 
 
 @implements(np.cumsum, method="cumsum")

@@ -511,6 +511,8 @@ def _argreduce(name, fn, julia):
 
 
 argmax = _argreduce("argmax", "argmax", "DiffProg.npargmax({0}; dim={jaxis})")
+argsort = _argreduce("argsort", "argsort", "DiffProg.npargsort({0}; dim={jaxis})")
+argsort.shape = lambda x, *, axis: Aval(x.shape, np.dtype(np.intp))
 argmin = _argreduce("argmin", "argmin", "DiffProg.npargmin({0}; dim={jaxis})")
 
 
