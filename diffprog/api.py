@@ -145,20 +145,53 @@ def cache_for(fn: Callable) -> FunctionCache:
     return cache
 
 
+def _device_of(leaf) -> str | None:
+    """"gpu" for a CuPy array, "cpu" for a NumPy array, None for scalars (fine anywhere)."""
+    if type(leaf).__module__.startswith("cupy") and hasattr(leaf, "__cuda_array_interface__"):
+        return "gpu"
+    if isinstance(leaf, np.ndarray):
+        return "cpu"
+    return None
+
+
+_DEVICE_WORDS = {"gpu": "CuPy (GPU)", "cpu": "NumPy (CPU)"}
+
+
 def _engine_name(sig: Signature, requested: str | None) -> str:
-    on_gpu = [type(l).__module__.split(".")[0] == "cupy" for l in sig.dyn_leaves]
-    if any(on_gpu) and not all(on_gpu):
-        paths = leaf_paths(sig.treedef)
-        where = [paths[p] for p, g in zip(sig.dynamic, on_gpu) if not g][:3]
+    """The engine for this call: inputs decide the device; mixing devices is an error."""
+    paths = leaf_paths(sig.treedef)
+    where: dict[str, list] = {"gpu": [], "cpu": []}
+    for pos in sig.dynamic:
+        device = _device_of(sig.leaves[pos])
+        if device is not None:
+            where[device].append(f"args{paths[pos]}")
+    if where["gpu"] and where["cpu"]:
         raise ArgumentError(
-            f"inputs mix CuPy (GPU) and NumPy (CPU) arrays; CPU inputs at args{', args'.join(where)}. "
-            f"Fix: move all inputs to one device (cupy.asarray(x) or x.get()); diffprog never "
-            f"copies between devices silently.")
-    if requested is not None:
-        return requested
-    if any(on_gpu):
-        return "cupy"
-    return _engines.default_engine_name()
+            f"inputs mix CuPy (GPU) and NumPy (CPU) arrays: GPU {_listing(where['gpu'])}, CPU "
+            f"{_listing(where['cpu'])}. Fix: move all inputs to one device (cupy.asarray(x) "
+            f"once, before the loop, or x.get()); diffprog never copies between devices silently.")
+    name = requested or ("cupy" if where["gpu"] else _engines.default_engine_name())
+    accepted = _engines.devices(name)
+    if accepted is not None:
+        for device, found in where.items():
+            if found and device not in accepted:
+                raise ArgumentError(_wrong_device_message(name, device, found))
+    return name
+
+
+def _listing(paths: list) -> str:
+    return ", ".join(paths[:3]) + (f" (and {len(paths) - 3} more)" if len(paths) > 3 else "")
+
+
+def _wrong_device_message(engine: str, device: str, found: list) -> str:
+    if engine == "cupy":
+        fix = ("move them once with cupy.asarray(x), outside any loop (the cupy engine does not "
+               "copy to the GPU on every call), or use engine='numpy'")
+    else:
+        fix = ("leave engine unset (CuPy inputs select the cupy engine), or copy them to the "
+               "host with x.get()")
+    return (f"engine={engine!r} cannot take {_DEVICE_WORDS[device]} arrays, found at "
+            f"{_listing(found)}. Fix: {fix}.")
 
 
 class Transformed:
@@ -536,7 +569,7 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence):
         if tuple(np.shape(tg)) != tuple(np.shape(p)):
             raise ShapeError(f"jvp: tangent {leaf_paths(sig.treedef)[pos]} has shape "
                              f"{tuple(np.shape(tg))} but its primal has shape {tuple(np.shape(p))}")
-        tans.append(tg if isinstance(tg, Tracer) else np.asarray(tg, dtype=np.result_type(p)))
+        tans.append(tg if isinstance(tg, Tracer) else _as_tangent(tg, p, leaf_paths(sig.treedef)[pos]))
     if sig.nested or any(isinstance(x, Tracer) for x in tans):
         traced = t._traced(sig)
         # jvp graph inputs: primals (explicit, then captured), then tangents
@@ -546,6 +579,19 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence):
         flat = program(*sig.dyn_leaves, *tans)
     n_out = len(traced.graph.outvars)
     return unflatten(traced.out_tree, flat[:n_out]), unflatten(traced.out_tree, flat[n_out:])
+
+
+def _as_tangent(tangent, primal, where: str):
+    """The tangent in its primal's dtype, on the primal's device (never an implicit copy)."""
+    t_dev, p_dev = _device_of(tangent), _device_of(primal)
+    if t_dev is not None and p_dev is not None and t_dev != p_dev:
+        raise ArgumentError(
+            f"jvp: tangent {where} is a {_DEVICE_WORDS[t_dev]} array but its primal is a "
+            f"{_DEVICE_WORDS[p_dev]} array. Fix: put both on one device (cupy.asarray / .get()).")
+    dtype = primal.dtype if p_dev == "gpu" else np.result_type(primal)
+    if t_dev == "gpu":
+        return tangent.astype(dtype, copy=False)
+    return np.asarray(tangent, dtype=dtype)
 
 
 # =========================================================================== jacobian

@@ -95,7 +95,7 @@ def bind(prim, *args, **params):
     otherwise compute the result directly (constant folding for free)."""
     trace = _top_trace(args)
     if trace is None:
-        return prim.evaluate(np, *args, **params)
+        return _evaluate(prim, args, params)
     if prim.identity:
         kept = _drop_identity(prim, args)
         if kept is not None:
@@ -109,12 +109,34 @@ def bind(prim, *args, **params):
         concrete_in = [a.val if isinstance(a, Tracer) else a for a in
                        (_as_tracer_in(trace, x) for x in args)]
         if all(v is not None for v in concrete_in):
-            result = prim.evaluate(np, *concrete_in, **params)
+            result = _evaluate(prim, concrete_in, params)
             values = list(result) if multiple else [result]
     outvars = [Var(av) for av in out_avals]
     trace.eqns.append(Eqn(prim, atoms, outvars, params))
     tracers = [Tracer(trace, v, val) for v, val in zip(outvars, values)]
     return tracers if multiple else tracers[0]
+
+
+def _evaluate(prim, values, params):
+    """Compute ``prim`` on concrete values with the array library they live in.
+
+    CuPy inputs are traced on the GPU (concrete values stay there); NumPy constants
+    they meet are moved to the device for that evaluation. Without CuPy values this is
+    plain NumPy, and CuPy is never imported here.
+    """
+    xp = _device_module(values)
+    if xp is None:
+        return prim.evaluate(np, *values, **params)
+    values = [xp.asarray(v) if isinstance(v, np.ndarray) else v for v in values]
+    return prim.evaluate(xp, *values, **params)
+
+
+def _device_module(values):
+    """The ``cupy`` module if any value is a CuPy array, else None."""
+    for v in values:
+        if type(v).__module__.startswith("cupy"):
+            return sys.modules["cupy"]
+    return None
 
 
 def _is_constant_equal(x, value) -> bool:

@@ -11,11 +11,21 @@ from ..errors import ArgumentValueError, EngineUnavailable
 from .base import Engine, Program
 
 _FACTORIES = {}
+_DEVICES: dict[str, tuple] = {}
 _INSTANCES: dict[str, Engine] = {}
 
 
-def register(name: str, factory) -> None:
+def register(name: str, factory, devices: tuple | None = None) -> None:
+    """Add an engine. ``devices``: where its inputs must live ("cpu" NumPy arrays, "gpu"
+    CuPy arrays); None when the engine takes either (it places data itself)."""
     _FACTORIES[name] = factory
+    if devices is not None:
+        _DEVICES[name] = tuple(devices)
+
+
+def devices(name: str) -> tuple | None:
+    """The devices engine ``name`` accepts inputs on, or None for any."""
+    return _DEVICES.get(name)
 
 
 def _numpy_factory():
@@ -28,8 +38,8 @@ def _cupy_factory():
     return CupyEngine()
 
 
-register("numpy", _numpy_factory)
-register("cupy", _cupy_factory)
+register("numpy", _numpy_factory, devices=("cpu",))
+register("cupy", _cupy_factory, devices=("gpu",))
 
 
 def names() -> list[str]:
@@ -71,4 +81,5 @@ def available() -> dict[str, str]:
     return report
 
 
-__all__ = ["Engine", "Program", "get", "available", "names", "register", "default_engine_name"]
+__all__ = ["Engine", "Program", "get", "available", "names", "register", "devices",
+           "default_engine_name"]

@@ -1,38 +1,139 @@
 """The GPU engine: the numpy engine's generated source with ``xp = cupy``.
 
-Arrays stay on the device for the whole program; results come back as CuPy arrays.
+A program runs entirely on the device: its inputs are CuPy arrays, its constants are
+copied to the device once when it is compiled (never per call), and its results are
+CuPy arrays. Nothing inside a program synchronizes with or copies to the host.
+
+Elementwise chains are fused: each run of consecutive elementwise equations becomes
+one Python function decorated with ``cupy.fuse``, which traces the function's CuPy
+ufunc calls into a single CUDA kernel. The primitive table's ``xp`` templates are
+all CuPy ufuncs, operators or ``cupy.where`` (which ``cupy.fuse`` supports), so no
+per-primitive CUDA C spelling is needed. Set ``DIFFPROG_CUPY_FUSE=0`` to turn
+fusion off.
 """
 from __future__ import annotations
 
+import os
+import warnings
+
+import numpy as np
+
 from ..errors import EngineUnavailable
-from .numpy import NumpyEngine
+from ..ir import Graph
+from .numpy import NumpyEngine, Placement, generate_source
+
+#: CuPy 14 follows NumPy 2's promotion rules (NEP 50), which diffprog's dtype rules assume.
+MIN_CUPY = (14, 0)
+
+_NO_GPU_FIX = ("Fix: run on a machine with an NVIDIA GPU and a CUDA driver (check with "
+               "nvidia-smi), or use engine='numpy' with NumPy arrays.")
 
 
-def _import_cupy():
+def _version_tuple(text: str) -> tuple:
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def import_cupy():
+    """The ``cupy`` module, checked usable: importable, recent enough, with a device.
+
+    Raises :class:`EngineUnavailable` saying why and how to fix it. Fast (well under a
+    second) where CuPy or the GPU is missing.
+    """
     try:
         import cupy
-    except Exception as e:  # ImportError, or CUDA libraries missing at import
+    except Exception as e:  # ImportError, or CUDA libraries missing at import time
         raise EngineUnavailable(
-            f"the cupy engine needs CuPy and a CUDA GPU; importing cupy failed ({e}). Fix: "
-            f"pip install 'diffprog[gpu]' on a machine with an NVIDIA GPU, or use "
-            f"engine='numpy'.") from None
+            f"the cupy engine needs CuPy and a CUDA GPU, but importing cupy failed "
+            f"({type(e).__name__}: {e}). Fix: pip install 'diffprog[gpu]' (CuPy for CUDA 12) "
+            f"on a machine with an NVIDIA GPU, or use engine='numpy'.") from None
+    version = getattr(cupy, "__version__", "0")
+    if _version_tuple(version) < MIN_CUPY:
+        raise EngineUnavailable(
+            f"the cupy engine needs CuPy >= {'.'.join(map(str, MIN_CUPY))} (NumPy 2 type "
+            f"promotion); found CuPy {version}. Fix: pip install -U 'cupy-cuda12x>=14'.")
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:
-        raise EngineUnavailable(f"the cupy engine found no usable CUDA device ({e}). Fix: run on "
-                                f"a machine with an NVIDIA GPU and driver, or use engine='numpy'.") from None
+    except Exception as e:  # CUDARuntimeError: no driver, insufficient driver, no device
+        raise EngineUnavailable(
+            f"the cupy engine found no usable CUDA device ({type(e).__name__}: {e}). "
+            f"{_NO_GPU_FIX}") from None
     if count < 1:
-        raise EngineUnavailable("the cupy engine found no CUDA device; use engine='numpy'.")
+        raise EngineUnavailable(f"the cupy engine found no CUDA device. {_NO_GPU_FIX}")
     return cupy
 
 
+class DevicePlacement(Placement):
+    """Constants go to the device once, at compile time; scalars become device arrays
+    where a CuPy function needs an array; results are always CuPy arrays."""
+
+    scalars_as_arrays = True
+    outputs_as_arrays = True
+
+    def __init__(self, to_device):
+        self.to_device = to_device
+
+    def constant(self, value):
+        if isinstance(value, (np.ndarray, np.generic)):
+            return self.to_device(value)  # the one host -> device copy of this constant
+        return value
+
+
+class FusedKernel:
+    """``cupy.fuse`` of one generated elementwise run.
+
+    If CuPy cannot fuse the run (its first call raises), the run keeps working op by
+    op, with a warning: the result is the same, only with more kernel launches. After
+    the first successful call the fused kernel is used directly.
+    """
+
+    def __init__(self, fn, fuse):
+        self.fn = fn
+        self.fused = fuse(kernel_name=f"diffprog{fn.__name__}")(fn)
+        self.state = "untried"  # then "fused" or "unfused"
+        self.error: Exception | None = None
+
+    def __call__(self, *args):
+        if self.state == "fused":
+            return self.fused(*args)
+        if self.state == "unfused":
+            return self.fn(*args)
+        try:
+            result = self.fused(*args)
+        except Exception as e:  # cupy.fuse could not trace/compile this run
+            self.state, self.error = "unfused", e
+            warnings.warn(
+                f"diffprog cupy engine: cupy.fuse could not fuse {self.fn.__name__} "
+                f"({type(e).__name__}: {e}); running it op by op (same results, more kernel "
+                f"launches).", RuntimeWarning, stacklevel=2)
+            return self.fn(*args)
+        self.state = "fused"
+        return result
+
+
+def fusion_enabled() -> bool:
+    return os.environ.get("DIFFPROG_CUPY_FUSE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 class CupyEngine(NumpyEngine):
+    """Runs generated Python source with ``xp = cupy`` on CuPy arrays."""
+
     name = "cupy"
 
-    def __init__(self):
-        self._cupy = None
+    def __init__(self, fuse: bool | None = None):
         super().__init__(xp_module=None)
+        self.fuse = fusion_enabled() if fuse is None else fuse
+        self.placement: DevicePlacement | None = None
 
     def check_available(self) -> None:
-        self._cupy = _import_cupy()
-        self.xp = self._cupy
+        self.xp = import_cupy()
+        self.placement = DevicePlacement(self.xp.asarray)
+
+    def generate(self, graph: Graph, fn_name: str) -> tuple[str, dict]:
+        if self.placement is None:
+            self.check_available()
+        fuse = (lambda fn: FusedKernel(fn, self.xp.fuse)) if self.fuse else None
+        return generate_source(graph, self.xp, fn_name, placement=self.placement, fuse=fuse)

@@ -56,7 +56,34 @@ class SourceBuilder:
         return repr(value) if _is_safe_literal(value) else self.bind_value(value, "k")
 
 
-def generate_source(graph: Graph, xp_module, fn_name="program") -> tuple[str, dict]:
+class Placement:
+    """Where a program's values live. The numpy engine keeps everything on the host as is.
+
+    Device engines (cupy) override it: constants move to the device once, at compile
+    time (never per call), and Python scalars meet non-elementwise functions as arrays.
+    """
+
+    #: wrap Python-scalar operands of non-elementwise primitives in ``xp.asarray``
+    #: (NumPy does this implicitly; device libraries want arrays there).
+    scalars_as_arrays = False
+    #: results are always arrays of ``xp`` (a device engine never hands back host scalars).
+    outputs_as_arrays = False
+
+    def constant(self, value):
+        """The value bound into the program for a constant operand (called once)."""
+        return value
+
+
+HOST = Placement()
+
+
+def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Placement = HOST,
+                    fuse=None) -> tuple[str, dict]:
+    """Python source of ``graph`` over ``xp_module``, and the namespace to exec it in.
+
+    ``fuse``: a decorator (``cupy.fuse``) applied to each run of two or more consecutive
+    elementwise equations, emitted as its own function so the run becomes one kernel.
+    """
     b = SourceBuilder(xp_module)
     names: dict[int, str] = {}
     for i, v in enumerate(graph.invars):
@@ -65,39 +92,138 @@ def generate_source(graph: Graph, xp_module, fn_name="program") -> tuple[str, di
     last_use = _last_uses(graph)
     out_ids = {id(v) for v in graph.outvars if isinstance(v, Var)}
     in_ids = {id(v) for v in graph.invars}
+    constants: dict = {}
 
-    def operand(atom) -> str:
+    def operand(atom, as_array=False) -> str:
         if isinstance(atom, Lit):
             v = atom.value
             if isinstance(v, (int, float, bool)) and not isinstance(v, np.generic) and _is_safe_literal(v):
-                return repr(v)
-            return b.bind_value(v)
-        return names[id(atom)]
+                if not as_array:
+                    return repr(v)
+                key = ("scalar", type(v), v)
+                if key not in constants:
+                    constants[key] = b.bind_value(placement.constant(np.asarray(v)))
+                return constants[key]
+            if id(v) not in constants:
+                constants[id(v)] = b.bind_value(placement.constant(v))
+            return constants[id(v)]
+        text = names[id(atom)]
+        return f"xp.asarray({text})" if as_array and atom.aval.weak else text
 
-    body = []
-    for idx, eqn in enumerate(graph.eqns):
+    def operands(eqn) -> list[str]:
+        as_array = placement.scalars_as_arrays and not eqn.prim.elementwise
+        return [operand(a, as_array) for a in eqn.inputs]
+
+    def define(eqn) -> list[str]:
         outs = []
         for o in eqn.outputs:
             names[id(o)] = f"v{next(counter)}"
             outs.append(names[id(o)])
-        rhs = _render(eqn, [operand(a) for a in eqn.inputs], b)
-        lhs = ", ".join(outs) + ("," if len(outs) == 1 and eqn.prim.multiple_results else "")
-        body.append(f"{lhs} = {rhs}")
-        dead = [names[id(a)] for a in _unique_vars(eqn.inputs)
+        return outs
+
+    def assign(outs, rhs, multiple) -> str:
+        return ", ".join(outs) + ("," if len(outs) == 1 and multiple else "") + " = " + rhs
+
+    def dead_after(idx, atoms) -> list[str]:
+        return [names[id(a)] for a in _unique_vars(atoms)
                 if last_use.get(id(a)) == idx and id(a) not in out_ids and id(a) not in in_ids]
+
+    body, helpers = [], []
+    for segment in _segments(graph, fuse is not None):
+        if len(segment) == 1:
+            idx = segment[0]
+            eqn = graph.eqns[idx]
+            rhs = _render(eqn, operands(eqn), b)
+            body.append(assign(define(eqn), rhs, eqn.prim.multiple_results))
+            dead = dead_after(idx, eqn.inputs)
+        else:
+            line, helper, dead = _fused_call(graph, segment, operands, define, assign, names,
+                                             last_use, out_ids, in_ids, b, len(helpers))
+            if line is None:
+                continue
+            helpers.append(helper)
+            body.append(line)
         if dead:
             body.append("del " + ", ".join(dead))
     rets = []
     for o in graph.outvars:
         text = operand(o)
-        if isinstance(o, Lit) and isinstance(o.value, np.ndarray):
+        copy_types = (np.ndarray, np.generic) if placement.outputs_as_arrays else np.ndarray
+        if isinstance(o, Lit) and isinstance(o.value, copy_types):
             text = f"xp.array({text}, copy=True)"  # callers may mutate what we return
+        elif placement.outputs_as_arrays and o.aval.weak:
+            text = f"xp.asarray({text})"
         rets.append(text)
     args = ", ".join(f"a{i}" for i in range(len(graph.invars)))
-    src = [f"def {fn_name}({args}):"]
+    src = []
+    for name, params, lines, exports in helpers:
+        src.append(f"def {name}({', '.join(params)}):")
+        src += ["    " + line for line in lines]
+        src.append(f"    return {', '.join(exports)}")
+        src.append(f"{name} = _fuse({name})")
+        src.append("")
+    if helpers:
+        b.namespace["_fuse"] = fuse
+    src.append(f"def {fn_name}({args}):")
     src += ["    " + line for line in body]
     src.append(f"    return ({', '.join(rets)}{',' if len(rets) == 1 else ''})")
     return "\n".join(src) + "\n", b.namespace
+
+
+def _fusable(eqn) -> bool:
+    """Elementwise, one output, and at least one array operand (not all Python scalars)."""
+    prim = eqn.prim
+    return (prim.elementwise and not prim.multiple_results and isinstance(prim.impl, str)
+            and any(not a.aval.weak for a in eqn.inputs))
+
+
+def _segments(graph: Graph, fuse: bool) -> list[list[int]]:
+    """Equation indices in program order, runs of consecutive fusable ones grouped."""
+    segments: list[list[int]] = []
+    run: list[int] = []
+    for idx, eqn in enumerate(graph.eqns):
+        if fuse and _fusable(eqn):
+            run.append(idx)
+            continue
+        segments += [run] if len(run) > 1 else [[i] for i in run]
+        run = []
+        segments.append([idx])
+    segments += [run] if len(run) > 1 else [[i] for i in run]
+    return segments
+
+
+def _fused_call(graph, segment, operands, define, assign, names, last_use, out_ids, in_ids, b, k):
+    """One helper function for a run of elementwise equations, and the line calling it.
+
+    Its parameters are the run's inputs from outside (variables and bound constants:
+    a fused kernel cannot read globals); it returns the values used after the run.
+    """
+    first, last = segment[0], segment[-1]
+    inside: set = set()
+    params: list[str] = []
+    lines: list[str] = []
+    for idx in segment:
+        eqn = graph.eqns[idx]
+        ops = operands(eqn)
+        for atom, text in zip(eqn.inputs, ops):
+            external = isinstance(atom, Lit) and text.startswith("_") or \
+                isinstance(atom, Var) and id(atom) not in inside
+            if external and text not in params:
+                params.append(text)
+        outs = define(eqn)
+        inside.update(id(o) for o in eqn.outputs)
+        lines.append(assign(outs, _render(eqn, ops, b), False))
+    exports = [names[id(o)] for idx in segment for o in graph.eqns[idx].outputs
+               if id(o) in out_ids or last_use.get(id(o), -1) > last]
+    if not exports:
+        return None, None, []  # nothing downstream reads it (dead code)
+    name = f"_fused{k}"
+    consumed = [a for idx in segment for a in graph.eqns[idx].inputs
+                if isinstance(a, Var) and id(a) not in inside]
+    dead = [names[id(a)] for a in _unique_vars(consumed)
+            if first <= last_use.get(id(a), -1) <= last and id(a) not in out_ids and id(a) not in in_ids]
+    line = f"{', '.join(exports)} = {name}({', '.join(params)})"
+    return line, (name, params, lines, exports), dead
 
 
 def _unique_vars(atoms):
@@ -139,9 +265,12 @@ class NumpyEngine(Engine):
     def __init__(self, xp_module=np):
         self.xp = xp_module
 
+    def generate(self, graph: Graph, fn_name: str) -> tuple[str, dict]:
+        return generate_source(graph, self.xp, fn_name)
+
     def compile(self, graph: Graph) -> Program:
         fn_name = f"program_{next(_compile_ids)}"
-        source, namespace = generate_source(graph, self.xp, fn_name)
+        source, namespace = self.generate(graph, fn_name)
         code = compile(source, f"<diffprog {self.name} {fn_name}>", "exec")
         exec(code, namespace)
         return Program(namespace[fn_name], source, self.name, graph)
