@@ -175,7 +175,8 @@ def _engine_name(sig: Signature, requested: str | None) -> str:
     if accepted is not None:
         for device, found in where.items():
             if found and device not in accepted:
-                raise ArgumentError(_wrong_device_message(name, device, found))
+                origin = "" if requested or where["gpu"] else " (from $DIFFPROG_ENGINE)"
+                raise ArgumentError(_wrong_device_message(name, origin, device, found))
     return name
 
 
@@ -183,14 +184,14 @@ def _listing(paths: list) -> str:
     return ", ".join(paths[:3]) + (f" (and {len(paths) - 3} more)" if len(paths) > 3 else "")
 
 
-def _wrong_device_message(engine: str, device: str, found: list) -> str:
+def _wrong_device_message(engine: str, origin: str, device: str, found: list) -> str:
     if engine == "cupy":
         fix = ("move them once with cupy.asarray(x), outside any loop (the cupy engine does not "
                "copy to the GPU on every call), or use engine='numpy'")
     else:
         fix = ("leave engine unset (CuPy inputs select the cupy engine), or copy them to the "
                "host with x.get()")
-    return (f"engine={engine!r} cannot take {_DEVICE_WORDS[device]} arrays, found at "
+    return (f"engine={engine!r}{origin} cannot take {_DEVICE_WORDS[device]} arrays, found at "
             f"{_listing(found)}. Fix: {fix}.")
 
 

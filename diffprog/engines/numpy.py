@@ -111,7 +111,7 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
         return f"xp.asarray({text})" if as_array and atom.aval.weak else text
 
     def operands(eqn) -> list[str]:
-        as_array = placement.scalars_as_arrays and not eqn.prim.elementwise
+        as_array = placement.scalars_as_arrays and _needs_arrays(eqn)
         return [operand(a, as_array) for a in eqn.inputs]
 
     def define(eqn) -> list[str]:
@@ -148,8 +148,8 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     rets = []
     for o in graph.outvars:
         text = operand(o)
-        copy_types = (np.ndarray, np.generic) if placement.outputs_as_arrays else np.ndarray
-        if isinstance(o, Lit) and isinstance(o.value, copy_types):
+        if isinstance(o, Lit) and (isinstance(o.value, np.ndarray) or placement.outputs_as_arrays
+                                   and not o.aval.weak):
             text = f"xp.array({text}, copy=True)"  # callers may mutate what we return
         elif placement.outputs_as_arrays and o.aval.weak:
             text = f"xp.asarray({text})"
@@ -168,6 +168,16 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     src += ["    " + line for line in body]
     src.append(f"    return ({', '.join(rets)}{',' if len(rets) == 1 else ''})")
     return "\n".join(src) + "\n", b.namespace
+
+
+def _needs_arrays(eqn) -> bool:
+    """Library calls that want array operands where the program may hold Python scalars:
+    every non-elementwise function, and ``xp.<ufunc>`` calls on Python scalars only (NumPy
+    turns those into float64 arrays itself, so the device library gets the same)."""
+    if not eqn.prim.elementwise:
+        return True
+    impl = eqn.prim.impl
+    return isinstance(impl, str) and impl.startswith("xp.") and all(a.aval.weak for a in eqn.inputs)
 
 
 def _fusable(eqn) -> bool:

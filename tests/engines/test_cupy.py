@@ -122,6 +122,12 @@ def test_dispatch_cupy_engine_refuses_numpy_arrays_instead_of_copying():
         f(np.ones(3))
 
 
+def test_dispatch_default_engine_from_environment_is_named_in_the_error(monkeypatch):
+    monkeypatch.setenv("DIFFPROG_ENGINE", "cupy")
+    with pytest.raises(ArgumentError, match=r"DIFFPROG_ENGINE"):
+        dp.differentiable(lambda x: np.sum(x))(np.ones(3))
+
+
 def test_dispatch_numpy_engine_refuses_cupy_arrays():
     f = dp.differentiable(lambda x: np.sum(x), engine="numpy")
     with pytest.raises(ArgumentError, match=r"engine='numpy' cannot take CuPy \(GPU\) arrays.*get\(\)"):
@@ -230,6 +236,13 @@ def test_codegen_python_scalars_become_arrays_where_functions_need_them(host_eng
 def test_codegen_results_are_arrays_even_from_python_scalars(host_engine):
     out = dp.differentiable(lambda s: s * 2.0, engine=host_engine.name)(3.0)
     assert isinstance(out, np.ndarray) and out.shape == () and float(out) == 6.0
+
+
+def test_codegen_library_calls_on_python_scalars_get_arrays_operators_do_not(host_engine):
+    f = dp.differentiable(lambda s, x: np.sin(s) * x + s * 2.0, engine=host_engine.name)
+    src = f.source(0.5, np.ones(2))
+    assert "xp.sin(xp.asarray(a0))" in src and "a0 * 2.0" in src
+    assert_close(f(0.5, np.ones(2)), np.sin(0.5) + 1.0)
 
 
 def test_codegen_source_compiles_against_the_real_cupy_module():
