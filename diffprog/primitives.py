@@ -147,7 +147,9 @@ def elementwise_shape(prim_name):
         shape = broadcast_shapes(*[a.shape for a in avals])
         dtype = _dtype_by_example(prim_name, tuple((a.dtype, a.weak) for a in avals),
                                   _params_key(params))
-        weak = all(a.weak for a in avals)
+        # Python operators on Python scalars give Python scalars (weak); NumPy functions
+        # give NumPy scalars, which are strong (np.sin(0.5) is an np.float64).
+        weak = all(a.weak for a in avals) and not PRIMITIVES[prim_name].impl.startswith("xp.")
         return Aval(shape, np.dtype(dtype), weak)
     return rule
 
@@ -377,7 +379,7 @@ def _convert_shape(x, *, dtype):
 
 
 convert = Primitive(
-    "convert", "{0}.astype({dtype})", _convert_shape,
+    "convert", "xp.asarray({0}, dtype={dtype})", _convert_shape,
     vjp=lambda g, x, *, out, dtype: ((g.astype(x.dtype) if _inexact(np.result_type(x)) else None),),
     jvp=lambda ts, x, *, out, dtype: (None if ts[0] is None or not _inexact(np.dtype(dtype))
                                       else ts[0].astype(dtype)),

@@ -314,3 +314,17 @@ def test_forward_and_reverse_nest_inside_traced_functions(inner):
     fd = (d_dx(p + eps) - d_dx(p - eps)) / (2 * eps)
     assert_close(d_dx(p), np.cos(0.3 * p) * p * p)
     assert_close(dp.grad(d_dx)(p), fd)
+
+
+def test_numpy_function_of_a_python_float_is_strong_like_in_numpy():
+    def f(s, x):
+        return np.sum(np.sin(s) * x)  # np.sin(float) is np.float64: promotes float32
+    x = np.ones(3, np.float32)
+    assert dp.differentiable(f)(0.5, x).dtype == f(0.5, x).dtype == np.float64
+    g = dp.grad(f)(0.5, x)
+    assert_close(g, 3 * np.cos(0.5), rtol=1e-6)
+
+
+def test_dtype_conversion_of_a_python_float_input():
+    g = dp.grad(lambda s: np.mean(s, dtype=np.float32) * 2.0)(0.5)
+    assert_close(g, 2.0)
