@@ -5,6 +5,7 @@
 array([1., 1.])
 """
 from . import engines
+from .custom import custom_jvp, custom_vjp
 from .api import differentiable, grad, hessian, jacobian, jvp, value_and_grad, vjp
 from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
                      EngineError, EngineUnavailable, NotDifferentiableError, ShapeError,
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "differentiable", "grad", "value_and_grad", "vjp", "jvp", "jacobian", "hessian",
-    "engines", "Graph", "PRIMITIVES",
+    "custom_vjp", "custom_jvp", "engines", "Graph", "PRIMITIVES",
     "DiffprogError", "ArgumentError", "ArgumentValueError", "ShapeError",
     "UnsupportedFunctionError", "ConcretizationError", "NotDifferentiableError",
     "EngineUnavailable", "EngineError",

@@ -57,7 +57,7 @@ class Case:
 class Primitive:
     def __init__(self, name, impl, shape, vjp=None, jvp=None, julia=None, numpy=(),
                  cases=(), differentiable=True, elementwise=False, multiple_results=False,
-                 identity=None):
+                 identity=None, register=True):
         self.name = name
         # identity: {operand position: neutral constant}; bind drops the op when that
         # operand is the neutral constant and the result equals the other operand.
@@ -77,6 +77,10 @@ class Primitive:
         if isinstance(numpy, dict):
             for np_fn, adapter in numpy.items():
                 NUMPY_BINDINGS[np_fn] = (self, adapter)
+        # register=False: primitives made at run time (dp.custom_vjp rules) stay out of
+        # the global table, whose entries get generated tests and need Julia spellings.
+        if not register:
+            return
         if name in PRIMITIVES:
             raise ValueError(f"primitive {name!r} defined twice")
         PRIMITIVES[name] = self
