@@ -41,3 +41,13 @@ class EngineUnavailable(DiffprogError, RuntimeError):
 
 class EngineError(DiffprogError, RuntimeError):
     """An engine failed to compile or run a program."""
+
+
+class GradCheckError(DiffprogError, AssertionError):
+    """A gradient check failed (``diffprog.testing.check_grads``); ``.report`` holds the details.
+
+    Derives from ``AssertionError`` so test runners show it as a test failure."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
