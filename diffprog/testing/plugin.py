@@ -1,0 +1,69 @@
+"""pytest plugin (entry point ``pytest11``): the ``gradcheck`` fixture and ``--diffprog-seed``.
+
+Loaded automatically when diffprog is installed::
+
+    def test_physics(gradcheck):
+        gradcheck(energy, positions, order=2)          # same options as check_grads
+
+``--diffprog-seed=N`` fixes the seed of every check (default 0, or
+$DIFFPROG_TEST_SEED); ``--diffprog-seed=random`` draws a new one per session and
+prints it in the header, so a failure can be replayed with ``--diffprog-seed=N``.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+
+from .checks import SEED_ENV, check_grads
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("diffprog", "diffprog gradient checks")
+    group.addoption("--diffprog-seed", action="store", default=None, metavar="N|random",
+                    help="seed of the random directions in gradient checks (default: "
+                         f"${SEED_ENV} or 0; 'random' draws one and prints it)")
+    group.addoption("--diffprog-engine", action="store", default=None, metavar="NAME",
+                    help="engine computing the analytic side of the gradcheck fixture "
+                         "(default: the function's own / $DIFFPROG_ENGINE)")
+
+
+def _session_seed(config) -> int | None:
+    raw = config.getoption("--diffprog-seed")
+    if raw is None:
+        return None
+    if raw == "random":
+        return secrets.randbelow(2 ** 31)
+    try:
+        return int(raw)
+    except ValueError:
+        raise pytest.UsageError(f"--diffprog-seed expects an integer or 'random', got {raw!r}")
+
+
+def pytest_configure(config):
+    seed = _session_seed(config)
+    config._diffprog_seed = seed
+    if seed is not None:
+        os.environ[SEED_ENV] = str(seed)  # check_grads called directly sees it too
+
+
+def pytest_report_header(config):
+    seed = getattr(config, "_diffprog_seed", None)
+    shown = seed if seed is not None else os.environ.get(SEED_ENV, "0")
+    return f"diffprog gradient checks: seed={shown} (replay with --diffprog-seed={shown})"
+
+
+@pytest.fixture
+def gradcheck(request):
+    """``gradcheck(f, *args, **options)``: :func:`~diffprog.testing.check_grads` on
+    ``f(*args)``, failing the test with the full report; returns the report."""
+    config = request.config
+    engine = config.getoption("--diffprog-engine")
+
+    def run(f, *args, **options):
+        if engine is not None:
+            options.setdefault("engine", engine)
+        return check_grads(f, args, **options)
+
+    return run
