@@ -55,26 +55,28 @@ def _convergence(checker, i, u, v, analytic):
     tol = checker.tolerance(scale)
     eps_text = {hh: f"eps={fd.eps * hh / h:.0e}" for hh in central}
     values = ", ".join(f"{central[hh]:.6g} at {eps_text[hh]}" for hh in sorted(central))
-    jump_small, jump = abs(right[h / 10] - left[h / 10]), abs(right[h] - left[h])
-    if jump_small > 10 * tol and jump_small > 0.3 * jump:
+    jumps = [abs(right[hh] - left[hh]) for hh in (h / 10, h, h * 10)]
+    # A kink: one-sided derivatives differ by the same amount at every step size
+    # (smooth: the gap shrinks like eps; rounding noise: it grows like 1/eps).
+    if min(jumps) > 10 * tol and max(jumps) < 3 * min(jumps):
         return "kink", [
             f"a kink: the function is not differentiable here. One-sided differences disagree "
-            f"and keep disagreeing as eps shrinks (left {left[h / 10]:.6g}, right "
+            f"by the same amount at every eps (left {left[h / 10]:.6g}, right "
             f"{right[h / 10]:.6g} at {eps_text[h / 10]}); abs/relu/max/clip at a tie or 0?",
             f"the analytic value {analytic:.6g} is one valid choice at the kink; move the test "
             f"point off it (e.g. avoid exact zeros)."]
-    c_small, c_mid, c_big = central[h / 10], central[h], central[h * 10]
-    if abs(c_small) > 5 * abs(c_mid) > 25 * abs(c_big) > 0:
-        return "kink", [
-            f"a jump: the central differences grow like 1/eps ({values}), so the function "
-            f"being differentiated is discontinuous here. At order 2 this is a kink of f "
-            f"(abs/relu/max/clip at a tie or 0?); move the test point off it."]
     for hh in (h / 10, h * 10):
         if abs(central[hh] - analytic) <= tol:
             return "noise", [
                 f"finite-difference noise: with {eps_text[hh]} the numeric value "
                 f"{central[hh]:.6g} matches the analytic {analytic:.6g} (values: {values}). The "
                 f"derivative looks right; pass eps={fd.eps * hh / h:.0e} or a looser rtol."]
+    c_small, c_mid, c_big = central[h / 10], central[h], central[h * 10]
+    if abs(c_small) > 5 * abs(c_mid) > 25 * abs(c_big) > 0:
+        return "kink", [
+            f"a jump: the central differences grow like 1/eps ({values}), so the function "
+            f"being differentiated is discontinuous here. At order 2 this is a kink of f "
+            f"(abs/relu/max/clip at a tie or 0?); move the test point off it."]
     spread = max(central.values()) - min(central.values())
     if spread > tol:
         return "unstable", [

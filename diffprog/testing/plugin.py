@@ -44,8 +44,19 @@ def _session_seed(config) -> int | None:
 def pytest_configure(config):
     seed = _session_seed(config)
     config._diffprog_seed = seed
+    config._diffprog_saved_env = os.environ.get(SEED_ENV)
     if seed is not None:
         os.environ[SEED_ENV] = str(seed)  # check_grads called directly sees it too
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_diffprog_seed", None) is None:
+        return
+    saved = getattr(config, "_diffprog_saved_env", None)
+    if saved is None:
+        os.environ.pop(SEED_ENV, None)
+    else:
+        os.environ[SEED_ENV] = saved
 
 
 def pytest_report_header(config):
