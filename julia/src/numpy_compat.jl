@@ -1,0 +1,304 @@
+# NumPy-compatible helpers for generated code. Everything works in JULIA layout: the code
+# generator has already reversed the axes, so `dims` below are Julia dims (NumPy axis `k`
+# of an `n`-d array is Julia dim `n - k`). None of these functions mutate their inputs or
+# index GPU arrays element by element. Derivative rules are in rules.jl.
+
+# ---------------------------------------------------------------------------------------
+# Reductions
+
+"""
+    reduced_dims(x, dims) -> Tuple{Vararg{Int}}
+
+Normalize `dims` (`:`, an integer or a tuple of integers, Julia dims) to a sorted tuple of
+distinct dims of `x`.
+"""
+reduced_dims(x, ::Colon) = Tuple(1:ndims(x))
+reduced_dims(x, dim::Integer) = reduced_dims(x, (dim,))
+function reduced_dims(x, dims::Union{Tuple, AbstractVector})
+    normalized = Tuple(sort!(unique!([Int(d) for d in dims])))
+    for d in normalized
+        1 <= d <= ndims(x) ||
+            throw(ArgumentError(
+                "dim $d is out of range for an array with $(ndims(x)) dims",
+            ))
+    end
+    return normalized
+end
+
+covers_all_dims(x, dims::Tuple) = length(dims) == ndims(x)
+reduced_length(x, dims::Tuple) = prod((size(x, d) for d in dims); init = 1)
+
+# NumPy drops reduced axes unless keepdims; reducing every axis gives a scalar.
+function reduce_like_numpy(whole, partial, x::AbstractArray, dims, keepdims::Bool)
+    d = reduced_dims(x, dims)
+    isempty(d) && return x
+    covers_all_dims(x, d) && !keepdims && return whole(x)
+    kept = partial(x, d)
+    return keepdims ? kept : dropdims(kept; dims = d)
+end
+
+"""
+    npsum(x; dims = :, keepdims = false)
+
+`numpy.sum(x, axis, keepdims=keepdims)` in Julia layout. Reducing all dims without
+`keepdims` returns a number; `dims = ()` returns `x` unchanged (as NumPy's `axis=()`).
+"""
+npsum(x::Number; dims = :, keepdims::Bool = false) = x
+function npsum(x::AbstractArray; dims = :, keepdims::Bool = false)
+    return reduce_like_numpy(sum, (a, d) -> sum(a; dims = d), x, dims, keepdims)
+end
+
+"""
+    npmean(x; dims = :, keepdims = false)
+
+`numpy.mean` in Julia layout (same conventions as [`npsum`](@ref)).
+"""
+npmean(x::Number; dims = :, keepdims::Bool = false) = x
+function npmean(x::AbstractArray; dims = :, keepdims::Bool = false)
+    whole = a -> sum(a) / length(a)
+    partial = (a, d) -> sum(a; dims = d) ./ reduced_length(a, d)
+    return reduce_like_numpy(whole, partial, x, dims, keepdims)
+end
+
+"""
+    npprod(x; dims = :, keepdims = false)
+
+`numpy.prod` in Julia layout (same conventions as [`npsum`](@ref)).
+"""
+npprod(x::Number; dims = :, keepdims::Bool = false) = x
+function npprod(x::AbstractArray; dims = :, keepdims::Bool = false)
+    return reduce_like_numpy(prod, (a, d) -> prod(a; dims = d), x, dims, keepdims)
+end
+
+"""
+    npmax(x; dims = :, keepdims = false)
+
+`numpy.max` (`amax`) in Julia layout. NaN propagates as in NumPy. The gradient is shared
+equally among tied maxima (the convention of JAX's reduce_max).
+"""
+npmax(x::Number; dims = :, keepdims::Bool = false) = x
+npmax(x::AbstractArray; dims = :, keepdims::Bool = false) = extremum(
+    maximum,
+    x,
+    reduced_dims(x, dims),
+    keepdims,
+)
+
+"""
+    npmin(x; dims = :, keepdims = false)
+
+`numpy.min` (`amin`) in Julia layout; ties share the gradient as in [`npmax`](@ref).
+"""
+npmin(x::Number; dims = :, keepdims::Bool = false) = x
+npmin(x::AbstractArray; dims = :, keepdims::Bool = false) = extremum(
+    minimum,
+    x,
+    reduced_dims(x, dims),
+    keepdims,
+)
+
+# `op` is `maximum` or `minimum`; positional so that one rrule covers both.
+function extremum(op, x::AbstractArray, dims::Tuple, keepdims::Bool)
+    return reduce_like_numpy(op, (a, d) -> op(a; dims = d), x, dims, keepdims)
+end
+
+# ---------------------------------------------------------------------------------------
+# Elementwise
+
+"""
+    npmaximum(x, y)
+
+`numpy.maximum` (broadcasting, NaN propagates). At ties the gradient is split equally.
+"""
+npmaximum(x, y) = max.(x, y)
+
+"""
+    npminimum(x, y)
+
+`numpy.minimum` (broadcasting, NaN propagates). At ties the gradient is split equally.
+"""
+npminimum(x, y) = min.(x, y)
+
+"""
+    npclip(x, lo, hi)
+
+`numpy.clip(x, lo, hi)`: `min(max(x, lo), hi)` elementwise, so `hi` wins when `lo > hi`,
+as in NumPy. `lo` and `hi` are numbers, arrays (broadcast) or `nothing` (no bound). The
+gradient flows to `x` where it is inside `[lo, hi]` (bounds included), otherwise to the
+bound that was taken.
+"""
+npclip(x, lo, hi) = clip_both(x, lo, hi)
+npclip(x, ::Nothing, hi) = clip_upper(x, hi)
+npclip(x, lo, ::Nothing) = clip_lower(x, lo)
+npclip(x, ::Nothing, ::Nothing) = x
+
+clip_both(x, lo, hi) = min.(max.(x, lo), hi)
+clip_upper(x, hi) = min.(x, hi)
+clip_lower(x, lo) = max.(x, lo)
+
+"""
+    logaddexp(a::Real, b::Real)
+
+`log(exp(a) + exp(b))` without overflow: `max(a, b) + log1p(exp(-abs(a - b)))`, with
+`logaddexp(-Inf, -Inf) == -Inf` and infinities handled as NumPy does.
+"""
+function logaddexp(a::Real, b::Real)
+    m = max(a, b)
+    isinf(m) && return m
+    return m + log1p(exp(-abs(a - b)))
+end
+
+"""
+    nplogaddexp(x, y)
+
+`numpy.logaddexp` (broadcasting). Derivatives `exp(x - out)` and `exp(y - out)`, which
+never overflow; at `x == y` each gets one half.
+"""
+nplogaddexp(x, y) = logaddexp.(x, y)
+
+"""
+    npwhere(cond, x, y)
+
+`numpy.where(cond, x, y)` (broadcasting); `cond` is a `Bool` or an array of `Bool`.
+"""
+npwhere(cond, x, y) = ifelse.(cond, x, y)
+
+# ---------------------------------------------------------------------------------------
+# Linear algebra
+
+"""
+    npmatmul(a, b)
+
+`a @ b` of NumPy for 1-d and 2-d operands, given in Julia layout (each matrix is the
+transpose of its NumPy counterpart): matrix-matrix is `b * a`, vector-matrix `b * a`,
+matrix-vector `transpose(a) * b`, vector-vector the unconjugated dot product. Stacked
+(batched) operands are not supported.
+"""
+npmatmul(a::AbstractMatrix, b::AbstractMatrix) = b * a
+npmatmul(a::AbstractVector, b::AbstractMatrix) = b * a
+npmatmul(a::AbstractMatrix, b::AbstractVector) = transpose(a) * b
+npmatmul(a::AbstractVector, b::AbstractVector) = transpose(a) * b
+function npmatmul(a::AbstractArray, b::AbstractArray)
+    throw(ArgumentError(
+        "npmatmul supports 1-d and 2-d operands only; got $(ndims(a))-d and $(ndims(b))-d",
+    ))
+end
+
+"""
+    npslogdet(A::AbstractMatrix) -> (sign, logabsdet)
+
+`numpy.linalg.slogdet` for one real square matrix (in NumPy order: sign first). Julia
+receives the transpose of the NumPy matrix, which has the same determinant. Singular
+matrices give `(0, -Inf)`. Computed from an LU factorization by reductions over its
+diagonal, so it also runs on GPU matrices (`LinearAlgebra.logabsdet` loops over elements).
+"""
+function npslogdet(A::AbstractMatrix{<:Real})
+    F = LinearAlgebra.lu(A; check = false)
+    diagonal = F.factors[LinearAlgebra.diagind(F.factors)]
+    logabs = sum(v -> log(abs(v)), diagonal; init = zero(float(eltype(A))))
+    sign_ = prod(sign, diagonal; init = one(float(eltype(A)))) * permutation_sign(F.ipiv)
+    # A zero pivot times an odd permutation gives -0.0; NumPy reports 0.0.
+    return (iszero(sign_) ? zero(sign_) : sign_, logabs)
+end
+
+# Each pivot entry that differs from its own row index is one row swap.
+permutation_sign(ipiv::AbstractVector) = isodd(sum(ipiv .!= (1:length(ipiv)); init = 0)) ?
+    -1 :
+    1
+
+# ---------------------------------------------------------------------------------------
+# Indexing: gather, its adjoint scatter-add, one-hot
+
+"""
+    nptake(x, indices; dim)
+
+`numpy.take(x, indices, axis)` in Julia layout: `dim` is the Julia dim, `indices` are
+NumPy indices (0-based, negative counts from the end, out-of-range wraps as
+`mode="wrap"`). An integer array of indices gives Julia dims
+`(size(x)[1:dim-1]..., size(indices)..., size(x)[dim+1:end]...)`; a single integer index
+drops the dim. The gradient is a scatter-add built from a one-hot matrix product (no
+mutation, repeated indices accumulate).
+"""
+function nptake(x::AbstractArray, indices::AbstractArray{<:Integer}; dim::Integer)
+    return take_positions(x, wrap_indices(indices, size(x, dim)), Int(dim))
+end
+# `selectdim` is a view with a Zygote rule; `copy` makes it a dense array again. For 1-d `x`
+# the result is a 0-d array.
+function nptake(x::AbstractArray, index::Integer; dim::Integer)
+    position = mod(index, size(x, dim)) + 1
+    return copy(selectdim(x, Int(dim), position))
+end
+
+"""
+    npscatter_add(g, indices, n; dim)
+
+The adjoint of [`nptake`](@ref): an array shaped like `x` (length `n` along `dim`) whose
+slices are the sums of the slices of `g` taken by each index; NumPy's
+`np.add.at(zeros, idx, g)` along an axis. `indices` follow NumPy conventions as in
+`nptake`. Built as a one-hot matrix product, without mutation.
+"""
+function npscatter_add(
+    g::AbstractArray,
+    indices::AbstractArray{<:Integer},
+    n::Integer;
+    dim::Integer,
+)
+    return scatter_positions(g, wrap_indices(indices, n), Int(n), Int(dim))
+end
+
+"""
+    nponehot(indices, n, T = Float64)
+
+One-hot encoding: Julia dims `(n, size(indices)...)`, i.e. NumPy shape
+`indices.shape + (n,)` as `numpy.eye(n)[indices]`. `indices` follow NumPy conventions.
+"""
+function nponehot(
+    indices::AbstractArray{<:Integer},
+    n::Integer,
+    ::Type{T} = Float64,
+) where {T}
+    positions = wrap_indices(indices, n)
+    return reshape(onehot_matrix(vec(positions), Int(n), T), Int(n), size(indices)...)
+end
+
+# NumPy index (0-based, negatives from the end) -> Julia position (1-based).
+wrap_indices(indices, n::Integer) = mod.(indices, n) .+ 1
+
+function take_positions(x::AbstractArray, positions::AbstractArray{<:Integer}, dim::Int)
+    selector = ntuple(d -> d == dim ? vec(positions) : Colon(), ndims(x))
+    picked = x[selector...]
+    return reshape(
+        picked,
+        (size(x)[1:(dim - 1)]..., size(positions)..., size(x)[(dim + 1):end]...),
+    )
+end
+
+function scatter_positions(
+    g::AbstractArray,
+    positions::AbstractArray{<:Integer},
+    n::Int,
+    dim::Int,
+)
+    before = size(g)[1:(dim - 1)]
+    after = size(g)[(dim + ndims(positions)):end]
+    m = length(positions)
+    onehot = onehot_matrix(vec(positions), n, eltype(g)) # n × m
+    g3 = reshape(g, prod(before; init = 1), m, prod(after; init = 1))
+    scattered = left_multiply_middle(onehot, g3)
+    return reshape(scattered, (before..., n, after...))
+end
+
+# O[i, j] = (positions[j] == i), made by broadcasting so it is built on the GPU for GPU
+# positions.
+function onehot_matrix(positions::AbstractVector, n::Int, ::Type{T}) where {T}
+    return ifelse.((1:n) .== reshape(positions, 1, length(positions)), one(T), zero(T))
+end
+
+# out[p, i, q] = sum_j g3[p, j, q] * O[i, j]
+function left_multiply_middle(O::AbstractMatrix, g3::AbstractArray{<:Any, 3})
+    P, m, Q = size(g3)
+    P == 1 && return reshape(O * reshape(g3, m, Q), 1, size(O, 1), Q)
+    moved = reshape(permutedims(g3, (2, 1, 3)), m, P * Q)
+    product = reshape(O * moved, size(O, 1), P, Q)
+    return permutedims(product, (2, 1, 3))
+end

@@ -1,0 +1,234 @@
+# ChainRulesCore rules for the helpers where Zygote cannot differentiate the code itself,
+# would pick an inconvenient subgradient, or would mutate/scalar-index (slow or broken on
+# GPU). Every pullback is written with broadcasts, reductions and products only, so Zygote
+# can differentiate it again (hessians) and it runs on GPU arrays.
+
+# Integer bookkeeping: no derivative, and keeps Zygote from tracing into mutation.
+@non_differentiable reduced_dims(::Any, ::Any)
+@non_differentiable reduced_length(::Any, ::Any)
+@non_differentiable wrap_indices(::Any, ::Any)
+@non_differentiable onehot_matrix(::Any, ::Any, ::Any)
+@non_differentiable nponehot(::Any...)
+@non_differentiable zero_gradient(::Any)
+@non_differentiable check_scalar(::Any)
+
+"""
+    unbroadcast_to(x, g)
+
+Sum the cotangent `g` of a broadcast result down to the shape of the operand `x` (a number
+or an array), the reverse of broadcasting's expansion of length-1 and missing dims.
+"""
+unbroadcast_to(x::Number, g::Number) = g
+unbroadcast_to(x::Number, g::AbstractArray) = sum(g)
+unbroadcast_to(x::AbstractArray, g::Number) = zero(x) .+ g
+function unbroadcast_to(x::AbstractArray, g::AbstractArray)
+    size(g) == size(x) && return g
+    expanded = Tuple(d for d in 1:ndims(g) if size(x, d) == 1 && size(g, d) != 1)
+    summed = isempty(expanded) ? g : sum(g; dims = expanded)
+    return reshape(summed, size(x))
+end
+
+# 1 where `a` was chosen, 0 where the other operand was, 1/2 at a tie.
+choice_weight(a_wins::Bool, tie::Bool, ::Type{T}) where {T} = ifelse(
+    tie,
+    T(1 / 2),
+    ifelse(a_wins, one(T), zero(T)),
+)
+
+weight_type(args...) = float(promote_type(map(eltype, args)...))
+
+# --- npmaximum / npminimum: ties split equally ------------------------------------------
+
+function ChainRulesCore.rrule(::typeof(npmaximum), x, y)
+    return elementwise_choice_rrule(npmaximum(x, y), x, y, >)
+end
+
+function ChainRulesCore.rrule(::typeof(npminimum), x, y)
+    return elementwise_choice_rrule(npminimum(x, y), x, y, <)
+end
+
+function elementwise_choice_rrule(out, x, y, x_wins)
+    T = weight_type(x, y)
+    weight_x = choice_weight.(x_wins.(x, y), x .== y, T)
+    function choice_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero && return (NoTangent(), ZeroTangent(), ZeroTangent())
+        dx = unbroadcast_to(x, ḡ .* weight_x)
+        dy = unbroadcast_to(y, ḡ .* (1 .- weight_x))
+        return (NoTangent(), dx, dy)
+    end
+    return out, choice_pullback
+end
+
+# --- npmax / npmin: ties share the cotangent ----------------------------------------------
+
+function ChainRulesCore.rrule(
+    ::typeof(extremum),
+    op,
+    x::AbstractArray,
+    dims::Tuple,
+    keepdims::Bool,
+)
+    out = extremum(op, x, dims, keepdims)
+    kept = isempty(dims) ? x : op(x; dims = dims)
+    hits = x .== kept
+    counts = sum(hits; dims = dims)
+    function extremum_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero &&
+            return (NoTangent(), NoTangent(), ZeroTangent(), NoTangent(), NoTangent())
+        ḡ_kept = ḡ isa Number ? ḡ : reshape(ḡ, size(kept))
+        dx = hits .* (ḡ_kept ./ counts)
+        return (NoTangent(), NoTangent(), dx, NoTangent(), NoTangent())
+    end
+    return out, extremum_pullback
+end
+
+# --- npclip --------------------------------------------------------------------------------
+# clip_both is min(max(x, lo), hi); ties go to the first operand (x, then max(x, lo)), so at
+# x == lo or x == hi the gradient flows to x.
+
+function ChainRulesCore.rrule(::typeof(clip_both), x, lo, hi)
+    T = weight_type(x, lo, hi)
+    raised = max.(x, lo)
+    takes_x = ifelse.(x .>= lo, one(T), zero(T))
+    below_hi = ifelse.(raised .<= hi, one(T), zero(T))
+    function clip_both_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero &&
+            return (NoTangent(), ZeroTangent(), ZeroTangent(), ZeroTangent())
+        through = ḡ .* below_hi
+        dx = unbroadcast_to(x, through .* takes_x)
+        dlo = unbroadcast_to(lo, through .* (1 .- takes_x))
+        dhi = unbroadcast_to(hi, ḡ .* (1 .- below_hi))
+        return (NoTangent(), dx, dlo, dhi)
+    end
+    return min.(raised, hi), clip_both_pullback
+end
+
+function ChainRulesCore.rrule(::typeof(clip_upper), x, hi)
+    return one_sided_clip_rrule(clip_upper(x, hi), x, hi, <=)
+end
+
+function ChainRulesCore.rrule(::typeof(clip_lower), x, lo)
+    return one_sided_clip_rrule(clip_lower(x, lo), x, lo, >=)
+end
+
+function one_sided_clip_rrule(out, x, bound, keeps_x)
+    T = weight_type(x, bound)
+    takes_x = ifelse.(keeps_x.(x, bound), one(T), zero(T))
+    function one_sided_clip_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero && return (NoTangent(), ZeroTangent(), ZeroTangent())
+        dx = unbroadcast_to(x, ḡ .* takes_x)
+        dbound = unbroadcast_to(bound, ḡ .* (1 .- takes_x))
+        return (NoTangent(), dx, dbound)
+    end
+    return out, one_sided_clip_pullback
+end
+
+# --- logaddexp -------------------------------------------------------------------------------
+
+# d out / d a = exp(a - out) <= 1, with the two corner cases NumPy's formula leaves open:
+# equal operands (including both infinite) get 1/2, and an infinite result goes wholly to
+# the operand equal to it.
+function logaddexp_weight(a::Real, b::Real, out::Real)
+    T = float(typeof(out))
+    a == b && return T(1 / 2)
+    isinf(out) && return ifelse(a == out, one(T), zero(T))
+    return exp(a - out)
+end
+
+function ChainRulesCore.rrule(::typeof(logaddexp), a::Real, b::Real)
+    out = logaddexp(a, b)
+    weight_a = logaddexp_weight(a, b, out)
+    function logaddexp_pullback(Δ)
+        ḡ = unthunk(Δ)
+        return (NoTangent(), ḡ * weight_a, ḡ * (1 - weight_a))
+    end
+    return out, logaddexp_pullback
+end
+
+function ChainRulesCore.rrule(::typeof(nplogaddexp), x, y)
+    out = nplogaddexp(x, y)
+    weight_x = logaddexp_weight.(x, y, out)
+    function nplogaddexp_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero && return (NoTangent(), ZeroTangent(), ZeroTangent())
+        dx = unbroadcast_to(x, ḡ .* weight_x)
+        dy = unbroadcast_to(y, ḡ .* (1 .- weight_x))
+        return (NoTangent(), dx, dy)
+    end
+    return out, nplogaddexp_pullback
+end
+
+# --- npwhere ---------------------------------------------------------------------------------
+
+function ChainRulesCore.rrule(::typeof(npwhere), cond, x, y)
+    function npwhere_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero &&
+            return (NoTangent(), NoTangent(), ZeroTangent(), ZeroTangent())
+        dx = unbroadcast_to(x, ifelse.(cond, ḡ, zero(eltype(ḡ))))
+        dy = unbroadcast_to(y, ifelse.(cond, zero(eltype(ḡ)), ḡ))
+        return (NoTangent(), NoTangent(), dx, dy)
+    end
+    return npwhere(cond, x, y), npwhere_pullback
+end
+
+# --- npslogdet -------------------------------------------------------------------------------
+# d logabsdet(A) / dA = inv(A)ᵀ; the sign is piecewise constant.
+
+function ChainRulesCore.rrule(::typeof(npslogdet), A::AbstractMatrix{<:Real})
+    out = npslogdet(A)
+    function npslogdet_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero && return (NoTangent(), ZeroTangent())
+        ḡ_logabs = unthunk(ḡ[2])
+        ḡ_logabs isa AbstractZero && return (NoTangent(), ZeroTangent())
+        return (NoTangent(), ḡ_logabs .* permutedims(inv(A), (2, 1)))
+    end
+    return out, npslogdet_pullback
+end
+
+# --- gather / scatter-add --------------------------------------------------------------------
+# Each is the other's adjoint, so both directions (and their second derivatives) stay free
+# of `setindex!`, whose accumulation of repeated indices is racy on GPUs.
+
+function ChainRulesCore.rrule(
+    ::typeof(take_positions),
+    x::AbstractArray,
+    positions::AbstractArray{<:Integer},
+    dim::Int,
+)
+    n = size(x, dim)
+    function take_positions_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero && return (NoTangent(), ZeroTangent(), NoTangent(), NoTangent())
+        dx = scatter_positions(dense_cotangent(ḡ), positions, n, dim)
+        return (NoTangent(), dx, NoTangent(), NoTangent())
+    end
+    return take_positions(x, positions, dim), take_positions_pullback
+end
+
+function ChainRulesCore.rrule(
+    ::typeof(scatter_positions),
+    g::AbstractArray,
+    positions::AbstractArray{<:Integer},
+    n::Int,
+    dim::Int,
+)
+    function scatter_positions_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero &&
+            return (NoTangent(), ZeroTangent(), NoTangent(), NoTangent(), NoTangent())
+        dg = take_positions(dense_cotangent(ḡ), positions, dim)
+        return (NoTangent(), dg, NoTangent(), NoTangent(), NoTangent())
+    end
+    return scatter_positions(g, positions, n, dim), scatter_positions_pullback
+end
+
+# Cotangents can arrive lazy (e.g. FillArrays.Fill from `sum`); reshape and matmul want a
+# plain array of the same device.
+dense_cotangent(ḡ::DenseArray) = ḡ
+dense_cotangent(ḡ::AbstractArray) = ḡ .+ zero(eltype(ḡ))

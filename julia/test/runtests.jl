@@ -1,0 +1,268 @@
+using DiffProg
+using LinearAlgebra: LinearAlgebra
+using Test
+
+# Central finite differences of a scalar function of one array (or number) argument.
+function finite_difference_gradient(f, x::AbstractArray; h = 1.0e-6)
+    return map(CartesianIndices(x)) do i
+        step = zero(x)
+        step[i] = h
+        (f(x .+ step) - f(x .- step)) / (2h)
+    end
+end
+finite_difference_gradient(f, x::Number; h = 1.0e-6) = (f(x + h) - f(x - h)) / (2h)
+
+const PRODUCT_SOURCE = """
+function program(x1, x2)
+    v3 = x1 .* x2
+    v4 = sum(v3)
+    return (v4, v3)
+end
+"""
+
+@testset "DiffProg" begin
+    @testset "load_program: own module, cache by source" begin
+        p = load_program(PRODUCT_SOURCE)
+        @test p isa Program
+        @test parentmodule(p.func) === p.mod
+        @test p.mod !== Main
+        @test !isdefined(Main, :program)
+        @test load_program(PRODUCT_SOURCE) === p
+        q = load_program(PRODUCT_SOURCE * "\n# another program\n")
+        @test q !== p && q.mod !== p.mod
+        @test program_source(p) == PRODUCT_SOURCE
+        @test_throws ArgumentError load_program("f(x) = x")
+        @test_throws ArgumentError load_program("program = 1")
+    end
+
+    @testset "world age: load and call inside one function" begin
+        load_and_run() = value(load_program("program(x) = (2 .* x,)"), ([1.0, 2.0],))
+        @test load_and_run() == ([2.0, 4.0],)
+    end
+
+    @testset "generated code can call DiffProg helpers qualified" begin
+        p = load_program("program(x) = (DiffProg.npsum(x; dims = (1,), keepdims = false),)")
+        @test value(p, ([1.0 2.0; 3.0 4.0],)) == ([4.0, 6.0],)
+    end
+
+    @testset "value" begin
+        p = load_program(PRODUCT_SOURCE)
+        x1, x2 = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]
+        outputs = value(p, (x1, x2))
+        @test outputs == (32.0, [4.0, 10.0, 18.0])
+        @test p(x1, x2) == outputs
+        single = load_program("program(x) = sum(x)")
+        @test value(single, ([1.0, 2.0],)) == (3.0,)
+    end
+
+    @testset "value_and_gradient" begin
+        p = load_program(PRODUCT_SOURCE)
+        x1, x2 = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]
+        outputs, gradients = value_and_gradient(p, (x1, x2), (1, 2))
+        @test outputs[1] == 32.0
+        @test gradients == (x2, x1)
+        @test gradients[1] !== x2 # never an input array handed back
+        _, (g2,) = value_and_gradient(p, (x1, x2), 2)
+        @test g2 == x1
+        @test_throws ArgumentError value_and_gradient(p, (x1, x2), (3,))
+    end
+
+    @testset "nothing gradients become zeros of the argument's shape and type" begin
+        p = load_program("program(x, y, n) = (sum(abs2, x),)")
+        x, y = Float32[1, 2], Float32[1 2; 3 4]
+        _, (gx, gy, gn) = value_and_gradient(p, (x, y, 3))
+        @test gx == Float32[2, 4] && eltype(gx) === Float32
+        @test gy == zeros(Float32, 2, 2) && eltype(gy) === Float32
+        @test gn === 0.0
+    end
+
+    @testset "gradient eltype follows the argument" begin
+        p = load_program("program(x) = (sum(x .* 2.0),)") # Float64 literal promotes
+        _, (g,) = value_and_gradient(p, (Float32[1, 2],))
+        @test eltype(g) === Float32 && g == Float32[2, 2]
+    end
+
+    @testset "first output must be scalar" begin
+        p = load_program("program(x) = (x .* 2,)")
+        @test_throws ArgumentError value_and_gradient(p, ([1.0, 2.0],))
+        zero_dim = load_program("program(x) = (fill(sum(x)),)")
+        _, (g,) = value_and_gradient(zero_dim, ([1.0, 2.0],))
+        @test g == [1.0, 1.0]
+    end
+
+    @testset "pullback" begin
+        p = load_program(PRODUCT_SOURCE)
+        x1, x2 = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]
+        outputs, (g1, g2) = pullback(p, (x1, x2), (2.0, [1.0, 0.0, -1.0]))
+        @test outputs[1] == 32.0
+        @test g1 ≈ 2.0 .* x2 .+ [1.0, 0.0, -1.0] .* x2
+        @test g2 ≈ 2.0 .* x1 .+ [1.0, 0.0, -1.0] .* x1
+        _, (h1, h2) = pullback(p, (x1, x2), (nothing, nothing))
+        @test h1 == zeros(3) && h2 == zeros(3)
+        @test_throws DimensionMismatch pullback(p, (x1, x2), (1.0,))
+    end
+
+    @testset "jacobian" begin
+        p = load_program("program(A, x) = (A * x, sum(x))")
+        A, x = [1.0 2.0; 3.0 4.0; 5.0 6.0], [1.0, -1.0]
+        y, (JA, Jx) = jacobian(p, (A, x))
+        @test y == A * x
+        @test size(Jx) == (2, 3) # (size(x)..., size(y)...): NumPy sees y.shape + x.shape
+        @test permutedims(Jx) == A
+        @test size(JA) == (3, 2, 3)
+        for k in 1:3, i in 1:3, j in 1:2
+            @test JA[i, j, k] == (i == k ? x[j] : 0.0)
+        end
+        s, (Js,) = jacobian(p, (A, x); output = 2, wrt = 2)
+        @test s == 0.0 && Js == [1.0, 1.0]
+        scalar_in = load_program("program(a, x) = (a .* x,)")
+        _, (Ja,) = jacobian(scalar_in, (2.0, [1.0, 2.0, 3.0]); wrt = 1)
+        @test Ja == [1.0, 2.0, 3.0]
+    end
+
+    @testset "hessian" begin
+        p = load_program("program(x, c) = (sum(c .* x .^ 3), x)")
+        x, c = [1.0, 2.0], [3.0, 4.0]
+        H = hessian(p, (x, c), 1)
+        @test H ≈ LinearAlgebra.diagm(6 .* c .* x)
+        q = load_program("program(A, x) = (x' * A * x,)")
+        A = [2.0 1.0; 1.0 3.0]
+        @test hessian(q, (A, [1.0, 1.0]), 2) ≈ 2A
+    end
+
+    @testset "compile notices" begin
+        p = load_program("program(x) = (x,)")
+        @test DiffProg.note_compilation!(p, :value, ([1.0],))
+        @test !DiffProg.note_compilation!(p, :value, ([2.0],))
+        @test DiffProg.note_compilation!(p, :value, (Float32[2.0],))
+        @test !compile_notices!(false)
+        compile_notices!(true)
+    end
+
+    @testset "exchange without Python" begin
+        a = reshape(collect(1.0:6.0), 3, 2) # NumPy shape (2, 3) in Julia layout
+        @test import_array(a, (2, 3)) === a
+        b = import_array(reshape(collect(1.0:6.0), 2, 3), (2, 3)) # read unreversed
+        @test size(b) == (3, 2) && vec(b) == 1.0:6.0
+        @test import_array(2.5, ()) === 2.5
+        @test_throws DimensionMismatch import_array(a, (4, 2))
+        @test export_array(a) === a
+        @test export_array(a') == permutedims(a) && export_array(a') isa Matrix
+        outputs = export_outputs(((1.0, a), (a',)))
+        @test outputs[1][2] === a && outputs[2][1] isa Matrix
+        @test !DiffProg.on_gpu(a)
+    end
+
+    @testset "numpy-compatible reductions" begin
+        x = reshape(collect(1.0:24.0), 2, 3, 4)
+        @test npsum(x) == sum(x) && npsum(x) isa Float64
+        @test npsum(x; dims = (1, 3)) == vec(sum(x; dims = (1, 3)))
+        @test size(npsum(x; dims = 2, keepdims = true)) == (2, 1, 4)
+        @test size(npsum(x; dims = :, keepdims = true)) == (1, 1, 1)
+        @test npsum(x; dims = ()) === x
+        @test npmean(x; dims = 3) == dropdims(sum(x; dims = 3) ./ 4; dims = 3)
+        @test npprod([1.0 2.0; 3.0 4.0]; dims = 2) == [2.0, 12.0]
+        @test npmax(x; dims = 1) == dropdims(maximum(x; dims = 1); dims = 1)
+        @test npmin(x) == 1.0
+        @test_throws ArgumentError npsum(x; dims = 4)
+    end
+
+    @testset "npmax gradient shares ties" begin
+        p = load_program("program(x) = (DiffProg.npmax(x),)")
+        _, (g,) = value_and_gradient(p, ([1.0, 3.0, 3.0],))
+        @test g == [0.0, 0.5, 0.5]
+        q = load_program("program(x) = (sum(DiffProg.npmin(x; dims = 1)),)")
+        _, (h,) = value_and_gradient(q, ([1.0 5.0; 2.0 0.0],))
+        @test h == [1.0 0.0; 0.0 1.0]
+    end
+
+    @testset "npmaximum, npclip, npwhere gradients" begin
+        p = load_program("program(x, y) = (sum(DiffProg.npmaximum(x, y)),)")
+        _, (gx, gy) = value_and_gradient(p, ([1.0, 2.0, 3.0], 2.0))
+        @test gx == [0.0, 0.5, 1.0] && gy == 1.5
+        clip = load_program("program(x, lo, hi) = (sum(DiffProg.npclip(x, lo, hi)),)")
+        _, (cx, clo, chi) = value_and_gradient(clip, ([-2.0, 0.0, 0.5, 1.0, 3.0], 0.0, 1.0))
+        @test cx == [0.0, 1.0, 1.0, 1.0, 0.0] && clo == 1.0 && chi == 1.0
+        @test npclip([-1.0, 5.0], 2.0, 1.0) == [1.0, 1.0] # hi wins when lo > hi, as NumPy
+        @test npclip([-1.0, 5.0], nothing, 1.0) == [-1.0, 1.0]
+        @test npclip([-1.0, 5.0], 0.0, nothing) == [0.0, 5.0]
+        where_ = load_program("program(c, x, y) = (sum(DiffProg.npwhere(c, x, y)),)")
+        _, (_, wx, wy) = value_and_gradient(where_, ([true, false], [1.0, 2.0], 3.0))
+        @test wx == [1.0, 0.0] && wy == 1.0
+    end
+
+    @testset "logaddexp" begin
+        @test logaddexp(1000.0, 1000.0) ≈ 1000.0 + log(2)
+        @test logaddexp(-Inf, -Inf) == -Inf
+        @test logaddexp(Inf, 1.0) == Inf
+        @test nplogaddexp([0.0, 1.0], 0.0) ≈ log.(exp.([0.0, 1.0]) .+ 1)
+        p = load_program("program(x, y) = (sum(DiffProg.nplogaddexp(x, y)),)")
+        x, y = [0.5, -1.0, 800.0], [0.5, 2.0, 799.0]
+        _, (gx, gy) = value_and_gradient(p, (x, y))
+        @test gx ≈ [0.5, exp(-1.0) / (exp(-1.0) + exp(2.0)), 1 / (1 + exp(-1.0))]
+        @test gx .+ gy ≈ ones(3)
+    end
+
+    @testset "npmatmul matches NumPy on reversed axes" begin
+        A = [1.0 2.0 3.0; 4.0 5.0 6.0]  # NumPy (2, 3)
+        B = [1.0 0.0; 0.0 1.0; 1.0 1.0] # NumPy (3, 2)
+        a_j, b_j = permutedims(A), permutedims(B)
+        @test npmatmul(a_j, b_j) == permutedims(A * B)
+        v = [1.0, 1.0, 1.0]
+        @test npmatmul(a_j, v) == A * v
+        @test npmatmul(v, b_j) == permutedims(B) * v
+        @test npmatmul(v, v) == 3.0
+        @test_throws ArgumentError npmatmul(zeros(2, 2, 2), zeros(2, 2))
+    end
+
+    @testset "npslogdet" begin
+        M = [2.0 1.0 0.0; 1.0 -3.0 1.0; 0.0 1.0 4.0]
+        s, l = npslogdet(permutedims(M))
+        @test s == sign(LinearAlgebra.det(M)) && l ≈ log(abs(LinearAlgebra.det(M)))
+        @test npslogdet([1.0 2.0; 2.0 4.0]) === (0.0, -Inf)
+        p = load_program("program(A) = (DiffProg.npslogdet(A)[2],)")
+        _, (g,) = value_and_gradient(p, (M,))
+        @test g ≈ permutedims(inv(M))
+    end
+
+    @testset "nptake, npscatter_add, nponehot" begin
+        x = reshape(collect(1.0:12.0), 3, 4) # NumPy shape (4, 3)
+        @test nptake(x, [0, 2, -1]; dim = 2) == x[:, [1, 3, 4]]
+        @test size(nptake(x, [0 1; 2 3]; dim = 2)) == (3, 2, 2)
+        @test nptake(x, 1; dim = 1) == x[2, :]
+        g = ones(3, 3)
+        @test npscatter_add(g, [0, 0, 3], 4; dim = 2) ==
+            [2.0 0.0 0.0 1.0; 2.0 0.0 0.0 1.0; 2.0 0.0 0.0 1.0]
+        @test nponehot([0, 2, -1], 3) == [1.0 0.0 0.0; 0.0 0.0 0.0; 0.0 1.0 1.0]
+        p = load_program("program(x, i) = (sum(DiffProg.nptake(x, i; dim = 1) .^ 2),)")
+        _, (gx, gi) = value_and_gradient(p, ([1.0, 2.0, 3.0], [0, 0, 2]))
+        @test gx == [4.0, 0.0, 6.0]
+        @test gi == zeros(3)
+        # Second order through the gather/scatter pair.
+        @test hessian(p, ([1.0, 2.0, 3.0], [0, 0, 2]), 1) ==
+            LinearAlgebra.diagm([4.0, 0.0, 2.0])
+    end
+
+    @testset "gradients agree with finite differences" begin
+        source = """
+        function program(x, y)
+            v1 = DiffProg.nplogaddexp(x, y)
+            v2 = DiffProg.npclip(v1, 0.5, 2.5)
+            v3 = DiffProg.npsum(v2 .* x; dims = (1,), keepdims = false)
+            return (sum(v3), v3)
+        end
+        """
+        p = load_program(source)
+        x, y = [0.1 1.2; -0.7 2.0], [0.4 -0.3; 1.1 0.9]
+        _, (gx, gy) = value_and_gradient(p, (x, y))
+        @test gx ≈ finite_difference_gradient(z -> value(p, (z, y))[1], x) atol = 1.0e-6
+        @test gy ≈ finite_difference_gradient(z -> value(p, (x, z))[1], y) atol = 1.0e-6
+    end
+
+    @testset "cache management" begin
+        n = program_count()
+        @test n >= 1
+        clear_programs!()
+        @test program_count() == 0
+    end
+end
