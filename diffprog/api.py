@@ -207,8 +207,8 @@ class Transformed:
         self.fn = base
         self.engine = engine
         self.static_argnums = tuple(static_argnums)
-        if engine is not None:
-            _engines.get(engine) if engine == "numpy" else None
+        if engine is not None and engine not in _engines.names():
+            _engines.get(engine)  # raises ArgumentValueError naming the known engines
 
     def _signature(self, args) -> Signature:
         return make_signature(args, self.static_argnums)
