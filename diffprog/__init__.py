@@ -4,21 +4,23 @@
 >>> dp.grad(lambda x: np.sum(np.tanh(x)))(np.zeros(2))
 array([1., 1.])
 """
-from . import engines
+from . import engines, guards
 from .custom import custom_jvp, custom_vjp
 from .api import differentiable, grad, hessian, jacobian, jvp, value_and_grad, vjp
 from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
+                     DiffprogWarning,
                      EngineError, EngineUnavailable, NotDifferentiableError, ShapeError,
                      UnsupportedFunctionError)
 from .ir import Graph
+from .numpy_api import stop_gradient
 from .primitives import PRIMITIVES
 
 __version__ = "0.1.0"
 
 __all__ = [
     "differentiable", "grad", "value_and_grad", "vjp", "jvp", "jacobian", "hessian",
-    "custom_vjp", "custom_jvp", "engines", "Graph", "PRIMITIVES",
+    "custom_vjp", "custom_jvp", "stop_gradient", "engines", "Graph", "PRIMITIVES",
     "DiffprogError", "ArgumentError", "ArgumentValueError", "ShapeError",
     "UnsupportedFunctionError", "ConcretizationError", "NotDifferentiableError",
-    "EngineUnavailable", "EngineError",
+    "EngineUnavailable", "EngineError", "DiffprogWarning",
 ]

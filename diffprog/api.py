@@ -10,6 +10,7 @@ inside a physics-informed loss.
 from __future__ import annotations
 
 import functools
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -17,7 +18,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import engines as _engines
-from .errors import ArgumentError, ArgumentValueError, NotDifferentiableError, ShapeError
+from .errors import (ArgumentError, ArgumentValueError, DiffprogError, DiffprogWarning,
+                     NotDifferentiableError, ShapeError)
+from .guards import GuardFailed
 from .ir import Graph
 from .tracing import _TRACE_STACK, Tracer, eval_graph, trace_function
 from .transforms import jvp_graph, simplify, vjp_graph
@@ -116,19 +119,59 @@ class Traced:
     out_tree: TreeDef
     n_explicit: int
     captured: list  # outer tracers, bound to the graph's trailing inputs
+    guarded: bool = False  # holds guards: valid only for inputs that pass them
 
 
 def trace_call(fn: Callable, sig: Signature) -> Traced:
     graph, out_tree, trace = trace_function(fn, sig.dyn_leaves, sig.build_args)
-    return Traced(simplify(graph), out_tree, len(sig.dynamic), [o for o, _ in trace.captured])
+    graph = simplify(graph)
+    return Traced(graph, out_tree, len(sig.dynamic), [o for o, _ in trace.captured],
+                  _has_guards(graph))
+
+
+def _warn_retraces(fn, count: int, line: str) -> None:
+    name = getattr(fn, "__qualname__", repr(fn))
+    warnings.warn(
+        f"{name} was traced {count} times for inputs of the same shapes, because Python "
+        f"control flow on traced values took new paths (guard at {line}). Each new path "
+        f"costs a trace and a compile. Fix: express data-dependent control flow with "
+        f"dp.cond (branches), dp.fori_loop / dp.scan (loops with a known count) or "
+        f"dp.while_loop, which stay inside one program. Note that float() of a traced "
+        f"value is frozen into the program too (no gradient flows through it).",
+        DiffprogWarning, stacklevel=4)
 
 
 class FunctionCache:
-    """Compiled programs of one user function, keyed by signature/kind/engine."""
+    """Compiled programs of one user function, keyed by signature/kind/engine.
+
+    ``programs[key]`` is the most recent ``(program, traced)``; ``variants[key]`` holds
+    every :class:`Variant` kept for that key (several when guards failed: one per
+    branch outcome / loop count), most recently used first.
+    """
 
     def __init__(self):
         self.traced: dict = {}
         self.programs: dict = {}
+        self.variants: dict = {}
+        self.retraces: dict = {}  # key -> number of variants ever traced
+        self.warned: set = set()
+
+
+@dataclass
+class Variant:
+    """The compiled program(s) of one trace of the function, checked by its guards."""
+
+    programs: tuple
+    traced: Traced
+
+
+#: variants kept per key (least recently used dropped), and when to warn about them
+MAX_VARIANTS = 32
+WARN_AFTER_VARIANTS = 8
+
+
+def _has_guards(graph: Graph) -> bool:
+    return any(getattr(e.prim, "effectful", False) for e in graph.eqns)
 
 
 _CACHES: "weakref.WeakKeyDictionary[Callable, FunctionCache]" = weakref.WeakKeyDictionary()
@@ -218,21 +261,69 @@ class Transformed:
             return trace_call(self.fn, sig)
         cache = cache_for(self.fn)
         hit = cache.traced.get(sig.key)
-        if hit is None:
+        # A guarded trace holds for the values it was traced with only: trace again.
+        if hit is None or hit.guarded:
             hit = cache.traced[sig.key] = trace_call(self.fn, sig)
         return hit
 
-    def _program(self, sig: Signature, kind: tuple, build: Callable[[Traced], Graph]):
-        """(program, traced) for this signature; ``build`` makes the graph on a miss."""
+    def _run(self, sig: Signature, kind: tuple, build: Callable, inputs=None):
+        """Run the compiled program for this call: ``(flat outputs, variant)``.
+
+        ``build(traced)`` makes the graph (or a tuple of graphs; the first one is run
+        here, the others are returned compiled in ``variant.programs``) on a miss.
+        Variants whose guards fail on these inputs are skipped; when none holds, the
+        function is traced again for these inputs and the new variant kept.
+        """
         engine_name = _engine_name(sig, self.engine)
         cache = cache_for(self.fn)
         key = (sig.key, kind, engine_name)
-        hit = cache.programs.get(key)
-        if hit is None:
+        inputs = sig.dyn_leaves if inputs is None else inputs
+        variants = cache.variants.setdefault(key, [])
+        failed = None
+        for i, variant in enumerate(variants):
+            try:
+                out = variant.programs[0](*inputs)
+            except GuardFailed as e:
+                failed = e
+                continue
+            if i:
+                variants.insert(0, variants.pop(i))
+            return out, variant
+        variant = self._new_variant(sig, build, engine_name, fresh=failed is not None)
+        variants.insert(0, variant)
+        del variants[MAX_VARIANTS:]
+        cache.programs[key] = (variant.programs[0], variant.traced)
+        count = cache.retraces[key] = cache.retraces.get(key, 0) + 1
+        if failed is not None and count >= WARN_AFTER_VARIANTS and key not in cache.warned:
+            cache.warned.add(key)
+            _warn_retraces(self.fn, count, failed.line)
+        try:
+            return variant.programs[0](*inputs), variant
+        except GuardFailed as e:  # pragma: no cover - the trace disagrees with itself
+            raise DiffprogError(
+                f"internal: a program traced for these inputs failed its own guard at {e.line} "
+                f"(is the function non-deterministic?)") from None
+
+    def _new_variant(self, sig, build, engine_name, fresh: bool) -> Variant:
+        if fresh:
+            traced = trace_call(self.fn, sig)
+            cache_for(self.fn).traced[sig.key] = traced
+        else:
             traced = self._traced(sig)
-            graph = build(traced)
-            program = _engines.get(engine_name).compile(graph)
-            hit = cache.programs[key] = (program, traced)
+        graphs = build(traced)
+        graphs = graphs if isinstance(graphs, tuple) else (graphs,)
+        engine = _engines.get(engine_name)
+        return Variant(tuple(engine.compile(g) for g in graphs), traced)
+
+    def _program(self, sig: Signature, kind: tuple, build: Callable[[Traced], Graph]):
+        """(program, traced) of the most recent variant for this signature (no guard
+        check: for introspection; calls go through :meth:`_run`)."""
+        engine_name = _engine_name(sig, self.engine)
+        key = (sig.key, kind, engine_name)
+        hit = cache_for(self.fn).programs.get(key)
+        if hit is None:
+            variant = self._new_variant(sig, build, engine_name, fresh=False)
+            hit = cache_for(self.fn).programs[key] = (variant.programs[0], variant.traced)
         return hit
 
 
@@ -249,8 +340,8 @@ class Differentiable(Transformed):
         sig = self._signature(args)
         if sig.nested:
             return self.fn(*args)
-        program, traced = self._program(sig, ("value",), lambda t: t.graph)
-        return unflatten(traced.out_tree, program(*sig.dyn_leaves))
+        flat, variant = self._run(sig, ("value",), lambda t: t.graph)
+        return unflatten(variant.traced.out_tree, flat)
 
     def __get__(self, obj, objtype=None):  # usable as a method
         return self if obj is None else functools.partial(self, obj)
@@ -430,8 +521,8 @@ class _GradFunction(Transformed):
             traced = self._traced(sig)
             flat = _run_nested(build(traced), traced, sig.dyn_leaves)
         else:
-            program, traced = self._program(sig, ("grad", argnums, self.has_aux), build)
-            flat = program(*sig.dyn_leaves)
+            flat, variant = self._run(sig, ("grad", argnums, self.has_aux), build)
+            traced = variant.traced
         n_out = len(traced.graph.outvars)
         value = unflatten(traced.out_tree, flat[:n_out]) if self.has_aux else flat[0]
         grads = _grads_tree(sig, argnums, wrt, flat[n_out if self.has_aux else 1:], single)
@@ -507,21 +598,21 @@ def vjp(fn: Callable, *primals):
     """
     t = Transformed(fn)
     sig = t._signature(primals)
-    traced = t._traced(sig)
     wrt = _float_positions(sig, range(len(sig.dynamic)))
     argnums = tuple(range(len(primals)))
-    n_out = len(traced.graph.outvars)
-    n_in = len(traced.graph.invars)
 
     if sig.nested:
+        traced = t._traced(sig)
+        n_out = len(traced.graph.outvars)
         out_flat = _run_nested(traced.graph, traced, sig.dyn_leaves)
         backward = None
     else:
         def split(tr):
-            return split_known(vjp_graph(tr.graph, wrt, seed="input"), n_in, n_out)
-        forward, _ = t._program(sig, ("vjp-forward",), lambda tr: split(tr)[0])
-        backward, _ = t._program(sig, ("vjp-backward",), lambda tr: split(tr)[1])
-        flat = forward(*sig.dyn_leaves)
+            return split_known(vjp_graph(tr.graph, wrt, seed="input"), len(tr.graph.invars),
+                               len(tr.graph.outvars))
+        flat, variant = t._run(sig, ("vjp",), split)
+        traced, backward = variant.traced, variant.programs[1]
+        n_out = len(traced.graph.outvars)
         out_flat, residuals = list(flat[:n_out]), flat[n_out:]
     out = unflatten(traced.out_tree, out_flat)
 
@@ -576,8 +667,9 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence):
         # jvp graph inputs: primals (explicit, then captured), then tangents
         flat = eval_graph(jvp_graph(traced.graph, wrt), list(sig.dyn_leaves) + list(traced.captured) + tans)
     else:
-        program, traced = t._program(sig, ("jvp",), lambda tr: jvp_graph(tr.graph, wrt))
-        flat = program(*sig.dyn_leaves, *tans)
+        flat, variant = t._run(sig, ("jvp",), lambda tr: jvp_graph(tr.graph, wrt),
+                               inputs=list(sig.dyn_leaves) + list(tans))
+        traced = variant.traced
     n_out = len(traced.graph.outvars)
     return unflatten(traced.out_tree, flat[:n_out]), unflatten(traced.out_tree, flat[n_out:])
 

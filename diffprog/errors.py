@@ -51,3 +51,8 @@ class GradCheckError(DiffprogError, AssertionError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class DiffprogWarning(UserWarning):
+    """Something works but is likely slow or surprising (e.g. a function retraced for
+    many different branch outcomes); the message says what to change."""

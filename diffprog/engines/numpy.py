@@ -122,6 +122,8 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
         return outs
 
     def assign(outs, rhs, multiple) -> str:
+        if not outs:  # an effect without results (a guard)
+            return rhs
         return ", ".join(outs) + ("," if len(outs) == 1 and multiple else "") + " = " + rhs
 
     def dead_after(idx, atoms) -> list[str]:

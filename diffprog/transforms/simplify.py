@@ -18,7 +18,8 @@ def dead_code_elimination(graph: Graph) -> Graph:
     live = {id(v) for v in graph.outvars if isinstance(v, Var)}
     kept = []
     for eqn in reversed(graph.eqns):
-        if any(id(o) in live for o in eqn.outputs):
+        # effectful equations (guards) have no outputs to keep them alive
+        if any(id(o) in live for o in eqn.outputs) or getattr(eqn.prim, "effectful", False):
             kept.append(eqn)
             live.update(id(a) for a in eqn.inputs if isinstance(a, Var))
     kept.reverse()
