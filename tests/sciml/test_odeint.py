@@ -1,0 +1,84 @@
+"""odeint against scipy.integrate.solve_ivp and finite-difference gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffprog as dp
+from diffprog.sciml import odeint
+from diffprog.testing import check_grads
+
+from ..helpers import assert_close
+
+scipy_integrate = pytest.importorskip("scipy.integrate")
+
+P = np.array([1.5, 1.0, 3.0, 1.0])
+Y0 = np.array([1.0, 1.0])
+T = np.linspace(0.0, 5.0, 11)
+
+
+def lotka_volterra(y, t, p):
+    return np.stack([p[0] * y[0] - p[1] * y[0] * y[1], -p[2] * y[1] + p[3] * y[0] * y[1]])
+
+
+def _reference(y0=Y0, p=P):
+    sol = scipy_integrate.solve_ivp(lambda t, y: lotka_volterra(y, t, p), (T[0], T[-1]), y0,
+                                    t_eval=T, rtol=1e-11, atol=1e-12)
+    return sol.y.T
+
+
+@pytest.mark.parametrize("method,kw,tol", [("rk4", {"steps_per_interval": 20}, 2e-6),
+                                           ("dopri5", {"rtol": 1e-8, "atol": 1e-10}, 1e-6)])
+def test_matches_solve_ivp(method, kw, tol):
+    ys = odeint(lotka_volterra, Y0, T, P, method=method, **kw)
+    assert ys.shape == (len(T), 2)
+    assert_close(ys, _reference(), rtol=tol, atol=tol)
+
+
+def test_time_dependent_rhs_and_traced_call():
+    f = lambda y, t, w: np.cos(w * t) * y  # noqa: E731  y = exp(sin(w t) / w)
+    w = np.array(2.0)
+    expected = np.exp(np.sin(w * T) / w)
+    for method in ("rk4", "dopri5"):
+        ys = dp.differentiable(lambda w: odeint(f, np.array([1.0]), T, w, method=method))(w)
+        assert_close(ys[:, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+def _loss(method, **kw):
+    return lambda y0, p: np.sum(odeint(lotka_volterra, y0, T, p, method=method, **kw) ** 2)
+
+
+def test_rk4_gradients_match_finite_differences():
+    check_grads(_loss("rk4"), (Y0, P))
+
+
+def test_dopri5_gradients_match_finite_differences():
+    """Step sizes are constants for the gradient: it is the gradient of the discrete
+    solution. Finite differences also see the controller move the steps, an effect of
+    the order of the tolerance: at rtol=1e-9 the two agree to 1e-5."""
+    check_grads(_loss("dopri5", rtol=1e-9, atol=1e-12), (Y0, P), rtol=1e-5)
+
+
+def test_dopri5_bounded_steps_is_differentiable_twice():
+    f = lambda k: odeint(lambda y, t, k: -k * y, np.array([1.0]), np.array([0.0, 1.0]), k,  # noqa
+                         method="dopri5", max_steps=30, rtol=1e-10, atol=1e-12)[-1, 0]
+    k = np.array(0.7)
+    assert_close(dp.grad(f)(k), -np.exp(-k), rtol=1e-7)
+    assert_close(dp.grad(dp.grad(f))(k), np.exp(-k), rtol=1e-6)
+
+
+def test_gradient_with_respect_to_initial_state_matches_solve_ivp_sensitivity():
+    eps = 1e-6
+    loss = lambda y0: np.sum(odeint(lotka_volterra, y0, T, P, method="rk4",  # noqa: E731
+                                    steps_per_interval=40)[-1])
+    g = dp.grad(loss)(Y0)
+    fd = [(np.sum(_reference(Y0 + eps * e)[-1]) - np.sum(_reference(Y0 - eps * e)[-1])) / (2 * eps)
+          for e in np.eye(2)]
+    assert_close(g, np.array(fd), rtol=1e-4)
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(dp.ArgumentValueError, match="method"):
+        odeint(lotka_volterra, Y0, T, P, method="euler")
+    with pytest.raises(dp.ArgumentValueError, match="increasing"):
+        odeint(lotka_volterra, Y0, T[::-1], P)
