@@ -4,7 +4,7 @@
 >>> dp.grad(lambda x: np.sum(np.tanh(x)))(np.zeros(2))
 array([1., 1.])
 """
-from . import engines, guards
+from . import engines, guards, optim
 from .control import checkpoint, cond_ as cond, fori_loop, scan_ as scan, while_loop
 from .custom import custom_jvp, custom_vjp
 from .api import differentiable, grad, hessian, jacobian, jvp, value_and_grad, vjp
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "differentiable", "grad", "value_and_grad", "vjp", "jvp", "jacobian", "hessian",
     "custom_vjp", "custom_jvp", "stop_gradient",
-    "cond", "scan", "fori_loop", "while_loop", "checkpoint", "engines", "Graph", "PRIMITIVES",
+    "cond", "scan", "fori_loop", "while_loop", "checkpoint", "optim", "engines", "Graph", "PRIMITIVES",
     "DiffprogError", "ArgumentError", "ArgumentValueError", "ShapeError",
     "UnsupportedFunctionError", "ConcretizationError", "NotDifferentiableError",
     "EngineUnavailable", "EngineError", "DiffprogWarning",
