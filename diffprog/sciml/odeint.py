@@ -42,6 +42,12 @@ _B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 
 _E = tuple(a - b for a, b in zip(_B5, _B4))
 
 
+def _as_float_array(y0):
+    """y0 as an array; integers become float64, float32/float64 keep their precision."""
+    y0 = np.asarray(y0)
+    return y0 if np.issubdtype(y0.dtype, np.inexact) else y0.astype(float)
+
+
 def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
            atol: float = 1e-9, max_steps: int | None = None, steps_per_interval: int = 10,
            checkpoint: bool = True):
@@ -67,8 +73,10 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
     """
     if method not in ("rk4", "dopri5"):
         raise ArgumentValueError(f"odeint: method must be 'rk4' or 'dopri5', got {method!r}")
-    y0 = y0 if isinstance(y0, Tracer) else np.asarray(y0, dtype=np.result_type(y0, float))
+    y0 = y0 if isinstance(y0, Tracer) else _as_float_array(y0)
     t = t if isinstance(t, Tracer) else np.asarray(t, dtype=float)
+    # The state keeps y0's precision: float32 stays float32 although t is float64 (the
+    # step loops cast their carry back to the state's dtype).
     if np.ndim(t) != 1 or np.shape(t)[0] < 2:
         raise ArgumentError(f"odeint: t must be a 1-d array of at least 2 times, got shape {np.shape(t)}")
     if not isinstance(t, Tracer) and np.any(np.diff(t) <= 0):

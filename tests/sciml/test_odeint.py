@@ -77,6 +77,21 @@ def test_gradient_with_respect_to_initial_state_matches_solve_ivp_sensitivity():
     assert_close(g, np.array(fd), rtol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_float32_state_stays_float32(method):
+    """float64 times must not promote a float32 state (values, then gradients)."""
+    decay = lambda y, t, k: -k * y  # noqa: E731
+    t = np.linspace(0.0, 1.0, 5)
+    ys = odeint(decay, np.ones(2, np.float32), t, np.float32(1.0), method=method, rtol=1e-4,
+                atol=1e-6)
+    assert ys.dtype == np.float32
+    assert_close(ys[:, 0], np.exp(-t), rtol=1e-5)
+    g = dp.grad(lambda k: np.sum(odeint(decay, np.ones(2, np.float32), t, k, method=method,
+                                        rtol=1e-4, atol=1e-6)))(np.float32(1.0))
+    assert np.asarray(g).dtype == np.float32
+    assert_close(g, -2 * np.sum(t * np.exp(-t)), rtol=1e-5)
+
+
 def test_bad_arguments_are_explained():
     with pytest.raises(dp.ArgumentValueError, match="method"):
         odeint(lotka_volterra, Y0, T, P, method="euler")
