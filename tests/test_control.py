@@ -2,6 +2,9 @@
 finite differences, in reverse and forward mode."""
 from __future__ import annotations
 
+import doctest
+import importlib
+
 import time
 
 import numpy as np
@@ -229,3 +232,8 @@ def test_long_unrolled_loops_grow_linearly():
     first_400, run_400 = _unrolled_rk4_seconds(400)
     assert first_400 < 8 * first_100 + 0.05, (first_100, first_400)
     assert run_400 < 8 * run_100 + 0.01, (run_100, run_400)
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(importlib.import_module("diffprog.control"), verbose=False)
+    assert tried >= 15 and failures == 0

@@ -1,6 +1,9 @@
 """Optimizers: convergence on known minima, pytrees, no mutation, clear errors."""
 from __future__ import annotations
 
+import doctest
+import importlib
+
 import numpy as np
 import pytest
 
@@ -48,3 +51,8 @@ def test_mismatched_grads_are_explained():
     opt = dp.optim.SGD()
     with pytest.raises(dp.ArgumentError, match="structure"):
         opt.update({"a": np.ones(1)}, opt.init({"b": np.ones(1)}), {"b": np.ones(1)})
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(importlib.import_module("diffprog.optim"), verbose=False)
+    assert tried >= 12 and failures == 0

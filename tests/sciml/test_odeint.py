@@ -1,6 +1,9 @@
 """odeint against scipy.integrate.solve_ivp and finite-difference gradients."""
 from __future__ import annotations
 
+import doctest
+import importlib
+
 import numpy as np
 import pytest
 
@@ -97,3 +100,8 @@ def test_bad_arguments_are_explained():
         odeint(lotka_volterra, Y0, T, P, method="euler")
     with pytest.raises(dp.ArgumentValueError, match="increasing"):
         odeint(lotka_volterra, Y0, T[::-1], P)
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(importlib.import_module("diffprog.sciml.odeint"), verbose=False)
+    assert tried >= 4 and failures == 0
