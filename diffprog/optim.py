@@ -30,6 +30,16 @@ def _check_same_structure(grads, params):
                             f"params have {flatten(params)[1]}; pass dp.grad(loss)(params)")
 
 
+def _zeros_like_param(p):
+    """Optimizer state for one parameter: zeros of its dtype, on its device (np.zeros_like
+    dispatches to CuPy for CuPy arrays), so float32 parameters stay float32; Python
+    numbers and integer arrays get float64 state."""
+    dtype = getattr(p, "dtype", None)
+    if dtype is not None and np.issubdtype(dtype, np.inexact):
+        return np.zeros_like(p)
+    return np.zeros(np.shape(p), dtype=float)
+
+
 @dataclass(frozen=True)
 class SGD:
     """Gradient descent with optional (Nesterov-free) momentum: ``v = m v + g; p -= lr v``.
@@ -45,7 +55,7 @@ class SGD:
     momentum: float = 0.0
 
     def init(self, params) -> Any:
-        return tree_map(lambda p: np.zeros_like(np.asarray(p, dtype=float)), params)
+        return tree_map(_zeros_like_param, params)
 
     def update(self, grads, state, params):
         """Return ``(new params, new state)``; nothing passed in is modified."""
@@ -64,7 +74,7 @@ class Adam:
     eps: float = 1e-8
 
     def init(self, params) -> Any:
-        zeros = tree_map(lambda p: np.zeros_like(np.asarray(p, dtype=float)), params)
+        zeros = tree_map(_zeros_like_param, params)
         return (0, zeros, zeros)
 
     def update(self, grads, state, params):
@@ -109,6 +119,7 @@ def minimize_lbfgs(fun: Callable, params, *args, maxiter: int = 500, tol: float 
     from .api import value_and_grad
     leaves, tree = flatten(params)
     shapes = [np.shape(x) for x in leaves]
+    dtypes = [np.result_type(x) for x in leaves]
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
     for i, x in enumerate(leaves):
         if not np.issubdtype(np.result_type(x), np.floating):
@@ -117,8 +128,9 @@ def minimize_lbfgs(fun: Callable, params, *args, maxiter: int = 500, tol: float 
 
     def unpack(flat):
         out, start = [], 0
-        for shape, size in zip(shapes, sizes):
-            out.append(np.asarray(flat[start:start + size], dtype=float).reshape(shape))
+        for shape, size, dtype in zip(shapes, sizes, dtypes):  # SciPy works in float64;
+            # the loss sees the parameters' own dtypes (float32 stays float32: one program)
+            out.append(np.asarray(flat[start:start + size], dtype=dtype).reshape(shape))
             start += size
         return unflatten(tree, out)
 

@@ -47,6 +47,29 @@ def test_lbfgs_minimizes_rosenbrock_with_extra_args():
     assert_close(res.params, np.array([1.0, 1.0]), atol=1e-4)
 
 
+@pytest.mark.parametrize("opt", [dp.optim.SGD(lr=0.1, momentum=0.5), dp.optim.Adam(lr=0.1)])
+def test_float32_parameters_stay_float32(opt):
+    """State has the parameters' dtype: a float32 model is not silently promoted (which
+    would also retrace the loss for float64 on the next step)."""
+    p = {"w": np.zeros(2, np.float32), "b": 0.0}
+    state = opt.init(p)
+    for _ in range(3):
+        p, state = opt.update(dp.grad(lambda q: np.sum((q["w"] - 1.0) ** 2) + q["b"] ** 2)(p),
+                              state, p)
+    assert p["w"].dtype == np.float32 and np.all(p["w"] > 0)
+
+
+def test_lbfgs_evaluates_the_loss_in_the_parameters_dtype():
+    seen = []
+
+    def loss(w):
+        seen.append(w.dtype)
+        return np.sum((w - np.array([1.0, 2.0], np.float32)) ** 2)
+    res = dp.optim.minimize_lbfgs(loss, np.zeros(2, np.float32))
+    assert res.params.dtype == np.float32 and set(seen) == {np.dtype(np.float32)}
+    assert_close(res.params, np.array([1.0, 2.0]), rtol=1e-4)
+
+
 def test_mismatched_grads_are_explained():
     opt = dp.optim.SGD()
     with pytest.raises(dp.ArgumentError, match="structure"):
