@@ -62,10 +62,12 @@ class Closed:
         return [o.aval for o in self.graph.outvars]
 
     def fn(self, xp) -> Callable:
+        """The body compiled for array module ``xp`` (once per module)."""
         hit = self._compiled.get(id(xp))
         if hit is None:
             from .engines.numpy import generate_source
-            source, namespace = generate_source(self.graph, xp, "body")
+            source, namespace = generate_source(self.graph, xp, "body",
+                                                placement=_placement_for(xp))
             exec(compile(source, "<diffprog body>", "exec"), namespace)
             hit = self._compiled[id(xp)] = namespace["body"]
         return hit
@@ -80,6 +82,18 @@ class Closed:
         ins = ",".join(str(a) for a in self.in_avals)
         outs = ",".join(str(a) for a in self.out_avals)
         return f"<body ({ins}) -> ({outs}), {len(self.graph.eqns)} eqns>"
+
+
+def _placement_for(xp):
+    """Where a body's constants live: as they are for NumPy; for another array module
+    (CuPy) they are copied to its device once, when the body is compiled (derivative
+    bodies hold host constants such as zero cotangents), as the cupy engine does for
+    whole programs."""
+    from .engines.numpy import HOST
+    if xp is np:
+        return HOST
+    from .engines.cupy import DevicePlacement
+    return DevicePlacement(xp.asarray)
 
 
 def close(fn: Callable, in_avals: list) -> Closed:

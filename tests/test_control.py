@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import doctest
 import importlib
-
 import time
+import types
 
 import numpy as np
 import pytest
@@ -232,6 +232,62 @@ def test_long_unrolled_loops_grow_linearly():
     first_400, run_400 = _unrolled_rk4_seconds(400)
     assert first_400 < 8 * first_100 + 0.05, (first_100, first_400)
     assert run_400 < 8 * run_100 + 0.01, (run_100, run_400)
+
+
+class _DeviceModule(types.ModuleType):
+    """Stands in for CuPy on the host: NumPy's functions, with ``asarray`` (what the
+    device placement copies constants with) recording the arrays it is given."""
+
+    def __init__(self):
+        super().__init__("fake_device_xp")
+        self.copied: list = []
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def asarray(self, value, *args, **kwargs):
+        if isinstance(value, np.ndarray) and value.ndim:
+            self.copied.append(value)
+        return np.asarray(value, *args, **kwargs)
+
+
+@pytest.fixture
+def device_engine(monkeypatch):
+    from diffprog import engines
+    from diffprog.engines.cupy import DevicePlacement
+    from diffprog.engines.numpy import NumpyEngine, generate_source
+
+    xp = _DeviceModule()
+
+    class DeviceEngine(NumpyEngine):
+        name = "fake-device"
+
+        def generate(self, graph, fn_name):
+            return generate_source(graph, xp, fn_name, placement=DevicePlacement(xp.asarray))
+    engine = DeviceEngine(xp)
+    monkeypatch.setitem(engines._FACTORIES, engine.name, lambda: engine)
+    monkeypatch.setattr(engines, "_INSTANCES", dict(engines._INSTANCES))
+    return engine, xp
+
+
+def test_body_constants_go_to_the_device_once_like_program_constants(device_engine):
+    """On a device engine (CuPy) a loop body's constant arrays must be device arrays, as
+    the program's own are: they are copied when the body is compiled, never per call."""
+    engine, xp = device_engine
+    weights = np.array([0.5, -1.5, 2.0])
+
+    def f(x):
+        return np.sum(dp.scan(lambda c, xi: (np.sin(c * weights) + xi, c), x, np.ones((4, 3)))[1])
+    expected = dp.value_and_grad(f)(X)
+    got = dp.value_and_grad(dp.differentiable(f, engine=engine.name))(X)
+    assert_close(got[0], expected[0], rtol=1e-12)
+    assert_close(got[1], expected[1], rtol=1e-12)
+    def weight_copies():
+        return sum(c.shape == weights.shape and np.array_equal(c, weights) for c in xp.copied)
+    assert weight_copies() >= 1  # the forward body's and the backward body's constant
+    copies = weight_copies()
+    dp.value_and_grad(dp.differentiable(f, engine=engine.name))(X)
+    assert weight_copies() == copies
 
 
 def test_docstring_examples_run():
