@@ -131,9 +131,10 @@ def trace_user(fn: Callable, in_tree, in_avals: list, what: str):
     """Trace a user body on abstract inputs shaped ``in_avals`` (pytree ``in_tree``).
 
     Returns ``(graph, out_tree, captured outer tracers)``; the graph's inputs are the
-    flat arguments followed by the captured values.
+    flat arguments followed by the captured values. ``what`` names the body in errors.
     """
     with new_trace(concrete=False) as trace:
+        trace.purpose = what  # named by errors on bool()/int() in the body (diffprog.guards)
         args = [trace.new_input(a) for a in in_avals]
         out = fn(*unflatten(in_tree, args))
         flat, out_tree = flatten(out)
@@ -380,7 +381,8 @@ def _plain_scan(f, init, x_leaves, x_tree, length, reverse):
         y_trees.append(y_tree)
         return res[0], y_leaves
     graph, out_tree, captured = trace_user(
-        body, TreeDef("tuple", (), (c_tree, _list_tree(n_x))), c_avals + x_avals, "scan body")
+        body, TreeDef("tuple", (), (c_tree, _list_tree(n_x))), c_avals + x_avals,
+        "the body of dp.scan / dp.fori_loop")
     if out_tree.children[0] != c_tree:
         raise ArgumentError(f"dp.scan: the body returned a carry with structure "
                             f"{out_tree.children[0]}, but the initial carry has structure {c_tree}")
@@ -551,8 +553,8 @@ def cond_(pred, true_fn: Callable, false_fn: Callable, *operands):
     leaves, tree = flatten(tuple(operands))
     leaves = [_as_leaf(x) for x in leaves]
     avals = _avals(leaves)
-    g_t, t_tree, cap_t = trace_user(lambda *a: true_fn(*a), tree, avals, "true_fn")
-    g_f, f_tree, cap_f = trace_user(lambda *a: false_fn(*a), tree, avals, "false_fn")
+    g_t, t_tree, cap_t = trace_user(lambda *a: true_fn(*a), tree, avals, "true_fn of dp.cond")
+    g_f, f_tree, cap_f = trace_user(lambda *a: false_fn(*a), tree, avals, "false_fn of dp.cond")
     if t_tree != f_tree:
         raise ArgumentError(f"dp.cond: true_fn returned structure {t_tree} but false_fn returned "
                             f"{f_tree}; both branches must return the same structure")
@@ -633,7 +635,8 @@ def checkpoint(fn: Callable) -> Callable:
         if not any(isinstance(x, Tracer) for x in leaves) and not _tracing():
             return fn(*args)
         leaves = [_as_leaf(x) for x in leaves]
-        graph, out_tree, captured = trace_user(lambda *a: fn(*a), tree, _avals(leaves), "checkpoint")
+        graph, out_tree, captured = trace_user(lambda *a: fn(*a), tree, _avals(leaves),
+                                                "a dp.checkpoint block")
         res = _bind(remat, leaves + captured, body=Closed(graph))
         return unflatten(out_tree, res)
     wrapped.__wrapped__ = fn
@@ -808,10 +811,11 @@ def while_loop(cond_fn: Callable, body_fn: Callable, init_val, max_steps: int | 
             val = body_fn(val)
         return val
     g_c, c_tree, cap_c = trace_user(lambda v: _as_leaf(cond_fn(v)), _single(tree), avals,
-                                    "cond_fn")
+                                    "cond_fn of dp.while_loop")
     if len(g_c.outvars) != 1 or g_c.outvars[0].aval.shape != ():
         raise ArgumentError("dp.while_loop: cond_fn must return one scalar (a boolean)")
-    g_b, b_tree, cap_b = trace_user(lambda v: body_fn(v), _single(tree), avals, "body_fn")
+    g_b, b_tree, cap_b = trace_user(lambda v: body_fn(v), _single(tree), avals,
+                                    "body_fn of dp.while_loop")
     if b_tree != tree:
         raise ArgumentError(f"dp.while_loop: body_fn returned structure {b_tree}, but the loop "
                             f"value has structure {tree}")

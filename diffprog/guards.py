@@ -96,17 +96,20 @@ def _depends_on_float_inputs(tracer) -> bool:
 
 # ------------------------------------------------------------------------------ the hook
 
-def _abstract_error(kind: str) -> ConcretizationError:
+def _abstract_error(tracer, kind: str) -> ConcretizationError:
     where = tracing.user_frame_line()
+    purpose = getattr(tracer._trace, "purpose", None)
+    context = (f"It is inside {purpose}, which is traced once for every value it will "
+               f"see, so this value is not known" if purpose else
+               "It is inside a derivative transform, where its value is not known")
     if kind == "bool":
         return ConcretizationError(
-            f"Python control flow (if/while/and/or/not) depends on a traced value at {where}, "
-            f"inside a derivative transform where its value is not known.\nFix: use "
-            f"np.where(cond, a, b) for elementwise choices, or dp.cond / dp.while_loop / "
-            f"dp.fori_loop for control flow.")
+            f"Python control flow (if/while/and/or/not) depends on a traced value at {where}\n"
+            f"{context}.\nFix: use np.where(cond, a, b) for elementwise choices, or dp.cond / "
+            f"dp.while_loop / dp.fori_loop for control flow.")
     return ConcretizationError(
-        f"{kind}() of a traced value at {where}, inside a derivative transform where its "
-        f"value is not known.\nFix: keep the value as an array (use NumPy functions on it).")
+        f"{kind}() of a traced value at {where}\n{context}.\nFix: keep the value as an "
+        f"array (use NumPy functions on it).")
 
 
 def _float_error() -> ConcretizationError:
@@ -122,7 +125,7 @@ def guard_hook(tracer, kind: str, convert: Callable):
     """Replacement of the error on bool()/float()/int(): answer from the concrete value
     and record a guard equation that the compiled program checks."""
     if tracer.val is None:
-        raise _abstract_error(kind)
+        raise _abstract_error(tracer, kind)
     if kind == "float" and _depends_on_float_inputs(tracer):
         raise _float_error()
     value = tracer.val
