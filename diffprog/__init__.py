@@ -11,7 +11,7 @@ from .api import differentiable, grad, hessian, jacobian, jvp, value_and_grad, v
 from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
                      DiffprogWarning,
                      EngineError, EngineUnavailable, NotDifferentiableError, ShapeError,
-                     UnsupportedFunctionError)
+                     SolverError, UnsupportedFunctionError)
 from .ir import Graph
 from .numpy_api import stop_gradient
 from .primitives import PRIMITIVES
@@ -24,5 +24,5 @@ __all__ = [
     "cond", "scan", "fori_loop", "while_loop", "checkpoint", "optim", "engines", "Graph", "PRIMITIVES",
     "DiffprogError", "ArgumentError", "ArgumentValueError", "ShapeError",
     "UnsupportedFunctionError", "ConcretizationError", "NotDifferentiableError",
-    "EngineUnavailable", "EngineError", "DiffprogWarning",
+    "EngineUnavailable", "EngineError", "SolverError", "DiffprogWarning",
 ]

@@ -579,6 +579,42 @@ def cond_(pred, true_fn: Callable, false_fn: Callable, *operands):
     return unflatten(t_tree, res)
 
 
+# =============================================================================== error_if
+
+def _error_if_impl(xp, x, pred, *info, message):
+    if bool(pred):
+        from .errors import SolverError
+        raise SolverError(message.format(*[float(v) for v in info]))
+    return x
+
+
+def _error_if_jvp(ts, x, pred, *info, out, message):
+    return ts[0]
+
+
+error_if_p = Primitive(
+    "error_if", _error_if_impl, lambda x, pred, *info, message: _strong(x),
+    vjp=lambda g, x, pred, *info, out, message: [g] + [None] * (1 + len(info)),
+    jvp=_error_if_jvp,
+    julia=Unsupported("error_if raises a Python exception (diffprog.errors.SolverError) from "
+                      "inside a running program; only the Python engines can"),
+    cases=[Case(lambda rng: [rng.standard_normal(3), np.array(False), np.array(0.5)],
+                {"message": "solver failed at t={0}"})])
+
+
+def error_if(x, pred, message: str, *info):
+    """``x``, unchanged, after checking at run time that ``pred`` is false; otherwise raise
+    :class:`~diffprog.errors.SolverError` with ``message.format(*info)`` (``info``:
+    scalar values such as the time a solver stopped at). An identity for derivatives.
+    For diffprog's own solvers: the check is compiled into the program, so a failure deep
+    inside a loop body raises instead of returning a silently wrong value.
+    """
+    if not isinstance(pred, Tracer) and not any(isinstance(v, Tracer) for v in (x, *info)):
+        return _error_if_impl(np, x, pred, *info, message=message)
+    from .tracing import bind
+    return bind(error_if_p, x, pred, *info, message=message)
+
+
 # =============================================================================== checkpoint
 
 def _remat_impl(xp, *args, body):

@@ -43,6 +43,11 @@ class EngineError(DiffprogError, RuntimeError):
     """An engine failed to compile or run a program."""
 
 
+class SolverError(DiffprogError, RuntimeError):
+    """A numerical solver gave up at run time (``odeint``: the step size underflowed, the
+    solution became non-finite, or the step budget ran out); the message says where."""
+
+
 class GradCheckError(DiffprogError, AssertionError):
     """A gradient check failed (``diffprog.testing.check_grads``); ``.report`` holds the details.
 

@@ -23,10 +23,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..control import fori_loop, scan_, while_loop
+from ..control import error_if, fori_loop, scan_, while_loop
 from ..errors import ArgumentError, ArgumentValueError
 from ..numpy_api import stop_gradient
 from ..tracing import Tracer
+
+_GAVE_UP = "odeint (dopri5) stopped at t={0:.6g} before reaching t={1:.6g}: "
 
 # Dormand-Prince 5(4) tableau
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -50,7 +52,7 @@ def _as_float_array(y0):
 
 def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
            atol: float = 1e-9, max_steps: int | None = None, steps_per_interval: int = 10,
-           checkpoint: bool = True):
+           checkpoint: bool = True, max_num_steps: int = 10_000):
     """Solve ``dy/dt = f(y, t, *params)`` from ``y(t[0]) = y0``; return ``y`` at every ``t``
     (shape ``(len(t),) + y0.shape``; ``ys[0]`` is ``y0``).
 
@@ -60,6 +62,10 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
       ``atol``, RMS norm); ``max_steps`` (per interval) turns the step loop into a bounded
       loop, differentiable to any order with O(sqrt(max_steps)) memory, at the cost of
       always running ``max_steps`` steps; without it reverse mode is first order.
+      The solver never hangs and never returns a silently wrong value: when the step size
+      underflows or becomes non-finite (the solution blows up, ``f`` returns NaN), or an
+      interval needs more than ``max_num_steps`` attempted steps (or ``max_steps``), the
+      program raises :class:`~diffprog.errors.SolverError` naming the time it reached.
 
     Differentiable with respect to ``y0`` and ``params`` (and ``t``) in both modes; see
     the module docstring for what the gradient means with adaptive steps.
@@ -107,17 +113,27 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
         return np.concatenate([np.expand_dims(y0, 0), ys], axis=0)
 
     h0 = (t[1] - t[0]) / 10.0
+    budget = int(max_steps) if max_steps is not None else int(max_num_steps)
+    eps = float(np.finfo(np.result_type(y0)).eps)
 
     def interval(carry, ts):
         y, h = carry
         t0, t1 = ts[0], ts[1]
 
-        def not_done(state):
-            s, _, _ = state
+        def unfinished(s):
             return s < t1 - 1e-12 * (1.0 + np.abs(t1))
 
+        def can_step(s, h, n):
+            """A usable step: finite, not below the spacing of floats at s, within budget."""
+            big_enough = h > 10.0 * eps * np.maximum(np.abs(s), np.abs(t1))
+            return np.logical_and(np.logical_and(np.isfinite(h), big_enough), n < budget)
+
+        def not_done(state):
+            s, _, h, n = state
+            return np.logical_and(unfinished(s), can_step(s, h, n))
+
         def attempt(state):
-            s, y, h = state
+            s, y, h, n = state
             h = stop_gradient(np.minimum(h, t1 - s))
             ks = []
             for i in range(7):
@@ -133,8 +149,14 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
             accept = norm <= 1.0
             factor = np.clip(0.9 * (np.maximum(norm, 1e-10) ** -0.2), 0.2, 5.0)
             return (np.where(accept, s + h, s), np.where(accept, y5, y),
-                    stop_gradient(h * factor))
-        s, y, h = while_loop(not_done, attempt, (t0, y, h), max_steps=max_steps)
+                    stop_gradient(h * factor), n + 1)
+        s, y, h, n = while_loop(not_done, attempt, (t0, y, h, np.array(0)), max_steps=max_steps)
+        y = error_if(y, unfinished(s), _GAVE_UP + (f"the budget of {budget} attempted steps per "
+                     f"interval ran out (max_num_steps / max_steps), or the step size became "
+                     f"non-finite or too small: the solution may blow up there, f may return "
+                     f"NaN/inf, or the problem is stiff. Fix: check f near that time, loosen "
+                     f"rtol/atol, raise max_num_steps, or use method='rk4' with small steps."),
+                     s, t1)
         return (y, h), y
     spans = np.stack([t[:-1], t[1:]], axis=1)
     _, ys = scan_(interval, (y0, h0), spans, checkpoint=checkpoint)

@@ -95,6 +95,32 @@ def test_float32_state_stays_float32(method):
     assert_close(g, -2 * np.sum(t * np.exp(-t)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("rhs,where", [
+    (lambda y, t, k: k * y ** 2, r"stopped at t=1 before reaching t=2"),     # blows up at t=1/k
+    (lambda y, t, k: np.sqrt(y - 2.0 * k), r"stopped at t=0 before reaching t=0.5")])  # NaN
+def test_dopri5_raises_instead_of_hanging_when_the_solution_breaks_down(rhs, where):
+    import warnings
+    loss = lambda k: np.sum(odeint(rhs, np.ones(1), np.array([0.0, 0.5, 2.0]), k,  # noqa: E731
+                                   method="dopri5"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # overflow / invalid sqrt on the way
+        with pytest.raises(dp.SolverError, match=where):
+            loss(np.array(1.0))
+        with pytest.raises(dp.SolverError, match=where):
+            dp.grad(loss)(np.array(1.0))  # the compiled gradient program checks it too
+
+
+def test_dopri5_step_budget_is_an_error_not_a_truncated_solution():
+    decay = lambda y, t: -50.0 * y  # noqa: E731
+    t = np.array([0.0, 1.0])
+    assert_close(odeint(decay, np.ones(1), t, method="dopri5", max_num_steps=500)[-1],
+                 np.exp(-50.0), atol=1e-8)  # atol=1e-9 governs near zero
+    with pytest.raises(dp.SolverError, match="budget of 5 attempted steps"):
+        odeint(decay, np.ones(1), t, method="dopri5", max_num_steps=5)
+    with pytest.raises(dp.SolverError, match="budget of 5 attempted steps"):
+        odeint(decay, np.ones(1), t, method="dopri5", max_steps=5)
+
+
 def test_bad_arguments_are_explained():
     with pytest.raises(dp.ArgumentValueError, match="method"):
         odeint(lotka_volterra, Y0, T, P, method="euler")
