@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench`` (CPU, vs hand-written NumPy), bench/gpu.py (CuPy)."""

@@ -1,0 +1,230 @@
+"""CPU benchmark: diffprog (numpy engine) against hand-written NumPy gradients.
+
+    python -m bench                  # all workloads, full sizes, prints a table
+    python bench/run.py --only W2,W4 --repeats 30
+    python -m bench --size tiny      # seconds: a smoke test (what the test suite runs)
+    python -m bench --json out.json
+
+Every ratio is diffprog's time over the hand-written NumPy version's time, measured in
+the same run with interleaved repeats (A, B, A, B, ...) so that load from other
+processes hits both alike; the table gives the ratio of medians and of minimums.
+Before timing, each workload's diffprog result is checked against the hand-written one.
+Peers (jax, autograd, torch) are timed the same way when they are installed.
+
+Also measured: the first call of a fresh function (trace + transform + compile + one
+run), the trace + compile time of a ~1,000-equation program, and W4's peak extra memory
+(tracemalloc: NumPy reports its array allocations to it).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import tracemalloc
+import types
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: python bench/run.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "bench"
+
+import diffprog as dp  # noqa: E402
+
+from . import peers as P  # noqa: E402
+from . import workloads as W  # noqa: E402
+
+
+def fresh(fn):
+    """A new function object with the same code: diffprog's caches miss on it."""
+    return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+
+
+def _per_call(fn, args, n):
+    start = time.perf_counter()
+    for _ in range(n):
+        fn(*args)
+    return (time.perf_counter() - start) / n
+
+
+def calls_per_sample(fn, args, target_s):
+    """How many calls make one timed sample last about ``target_s``."""
+    fn(*args)
+    t = _per_call(fn, args, 1)
+    return max(1, min(100_000, int(target_s / max(t, 1e-7))))
+
+
+def interleaved(candidates: dict, args_of: dict, repeats: int, target_s: float) -> dict:
+    """Per-call seconds of every candidate, sampled in turn ``repeats`` times."""
+    counts = {k: calls_per_sample(f, args_of[k], target_s) for k, f in candidates.items()}
+    samples = {k: [] for k in candidates}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for k, f in candidates.items():
+                samples[k].append(_per_call(f, args_of[k], counts[k]))
+    finally:
+        if gc_was:
+            gc.enable()
+    return samples
+
+
+def _close(a, b, rtol=1e-9) -> bool:
+    a, b = np.asarray(P.to_numpy(a), float), np.asarray(P.to_numpy(b), float)
+    scale = max(1.0, float(np.max(np.abs(b)))) if b.size else 1.0
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=rtol * scale))
+
+
+def check(workload: W.Workload) -> None:
+    """diffprog's value and gradients agree with the hand-written ones (else: no timing)."""
+    value, grads = dp.value_and_grad(workload.fn, argnums=workload.argnums)(*workload.args)
+    ref_value, ref_grads = workload.value_and_grad_by_hand(*workload.args)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    ok = _close(value, ref_value) and len(grads) == len(ref_grads) and \
+        all(_close(g, r) for g, r in zip(grads, ref_grads))
+    if not ok:
+        raise AssertionError(f"{workload.name}: diffprog and the hand-written gradient disagree")
+
+
+def time_workload(workload: W.Workload, repeats: int, target_s: float, peers: dict) -> list:
+    ours_value = dp.differentiable(workload.fn)
+    ours_vg = dp.value_and_grad(workload.fn, argnums=workload.argnums)
+    rows = []
+    for mode, ours, hand, pick in (("value", ours_value, workload.value_by_hand, 0),
+                                   ("value+grad", ours_vg, workload.value_and_grad_by_hand, 1)):
+        cands = {"diffprog": ours, "numpy by hand": hand}
+        args_of = {"diffprog": workload.args, "numpy by hand": workload.args}
+        for name, built in peers.items():
+            if built is not None:
+                cands[name], args_of[name] = built[pick], built[2]
+        samples = interleaved(cands, args_of, repeats, target_s)
+        base_med = statistics.median(samples["numpy by hand"])
+        base_min = min(samples["numpy by hand"])
+        row = {"workload": workload.name, "what": workload.description, "mode": mode,
+               "hand_ms": 1e3 * base_med, "ours_ms": 1e3 * statistics.median(samples["diffprog"]),
+               "ratio_median": statistics.median(samples["diffprog"]) / base_med,
+               "ratio_min": min(samples["diffprog"]) / base_min, "peers": {}}
+        for name in peers:
+            if name in samples:
+                row["peers"][name] = statistics.median(samples[name]) / base_med
+        rows.append(row)
+    return rows
+
+
+def first_call_seconds(workload: W.Workload) -> float:
+    """A fresh function's first value_and_grad call: trace, vjp, simplify, compile, run."""
+    vg = dp.value_and_grad(fresh(workload.fn), argnums=workload.argnums)
+    start = time.perf_counter()
+    vg(*workload.args)
+    return time.perf_counter() - start
+
+
+def chain_compile_seconds(n_ops: int) -> dict:
+    """Trace + compile of a program of about n_ops equations (value and value+grad)."""
+    fn = W.chain_fn(n_ops)
+    x = np.linspace(0.1, 1.0, 4)
+    n_eqns = len(dp.differentiable(fn).ir(x).eqns)
+    start = time.perf_counter()
+    dp.differentiable(fresh(fn))(x)
+    value_s = time.perf_counter() - start
+    start = time.perf_counter()
+    dp.value_and_grad(fresh(fn))(x)
+    grad_s = time.perf_counter() - start
+    return {"equations": n_eqns, "value_s": value_s, "value_and_grad_s": grad_s}
+
+
+def peak_extra_bytes(fn, args) -> int:
+    """Peak bytes allocated during one call, above what was allocated before it."""
+    fn(*args)  # warm: compile outside the measurement
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = fn(*args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del result
+    return peak - before
+
+
+def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=sys.stdout) -> dict:
+    names = only or list(W.MAKERS)
+    found = P.available() if use_peers else {}
+    results = {"timings": [], "first_call_s": {}, "memory": {}, "compile": {},
+               "peers": sorted(found), "size": size}
+    for name in names:
+        workload = W.MAKERS[name](size)
+        check(workload)
+        built = {}
+        for peer in found:
+            try:
+                built[peer] = P.build(peer, workload)
+            except Exception as e:  # a peer that cannot run a workload is reported, not fatal
+                print(f"# {peer} skipped on {name}: {type(e).__name__}: {e}", file=out)
+        results["timings"] += time_workload(workload, repeats, target_s, built)
+        if name != "W1":
+            results["first_call_s"][name] = first_call_seconds(workload)
+        if name == "W4":
+            vg = dp.value_and_grad(workload.fn)
+            results["memory"] = {
+                "diffprog_bytes": peak_extra_bytes(vg, workload.args),
+                "numpy_by_hand_bytes": peak_extra_bytes(workload.value_and_grad_by_hand,
+                                                        workload.args),
+                "input_bytes": int(workload.args[0].nbytes)}
+    results["compile"] = chain_compile_seconds(1000 if size == "full" else 40)
+    print_table(results, out)
+    return results
+
+
+def print_table(results: dict, out=sys.stdout) -> None:
+    peers = results["peers"]
+    head = f"{'workload':<9}{'mode':<12}{'by hand ms':>11}{'ours ms':>10}{'ratio med':>10}{'ratio min':>10}"
+    head += "".join(f"{p:>10}" for p in peers)
+    print(f"diffprog CPU benchmark (size={results['size']}); ratio = diffprog / hand-written "
+          f"NumPy, same run; peers: ratio of medians vs the same baseline", file=out)
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in results["timings"]:
+        line = (f"{r['workload']:<9}{r['mode']:<12}{r['hand_ms']:>11.4f}{r['ours_ms']:>10.4f}"
+                f"{r['ratio_median']:>10.2f}{r['ratio_min']:>10.2f}")
+        line += "".join(f"{r['peers'][p]:>10.2f}" if p in r["peers"] else f"{'-':>10}" for p in peers)
+        print(line, file=out)
+    for name, s in results["first_call_s"].items():
+        print(f"first call (trace+compile+run) {name}: {s:.3f} s", file=out)
+    c = results["compile"]
+    print(f"trace+compile, {c['equations']}-equation program: value {c['value_s']:.3f} s, "
+          f"value+grad {c['value_and_grad_s']:.3f} s", file=out)
+    m = results["memory"]
+    if m:
+        print(f"W4 peak extra memory (value+grad): diffprog {m['diffprog_bytes'] / 2**20:.1f} MiB, "
+              f"by hand {m['numpy_by_hand_bytes'] / 2**20:.1f} MiB "
+              f"(input {m['input_bytes'] / 2**20:.1f} MiB)", file=out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=("full", "tiny"), default="full")
+    ap.add_argument("--only", default=None, help="comma-separated workloads, e.g. W1,W3")
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--sample-ms", type=float, default=20.0, help="length of one timed sample")
+    ap.add_argument("--no-peers", action="store_true", help="skip jax/autograd/torch")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    a = ap.parse_args(argv)
+    only = [s.strip().upper() for s in a.only.split(",")] if a.only else None
+    results = run(a.size, only, a.repeats, a.sample_ms / 1e3, not a.no_peers)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
