@@ -177,3 +177,16 @@ def test_traced_boolean_mask_is_a_clear_error():
 def test_out_argument_is_rejected():
     with pytest.raises(dp.DiffprogError, match="out="):
         dp.grad(lambda x: np.sum(np.exp(x, out=np.empty(3))))(np.ones(3))
+
+
+def test_indexing_works_in_a_fresh_interpreter_before_any_ufunc():
+    """Tracer.__getitem__ is installed by importing diffprog, not by the first ufunc call."""
+    import subprocess
+    import sys
+    code = ("import numpy as np, diffprog as dp; "
+            "print(dp.grad(lambda p: p[0] * p[1])(np.array([2.0, 3.0])).tolist())")
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[3.0, 2.0]"
