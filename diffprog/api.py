@@ -250,11 +250,45 @@ class Transformed:
         self.fn = base
         self.engine = engine
         self.static_argnums = tuple(static_argnums)
+        self._fast: dict = {}  # see _fast_key
         if engine is not None and engine not in _engines.names():
             _engines.get(engine)  # raises ArgumentValueError naming the known engines
 
     def _signature(self, args) -> Signature:
         return make_signature(args, self.static_argnums)
+
+    # ------------------------------------------------------------ fast call path
+    # Calls whose arguments are all plain NumPy arrays (the common case) skip building a
+    # Signature: a dict keyed by (shape, dtype) of each argument gives the compiled
+    # program and a function assembling its results, both taken from an earlier call
+    # with the same key that went through the full path. Cuts W1's call overhead ~3x.
+
+    def _fast_key(self, args):
+        if self.static_argnums or _TRACE_STACK:
+            return None
+        key = [self.engine or _engines.default_engine_name()]
+        for a in args:
+            if type(a) is not np.ndarray:
+                return None
+            key.append(a.shape)
+            key.append(a.dtype)
+        return tuple(key)
+
+    def _fast_call(self, key, args):
+        """The result via the fast path, or None to take the full path."""
+        hit = self._fast.get(key)
+        if hit is None:
+            return None
+        program, assemble = hit
+        try:
+            flat = program(*args)
+        except Exception:  # errors (and guard failures) are the full path's business
+            return None
+        return (assemble(flat),)
+
+    def _fast_store(self, key, program, assemble):
+        if key is not None:
+            self._fast[key] = (program, assemble)
 
     def _traced(self, sig: Signature) -> Traced:
         if sig.nested:
@@ -337,11 +371,19 @@ class Differentiable(Transformed):
         functools.update_wrapper(self, self.fn, updated=())
 
     def __call__(self, *args):
+        key = self._fast_key(args)
+        if key is not None:
+            done = self._fast_call(key, args)
+            if done is not None:
+                return done[0]
         sig = self._signature(args)
         if sig.nested:
             return self.fn(*args)
         flat, variant = self._run(sig, ("value",), lambda t: t.graph)
-        return unflatten(variant.traced.out_tree, flat)
+        out_tree = variant.traced.out_tree
+        if not variant.traced.guarded:  # guarded programs go through _run's variant checks
+            self._fast_store(key, variant.programs[0], lambda flat: unflatten(out_tree, flat))
+        return unflatten(out_tree, flat)
 
     def __get__(self, obj, objtype=None):  # usable as a method
         return self if obj is None else functools.partial(self, obj)
@@ -507,6 +549,11 @@ class _GradFunction(Transformed):
         functools.update_wrapper(self, self.fn, updated=())
 
     def __call__(self, *args):
+        key = self._fast_key(args)
+        if key is not None:
+            done = self._fast_call(key, args)
+            if done is not None:
+                return done[0]
         sig = self._signature(args)
         argnums = _norm_argnums(self.argnums, len(args))
         single = isinstance(self.argnums, (int, np.integer))
@@ -523,14 +570,29 @@ class _GradFunction(Transformed):
         else:
             flat, variant = self._run(sig, ("grad", argnums, self.has_aux), build)
             traced = variant.traced
+        assemble = self._assembler(traced, sig, argnums, wrt, single)
+        if not sig.nested and not traced.guarded:  # guarded: _run checks the variants
+            self._fast_store(key, variant.programs[0], assemble)
+        return assemble(flat)
+
+    def _assembler(self, traced, sig, argnums, wrt, single):
+        """flat program outputs -> what this call returns (keeps no argument values)."""
         n_out = len(traced.graph.outvars)
-        value = unflatten(traced.out_tree, flat[:n_out]) if self.has_aux else flat[0]
-        grads = _grads_tree(sig, argnums, wrt, flat[n_out if self.has_aux else 1:], single)
-        if self.with_value:
-            return value, grads
-        if self.has_aux:
-            return grads, value[1]
-        return grads
+        out_tree, has_aux, with_value = traced.out_tree, self.has_aux, self.with_value
+        shape = Signature(sig.treedef, None, sig.dynamic, None, False)
+        if not has_aux and single and sig.treedef.children[argnums[0]].kind == "leaf" \
+                and len(wrt) == 1:  # w.r.t. one array: the common case, kept cheap
+            return (lambda flat: (flat[0], flat[1])) if with_value else (lambda flat: flat[1])
+
+        def assemble(flat):
+            value = unflatten(out_tree, flat[:n_out]) if has_aux else flat[0]
+            grads = _grads_tree(shape, argnums, wrt, flat[n_out if has_aux else 1:], single)
+            if with_value:
+                return value, grads
+            if has_aux:
+                return grads, value[1]
+            return grads
+        return assemble
 
     def _name(self):
         return "value_and_grad" if self.with_value else "grad"
