@@ -155,7 +155,8 @@ def peak_extra_bytes(fn, args) -> int:
     return peak - before
 
 
-def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=sys.stdout) -> dict:
+def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=None) -> dict:
+    out = out or sys.stdout
     names = only or list(W.MAKERS)
     found = P.available() if use_peers else {}
     results = {"timings": [], "first_call_s": {}, "memory": {}, "compile": {},
@@ -184,7 +185,8 @@ def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=s
     return results
 
 
-def print_table(results: dict, out=sys.stdout) -> None:
+def print_table(results: dict, out=None) -> None:
+    out = out or sys.stdout
     peers = results["peers"]
     head = f"{'workload':<9}{'mode':<12}{'by hand ms':>11}{'ours ms':>10}{'ratio med':>10}{'ratio min':>10}"
     head += "".join(f"{p:>10}" for p in peers)

@@ -8,6 +8,7 @@ transform maps Graph -> Graph; every engine compiles a Graph.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ class Aval:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # not np.prod: ~20x faster on small tuples
 
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.shape)

@@ -121,6 +121,10 @@ def _compile_template(template: str) -> Callable:
 # =============================================================== shape helpers
 
 def broadcast_shapes(*shapes) -> tuple:
+    # fast path (tracing calls this for every elementwise op): equal shapes or scalars
+    big = [tuple(s) for s in shapes if len(s)]
+    if not big or all(s == big[0] for s in big[1:]):
+        return big[0] if big else ()
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:

@@ -328,3 +328,36 @@ def test_numpy_function_of_a_python_float_is_strong_like_in_numpy():
 def test_dtype_conversion_of_a_python_float_input():
     g = dp.grad(lambda s: np.mean(s, dtype=np.float32) * 2.0)(0.5)
     assert_close(g, 2.0)
+
+
+# ------------------------------------------------------------- fast call path
+
+def test_fast_path_reuses_programs_and_keeps_results_right(rng):
+    vg = dp.value_and_grad(lambda x, y: np.sum(np.sin(x) * y))
+    x, y = rng.standard_normal(3), rng.standard_normal(3)
+    for _ in range(3):
+        v, g = vg(x, y)
+        assert_close(v, np.sum(np.sin(x) * y))
+        assert_close(g, np.cos(x) * y)
+    assert len(vg._fast) == 1
+    x4, y4 = rng.standard_normal(4), rng.standard_normal(4)  # new shape: new program
+    assert_close(vg(x4, y4)[1], np.cos(x4) * y4)
+    assert len(vg._fast) == 2
+    assert_close(vg(x, y.astype(np.float32))[1], np.cos(x) * y.astype(np.float32))
+    g = vg(x, y)[1]
+    g[:] = 0.0  # results are the caller's to mutate
+    assert_close(vg(x, y)[1], np.cos(x) * y)
+
+
+def test_fast_path_is_skipped_inside_a_trace_and_for_non_array_arguments():
+    inner = dp.differentiable(lambda x: np.sum(x ** 3))
+    inner(np.ones(2))  # fills the fast cache
+    assert_close(dp.grad(lambda x: inner(x) * 2.0)(np.array([1.0, 2.0])), [6.0, 24.0])
+    assert_close(dp.grad(lambda x: x ** 2)(3.0), 6.0)
+
+
+def test_fast_path_errors_come_from_the_full_path():
+    f = dp.differentiable(lambda a: np.sum(np.linalg.inv(a)))
+    f(np.eye(2))
+    with pytest.raises(np.linalg.LinAlgError):
+        f(np.zeros((2, 2)))

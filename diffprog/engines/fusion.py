@@ -22,6 +22,7 @@ Settings (environment, read when a program is compiled):
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -112,6 +113,8 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
 
     def close():
         nonlocal run, shape
+        if not run:
+            return
         elementwise = [i for i in run if not _full_sum(graph.eqns[i], shape)]
         if len(run) > 1 and elementwise:
             segments.append(run)
@@ -123,7 +126,7 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
         out_shape = eqn.outputs[0].aval.shape if eqn.outputs else None
         candidate = eqn.inputs[0].aval.shape if eqn.prim.name == "reduce_sum" and eqn.inputs \
             else out_shape
-        big = threshold > 0 and candidate is not None and int(np.prod(candidate, dtype=np.int64)) >= threshold
+        big = threshold > 0 and candidate is not None and math.prod(candidate) >= threshold
         if big and (_elementwise_in_block(eqn, candidate) or _full_sum(eqn, candidate)):
             if shape is not None and candidate != shape:
                 close()
@@ -133,7 +136,8 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
             shape = candidate
             run.append(idx)
             continue
-        close()
+        if run:
+            close()
         segments.append([idx])
     close()
     return segments
@@ -170,7 +174,7 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
     eqns = [graph.eqns[i] for i in segment]
     last = segment[-1]
     shape = eqns[0].outputs[0].aval.shape if eqns[0].prim.name != "reduce_sum" else eqns[0].inputs[0].aval.shape
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     inside: dict[int, str] = {}     # var id -> block-local name
     params: list[str] = []          # kernel parameters (program names of outside values)
     flat_inputs: list[str] = []     # lines preparing full-size inputs

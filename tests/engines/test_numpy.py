@@ -61,3 +61,36 @@ def test_engines_available_reports_numpy_ok():
     assert report["numpy"] == "ok"
     for name, status in report.items():
         assert status == "ok" or len(status) > 20, name
+
+
+# ---------------------------------------------------- NumPy-only cheaper spellings
+
+def _both_spellings(fn, *args):
+    """(fast, portable) programs for the value+gradient graph of ``fn``."""
+    from diffprog.transforms import vjp_graph
+    graph = vjp_graph(dp.differentiable(fn).ir(*args), [0], seed="ones")
+    progs = []
+    for host_fast in (True, False):
+        src, ns = generate_source(graph, np, "prog", host_fast=host_fast)
+        exec(compile(src, "<t>", "exec"), ns)
+        progs.append((ns["prog"], src))
+    return progs
+
+
+def test_host_fast_spellings_compute_what_the_templates_compute(rng):
+    x = rng.standard_normal((3, 4))
+
+    def f(x):
+        y = np.reshape(x, (4, 3)).T
+        return np.sum(np.max(y, axis=0) * np.min(y, axis=1, keepdims=True)) + x[1, 2] * x[0, 0]
+    (fast, fast_src), (portable, portable_src) = _both_spellings(f, x)
+    assert "_add_reduce" in fast_src and ".reshape(" in fast_src and "_max_reduce" in fast_src
+    assert "xp.sum(" in portable_src
+    for a, b in zip(fast(x), portable(x)):
+        assert type(a) is type(b)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_host_fast_spellings_leave_python_scalars_to_the_templates():
+    # a Python float has no .reshape: the portable spelling is used for it
+    assert_close(dp.grad(lambda s: np.sum(np.reshape(s, (1, 1)) * 3.0))(2.0), 3.0)
