@@ -38,6 +38,10 @@ def _param_key(v):
         return ("obj", id(v))
 
 
+# Binary primitives whose result does not depend on operand order, bit for bit.
+_COMMUTATIVE = frozenset({"add", "mul"})
+
+
 def common_subexpressions(graph: Graph) -> Graph:
     """Replace an equation by an earlier identical one (same primitive, inputs, params)."""
     rename: dict[int, Var] = {}
@@ -55,7 +59,10 @@ def common_subexpressions(graph: Graph) -> Graph:
     for eqn in graph.eqns:
         eqn.inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
         try:
-            key = (eqn.prim.name, tuple(ref(a) for a in eqn.inputs),
+            refs = tuple(ref(a) for a in eqn.inputs)
+            if eqn.prim.name in _COMMUTATIVE:  # a*b == b*a exactly (IEEE), so one of them
+                refs = tuple(sorted(refs, key=repr))
+            key = (eqn.prim.name, refs,
                    tuple((k, _param_key(v)) for k, v in eqn.params.items()))
             hash(key)
         except TypeError:

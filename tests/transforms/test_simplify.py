@@ -25,3 +25,13 @@ def test_gradient_graph_shares_forward_values():
     g = vjp_graph(graph, [0], seed="ones")
     assert [e.prim.name for e in g.eqns].count("exp") == 1
     assert len(simplify(g).eqns) == len(g.eqns)
+
+
+def test_cse_treats_commutative_operands_in_either_order():
+    f = dp.differentiable(lambda x, y: np.sum(x * y + y * x) + np.sum((x + 2.0) * (2.0 + x)))
+    graph = f.ir(np.ones(3), np.ones(3))
+    names = [e.prim.name for e in graph.eqns]
+    assert names.count("mul") == 2 and names.count("add") == 3
+    # order still matters where it should
+    g = dp.differentiable(lambda x, y: np.sum(x - y) + np.sum(y - x)).ir(np.ones(3), np.ones(3))
+    assert [e.prim.name for e in g.eqns].count("sub") == 2
