@@ -14,7 +14,7 @@ import string
 import numpy as np
 
 from ..ir import Graph, Lit, Var
-from . import fusion
+from . import fusion, peephole
 from .base import Engine, Program
 
 _compile_ids = itertools.count()
@@ -331,7 +331,7 @@ class NumpyEngine(Engine):
         self.xp = xp_module
 
     def generate(self, graph: Graph, fn_name: str) -> tuple[str, dict]:
-        return generate_source(graph, self.xp, fn_name, blocks=fusion.min_size())
+        return generate_source(peephole.lower(graph), self.xp, fn_name, blocks=fusion.min_size())
 
     def compile(self, graph: Graph) -> Program:
         fn_name = f"program_{next(_compile_ids)}"
