@@ -280,22 +280,37 @@ def _last_uses(graph: Graph) -> dict:
 # the numpy engine only (cupy keeps the templates). Each computes exactly what the
 # template does: np.sum/np.max/np.min are thin Python wrappers around these ufunc
 # reductions, np.reshape/np.transpose around these methods (1.3 us -> 0.4 us per call
-# on small arrays; W3 has thousands of them). Used only on array operands (a Python
-# float has no .reshape).
+# on small arrays; W3 has thousands of them). Programs may be handed Python floats
+# where the graph says float64 (a cotangent 1.0), so the method spellings fall back.
 _HOST_FAST = {
-    "reshape": "{0}.reshape({shape})",
-    "transpose": "{0}.transpose({axes})",
+    "reshape": "_reshape({0}, {shape})",
+    "transpose": "_transpose({0}, {axes})",
     "reduce_sum": "_add_reduce({0}, {axes}, None, None, {keepdims})",
     "reduce_max": "_max_reduce({0}, {axes}, None, None, {keepdims})",
     "reduce_min": "_min_reduce({0}, {axes}, None, None, {keepdims})",
 }
+def _reshape(x, shape):
+    try:
+        return x.reshape(shape)
+    except AttributeError:  # a Python scalar (a caller's cotangent 1.0, say)
+        return np.reshape(x, shape)
+
+
+def _transpose(x, axes):
+    try:
+        return x.transpose(axes)
+    except AttributeError:
+        return np.transpose(x, axes)
+
+
 _HOST_FAST_NAMES = {"_add_reduce": np.add.reduce, "_max_reduce": np.maximum.reduce,
-                    "_min_reduce": np.minimum.reduce}
+                    "_min_reduce": np.minimum.reduce, "_reshape": _reshape,
+                    "_transpose": _transpose}
 
 
 def _scatter_static(g, shape, index):
     """scatter_add with a static index (the VJP of basic slicing): zeros, then one store."""
-    out = np.zeros(shape, dtype=g.dtype)
+    out = np.zeros(shape, dtype=g.dtype if hasattr(g, "dtype") else np.result_type(g))
     out[index] = g
     return out
 
