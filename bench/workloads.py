@@ -11,6 +11,7 @@ W2  2-layer tanh MLP, mean squared error, batch 256, 64 -> 256 -> 1, float64, gr
     w.r.t. both weight matrices.
 W3  100-step RK4 Lotka-Volterra trajectory loss, grad w.r.t. its 4 parameters, written
     as a plain Python loop (the trace is unrolled: about 3,000 equations forward).
+W3s W3 written with dp.scan (one loop equation: fast to trace and compile).
 W4  sum(exp(-x**2) * cos(3x)) over 1e6 elements.
 """
 from __future__ import annotations
@@ -158,6 +159,33 @@ def make_w3_by_hand(steps):
     return value_and_grad
 
 
+def make_w3_scan_fn(steps):
+    """W3 with dp.scan: one loop equation instead of the unrolled trace."""
+    import diffprog as dp
+
+    def w3_scan_fn(p, y0):
+        def step(carry, _):
+            y, loss = carry
+            h = LV_H
+            k1 = lv_rhs(p, y)
+            k2 = lv_rhs(p, y + 0.5 * h * k1)
+            k3 = lv_rhs(p, y + 0.5 * h * k2)
+            k4 = lv_rhs(p, y + h * k3)
+            y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+            return (y, loss + np.sum(y * y)), None
+        (_, loss), _ = dp.scan(step, (y0, np.zeros((), y0.dtype)), length=steps)
+        return loss
+    return w3_scan_fn
+
+
+def make_w3s(size="full"):
+    w = make_w3(size)
+    steps = LV_STEPS if size == "full" else 5
+    fn = make_w3_scan_fn(steps)
+    return Workload("W3s", f"RK4 Lotka-Volterra, {steps} steps (dp.scan)", fn, w.args, (0,),
+                    make_w3_fn(steps), w.value_and_grad_by_hand)
+
+
 def make_w3(size="full"):
     steps = LV_STEPS if size == "full" else 5
     p = np.array([1.5, 1.0, 1.0, 3.0])
@@ -187,7 +215,7 @@ def make_w4(size="full"):
                     w4_fn, w4_value_and_grad_by_hand)
 
 
-MAKERS = {"W1": make_w1, "W2": make_w2, "W3": make_w3, "W4": make_w4}
+MAKERS = {"W1": make_w1, "W2": make_w2, "W3": make_w3, "W3s": make_w3s, "W4": make_w4}
 
 
 # ================================================================== a big program
