@@ -361,3 +361,15 @@ def test_fast_path_errors_come_from_the_full_path():
     f(np.eye(2))
     with pytest.raises(np.linalg.LinAlgError):
         f(np.zeros((2, 2)))
+
+
+def test_fast_path_leaves_guarded_programs_to_the_variant_checks():
+    def f(x):
+        if np.sum(x) > 0:  # a guard: the program holds for one branch only
+            return np.sum(x ** 2)
+        return np.sum(-x)
+    g = dp.grad(f)
+    for sign in (1.0, -1.0, 1.0, -1.0):
+        x = sign * np.ones(2)
+        assert_close(g(x), 2 * x if sign > 0 else -np.ones(2))
+    assert not g._fast
