@@ -37,12 +37,17 @@ export npsum,
     logaddexp,
     nplogaddexp
 export npwhere, npmatmul, npslogdet, nptake, npscatter_add, nponehot
+export npreshape, npbroadcast_to, convert_eltype, stop_gradient, nppad, npunslice
+export npargmax, npargmin, npargsort
+export npsolve, npinv, npdet, npcholesky, npmatmul_stacked
 
 include("programs.jl")
 include("notices.jl")
 include("derivatives.jl")
 include("exchange.jl")
 include("numpy_compat.jl")
+include("numpy_shapes.jl")
+include("numpy_linalg.jl")
 include("rules.jl")
 include("precompile.jl")
 

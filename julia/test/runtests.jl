@@ -259,6 +259,66 @@ end
         @test gy ≈ finite_difference_gradient(z -> value(p, (x, z))[1], y) atol = 1.0e-6
     end
 
+    @testset "shape helpers match NumPy on reversed axes" begin
+        x = reshape(collect(1.0:12.0), 4, 3) # NumPy shape (3, 4)
+        @test npreshape(x, (6, 2)) == reshape(x, 6, 2)
+        @test npreshape(2.0, (1, 1)) == fill(2.0, 1, 1)
+        @test npbroadcast_to([1.0, 2.0], (2, 3)) == [1.0 1.0 1.0; 2.0 2.0 2.0]
+        @test convert_eltype(Float32, [1.5, -2.5]) == Float32[1.5, -2.5]
+        @test convert_eltype(Int, [1.7, -2.7]) == [1, -2]
+        @test convert_eltype(Bool, [0.0, 3.0]) == [false, true]
+        @test nppad([1.0, 2.0], ((1, 2),), 0.0) == [0.0, 1.0, 2.0, 0.0, 0.0]
+        @test npargmax([1.0 5.0; 7.0 2.0]; dim = 1) == [1, 0]
+        @test npargmin([1.0 5.0; 7.0 2.0]; dim = 2) == [0, 1]
+        @test npargsort([3.0, 1.0, 2.0]; dim = 1) == [1, 2, 0]
+        # npunslice is the adjoint of basic slicing, steps and reversal included.
+        for range in (2:2:5, 5:-2:1, 1:5, 3:3, 4:3)
+            g = collect(1.0:length(range))
+            dense = zeros(5)
+            dense[collect(range)] .+= g
+            @test npunslice(g, (range,), (5,)) == dense
+        end
+        _, (gs,) = value_and_gradient(
+            load_program("program(x) = (sum(x[5:-2:1] .^ 2),)"),
+            (collect(1.0:5.0),),
+        )
+        @test gs == [2.0, 0.0, 6.0, 0.0, 10.0]
+        _, (gu,) = value_and_gradient(
+            load_program("program(g) = (sum(DiffProg.npunslice(g, (2:2:5,), (5,)) .^ 2),)"),
+            ([1.0, 2.0],),
+        )
+        @test gu == [2.0, 4.0]
+    end
+
+    @testset "linear algebra helpers match NumPy on reversed axes" begin
+        A = [4.0 1.3 0.5; 1.0 3.0 0.2; 0.6 0.2 2.0]
+        At = permutedims(A, (2, 1))
+        b = [1.0, 2.0, 3.0]
+        B = [1.0 0.5; 2.0 -1.0; 3.0 0.0]
+        @test npsolve(At, b) ≈ A \ b
+        @test npsolve(At, permutedims(B, (2, 1))) ≈ permutedims(A \ B, (2, 1))
+        @test npinv(At) ≈ permutedims(inv(A), (2, 1))
+        @test npdet(At) ≈ LinearAlgebra.det(A)
+        S = A * permutedims(A, (2, 1))
+        L = LinearAlgebra.cholesky(LinearAlgebra.Symmetric(S)).L
+        @test npcholesky(permutedims(S, (2, 1))) ≈ permutedims(Matrix(L), (2, 1))
+        stack = reshape(collect(1.0:12.0), 3, 2, 2) # NumPy (2, 2, 3)
+        w = [1.0 0.0 2.0; 0.0 1.0 -1.0]             # NumPy (3, 2)
+        expected = cat(npmatmul(stack[:, :, 1], w), npmatmul(stack[:, :, 2], w); dims = 3)
+        @test npmatmul_stacked(stack, w) ≈ expected
+        p = load_program("program(a) = (DiffProg.npdet(a),)")
+        _, (gdet,) = value_and_gradient(p, (At,))
+        @test gdet ≈ finite_difference_gradient(z -> value(p, (z,))[1], At) atol = 1.0e-5
+        q = load_program("program(a) = (sum(DiffProg.npcholesky(a) .^ 3),)")
+        St = permutedims(S, (2, 1))
+        _, (gchol,) = value_and_gradient(q, (St,))
+        symmetric_fd = finite_difference_gradient(
+            z -> value(q, ((z .+ permutedims(z, (2, 1))) ./ 2,))[1],
+            St,
+        )
+        @test gchol ≈ symmetric_fd atol = 1.0e-4
+    end
+
     @testset "cache management" begin
         n = program_count()
         @test n >= 1
