@@ -347,7 +347,17 @@ class Transformed:
         graphs = build(traced)
         graphs = graphs if isinstance(graphs, tuple) else (graphs,)
         engine = _engines.get(engine_name)
-        return Variant(tuple(engine.compile(g) for g in graphs), traced)
+        programs = []
+        for g in graphs:  # a Derivative asks a native_gradients engine for its programs
+            programs.extend(engine.compile_native(g) if isinstance(g, _engines.Derivative)
+                            else (engine.compile(g),))
+        return Variant(tuple(programs), traced)
+
+    def _native(self, sig: Signature) -> bool:
+        """Does this call's engine differentiate forward graphs itself (julia: Zygote)?"""
+        if sig.nested:  # recording into an enclosing trace: the IR transforms do it
+            return False
+        return getattr(_engines.get(_engine_name(sig, self.engine)), "native_gradients", False)
 
     def _program(self, sig: Signature, kind: tuple, build: Callable[[Traced], Graph]):
         """(program, traced) of the most recent variant for this signature (no guard
@@ -401,7 +411,7 @@ class Differentiable(Transformed):
         sig = self._signature(args)
         traced = self._traced(sig)
         graph = _graph_for_kind(kind, traced, sig, argnums)
-        eng = _engines.get(engine or _engine_name(sig, self.engine))
+        eng = _engines.get(engine or _engine_name(sig, self.engine), check=False)
         if hasattr(eng, "render_source"):
             return eng.render_source(graph)
         return eng.compile(graph).source
@@ -558,9 +568,12 @@ class _GradFunction(Transformed):
         argnums = _norm_argnums(self.argnums, len(args))
         single = isinstance(self.argnums, (int, np.integer))
         wrt = _wrt_positions(sig, argnums)
+        native = self._native(sig)
 
         def build(traced):
             _check_scalar_output(traced, self._name(), self.has_aux)
+            if native:
+                return _engines.Derivative("gradient", traced.graph, tuple(wrt))
             return vjp_graph(_value_only(traced.graph, self.has_aux), wrt, seed="ones") \
                 if not self.has_aux else _aux_grad_graph(traced.graph, wrt)
 
@@ -669,7 +682,11 @@ def vjp(fn: Callable, *primals):
         out_flat = _run_nested(traced.graph, traced, sig.dyn_leaves)
         backward = None
     else:
+        native = t._native(sig)
+
         def split(tr):
+            if native:
+                return (_engines.Derivative("pullback", tr.graph, tuple(wrt)),)
             return split_known(vjp_graph(tr.graph, wrt, seed="input"), len(tr.graph.invars),
                                len(tr.graph.outvars))
         flat, variant = t._run(sig, ("vjp",), split)
@@ -773,7 +790,9 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
                 raise ArgumentError(
                     f"jacobian: argument {a} must be a float array (got {type(args[a]).__name__}); "
                     f"use dp.vjp / dp.jvp for nested structures")
-        result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums)
+        result = _native_derivative(fn, args, nums, "jacobian") if mode == "rev" else None
+        if result is None:
+            result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums)
         return result[0] if single else tuple(result)
 
     return functools.wraps(fn)(jac) if hasattr(fn, "__name__") else jac
@@ -845,4 +864,31 @@ def hessian(fn: Callable, argnums: int = 0):
     array([[ 6.,  0.],
            [ 0., 12.]])
     """
-    return jacobian(grad(fn, argnums), argnums, mode="fwd")
+    by_transforms = jacobian(grad(fn, argnums), argnums, mode="fwd")
+
+    def hess(*args):
+        nums = _norm_argnums(argnums, len(args))
+        native = _native_derivative(fn, args, nums, "hessian")
+        return by_transforms(*args) if native is None else native[0]
+
+    return functools.wraps(fn)(hess) if hasattr(fn, "__name__") else hess
+
+
+def _native_derivative(fn, args, nums, kind: str):
+    """Jacobians/Hessians from an engine that differentiates natively (julia: Zygote), or
+    None where the engine does not (or the call is nested in a trace)."""
+    t = Transformed(fn)
+    sig = t._signature(args)
+    if not t._native(sig) or (kind == "hessian" and len(nums) != 1):
+        return None
+    wrt = _wrt_positions(sig, nums)
+
+    def build(traced):
+        if kind == "hessian":
+            _check_scalar_output(traced, "hessian")
+        elif traced.out_tree.kind != "leaf":
+            raise ArgumentError("jacobian: the function must return a single array")
+        return (_engines.Derivative(kind, traced.graph, tuple(wrt)),)
+
+    flat, _ = t._run(sig, (kind, nums), build)
+    return list(flat[1:]) if kind == "jacobian" else list(flat)

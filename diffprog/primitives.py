@@ -7,7 +7,12 @@ Each :class:`Primitive` holds
   * ``shape``  -- the abstract-evaluation rule ``(*avals, **params) -> Aval``;
   * ``vjp``    -- ``(g, *inputs, out=..., **params) -> cotangent per input`` (None = zero);
   * ``jvp``    -- ``(tangents, *inputs, out=..., **params) -> output tangent`` (None = zero);
-  * ``julia``  -- its Julia spelling (template over reversed axes), or ``Unsupported(reason)``;
+  * ``julia``  -- its Julia spelling: a template over reversed axes (operands ``{0}``,
+                  ``{args}``, ``{rest}``, params by name, and the derived placeholders of
+                  :func:`diffprog.engines.julia.derived_placeholders`: ``{jaxes}``,
+                  ``{jaxis}``, ``{jshape}``, ``{jperm}``, ``{jpad_width}``, ``{jdtype}``,
+                  ``{jout}``), a callable ``(eqn, jl) -> template | Unsupported`` where the
+                  spelling depends on shapes, or ``Unsupported(reason)``;
   * ``numpy``  -- the NumPy callables it implements directly (with an optional adapter);
   * ``cases``  -- example inputs on the primitive's domain, from which tests are generated.
 
@@ -330,7 +335,7 @@ hypot = binary("hypot", "xp.hypot({0}, {1})", lambda x, y, o: (x / o, y / o),
                "hypot.({0}, {1})", numpy=np.hypot)
 logaddexp = binary("logaddexp", "xp.logaddexp({0}, {1})",
                    lambda x, y, o: (np.exp(x - o), np.exp(y - o)),
-                   "DiffProg.logaddexp.({0}, {1})", numpy=np.logaddexp)
+                   "DiffProg.nplogaddexp({0}, {1})", numpy=np.logaddexp)
 remainder = binary("remainder", "xp.remainder({0}, {1})",
                    lambda x, y, o: (1.0, -np.floor(x / y)), "mod.({0}, {1})",
                    numpy=(np.remainder, np.mod),
@@ -391,12 +396,12 @@ convert = Primitive(
     vjp=lambda g, x, *, out, dtype: ((g.astype(x.dtype) if _inexact(np.result_type(x)) else None),),
     jvp=lambda ts, x, *, out, dtype: (None if ts[0] is None or not _inexact(np.dtype(dtype))
                                       else ts[0].astype(dtype)),
-    julia="DiffProg.convert_eltype({dtype}, {0})",
+    julia="DiffProg.convert_eltype({jdtype}, {0})",
     cases=[Case(_rng_normal(3), {"dtype": np.dtype("float32")}, rtol=1e-2)])
 
 stop_gradient = Primitive(
     "stop_gradient", "{0}", lambda x: x, vjp=lambda g, x, *, out: (None,),
-    jvp=lambda ts, x, *, out: None, julia="ChainRulesCore.ignore_derivatives({0})",
+    jvp=lambda ts, x, *, out: None, julia="DiffProg.stop_gradient({0})",
     differentiable=False, cases=[Case(_rng_normal(3))])
 
 
@@ -564,7 +569,7 @@ reshape = Primitive(
     "reshape", "xp.reshape({0}, {shape})", _reshape_shape,
     vjp=lambda g, x, *, out, shape: (np.reshape(g, np.shape(x)),),
     jvp=lambda ts, x, *, out, shape: None if ts[0] is None else np.reshape(ts[0], shape),
-    julia="reshape({0}, {jshape})",
+    julia="DiffProg.npreshape({0}, {jshape})",
     cases=[Case(_rng_normal(3, 4), {"shape": (2, 6)}), Case(_rng_normal(3, 4), {"shape": (12,)})])
 
 transpose = Primitive(
@@ -654,11 +659,59 @@ def _shape_by_dummy(x: Aval, index):
     return Aval(tuple(np.shape(res)), x.dtype)
 
 
+def _julia_slice(eqn, jl):
+    """Basic indexing as Julia ranges (never scalar indexing), then the NumPy result shape."""
+    x = eqn.inputs[0].aval
+    ranges, _, _ = jl.ranges(eqn.params["index"], x.shape)
+    if not ranges:
+        return "{0}"
+    return f"DiffProg.npreshape({{0}}[{', '.join(ranges)}], {jl.shape(eqn.outputs[0].aval.shape)})"
+
+
+def _julia_array_axis(index, ndim):
+    """The NumPy axis of the single index array in ``index`` when every other entry is a
+    full slice or Ellipsis (``x[idx]``, ``x[:, idx]``, ``x[..., idx]``), else None."""
+    slots = [i for i, item in enumerate(index) if isinstance(item, ArraySlot)]
+    full = slice(None)
+    if len(slots) != 1 or any(not (item == full or item is Ellipsis)
+                              for item in index if not isinstance(item, ArraySlot)):
+        return None
+    k = slots[0]
+    if any(item is Ellipsis for item in index[:k]):
+        return ndim - (len(index) - k)
+    return k
+
+
+_JULIA_GATHER_FORMS = ("the julia engine spells integer-array indexing with one index array "
+                       "and full slices only (x[idx], x[:, idx], x[..., idx])")
+
+
+def _julia_gather(eqn, jl):
+    x = eqn.inputs[0].aval
+    axis = _julia_array_axis(eqn.params["index"], len(x.shape))
+    if axis is None or len(eqn.inputs) != 2:
+        return Unsupported(f"{_JULIA_GATHER_FORMS}; got index {eqn.params['index']!r}")
+    return f"DiffProg.nptake({{0}}, {{1}}; dim = {jl.dim(axis, len(x.shape))})"
+
+
+def _julia_scatter_add(eqn, jl):
+    shape = tuple(eqn.params["shape"])
+    if len(eqn.inputs) == 1:  # adjoint of basic slicing
+        ranges, kept, _ = jl.ranges(eqn.params["index"], shape)
+        return (f"DiffProg.npunslice(DiffProg.npreshape({{0}}, {jl.shape(kept)}), "
+                f"{jl.tuple(ranges)}, {jl.shape(shape)})")
+    axis = _julia_array_axis(eqn.params["index"], len(shape))
+    if axis is None or len(eqn.inputs) != 2:
+        return Unsupported(f"{_JULIA_GATHER_FORMS}; got index {eqn.params['index']!r}")
+    return (f"DiffProg.npscatter_add({{0}}, {{1}}, {shape[axis]}; "
+            f"dim = {jl.dim(axis, len(shape))})")
+
+
 slice_ = Primitive(
     "slice", "{0}[{index}]", lambda x, *, index: _shape_by_dummy(x, index),
     vjp=lambda g, x, *, out, index: (scatter_add(g, shape=np.shape(x), index=index),),
     jvp=lambda ts, x, *, out, index: None if ts[0] is None else ts[0][index],
-    julia="DiffProg.npslice({0}, {jindex})",
+    julia=_julia_slice,
     cases=[Case(_rng_normal(5, 4), {"index": (slice(1, 4, None), 2)}),
            Case(_rng_normal(5, 4), {"index": (slice(None, None, -2), None, Ellipsis)})])
 
@@ -698,7 +751,7 @@ gather = Primitive(
     vjp=lambda g, x, *arrays, out, index: (scatter_add(g, *arrays, shape=np.shape(x), index=index),)
     + (None,) * len(arrays),
     jvp=lambda ts, x, *arrays, out, index: None if ts[0] is None else gather(ts[0], *arrays, index=index),
-    julia="DiffProg.npgather({0}, {jindex}, {rest})",
+    julia=_julia_gather,
     cases=[Case(lambda rng: [rng.standard_normal((5, 4)), np.array([0, 2, 2, 4])],
                 {"index": (ArraySlot(), slice(None, None, None))})])
 
@@ -721,7 +774,7 @@ scatter_add = Primitive(
         (gather(gg, *arrays, index=index) if arrays else gg[index]),) + (None,) * len(arrays),
     jvp=lambda ts, g, *arrays, out, shape, index: None if ts[0] is None else
     scatter_add(ts[0], *arrays, shape=shape, index=index),
-    julia="DiffProg.npscatter_add({0}, {jshape}, {jindex}, {rest})",
+    julia=_julia_scatter_add,
     cases=[Case(lambda rng: [rng.standard_normal((4, 4)), np.array([0, 2, 2, 4])],
                 {"index": (ArraySlot(), slice(None, None, None)), "shape": (5, 4)})])
 
@@ -764,11 +817,32 @@ def _matmul_vjp(g, a, b, *, out):
     return (_cast(ga, a) if ga is not None else None, _cast(gb, b) if gb is not None else None)
 
 
+def _julia_matmul(eqn, jl):
+    a, b = (v.aval for v in eqn.inputs)
+    if len(a.shape) <= 2 and len(b.shape) <= 2:
+        return "DiffProg.npmatmul({0}, {1})"
+    if len(b.shape) <= 2:  # a stack of matrices times one matrix/vector
+        return "DiffProg.npmatmul_stacked({0}, {1})"
+    return Unsupported(f"batched matmul of shapes {a.shape} @ {b.shape} (a stacked right "
+                       f"operand) has no Julia spelling yet")
+
+
+def _julia_single_matrix(template):
+    """The spelling for one matrix; stacks of matrices are refused with the reason."""
+    def spell(eqn, jl):
+        a = eqn.inputs[0].aval
+        if len(a.shape) != 2:
+            return Unsupported(f"{eqn.prim.name} of a stack of matrices (shape {a.shape}) has "
+                               f"no Julia spelling yet; the julia engine takes one matrix")
+        return template
+    return spell
+
+
 matmul = Primitive(
     "matmul", "{0} @ {1}", _matmul_shape, vjp=_matmul_vjp, numpy=np.matmul,
     jvp=lambda ts, a, b, *, out: _tsum([None if ts[0] is None else ts[0] @ b,
                                         None if ts[1] is None else a @ ts[1]]),
-    julia="DiffProg.npmatmul({0}, {1})",
+    julia=_julia_matmul,
     cases=[Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4, 2))]),
            Case(lambda rng: [rng.standard_normal((4,)), rng.standard_normal((4, 2))]),
            Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4,))]),
@@ -838,7 +912,7 @@ def _einsum_jvp(ts, *ops, out, subscripts, optimize):
 einsum = Primitive(
     "einsum", "xp.einsum({subscripts}, {args}, optimize={optimize})",
     _einsum_shape, vjp=_einsum_vjp, jvp=_einsum_jvp,
-    julia=Unsupported("einsum is lowered by the julia engine through DiffProg.npeinsum"),
+    julia=Unsupported("einsum has no Julia spelling yet (write it with @, * and np.sum)"),
     cases=[Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4, 5))],
                 {"subscripts": "ij,jk->ik", "optimize": False}),
            Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((3, 4))],
@@ -905,7 +979,7 @@ def _well_conditioned(*shape):
 
 solve = Primitive(
     "solve", "xp.linalg.solve({0}, {1})", _solve_shape, vjp=_solve_vjp, jvp=_solve_jvp,
-    julia="DiffProg.npsolve({0}, {1})",
+    julia=_julia_single_matrix("DiffProg.npsolve({0}, {1})"),
     cases=[Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal(3)]),
            Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal((3, 2))]),
            Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal((2, 3, 2))])])
@@ -920,7 +994,7 @@ inv = Primitive(
     "inv", "xp.linalg.inv({0})", _inv_shape,
     vjp=lambda g, a, *, out: (-(_swap(out) @ g @ _swap(out)),),
     jvp=lambda ts, a, *, out: None if ts[0] is None else -(out @ ts[0] @ out),
-    julia="DiffProg.npinv({0})",
+    julia=_julia_single_matrix("DiffProg.npinv({0})"),
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
 
 
@@ -938,7 +1012,7 @@ det = Primitive(
     "det", "xp.linalg.det({0})", _det_shape,
     vjp=lambda g, a, *, out: (np.expand_dims(g * out, (-1, -2)) * _swap(inv(a)),),
     jvp=lambda ts, a, *, out: None if ts[0] is None else out * _trace_last2(solve(a, ts[0])),
-    julia="DiffProg.npdet({0})",
+    julia=_julia_single_matrix("DiffProg.npdet({0})"),
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
 
 
@@ -962,7 +1036,7 @@ def _slogdet_jvp(ts, a, *, out):
 
 slogdet = Primitive(
     "slogdet", "tuple(xp.linalg.slogdet({0}))", _slogdet_shape, vjp=_slogdet_vjp, jvp=_slogdet_jvp,
-    julia="DiffProg.npslogdet({0})", multiple_results=True,
+    julia=_julia_single_matrix("DiffProg.npslogdet({0})"), multiple_results=True,
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
 
 
@@ -1002,5 +1076,5 @@ def _spd(x):
 
 cholesky = Primitive(
     "cholesky", "xp.linalg.cholesky({0})", _cholesky_shape, vjp=_cholesky_vjp, jvp=_cholesky_jvp,
-    julia="DiffProg.npcholesky({0})",
+    julia=_julia_single_matrix("DiffProg.npcholesky({0})"),
     cases=[Case(_rng_normal(3, 3), wrap=_spd), Case(_rng_normal(2, 3, 3), wrap=_spd)])

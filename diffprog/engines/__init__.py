@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from ..errors import ArgumentValueError, EngineUnavailable
-from .base import Engine, Program
+from .base import Derivative, Engine, Program
 
 _FACTORIES = {}
 _DEVICES: dict[str, tuple] = {}
@@ -38,8 +38,14 @@ def _cupy_factory():
     return CupyEngine()
 
 
+def _julia_factory():
+    from .julia import JuliaEngine
+    return JuliaEngine()
+
+
 register("numpy", _numpy_factory, devices=("cpu",))
 register("cupy", _cupy_factory, devices=("gpu",))
+register("julia", _julia_factory, devices=("cpu", "gpu"))
 
 
 def names() -> list[str]:
@@ -50,14 +56,19 @@ def default_engine_name() -> str:
     return os.environ.get("DIFFPROG_ENGINE", "numpy")
 
 
-def get(name: str | None = None) -> Engine:
-    """The engine called ``name`` (default: $DIFFPROG_ENGINE or "numpy"), checked usable."""
+def get(name: str | None = None, check: bool = True) -> Engine:
+    """The engine called ``name`` (default: $DIFFPROG_ENGINE or "numpy"), checked usable.
+
+    ``check=False`` gives an unchecked instance, for work that needs no runtime (showing
+    the generated source of an engine that is not installed here)."""
     name = name or default_engine_name()
     if name not in _FACTORIES:
         raise ArgumentValueError(
             f"unknown engine {name!r}; expected one of {names()}. Fix: pass engine="
             f"{names()[0]!r} (or set DIFFPROG_ENGINE to a known name).")
     engine = _INSTANCES.get(name)
+    if engine is None and not check:
+        return _FACTORIES[name]()
     if engine is None:
         engine = _FACTORIES[name]()
         engine.check_available()
@@ -81,5 +92,5 @@ def available() -> dict[str, str]:
     return report
 
 
-__all__ = ["Engine", "Program", "get", "available", "names", "register", "devices",
+__all__ = ["Derivative", "Engine", "Program", "get", "available", "names", "register", "devices",
            "default_engine_name"]

@@ -20,6 +20,21 @@ class Program:
         return self.fn(*args)
 
 
+@dataclass(frozen=True)
+class Derivative:
+    """A derivative of ``graph`` for an engine that differentiates natively
+    (``native_gradients = True``, e.g. julia via Zygote): the API passes the forward
+    graph instead of a Python-side transformed one. ``kind``: "gradient" (outputs, then
+    gradients of the scalar first output w.r.t. inputs ``wrt``), "pullback" (a forward
+    and a backward program, like :func:`~diffprog.transforms.partial_eval.split_known`),
+    "jacobian" (output, then one Jacobian per ``wrt``) or "hessian" (``wrt`` has one
+    input)."""
+
+    kind: str
+    graph: Graph
+    wrt: tuple
+
+
 class Engine:
     """Base class. Subclasses set ``name`` and implement ``compile``."""
 
@@ -29,6 +44,13 @@ class Engine:
         """Raise :class:`~diffprog.errors.EngineUnavailable` (with the fix) if it cannot run."""
 
     def compile(self, graph: Graph) -> Program:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    #: True for engines that differentiate forward graphs themselves (see Derivative)
+    native_gradients = False
+
+    def compile_native(self, request: Derivative) -> tuple:  # pragma: no cover - interface
+        """Programs for a :class:`Derivative` (only for ``native_gradients`` engines)."""
         raise NotImplementedError
 
     def prepare_inputs(self, leaves: list) -> list:

@@ -1,0 +1,667 @@
+"""The julia engine: a Graph becomes Julia source for the DiffProg Julia package.
+
+Code generation (no Julia needed, so ``f.source(..., engine="julia")`` works anywhere):
+one Julia function ``program(a1, ..., c1, ...)`` per graph, inputs first and bound
+constants as trailing arguments (constants travel as values, never as pasted text; the
+only literals in the source are numbers, Booleans and ``nothing``). Every primitive's
+spelling comes from its ``julia=`` entry in :mod:`diffprog.primitives`: a template over
+operands ``{0}``, ``{args}``, ``{rest}``, parameters by name and the derived placeholders
+of :func:`derived_placeholders` (axes, shapes and permutations converted once, here, to
+Julia's reversed-axes layout), a callable ``(eqn, jl) -> template`` for spellings that
+depend on shapes, or ``Unsupported(reason)``.
+
+Julia holds every array with its axes reversed (NumPy axis ``k`` of an ``n``-d array is
+Julia dim ``n - k``, 1-based): a C-contiguous NumPy array *is* a column-major Julia
+array with reversed dims, so arrays cross by DLPack without copies, and NumPy's
+right-aligned broadcasting is Julia's left-aligned broadcasting.
+
+Running (needs Julia): juliacall is imported only when this engine is asked for, after
+a probe that finds no Julia in milliseconds instead of letting juliapkg try to download
+one. Gradients come from Zygote (``native_gradients``: the API hands this engine the
+forward graph for grad/value_and_grad/vjp instead of Python-side transformed graphs).
+"""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import string
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import EngineError, EngineUnavailable, UnsupportedFunctionError
+from ..ir import Graph, Lit, Var
+from ..primitives import Unsupported
+from .base import Derivative, Engine, Program
+
+# =============================================================== Julia spelling helpers
+
+
+def jl_tuple(items) -> str:
+    """A Julia tuple literal: ``()``, ``(3,)``, ``(3, 4)``."""
+    items = [str(i) for i in items]
+    if len(items) == 1:
+        return f"({items[0]},)"
+    return "(" + ", ".join(items) + ")"
+
+
+def jl_shape(shape) -> str:
+    """NumPy shape -> Julia dims tuple (reversed)."""
+    return jl_tuple(int(d) for d in reversed(tuple(shape)))
+
+
+def jl_dim(axis: int, ndim: int) -> int:
+    """NumPy axis (negative allowed) of an ``ndim``-d array -> 1-based Julia dim."""
+    return ndim - (int(axis) % ndim)
+
+
+def jl_dims(axes, ndim: int) -> str:
+    return jl_tuple(sorted(jl_dim(a, ndim) for a in axes))
+
+
+def jl_perm(axes) -> str:
+    """``np.transpose(x, axes)`` as the permutation for ``permutedims`` on reversed dims:
+    output dim ``n - i`` is input dim ``n - axes[i]``."""
+    n = len(axes)
+    return jl_tuple(n - int(axes[n - j]) for j in range(1, n + 1))
+
+
+_JULIA_TYPES = {
+    "float64": "Float64", "float32": "Float32", "float16": "Float16",
+    "int64": "Int64", "int32": "Int32", "int16": "Int16", "int8": "Int8",
+    "uint64": "UInt64", "uint32": "UInt32", "uint16": "UInt16", "uint8": "UInt8",
+    "bool": "Bool", "complex128": "ComplexF64", "complex64": "ComplexF32",
+}
+
+
+def jl_type(dtype) -> str:
+    name = np.dtype(dtype).name
+    if name not in _JULIA_TYPES:
+        raise UnsupportedFunctionError(
+            f"the julia engine has no Julia element type for dtype {name}. Fix: convert to "
+            f"float64/float32 (x.astype(np.float64)) or use engine='numpy'.")
+    return _JULIA_TYPES[name]
+
+
+def jl_float(value: float, dtype=np.float64) -> str:
+    """A float literal of the right Julia type: ``2.0``, ``2.0f0``, ``Inf32``, ``(-1.5)``."""
+    dtype = np.dtype(dtype)
+    v = float(value)
+    f32 = dtype == np.float32
+    f16 = dtype == np.float16
+    if np.isnan(v):
+        text = "NaN32" if f32 else "NaN16" if f16 else "NaN"
+    elif np.isinf(v):
+        text = ("Inf32" if f32 else "Inf16" if f16 else "Inf")
+        text = text if v > 0 else f"(-{text})"
+        return text
+    else:
+        text = repr(abs(v))
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            mantissa = mantissa if "." in mantissa else mantissa + ".0"
+            text = f"{mantissa}f{int(exponent)}" if f32 else f"{mantissa}e{int(exponent)}"
+        elif f32:
+            text += "f0"
+        if f16:
+            text = f"Float16({text})"
+        if v < 0 or (v == 0 and np.signbit(v)):
+            text = f"(-{text})"
+    return text
+
+
+def jl_literal(value, dtype=np.float64) -> str | None:
+    """Julia text for a number/bool/None (floats in ``dtype``), or None if not a literal."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)) if value >= 0 else f"({int(value)})"
+    if isinstance(value, (float, np.floating)):
+        own = np.dtype(type(value)) if isinstance(value, np.floating) else None
+        return jl_float(value, dtype if np.issubdtype(np.dtype(dtype), np.floating) else own or np.float64)
+    if isinstance(value, tuple):
+        parts = [jl_literal(v, dtype) for v in value]
+        return None if any(p is None for p in parts) else jl_tuple(parts)
+    return None
+
+
+def jl_ranges(index: tuple, shape: tuple) -> tuple[list, tuple, tuple]:
+    """A NumPy basic index (ints, slices, None, Ellipsis) on an array of ``shape`` as one
+    Julia range per Julia dim (integers become length-1 ranges, so nothing is ever
+    indexed element by element), plus the NumPy shape those ranges give (no dims dropped)
+    and the ranges' Julia text in Julia dim order."""
+    index = index if isinstance(index, tuple) else (index,)
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    if sum(1 for i in index if i is Ellipsis) > 1:
+        raise UnsupportedFunctionError("an index can have only one Ellipsis (...)")
+    expanded = []
+    for i in index:
+        if i is Ellipsis:
+            expanded += [slice(None)] * (len(shape) - n_real)
+        elif i is not None:
+            expanded.append(i)
+    expanded += [slice(None)] * (len(shape) - len(expanded))
+    ranges, kept = [], []
+    for item, d in zip(expanded, shape):
+        if isinstance(item, slice):
+            positions = range(*item.indices(d))
+        elif isinstance(item, (int, np.integer)):
+            k = int(item) % d if d else 0
+            positions = range(k, k + 1)
+        else:
+            raise UnsupportedFunctionError(
+                f"the julia engine cannot spell the index element {type(item).__name__} here")
+        ranges.append(positions)
+        kept.append(len(positions))
+    texts = [_range_text(r) for r in ranges]
+    return texts[::-1], tuple(kept), tuple(ranges)
+
+
+def _range_text(r: range) -> str:
+    if len(r) == 0:
+        return "1:0"
+    first, last = r[0] + 1, r[-1] + 1
+    if r.step == 1:
+        return f"{first}:{last}"
+    return f"{first}:{r.step}:{last}" if r.step > 0 else f"{first}:({r.step}):{last}"
+
+
+class JuliaSpelling:
+    """The generic converters handed to callable ``julia=`` hooks (``jl`` in the table)."""
+
+    tuple = staticmethod(jl_tuple)
+    shape = staticmethod(jl_shape)
+    dim = staticmethod(jl_dim)
+    dims = staticmethod(jl_dims)
+    ranges = staticmethod(jl_ranges)
+    literal = staticmethod(jl_literal)
+
+
+JL = JuliaSpelling()
+
+
+def eqn_float_dtype(eqn) -> np.dtype:
+    """The float dtype numbers in this equation are written in: the output's if it is a
+    float, else that of the float array operands, else float64. (A Python float meeting a
+    float32 array stays float32 in NumPy; ``2.0`` would promote it in Julia, ``2.0f0``
+    does not.)"""
+    for atom in list(eqn.outputs) + [a for a in eqn.inputs if isinstance(a, Var)]:
+        if np.issubdtype(atom.aval.dtype, np.floating):
+            return np.dtype(atom.aval.dtype)
+    return np.dtype(np.float64)
+
+
+def derived_placeholders(eqn) -> dict:
+    """Placeholders computed from the equation's params and avals, in Julia layout.
+
+    Lazy: each value is a function, called only when a template uses that field.
+    """
+    params = eqn.params
+    x = eqn.inputs[0].aval if eqn.inputs else None
+    ndim = len(x.shape) if x is not None else 0
+    dtype = eqn_float_dtype(eqn)
+    return {
+        "jaxes": lambda: jl_dims(params["axes"], ndim),
+        "jaxis": lambda: str(jl_dim(params["axis"], ndim)),
+        "jshape": lambda: jl_shape(params["shape"]),
+        "jperm": lambda: jl_perm(params["axes"]),
+        "jpad_width": lambda: jl_tuple(jl_tuple((int(lo), int(hi)))
+                                       for lo, hi in reversed(tuple(params["pad_width"]))),
+        "jdtype": lambda: jl_type(params["dtype"]),
+        "jout": lambda: jl_shape(eqn.outputs[0].aval.shape),
+        "value": lambda: jl_literal(params["value"], dtype),
+    }
+
+
+def julia_template(eqn) -> str:
+    """The Julia template of ``eqn``'s primitive, or raise naming the primitive."""
+    prim = eqn.prim
+    spelling = getattr(prim, "julia", None)
+    if callable(spelling) and not isinstance(spelling, Unsupported):
+        spelling = spelling(eqn, JL)
+    if spelling is None:
+        spelling = Unsupported("it has no Julia spelling in the primitive table")
+    if isinstance(spelling, Unsupported):
+        where = f" (from {eqn.line})" if eqn.line else ""
+        raise UnsupportedFunctionError(
+            f"the julia engine cannot run primitive {prim.name!r}{where}: {spelling.reason}. "
+            f"Fix: use engine='numpy' (or 'cupy') for this function, or rewrite that step "
+            f"with operations the julia engine supports.")
+    return spelling
+
+
+def _render_eqn(eqn, operand) -> str:
+    template = julia_template(eqn)
+    dtype = eqn_float_dtype(eqn)
+    ops = [operand(a, dtype) for a in eqn.inputs]
+    derived = derived_placeholders(eqn)
+    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    values = {}
+    for f in fields:
+        if f.isdigit():
+            continue
+        if f == "args":
+            values[f] = ", ".join(ops)
+        elif f == "rest":
+            values[f] = ", ".join(ops[1:])
+        elif f in derived and (f != "value" or "value" in eqn.params):
+            values[f] = derived[f]()
+        elif f in eqn.params:
+            text = jl_literal(eqn.params[f], dtype)
+            if text is None:
+                raise EngineError(
+                    f"internal: primitive {eqn.prim.name!r} parameter {f}={eqn.params[f]!r} "
+                    f"has no Julia literal; its julia template must use a derived placeholder")
+            values[f] = text
+        else:
+            raise EngineError(f"internal: julia template of {eqn.prim.name!r} uses unknown "
+                              f"field {{{f}}}")
+    return template.format(*ops, **values)
+
+
+@dataclass
+class JuliaSource:
+    """Generated source plus the constants it takes as trailing arguments."""
+
+    text: str
+    constants: list
+    n_inputs: int
+
+
+def generate_julia(graph: Graph, fn_name: str = "program") -> JuliaSource:
+    """Julia source for ``graph``: one function, one line per equation."""
+    names: dict[int, str] = {}
+    params = []
+    for i, v in enumerate(graph.invars, 1):
+        names[id(v)] = f"a{i}"
+        params.append(f"a{i}")
+    constants: list = []
+    const_names: dict[int, str] = {}
+    counter = itertools.count(1)
+
+    def operand(atom, dtype) -> str:
+        if isinstance(atom, Var):
+            return names[id(atom)]
+        value = atom.value
+        if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)) \
+                and not isinstance(value, np.ndarray):
+            text = jl_literal(value, dtype)
+            if text is not None:
+                return text
+        key = id(value)
+        if key not in const_names:
+            constants.append(value)
+            const_names[key] = f"c{len(constants)}"
+        return const_names[key]
+
+    body = []
+    for eqn in graph.eqns:
+        rhs = _render_eqn(eqn, operand)
+        outs = []
+        for o in eqn.outputs:
+            names[id(o)] = f"v{next(counter)}"
+            outs.append(names[id(o)])
+        if not outs:
+            body.append(f"    {rhs}")
+        elif len(outs) == 1 and not eqn.prim.multiple_results:
+            body.append(f"    {outs[0]} = {rhs}")
+        else:
+            body.append(f"    ({', '.join(outs)},) = {rhs}" if len(outs) == 1
+                        else f"    {', '.join(outs)} = {rhs}")
+    results = [operand(o, o.aval.dtype if np.issubdtype(o.aval.dtype, np.floating)
+                       else np.float64) for o in graph.outvars]
+    params += [f"c{i}" for i in range(1, len(constants) + 1)]
+    lines = [f"function {fn_name}({', '.join(params)})"] + body
+    lines.append(f"    return {jl_tuple(results) if results else '()'}")
+    lines.append("end")
+    return JuliaSource("\n".join(lines) + "\n", constants, len(graph.invars))
+
+
+# =============================================================== finding Julia
+
+_INSTALL_FIX = (
+    "Fix: install Julia >= 1.10 (https://julialang.org/install: juliaup) so that `julia` "
+    "is on PATH; or point diffprog at an existing one with PYTHON_JULIAPKG_EXE=/path/to/julia "
+    "(juliapkg then installs DiffProg's Julia dependencies), or with PYTHON_JULIACALL_EXE="
+    "/path/to/julia plus PYTHON_JULIACALL_PROJECT=/path/to/a/julia/project that already has "
+    "DiffProg, Zygote and DLPack; or set DIFFPROG_JULIA_INSTALL=1 to let juliapkg download "
+    "Julia (minutes, needs the network). Meanwhile use engine='numpy'.")
+
+
+def find_julia() -> str | None:
+    """Where a Julia executable is, without starting it or touching the network:
+    $PYTHON_JULIACALL_EXE, $PYTHON_JULIAPKG_EXE, juliapkg's record of the Julia it
+    found or installed, ``julia`` or ``juliaup`` on PATH. None when there is none."""
+    for var in ("PYTHON_JULIACALL_EXE", "PYTHON_JULIAPKG_EXE"):
+        exe = os.environ.get(var)
+        if exe and shutil.which(exe):
+            return shutil.which(exe)
+    for meta in _juliapkg_meta_files():
+        try:
+            with open(meta) as fp:
+                exe = json.load(fp).get("executable")
+        except (OSError, ValueError):
+            continue
+        if exe and shutil.which(exe):
+            return exe
+    return shutil.which("julia") or shutil.which("juliaup")
+
+
+def _juliapkg_meta_files() -> list[str]:
+    """juliapkg keeps ``meta.json`` (with the Julia executable) next to its project."""
+    projects = [os.environ.get("PYTHON_JULIAPKG_PROJECT", "")]
+    if sys.prefix != sys.base_prefix:
+        projects.append(os.path.join(sys.prefix, "julia_env"))
+    if os.environ.get("CONDA_PREFIX"):
+        projects.append(os.path.join(os.environ["CONDA_PREFIX"], "julia_env"))
+    depot = os.environ.get("JULIA_DEPOT_PATH", "").split(os.pathsep)[0] or \
+        os.path.join(os.path.expanduser("~"), ".julia")
+    projects.append(os.path.join(depot, "environments", "pyjuliapkg"))
+    return [os.path.join(p, "pyjuliapkg", "meta.json") for p in projects if p]
+
+
+def probe_julia() -> str:
+    """Raise :class:`EngineUnavailable` (fast) unless juliacall can start a Julia here."""
+    if importlib.util.find_spec("juliacall") is None:
+        raise EngineUnavailable(
+            "the julia engine needs the juliacall package (not installed here: pip install "
+            "'diffprog[julia]') and Julia >= 1.10. " + _INSTALL_FIX)
+    exe = find_julia()
+    if exe is None and os.environ.get("DIFFPROG_JULIA_INSTALL") != "1":
+        raise EngineUnavailable("the julia engine could not find a Julia executable "
+                                "(looked at PYTHON_JULIACALL_EXE, PYTHON_JULIAPKG_EXE, "
+                                "juliapkg's state and PATH). " + _INSTALL_FIX)
+    return exe or "(juliapkg will install one)"
+
+
+# =============================================================== running through juliacall
+
+class _Bridge:
+    """The live Julia session: DiffProg loaded, arrays in and out."""
+
+    def __init__(self):
+        from juliacall import Main as jl  # starts Julia; resolves juliapkg.json deps
+        jl.seval("using DiffProg")
+        self.jl = jl
+        self.dp = jl.DiffProg
+        self.cuda = False
+        self.lock = threading.Lock()
+        self.dp.compile_notices_b(False)  # we print our own, once, from Python
+        self.noticed = False
+
+    def use_cuda(self):
+        if not self.cuda:
+            self.jl.seval("using CUDA")
+            self.cuda = True
+
+    def to_julia(self, value, device: str):
+        if device == "gpu" and _is_cupy(value):
+            import cupy
+            self.use_cuda()
+            a = cupy.ascontiguousarray(value)
+            return self.dp.import_array(a.__dlpack__(), tuple(a.shape))
+        if isinstance(value, np.ndarray):
+            if device == "gpu":
+                import cupy
+                return self.to_julia(cupy.asarray(value), device)
+            a = np.ascontiguousarray(value)
+            if not a.flags.writeable:  # NumPy refuses to export read-only arrays by DLPack
+                a = a.copy()
+            return self.dp.import_array(a, tuple(a.shape))
+        if isinstance(value, (np.generic, float, int, bool)):
+            return value
+        raise EngineError(f"the julia engine cannot pass a {type(value).__name__} to Julia; "
+                          f"expected NumPy/CuPy arrays or numbers")
+
+    def outputs(self, result, avals, device: str) -> list:
+        """Julia results (a tuple, possibly nested one level) -> NumPy/CuPy values."""
+        if device == "gpu":
+            import cupy
+            exported = self.dp.export_outputs(result, cupy.from_dlpack)
+        else:
+            exported = self.dp.export_outputs(result)
+        return [_to_python(v, aval, device) for v, aval in zip(_flatten(exported), avals)]
+
+    def notice(self, kind: str):
+        if not self.noticed:
+            self.noticed = True
+            print(f"diffprog: Julia is compiling this program ({kind}); the first call of each "
+                  f"new program or argument type is slow, later calls reuse the compiled code.",
+                  file=sys.stderr)
+
+
+def _flatten(values) -> list:
+    out = []
+    for v in values:
+        if isinstance(v, tuple):
+            out.extend(_flatten(v))
+        else:
+            out.append(v)
+    return out
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.startswith("cupy") and hasattr(x, "__cuda_array_interface__")
+
+
+def _to_python(v, aval, device: str):
+    dtype = np.dtype(aval.dtype)
+    if device == "gpu":
+        import cupy
+        arr = v if _is_cupy(v) else cupy.asarray(v if v is not None else 0, dtype=dtype)
+        arr = arr.reshape(aval.shape) if tuple(arr.shape) != tuple(aval.shape) else arr
+        return arr.astype(dtype, copy=False)
+    if v is None:  # a `nothing` gradient that slipped through: zero
+        return np.zeros(aval.shape, dtype)
+    if isinstance(v, (bool, int, float, complex, np.generic)):
+        return np.asarray(v, dtype=dtype)[()] if aval.shape == () else np.full(aval.shape, v, dtype)
+    arr = np.asarray(v).T  # Julia column-major view -> NumPy C order, no copy
+    if tuple(arr.shape) != tuple(aval.shape):
+        arr = arr.reshape(aval.shape)
+    return arr.astype(dtype, copy=False)
+
+
+_BRIDGE: _Bridge | None = None
+_BRIDGE_LOCK = threading.Lock()
+
+
+def bridge() -> _Bridge:
+    global _BRIDGE
+    with _BRIDGE_LOCK:
+        if _BRIDGE is None:
+            _BRIDGE = _Bridge()
+        return _BRIDGE
+
+
+def _device_of(values) -> str:
+    return "gpu" if any(_is_cupy(v) for v in values) else "cpu"
+
+
+class JuliaProgram:
+    """One generated Julia program, loaded into Julia on first use; constants are moved
+    to Julia once per device and passed as the trailing arguments."""
+
+    def __init__(self, source: JuliaSource, graph: Graph):
+        self.source = source
+        self.graph = graph
+        self._loaded = None
+        self._constants: dict[str, tuple] = {}
+        self._seen: set = set()
+
+    def julia_args(self, b: _Bridge, inputs, device: str) -> tuple:
+        if self._loaded is None:
+            self._loaded = b.dp.load_program(self.source.text)
+        if device not in self._constants:
+            self._constants[device] = tuple(b.to_julia(np.asarray(c) if not _is_cupy(c) else c,
+                                                       device) for c in self.source.constants)
+        args = tuple(b.to_julia(x, device) for x in inputs) + self._constants[device]
+        return args
+
+    def call(self, kind: str, inputs, run, avals) -> list:
+        b = bridge()
+        device = _device_of(inputs)
+        with b.lock:
+            args = self.julia_args(b, inputs, device)
+            key = (kind, device, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in inputs))
+            if key not in self._seen:
+                self._seen.add(key)
+                b.notice(kind)
+            try:
+                result = run(b.dp, self._loaded, args)
+            except Exception as e:  # juliacall.JuliaError and conversion errors
+                raise EngineError(_julia_error_message(kind, e, self.source.text)) from None
+            return b.outputs(result, avals, device)
+
+
+def _julia_error_message(kind: str, error: Exception, source: str) -> str:
+    text = str(error).strip().splitlines()
+    head = "\n".join(text[:12])
+    return (f"Julia failed while running the generated program ({kind}):\n{head}\n"
+            f"Generated source:\n{source}Fix: if this is a limitation of the julia engine, "
+            f"use engine='numpy'; otherwise please report it with the source above.")
+
+
+# =============================================================== the engine
+
+class JuliaEngine(Engine):
+    """Runs graphs as generated Julia; derivatives by Zygote (see module docstring)."""
+
+    name = "julia"
+    #: the API hands this engine forward graphs for reverse-mode kinds (grad,
+    #: value_and_grad, vjp) and calls :meth:`compile_gradient` / :meth:`compile_pullback`.
+    native_gradients = True
+
+    def check_available(self) -> None:
+        probe_julia()
+        try:
+            bridge()
+        except EngineUnavailable:
+            raise
+        except Exception as e:  # juliacall/juliapkg failures: resolve, precompile, start
+            raise EngineUnavailable(
+                f"the julia engine could not start Julia with the DiffProg package "
+                f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}). "
+                + _INSTALL_FIX) from None
+
+    def render_source(self, graph: Graph) -> str:
+        """The Julia source for ``graph`` (works without Julia)."""
+        return generate_julia(graph).text
+
+    def compile(self, graph: Graph) -> Program:
+        """Forward program: ``fn(*inputs) -> outputs``."""
+        prog = JuliaProgram(generate_julia(graph), graph)
+        avals = [o.aval for o in graph.outvars]
+
+        def run(*inputs):
+            return prog.call("value", inputs, lambda dp, p, args: dp.value(p, args), avals)
+        return Program(run, prog.source.text, self.name, graph)
+
+    def compile_native(self, request: Derivative) -> tuple:
+        g, wrt = request.graph, list(request.wrt)
+        if request.kind == "gradient":
+            return (self.compile_gradient(g, wrt),)
+        if request.kind == "pullback":
+            return self.compile_pullback(g, wrt)
+        if request.kind == "jacobian":
+            return (self.compile_jacobian(g, wrt),)
+        if request.kind == "hessian":
+            return (self.compile_hessian(g, wrt[0]),)
+        raise EngineError(f"internal: unknown derivative kind {request.kind!r}")
+
+    def compile_gradient(self, graph: Graph, wrt: list[int]) -> Program:
+        """``fn(*inputs) -> (*outputs, *gradients of the first output w.r.t. wrt)``."""
+        prog = JuliaProgram(generate_julia(graph), graph)
+        avals = [o.aval for o in graph.outvars] + [graph.invars[i].aval for i in wrt]
+        positions = tuple(i + 1 for i in wrt)
+
+        def run(*inputs):
+            return prog.call("gradient", inputs,
+                             lambda dp, p, args: dp.value_and_gradient(p, args, positions), avals)
+        return Program(run, prog.source.text, self.name, graph)
+
+    def compile_pullback(self, graph: Graph, wrt: list[int]) -> tuple[Program, Program]:
+        """Forward ``fn(*inputs) -> (*outputs, *inputs)`` (the inputs are the residuals
+        the backward program needs) and backward ``fn(*inputs, *cotangents) -> gradients``
+        for the inputs ``wrt`` (Zygote's pullback; it reruns the forward pass)."""
+        prog = JuliaProgram(generate_julia(graph), graph)
+        n_in = len(graph.invars)
+        out_avals = [o.aval for o in graph.outvars]
+        in_avals = [v.aval for v in graph.invars]
+        forward_program = self.compile(graph)
+
+        def forward(*inputs):
+            return list(forward_program(*inputs)) + list(inputs)
+
+        def backward(*flat):
+            inputs, cts = flat[:n_in], flat[n_in:]
+            cts = tuple(_cotangent(c, a) for c, a in zip(cts, out_avals))
+            grads = prog.call("pullback", inputs,
+                              lambda dp, p, args: dp.pullback(p, args, _julia_cts(dp, cts, args)),
+                              out_avals + in_avals)
+            return [grads[len(out_avals) + i] for i in wrt]
+        return (Program(forward, prog.source.text, self.name, graph),
+                Program(backward, prog.source.text, self.name, graph))
+
+    def compile_jacobian(self, graph: Graph, wrt: list[int]) -> Program:
+        """``fn(*inputs) -> (output, *jacobians)`` of the single output, NumPy shapes
+        ``out.shape + x.shape``."""
+        prog = JuliaProgram(generate_julia(graph), graph)
+        y = graph.outvars[0].aval
+        avals = [y] + [_jac_aval(y, graph.invars[i].aval) for i in wrt]
+        positions = tuple(i + 1 for i in wrt)
+
+        def run(*inputs):
+            return prog.call("jacobian", inputs,
+                             lambda dp, p, args: dp.jacobian(p, args, output=1, wrt=positions),
+                             avals)
+        return Program(run, prog.source.text, self.name, graph)
+
+    def compile_hessian(self, graph: Graph, wrt: int) -> Program:
+        """``fn(*inputs) -> (hessian,)`` of the scalar first output w.r.t. input ``wrt``."""
+        prog = JuliaProgram(generate_julia(graph), graph)
+        x = graph.invars[wrt].aval
+        avals = [_jac_aval(x, x)]
+
+        def run(*inputs):
+            return prog.call("hessian", inputs,
+                             lambda dp, p, args: (dp.hessian(p, args, wrt + 1),), avals)
+        return Program(run, prog.source.text, self.name, graph)
+
+
+def _jac_aval(y, x):
+    from ..ir import Aval
+    return Aval(tuple(y.shape) + tuple(x.shape), np.result_type(y.dtype, x.dtype))
+
+
+def _cotangent(c, aval):
+    if c is None:
+        return None
+    if _is_cupy(c):
+        return c.astype(aval.dtype, copy=False)
+    return np.asarray(c, dtype=aval.dtype)
+
+
+def _julia_cts(dp, cts, args) -> tuple:
+    """Cotangents in Julia: arrays through DLPack like inputs, 0-d as numbers."""
+    b = bridge()
+    out = []
+    for c in cts:
+        if c is None:
+            out.append(None)
+        elif np.ndim(c) == 0:
+            out.append(c.dtype.type(c.item()) if hasattr(c, "item") else c)
+        else:
+            out.append(b.to_julia(c, "gpu" if _is_cupy(c) else "cpu"))
+    return tuple(out)
+
+
+__all__ = ["JuliaEngine", "generate_julia", "find_julia", "probe_julia", "julia_template",
+           "derived_placeholders", "JuliaSource"]
