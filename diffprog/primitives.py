@@ -451,7 +451,7 @@ reduce_sum = Primitive(
     vjp=_sum_vjp,
     jvp=lambda ts, x, *, out, axes, keepdims: None if ts[0] is None else
     np.sum(ts[0], axis=axes, keepdims=keepdims),
-    julia="DiffProg.npsum({0}; dims={jaxes}, keepdims={keepdims})", cases=_reduce_cases())
+    julia="DiffProg.npsum({0}; dims = {jaxes}, keepdims = {keepdims})", cases=_reduce_cases())
 
 
 def _extremum_vjp(g, x, *, out, axes, keepdims):
@@ -474,12 +474,12 @@ def _extremum_jvp(ts, x, *, out, axes, keepdims):
 reduce_max = Primitive(
     "reduce_max", "xp.max({0}, axis={axes}, keepdims={keepdims})", _reduce_shape("reduce_max"),
     vjp=_extremum_vjp, jvp=_extremum_jvp,
-    julia="DiffProg.npmax({0}; dims={jaxes}, keepdims={keepdims})",
+    julia="DiffProg.npmax({0}; dims = {jaxes}, keepdims = {keepdims})",
     cases=[Case(c.make, c.params, smooth=False) for c in _reduce_cases()])
 reduce_min = Primitive(
     "reduce_min", "xp.min({0}, axis={axes}, keepdims={keepdims})", _reduce_shape("reduce_min"),
     vjp=_extremum_vjp, jvp=_extremum_jvp,
-    julia="DiffProg.npmin({0}; dims={jaxes}, keepdims={keepdims})",
+    julia="DiffProg.npmin({0}; dims = {jaxes}, keepdims = {keepdims})",
     cases=[Case(c.make, c.params, smooth=False) for c in _reduce_cases()])
 
 
@@ -510,7 +510,7 @@ reduce_prod = Primitive(
         _cast(_keep(g, np.shape(x), axes, keepdims) * _prod_partial(x, axes), x),),
     jvp=lambda ts, x, *, out, axes, keepdims: None if ts[0] is None else _cast(
         np.sum(ts[0] * _prod_partial(x, axes), axis=axes, keepdims=keepdims), x),
-    julia="DiffProg.npprod({0}; dims={jaxes}, keepdims={keepdims})",
+    julia="DiffProg.npprod({0}; dims = {jaxes}, keepdims = {keepdims})",
     # With zeros the first derivative is exact; the second goes through cumprod's rule,
     # which divides by x, so that case is first-order only.
     cases=_reduce_cases() + [Case(lambda rng: [np.array([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]])],
@@ -525,10 +525,10 @@ def _argreduce(name, fn, julia):
         julia=julia, differentiable=False, cases=[Case(_rng_normal(3, 4), {"axis": 1})])
 
 
-argmax = _argreduce("argmax", "argmax", "DiffProg.npargmax({0}; dim={jaxis})")
-argsort = _argreduce("argsort", "argsort", "DiffProg.npargsort({0}; dim={jaxis})")
+argmax = _argreduce("argmax", "argmax", "DiffProg.npargmax({0}; dim = {jaxis})")
+argsort = _argreduce("argsort", "argsort", "DiffProg.npargsort({0}; dim = {jaxis})")
 argsort.shape = lambda x, *, axis: Aval(x.shape, np.dtype(np.intp))
-argmin = _argreduce("argmin", "argmin", "DiffProg.npargmin({0}; dim={jaxis})")
+argmin = _argreduce("argmin", "argmin", "DiffProg.npargmin({0}; dim = {jaxis})")
 
 
 def _cum_shape(x, *, axis):
@@ -543,7 +543,7 @@ cumsum = Primitive(
     "cumsum", "xp.cumsum({0}, axis={axis})", _cum_shape,
     vjp=lambda g, x, *, out, axis: (_rev_cumsum(g, axis),),
     jvp=lambda ts, x, *, out, axis: None if ts[0] is None else np.cumsum(ts[0], axis=axis),
-    julia="cumsum({0}; dims={jaxis})",
+    julia="cumsum({0}; dims = {jaxis})",
     cases=[Case(_rng_normal(3, 4), {"axis": 1}), Case(_rng_normal(3, 4), {"axis": 0})])
 
 # cumprod's rule divides by x: undefined where x == 0 (gives inf/nan, never a silent value).
@@ -552,7 +552,7 @@ cumprod = Primitive(
     vjp=lambda g, x, *, out, axis: (_rev_cumsum(g * out, axis) / x,),
     jvp=lambda ts, x, *, out, axis: None if ts[0] is None else
     out * np.cumsum(ts[0] / x, axis=axis),
-    julia="cumprod({0}; dims={jaxis})",
+    julia="cumprod({0}; dims = {jaxis})",
     cases=[Case(_pos(3, 4), {"axis": 1}), Case(_pos(3, 4), {"axis": 0})])
 
 
@@ -625,7 +625,7 @@ def _concat_jvp(ts, *xs, out, axis):
 
 concatenate = Primitive(
     "concatenate", "xp.concatenate(({args},), axis={axis})", _concat_shape,
-    vjp=_concat_vjp, jvp=_concat_jvp, julia="cat({args}; dims={jaxis})",
+    vjp=_concat_vjp, jvp=_concat_jvp, julia="cat({args}; dims = {jaxis})",
     cases=[Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((4, 3))], {"axis": 0}),
            Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((2, 1))], {"axis": 1})])
 

@@ -302,13 +302,16 @@ def generate_julia(graph: Graph, fn_name: str = "program") -> JuliaSource:
             const_names[key] = f"c{len(constants)}"
         return const_names[key]
 
+    used = {id(a) for e in graph.eqns for a in e.inputs} | {id(o) for o in graph.outvars}
     body = []
     for eqn in graph.eqns:
         rhs = _render_eqn(eqn, operand)
         outs = []
         for o in eqn.outputs:
             names[id(o)] = f"v{next(counter)}"
-            outs.append(names[id(o)])
+            # unused results of a multiple-result call are `_` (no unused local binding)
+            unused = eqn.prim.multiple_results and id(o) not in used
+            outs.append("_" if unused else names[id(o)])
         if not outs:
             body.append(f"    {rhs}")
         elif len(outs) == 1 and not eqn.prim.multiple_results:
