@@ -125,8 +125,9 @@ def jl_literal(value, dtype=np.float64) -> str | None:
     if isinstance(value, (int, np.integer)):
         return str(int(value)) if value >= 0 else f"({int(value)})"
     if isinstance(value, (float, np.floating)):
-        own = np.dtype(type(value)) if isinstance(value, np.floating) else None
-        return jl_float(value, dtype if np.issubdtype(np.dtype(dtype), np.floating) else own or np.float64)
+        if not np.issubdtype(np.dtype(dtype), np.floating):  # e.g. a comparison's bool output
+            dtype = type(value) if isinstance(value, np.floating) else np.float64
+        return jl_float(value, dtype)
     if isinstance(value, tuple):
         parts = [jl_literal(v, dtype) for v in value]
         return None if any(p is None for p in parts) else jl_tuple(parts)
