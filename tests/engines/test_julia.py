@@ -423,3 +423,58 @@ def test_julia_vjp_jacobian_hessian_agree_with_numpy():
     assert_close(dp.hessian(loss_j)(x), dp.hessian(loss_n)(x), rtol=1e-6)
     tangent = np.array([1.0, 0.0, 2.0])
     assert_close(dp.jvp(fj, (x,), (tangent,))[1], dp.jvp(fn, (x,), (tangent,))[1])
+
+
+# ------------------------------------------------------------------ the API hook
+
+class _RecordingNativeEngine(engines.Engine):
+    """A native_gradients engine built on the numpy engine: records what the API asks
+    for (forward graphs + Derivative requests) and answers with IR transforms, so the
+    hook the julia engine relies on is checked without Julia."""
+
+    name = "recording"
+    native_gradients = True
+
+    def __init__(self):
+        from diffprog.engines.numpy import NumpyEngine
+        self.numpy = NumpyEngine()
+        self.requests = []
+
+    def compile(self, graph):
+        return self.numpy.compile(graph)
+
+    def compile_native(self, request):
+        from diffprog.transforms import vjp_graph
+        self.requests.append(request)
+        g, wrt = request.graph, list(request.wrt)
+        if request.kind == "gradient":
+            return (self.numpy.compile(vjp_graph(g, wrt, seed="ones")),)
+        if request.kind == "pullback":
+            fwd = self.numpy.compile(g)
+            back = self.numpy.compile(vjp_graph(g, wrt, seed="input"))
+            n_in, n_out = len(g.invars), len(g.outvars)
+            return (engines.Program(lambda *xs: list(fwd(*xs)) + list(xs), "", self.name, g),
+                    engines.Program(lambda *f: list(back(*f))[n_out:], "", self.name, g))
+        raise NotImplementedError(request.kind)
+
+
+def test_api_hands_native_engines_the_forward_graph():
+    engine = _RecordingNativeEngine()
+    engines.register("recording", lambda: engine, devices=("cpu",))
+    engines._INSTANCES["recording"] = engine
+    try:
+        f = dp.differentiable(lambda x, y: np.sum(np.sin(x) * y), engine="recording")
+        x, y = np.array([0.1, 0.2]), np.array([3.0, 4.0])
+        gx, gy = dp.grad(f, argnums=(0, 1))(x, y)
+        assert_close(gx, np.cos(x) * y)
+        assert_close(gy, np.sin(x))
+        request = engine.requests[-1]
+        assert request.kind == "gradient" and request.wrt == (0, 1)
+        assert [e.prim.name for e in request.graph.eqns] == ["sin", "mul", "reduce_sum"]
+        out, pullback = dp.vjp(f, x, y)
+        assert engine.requests[-1].kind == "pullback"
+        assert_close(pullback(1.0)[0], np.cos(x) * y)
+    finally:
+        engines._FACTORIES.pop("recording", None)
+        engines._DEVICES.pop("recording", None)
+        engines._INSTANCES.pop("recording", None)
