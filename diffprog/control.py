@@ -47,10 +47,13 @@ class Closed:
     cached per array module on the object.
     """
 
-    __slots__ = ("graph", "_compiled", "__weakref__")
+    __slots__ = ("graph", "extends", "_compiled", "__weakref__")
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, extends: "Closed | None" = None):
         self.graph = graph
+        #: a body whose outputs are this body's leading outputs, on the same inputs
+        #: (see transforms.simplify.merge_extended_loops)
+        self.extends = extends
         self._compiled: dict = {}
 
     @property
@@ -65,9 +68,14 @@ class Closed:
         """The body compiled for array module ``xp`` (once per module)."""
         hit = self._compiled.get(id(xp))
         if hit is None:
+            from .engines import peephole
             from .engines.numpy import generate_source
-            source, namespace = generate_source(self.graph, xp, "body",
-                                                placement=_placement_for(xp))
+            if xp is np:  # the numpy engine's cheaper small-array spellings, as for programs
+                source, namespace = generate_source(peephole.lower(self.graph), xp, "body",
+                                                    host_fast=True)
+            else:
+                source, namespace = generate_source(self.graph, xp, "body",
+                                                    placement=_placement_for(xp))
             exec(compile(source, "<diffprog body>", "exec"), namespace)
             hit = self._compiled[id(xp)] = namespace["body"]
         return hit
@@ -198,15 +206,17 @@ def _scan_vjp(gs, *ins, out, body, n_carry, n_x, length, reverse):
     carry_avals, x_avals = body.in_avals[:n_carry], body.in_avals[n_carry:n_carry + n_x]
     c_avals = body.in_avals[n_carry + n_x:]
     init, xs, consts = ins[:n_carry], ins[n_carry:n_carry + n_x], ins[n_carry + n_x:]
-    # 1. re-run the loop keeping the carry *entering* each step
     n_y = len(body.out_avals) - n_carry
+    # 1. re-run the loop keeping the carry *entering* each step
 
+    # (every primal output first, so that a program needing the primal loop too runs
+    # this one loop only: simplify merges the two)
     def keep_carries(*a):
         outs = eval_graph(body.graph, list(a))
-        return outs[:n_carry] + list(a[:n_carry])
-    collect = close(keep_carries, body.in_avals)
+        return list(outs) + list(a[:n_carry])
+    collect = Closed(close(keep_carries, body.in_avals).graph, extends=body)
     carries = _bind(scan, list(init) + list(xs) + list(consts), body=collect, n_carry=n_carry,
-                    n_x=n_x, length=length, reverse=reverse)[n_carry:]
+                    n_x=n_x, length=length, reverse=reverse)[n_carry + n_y:]
     # 2. scan backwards: carry = (d carry, accumulated d consts), xs = (carry_i, x_i, d y_i)
     fc = [i for i, a in enumerate(carry_avals) if _is_float(a)]
     fx = [i for i, a in enumerate(x_avals) if _is_float(a)]

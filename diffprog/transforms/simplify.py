@@ -11,7 +11,7 @@ from ..ir import Graph, Lit, Var
 
 
 def simplify(graph: Graph) -> Graph:
-    return dead_code_elimination(common_subexpressions(graph))
+    return dead_code_elimination(merge_extended_loops(common_subexpressions(graph)))
 
 
 def dead_code_elimination(graph: Graph) -> Graph:
@@ -76,3 +76,52 @@ def common_subexpressions(graph: Graph) -> Graph:
         eqns.append(eqn)
     outvars = [rename.get(id(v), v) if isinstance(v, Var) else v for v in graph.outvars]
     return Graph(graph.invars, eqns, outvars)
+
+
+def merge_extended_loops(graph: Graph) -> Graph:
+    """Run a loop once when a later equation runs an *extension* of it.
+
+    A loop body (``params["body"]``) may declare ``extends = other body``: on the same
+    inputs it computes all of ``other``'s outputs first, then more. Reverse mode of
+    ``dp.scan`` builds such a body (the primal step that also keeps each step's carry),
+    so a value-and-gradient program would otherwise run the forward loop twice. When
+    equation B extends an earlier equation A (same primitive, inputs and other params),
+    B moves to A's place (its inputs are all defined there) and A's outputs become B's
+    leading outputs.
+    """
+    def loop_key(eqn, body):
+        others = tuple((k, _param_key(v)) for k, v in eqn.params.items() if k != "body")
+        return (eqn.prim.name, id(body), tuple(_input_ref(a) for a in eqn.inputs), others)
+
+    extenders = {}
+    for idx, eqn in enumerate(graph.eqns):
+        base = getattr(eqn.params.get("body"), "extends", None)
+        if base is not None:
+            extenders.setdefault(loop_key(eqn, base), idx)
+    if not extenders:
+        return graph
+    rename: dict[int, Var] = {}
+    moved: set[int] = set()
+    eqns = []
+    for idx, eqn in enumerate(graph.eqns):
+        if idx in moved:
+            continue
+        body = eqn.params.get("body")
+        hit = extenders.get(loop_key(eqn, body)) if body is not None else None
+        if hit is not None and hit > idx and hit not in moved:
+            extension = graph.eqns[hit]
+            for o, new in zip(eqn.outputs, extension.outputs):
+                rename[id(o)] = new
+            moved.add(hit)
+            eqn = extension
+        eqn.inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
+        eqns.append(eqn)
+    outvars = [rename.get(id(v), v) if isinstance(v, Var) else v for v in graph.outvars]
+    return Graph(graph.invars, eqns, outvars)
+
+
+def _input_ref(a):
+    if isinstance(a, Var):
+        return ("var", id(a))
+    v = a.value
+    return ("lit", id(v)) if isinstance(v, np.ndarray) and v.ndim else ("lit", repr(v))

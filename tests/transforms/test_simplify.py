@@ -35,3 +35,28 @@ def test_cse_treats_commutative_operands_in_either_order():
     # order still matters where it should
     g = dp.differentiable(lambda x, y: np.sum(x - y) + np.sum(y - x)).ir(np.ones(3), np.ones(3))
     assert [e.prim.name for e in g.eqns].count("sub") == 2
+
+
+def test_value_and_grad_of_a_scan_runs_the_forward_loop_once():
+    def f(x):
+        final, ys = dp.scan(lambda c, xi: (c * np.sin(xi) + xi, c * c), 0.5, x)
+        return final + np.sum(ys)
+    x = np.linspace(0.1, 1.0, 7)
+    graph = dp.differentiable(f).ir(x)
+    grad_graph = simplify(vjp_graph(graph, [0], seed="ones"))
+    loops = [e for e in grad_graph.eqns if e.prim.name == "scan"]
+    assert [e.params["reverse"] for e in loops] == [False, True]  # one forward, one backward
+    value, grad = dp.value_and_grad(f)(x)
+    assert np.isclose(value, _unrolled(x))
+    eps = 1e-6
+    fd = np.array([(_unrolled(x + eps * e) - _unrolled(x - eps * e)) / (2 * eps)
+                   for e in np.eye(len(x))])
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+def _unrolled(x):
+    c, total = 0.5, 0.0
+    for xi in x:
+        total += c * c
+        c = c * np.sin(xi) + xi
+    return c + total
