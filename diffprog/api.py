@@ -593,9 +593,15 @@ class _GradFunction(Transformed):
         n_out = len(traced.graph.outvars)
         out_tree, has_aux, with_value = traced.out_tree, self.has_aux, self.with_value
         shape = Signature(sig.treedef, None, sig.dynamic, None, False)
-        if not has_aux and single and sig.treedef.children[argnums[0]].kind == "leaf" \
-                and len(wrt) == 1:  # w.r.t. one array: the common case, kept cheap
-            return (lambda flat: (flat[0], flat[1])) if with_value else (lambda flat: flat[1])
+        if not has_aux and len(wrt) == len(argnums) and \
+                all(sig.treedef.children[a].kind == "leaf" for a in argnums):
+            # w.r.t. plain arrays (the common case): the gradients are the program's
+            # outputs after the value, in argnums order; kept cheap (W1's call overhead)
+            if single:
+                return (lambda flat: (flat[0], flat[1])) if with_value else (lambda flat: flat[1])
+            n = len(wrt)
+            return (lambda flat: (flat[0], tuple(flat[1:1 + n]))) if with_value \
+                else (lambda flat: tuple(flat[1:1 + n]))
 
         def assemble(flat):
             value = unflatten(out_tree, flat[:n_out]) if has_aux else flat[0]

@@ -373,3 +373,17 @@ def test_fast_path_leaves_guarded_programs_to_the_variant_checks():
         x = sign * np.ones(2)
         assert_close(g(x), 2 * x if sign > 0 else -np.ones(2))
     assert not g._fast
+
+
+def test_tuple_argnums_keep_their_order_on_repeated_calls():
+    # the second call takes the fast call path; it must place gradients like the first
+    f = lambda x, y: np.sum(np.sin(x) * y ** 2)
+    x, y = np.linspace(0.1, 1.0, 3), np.arange(1.0, 4.0)
+    vg = dp.value_and_grad(f, argnums=(1, 0))
+    for _ in range(2):
+        value, (gy, gx) = vg(x, y)
+        np.testing.assert_allclose(gy, 2 * y * np.sin(x))
+        np.testing.assert_allclose(gx, np.cos(x) * y ** 2)
+        assert value == pytest.approx(f(x, y))
+    gx, gy = dp.grad(f, argnums=(0, 1))(x, y)
+    np.testing.assert_allclose(gx, np.cos(x) * y ** 2)
