@@ -485,7 +485,13 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
                     f"{type(leaf).__name__} ({leaf!r}), not a float array. Fix: pass a float "
                     f"(e.g. {float(leaf) if isinstance(leaf, (int, bool)) else 'np.asarray(...)'}) "
                     f"or leave this argument out of argnums.")
-            dt = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.dtype(float)
+            dt = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
+            if np.issubdtype(dt, np.complexfloating):
+                raise NotDifferentiableError(
+                    f"cannot differentiate with respect to {where}: its dtype is {dt}. diffprog "
+                    f"differentiates real floating-point values only (complex derivatives need a "
+                    f"convention it does not pick for you). Fix: pass the real and imaginary parts "
+                    f"as separate float arguments and build the complex value inside the function.")
             if not np.issubdtype(dt, np.inexact):
                 raise NotDifferentiableError(
                     f"cannot differentiate with respect to {where}: its dtype is {dt}, not a "
@@ -504,8 +510,8 @@ def _float_positions(sig: Signature, indices) -> list[int]:
     out = []
     for i in indices:
         leaf = sig.leaves[sig.dynamic[i]]
-        dt = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.dtype(float)
-        if np.issubdtype(dt, np.inexact):
+        dt = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
+        if np.issubdtype(dt, np.floating):
             out.append(i)
     return out
 

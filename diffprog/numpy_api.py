@@ -9,6 +9,8 @@ Everything here works on plain arrays too, so the same code serves rules and tra
 from __future__ import annotations
 
 import builtins
+import functools
+import inspect
 import string
 from typing import Any, Callable
 
@@ -25,13 +27,37 @@ TRACER_METHODS: dict[str, Callable] = {}
 def implements(*np_funcs, method: str | None = None):
     """Register a function as the traced version of NumPy function(s) (and a method)."""
     def deco(fn):
+        registered = _refusing_out(fn, getattr(np_funcs[0], "__name__", fn.__name__) if np_funcs
+                                   else method)
         for f in np_funcs:
-            HANDLERS[f] = fn
+            HANDLERS[f] = registered
         if method:
             for m in method.split(","):
-                TRACER_METHODS[m.strip()] = fn
+                TRACER_METHODS[m.strip()] = registered
         return fn
     return deco
+
+
+def _refusing_out(fn, name):
+    """``fn`` refusing a non-None ``out=`` argument (keyword or positional): writing a
+    result into a caller's array cannot be traced, and ignoring it would silently
+    leave that array (and its gradient) unchanged."""
+    params = list(inspect.signature(fn).parameters.values())
+    names = [p.name for p in params]
+    if "out" not in names:
+        return fn
+    position = names.index("out")
+    positional = params[position].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        if kwargs.get("out") is not None or positional and len(args) > position \
+                and args[position] is not None:
+            raise ArgumentError(
+                f"np.{name}(..., out=...) writes into an array in place, which cannot be "
+                f"traced. Fix: use the returned value, e.g. `b = np.{name}(...)`.")
+        return fn(*args, **kwargs)
+    return handler
 
 
 def constant(x):
@@ -68,12 +94,15 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
             f"use the returned value, e.g. `a = a + x`, instead of out= or +=.")
     dtype = kwargs.pop("dtype", None)
     kwargs.pop("out", None)
+    if method == "reduce":
+        return _ufunc_reduce(ufunc, *inputs, dtype=dtype, **kwargs)
+    if method == "accumulate" and ufunc in (np.add, np.multiply) and set(kwargs) <= {"axis"}:
+        # ufunc.accumulate runs along axis 0 by default (cumsum/cumprod: flattened)
+        x, *rest = inputs
+        axis = kwargs.get("axis", rest[0] if rest else 0)
+        return (cumsum if ufunc is np.add else cumprod)(x, axis=axis, dtype=dtype)
     if kwargs:
         raise ArgumentError(f"np.{ufunc.__name__}: unsupported keyword(s) {sorted(kwargs)} on traced values")
-    if method == "reduce":
-        return _ufunc_reduce(ufunc, *inputs)
-    if method == "accumulate" and ufunc in (np.add, np.multiply):
-        return (cumsum if ufunc is np.add else cumprod)(*inputs)
     if method != "__call__":
         raise unsupported(f"np.{ufunc.__name__}.{method}")
     result = _apply_ufunc(ufunc, inputs)
@@ -90,10 +119,15 @@ def _apply_ufunc(ufunc, inputs):
     return binding[0].bind(*inputs)
 
 
-def _ufunc_reduce(ufunc, x, axis=0, dtype=None, out=None, keepdims=False, **_):
+def _ufunc_reduce(ufunc, x, axis=0, dtype=None, keepdims=False, **rest):
     table = {np.add: sum, np.multiply: prod, np.maximum: amax, np.minimum: amin}
     if ufunc not in table:
         raise unsupported(f"np.{ufunc.__name__}.reduce")
+    if rest:
+        raise ArgumentError(f"np.{ufunc.__name__}.reduce: unsupported keyword(s) {sorted(rest)} "
+                            f"on traced values")
+    if dtype is not None:
+        x = astype(x, dtype)
     return table[ufunc](x, axis=axis, keepdims=keepdims)
 
 
@@ -129,6 +163,24 @@ def power(x, y):
     if isinstance(y, float) and y == 0.5:
         return P.sqrt(x)
     return P.pow_(x, y)
+
+
+@_ufunc_composite(np.fmax)
+def fmax(x, y):
+    """maximum that ignores NaN (returns the other operand), as np.fmax."""
+    return P.where(P.isnan(y), x, P.where(P.isnan(x), y, P.maximum(x, y)))
+
+
+@_ufunc_composite(np.fmin)
+def fmin(x, y):
+    return P.where(P.isnan(y), x, P.where(P.isnan(x), y, P.minimum(x, y)))
+
+
+@_ufunc_composite(np.float_power)
+def float_power(x, y):
+    """x ** y computed in float64 (or complex128) whatever the operands' precision."""
+    wide = np.result_type(dtype_of(x), dtype_of(y), np.float64)
+    return P.pow_(astype(x, wide), y)
 
 
 @_ufunc_composite(np.square)
@@ -324,7 +376,8 @@ def mean(x, axis=None, dtype=None, out=None, keepdims=False, where=None):
     _check_reduce_kwargs("mean", {"out": out, "where": where})
     x = astype(x, dtype) if dtype is not None else _float_of(x)
     axes = _axes(axis, ndim(x))
-    return sum(x, axis=axes, keepdims=keepdims) * (1.0 / max(_count(x, axes), 1))
+    count = _count(x, axes)  # an empty mean is NaN, as in NumPy (0 * nan)
+    return sum(x, axis=axes, keepdims=keepdims) * (1.0 / count if count else np.nan)
 
 
 @implements(np.var, method="var")
@@ -335,7 +388,8 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None, 
     x = astype(x, dtype) if dtype is not None else _float_of(x)
     axes = _axes(axis, ndim(x))
     centred = x - globals()["mean"](x, axis=axes, keepdims=True)
-    return sum(centred * centred, axis=axes, keepdims=keepdims) * (1.0 / max(_count(x, axes) - ddof, 0))
+    dof = _count(x, axes) - ddof  # NumPy divides by max(dof, 0): inf (or nan for 0 / 0)
+    return sum(centred * centred, axis=axes, keepdims=keepdims) * (1.0 / dof if dof > 0 else np.inf)
 
 
 @implements(np.std, method="std")

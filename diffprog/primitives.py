@@ -319,14 +319,14 @@ def _pow_partials(x, y, out):
     return (y * x ** (y - 1.0), out * safe_log)
 
 
-pow_ = binary("pow", "{0} ** {1}", _pow_partials, "{0} .^ {1}", numpy=(np.power, np.float_power),
+pow_ = binary("pow", "{0} ** {1}", _pow_partials, "{0} .^ {1}", numpy=np.power,
               domain=lambda rng: [rng.uniform(0.5, 2, (3, 4)), rng.uniform(-1, 2, (4,))])
 maximum = binary("maximum", "xp.maximum({0}, {1})",
                  lambda x, y, o: (1.0 * (x >= y), 1.0 * (x < y)), "max.({0}, {1})",
-                 numpy=(np.maximum, np.fmax), smooth=False)
+                 numpy=np.maximum, smooth=False)
 minimum = binary("minimum", "xp.minimum({0}, {1})",
                  lambda x, y, o: (1.0 * (x <= y), 1.0 * (x > y)), "min.({0}, {1})",
-                 numpy=(np.minimum, np.fmin), smooth=False)
+                 numpy=np.minimum, smooth=False)
 arctan2 = binary("arctan2", "xp.arctan2({0}, {1})",
                  lambda y, x, o: (x / (x * x + y * y), -y / (x * x + y * y)),
                  "atan.({0}, {1})", numpy=np.arctan2,
@@ -361,6 +361,27 @@ logical_xor = nondiff("logical_xor", "xp.logical_xor({0}, {1})", "xor.({0} .!= 0
                       numpy=np.logical_xor)
 logical_not = nondiff("logical_not", "xp.logical_not({0})", ".!({0} .!= 0)",
                       numpy=np.logical_not, nargs=1)
+def _integers(nargs):
+    def make(rng):
+        return [rng.integers(-50, 50, (3, 4)) for _ in range(nargs)]
+    return make
+
+
+def bitwise(name, template, julia, numpy, nargs=2):
+    """Elementwise bitwise op on integers and booleans (``&``, ``|``, ``^``, ``~``): not
+    differentiable; the result keeps NumPy's integer dtype (not bool, as logical ops)."""
+    return Primitive(name, template, elementwise_shape(name),
+                     vjp=lambda g, *xs, out: (None,) * len(xs),
+                     jvp=lambda ts, *xs, out: None, julia=julia, numpy=numpy,
+                     elementwise=True, differentiable=False, cases=[Case(_integers(nargs))])
+
+
+bitwise_and = bitwise("bitwise_and", "xp.bitwise_and({0}, {1})", "{0} .& {1}", np.bitwise_and)
+bitwise_or = bitwise("bitwise_or", "xp.bitwise_or({0}, {1})", "{0} .| {1}", np.bitwise_or)
+bitwise_xor = bitwise("bitwise_xor", "xp.bitwise_xor({0}, {1})", "xor.({0}, {1})", np.bitwise_xor)
+invert = bitwise("invert", "xp.invert({0})", ".~({0})", np.invert, nargs=1)
+
+
 isfinite = nondiff("isfinite", "xp.isfinite({0})", "isfinite.({0})", numpy=np.isfinite, nargs=1)
 isnan = nondiff("isnan", "xp.isnan({0})", "isnan.({0})", numpy=np.isnan, nargs=1)
 isinf = nondiff("isinf", "xp.isinf({0})", "isinf.({0})", numpy=np.isinf, nargs=1)
@@ -953,7 +974,7 @@ def _solve_vjp(g, a, b, *, out):
     X = np.expand_dims(out, -1) if vec else out
     gb = solve(_swap(a), G)
     ga = sum_to(-(gb @ _swap(X)), np.shape(a))
-    gb = np.reshape(gb, np.shape(gb)[:-1]) if vec else sum_to(gb, np.shape(b))
+    gb = sum_to(np.reshape(gb, np.shape(gb)[:-1]) if vec else gb, np.shape(b))  # b may be unbatched
     return (_cast(ga, a), _cast(gb, b))
 
 
@@ -982,7 +1003,8 @@ solve = Primitive(
     julia=_julia_single_matrix("DiffProg.npsolve({0}, {1})"),
     cases=[Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal(3)]),
            Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal((3, 2))]),
-           Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal((2, 3, 2))])])
+           Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal((2, 3, 2))]),
+           Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal(3)])])
 
 
 def _inv_shape(a):

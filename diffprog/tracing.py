@@ -154,17 +154,14 @@ def _is_constant_equal(x, value) -> bool:
 
 
 def _drop_identity(prim, args):
-    """``x * 1``, ``x + 0``, ``x / 1``: return x when that changes neither shape nor dtype."""
+    """``x * 1``, ``x + 0``, ``x / 1``: return x when the result would have exactly x's
+    aval (shape, dtype, weak type). ``uint8 * 1.0`` is float64 in NumPy: kept."""
     for pos, neutral in prim.identity.items():
         if _is_constant_equal(args[pos], neutral):
             other = args[1 - pos]
             if isinstance(other, Tracer):
-                const = args[pos]
-                c_shape = np.shape(const)
-                c_dtype = np.result_type(const) if isinstance(const, np.ndarray) else None
-                if len(c_shape) <= other.ndim and all(
-                        c in (1, o) for c, o in zip(reversed(c_shape), reversed(other.shape))) \
-                        and (c_dtype is None or np.result_type(c_dtype, other.dtype) == other.dtype):
+                avals = [a.aval if isinstance(a, Tracer) else aval_of(a) for a in args]
+                if prim.abstract_eval(*avals) == other.aval:
                     return other
     return None
 
@@ -337,8 +334,8 @@ def _install_operators() -> None:
     binary = {
         "add": np.add, "sub": np.subtract, "mul": np.multiply, "truediv": np.true_divide,
         "floordiv": np.floor_divide, "mod": np.remainder, "pow": np.power,
-        "matmul": np.matmul, "and": np.logical_and, "or": np.logical_or,
-        "xor": np.logical_xor,
+        "matmul": np.matmul, "and": np.bitwise_and, "or": np.bitwise_or,
+        "xor": np.bitwise_xor,  # as for NumPy arrays: bitwise (logical on booleans)
     }
     for name, uf in binary.items():
         def fwd(self, other, uf=uf):
@@ -355,7 +352,7 @@ def _install_operators() -> None:
     Tracer.__neg__ = lambda self: np.negative(self)
     Tracer.__pos__ = lambda self: self
     Tracer.__abs__ = lambda self: np.abs(self)
-    Tracer.__invert__ = lambda self: np.logical_not(self)
+    Tracer.__invert__ = lambda self: np.invert(self)
 
 
 _install_operators()

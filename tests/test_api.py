@@ -387,3 +387,22 @@ def test_tuple_argnums_keep_their_order_on_repeated_calls():
         assert value == pytest.approx(f(x, y))
     gx, gy = dp.grad(f, argnums=(0, 1))(x, y)
     np.testing.assert_allclose(gx, np.cos(x) * y ** 2)
+
+
+def test_results_never_alias_arguments_or_each_other():
+    x, y = np.ones(3), np.arange(3.0)
+    g = dp.grad(lambda x, y: np.sum(x * y))(x, y)  # d/dx is y itself
+    for _ in range(2):  # the second call takes the fast path
+        g = dp.grad(lambda x, y: np.sum(x * y))(x, y)
+        assert not np.shares_memory(g, y)
+    assert dp.differentiable(lambda x: x)(x) is not x
+    gx, gy = dp.grad(lambda x, y: np.sum(x + y), argnums=(0, 1))(x, y)
+    gx *= 0
+    np.testing.assert_array_equal(gy, np.ones(3))
+    np.testing.assert_array_equal(y, np.arange(3.0))
+
+
+@pytest.mark.parametrize("z", [np.array([1 + 1j]), np.array([1 + 1j], np.complex64)])
+def test_grad_refuses_complex_inputs(z):
+    with pytest.raises(dp.NotDifferentiableError, match="complex"):
+        dp.grad(lambda z: np.sum(np.abs(z * z)))(z)

@@ -190,3 +190,56 @@ def test_indexing_works_in_a_fresh_interpreter_before_any_ufunc():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[3.0, 2.0]"
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, b: np.dot(x, x, out=b),
+    lambda x, b: np.cumsum(x, out=b),
+    lambda x, b: np.clip(x, 0, 1, b),
+    lambda x, b: x.cumsum(0, None, b),
+])
+def test_out_arguments_are_refused_not_ignored(call):
+    def f(x):
+        b = np.zeros(3)
+        call(x, b)
+        return np.sum(x)
+    with pytest.raises(dp.ArgumentError, match=r"out=\.\.\.\) writes into an array"):
+        dp.grad(f)(np.array([1.0, 2.0, 3.0]))
+
+
+def test_ufunc_accumulate_and_reduce_follow_numpy_axes():
+    x = np.arange(1.0, 7.0).reshape(2, 3)
+    for fn in (lambda x: np.add.accumulate(x), lambda x: np.multiply.accumulate(x, axis=1),
+               lambda x: np.add.reduce(x), lambda x: np.add.reduce(x, axis=1),
+               lambda x: np.multiply.accumulate(x, 1)):
+        np.testing.assert_allclose(dp.differentiable(fn)(x), fn(x))
+    grad = dp.grad(lambda x: np.sum(np.add.accumulate(x) * x))(x)
+    expected = numeric_grad(lambda x: np.sum(np.add.accumulate(x) * x), [x], 0)
+    assert_close(grad, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_operators_on_integers_are_bitwise_as_in_numpy():
+    n, b = np.array([5, 6, -3]), np.array([True, False, True])
+    fn = lambda n, b: (~n, n & 1, n | 4, n ^ 1, ~b, b & (n > 0), b | (n > 5), b ^ True)
+    for ours, theirs in zip(dp.differentiable(fn)(n, b), fn(n, b)):
+        np.testing.assert_array_equal(ours, theirs)
+        assert ours.dtype == theirs.dtype
+
+
+def test_nan_aware_and_wide_ufuncs_match_numpy():
+    x, y = np.array([1.0, np.nan, 3.0]), np.array([np.nan, 2.0, 1.0])
+    for fn in (np.fmax, np.fmin):
+        np.testing.assert_array_equal(dp.differentiable(fn)(x, y), fn(x, y))
+    np.testing.assert_array_equal(dp.grad(lambda x: np.sum(np.fmax(x, 2.0)))(np.array([1.0, 3.0])),
+                                  [0.0, 1.0])
+    x32 = np.full(2, 2.0, np.float32)
+    assert dp.differentiable(lambda x: np.float_power(x, 2.0))(x32).dtype == np.float64
+    g = dp.grad(lambda x: np.sum(np.float_power(x, 3)))(x32)
+    assert g.dtype == np.float32 and np.allclose(g, 12.0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_degenerate_statistics_match_numpy():
+    for fn, x in ((np.mean, np.ones(0)), (lambda v: np.var(v, ddof=2), np.array([1.0, 2.0])),
+                  (lambda v: np.std(v, ddof=3), np.array([1.0, 1.0]))):
+        np.testing.assert_array_equal(dp.differentiable(fn)(x), fn(x))

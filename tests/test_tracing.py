@@ -72,3 +72,17 @@ def test_ndarray_on_the_left_defers_to_the_tracer():
         return np.sum(c - x + y)
     dp.grad(f)(np.ones(3))
     assert kinds == [Tracer]
+
+
+def test_identity_operations_that_change_dtype_are_kept():
+    img = np.array([0, 100, 200], np.uint8)
+    # uint8 * 1.0 is float64 in NumPy: dropping it would wrap around in uint8
+    grad = dp.grad(lambda w, i: np.sum(w * (i * 1.0 - 128)))(np.ones(3), img)
+    np.testing.assert_array_equal(grad, [-128.0, -28.0, 72.0])
+    mask_f = dp.differentiable(lambda x: -((x > 0) * 1.0))(np.array([1.0, -1.0]))
+    np.testing.assert_array_equal(mask_f, [-1.0, -0.0])
+    x32 = np.ones(2, np.float32)
+    assert dp.differentiable(lambda x: x * np.float64(1))(x32).dtype == np.float64
+    assert dp.differentiable(lambda x: x * 1.0)(x32).dtype == np.float32  # weak scalar
+    graph = dp.differentiable(lambda x: x * 1.0 + 0.0).ir(np.ones(3))
+    assert graph.eqns == []  # a true identity is still dropped

@@ -166,14 +166,22 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
         if dead:
             body.append("del " + ", ".join(dead))
     rets = []
+    returned: set = set()
     for o in graph.outvars:
         text = operand(o)
-        if isinstance(o, Lit) and (isinstance(o.value, np.ndarray) or placement.outputs_as_arrays
-                                   and not o.aval.weak):
+        if isinstance(o, Var) and (id(o) in in_ids or id(o) in returned):
+            # an argument handed back (the gradient of x * y is y), or one value in two
+            # results: a caller mutating one result must not change another or its input
+            b.namespace["_fresh"] = _fresh_copy
+            text = f"_fresh({text})"
+        elif isinstance(o, Lit) and (isinstance(o.value, np.ndarray) or placement.outputs_as_arrays
+                                     and not o.aval.weak):
             text = f"xp.array({text}, copy=True)"  # callers may mutate what we return
         elif placement.outputs_as_arrays and o.aval.weak:
             text = f"xp.asarray({text})"
         rets.append(text)
+        if isinstance(o, Var):
+            returned.add(id(o))
     args = ", ".join(f"a{i}" for i in range(len(graph.invars)))
     src = []
     for name, params, lines, exports in helpers:
@@ -190,6 +198,13 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     src += ["    " + line for line in body]
     src.append(f"    return ({', '.join(rets)}{',' if len(rets) == 1 else ''})")
     return "\n".join(src) + "\n", b.namespace
+
+
+def _fresh_copy(value):
+    """A copy of an array (NumPy or CuPy); scalars are immutable and pass as they are."""
+    if isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__"):
+        return value.copy()
+    return value
 
 
 def _needs_arrays(eqn) -> bool:

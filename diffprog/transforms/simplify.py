@@ -38,6 +38,16 @@ def _param_key(v):
         return ("obj", id(v))
 
 
+def _literal_key(v):
+    """Equal keys for constants that are the same value *and* type, bit for bit: an
+    int8 100 is not an int64 100 (different results), and -0.0 is not 0.0 (arctan2)."""
+    if isinstance(v, (np.ndarray, np.generic)):
+        if v.ndim:
+            return ("lit", id(v))
+        return ("lit", v.dtype.str, type(v).__name__, v.tobytes())
+    return ("lit", type(v).__name__, repr(v))
+
+
 # Binary primitives whose result does not depend on operand order, bit for bit.
 _COMMUTATIVE = frozenset({"add", "mul"})
 
@@ -50,10 +60,7 @@ def common_subexpressions(graph: Graph) -> Graph:
 
     def ref(a):
         if isinstance(a, Lit):
-            v = a.value
-            scalar = not isinstance(v, np.ndarray) or v.ndim == 0
-            return ("lit", type(v).__name__, v.item() if isinstance(v, np.ndarray) and scalar
-                    else (v if scalar else id(v)))
+            return _literal_key(a.value)
         return id(rename.get(id(a), a))
 
     for eqn in graph.eqns:
@@ -121,7 +128,4 @@ def merge_extended_loops(graph: Graph) -> Graph:
 
 
 def _input_ref(a):
-    if isinstance(a, Var):
-        return ("var", id(a))
-    v = a.value
-    return ("lit", id(v)) if isinstance(v, np.ndarray) and v.ndim else ("lit", repr(v))
+    return ("var", id(a)) if isinstance(a, Var) else _literal_key(a.value)

@@ -60,3 +60,16 @@ def _unrolled(x):
         total += c * c
         c = c * np.sin(xi) + xi
     return c + total
+
+
+def test_cse_keeps_constants_of_different_dtype_or_sign_apart():
+    n = np.array([100, 100], np.int8)
+    f = lambda w, n: (np.sum(w * (n + np.array(100, np.int8))) * 0
+                      + np.sum(w * (n + np.array(100, np.int64))))
+    np.testing.assert_array_equal(dp.grad(f)(np.ones(2), n), [200.0, 200.0])
+    x = np.array([1.0, 2.0])
+    g = dp.differentiable(lambda x: np.arctan2(x * 0.0, -1) - np.arctan2(x * -0.0, -1))
+    np.testing.assert_allclose(g(x), 2 * np.pi)
+    x32 = np.ones(2, np.float32)
+    a, b = dp.differentiable(lambda x: (x * np.array(1.5, np.float32), x * np.array(1.5)))(x32)
+    assert (a.dtype, b.dtype) == (np.float32, np.float64)
