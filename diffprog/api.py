@@ -894,6 +894,8 @@ def _native_derivative(fn, args, nums, kind: str):
     if not t._native(sig) or (kind == "hessian" and len(nums) != 1):
         return None
     wrt = _wrt_positions(sig, nums)
+    if kind == "hessian" and len(wrt) != 1:
+        return None  # a pytree argument: the transforms path explains what it accepts
 
     def build(traced):
         if kind == "hessian":

@@ -35,10 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EngineError, EngineUnavailable, UnsupportedFunctionError
+from ..errors import DiffprogError, EngineError, EngineUnavailable, UnsupportedFunctionError
 from ..ir import Graph, Lit, Var
 from ..primitives import Unsupported
 from .base import Derivative, Engine, Program
+
+#: CUDA.jl's package UUID (julia/Project.toml lists it under [weakdeps])
+CUDA_UUID = "052768ef-5323-5732-b1bb-66c8b64840ba"
 
 # =============================================================== Julia spelling helpers
 
@@ -242,7 +245,9 @@ def julia_template(eqn) -> str:
 def _render_eqn(eqn, operand) -> str:
     template = julia_template(eqn)
     dtype = eqn_float_dtype(eqn)
-    ops = [operand(a, dtype) for a in eqn.inputs]
+    promote = eqn.prim.elementwise and not eqn.prim.multiple_results and \
+        np.issubdtype(eqn.outputs[0].aval.dtype, np.floating)
+    ops = [operand(a, dtype, promote) for a in eqn.inputs]
     derived = derived_placeholders(eqn)
     fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
     values = {}
@@ -288,10 +293,14 @@ def generate_julia(graph: Graph, fn_name: str = "program") -> JuliaSource:
     const_names: dict[int, str] = {}
     counter = itertools.count(1)
 
-    def operand(atom, dtype) -> str:
+    def operand(atom, dtype, promote_ints=False) -> str:
         if isinstance(atom, Var):
             return names[id(atom)]
         value = atom.value
+        if promote_ints and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            # NumPy promotes an int operand to the float result (`np.where(c, 1, x)` is
+            # float); in Julia `ifelse.(c, 1, x)` would have eltype Union{Int64, Float64}
+            value = float(value)
         if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)) \
                 and not isinstance(value, np.ndarray):
             text = jl_literal(value, dtype)
@@ -403,20 +412,29 @@ class _Bridge:
 
     def use_cuda(self):
         if not self.cuda:
-            self.jl.seval("using CUDA")
+            try:
+                self.jl.seval("using CUDA")
+            except Exception as e:  # CUDA is a weak dependency: not installed by default
+                raise EngineUnavailable(
+                    f"the julia engine got CuPy arrays, but Julia could not load CUDA.jl "
+                    f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}). "
+                    f"Fix: add it to diffprog's Julia environment once: python -c \"import "
+                    f"juliapkg; juliapkg.add('CUDA', '{CUDA_UUID}'); juliapkg.resolve()\", or pass "
+                    f"NumPy arrays to run on the CPU.") from None
             self.cuda = True
 
     def to_julia(self, value, device: str):
         if device == "gpu" and _is_cupy(value):
             import cupy
             self.use_cuda()
-            a = cupy.ascontiguousarray(value)
+            # (ascontiguousarray makes 0-d arrays 1-d: reshape keeps the NumPy shape)
+            a = cupy.ascontiguousarray(value).reshape(value.shape)
             return self.dp.import_array(a.__dlpack__(), tuple(a.shape))
         if isinstance(value, np.ndarray):
             if device == "gpu":
                 import cupy
                 return self.to_julia(cupy.asarray(value), device)
-            a = np.ascontiguousarray(value)
+            a = np.ascontiguousarray(value).reshape(value.shape)  # 0-d stays 0-d
             if not a.flags.writeable:  # NumPy refuses to export read-only arrays by DLPack
                 a = a.copy()
             return self.dp.import_array(a, tuple(a.shape))
@@ -513,13 +531,15 @@ class JuliaProgram:
         b = bridge()
         device = _device_of(inputs)
         with b.lock:
-            args = self.julia_args(b, inputs, device)
             key = (kind, device, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in inputs))
             if key not in self._seen:
                 self._seen.add(key)
                 b.notice(kind)
-            try:
+            try:  # loading the program and passing the arguments can fail in Julia too
+                args = self.julia_args(b, inputs, device)
                 result = run(b.dp, self._loaded, args)
+            except DiffprogError:
+                raise
             except Exception as e:  # juliacall.JuliaError and conversion errors
                 raise EngineError(_julia_error_message(kind, e, self.source.text)) from None
             return b.outputs(result, avals, device)

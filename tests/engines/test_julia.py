@@ -185,6 +185,12 @@ def test_float_literals_follow_the_equation_dtype():
     assert "2.0f0" in src and " 2.0 " not in src
     src = dp.differentiable(lambda x: np.sum(x * 2.0)).source(np.ones(3), engine="julia")
     assert ".* 2.0" in src
+    # an int operand of a float elementwise result is written as a float (no Union eltype)
+    src = dp.differentiable(lambda x: np.where(x > 0, 1, x)).source(np.ones(3), engine="julia")
+    assert "ifelse.(v1, 1.0, a1)" in src
+    src = dp.differentiable(lambda x: np.where(x > 0, 1, x)).source(np.ones(3, np.float32),
+                                                                   engine="julia")
+    assert "ifelse.(v1, 1.0f0, a1)" in src
 
 
 def test_constants_are_trailing_arguments_not_pasted_text():
@@ -474,6 +480,12 @@ def test_api_hands_native_engines_the_forward_graph():
         out, pullback = dp.vjp(f, x, y)
         assert engine.requests[-1].kind == "pullback"
         assert_close(pullback(1.0)[0], np.cos(x) * y)
+        # a Hessian w.r.t. a pytree is never asked of the engine (it would see one leaf)
+        n_requests = len(engine.requests)
+        h = dp.differentiable(lambda p: np.sum(p["a"] ** 2) * np.sum(p["b"]), engine="recording")
+        with pytest.raises(dp.DiffprogError):
+            dp.hessian(h)({"a": np.ones(2), "b": np.ones(3)})
+        assert all(r.kind != "hessian" for r in engine.requests[n_requests:])
     finally:
         engines._FACTORIES.pop("recording", None)
         engines._DEVICES.pop("recording", None)
