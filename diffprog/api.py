@@ -218,6 +218,7 @@ def _engine_name(sig: Signature, requested: str | None) -> str:
     if accepted is not None:
         for device, found in where.items():
             if found and device not in accepted:
+                _engines.get(name)  # an engine that cannot run here says so first
                 origin = "" if requested or where["gpu"] else " (from $DIFFPROG_ENGINE)"
                 raise ArgumentError(_wrong_device_message(name, origin, device, found))
     return name

@@ -63,6 +63,9 @@ def test_explicit_cupy_engine_without_gpu_raises_engine_unavailable():
     f = dp.differentiable(lambda s: s * s, engine="cupy")
     with pytest.raises(EngineUnavailable, match="Fix:"):
         f(3.0)  # a Python float is fine on either device, so only the engine is missing
+    g = dp.differentiable(lambda x: np.sum(x), engine="cupy")
+    with pytest.raises(EngineUnavailable, match="Fix:"):
+        g(np.ones(3))  # the missing engine is the first thing to fix, not the device
 
 
 def test_missing_cupy_says_how_to_install(monkeypatch):
@@ -116,13 +119,23 @@ def test_dispatch_mixing_is_an_error_for_grad_too():
         dp.grad(lambda x, y: np.sum(x * y))(StandInCupyArray(), np.ones(3))
 
 
-def test_dispatch_cupy_engine_refuses_numpy_arrays_instead_of_copying():
+@pytest.fixture
+def cupy_engine_present(monkeypatch):
+    """Dispatch checks as on a GPU machine: the cupy engine counts as usable (it would
+    otherwise be reported missing first)."""
+    real_get = engines.get
+    monkeypatch.setattr(engines, "get", lambda name=None, check=True:
+                        None if name == "cupy" else real_get(name, check))
+
+
+def test_dispatch_cupy_engine_refuses_numpy_arrays_instead_of_copying(cupy_engine_present):
     f = dp.differentiable(lambda x: np.sum(x), engine="cupy")
     with pytest.raises(ArgumentError, match=r"engine='cupy' cannot take NumPy \(CPU\) arrays.*args\[0\]"):
         f(np.ones(3))
 
 
-def test_dispatch_default_engine_from_environment_is_named_in_the_error(monkeypatch):
+def test_dispatch_default_engine_from_environment_is_named_in_the_error(monkeypatch,
+                                                                       cupy_engine_present):
     monkeypatch.setenv("DIFFPROG_ENGINE", "cupy")
     with pytest.raises(ArgumentError, match=r"DIFFPROG_ENGINE"):
         dp.differentiable(lambda x: np.sum(x))(np.ones(3))
