@@ -10,6 +10,7 @@ inside a physics-informed loss.
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -803,6 +804,12 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
                 raise ArgumentError(
                     f"jacobian: argument {a} must be a float array (got {type(args[a]).__name__}); "
                     f"use dp.vjp / dp.jvp for nested structures")
+            dtype = np.dtype(args[a].dtype) if hasattr(args[a], "dtype") else np.result_type(args[a])
+            if not np.issubdtype(dtype, np.floating):
+                raise NotDifferentiableError(
+                    f"jacobian: cannot differentiate with respect to argument {a}: its dtype is "
+                    f"{dtype}, not a real floating type. Fix: convert it with .astype(float) or "
+                    f"leave it out of argnums.")
         result = _native_derivative(fn, args, nums, "jacobian") if mode == "rev" else None
         if result is None:
             result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums)
@@ -828,10 +835,11 @@ def _jac_rev(fn, args, nums):
         raise ArgumentError("jacobian: the function must return a single array")
     out_shape = tuple(np.shape(out))
     n = int(np.prod(out_shape, dtype=np.int64))
-    dtype = np.result_type(out) if not isinstance(out, Tracer) else out.dtype
+    dtype = out.dtype if hasattr(out, "dtype") else np.result_type(out)
+    xp = _array_module(out)
     rows = [[] for _ in nums]
     for i in range(n):
-        basis = np.zeros(n, dtype)
+        basis = xp.zeros(n, dtype)
         basis[i] = 1
         cts = pullback(basis.reshape(out_shape))
         for k, a in enumerate(nums):
@@ -846,9 +854,10 @@ def _jac_fwd(fn, args, nums):
         in_shape = tuple(np.shape(x))
         n = int(np.prod(in_shape, dtype=np.int64))
         dtype = x.dtype if hasattr(x, "dtype") else np.dtype(float)
+        xp = _array_module(x)
         cols, out = [], None
         for j in range(n):
-            basis = np.zeros(n, dtype)
+            basis = xp.zeros(n, dtype)
             basis[j] = 1
             tangents = tuple(basis.reshape(in_shape) if i == a else _zero_tangent(v)
                              for i, v in enumerate(args))
@@ -865,8 +874,14 @@ def _jac_fwd(fn, args, nums):
 
 def _zero_tangent(v):
     from .tree import tree_map
-    return tree_map(lambda l: np.zeros(np.shape(l), l.dtype if hasattr(l, "dtype") else float)
+    return tree_map(lambda l: _array_module(l).zeros(np.shape(l), l.dtype if hasattr(l, "dtype")
+                                                     else float)
                     if _is_dynamic(l) else l, v)
+
+
+def _array_module(x):
+    """CuPy for CuPy arrays (unit vectors and zeros must live on the primal's device)."""
+    return sys.modules["cupy"] if _device_of(x) == "gpu" else np
 
 
 def hessian(fn: Callable, argnums: int = 0):

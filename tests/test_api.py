@@ -406,3 +406,10 @@ def test_results_never_alias_arguments_or_each_other():
 def test_grad_refuses_complex_inputs(z):
     with pytest.raises(dp.NotDifferentiableError, match="complex"):
         dp.grad(lambda z: np.sum(np.abs(z * z)))(z)
+
+
+@pytest.mark.parametrize("mode", ["rev", "fwd"])
+def test_jacobian_of_an_integer_argument_is_refused_in_both_modes(mode):
+    # forward mode used to return zeros, reverse mode a raw reshape error
+    with pytest.raises(dp.NotDifferentiableError, match=r"argument 0.*int64.*astype\(float\)"):
+        dp.jacobian(lambda x: x * 2.0, mode=mode)(np.arange(3))
