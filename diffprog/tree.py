@@ -1,6 +1,7 @@
-"""Flatten and unflatten nested arguments (tuple, list, dict, None-free leaves).
+"""Flatten and unflatten nested arguments (tuple, namedtuple, list, dict).
 
-A *tree* is any nesting of tuples, lists and dicts; everything else is a leaf.
+A *tree* is any nesting of tuples, namedtuples, lists and dicts; everything else is a
+leaf. A namedtuple comes back as the same namedtuple type (``Params(w=..., b=...)``).
 ``flatten`` returns the leaves in a deterministic order and a hashable ``TreeDef``
 that rebuilds the same structure around new leaves.
 """
@@ -12,12 +13,14 @@ from typing import Any, Callable, NamedTuple
 class TreeDef(NamedTuple):
     """Hashable description of a nested structure.
 
-    kind is "leaf", "tuple", "list" or "dict"; for dicts ``keys`` holds the sorted keys.
+    kind is "leaf", "tuple", "namedtuple", "list" or "dict"; for dicts ``keys`` holds the
+    sorted keys, for namedtuples the field names (and ``node_type`` the class).
     """
 
     kind: str
     keys: tuple
     children: tuple
+    node_type: Any = None
 
     def __repr__(self) -> str:
         if self.kind == "leaf":
@@ -26,6 +29,9 @@ class TreeDef(NamedTuple):
         if self.kind == "dict":
             inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.keys, self.children))
             return "{" + inner + "}"
+        if self.kind == "namedtuple":
+            inner = ", ".join(f"{k}={c!r}" for k, c in zip(self.keys, self.children))
+            return f"{self.node_type.__name__}({inner})"
         return ("(" + inner + ",)") if self.kind == "tuple" else ("[" + inner + "]")
 
     @property
@@ -59,7 +65,10 @@ def _flatten_into(tree: Any, leaves: list) -> TreeDef:
     if isinstance(tree, dict):
         keys = _sorted_keys(tree)
         return TreeDef("dict", keys, tuple(_flatten_into(tree[k], leaves) for k in keys))
-    if isinstance(tree, (tuple, list)) and not hasattr(tree, "_fields"):
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return TreeDef("namedtuple", tuple(tree._fields),
+                       tuple(_flatten_into(c, leaves) for c in tree), type(tree))
+    if isinstance(tree, (tuple, list)):
         kind = "tuple" if isinstance(tree, tuple) else "list"
         return TreeDef(kind, (), tuple(_flatten_into(c, leaves) for c in tree))
     leaves.append(tree)
@@ -84,6 +93,8 @@ def _build(td: TreeDef, it) -> Any:
     children = [_build(c, it) for c in td.children]
     if td.kind == "dict":
         return dict(zip(td.keys, children))
+    if td.kind == "namedtuple":
+        return td.node_type(*children)
     return tuple(children) if td.kind == "tuple" else children
 
 
@@ -100,6 +111,7 @@ def leaf_paths(treedef: TreeDef, prefix: str = "") -> list[str]:
         return [prefix]
     out = []
     for i, child in enumerate(treedef.children):
-        step = f"[{treedef.keys[i]!r}]" if treedef.kind == "dict" else f"[{i}]"
+        step = f"[{treedef.keys[i]!r}]" if treedef.kind == "dict" else \
+            f".{treedef.keys[i]}" if treedef.kind == "namedtuple" else f"[{i}]"
         out.extend(leaf_paths(child, prefix + step))
     return out

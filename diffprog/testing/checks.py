@@ -61,6 +61,8 @@ def _step_text(td: TreeDef, i: int) -> str:
     if td.kind == "dict":
         k = td.keys[i]
         return f'["{k}"]' if isinstance(k, str) and '"' not in k else f"[{k!r}]"
+    if td.kind == "namedtuple":
+        return f".{td.keys[i]}"
     return f"[{i}]"
 
 
