@@ -383,3 +383,12 @@ def test_gpu_explicit_engine_vjp_and_constants_live_on_the_device():
     programs = [p for p, _ in cache_for(f.fn).programs.values()]
     bound = [v for p in programs for k, v in p.fn.__globals__.items() if k.startswith("_c")]
     assert bound and all(isinstance(v, cupy.ndarray) for v in bound)
+
+
+def test_codegen_non_ufunc_elementwise_calls_get_arrays_for_any_python_scalar(host_engine):
+    # cupy.where calls condition.astype(): a Python bool condition must become an array
+    f = dp.differentiable(lambda s, x, y: np.where(s > 0.0, x, y), engine=host_engine.name)
+    src = f.source(0.5, np.ones(2), np.zeros(2))
+    assert "xp.where(xp.asarray(v0), a1, a2)" in src
+    assert_close(f(0.5, np.ones(2), np.zeros(2)), np.ones(2))
+    assert_close(f(-0.5, np.ones(2), np.zeros(2)), np.zeros(2))
