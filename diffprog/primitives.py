@@ -998,8 +998,21 @@ def _well_conditioned(*shape):
     return make
 
 
+def _solve_impl(xp, a, b):
+    """``linalg.solve`` with NumPy 2's broadcasting on any array library: batch dims of a
+    and b broadcast against each other, and a 1-d b is one vector for every matrix of a.
+    (CuPy wants equal batch dims and reads a (batch, n) b as vectors, as NumPy 1 did.)"""
+    if xp is np or (b.ndim > 1 and a.shape[:-2] == b.shape[:-2]) or (b.ndim == 1 and a.ndim == 2):
+        return xp.linalg.solve(a, b)
+    if b.ndim == 1:
+        return _solve_impl(xp, a, b[:, None])[..., 0]
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return xp.linalg.solve(xp.broadcast_to(a, batch + a.shape[-2:]),
+                           xp.broadcast_to(b, batch + b.shape[-2:]))
+
+
 solve = Primitive(
-    "solve", "xp.linalg.solve({0}, {1})", _solve_shape, vjp=_solve_vjp, jvp=_solve_jvp,
+    "solve", _solve_impl, _solve_shape, vjp=_solve_vjp, jvp=_solve_jvp,
     julia=_julia_single_matrix("DiffProg.npsolve({0}, {1})"),
     cases=[Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal(3)]),
            Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal((3, 2))]),

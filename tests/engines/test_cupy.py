@@ -392,3 +392,24 @@ def test_codegen_non_ufunc_elementwise_calls_get_arrays_for_any_python_scalar(ho
     assert "xp.where(xp.asarray(v0), a1, a2)" in src
     assert_close(f(0.5, np.ones(2), np.zeros(2)), np.ones(2))
     assert_close(f(-0.5, np.ones(2), np.zeros(2)), np.zeros(2))
+
+
+class _OtherArrayModule:
+    """NumPy under another name: library code takes its non-NumPy (device) path."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((3, 3), (3,)), ((2, 3, 3), (3,)), ((3, 3), (4, 3, 2)),
+                                             ((1, 3, 3), (4, 3, 1)), ((2, 3, 3), (2, 3, 2))])
+def test_solve_broadcasts_batches_itself_on_device_libraries(a_shape, b_shape):
+    # CuPy's solve wants equal batch dims and reads a (batch, n) b as vectors (NumPy 1)
+    from diffprog.primitives import _solve_impl
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(a_shape) + 3 * np.eye(3)
+    b = rng.standard_normal(b_shape)
+    expected = np.linalg.solve(a, b)
+    got = _solve_impl(_OtherArrayModule(), a, b)
+    assert got.shape == expected.shape
+    assert_close(got, expected, rtol=1e-12, atol=1e-12)
