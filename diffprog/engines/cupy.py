@@ -132,6 +132,26 @@ class CupyEngine(NumpyEngine):
         self.xp = import_cupy()
         self.placement = DevicePlacement(self.xp.asarray)
 
+    def compile(self, graph: Graph):
+        """As the numpy engine, plus: host scalars handed in where the graph has a 0-d
+        array (a NumPy scalar argument, a cotangent ``1.0`` given to a pullback) become
+        0-d device arrays first; CuPy functions such as ``broadcast_to`` refuse them."""
+        program = super().compile(graph)
+        scalar_slots = [i for i, v in enumerate(graph.invars) if v.aval.shape == () and not v.aval.weak]
+        if not scalar_slots:
+            return program
+        run, xp = program.fn, self.xp
+        host_scalars = (np.generic, float, int, bool)
+
+        def on_device(*args):
+            args = list(args)
+            for i in scalar_slots:
+                if isinstance(args[i], host_scalars):
+                    args[i] = xp.asarray(args[i], dtype=graph.invars[i].aval.dtype)
+            return run(*args)
+        program.fn = on_device
+        return program
+
     def generate(self, graph: Graph, fn_name: str) -> tuple[str, dict]:
         if self.placement is None:
             self.check_available()

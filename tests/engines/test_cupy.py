@@ -413,3 +413,24 @@ def test_solve_broadcasts_batches_itself_on_device_libraries(a_shape, b_shape):
     got = _solve_impl(_OtherArrayModule(), a, b)
     assert got.shape == expected.shape
     assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_host_scalars_reach_cupy_programs_as_0d_device_arrays():
+    from diffprog.engines.cupy import CupyEngine
+    seen = []
+
+    class RecordingModule(_OtherArrayModule):
+        def asarray(self, value, dtype=None):
+            seen.append(type(value))
+            return np.asarray(value, dtype=dtype)
+
+    engine = CupyEngine(fuse=False)
+    engine.xp = RecordingModule()
+    engine.placement = DevicePlacement(np.asarray)
+    graph = dp.differentiable(lambda s, x: np.sum(np.broadcast_to(s, x.shape) * x)).ir(
+        np.float64(2.0), np.ones(3))
+    program = engine.compile(graph)
+    seen.clear()
+    (value,) = program(np.float64(2.0), np.arange(3.0))
+    assert seen == [np.float64]  # the NumPy scalar argument, converted once before the call
+    assert float(value) == 6.0
