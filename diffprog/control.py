@@ -120,7 +120,7 @@ def _strong(aval: Aval) -> Aval:
 
 
 def _avals(values) -> list:
-    return [_strong(v.aval) if isinstance(v, Tracer) else aval_of(np.asarray(v)) for v in values]
+    return [_strong(v.aval) if isinstance(v, Tracer) else aval_of(_as_leaf(v)) for v in values]
 
 
 def _is_float(aval) -> bool:
@@ -160,13 +160,17 @@ def _cast_to(value, aval: Aval, what: str):
         if not np.can_cast(dtype, aval.dtype, "same_kind"):
             raise ArgumentError(f"{what}: expected dtype {aval.dtype}, the body returned {dtype}. "
                                 f"Fix: start the carry with the dtype the body produces.")
-        return np.asarray(value, dtype=aval.dtype) if not isinstance(value, Tracer) \
+        return _as_leaf(value).astype(aval.dtype) if not isinstance(value, Tracer) \
             else value.astype(aval.dtype)
     return value
 
 
 def _as_leaf(x):
-    return x if isinstance(x, Tracer) else np.asarray(x)
+    # device arrays (CuPy) stay where they are: np.asarray would copy them to the host
+    # (CuPy refuses); Python and NumPy scalars become NumPy arrays
+    if isinstance(x, Tracer) or hasattr(x, "__cuda_array_interface__"):
+        return x
+    return np.asarray(x)
 
 
 def _bind(prim, inputs, **params):
@@ -556,7 +560,7 @@ def cond_(pred, true_fn: Callable, false_fn: Callable, *operands):
     (array([2., 4.]), array([-1., -1.]))
     """
     if not isinstance(pred, Tracer):
-        return true_fn(*operands) if bool(np.asarray(pred)) else false_fn(*operands)
+        return true_fn(*operands) if bool(pred) else false_fn(*operands)
     if pred.shape != ():
         raise ShapeError(f"dp.cond: the predicate must be a scalar, got shape {pred.shape}. "
                          f"Fix: reduce it (np.any / np.all), or use np.where for elementwise choices.")
@@ -853,7 +857,7 @@ def while_loop(cond_fn: Callable, body_fn: Callable, init_val, max_steps: int | 
     avals = _avals(leaves)
     if not any(isinstance(x, Tracer) for x in leaves) and not _tracing():
         val = init_val
-        while bool(np.asarray(cond_fn(val))):
+        while bool(cond_fn(val)):
             val = body_fn(val)
         return val
     g_c, c_tree, cap_c = trace_user(lambda v: _as_leaf(cond_fn(v)), _single(tree), avals,
