@@ -880,14 +880,14 @@ def _single(tree):
 
 
 def _bounded_while(cond_fn, body_fn, init_val, max_steps):
+    # A branch, not a mask: after cond_fn turns false the body is not evaluated at all
+    # (np.where(keep, body(v), v) would still run it, and a body undefined there, such
+    # as sqrt of a now-negative value, leaks NaN into the gradient through where).
     def step(carry, _):
         active, val = carry
         keep = np.logical_and(active, cond_fn(val))
-        new = body_fn(val)
-        nl, tree = flatten(new)
-        ol, _ = flatten(val)
-        merged = [np.where(keep, a, b) for a, b in zip(nl, ol)]
-        return (keep, unflatten(tree, merged)), None
+        new = cond_(keep, body_fn, lambda v: v, val)
+        return (keep, new), None
     (_, val), _ = scan_(step, (np.array(True), init_val), None, length=max_steps,
                         checkpoint=True)
     return val

@@ -297,3 +297,23 @@ def test_body_constants_go_to_the_device_once_like_program_constants(device_engi
 def test_docstring_examples_run():
     failures, tried = doctest.testmod(importlib.import_module("diffprog.control"), verbose=False)
     assert tried >= 15 and failures == 0
+
+
+def test_bounded_while_loop_never_evaluates_the_body_after_the_exit():
+    # sqrt(v - 0.5) is NaN once v <= 0.5: a masked body would leak NaN into the gradient
+    body = lambda v: np.sqrt(v - 0.5)
+    f = lambda x: dp.while_loop(lambda v: v > 0.5, body, x, max_steps=20)
+    unbounded = lambda x: dp.while_loop(lambda v: v > 0.5, body, x)
+    x = np.array(3.0)
+    g = dp.grad(f)(x)
+    assert np.isfinite(g) and np.isclose(g, dp.grad(unbounded)(x))
+    assert np.isclose(dp.jvp(f, (x,), (np.array(1.0),))[1], g)
+    eps = 1e-6
+    plain = lambda v: _python_while(v, body)
+    assert np.isclose(g, (plain(3.0 + eps) - plain(3.0 - eps)) / (2 * eps), rtol=1e-5)
+
+
+def _python_while(v, body):
+    while v > 0.5:
+        v = body(v)
+    return v
