@@ -112,29 +112,42 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
         _, ys = scan_(interval, y0, spans, checkpoint=checkpoint)
         return np.concatenate([np.expand_dims(y0, 0), ys], axis=0)
 
-    h0 = (t[1] - t[0]) / 10.0
+    h0 = stop_gradient((t[1] - t[0]) / 10.0)
     budget = int(max_steps) if max_steps is not None else int(max_num_steps)
     eps = float(np.finfo(np.result_type(y0)).eps)
 
+    # Each interval [t0, t1] is integrated in normalised time tau in [0, 1] (s = t0 + tau
+    # * L, L = t1 - t0): the controller's choices (tau and step dtau) are constants for
+    # the gradient, the physical steps dtau * L are not, so derivatives with respect to
+    # the output times t are those of the discrete solution too (a step h = min(h, t1 - s)
+    # with h held constant would lose the dependence of the last step on t1).
     def interval(carry, ts):
         y, h = carry
         t0, t1 = ts[0], ts[1]
+        length = t1 - t0
+        fixed_length = stop_gradient(length)
+        y = error_if(y, np.logical_not(fixed_length > 0), "odeint (dopri5): t must be strictly "
+                     "increasing, but t={0:.6g} is followed by t={1:.6g}. Fix: pass increasing "
+                     "times (integrate -f for a backward solve).", t0, t1)
+        limit = np.maximum(np.abs(stop_gradient(t0)), np.abs(stop_gradient(t1)))
 
-        def unfinished(s):
-            return s < t1 - 1e-12 * (1.0 + np.abs(t1))
+        def unfinished(tau):
+            return tau < 1.0 - 1e-12 * (1.0 + stop_gradient(np.abs(t1))) / fixed_length
 
-        def can_step(s, h, n):
-            """A usable step: finite, not below the spacing of floats at s, within budget."""
-            big_enough = h > 10.0 * eps * np.maximum(np.abs(s), np.abs(t1))
-            return np.logical_and(np.logical_and(np.isfinite(h), big_enough), n < budget)
+        def can_step(dtau, n):
+            """A usable step: finite, not below the spacing of floats at t1, within budget."""
+            big_enough = dtau * fixed_length > 10.0 * eps * limit
+            return np.logical_and(np.logical_and(np.isfinite(dtau), big_enough), n < budget)
 
         def not_done(state):
-            s, _, h, n = state
-            return np.logical_and(unfinished(s), can_step(s, h, n))
+            tau, _, dtau, n = state
+            return np.logical_and(unfinished(tau), can_step(dtau, n))
 
         def attempt(state):
-            s, y, h, n = state
-            h = stop_gradient(np.minimum(h, t1 - s))
+            tau, y, dtau, n = state
+            dtau = stop_gradient(np.minimum(dtau, 1.0 - tau))
+            h = dtau * length
+            s = t0 + tau * length
             ks = []
             for i in range(7):
                 yi = y
@@ -148,16 +161,18 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
             norm = stop_gradient(np.sqrt(np.mean((err / scale) ** 2)))
             accept = norm <= 1.0
             factor = np.clip(0.9 * (np.maximum(norm, 1e-10) ** -0.2), 0.2, 5.0)
-            return (np.where(accept, s + h, s), np.where(accept, y5, y),
-                    stop_gradient(h * factor), n + 1)
-        s, y, h, n = while_loop(not_done, attempt, (t0, y, h, np.array(0)), max_steps=max_steps)
-        y = error_if(y, unfinished(s), _GAVE_UP + (f"the budget of {budget} attempted steps per "
+            return (np.where(accept, tau + dtau, tau), np.where(accept, y5, y),
+                    stop_gradient(dtau * factor), n + 1)
+        tau0 = np.zeros((), np.result_type(float, fixed_length))
+        tau, y, dtau, n = while_loop(not_done, attempt, (tau0, y, h / fixed_length, np.array(0)),
+                                     max_steps=max_steps)
+        y = error_if(y, unfinished(tau), _GAVE_UP + (f"the budget of {budget} attempted steps per "
                      f"interval ran out (max_num_steps / max_steps), or the step size became "
                      f"non-finite or too small: the solution may blow up there, f may return "
                      f"NaN/inf, or the problem is stiff. Fix: check f near that time, loosen "
                      f"rtol/atol, raise max_num_steps, or use method='rk4' with small steps."),
-                     s, t1)
-        return (y, h), y
+                     stop_gradient(t0 + tau * length), t1)
+        return (y, stop_gradient(dtau * fixed_length)), y
     spans = np.stack([t[:-1], t[1:]], axis=1)
     _, ys = scan_(interval, (y0, h0), spans, checkpoint=checkpoint)
     return np.concatenate([np.expand_dims(y0, 0), ys], axis=0)

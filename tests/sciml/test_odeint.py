@@ -131,3 +131,29 @@ def test_bad_arguments_are_explained():
 def test_docstring_examples_run():
     failures, tried = doctest.testmod(importlib.import_module("diffprog.sciml.odeint"), verbose=False)
     assert tried >= 4 and failures == 0
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_gradients_with_respect_to_the_output_times(method):
+    # dopri5 used to hold its last step h = t1 - s constant: d/dt came out wrong (or 0)
+    rhs = lambda y, t: -y + np.sin(t)
+    ts = np.array([0.0, 0.5, 1.0, 2.0])
+
+    def loss(t):
+        ys = odeint(rhs, np.array([1.0]), t, method=method, rtol=1e-9, atol=1e-11,
+                    steps_per_interval=100)
+        return np.sum(ys[:, 0] ** 2)
+    eps = 1e-6
+    fd = np.array([(loss(ts + eps * e) - loss(ts - eps * e)) / (2 * eps) for e in np.eye(4)])
+    assert_close(dp.grad(loss)(ts), fd, rtol=1e-5, atol=1e-7)
+    assert_close(dp.jvp(loss, (ts,), (np.ones(4),))[1], np.sum(fd), rtol=1e-5, atol=1e-7)
+    end = lambda T: odeint(lambda y, t: -y, np.array([1.0]), np.stack([0 * T, T]),
+                           method=method)[-1, 0]
+    assert_close(dp.grad(end)(1.0), -np.exp(-1.0), rtol=1e-5)
+
+
+def test_dopri5_decreasing_traced_times_are_an_error_not_y0():
+    f = dp.differentiable(lambda T: odeint(lambda y, t: -y, np.array([1.0]), np.stack([T, 0 * T]),
+                                           method="dopri5"))
+    with pytest.raises(dp.SolverError, match="strictly increasing"):
+        f(1.0)
