@@ -215,3 +215,23 @@ def test_assert_grad_close_accepts_a_correct_gradient_and_reports_a_wrong_one():
     assert "sign flip" in str(info.value)
     with pytest.raises(GradCheckError, match="structure"):
         assert_grad_close(lambda x, w: (x, w), f, (x, w))
+
+
+def test_custom_vjp_with_an_untraceable_rule_is_checked_in_reverse_mode_only():
+    scipy_special = pytest.importorskip("scipy.special")
+
+    @dp.custom_vjp
+    def erf(x):
+        return scipy_special.erf(x)
+
+    @erf.defvjp
+    def erf_vjp(g, x):  # np.asarray: fine for reverse mode, but gives no forward mode
+        return g * 2 / np.sqrt(np.pi) * np.exp(-np.asarray(x) ** 2)
+
+    x = np.linspace(-1.0, 1.0, 5)
+    report = check_grads(erf, (x,), raise_=False)  # default modes ("rev", "fwd")
+    assert report.passed and [r.check for r in report.results] == ["reverse mode, order 1"]
+    assert any("forward mode (order 1) not checked" in n for n in report.notes)
+    assert "not checked" in str(report)
+    with pytest.raises(dp.NotDifferentiableError):  # asked for forward mode only: say so
+        check_grads(erf, (x,), modes=("fwd",))
