@@ -33,8 +33,41 @@ from .tracing import Tracer, eval_graph, new_trace
 from .transforms import jvp_graph, simplify, vjp_graph
 from .tree import LEAF, TreeDef, flatten, unflatten
 
-_JULIA = ("{} is lowered by the Python engines only (a Python loop around compiled code); "
-          "the julia engine does not spell higher-order primitives yet")
+_JULIA = ("{} exists only in derivative programs the Python engines build; the julia "
+          "engine differentiates the forward loop with Zygote instead")
+
+
+def _jl_operands(jl, positions) -> str:
+    """A Julia tuple of the equation's operands at ``positions``: ``({2}, {3})``."""
+    return jl.tuple([f"{{{i}}}" for i in positions])
+
+
+# Julia spellings of the structured primitives: the bodies become local Julia functions
+# (``{body}``), run by DiffProg.npscan / npcond / npwhile / npremat (julia/src/control.jl).
+
+def _scan_julia(eqn, jl):
+    p, n = eqn.params, len(eqn.inputs)
+    if p["length"] == 0:
+        return Unsupported("a scan of length 0 has no steps to stack outputs from in Julia")
+    nc, nx = p["n_carry"], p["n_x"]
+    return (f"DiffProg.npscan({{body}}, {_jl_operands(jl, range(nc))}, "
+            f"{_jl_operands(jl, range(nc, nc + nx))}, {_jl_operands(jl, range(nc + nx, n))}, "
+            f"{int(p['length'])}, {'true' if p['reverse'] else 'false'}, Val({nc}))")
+
+
+def _cond_julia(eqn, jl):
+    return (f"DiffProg.npcond({{0}}, {{true_body}}, {{false_body}}, "
+            f"{_jl_operands(jl, range(1, len(eqn.inputs)))})")
+
+
+def _while_julia(eqn, jl):
+    nc, ncc, n = eqn.params["n_carry"], eqn.params["n_cc"], len(eqn.inputs)
+    return (f"DiffProg.npwhile({{cond_body}}, {{body}}, {_jl_operands(jl, range(nc))}, "
+            f"{_jl_operands(jl, range(nc, nc + ncc))}, {_jl_operands(jl, range(nc + ncc, n))})")
+
+
+def _remat_julia(eqn, jl):
+    return f"DiffProg.npremat({{body}}, {_jl_operands(jl, range(len(eqn.inputs)))})"
 
 
 # =========================================================================== sub-graphs
@@ -320,7 +353,7 @@ def _example_scan_body():
 
 scan = Primitive(
     "scan", _scan_impl, _scan_shape, vjp=_scan_vjp, jvp=_scan_jvp,
-    julia=Unsupported(_JULIA.format("scan")), multiple_results=True,
+    julia=_scan_julia, multiple_results=True,
     cases=[Case(lambda rng: [rng.standard_normal(3) * 0.5, rng.standard_normal((4, 3)) * 0.5,
                              rng.standard_normal(3)],
                 {"body": _example_scan_body(), "n_carry": 1, "n_x": 1, "length": 4,
@@ -539,7 +572,7 @@ def _example_branches():
 _BRANCHES = _example_branches()
 cond_p = cond = Primitive(
     "cond", _cond_impl, _cond_shape, vjp=_cond_vjp, jvp=_cond_jvp,
-    julia=Unsupported(_JULIA.format("cond")), multiple_results=True,
+    julia=_cond_julia, multiple_results=True,
     cases=[Case(lambda rng: [np.array(True), rng.standard_normal(3), rng.standard_normal(3)],
                 _BRANCHES),
            Case(lambda rng: [np.array(False), rng.standard_normal(3), rng.standard_normal(3)],
@@ -661,7 +694,7 @@ def _remat_jvp(ts, *ins, out, body):
 
 remat = Primitive(
     "remat", _remat_impl, lambda *avals, body: [_strong(a) for a in body.out_avals],
-    vjp=_remat_vjp, jvp=_remat_jvp, julia=Unsupported(_JULIA.format("remat (dp.checkpoint)")),
+    vjp=_remat_vjp, jvp=_remat_jvp, julia=_remat_julia,
     multiple_results=True,
     cases=[Case(lambda rng: [rng.standard_normal(3), rng.standard_normal(3)],
                 {"body": close(lambda x, y: [np.sin(x * y), np.exp(x) * y],
@@ -788,7 +821,7 @@ def _example_while():
 
 while_p = Primitive(
     "while_loop", _while_impl, _while_shape, vjp=_while_vjp, jvp=_while_jvp,
-    julia=Unsupported(_JULIA.format("while_loop")), multiple_results=True,
+    julia=_while_julia, multiple_results=True,
     cases=[Case(lambda rng: [np.array([0.6, 0.7]), np.array(5.0), np.array(1.5)],
                 _example_while(), smooth=False)])
 
@@ -825,7 +858,8 @@ def _no_second_order(*args, **kwargs):
 while_grad = Primitive(
     "while_loop_grad", _while_grad_impl,
     lambda *avals, cond_body, body, bwd, n_carry, n_cc: [_strong(a) for a in bwd.out_avals],
-    vjp=_no_second_order, jvp=_no_second_order, julia=Unsupported(_JULIA.format("while_loop")),
+    vjp=_no_second_order, jvp=_no_second_order,
+    julia=Unsupported(_JULIA.format("the reverse-mode while_loop_grad")),
     multiple_results=True, register=False)
 
 

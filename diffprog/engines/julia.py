@@ -242,7 +242,14 @@ def julia_template(eqn) -> str:
     return spelling
 
 
-def _render_eqn(eqn, operand) -> str:
+def _is_subprogram(value) -> bool:
+    """A loop or branch body held in an equation's params (diffprog.control.Closed)."""
+    return isinstance(getattr(value, "graph", None), Graph)
+
+
+def _render_eqn(eqn, operand, subprogram=None) -> str:
+    """One equation's right-hand side. ``subprogram(closed) -> name`` writes a body held in
+    the params (a loop or branch body) as a local Julia function and names it."""
     template = julia_template(eqn)
     dtype = eqn_float_dtype(eqn)
     promote = eqn.prim.elementwise and not eqn.prim.multiple_results and \
@@ -260,6 +267,8 @@ def _render_eqn(eqn, operand) -> str:
             values[f] = ", ".join(ops[1:])
         elif f in derived and (f != "value" or "value" in eqn.params):
             values[f] = derived[f]()
+        elif f in eqn.params and _is_subprogram(eqn.params[f]) and subprogram is not None:
+            values[f] = subprogram(eqn.params[f])
         elif f in eqn.params:
             text = jl_literal(eqn.params[f], dtype)
             if text is None:
@@ -282,60 +291,89 @@ class JuliaSource:
     n_inputs: int
 
 
-def generate_julia(graph: Graph, fn_name: str = "program") -> JuliaSource:
-    """Julia source for ``graph``: one function, one line per equation."""
-    names: dict[int, str] = {}
-    params = []
-    for i, v in enumerate(graph.invars, 1):
-        names[id(v)] = f"a{i}"
-        params.append(f"a{i}")
-    constants: list = []
-    const_names: dict[int, str] = {}
-    counter = itertools.count(1)
+class _JuliaWriter:
+    """Writes one graph as a Julia function; loop and branch bodies become local functions.
 
-    def operand(atom, dtype, promote_ints=False) -> str:
-        if isinstance(atom, Var):
-            return names[id(atom)]
-        value = atom.value
-        if promote_ints and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            # NumPy promotes an int operand to the float result (`np.where(c, 1, x)` is
-            # float); in Julia `ifelse.(c, 1, x)` would have eltype Union{Int64, Float64}
-            value = float(value)
-        if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)) \
-                and not isinstance(value, np.ndarray):
-            text = jl_literal(value, dtype)
-            if text is not None:
-                return text
+    Every name comes from one counter for the whole program (a1.. program inputs, b1..
+    body inputs, v1.. values, f1.. bodies, c1.. constants): a body is a closure, and in
+    Julia a closure assigning to a name the enclosing function also uses would rebind
+    that variable. Bodies read constants from the program's own c arguments.
+    """
+
+    def __init__(self):
+        self.constants: list = []
+        self.const_names: dict[int, str] = {}
+        self.counter = itertools.count(1)
+
+    def constant(self, value) -> str:
         key = id(value)
-        if key not in const_names:
-            constants.append(value)
-            const_names[key] = f"c{len(constants)}"
-        return const_names[key]
+        if key not in self.const_names:
+            self.constants.append(value)
+            self.const_names[key] = f"c{len(self.constants)}"
+        return self.const_names[key]
 
-    used = {id(a) for e in graph.eqns for a in e.inputs} | {id(o) for o in graph.outvars}
-    body = []
-    for eqn in graph.eqns:
-        rhs = _render_eqn(eqn, operand)
-        outs = []
-        for o in eqn.outputs:
-            names[id(o)] = f"v{next(counter)}"
-            # unused results of a multiple-result call are `_` (no unused local binding)
-            unused = eqn.prim.multiple_results and id(o) not in used
-            outs.append("_" if unused else names[id(o)])
-        if not outs:
-            body.append(f"    {rhs}")
-        elif len(outs) == 1 and not eqn.prim.multiple_results:
-            body.append(f"    {outs[0]} = {rhs}")
-        else:
-            body.append(f"    ({', '.join(outs)},) = {rhs}" if len(outs) == 1
-                        else f"    {', '.join(outs)} = {rhs}")
-    results = [operand(o, o.aval.dtype if np.issubdtype(o.aval.dtype, np.floating)
-                       else np.float64) for o in graph.outvars]
-    params += [f"c{i}" for i in range(1, len(constants) + 1)]
-    lines = [f"function {fn_name}({', '.join(params)})"] + body
-    lines.append(f"    return {jl_tuple(results) if results else '()'}")
-    lines.append("end")
-    return JuliaSource("\n".join(lines) + "\n", constants, len(graph.invars))
+    def function_lines(self, graph: Graph, header: str, arg_names: list[str], indent: str) -> list[str]:
+        names = {id(v): n for v, n in zip(graph.invars, arg_names)}
+
+        def operand(atom, dtype, promote_ints=False) -> str:
+            if isinstance(atom, Var):
+                return names[id(atom)]
+            value = atom.value
+            if promote_ints and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                # NumPy promotes an int operand to the float result (`np.where(c, 1, x)` is
+                # float); in Julia `ifelse.(c, 1, x)` would have eltype Union{Int64, Float64}
+                value = float(value)
+            if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)) \
+                    and not isinstance(value, np.ndarray):
+                text = jl_literal(value, dtype)
+                if text is not None:
+                    return text
+            return self.constant(value)
+
+        body: list[str] = []
+        bodies: dict[int, str] = {}  # per scope: a name is visible where it was defined
+
+        def subprogram(closed) -> str:
+            if id(closed) not in bodies:
+                name = f"f{next(self.counter)}"
+                params = [f"b{next(self.counter)}" for _ in closed.graph.invars]
+                body.extend(self.function_lines(closed.graph, f"{name} = function ({', '.join(params)})",
+                                                params, indent + "    "))
+                bodies[id(closed)] = name
+            return bodies[id(closed)]
+
+        used = {id(a) for e in graph.eqns for a in e.inputs} | {id(o) for o in graph.outvars}
+        for eqn in graph.eqns:
+            rhs = _render_eqn(eqn, operand, subprogram)
+            outs = []
+            for o in eqn.outputs:
+                names[id(o)] = f"v{next(self.counter)}"
+                # unused results of a multiple-result call are `_` (no unused local binding)
+                unused = eqn.prim.multiple_results and id(o) not in used
+                outs.append("_" if unused else names[id(o)])
+            if not outs:
+                body.append(f"{indent}    {rhs}")
+            elif len(outs) == 1 and not eqn.prim.multiple_results:
+                body.append(f"{indent}    {outs[0]} = {rhs}")
+            else:
+                body.append(f"{indent}    ({', '.join(outs)},) = {rhs}" if len(outs) == 1
+                            else f"{indent}    {', '.join(outs)} = {rhs}")
+        results = [operand(o, o.aval.dtype if np.issubdtype(o.aval.dtype, np.floating)
+                           else np.float64) for o in graph.outvars]
+        return ([f"{indent}{header}"] + body
+                + [f"{indent}    return {jl_tuple(results) if results else '()'}", f"{indent}end"])
+
+
+def generate_julia(graph: Graph, fn_name: str = "program") -> JuliaSource:
+    """Julia source for ``graph``: one function, one line per equation (loop and branch
+    bodies as local functions before the line that uses them)."""
+    writer = _JuliaWriter()
+    params = [f"a{i}" for i in range(1, len(graph.invars) + 1)]
+    # the program's constants are known only after writing it: a placeholder header
+    lines = writer.function_lines(graph, "HEADER", params, "")
+    params += [f"c{i}" for i in range(1, len(writer.constants) + 1)]
+    lines[0] = f"function {fn_name}({', '.join(params)})"
+    return JuliaSource("\n".join(lines) + "\n", writer.constants, len(graph.invars))
 
 
 # =============================================================== finding Julia

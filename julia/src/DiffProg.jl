@@ -15,8 +15,12 @@ using ChainRulesCore:
     ChainRulesCore,
     @non_differentiable,
     AbstractZero,
+    HasReverseMode,
     NoTangent,
+    RuleConfig,
+    Tangent,
     ZeroTangent,
+    rrule_via_ad,
     unthunk
 using LinearAlgebra: LinearAlgebra
 using PrecompileTools: @compile_workload, @setup_workload
@@ -40,6 +44,7 @@ export npwhere, npmatmul, npslogdet, nptake, npscatter_add, nponehot
 export npreshape, npbroadcast_to, convert_eltype, stop_gradient, nppad, npunslice
 export npargmax, npargmin, npargsort
 export npsolve, npinv, npdet, npcholesky, npmatmul_stacked
+export npscan, npcond, npwhile, npremat
 
 include("programs.jl")
 include("notices.jl")
@@ -49,6 +54,7 @@ include("numpy_compat.jl")
 include("numpy_shapes.jl")
 include("numpy_linalg.jl")
 include("rules.jl")
+include("control.jl")
 include("precompile.jl")
 
 end # module DiffProg
