@@ -256,7 +256,8 @@ def _render_eqn(eqn, operand, subprogram=None) -> str:
         np.issubdtype(eqn.outputs[0].aval.dtype, np.floating)
     ops = [operand(a, dtype, promote) for a in eqn.inputs]
     derived = derived_placeholders(eqn)
-    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    # in template order (not a set): bodies are written, and named, in this order
+    fields = list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
     values = {}
     for f in fields:
         if f.isdigit():

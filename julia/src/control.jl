@@ -9,8 +9,7 @@
 
 `diffprog.scan`: `n` steps of `(carry..., y...) = body(carry..., x_i..., consts...)` with
 `x_i` step `i` of each scanned input (`n:-1:1` when `backwards`: NumPy's `reverse=True`);
-returns
-`(final carry..., stacked y...)`. Reverse mode is the rrule below: each step's pullback
+returns `(final carry..., stacked y...)`. Reverse mode is the rrule below: each step's pullback
 comes from the AD system (`rrule_via_ad`) and the steps are walked backwards.
 """
 function npscan(
@@ -120,6 +119,8 @@ function ChainRulesCore.rrule(
                 d isa AbstractZero || (d_consts[j] = d_consts[j] .+ d)
             end
         end
+        # No tangent for `body`: generated bodies close over the program's constants only
+        # (every traced value reaches them as an argument), which need no gradient.
         return (
             NoTangent(),
             NoTangent(),
@@ -137,7 +138,12 @@ end
 function step_cotangent(d_stacked, i, primal)
     d = unthunk(d_stacked)
     d isa AbstractZero && return zero_like(primal)
-    return step_slice(d, i)
+    slice = step_slice(d, i)
+    # a 0-dim array output (NumPy 0-d, e.g. from reshape(x, ())) was stacked into a
+    # vector: its cotangent must be a 0-dim array again, not a number
+    return primal isa AbstractArray && !(slice isa AbstractArray) ?
+        fill!(similar(primal), slice) :
+        slice
 end
 
 """
@@ -152,6 +158,7 @@ end
 truthy(p::Bool) = p
 truthy(p::Number) = p != 0
 truthy(p::AbstractArray) = only(Array(p)) != 0
+@non_differentiable truthy(::Any)
 
 """
     npwhile(cond_body, body, carry::Tuple, cond_consts::Tuple, body_consts::Tuple)

@@ -14,14 +14,14 @@ function program(a1, a2, a3, c1, c2, c3)
     v15, v16, v17 = DiffProg.npscan(f1, (a2, c1), (a3,), (a1,), 5, false, Val(2))
     v18 = v16 .> 1.0
     f19 = function (b20)
-        v21 = -b20
+        v21 = b20 .* 2.0
         return (v21,)
     end
     f22 = function (b23)
-        v24 = b23 .* 2.0
+        v24 = -b23
         return (v24,)
     end
-    (v25,) = DiffProg.npcond(v18, f22, f19, (v15,))
+    (v25,) = DiffProg.npcond(v18, f19, f22, (v15,))
     v26 = abs.(v25)
     v27 = v26 .+ 0.1
     f28 = function (b29, b30)
@@ -30,13 +30,13 @@ function program(a1, a2, a3, c1, c2, c3)
             v35 = v34 .< 10.0
             v36 = (b32 .!= 0) .& (v35 .!= 0)
             f37 = function (b38)
-                return (b38,)
+                v39 = b38 .* 1.5
+                return (v39,)
             end
-            f39 = function (b40)
-                v41 = b40 .* 1.5
-                return (v41,)
+            f40 = function (b41)
+                return (b41,)
             end
-            (v42,) = DiffProg.npcond(v36, f39, f37, (b33,))
+            (v42,) = DiffProg.npcond(v36, f37, f40, (b33,))
             return (v36, v42)
         end
         v43, v44 = DiffProg.npscan(f31, (b29, b30), (), (), 3, false, Val(2))
