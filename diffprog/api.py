@@ -487,7 +487,7 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
                     f"{type(leaf).__name__} ({leaf!r}), not a float array. Fix: pass a float "
                     f"(e.g. {float(leaf) if isinstance(leaf, (int, bool)) else 'np.asarray(...)'}) "
                     f"or leave this argument out of argnums.")
-            dt = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
+            dt = _leaf_dtype(leaf)
             if np.issubdtype(dt, np.complexfloating):
                 raise NotDifferentiableError(
                     f"cannot differentiate with respect to {where}: its dtype is {dt}. diffprog "
@@ -512,8 +512,7 @@ def _float_positions(sig: Signature, indices) -> list[int]:
     out = []
     for i in indices:
         leaf = sig.leaves[sig.dynamic[i]]
-        dt = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
-        if np.issubdtype(dt, np.floating):
+        if np.issubdtype(_leaf_dtype(leaf), np.floating):
             out.append(i)
     return out
 
@@ -804,7 +803,7 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
                 raise ArgumentError(
                     f"jacobian: argument {a} must be a float array (got {type(args[a]).__name__}); "
                     f"use dp.vjp / dp.jvp for nested structures")
-            dtype = np.dtype(args[a].dtype) if hasattr(args[a], "dtype") else np.result_type(args[a])
+            dtype = _leaf_dtype(args[a])
             if not np.issubdtype(dtype, np.floating):
                 raise NotDifferentiableError(
                     f"jacobian: cannot differentiate with respect to argument {a}: its dtype is "
@@ -877,6 +876,11 @@ def _zero_tangent(v):
     return tree_map(lambda l: _array_module(l).zeros(np.shape(l), l.dtype if hasattr(l, "dtype")
                                                      else float)
                     if _is_dynamic(l) else l, v)
+
+
+def _leaf_dtype(leaf) -> np.dtype:
+    """The dtype of an argument leaf: an array's own, or NumPy's for a Python number."""
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
 
 
 def _array_module(x):

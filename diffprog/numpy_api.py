@@ -309,16 +309,16 @@ def _axes(axis, nd):
 
 
 def _check_reduce_kwargs(name, kwargs):
-    bad = {k: v for k, v in kwargs.items() if v is not None and k not in ("out",)}
-    if kwargs.get("out") is not None:
-        raise ArgumentError(f"np.{name}(..., out=...) cannot be traced; use the return value")
+    """Refuse keywords the traced reductions do not support (``out=`` is refused for every
+    handler by :func:`_refusing_out`)."""
+    bad = {k: v for k, v in kwargs.items() if v is not None}
     if bad:
         raise ArgumentError(f"np.{name}: keyword(s) {sorted(bad)} are not supported on traced values")
 
 
 @implements(np.sum, method="sum")
 def sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
-    _check_reduce_kwargs("sum", {"out": out, "initial": initial, "where": where})
+    _check_reduce_kwargs("sum", {"initial": initial, "where": where})
     if dtype is not None:
         x = astype(x, dtype)
     axes = _axes(axis, ndim(x))
@@ -331,7 +331,7 @@ def sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=
 
 @implements(np.prod, method="prod")
 def prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
-    _check_reduce_kwargs("prod", {"out": out, "initial": initial, "where": where})
+    _check_reduce_kwargs("prod", {"initial": initial, "where": where})
     if dtype is not None:
         x = astype(x, dtype)
     axes = _axes(axis, ndim(x))
@@ -340,14 +340,14 @@ def prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where
 
 @implements(np.max, np.amax, method="max")
 def amax(x, axis=None, out=None, keepdims=False, initial=None, where=None):
-    _check_reduce_kwargs("max", {"out": out, "initial": initial, "where": where})
+    _check_reduce_kwargs("max", {"initial": initial, "where": where})
     axes = _axes(axis, ndim(x))
     return P.reduce_max(x, axes=axes, keepdims=bool(keepdims)) if axes else x
 
 
 @implements(np.min, np.amin, method="min")
 def amin(x, axis=None, out=None, keepdims=False, initial=None, where=None):
-    _check_reduce_kwargs("min", {"out": out, "initial": initial, "where": where})
+    _check_reduce_kwargs("min", {"initial": initial, "where": where})
     axes = _axes(axis, ndim(x))
     return P.reduce_min(x, axes=axes, keepdims=bool(keepdims)) if axes else x
 
@@ -373,7 +373,7 @@ def _float_of(x):
 
 @implements(np.mean, method="mean")
 def mean(x, axis=None, dtype=None, out=None, keepdims=False, where=None):
-    _check_reduce_kwargs("mean", {"out": out, "where": where})
+    _check_reduce_kwargs("mean", {"where": where})
     x = astype(x, dtype) if dtype is not None else _float_of(x)
     axes = _axes(axis, ndim(x))
     count = _count(x, axes)  # an empty mean is NaN, as in NumPy (0 * nan)
@@ -383,7 +383,7 @@ def mean(x, axis=None, dtype=None, out=None, keepdims=False, where=None):
 @implements(np.var, method="var")
 def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None, mean=None,
         correction=None):
-    _check_reduce_kwargs("var", {"out": out, "where": where, "mean": mean})
+    _check_reduce_kwargs("var", {"where": where, "mean": mean})
     ddof = correction if correction is not None else ddof
     x = astype(x, dtype) if dtype is not None else _float_of(x)
     axes = _axes(axis, ndim(x))
