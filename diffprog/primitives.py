@@ -254,10 +254,12 @@ def _grad_part(g, partial, x):
     return _cast(sum_to(g * partial, np.shape(x)), x)
 
 
-def nondiff(name, template, julia, numpy=(), nargs=2):
-    """Elementwise, non-differentiable output (comparisons, logical ops)."""
-    def domain(rng):
+def nondiff(name, template, julia, numpy=(), nargs=2, domain=None):
+    """Elementwise, non-differentiable output (comparisons, logical and bitwise ops);
+    example inputs from ``domain`` (default: standard normal floats)."""
+    def floats(rng):
         return [rng.standard_normal((3, 4)) for _ in range(nargs)]
+    domain = domain or floats
     return Primitive(name, template, elementwise_shape(name),
                      vjp=lambda g, *xs, out: (None,) * len(xs),
                      jvp=lambda ts, *xs, out: None, julia=julia, numpy=numpy,
@@ -361,26 +363,24 @@ logical_xor = nondiff("logical_xor", "xp.logical_xor({0}, {1})", "xor.({0} .!= 0
                       numpy=np.logical_xor)
 logical_not = nondiff("logical_not", "xp.logical_not({0})", ".!({0} .!= 0)",
                       numpy=np.logical_not, nargs=1)
+
+
 def _integers(nargs):
     def make(rng):
         return [rng.integers(-50, 50, (3, 4)) for _ in range(nargs)]
     return make
 
 
-def bitwise(name, template, julia, numpy, nargs=2):
-    """Elementwise bitwise op on integers and booleans (``&``, ``|``, ``^``, ``~``): not
-    differentiable; the result keeps NumPy's integer dtype (not bool, as logical ops)."""
-    return Primitive(name, template, elementwise_shape(name),
-                     vjp=lambda g, *xs, out: (None,) * len(xs),
-                     jvp=lambda ts, *xs, out: None, julia=julia, numpy=numpy,
-                     elementwise=True, differentiable=False, cases=[Case(_integers(nargs))])
-
-
-bitwise_and = bitwise("bitwise_and", "xp.bitwise_and({0}, {1})", "{0} .& {1}", np.bitwise_and)
-bitwise_or = bitwise("bitwise_or", "xp.bitwise_or({0}, {1})", "{0} .| {1}", np.bitwise_or)
-bitwise_xor = bitwise("bitwise_xor", "xp.bitwise_xor({0}, {1})", "xor.({0}, {1})", np.bitwise_xor)
-invert = bitwise("invert", "xp.invert({0})", ".~({0})", np.invert, nargs=1)
-
+# Bitwise ops (``&``, ``|``, ``^``, ``~`` on integers and booleans): the result keeps
+# NumPy's integer dtype, unlike the logical ops' bool.
+bitwise_and = nondiff("bitwise_and", "xp.bitwise_and({0}, {1})", "{0} .& {1}",
+                      numpy=np.bitwise_and, domain=_integers(2))
+bitwise_or = nondiff("bitwise_or", "xp.bitwise_or({0}, {1})", "{0} .| {1}",
+                     numpy=np.bitwise_or, domain=_integers(2))
+bitwise_xor = nondiff("bitwise_xor", "xp.bitwise_xor({0}, {1})", "xor.({0}, {1})",
+                      numpy=np.bitwise_xor, domain=_integers(2))
+invert = nondiff("invert", "xp.invert({0})", ".~({0})", numpy=np.invert, nargs=1,
+                 domain=_integers(1))
 
 isfinite = nondiff("isfinite", "xp.isfinite({0})", "isfinite.({0})", numpy=np.isfinite, nargs=1)
 isnan = nondiff("isnan", "xp.isnan({0})", "isnan.({0})", numpy=np.isnan, nargs=1)
