@@ -1,4 +1,5 @@
-"""Simplification: common-subexpression elimination and dead-code elimination.
+"""Simplification: common-subexpression elimination, sign folding, loop merging and
+dead-code elimination.
 
 Constant folding happens earlier, in :func:`diffprog.tracing.bind`: an equation
 whose inputs are all constants is computed on the spot and never recorded.
@@ -7,11 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Lit, Var
+from .. import primitives as P
+from ..ir import Eqn, Graph, Lit, Var
 
 
 def simplify(graph: Graph) -> Graph:
-    return dead_code_elimination(merge_extended_loops(common_subexpressions(graph)))
+    # sign folding counts uses, so dead equations must be gone first
+    graph = dead_code_elimination(common_subexpressions(graph))
+    return dead_code_elimination(merge_extended_loops(fold_negations(graph)))
 
 
 def dead_code_elimination(graph: Graph) -> Graph:
@@ -129,3 +133,128 @@ def merge_extended_loops(graph: Graph) -> Graph:
 
 def _input_ref(a):
     return ("var", id(a)) if isinstance(a, Var) else _literal_key(a.value)
+
+
+# ============================================================================ signs
+
+def fold_negations(graph: Graph) -> Graph:
+    """Move negations into constants and subtractions, where that saves an equation.
+
+    Reverse mode writes many: d(cos) = -sin, d(-x) = g * -1.0, so gradients are full
+    of ``-a`` feeding one product or sum. On real floats these rewrites are exact (IEEE
+    rounding is symmetric in sign, and ``x - y`` *is* ``x + (-y)``), so results stay
+    bit-identical (up to the sign of a NaN):
+
+    ``x * -1``        -> ``-x``
+    ``--a``           -> ``a``
+    ``(-a) * c``      -> ``a * (-c)``     (c a scalar constant)
+    ``(-a) * y``      -> ``-(a * y)``     (the negation moves on, maybe to vanish later)
+    ``x + (-a)``      -> ``x - a``;  ``(-a) + y`` -> ``y - a``;  ``x - (-a)`` -> ``x + a``
+
+    A negation is absorbed only when its result has no other use, so the number of
+    equations never grows; dead negations are left to dead-code elimination.
+    """
+    uses: dict[int, int] = {}
+    for eqn in graph.eqns:
+        for a in eqn.inputs:
+            if isinstance(a, Var):
+                uses[id(a)] = uses.get(id(a), 0) + 1
+    for v in graph.outvars:
+        if isinstance(v, Var):
+            uses[id(v)] = uses.get(id(v), 0) + 2  # an output is never absorbed
+    negation_of: dict[int, Var] = {}  # id(-a) -> a, for negations of real floats
+    rename: dict[int, Var] = {}
+    eqns: list[Eqn] = []
+
+    def absorbable(atom):
+        """a, when atom is ``-a`` used only here; else None."""
+        if isinstance(atom, Var) and uses.get(id(atom), 0) == 1:
+            return negation_of.get(id(atom))
+        return None
+
+    def emit(prim, inputs, out):
+        new = Eqn(prim, inputs, [out])
+        eqns.append(new)
+        if prim is P.neg:
+            negation_of[id(out)] = inputs[0]
+        return new
+
+    for eqn in graph.eqns:
+        eqn.inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
+        if not _real_float_binary_or_neg(eqn):
+            eqns.append(eqn)
+            continue
+        out = eqn.outputs[0]
+        name = eqn.prim.name
+        if name == "neg":
+            inner = absorbable(eqn.inputs[0])
+            if inner is not None:  # --a
+                rename[id(out)] = inner
+                continue
+            eqns.append(eqn)
+            negation_of[id(out)] = eqn.inputs[0]
+            continue
+        x, y = eqn.inputs
+        rewritten = _fold_one(name, x, y, out, absorbable, emit)
+        if rewritten is None:
+            eqns.append(eqn)
+        else:
+            for e in rewritten:
+                e.line = eqn.line
+    outvars = [rename.get(id(v), v) if isinstance(v, Var) else v for v in graph.outvars]
+    return Graph(graph.invars, eqns, outvars)
+
+
+def _fold_one(name, x, y, out, absorbable, emit):
+    """The equations replacing ``out = name(x, y)``, or None to keep it."""
+    if name == "mul":
+        for a, b in ((x, y), (y, x)):
+            if _scalar_literal(b) and b.value == -1 and a.aval == out.aval:
+                return [emit(P.neg, [a], out)]
+        for a, b in ((x, y), (y, x)):
+            inner = absorbable(a)
+            if inner is None:
+                continue
+            if _negatable_literal(b):
+                return [emit(P.mul, [inner, Lit(-b.value)], out)]
+            product = Var(out.aval)
+            return [emit(P.mul, [inner, b] if a is x else [b, inner], product),
+                    emit(P.neg, [product], out)]
+        return None
+    if name == "add":
+        for a, b in ((y, x), (x, y)):
+            inner = absorbable(a)
+            if inner is not None:
+                return [emit(P.sub, [b, inner], out)]
+        return None
+    if name == "sub":
+        inner = absorbable(y)
+        if inner is not None:
+            return [emit(P.add, [x, inner], out)]
+    return None
+
+
+def _real_float_binary_or_neg(eqn) -> bool:
+    if eqn.prim.name not in ("neg", "mul", "add", "sub") or eqn.params or len(eqn.outputs) != 1:
+        return False
+    out = eqn.outputs[0].aval
+    if not np.issubdtype(out.dtype, np.floating):
+        return False
+    # every operand already has the result's aval (or is a scalar constant): no rewrite
+    # can then change a dtype, a weak type or a broadcast
+    return all(a.aval == out or _scalar_literal(a) for a in eqn.inputs)
+
+
+def _scalar_literal(atom) -> bool:
+    return (isinstance(atom, Lit) and atom.aval.shape == ()
+            and isinstance(atom.value, (int, float, np.floating, np.integer))
+            and not isinstance(atom.value, bool) and np.isfinite(atom.value))
+
+
+def _negatable_literal(atom) -> bool:
+    """-c is exact and ``a * -c == -(a * c)`` bit for bit: a float, or a nonzero Python
+    int (``-a * 0`` is -0.0 for positive a, ``a * -0`` is +0.0; NumPy ints can overflow)."""
+    if not _scalar_literal(atom):
+        return False
+    v = atom.value
+    return isinstance(v, (float, np.floating)) or (type(v) is int and v != 0)

@@ -73,3 +73,88 @@ def test_cse_keeps_constants_of_different_dtype_or_sign_apart():
     x32 = np.ones(2, np.float32)
     a, b = dp.differentiable(lambda x: (x * np.array(1.5, np.float32), x * np.array(1.5)))(x32)
     assert (a.dtype, b.dtype) == (np.float32, np.float64)
+
+
+# ---------------------------------------------------------------- sign folding
+
+def _names(graph):
+    return [e.prim.name for e in graph.eqns]
+
+
+def _assert_bit_identical(got, expected):
+    """Same bits, signed zeros included; NaN only needs to be NaN (its sign is not
+    specified by IEEE arithmetic, and ``-(x*0)`` flips it)."""
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        g, e = np.asarray(g), np.asarray(e)
+        nan = np.isnan(e)
+        np.testing.assert_array_equal(np.isnan(g), nan)
+        assert g[~nan].tobytes() == e[~nan].tobytes()
+
+
+def _special(rng, n=64):
+    x = rng.standard_normal(n)
+    x[:6] = [0.0, -0.0, np.inf, -np.inf, 1e-310, -3.0]
+    return x
+
+
+def test_fold_negations_removes_the_negations_of_a_cos_gradient():
+    graph = dp.differentiable(lambda x: np.sum(np.exp(-x ** 2) * np.cos(3.0 * x))).ir(np.ones(4))
+    g = vjp_graph(graph, [0], seed="ones")
+    # d cos = -sin; the chain rule through 3x and -x**2 multiplies by constants: every
+    # negation of the gradient part folds into a constant or a subtraction
+    assert _names(g).count("neg") == 1  # the forward -x**2 only
+    assert "sub" in _names(g)
+
+
+def _unsimplified(build, *avals):
+    """A graph written by hand (tracing would already have folded it)."""
+    from diffprog.ir import Eqn, Graph, Var
+    invars = [Var(a) for a in avals]
+    eqns = []
+
+    def op(prim, *inputs):
+        out = Var(inputs[0].aval if isinstance(inputs[0], Var) else inputs[1].aval)
+        eqns.append(Eqn(prim, list(inputs), [out]))
+        return out
+    outs = build(op, *invars)
+    return Graph(invars, eqns, list(outs))
+
+
+def test_fold_negations_is_bit_exact_and_never_adds_equations(rng):
+    from diffprog import primitives as P
+    from diffprog.ir import Lit, aval_of
+    from diffprog.tracing import eval_graph
+    from diffprog.transforms.simplify import dead_code_elimination, fold_negations
+
+    def build(op, x, y):
+        neg, mul, add, sub = (lambda a: op(P.neg, a)), (lambda a, b: op(P.mul, a, b)), \
+            (lambda a, b: op(P.add, a, b)), (lambda a, b: op(P.sub, a, b))
+        a = mul(neg(x), y)              # (-x)*y -> -(x*y) ...
+        b = mul(neg(a), Lit(2.5))       # ... whose negation folds into -2.5
+        c = add(x, neg(y))              # -> x - y
+        d = add(neg(x), y)              # -> y - x
+        e = sub(x, neg(y))              # -> x + y
+        h = neg(neg(y))                 # -> y
+        k = mul(y, Lit(-1))             # -> -y
+        m = neg(x)                      # used twice: stays
+        z = mul(neg(x), Lit(0))         # int 0: -x*0 keeps its signed zero, not folded
+        total = add(add(add(b, mul(c, d)), add(mul(e, h), k)), add(mul(m, m), m))
+        return total, z, a
+    x, y = _special(rng), _special(rng)[::-1].copy()
+    graph = _unsimplified(build, aval_of(x), aval_of(y))
+    folded = dead_code_elimination(fold_negations(graph))
+    assert len(folded.eqns) <= len(graph.eqns) - 5
+    assert _names(folded).count("neg") == 3  # m, z's, a's (an output); k = -y became a sub
+    with np.errstate(all="ignore"):
+        _assert_bit_identical(eval_graph(folded, [x, y]), eval_graph(graph, [x, y]))
+
+
+def test_fold_negations_leaves_integers_and_mixed_dtypes_alone():
+    from diffprog.transforms.simplify import fold_negations
+    n = np.array([1, 2, 3], np.uint8)
+    graph = dp.differentiable(lambda n: (-n) * 3).ir(n)
+    assert _names(fold_negations(graph)) == _names(graph)
+    x32 = np.ones(3, np.float32)
+    mixed = dp.differentiable(lambda x, y: (-x) * y).ir(x32, np.ones(3))  # float32 * float64
+    assert _names(fold_negations(mixed)) == _names(mixed)
