@@ -4,13 +4,19 @@ The repository keeps the Julia package DiffProg at the top level (``julia/``) an
 ``diffprog/juliapkg.json`` points at it as ``../julia`` (right for a checkout and an
 editable install). A wheel has no ``julia/`` beside the Python package, so the build
 copies it to ``diffprog/_julia`` and writes a juliapkg.json that points there.
+
+It also builds the optional C extension ``diffprog.engines._fastmath`` (a float64
+``sincos`` ufunc for the fusion pass). It is optional in the setuptools sense: where no
+C compiler works, the install goes on without it and diffprog computes sin and cos
+separately (``diffprog.engines.fastmath.status()`` says which).
 Everything else is configured in pyproject.toml.
 """
 import json
 import os
 import shutil
 
-from setuptools import setup
+import numpy
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,4 +46,12 @@ class BuildWithJulia(build_py):
             fp.write("\n")
 
 
-setup(cmdclass={"build_py": BuildWithJulia})
+FASTMATH = Extension(
+    "diffprog.engines._fastmath",
+    sources=["diffprog/engines/_fastmath.c"],
+    include_dirs=[numpy.get_include()],
+    libraries=["m"] if os.name == "posix" else [],
+    optional=True,
+)
+
+setup(cmdclass={"build_py": BuildWithJulia}, ext_modules=[FASTMATH])

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..ir import Lit, Var
+from . import fastmath
 
 BLOCK = 16384
 DEFAULT_MIN_SIZE = 262144
@@ -104,6 +105,56 @@ def _full_sum(eqn, shape) -> bool:
             and eqn.inputs[0].aval.shape == shape
             and np.issubdtype(eqn.inputs[0].aval.dtype, np.inexact)
             and tuple(eqn.params.get("axes", ())) == tuple(range(len(shape))))
+
+
+def sink_small_work(graph, threshold: int):
+    """The graph with each pure equation on small values (every input and output under
+    ``threshold`` elements) moved down to just before its first use.
+
+    Why: a gradient interleaves big elementwise work with scalar bookkeeping (adding up
+    two sums, scaling a seed); each such equation would end a fusable run, so the big
+    work would become several kernels walking the arrays again, and sin/cos pairs split
+    between them could not share a sincos call. Moving small pure work later keeps the
+    program's dependencies (an equation still follows everything it reads) and keeps no
+    big array alive longer (only equations whose inputs are all small move).
+    """
+    if threshold <= 0:
+        return graph
+
+    def small(atom) -> bool:
+        return math.prod(atom.aval.shape) < threshold
+
+    pending: list[int] = []           # sunk equation indices, in program order
+    pending_by_var: dict[int, int] = {}  # output var id -> its pending equation index
+    order: list[int] = []
+
+    def flush_needed_by(eqn) -> None:
+        need, stack = set(), [a for a in eqn.inputs if isinstance(a, Var)]
+        while stack:
+            idx = pending_by_var.get(id(stack.pop()))
+            if idx is not None and idx not in need:
+                need.add(idx)
+                stack.extend(a for a in graph.eqns[idx].inputs if isinstance(a, Var))
+        for idx in [i for i in pending if i in need]:
+            pending.remove(idx)
+            order.append(idx)
+            for o in graph.eqns[idx].outputs:
+                pending_by_var.pop(id(o), None)
+
+    for idx, eqn in enumerate(graph.eqns):
+        sinkable = (eqn.outputs and not getattr(eqn.prim, "effectful", False)
+                    and all(small(a) for a in eqn.inputs) and all(small(o) for o in eqn.outputs))
+        if sinkable:
+            pending.append(idx)
+            for o in eqn.outputs:
+                pending_by_var[id(o)] = idx
+            continue
+        flush_needed_by(eqn)
+        order.append(idx)
+    order.extend(pending)
+    if order == list(range(len(graph.eqns))):
+        return graph
+    return type(graph)(graph.invars, [graph.eqns[i] for i in order], graph.outvars)
 
 
 def block_segments(graph, threshold: int) -> list[list[int]]:
@@ -220,29 +271,51 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
             if isinstance(a, Var) and local_last.get(id(a)) == pos and id(a) in owner:
                 buffers.give(*owner.pop(id(a)))
 
+    def target_for(out, pos) -> str:
+        """Where a block of ``out`` is written: its full-size result when needed after the
+        run, else a scratch buffer (callers release dying inputs first, for reuse)."""
+        dtype = out.aval.dtype.name
+        if needed_after(out):
+            full = f"e{len(exports)}"
+            exports.append((full, out))
+            export_lines.append(f"{full} = xp.empty({size}, _dt_{dtype})")
+            b.namespace[f"_dt_{dtype}"] = out.aval.dtype
+            return f"{full}[i:j]"
+        buf = buffers.take(dtype)
+        owner[id(out)] = (buf, dtype)
+        return f"{buf}[:n]"
+
+    pairs = sincos_pairs(eqns) if fastmath.sincos() is not None else {}
+    computed: set[int] = set()  # positions already done by an earlier sincos call
     for pos, eqn in enumerate(eqns):
+        if pos in computed:
+            release(eqn, pos)
+            continue
         ops = [block_operand(a) for a in eqn.inputs]
         out = eqn.outputs[0]
         dtype = out.aval.dtype.name
+        if pos in pairs:  # sin and cos of this operand: one sincos call, here
+            partner = pairs[pos]
+            computed.add(partner)
+            release(eqn, pos)
+            by_name = {eqn.prim.name: (pos, out), eqns[partner].prim.name: (partner, eqns[partner].outputs[0])}
+            locals_, targets = [], []
+            for name in ("sin", "cos"):
+                p, v = by_name[name]
+                targets.append(target_for(v, p))
+                locals_.append(f"t{p}")
+                inside[id(v)] = f"t{p}"
+            body.append(f"{', '.join(locals_)} = _sincos({ops[0]}, out=({', '.join(targets)}))")
+            b.namespace["_sincos"] = fastmath.sincos()
+            continue
         if eqn.prim.name == "reduce_sum":
             acc = f"r{len(reductions)}"
             reductions.append((acc, out))
             body.append(f"{acc} += _add_reduce({ops[0]})")
             release(eqn, pos)
             continue
-        # values after the run land in a full-size result; the rest in scratch
-        if needed_after(out):
-            full = f"e{len(exports)}"
-            exports.append((full, out))
-            export_lines.append(f"{full} = xp.empty({size}, _dt_{dtype})")
-            b.namespace[f"_dt_{dtype}"] = out.aval.dtype
-            target = f"{full}[i:j]"
-            release(eqn, pos)
-        else:
-            release(eqn, pos)  # an input dying here may be overwritten in place
-            buf = buffers.take(dtype)
-            owner[id(out)] = (buf, dtype)
-            target = f"{buf}[:n]"
+        release(eqn, pos)  # an input dying here may be overwritten in place
+        target = target_for(out, pos)
         local = f"t{pos}"
         inside[id(out)] = local
         call = ufunc_call(eqn)
@@ -290,6 +363,27 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
     defined = {id(o) for e in eqns for o in e.outputs}
     consumed = [a for e in eqns for a in e.inputs if isinstance(a, Var) and id(a) not in defined]
     return call_line, lines, consumed
+
+
+def sincos_pairs(eqns) -> dict[int, int]:
+    """``{first position: partner position}`` for each sin and cos of one float64 operand
+    in a run (the first of the two computes both with the ``sincos`` ufunc)."""
+    first_seen: dict[tuple[str, int], int] = {}
+    pairs: dict[int, int] = {}
+    for pos, eqn in enumerate(eqns):
+        name = eqn.prim.name
+        if name not in ("sin", "cos") or eqn.inputs[0].aval.dtype != np.float64 \
+                or eqn.outputs[0].aval.dtype != np.float64:
+            continue
+        key = id(eqn.inputs[0]) if isinstance(eqn.inputs[0], Var) else None
+        if key is None:
+            continue
+        other = ("cos" if name == "sin" else "sin", key)
+        if other in first_seen:
+            pairs[first_seen.pop(other)] = pos
+        else:
+            first_seen.setdefault((name, key), pos)
+    return pairs
 
 
 def define_one(define, var):

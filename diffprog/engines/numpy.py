@@ -89,6 +89,8 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     ``host_fast`` (implied by ``blocks``): NumPy-only spellings with less call overhead
     (see ``_HOST_FAST``).
     """
+    if blocks and fuse is None:
+        graph = fusion.sink_small_work(graph, blocks)
     b = SourceBuilder(xp_module)
     names: dict[int, str] = {}
     for i, v in enumerate(graph.invars):

@@ -161,3 +161,31 @@ def test_run_chunks_covers_the_range_once(monkeypatch):
     assert spans[0][0] == 0 and spans[-1][1] == 73
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     assert all(lo % 7 == 0 for lo, _ in spans)
+
+
+def _sincos_chain(x):
+    return np.sum(np.exp(-x ** 2) * np.cos(3.0 * x)) + np.sum(np.sin(x) * np.cos(x))
+
+
+@pytest.mark.parametrize("helper", ["on", "off"])
+def test_sin_and_cos_of_one_operand_in_one_call(monkeypatch, rng, helper):
+    from diffprog.engines import fastmath
+    monkeypatch.setenv("DIFFPROG_FASTMATH", "1" if helper == "on" else "0")
+    fastmath.reset()
+    try:
+        x = rng.standard_normal(BIG) * 4
+        (fused, src), (plain, plain_src) = _programs(_sincos_chain, x)
+        used = fastmath.sincos() is not None
+        # the gradient needs sin(3x) beside cos(3x), and cos(x) beside sin(x)
+        assert src.count("_sincos(") == (2 if used else 0)
+        assert "_sincos" not in plain_src  # unfused programs keep np.sin / np.cos
+        _assert_same(fused(x), plain(x))
+    finally:
+        fastmath.reset()
+
+
+def test_float32_sin_and_cos_stay_numpy_calls(rng):
+    x = rng.standard_normal(BIG).astype(np.float32)
+    (fused, src), (plain, _) = _programs(_sincos_chain, x)
+    assert "_sincos" not in src
+    _assert_same(fused(x), plain(x))
