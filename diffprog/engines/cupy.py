@@ -85,9 +85,12 @@ class DevicePlacement(Placement):
 class FusedKernel:
     """``cupy.fuse`` of one generated elementwise run.
 
-    If CuPy cannot fuse the run (its first call raises), the run keeps working op by
-    op, with a warning: the result is the same, only with more kernel launches. After
-    the first successful call the fused kernel is used directly.
+    If CuPy cannot fuse the run (its first call raises), the same run is tried op by op:
+    when that works, the run stays op by op from then on, with a warning naming CuPy's
+    error (same results, more kernel launches); when it fails too, the error is the
+    run's own (bad input, say), so it propagates and fusion is tried again next call.
+    Running out of device memory is never a reason to give up fusion: it propagates.
+    After the first successful fused call the kernel is used directly.
     """
 
     def __init__(self, fn, fuse):
@@ -103,13 +106,16 @@ class FusedKernel:
             return self.fn(*args)
         try:
             result = self.fused(*args)
-        except Exception as e:  # cupy.fuse could not trace/compile this run
-            self.state, self.error = "unfused", e
+        except MemoryError:  # cupy's OutOfMemoryError is one: not fusion's fault
+            raise
+        except Exception as fuse_error:  # cupy.fuse could not trace/compile this run?
+            result = self.fn(*args)  # raises the run's own error if that is what it was
+            self.state, self.error = "unfused", fuse_error
             warnings.warn(
                 f"diffprog cupy engine: cupy.fuse could not fuse {self.fn.__name__} "
-                f"({type(e).__name__}: {e}); running it op by op (same results, more kernel "
-                f"launches).", RuntimeWarning, stacklevel=2)
-            return self.fn(*args)
+                f"({type(fuse_error).__name__}: {fuse_error}); running it op by op (same "
+                f"results, more kernel launches).", RuntimeWarning, stacklevel=2)
+            return result
         self.state = "fused"
         return result
 

@@ -292,6 +292,40 @@ def test_fused_kernel_falls_back_when_cupy_cannot_fuse():
     assert kernel.state == "unfused" and isinstance(kernel.error, TypeError)
 
 
+def _fuse_raising(error):
+    def fuse(kernel_name):
+        def decorate(fn):
+            def fail(*args):
+                raise error
+            return fail
+        return decorate
+    return fuse
+
+
+def test_fused_kernel_keeps_fusion_when_the_run_itself_fails():
+    # a bad input fails fused and unfused alike: the run's own error, no fallback
+    def run(a, b):
+        if a < 0:
+            raise ValueError("the run's own error")
+        return a * b
+    kernel = FusedKernel(run, _fuse_raising(ValueError("fused failed too")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="the run's own error"):
+            kernel(-1.0, 2.0)
+    assert kernel.state == "untried"
+
+
+def test_fused_kernel_out_of_memory_propagates_and_fusion_is_kept():
+    class OutOfMemoryError(MemoryError):  # as cupy.cuda.memory.OutOfMemoryError
+        pass
+    calls = []
+    kernel = FusedKernel(lambda a: calls.append(a) or a, _fuse_raising(OutOfMemoryError("oom")))
+    with pytest.raises(OutOfMemoryError):
+        kernel(1.0)
+    assert kernel.state == "untried" and calls == []  # never ran op by op behind our back
+
+
 # ==================================================================== on a GPU (marked gpu)
 
 def _to_gpu(xs):
