@@ -9,6 +9,7 @@ inside a physics-informed loss.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import warnings
@@ -45,6 +46,9 @@ def _leaf_key(leaf):
         return float
     if isinstance(leaf, Tracer):
         return (leaf.shape, leaf.dtype, leaf.aval.weak)
+    gpu = _gpu_id(leaf)
+    if gpu is not None:  # a program's constants live on one GPU: one program per GPU
+        return (type(leaf), leaf.shape, leaf.dtype, gpu)
     return (type(leaf), leaf.shape, leaf.dtype)
 
 
@@ -198,6 +202,31 @@ def _device_of(leaf) -> str | None:
     return None
 
 
+def _gpu_id(leaf) -> int | None:
+    """The CUDA device number of a CuPy array; None for anything else."""
+    if _device_of(leaf) != "gpu":
+        return None
+    return getattr(getattr(leaf, "device", None), "id", 0)
+
+
+def _gpu_of_call(sig: Signature) -> int | None:
+    """The one GPU this call's arrays live on (checked by :func:`_engine_name`), or None."""
+    for pos in sig.dynamic:
+        gpu = _gpu_id(sig.leaves[pos])
+        if gpu is not None:
+            return gpu
+    return None
+
+
+def _on_gpu(gpu: int | None):
+    """Make ``gpu`` CuPy's current device for a compile or a run: constants are placed
+    and kernels launched on the device of the inputs, not on whichever is current."""
+    cupy = sys.modules.get("cupy")
+    if gpu is None or cupy is None or not hasattr(cupy, "cuda"):
+        return contextlib.nullcontext()
+    return cupy.cuda.Device(gpu)
+
+
 _DEVICE_WORDS = {"gpu": "CuPy (GPU)", "cpu": "NumPy (CPU)"}
 
 
@@ -214,6 +243,17 @@ def _engine_name(sig: Signature, requested: str | None) -> str:
             f"inputs mix CuPy (GPU) and NumPy (CPU) arrays: GPU {_listing(where['gpu'])}, CPU "
             f"{_listing(where['cpu'])}. Fix: move all inputs to one device (cupy.asarray(x) "
             f"once, before the loop, or x.get()); diffprog never copies between devices silently.")
+    gpus = {}
+    for pos in sig.dynamic:
+        gpu = _gpu_id(sig.leaves[pos])
+        if gpu is not None:
+            gpus.setdefault(gpu, []).append(f"args{paths[pos]}")
+    if len(gpus) > 1:
+        found = "; ".join(f"GPU {g}: {_listing(p)}" for g, p in sorted(gpus.items()))
+        raise ArgumentError(
+            f"inputs are on different GPUs ({found}). Fix: copy them to one device once, "
+            f"outside any loop (with cupy.cuda.Device(n): x = cupy.asarray(x)); diffprog never "
+            f"copies between devices silently.")
     name = requested or ("cupy" if where["gpu"] else _engines.default_engine_name())
     accepted = _engines.devices(name)
     if accepted is not None:
@@ -311,6 +351,13 @@ class Transformed:
         function is traced again for these inputs and the new variant kept.
         """
         engine_name = _engine_name(sig, self.engine)
+        gpu = _gpu_of_call(sig)
+        if gpu is None:
+            return self._run_on(sig, kind, build, inputs, engine_name)
+        with _on_gpu(gpu):
+            return self._run_on(sig, kind, build, inputs, engine_name)
+
+    def _run_on(self, sig, kind, build, inputs, engine_name):
         cache = cache_for(self.fn)
         key = (sig.key, kind, engine_name)
         inputs = sig.dyn_leaves if inputs is None else inputs
@@ -368,7 +415,8 @@ class Transformed:
         key = (sig.key, kind, engine_name)
         hit = cache_for(self.fn).programs.get(key)
         if hit is None:
-            variant = self._new_variant(sig, build, engine_name, fresh=False)
+            with _on_gpu(_gpu_of_call(sig)):
+                variant = self._new_variant(sig, build, engine_name, fresh=False)
             hit = cache_for(self.fn).programs[key] = (variant.programs[0], variant.traced)
         return hit
 
@@ -723,7 +771,8 @@ def vjp(fn: Callable, *primals):
             flat = eval_graph(graph, list(sig.dyn_leaves) + list(traced.captured) + list(cts))
             grads = flat[n_out:]
         else:
-            grads = backward(*residuals, *cts)
+            with _on_gpu(_gpu_of_call(sig)):  # the residuals' device, as for the forward run
+                grads = backward(*residuals, *cts)
         return _grads_tree(sig, argnums, wrt, grads, single=False)
 
     return out, pullback
