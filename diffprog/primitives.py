@@ -532,10 +532,9 @@ reduce_prod = Primitive(
     jvp=lambda ts, x, *, out, axes, keepdims: None if ts[0] is None else _cast(
         np.sum(ts[0] * _prod_partial(x, axes), axis=axes, keepdims=keepdims), x),
     julia="DiffProg.npprod({0}; dims = {jaxes}, keepdims = {keepdims})",
-    # With zeros the first derivative is exact; the second goes through cumprod's rule,
-    # which divides by x, so that case is first-order only.
+    # exact with zeros, to any order (products of others via cumprod, itself exact there)
     cases=_reduce_cases() + [Case(lambda rng: [np.array([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]])],
-                                  {"axes": (1,), "keepdims": False}, smooth=False)])
+                                  {"axes": (1,), "keepdims": False})])
 
 
 def _argreduce(name, fn, julia):
@@ -567,14 +566,57 @@ cumsum = Primitive(
     julia="cumsum({0}; dims = {jaxis})",
     cases=[Case(_rng_normal(3, 4), {"axis": 1}), Case(_rng_normal(3, 4), {"axis": 0})])
 
-# cumprod's rule divides by x: undefined where x == 0 (gives inf/nan, never a silent value).
+class _ZerosAlong:
+    """Where the zeros of x are along ``axis``, for cumprod's derivatives.
+
+    ``y_k = x_0 ... x_k``. The usual rule divides by x_i, which breaks at zeros. Here
+    dividing is used at nonzero x_i only (exact there, derivatives included); the first
+    and second zero of a slice use partial products that read that zero as 1
+    (``skip[0]``, ``skip[1]``); at later zeros every term holds two other zeros, so the
+    derivative is 0 and stays 0 under one more differentiation. Hence first and second
+    derivatives are exact at any zeros; third and higher ones at slices with >= 3 zeros
+    would miss terms (the second-order table cases check up to three zeros).
+    """
+
+    def __init__(self, x, axis):
+        one, nil = np.ones_like(x), np.zeros_like(x)
+        self.zero = x == 0
+        self.count = np.cumsum(np.where(self.zero, one, nil), axis=axis)  # zeros up to k
+        self.nth = [self.zero & (self.count == n) for n in (1, 2)]
+        self.safe = np.where(self.zero, one, x)
+        self.skip = [np.cumprod(np.where(nth, one, x), axis=axis) for nth in self.nth]
+
+
+def _cumprod_vjp(g, x, *, out, axis):
+    z, nil = _ZerosAlong(x, axis), np.zeros_like(x)
+    grad = np.where(z.zero, nil, _rev_cumsum(g * out, axis) / z.safe)
+    for nth, skip in zip(z.nth, z.skip):
+        grad = grad + np.where(nth, _rev_cumsum(g * skip, axis), nil)
+    return (grad,)
+
+
+def _cumprod_jvp(ts, x, *, out, axis):
+    if ts[0] is None:
+        return None
+    t, z = ts[0], _ZerosAlong(x, axis)
+    nil = np.zeros_like(out)
+    # terms j of d y_k = sum_j t_j prod_{i<=k, i!=j} x_i, with nonzero x_j: by division
+    tan = np.where(z.count <= 1, out * np.cumsum(np.where(z.zero, nil, t) / z.safe, axis=axis), nil)
+    for n, (nth, skip) in enumerate(zip(z.nth, z.skip), start=1):  # j = the n-th zero
+        t_nth = np.cumsum(np.where(nth, t, nil), axis=axis)
+        tan = tan + np.where((z.count >= n) & (z.count <= 2), t_nth * skip, nil)
+    return tan
+
+
+# exact at zeros too (no division by a zero; see _ZerosAlong), to any order
 cumprod = Primitive(
     "cumprod", "xp.cumprod({0}, axis={axis})", _cum_shape,
-    vjp=lambda g, x, *, out, axis: (_rev_cumsum(g * out, axis) / x,),
-    jvp=lambda ts, x, *, out, axis: None if ts[0] is None else
-    out * np.cumsum(ts[0] / x, axis=axis),
+    vjp=_cumprod_vjp, jvp=_cumprod_jvp,
     julia="cumprod({0}; dims = {jaxis})",
-    cases=[Case(_pos(3, 4), {"axis": 1}), Case(_pos(3, 4), {"axis": 0})])
+    cases=[Case(_pos(3, 4), {"axis": 1}), Case(_pos(3, 4), {"axis": 0}),
+           Case(lambda rng: [np.array([[1.5, 0.0, 2.0, -3.0], [0.0, 0.0, 3.0, 1.0],
+                                       [2.0, -1.0, 0.5, 0.0], [0.0, 2.0, 0.0, 0.0]])], {"axis": 1}),
+           Case(lambda rng: [np.array([[0.0, 2.0], [3.0, 0.0], [0.5, 4.0]])], {"axis": 0})])
 
 
 # =============================================================== shape ops
