@@ -41,12 +41,11 @@ def _is_dynamic(leaf) -> bool:
     return hasattr(leaf, "__cuda_array_interface__") or hasattr(leaf, "__dlpack__")
 
 
-def _leaf_key(leaf):
+def _leaf_key(leaf, gpu: int | None):
     if isinstance(leaf, float):
         return float
     if isinstance(leaf, Tracer):
         return (leaf.shape, leaf.dtype, leaf.aval.weak)
-    gpu = _gpu_id(leaf)
     if gpu is not None:  # a program's constants live on one GPU: one program per GPU
         return (type(leaf), leaf.shape, leaf.dtype, gpu)
     return (type(leaf), leaf.shape, leaf.dtype)
@@ -69,6 +68,7 @@ class Signature:
     dynamic: list  # positions (in leaves) of traced leaves
     key: tuple
     nested: bool  # some leaf is a Tracer: record into the enclosing trace
+    gpu: int | None = None  # the GPU of the first CuPy array leaf (see _engine_name)
 
     def build_args(self, dyn_values):
         leaves = list(self.leaves)
@@ -84,18 +84,20 @@ class Signature:
 def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
     leaves, treedef = flatten(tuple(a for i, a in enumerate(args)))
     static_leaf_pos = _static_positions(treedef, static_argnums) if static_argnums else set()
-    dynamic, keys, nested = [], [], False
+    dynamic, keys, nested, first_gpu = [], [], False, None
     for i, leaf in enumerate(leaves):
         if i not in static_leaf_pos and _is_dynamic(leaf):
             dynamic.append(i)
-            keys.append(_leaf_key(leaf))
+            gpu = _gpu_id(leaf)
+            keys.append(_leaf_key(leaf, gpu))
             nested = nested or isinstance(leaf, Tracer)
+            first_gpu = gpu if first_gpu is None else first_gpu
         else:
             keys.append(_static_key(leaf))
     # Inside an enclosing trace the function may close over traced values even when its
     # arguments are plain: record into that trace rather than compiling a program.
     nested = nested or bool(_TRACE_STACK)
-    return Signature(treedef, leaves, dynamic, (treedef, tuple(keys)), nested)
+    return Signature(treedef, leaves, dynamic, (treedef, tuple(keys)), nested, first_gpu)
 
 
 def _static_positions(treedef: TreeDef, static_argnums) -> set:
@@ -209,15 +211,6 @@ def _gpu_id(leaf) -> int | None:
     return getattr(getattr(leaf, "device", None), "id", 0)
 
 
-def _gpu_of_call(sig: Signature) -> int | None:
-    """The one GPU this call's arrays live on (checked by :func:`_engine_name`), or None."""
-    for pos in sig.dynamic:
-        gpu = _gpu_id(sig.leaves[pos])
-        if gpu is not None:
-            return gpu
-    return None
-
-
 def _on_gpu(gpu: int | None):
     """Make ``gpu`` CuPy's current device for a compile or a run: constants are placed
     and kernels launched on the device of the inputs, not on whichever is current."""
@@ -234,20 +227,18 @@ def _engine_name(sig: Signature, requested: str | None) -> str:
     """The engine for this call: inputs decide the device; mixing devices is an error."""
     paths = leaf_paths(sig.treedef)
     where: dict[str, list] = {"gpu": [], "cpu": []}
+    gpus: dict[int, list] = {}
     for pos in sig.dynamic:
         device = _device_of(sig.leaves[pos])
         if device is not None:
             where[device].append(f"args{paths[pos]}")
+        if device == "gpu":
+            gpus.setdefault(_gpu_id(sig.leaves[pos]), []).append(f"args{paths[pos]}")
     if where["gpu"] and where["cpu"]:
         raise ArgumentError(
             f"inputs mix CuPy (GPU) and NumPy (CPU) arrays: GPU {_listing(where['gpu'])}, CPU "
             f"{_listing(where['cpu'])}. Fix: move all inputs to one device (cupy.asarray(x) "
             f"once, before the loop, or x.get()); diffprog never copies between devices silently.")
-    gpus = {}
-    for pos in sig.dynamic:
-        gpu = _gpu_id(sig.leaves[pos])
-        if gpu is not None:
-            gpus.setdefault(gpu, []).append(f"args{paths[pos]}")
     if len(gpus) > 1:
         found = "; ".join(f"GPU {g}: {_listing(p)}" for g, p in sorted(gpus.items()))
         raise ArgumentError(
@@ -351,10 +342,9 @@ class Transformed:
         function is traced again for these inputs and the new variant kept.
         """
         engine_name = _engine_name(sig, self.engine)
-        gpu = _gpu_of_call(sig)
-        if gpu is None:
+        if sig.gpu is None:
             return self._run_on(sig, kind, build, inputs, engine_name)
-        with _on_gpu(gpu):
+        with _on_gpu(sig.gpu):
             return self._run_on(sig, kind, build, inputs, engine_name)
 
     def _run_on(self, sig, kind, build, inputs, engine_name):
@@ -415,7 +405,7 @@ class Transformed:
         key = (sig.key, kind, engine_name)
         hit = cache_for(self.fn).programs.get(key)
         if hit is None:
-            with _on_gpu(_gpu_of_call(sig)):
+            with _on_gpu(sig.gpu):
                 variant = self._new_variant(sig, build, engine_name, fresh=False)
             hit = cache_for(self.fn).programs[key] = (variant.programs[0], variant.traced)
         return hit
@@ -771,7 +761,7 @@ def vjp(fn: Callable, *primals):
             flat = eval_graph(graph, list(sig.dyn_leaves) + list(traced.captured) + list(cts))
             grads = flat[n_out:]
         else:
-            with _on_gpu(_gpu_of_call(sig)):  # the residuals' device, as for the forward run
+            with _on_gpu(sig.gpu):  # the residuals' device, as for the forward run
                 grads = backward(*residuals, *cts)
         return _grads_tree(sig, argnums, wrt, grads, single=False)
 

@@ -299,7 +299,6 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
             continue
         ops = [block_operand(a) for a in eqn.inputs]
         out = eqn.outputs[0]
-        dtype = out.aval.dtype.name
         if pos in pairs:  # sin and cos of this operand: one sincos call, here
             partner = pairs[pos]
             computed.add(partner)
@@ -377,13 +376,11 @@ def sincos_pairs(eqns) -> dict[int, int]:
     first_seen: dict[tuple[str, int], int] = {}
     pairs: dict[int, int] = {}
     for pos, eqn in enumerate(eqns):
-        name = eqn.prim.name
-        if name not in ("sin", "cos") or eqn.inputs[0].aval.dtype != np.float64 \
-                or eqn.outputs[0].aval.dtype != np.float64:
+        name, operand = eqn.prim.name, eqn.inputs[0]
+        if name not in ("sin", "cos") or not isinstance(operand, Var) \
+                or operand.aval.dtype != np.float64 or eqn.outputs[0].aval.dtype != np.float64:
             continue
-        key = id(eqn.inputs[0]) if isinstance(eqn.inputs[0], Var) else None
-        if key is None:
-            continue
+        key = id(operand)
         other = ("cos" if name == "sin" else "sin", key)
         if other in first_seen:
             pairs[first_seen.pop(other)] = pos

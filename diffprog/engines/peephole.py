@@ -17,23 +17,11 @@ from __future__ import annotations
 
 from ..ir import Eqn, Graph, Var
 from ..primitives import Primitive
-from ..transforms.simplify import dead_code_elimination
+from ..transforms.simplify import dead_code_elimination, use_counts
 
 pack_scalars = Primitive(
     "pack_scalars", "xp.array([{args}], dtype={dtype})", lambda *avals, dtype: None,
     register=False)
-
-
-def _uses(graph: Graph) -> dict:
-    count: dict[int, int] = {}
-    for eqn in graph.eqns:
-        for a in eqn.inputs:
-            if isinstance(a, Var):
-                count[id(a)] = count.get(id(a), 0) + 1
-    for o in graph.outvars:
-        if isinstance(o, Var):
-            count[id(o)] = count.get(id(o), 0) + 1
-    return count
 
 
 def _unit_slice_index(index, shape):
@@ -52,7 +40,7 @@ def _unit_slice_index(index, shape):
 
 def lower(graph: Graph) -> Graph:
     """The graph with the patterns above rewritten (unchanged when none occurs)."""
-    uses = _uses(graph)
+    uses = use_counts(graph)
     defined_by = {id(o): e for e in graph.eqns for o in e.outputs}
     outputs = {id(o) for o in graph.outvars if isinstance(o, Var)}
     eqns, changed = [], False

@@ -30,6 +30,19 @@ def dead_code_elimination(graph: Graph) -> Graph:
     return Graph(graph.invars, kept, graph.outvars)
 
 
+def use_counts(graph: Graph) -> dict[int, int]:
+    """``{id(var): uses}``: as an equation's input, or as one of the graph's outputs."""
+    count: dict[int, int] = {}
+    for eqn in graph.eqns:
+        for a in eqn.inputs:
+            if isinstance(a, Var):
+                count[id(a)] = count.get(id(a), 0) + 1
+    for o in graph.outvars:
+        if isinstance(o, Var):
+            count[id(o)] = count.get(id(o), 0) + 1
+    return count
+
+
 def _param_key(v):
     if isinstance(v, np.ndarray):
         return ("nd", id(v))
@@ -154,21 +167,15 @@ def fold_negations(graph: Graph) -> Graph:
     A negation is absorbed only when its result has no other use, so the number of
     equations never grows; dead negations are left to dead-code elimination.
     """
-    uses: dict[int, int] = {}
-    for eqn in graph.eqns:
-        for a in eqn.inputs:
-            if isinstance(a, Var):
-                uses[id(a)] = uses.get(id(a), 0) + 1
-    for v in graph.outvars:
-        if isinstance(v, Var):
-            uses[id(v)] = uses.get(id(v), 0) + 2  # an output is never absorbed
+    uses = use_counts(graph)
+    outputs = {id(v) for v in graph.outvars if isinstance(v, Var)}
     negation_of: dict[int, Var] = {}  # id(-a) -> a, for negations of real floats
     rename: dict[int, Var] = {}
     eqns: list[Eqn] = []
 
     def absorbable(atom):
         """a, when atom is ``-a`` used only here; else None."""
-        if isinstance(atom, Var) and uses.get(id(atom), 0) == 1:
+        if isinstance(atom, Var) and uses.get(id(atom), 0) == 1 and id(atom) not in outputs:
             return negation_of.get(id(atom))
         return None
 

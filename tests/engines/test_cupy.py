@@ -524,10 +524,10 @@ def test_compile_and_run_happen_on_the_inputs_gpu(monkeypatch):
     fake.cuda = types.SimpleNamespace(Device=Device)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     sig = make_signature((StandInCupyArrayOn(1), 2.0))
-    assert api._gpu_of_call(sig) == 1
-    with api._on_gpu(api._gpu_of_call(sig)):
+    assert sig.gpu == 1
+    with api._on_gpu(sig.gpu):
         assert entered == [1]
     assert entered == [1, -1]
-    assert api._gpu_of_call(make_signature((np.ones(3),))) is None
+    assert make_signature((np.ones(3),)).gpu is None
     with api._on_gpu(None):  # NumPy calls: no device switch at all
         assert entered == [1, -1]
