@@ -244,10 +244,10 @@ def _scan_vjp(gs, *ins, out, body, n_carry, n_x, length, reverse):
     c_avals = body.in_avals[n_carry + n_x:]
     init, xs, consts = ins[:n_carry], ins[n_carry:n_carry + n_x], ins[n_carry + n_x:]
     n_y = len(body.out_avals) - n_carry
-    # 1. re-run the loop keeping the carry *entering* each step
 
-    # (every primal output first, so that a program needing the primal loop too runs
-    # this one loop only: simplify merges the two)
+    # 1. re-run the loop keeping the carry *entering* each step, after every primal
+    # output, so that a program needing the primal loop too runs this one loop only
+    # (simplify merges the two)
     def keep_carries(*a):
         outs = eval_graph(body.graph, list(a))
         return list(outs) + list(a[:n_carry])
