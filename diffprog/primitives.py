@@ -14,6 +14,11 @@ Each :class:`Primitive` holds
                   ``{jout}``), a callable ``(eqn, jl) -> template | Unsupported`` where the
                   spelling depends on shapes, or ``Unsupported(reason)``;
   * ``numpy``  -- the NumPy callables it implements directly (with an optional adapter);
+  * ``c``      -- (elementwise only, optional) its C spelling on float64/bool scalars for
+                  the numpy engine's compiled kernels (:mod:`diffprog.engines.ckernel`):
+                  operands ``{0}``, ``{1}``..., params by name; ``dp_*`` helpers live in
+                  that module's C preamble. It is used only after a check at run time
+                  that it reproduces ``impl`` bit for bit on this machine;
   * ``cases``  -- example inputs on the primitive's domain, from which tests are generated.
 
 Rules are written with NumPy calls on traced values: they trace into IR, so every
@@ -62,8 +67,9 @@ class Case:
 class Primitive:
     def __init__(self, name, impl, shape, vjp=None, jvp=None, julia=None, numpy=(),
                  cases=(), differentiable=True, elementwise=False, multiple_results=False,
-                 identity=None, register=True):
+                 identity=None, register=True, c=None):
         self.name = name
+        self.c = c
         # identity: {operand position: neutral constant}; bind drops the op when that
         # operand is the neutral constant and the result equals the other operand.
         self.identity = identity or {}
@@ -213,7 +219,7 @@ def _unit(*shape):
 # =============================================================== elementwise
 
 def unary(name, template, deriv, julia, numpy=(), domain=_rng_normal(3, 4), smooth=True,
-          differentiable=True):
+          differentiable=True, c=None):
     """An elementwise function with derivative ``deriv(x, out)``."""
     def vjp(g, x, *, out):
         return (_cast(g * deriv(x, out), x),)
@@ -227,10 +233,11 @@ def unary(name, template, deriv, julia, numpy=(), domain=_rng_normal(3, 4), smoo
         name, template, elementwise_shape(name),
         vjp=vjp if deriv is not None else zero, jvp=jvp if deriv is not None else zero_t,
         julia=julia, numpy=numpy, elementwise=True, differentiable=differentiable,
-        cases=[Case(domain, smooth=smooth)])
+        cases=[Case(domain, smooth=smooth)], c=c)
 
 
-def binary(name, template, partials, julia, numpy=(), domain=None, smooth=True, identity=None):
+def binary(name, template, partials, julia, numpy=(), domain=None, smooth=True, identity=None,
+           c=None):
     """A broadcasting elementwise function with partials ``(x, y, out) -> (dx, dy)``."""
     def vjp(g, x, y, *, out):
         px, py = partials(x, y, out)
@@ -245,7 +252,7 @@ def binary(name, template, partials, julia, numpy=(), domain=None, smooth=True, 
     domain = domain or (lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4,))])
     return Primitive(name, template, elementwise_shape(name), vjp=vjp, jvp=jvp,
                      julia=julia, numpy=numpy, elementwise=True, identity=identity,
-                     cases=[Case(domain, smooth=smooth)])
+                     cases=[Case(domain, smooth=smooth)], c=c)
 
 
 def _grad_part(g, partial, x):
@@ -254,7 +261,7 @@ def _grad_part(g, partial, x):
     return _cast(sum_to(g * partial, np.shape(x)), x)
 
 
-def nondiff(name, template, julia, numpy=(), nargs=2, domain=None):
+def nondiff(name, template, julia, numpy=(), nargs=2, domain=None, c=None):
     """Elementwise, non-differentiable output (comparisons, logical and bitwise ops);
     example inputs from ``domain`` (default: standard normal floats)."""
     def floats(rng):
@@ -263,57 +270,66 @@ def nondiff(name, template, julia, numpy=(), nargs=2, domain=None):
     return Primitive(name, template, elementwise_shape(name),
                      vjp=lambda g, *xs, out: (None,) * len(xs),
                      jvp=lambda ts, *xs, out: None, julia=julia, numpy=numpy,
-                     elementwise=True, differentiable=False, cases=[Case(domain)])
+                     elementwise=True, differentiable=False, cases=[Case(domain)], c=c)
 
 
-neg = unary("neg", "-{0}", lambda x, y: -1.0, "-{0}", numpy=np.negative)
-exp = unary("exp", "xp.exp({0})", lambda x, y: y, "exp.({0})", numpy=np.exp)
+neg = unary("neg", "-{0}", lambda x, y: -1.0, "-{0}", numpy=np.negative, c="(-{0})")
+exp = unary("exp", "xp.exp({0})", lambda x, y: y, "exp.({0})", numpy=np.exp, c="exp({0})")
 log = unary("log", "xp.log({0})", lambda x, y: 1.0 / x, "log.({0})", numpy=np.log,
-            domain=_pos(3, 4))
+            domain=_pos(3, 4), c="log({0})")
 log1p = unary("log1p", "xp.log1p({0})", lambda x, y: 1.0 / (1.0 + x), "log1p.({0})",
-              numpy=np.log1p, domain=_pos(3, 4))
-expm1 = unary("expm1", "xp.expm1({0})", lambda x, y: y + 1.0, "expm1.({0})", numpy=np.expm1)
+              numpy=np.log1p, domain=_pos(3, 4), c="log1p({0})")
+expm1 = unary("expm1", "xp.expm1({0})", lambda x, y: y + 1.0, "expm1.({0})", numpy=np.expm1,
+              c="expm1({0})")
 sqrt = unary("sqrt", "xp.sqrt({0})", lambda x, y: 0.5 / y, "sqrt.({0})", numpy=np.sqrt,
-             domain=_pos(3, 4))
-sin = unary("sin", "xp.sin({0})", lambda x, y: np.cos(x), "sin.({0})", numpy=np.sin)
-cos = unary("cos", "xp.cos({0})", lambda x, y: -np.sin(x), "cos.({0})", numpy=np.cos)
+             domain=_pos(3, 4), c="sqrt({0})")
+sin = unary("sin", "xp.sin({0})", lambda x, y: np.cos(x), "sin.({0})", numpy=np.sin, c="sin({0})")
+cos = unary("cos", "xp.cos({0})", lambda x, y: -np.sin(x), "cos.({0})", numpy=np.cos, c="cos({0})")
 tan = unary("tan", "xp.tan({0})", lambda x, y: 1.0 + y * y, "tan.({0})", numpy=np.tan,
-            domain=_unit(3, 4))
+            domain=_unit(3, 4), c="tan({0})")
 arcsin = unary("arcsin", "xp.arcsin({0})", lambda x, y: 1.0 / np.sqrt(1.0 - x * x),
-               "asin.({0})", numpy=np.arcsin, domain=_unit(3, 4))
+               "asin.({0})", numpy=np.arcsin, domain=_unit(3, 4), c="asin({0})")
 arccos = unary("arccos", "xp.arccos({0})", lambda x, y: -1.0 / np.sqrt(1.0 - x * x),
-               "acos.({0})", numpy=np.arccos, domain=_unit(3, 4))
+               "acos.({0})", numpy=np.arccos, domain=_unit(3, 4), c="acos({0})")
 arctan = unary("arctan", "xp.arctan({0})", lambda x, y: 1.0 / (1.0 + x * x), "atan.({0})",
-               numpy=np.arctan)
-sinh = unary("sinh", "xp.sinh({0})", lambda x, y: np.cosh(x), "sinh.({0})", numpy=np.sinh)
-cosh = unary("cosh", "xp.cosh({0})", lambda x, y: np.sinh(x), "cosh.({0})", numpy=np.cosh)
-tanh = unary("tanh", "xp.tanh({0})", lambda x, y: 1.0 - y * y, "tanh.({0})", numpy=np.tanh)
+               numpy=np.arctan, c="atan({0})")
+sinh = unary("sinh", "xp.sinh({0})", lambda x, y: np.cosh(x), "sinh.({0})", numpy=np.sinh,
+             c="sinh({0})")
+cosh = unary("cosh", "xp.cosh({0})", lambda x, y: np.sinh(x), "cosh.({0})", numpy=np.cosh,
+             c="cosh({0})")
+tanh = unary("tanh", "xp.tanh({0})", lambda x, y: 1.0 - y * y, "tanh.({0})", numpy=np.tanh,
+             c="tanh({0})")
 abs_ = unary("abs", "xp.abs({0})", lambda x, y: np.sign(x), "abs.({0})",
-             numpy=(np.absolute, np.fabs), smooth=False)
-sign = unary("sign", "xp.sign({0})", None, "sign.({0})", numpy=np.sign, smooth=False)
-floor = unary("floor", "xp.floor({0})", None, "floor.({0})", numpy=np.floor, smooth=False)
-ceil = unary("ceil", "xp.ceil({0})", None, "ceil.({0})", numpy=np.ceil, smooth=False)
+             numpy=(np.absolute, np.fabs), smooth=False, c="fabs({0})")
+sign = unary("sign", "xp.sign({0})", None, "sign.({0})", numpy=np.sign, smooth=False,
+             c="dp_sign({0})")
+floor = unary("floor", "xp.floor({0})", None, "floor.({0})", numpy=np.floor, smooth=False,
+              c="floor({0})")
+ceil = unary("ceil", "xp.ceil({0})", None, "ceil.({0})", numpy=np.ceil, smooth=False,
+             c="ceil({0})")
 round_ = unary("round", "xp.round({0})", None, "round.({0})", numpy=(np.rint,), smooth=False)
-trunc = unary("trunc", "xp.trunc({0})", None, "trunc.({0})", numpy=np.trunc, smooth=False)
+trunc = unary("trunc", "xp.trunc({0})", None, "trunc.({0})", numpy=np.trunc, smooth=False,
+              c="trunc({0})")
 
 integer_pow = Primitive(
     "integer_pow", "{0} ** {n}", elementwise_shape("integer_pow"),
     vjp=lambda g, x, *, out, n: (_cast(g * (n * x ** (n - 1) if n != 1 else 1.0), x),),
     jvp=lambda ts, x, *, out, n: None if ts[0] is None else _cast(
         ts[0] * (n * x ** (n - 1) if n != 1 else 1.0), x),
-    julia="{0} .^ {n}", elementwise=True,
+    julia="{0} .^ {n}", elementwise=True, c="dp_ipow({0}, {n})",
     cases=[Case(_rng_normal(3, 4), {"n": 2}), Case(_rng_normal(3, 4), {"n": 3}),
            Case(_pos(3, 4), {"n": -2})])
 
 add = binary("add", "{0} + {1}", lambda x, y, o: (1.0, 1.0), "{0} .+ {1}", numpy=np.add,
-             identity={0: 0, 1: 0})
+             identity={0: 0, 1: 0}, c="({0} + {1})")
 sub = binary("sub", "{0} - {1}", lambda x, y, o: (1.0, -1.0), "{0} .- {1}", numpy=np.subtract,
-             identity={1: 0})
+             identity={1: 0}, c="({0} - {1})")
 mul = binary("mul", "{0} * {1}", lambda x, y, o: (y, x), "{0} .* {1}", numpy=np.multiply,
-             identity={0: 1, 1: 1})
+             identity={0: 1, 1: 1}, c="({0} * {1})")
 div = binary("div", "{0} / {1}", lambda x, y, o: (1.0 / y, -o / y), "{0} ./ {1}",
              numpy=(np.true_divide, np.divide), identity={1: 1},
-             domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))])
+             domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))],
+             c="({0} / {1})")
 
 
 def _pow_partials(x, y, out):
@@ -322,22 +338,25 @@ def _pow_partials(x, y, out):
 
 
 pow_ = binary("pow", "{0} ** {1}", _pow_partials, "{0} .^ {1}", numpy=np.power,
-              domain=lambda rng: [rng.uniform(0.5, 2, (3, 4)), rng.uniform(-1, 2, (4,))])
+              domain=lambda rng: [rng.uniform(0.5, 2, (3, 4)), rng.uniform(-1, 2, (4,))],
+              c="pow({0}, {1})")
 maximum = binary("maximum", "xp.maximum({0}, {1})",
                  lambda x, y, o: (1.0 * (x >= y), 1.0 * (x < y)), "max.({0}, {1})",
-                 numpy=np.maximum, smooth=False)
+                 numpy=np.maximum, smooth=False, c="dp_maximum({0}, {1})")
 minimum = binary("minimum", "xp.minimum({0}, {1})",
                  lambda x, y, o: (1.0 * (x <= y), 1.0 * (x > y)), "min.({0}, {1})",
-                 numpy=np.minimum, smooth=False)
+                 numpy=np.minimum, smooth=False, c="dp_minimum({0}, {1})")
 arctan2 = binary("arctan2", "xp.arctan2({0}, {1})",
                  lambda y, x, o: (x / (x * x + y * y), -y / (x * x + y * y)),
                  "atan.({0}, {1})", numpy=np.arctan2,
-                 domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))])
+                 domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))],
+                 c="atan2({0}, {1})")
 hypot = binary("hypot", "xp.hypot({0}, {1})", lambda x, y, o: (x / o, y / o),
-               "hypot.({0}, {1})", numpy=np.hypot)
+               "hypot.({0}, {1})", numpy=np.hypot, c="hypot({0}, {1})")
 logaddexp = binary("logaddexp", "xp.logaddexp({0}, {1})",
                    lambda x, y, o: (np.exp(x - o), np.exp(y - o)),
-                   "DiffProg.nplogaddexp({0}, {1})", numpy=np.logaddexp)
+                   "DiffProg.nplogaddexp({0}, {1})", numpy=np.logaddexp,
+                   c="dp_logaddexp({0}, {1})")
 remainder = binary("remainder", "xp.remainder({0}, {1})",
                    lambda x, y, o: (1.0, -np.floor(x / y)), "mod.({0}, {1})",
                    numpy=(np.remainder, np.mod),
@@ -349,20 +368,22 @@ floor_divide = Primitive(
     julia="fld.({0}, {1})", numpy=np.floor_divide, elementwise=True,
     cases=[Case(lambda rng: [rng.standard_normal((3, 4)) * 3, np.full((4,), 1.5)], smooth=False)])
 
-less = nondiff("less", "{0} < {1}", "{0} .< {1}", numpy=np.less)
-less_equal = nondiff("less_equal", "{0} <= {1}", "{0} .<= {1}", numpy=np.less_equal)
-greater = nondiff("greater", "{0} > {1}", "{0} .> {1}", numpy=np.greater)
-greater_equal = nondiff("greater_equal", "{0} >= {1}", "{0} .>= {1}", numpy=np.greater_equal)
-equal = nondiff("equal", "{0} == {1}", "{0} .== {1}", numpy=np.equal)
-not_equal = nondiff("not_equal", "{0} != {1}", "{0} .!= {1}", numpy=np.not_equal)
+less = nondiff("less", "{0} < {1}", "{0} .< {1}", numpy=np.less, c="isless({0}, {1})")
+less_equal = nondiff("less_equal", "{0} <= {1}", "{0} .<= {1}", numpy=np.less_equal,
+                     c="islessequal({0}, {1})")
+greater = nondiff("greater", "{0} > {1}", "{0} .> {1}", numpy=np.greater, c="isgreater({0}, {1})")
+greater_equal = nondiff("greater_equal", "{0} >= {1}", "{0} .>= {1}", numpy=np.greater_equal,
+                        c="isgreaterequal({0}, {1})")
+equal = nondiff("equal", "{0} == {1}", "{0} .== {1}", numpy=np.equal, c="({0} == {1})")
+not_equal = nondiff("not_equal", "{0} != {1}", "{0} .!= {1}", numpy=np.not_equal, c="({0} != {1})")
 logical_and = nondiff("logical_and", "xp.logical_and({0}, {1})", "({0} .!= 0) .& ({1} .!= 0)",
-                      numpy=np.logical_and)
+                      numpy=np.logical_and, c="(({0} != 0) & ({1} != 0))")
 logical_or = nondiff("logical_or", "xp.logical_or({0}, {1})", "({0} .!= 0) .| ({1} .!= 0)",
-                     numpy=np.logical_or)
+                     numpy=np.logical_or, c="(({0} != 0) | ({1} != 0))")
 logical_xor = nondiff("logical_xor", "xp.logical_xor({0}, {1})", "xor.({0} .!= 0, {1} .!= 0)",
-                      numpy=np.logical_xor)
+                      numpy=np.logical_xor, c="(({0} != 0) ^ ({1} != 0))")
 logical_not = nondiff("logical_not", "xp.logical_not({0})", ".!({0} .!= 0)",
-                      numpy=np.logical_not, nargs=1)
+                      numpy=np.logical_not, nargs=1, c="({0} == 0)")
 
 
 def _integers(nargs):
@@ -382,9 +403,12 @@ bitwise_xor = nondiff("bitwise_xor", "xp.bitwise_xor({0}, {1})", "xor.({0}, {1})
 invert = nondiff("invert", "xp.invert({0})", ".~({0})", numpy=np.invert, nargs=1,
                  domain=_integers(1))
 
-isfinite = nondiff("isfinite", "xp.isfinite({0})", "isfinite.({0})", numpy=np.isfinite, nargs=1)
-isnan = nondiff("isnan", "xp.isnan({0})", "isnan.({0})", numpy=np.isnan, nargs=1)
-isinf = nondiff("isinf", "xp.isinf({0})", "isinf.({0})", numpy=np.isinf, nargs=1)
+isfinite = nondiff("isfinite", "xp.isfinite({0})", "isfinite.({0})", numpy=np.isfinite, nargs=1,
+                   c="(isfinite({0}) != 0)")
+isnan = nondiff("isnan", "xp.isnan({0})", "isnan.({0})", numpy=np.isnan, nargs=1,
+                c="(isnan({0}) != 0)")
+isinf = nondiff("isinf", "xp.isinf({0})", "isinf.({0})", numpy=np.isinf, nargs=1,
+                c="(isinf({0}) != 0)")
 
 
 def _where_vjp(g, c, x, y, *, out):
@@ -403,7 +427,7 @@ def _where_jvp(ts, c, x, y, *, out):
 
 where = Primitive(
     "where", "xp.where({0}, {1}, {2})", elementwise_shape("where"), vjp=_where_vjp,
-    jvp=_where_jvp, julia="ifelse.({0}, {1}, {2})", elementwise=True,
+    jvp=_where_jvp, julia="ifelse.({0}, {1}, {2})", elementwise=True, c="({0} ? {1} : {2})",
     cases=[Case(lambda rng: [rng.standard_normal((3, 4)) > 0, rng.standard_normal((3, 4)),
                              rng.standard_normal((4,))], smooth=False)])
 

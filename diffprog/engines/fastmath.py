@@ -21,7 +21,9 @@ _LOCK = threading.Lock()
 _STATE: dict = {}
 
 
-def _probe_values() -> np.ndarray:
+def probe_values() -> np.ndarray:
+    """float64 values covering every range libm treats differently (also used by
+    :mod:`diffprog.engines.ckernel` to check its C spellings)."""
     rng = np.random.default_rng(20261201)
     scales = [1e-310, 1e-20, 1e-8, 1.0, 3.0, 100.0, 1e5, 1e9, 1e15, 1e22, 1e300]
     random = np.concatenate([rng.standard_normal(2000) * s for s in scales])
@@ -32,7 +34,7 @@ def _probe_values() -> np.ndarray:
 
 
 def _reproduces_numpy(ufunc) -> bool:
-    x = _probe_values()
+    x = probe_values()
     with np.errstate(all="ignore"):
         s, c = ufunc(x)
         expect_s, expect_c = np.sin(x), np.cos(x)

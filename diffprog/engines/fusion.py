@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..ir import Lit, Var
-from . import fastmath
+from . import ckernel, fastmath
 
 BLOCK = 16384
 DEFAULT_MIN_SIZE = 262144
@@ -244,6 +244,8 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
     exports: list[tuple[str, Var]] = []     # (full array name, var) of elementwise results
     buffers = _Buffers()
     owner: dict[int, tuple[str, str]] = {}  # var id -> scratch buffer it occupies
+    cb = ckernel.BlockBuilder(BLOCK)        # the block's C twin, built alongside
+    c_names: dict[int, str] = {}            # var id -> its C value
     local_last = {}
     for pos, eqn in enumerate(eqns):
         for a in eqn.inputs:
@@ -253,29 +255,43 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
     def needed_after(v) -> bool:
         return id(v) in out_ids or last_use.get(id(v), -1) > last
 
-    def block_operand(atom) -> str:
+    def block_operand(atom) -> tuple[str, str]:
+        """The operand's name in the NumPy block kernel, and its C value."""
         if isinstance(atom, Var) and id(atom) in inside:
-            return inside[id(atom)]
+            return inside[id(atom)], c_names[id(atom)]
         text = operand(atom)
         if atom.aval.shape == ():
             if isinstance(atom, Var) or text.startswith("_"):
                 if text not in params:
                     params.append(text)
-                return text
-            return text  # a literal number
+                return text, cb.scalar(text, atom.aval)
+            return text, cb.literal(atom.value)  # a literal number
         key = f"i{len(flat_inputs)}"
         if text not in params:
             params.append(text)
         flat_inputs.append(f"{key} = xp.ravel({text})")
         block_inputs.append(f"{key}b = {key}[i:j]")
+        c_value = cb.array(key, atom.aval)
         if isinstance(atom, Var):
             inside[id(atom)] = f"{key}b"
-        return f"{key}b"
+            c_names[id(atom)] = c_value
+        return f"{key}b", c_value
 
     def release(eqn, pos):
         for a in eqn.inputs:
             if isinstance(a, Var) and local_last.get(id(a)) == pos and id(a) in owner:
                 buffers.give(*owner.pop(id(a)))
+
+    c_exports: list[Var] = []  # results exported but not yet stored by the C twin
+
+    def c_define(var, local: str) -> None:
+        c_names[id(var)] = local
+        inside[id(var)] = local
+
+    def c_store_exports() -> None:
+        for var in c_exports:
+            cb.export(c_names[id(var)], var.aval.dtype)
+        c_exports.clear()
 
     def target_for(out, pos) -> str:
         """Where a block of ``out`` is written: its full-size result when needed after the
@@ -284,6 +300,7 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
         if needed_after(out):
             full = f"e{len(exports)}"
             exports.append((full, out))
+            c_exports.append(out)
             export_lines.append(f"{full} = xp.empty({size}, _dt_{dtype})")
             b.namespace[f"_dt_{dtype}"] = out.aval.dtype
             return f"{full}[i:j]"
@@ -297,7 +314,9 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
         if pos in computed:
             release(eqn, pos)
             continue
-        ops = [block_operand(a) for a in eqn.inputs]
+        operands = [block_operand(a) for a in eqn.inputs]
+        ops = [text for text, _ in operands]
+        c_ops = [c_value for _, c_value in operands]
         out = eqn.outputs[0]
         if pos in pairs:  # sin and cos of this operand: one sincos call, here
             partner = pairs[pos]
@@ -309,20 +328,25 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
                 p, v = by_name[name]
                 targets.append(target_for(v, p))
                 locals_.append(f"t{p}")
-                inside[id(v)] = f"t{p}"
+                c_define(v, f"t{p}")
             body.append(f"{', '.join(locals_)} = _sincos({ops[0]}, out=({', '.join(targets)}))")
             b.namespace["_sincos"] = fastmath.sincos()
+            cb.sin_cos(c_ops[0], *locals_)
+            c_store_exports()
             continue
         if eqn.prim.name == "reduce_sum":
             acc = f"r{len(reductions)}"
             reductions.append((acc, out))
-            body.append(f"{acc} += _add_reduce({ops[0]})")
+            body.append(f"{acc}.append(_add_reduce({ops[0]}))")
+            cb.add_to_sum(c_ops[0])
             release(eqn, pos)
             continue
         release(eqn, pos)  # an input dying here may be overwritten in place
         target = target_for(out, pos)
         local = f"t{pos}"
-        inside[id(out)] = local
+        c_define(out, local)
+        cb.op(eqn, c_ops, local)
+        c_store_exports()
         call = ufunc_call(eqn)
         if call is None:  # where: no out= form; compute the block, then store it
             body.append(f"{local} = {target}")
@@ -346,13 +370,22 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
     lines += [f"    {line}" for line in flat_inputs + export_lines]
     lines.append("    def chunk(lo, hi):")
     lines += [f"        {name} = xp.empty({BLOCK}, _dt_{dtype})" for name, dtype in buffers.allocs]
-    lines += [f"        {acc} = 0" for acc, _ in reductions]
+    lines += [f"        {acc} = []" for acc, _ in reductions]
     lines.append(f"        for i in range(lo, hi, {BLOCK}):")
     lines.append(f"            j = i + {BLOCK} if i + {BLOCK} < hi else hi")
     lines.append("            n = j - i")
     lines += [f"            {line}" for line in block_inputs + body]
     lines.append(f"        return ({''.join(acc + ', ' for acc, _ in reductions)})")
-    lines.append(f"    parts = _run_chunks(chunk, {size}, {BLOCK})")
+    compiled = cb.kernel(size)
+    if compiled is None:
+        lines.append(f"    parts = _run_chunks(chunk, {size}, {BLOCK})")
+    else:  # the C twin when it is ready (and the inputs suit it), else the NumPy kernel
+        b.namespace[f"_ck{k}"] = compiled
+        lines.append(f"    parts = _ck{k}(({''.join(n + ', ' for n, _ in cb.arrays)}), "
+                     f"({''.join(full + ', ' for full, _ in exports)}), "
+                     f"({''.join(n + ', ' for n in cb.scalars)}))")
+        lines.append("    if parts is None:")
+        lines.append(f"        parts = _run_chunks(chunk, {size}, {BLOCK})")
     rets = []
     for full, v in exports:
         rets.append(f"{full}.reshape({v.aval.shape!r})")
@@ -401,7 +434,7 @@ _POOL: list = [None, 0]
 _POOL_LOCK = threading.Lock()
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
+def worker_pool(workers: int) -> ThreadPoolExecutor:
     with _POOL_LOCK:
         if _POOL[0] is None or _POOL[1] != workers:
             if _POOL[0] is not None:
@@ -427,15 +460,15 @@ def run_chunks(chunk, size: int, block: int) -> list:
     n_blocks = -(-size // block)
     cuts = [min(size, (n_blocks * t // threads) * block) for t in range(threads + 1)]
     work = _with_errstate(chunk, np.geterr())
-    pool = _pool(threads - 1)
+    pool = worker_pool(threads - 1)
     futures = [pool.submit(work, cuts[t], cuts[t + 1]) for t in range(1, threads)]
     first = chunk(0, cuts[1])
     return [first] + [f.result() for f in futures]
 
 
 def combine(parts: list, index: int, dtype):
-    """Sum the per-thread partial sums of reduction ``index`` (a NumPy scalar of dtype)."""
-    total = parts[0][index]
-    for p in parts[1:]:
-        total = total + p[index]
-    return dtype.type(total)
+    """Reduction ``index`` of a block kernel (a NumPy scalar of dtype): NumPy's pairwise sum
+    of its per-block sums in block order. Why in block order: the result is then the same
+    for every thread count, and the same for the NumPy kernel and its compiled twin."""
+    block_sums = [s for part in parts for s in part[index]]
+    return dtype.type(np.add.reduce(np.asarray(block_sums, dtype)))

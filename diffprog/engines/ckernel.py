@@ -1,0 +1,686 @@
+"""Compiled C kernels for the numpy engine's fused blocks, built at run time.
+
+Why: a fused block (:mod:`diffprog.engines.fusion`) walks its arrays in cache-sized
+blocks but still makes one NumPy ufunc call per equation per block, each a pass over
+memory. On W4's gradient (bench/) those ten cheap passes cost 7-10 ms of the ~30 ms.
+Here the block becomes one C function that computes every equation of an element in
+registers, each equation spelled as its primitive's ``c`` entry in the primitive table,
+and the NumPy block kernel stays as the fallback.
+
+Results are bit-identical to the NumPy block kernel (which is bit-identical to the
+unfused program for elementwise values):
+
+* the compiler runs without fast-math, FP contraction or builtins (``FLAGS``): arithmetic
+  is IEEE round-to-nearest like NumPy's loops, and each libm function is a call into the
+  libm NumPy itself calls;
+* a primitive's spelling is used only after a probe compared it bit for bit with NumPy
+  on values across every range libm treats differently (once per process; a NumPy whose
+  loop is its own SIMD code, such as exp/log on AVX-512 machines, differs and its
+  primitive stays on the NumPy path);
+* sums use NumPy's pairwise summation over the same blocks, so fused reductions match
+  the NumPy block kernel exactly too;
+* each call reports the floating-point flags it raised; where ``np.errstate`` would warn,
+  raise or call on one of them, the NumPy kernel computes the block again and reports
+  it as NumPy does.
+
+Compiling takes ~0.1 s per kernel, so it happens on a background thread: calls before
+the library is ready run the NumPy block kernel (a first call never waits for the
+compiler). Libraries are cached on disk, keyed by source, flags and compiler, so a later
+process loads them in about a millisecond. :func:`status` says what is in use, and why
+not; :func:`wait` blocks until pending compiles are done (benchmarks, tests).
+
+Settings (environment): ``DIFFPROG_CKERNELS=0`` turns compiled kernels off; ``CC`` the C
+compiler (default: ``cc``, then ``gcc``); ``DIFFPROG_CACHE_DIR`` where libraries are kept
+(default ``$XDG_CACHE_HOME/diffprog`` or ``~/.cache/diffprog``).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .fastmath import probe_values
+
+FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-fno-builtin")
+FLAG_BITS = {"divide": 1, "over": 2, "under": 4, "invalid": 8}  # what kernels return
+
+PREAMBLE = r"""
+#define _GNU_SOURCE /* sincos */
+#include <fenv.h>
+#include <math.h>
+#include <stdint.h>
+
+/* NumPy's definitions, so results match its loops bit for bit. maximum/minimum follow
+ * its SIMD loops (x86 maxpd/minpd: the second operand when equal, so signed zeros come
+ * out as there) and propagate NaN from either side; the probe checks it on each machine. */
+static inline double dp_sign(double x)
+{ return x > 0.0 ? 1.0 : x < 0.0 ? -1.0 : x == 0.0 ? 0.0 : x; }
+static inline double dp_maximum(double a, double b) { return (a > b || isnan(a)) ? a : b; }
+static inline double dp_minimum(double a, double b) { return (a < b || isnan(a)) ? a : b; }
+/* x ** n: NumPy's shortcuts for n = 2, -1, 1 (square, reciprocal, positive), else pow */
+static inline double dp_ipow(double x, int n)
+{ return n == 2 ? x * x : n == -1 ? 1.0 / x : n == 1 ? x : pow(x, (double)n); }
+static inline double dp_logaddexp(double x, double y)
+{
+    if (x == y) return x + 0x1.62e42fefa39efp-1; /* log(2); infinities of one sign */
+    const double d = x - y;
+    if (d > 0) return x + log1p(exp(-d));
+    if (d <= 0) return y + log1p(exp(d));
+    return d; /* a NaN */
+}
+#if DP_USE_SINCOS
+#define DP_SINCOS(x, s, c) sincos((x), (s), (c))
+#else
+#define DP_SINCOS(x, s, c) (*(s) = sin(x), *(c) = cos(x))
+#endif
+
+/* NumPy's pairwise summation (DOUBLE_pairwise_sum), so a block sums to the same bits. */
+static double dp_pairwise(const double *a, int64_t n)
+{
+    if (n < 8) {
+        double res = 0.0;
+        for (int64_t i = 0; i < n; i++) res += a[i];
+        return res;
+    }
+    if (n <= 128) {
+        double r[8];
+        int64_t i;
+        for (int k = 0; k < 8; k++) r[k] = a[k];
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int k = 0; k < 8; k++) r[k] += a[i + k];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += a[i];
+        return res;
+    }
+    int64_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return dp_pairwise(a, n2) + dp_pairwise(a + n2, n - n2);
+}
+
+static int dp_raised(void)
+{
+    const int f = fetestexcept(FE_DIVBYZERO | FE_OVERFLOW | FE_UNDERFLOW | FE_INVALID);
+    return ((f & FE_DIVBYZERO) ? 1 : 0) | ((f & FE_OVERFLOW) ? 2 : 0)
+         | ((f & FE_UNDERFLOW) ? 4 : 0) | ((f & FE_INVALID) ? 8 : 0);
+}
+"""
+
+_F64, _BOOL = np.dtype(np.float64), np.dtype(np.bool_)
+_LOGICAL = {"logical_and", "logical_or", "logical_xor", "logical_not"}
+
+
+def enabled() -> bool:
+    return os.environ.get("DIFFPROG_CKERNELS", "1").strip() != "0" and os.name == "posix"
+
+
+# ============================================================================ rendering
+
+def _weak_number(aval) -> bool:
+    return aval.weak and aval.dtype.kind in "biuf"
+
+
+def dtype_refusal(eqn) -> str | None:
+    """Why this equation has no C form on float64/bool values, or None when it has one."""
+    prim, out = eqn.prim, eqn.outputs[0].aval.dtype
+    if prim.c is None:
+        return f"{prim.name} has no C spelling"
+    avals = [a.aval for a in eqn.inputs]
+    if prim.name == "where":
+        ok = (out == _F64 and avals[0].dtype == _BOOL and not avals[0].weak
+              and all(a.dtype == _F64 or _weak_number(a) for a in avals[1:]))
+    elif prim.name in _LOGICAL:
+        ok = out == _BOOL and all(a.dtype in (_F64, _BOOL) or _weak_number(a) for a in avals)
+    else:
+        ok = out in (_F64, _BOOL) and all(a.dtype == _F64 or _weak_number(a) for a in avals)
+    return None if ok else f"{prim.name} on {', '.join(str(a) for a in avals)}"
+
+
+def c_literal(value) -> str | None:
+    """An exact C double literal for a Python number (hexadecimal: no decimal rounding)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if x != x:
+        return "(NAN)"
+    if x in (float("inf"), float("-inf")):
+        return "(INFINITY)" if x > 0 else "(-INFINITY)"
+    return f"({x.hex()})"
+
+
+TILE = 512  # elements per inner loop: a tile of every crossing value stays in L1
+
+# A statement calling one of these is a loop of its own (see BlockBuilder.function).
+_LIBM_CALL = re.compile(r"\b(exp|expm1|log|log1p|sin|cos|tan|asin|acos|atan|atan2|sinh|cosh"
+                        r"|tanh|pow|hypot|dp_logaddexp|DP_SINCOS)\(|\bdp_ipow\([^()]*, (?!(2|-1|1)\))")
+_NAME = re.compile(r"^[xtp]\d+$")
+
+
+class _Stmt:
+    __slots__ = ("lines", "defines", "uses", "costly")
+
+    def __init__(self, lines, defines, uses):
+        self.lines, self.defines = lines, defines
+        self.uses = [u for u in uses if _NAME.match(u)]
+        self.costly = any(_LIBM_CALL.search(line) for line in lines)
+
+
+class BlockBuilder:
+    """One fused block's C function, built step by step while fusion renders its NumPy
+    twin; :meth:`kernel` gives the :class:`Kernel`, or None when some step has no C form
+    (``refused`` says which)."""
+
+    def __init__(self, block: int):
+        self.block = block
+        self.arrays: list[tuple[str, np.dtype]] = []   # (program name, dtype) of inputs
+        self.scalars: list[str] = []                    # program names of 0-d inputs
+        self.exports: list[np.dtype] = []               # dtype of each full-size result
+        self.n_sums = 0
+        self.stmts: list[_Stmt] = []                    # per element, in program order
+        self.ctype: dict[str, str] = {}                 # C value name -> "double" / "int"
+        self.needs: set[str] = set()                    # primitives whose spelling is used
+        self.sincos = False
+        self.refused: str | None = None if enabled() else "off (DIFFPROG_CKERNELS=0)"
+
+    def refuse(self, why: str) -> None:
+        self.refused = self.refused or why
+
+    def array(self, name: str, aval) -> str:
+        """The C value of a full-size input (``name`` in the program) at element ``e``."""
+        if aval.dtype not in (_F64, _BOOL):
+            self.refuse(f"an input of dtype {aval.dtype}")
+        for k, (seen, _) in enumerate(self.arrays):
+            if seen == name:
+                return f"x{k}"
+        self.arrays.append((name, aval.dtype))
+        k = len(self.arrays) - 1
+        self.ctype[f"x{k}"] = "int" if aval.dtype == _BOOL else "double"
+        return f"x{k}"
+
+    def scalar(self, name: str, aval) -> str:
+        if not (aval.dtype == _F64 or _weak_number(aval)):
+            self.refuse(f"a scalar of dtype {aval.dtype}")
+        if name not in self.scalars:
+            self.scalars.append(name)
+        return f"p{self.scalars.index(name)}"
+
+    def literal(self, value) -> str:
+        text = c_literal(value)
+        if text is None:
+            self.refuse(f"the literal {value!r}")
+            return "0"
+        return text
+
+    def op(self, eqn, operands: list[str], local: str) -> None:
+        why = dtype_refusal(eqn)
+        if why:
+            self.refuse(why)
+            return
+        self.needs.add(eqn.prim.name)
+        ctype = "int" if eqn.outputs[0].aval.dtype == _BOOL else "double"
+        self.ctype[local] = ctype
+        expr = eqn.prim.c.format(*operands, **eqn.params)
+        self.stmts.append(_Stmt([f"const {ctype} {local} = {expr};"], [local], operands))
+
+    def sin_cos(self, operand: str, sin_local: str, cos_local: str) -> None:
+        self.needs.update(("sin", "cos"))
+        self.sincos = True
+        self.ctype[sin_local] = self.ctype[cos_local] = "double"
+        self.stmts.append(_Stmt([f"double {sin_local}, {cos_local};",
+                                 f"DP_SINCOS({operand}, &{sin_local}, &{cos_local});"],
+                                [sin_local, cos_local], [operand]))
+
+    def add_to_sum(self, operand: str) -> None:
+        self.stmts.append(_Stmt([f"scratch[{self.n_sums * self.block} + (e - i)] = {operand};"],
+                                [], [operand]))
+        self.n_sums += 1
+
+    def export(self, local: str, dtype) -> None:
+        """Store ``local`` as the next full-size result (in the order fusion exports)."""
+        k = len(self.exports)
+        self.exports.append(np.dtype(dtype))
+        cast = "(unsigned char)" if np.dtype(dtype) == _BOOL else ""
+        self.stmts.append(_Stmt([f"o{k}[e] = {cast}{local};"], [], [local]))
+
+    # ------------------------------------------------------------------ source
+
+    def _loops(self) -> list[list[_Stmt]]:
+        """Statements grouped into inner loops: each libm call alone, the cheap ones between
+        them together. Why: a loop of one libm call lets the CPU overlap successive calls
+        (no other live values to spill around them), and cheap runs become tight loops
+        over L1 tiles; on W4's gradient this took the kernel from 56 to 52 ms per thread."""
+        loops: list[list[_Stmt]] = []
+        cheap: list[_Stmt] = []
+        for st in self.stmts:
+            if st.costly:
+                if cheap:
+                    loops.append(cheap)
+                    cheap = []
+                loops.append([st])
+            else:
+                cheap.append(st)
+        if cheap:
+            loops.append(cheap)
+        return loops
+
+    def n_tiles(self) -> int:
+        return len(self._crossing(self._loops()))
+
+    @staticmethod
+    def _crossing(loops) -> list[str]:
+        """Values defined in one inner loop and used in a later one (kept in tiles)."""
+        where = {d: li for li, loop in enumerate(loops) for st in loop for d in st.defines}
+        crossing: list[str] = []
+        for li, loop in enumerate(loops):
+            for st in loop:
+                for u in st.uses:
+                    if where.get(u, li) < li and u not in crossing:
+                        crossing.append(u)
+        return crossing
+
+    def function(self, name: str) -> str:
+        """The C source of this block as function ``name``. Threads call it together: each
+        takes the next block from the shared counter ``*next`` until none is left, and
+        stores each fused sum of block ``b`` in ``sums[r * n_blocks + b]`` (so the caller
+        adds them up in block order, whichever thread ran which block)."""
+        ptr = {_F64: "double", _BOOL: "unsigned char"}
+        loops = self._loops()
+        crossing = self._crossing(loops)
+        tile = {u: q for q, u in enumerate(crossing)}
+        block = self.block
+        lines = [f"int {name}(int64_t *next, int64_t n_blocks, int64_t size, void *const *arrays,",
+                 "         const double *scalars, double *sums, double *scratch)", "{"]
+        lines += [f"    const {ptr[dt]} *restrict a{k} = (const {ptr[dt]} *)arrays[{k}];"
+                  for k, (_, dt) in enumerate(self.arrays)]
+        base = len(self.arrays)
+        lines += [f"    {ptr[dt]} *restrict o{k} = ({ptr[dt]} *)arrays[{base + k}];"
+                  for k, dt in enumerate(self.exports)]
+        lines += [f"    const double p{k} = scalars[{k}];" for k in range(len(self.scalars))]
+        lines += [f"    double *restrict w{q} = scratch + {self.n_sums * block + q * TILE};"
+                  for q in range(len(crossing))]
+        lines += ["    (void)scalars; (void)sums; (void)scratch;",
+                  "    fexcept_t saved;",
+                  "    fegetexceptflag(&saved, FE_ALL_EXCEPT);",
+                  "    feclearexcept(FE_ALL_EXCEPT);",
+                  "    for (;;) {",
+                  "        const int64_t b = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);",
+                  "        if (b >= n_blocks) break;",
+                  f"        const int64_t i = b * {block};",
+                  f"        const int64_t j = size - i > {block} ? i + {block} : size;",
+                  f"        for (int64_t s = i; s < j; s += {TILE}) {{",
+                  f"            const int64_t m = j - s > {TILE} ? {TILE} : j - s;"]
+        defined: set[str] = set()
+        for loop in loops:
+            used = [u for st in loop for u in st.uses]
+            here = {d for st in loop for d in st.defines}
+            lines.append("            for (int64_t k = 0; k < m; k++) {")
+            lines.append("                const int64_t e = s + k;")
+            for u in dict.fromkeys(used):
+                if u.startswith("x"):
+                    cond = " != 0" if self.ctype[u] == "int" else ""
+                    lines.append(f"                const {self.ctype[u]} {u} = a{u[1:]}[e]{cond};")
+                elif u in defined and u not in here:
+                    lines.append(f"                const {self.ctype[u]} {u} = "
+                                 f"({self.ctype[u]})w{tile[u]}[k];")
+            for st in loop:
+                lines += [f"                {text}" for text in st.lines]
+            for d in sorted(here & set(crossing), key=crossing.index):
+                lines.append(f"                w{tile[d]}[k] = {d};")
+            lines.append("                (void)e;")
+            lines.append("            }")
+            defined |= here
+        lines.append("        }")
+        lines += [f"        sums[{r} * n_blocks + b] = dp_pairwise(scratch + {r * block}, j - i);"
+                  for r in range(self.n_sums)]
+        lines += ["    }",
+                  "    const int raised = dp_raised();",
+                  "    fesetexceptflag(&saved, FE_ALL_EXCEPT);",
+                  "    return raised;", "}"]
+        return "\n".join(lines) + "\n"
+
+    def kernel(self, size: int) -> "Kernel | None":
+        if self.refused is not None or not self.stmts:
+            return None
+        return Kernel(self.function("dp_block"), size=size, block=self.block,
+                      n_arrays=len(self.arrays) + len(self.exports), n_scalars=len(self.scalars),
+                      n_sums=self.n_sums, n_tiles=self.n_tiles(), needs=frozenset(self.needs),
+                      sincos=self.sincos)
+
+
+# ============================================================================ building
+
+def compiler() -> str | None:
+    """Path of the C compiler kernels are built with, or None."""
+    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    for name in names:
+        path = shutil.which(name.split()[0])
+        if path:
+            return path
+    return None
+
+
+def cache_dir() -> str:
+    base = os.environ.get("DIFFPROG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "diffprog")
+    path = os.path.join(base, "ckernels")
+    try:
+        os.makedirs(path, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    path = os.path.join(tempfile.gettempdir(), f"diffprog-ckernels-{os.getuid()}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+class BuildError(Exception):
+    """A kernel library could not be built (the message holds the compiler's output)."""
+
+
+_IDENTITY: dict[str, str] = {}
+
+
+def _compiler_identity(cc: str) -> str:
+    if cc not in _IDENTITY:
+        try:
+            out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+            _IDENTITY[cc] = out.stdout.splitlines()[0] if out.stdout else cc
+        except (OSError, subprocess.SubprocessError):
+            _IDENTITY[cc] = cc
+    return _IDENTITY[cc]
+
+
+BUILDS = {"compiled": 0, "cached": 0}  # counters, for tests and status()
+
+
+def build(source: str) -> str:
+    """Path of a shared library built from ``source`` (PREAMBLE prepended): from the disk
+    cache when the same source, flags and compiler built it before."""
+    cc = compiler()
+    if cc is None:
+        raise BuildError("no C compiler found (set CC, or install gcc)")
+    text = PREAMBLE + source
+    key = hashlib.sha256("\0".join((text, " ".join(FLAGS), _compiler_identity(cc),
+                                    sys.platform)).encode()).hexdigest()[:32]
+    directory = cache_dir()
+    path = os.path.join(directory, f"k{key}.so")
+    if os.path.exists(path):
+        BUILDS["cached"] += 1
+        return path
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        src, lib = os.path.join(tmp, "kernel.c"), os.path.join(tmp, "kernel.so")
+        with open(src, "w") as fp:
+            fp.write(text)
+        try:
+            done = subprocess.run([cc, *FLAGS, "-o", lib, src, "-lm"], capture_output=True,
+                                  text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BuildError(f"{cc} failed to run: {exc}") from None
+        if done.returncode != 0 or not os.path.exists(lib):
+            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            raise BuildError(f"{cc} exited with {done.returncode}: " + " | ".join(tail))
+        os.replace(lib, path)  # atomic: a concurrent process sees the whole file or none
+    BUILDS["compiled"] += 1
+    return path
+
+
+def load(path: str, name: str):
+    """Function ``name`` of the library at ``path``, callable through ctypes (which
+    releases the GIL for the call, so worker threads run kernels in parallel)."""
+    fn = getattr(ctypes.CDLL(path), name)
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return fn
+
+
+# ============================================================================ probing
+
+def _probe_inputs(prim, rng) -> list[list[np.ndarray]]:
+    """Input sets on which a primitive's C spelling must reproduce NumPy."""
+    x = probe_values()
+    special = np.array([0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 3.0, -2.5, np.inf, -np.inf, np.nan,
+                        1e308, 5e-324])
+    gx, gy = (g.ravel() for g in np.meshgrid(special, special))
+    if prim.name == "where":
+        return [[rng.random(x.size) < 0.5, x, rng.permutation(x)]]
+    if prim.name == "integer_pow":
+        return [[x]]
+    if _operand_count(prim.c) == 1:
+        return [[x]]
+    exponents = np.concatenate([np.arange(-10.0, 11.0), np.arange(-10.0, 11.0) + 0.5])
+    y = np.concatenate([rng.permutation(x), gy, np.resize(exponents, x.size)])
+    return [[np.concatenate([x, gx, np.abs(x)]), y]]
+
+
+def _operand_count(template: str) -> int:
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f and f.isdigit()]
+    return max(int(f) for f in fields) + 1
+
+
+_INTEGER_POWERS = (2, -1, 1, 0, 3, -2, 4, 5, -3, 7, 10)
+
+
+def _probe_cases():
+    """``(primitive name, builder, inputs, params)`` for every C spelling in the table."""
+    from ..ir import Aval, Eqn, Var
+    from ..primitives import PRIMITIVES
+    rng = np.random.default_rng(20261201)
+    cases = []
+    for name, prim in sorted(PRIMITIVES.items()):
+        if prim.c is None or not prim.elementwise:
+            continue
+        for inputs in _probe_inputs(prim, rng):
+            param_sets = [{"n": n} for n in _INTEGER_POWERS] if name == "integer_pow" else [{}]
+            for params in param_sets:
+                ins = [Var(Aval(a.shape, a.dtype)) for a in inputs]
+                with np.errstate(all="ignore"):
+                    expect = np.asarray(prim.evaluate(np, *inputs, **params))
+                out = Var(Aval(expect.shape, expect.dtype))
+                eqn = Eqn(prim, ins, [out], dict(params))
+                b = BlockBuilder(block=max(1, inputs[0].size))
+                ops = [b.array(f"in{k}", v.aval) for k, v in enumerate(ins)]
+                b.op(eqn, ops, "t0")
+                b.export("t0", expect.dtype)
+                if b.refused is None:
+                    cases.append((name, b, inputs, expect))
+    x = np.concatenate([probe_values(), np.linspace(-50, 50, 1001)])
+    b = BlockBuilder(block=x.size)
+    b.sin_cos(b.array("in0", Aval(x.shape, _F64)), "t0", "t1")
+    b.export("t0", _F64)
+    b.export("t1", _F64)
+    with np.errstate(all="ignore"):
+        cases.append(("sincos", b, [x], (np.sin(x), np.cos(x))))
+    return cases
+
+
+def _same_bits(got: np.ndarray, expect: np.ndarray) -> bool:
+    if got.dtype != expect.dtype or got.shape != expect.shape:
+        return False
+    if got.dtype == _BOOL:
+        return bool(np.array_equal(got, expect))
+    same = got.view(np.int64) == expect.view(np.int64)
+    return bool(np.all(same | (np.isnan(got) & np.isnan(expect))))  # any NaN matches a NaN
+
+
+def _run_probe(fn, builder, inputs) -> list[np.ndarray]:
+    n = inputs[0].size
+    outs = [np.empty(n, dt) for dt in builder.exports]
+    arrays = [np.ascontiguousarray(a) for a in inputs] + outs
+    ptrs = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+    counter, scratch = np.zeros(1, np.int64), np.empty(max(1, builder.n_tiles() * TILE))
+    fn(counter.ctypes.data, 1, n, ptrs, None, None, scratch.ctypes.data)
+    return outs
+
+
+def probe() -> dict[str, str | None]:
+    """``{primitive name or "sincos": None if its C spelling reproduces NumPy here, else
+    why not}``; computed once per process (compiling the probe library once per machine)."""
+    with _LOCK:
+        if _PROBED:
+            return _PROBED
+        cases = _probe_cases()
+        verdicts: dict[str, str | None] = {}
+        sources = [b.function(f"dp_probe{k}") for k, (_, b, _, _) in enumerate(cases)]
+        try:
+            path = build("#define DP_USE_SINCOS 1\n" + "".join(sources))
+        except BuildError as exc:
+            path, failure = None, str(exc)
+        for k, (name, b, inputs, expect) in enumerate(cases):
+            if path is None:
+                verdicts[name] = f"probe library not built: {failure}"
+                continue
+            got = _run_probe(load(path, f"dp_probe{k}"), b, inputs)
+            expected = expect if isinstance(expect, tuple) else (expect,)
+            ok = all(_same_bits(g, e) for g, e in zip(got, expected))
+            if not ok and verdicts.get(name) is None:
+                verdicts[name] = "its C spelling differs from NumPy on this machine"
+            verdicts.setdefault(name, None)
+        _PROBED.update(verdicts)
+        return _PROBED
+
+
+_LOCK = threading.RLock()
+_PROBED: dict[str, str | None] = {}
+
+
+# ============================================================================ running
+
+class Kernel:
+    """A fused block's compiled twin. Calling it runs the block on the given arrays and
+    returns its sums as ``[(block sums of reduction 0, ...)]`` (the shape the NumPy kernel's
+    parts have, for :func:`diffprog.engines.fusion.combine`), or None when it cannot run
+    this time (not compiled yet, refused, inputs not contiguous, or a floating-point flag
+    NumPy's errstate wants reported): the caller then runs the NumPy block kernel, whose
+    results are the same."""
+
+    def __init__(self, source: str, *, size, block, n_arrays, n_scalars, n_sums, n_tiles,
+                 needs, sincos):
+        self.source, self.size, self.block = source, size, block
+        self.n_arrays, self.n_scalars, self.n_sums, self.n_tiles = n_arrays, n_scalars, n_sums, n_tiles
+        self.needs, self.uses_sincos = needs, sincos
+        self.state = "compiling"
+        self.runs = 0
+        self._fn = None
+        _submit(self)
+
+    def prepare(self) -> None:
+        """Probe, build and load (on the background thread); sets ``state``."""
+        try:
+            verdicts = probe()
+            bad = sorted(f"{n}: {verdicts.get(n, 'not probed')}" for n in self.needs
+                         if verdicts.get(n, "not probed") is not None)
+            if bad:
+                self.state = "refused (" + "; ".join(bad) + ")"
+                return
+            use_sincos = self.uses_sincos and verdicts.get("sincos") is None
+            path = build(f"#define DP_USE_SINCOS {int(use_sincos)}\n" + self.source)
+            self._fn = load(path, "dp_block")
+            self.state = "ready"
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the NumPy kernel in charge
+            self.state = f"failed ({type(exc).__name__}: {exc})"
+
+    def __call__(self, arrays, outputs, scalars):
+        fn = self._fn
+        if fn is None or len(arrays) + len(outputs) != self.n_arrays:
+            return None
+        for a in arrays:
+            if not (a.flags.c_contiguous and a.flags.aligned):
+                return None
+        try:
+            values = (ctypes.c_double * max(1, self.n_scalars))(*[float(s) for s in scalars])
+        except (TypeError, ValueError, OverflowError):
+            return None
+        all_arrays = list(arrays) + list(outputs)
+        ptrs = (ctypes.c_void_p * len(all_arrays))(*[a.ctypes.data for a in all_arrays])
+        size, block = self.size, self.block
+        n_blocks = -(-size // block)
+        counter = np.zeros(1, np.int64)
+        sums = np.empty((self.n_sums, n_blocks))
+        scratch_size = max(1, self.n_sums * block + self.n_tiles * TILE)
+
+        def work():
+            scratch = np.empty(scratch_size)
+            return fn(counter.ctypes.data, n_blocks, size, ptrs, values, sums.ctypes.data,
+                      scratch.ctypes.data)
+
+        from .fusion import num_threads, worker_pool
+        threads = min(num_threads(), n_blocks)
+        futures = [worker_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+        raised = work()
+        for f in futures:
+            raised |= f.result()
+        if raised & _reported_flags():
+            return None
+        self.runs += 1
+        return [tuple(row.tolist() for row in sums)]
+
+
+def _reported_flags() -> int:
+    return sum(bit for name, bit in FLAG_BITS.items() if np.geterr()[name] != "ignore")
+
+
+_EXECUTOR: list = [None]
+_PENDING: list = []
+_KERNELS: list = []
+
+
+def _submit(kernel: Kernel) -> None:
+    with _LOCK:
+        if _EXECUTOR[0] is None:
+            # one thread: compiles queue up instead of competing for the cores
+            _EXECUTOR[0] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffprog-cc")
+        _PENDING.append(_EXECUTOR[0].submit(kernel.prepare))
+        _KERNELS.append(kernel)
+        del _KERNELS[:-64]
+
+
+def wait(timeout: float | None = None) -> None:
+    """Block until every kernel submitted so far is compiled (or refused)."""
+    with _LOCK:
+        pending = list(_PENDING)
+    for future in pending:
+        future.result(timeout=timeout)
+    with _LOCK:
+        _PENDING[:] = [f for f in _PENDING if not f.done()]
+
+
+def status() -> str:
+    """One paragraph: whether compiled kernels are in use here, and the recent kernels'
+    states (for bug reports and the README's performance notes)."""
+    if not enabled():
+        return "compiled kernels: off (DIFFPROG_CKERNELS=0 or not a POSIX system)"
+    cc = compiler()
+    if cc is None:
+        return "compiled kernels: no C compiler found (set CC or install gcc); NumPy kernels run"
+    with _LOCK:
+        states = [k.state for k in _KERNELS]
+        probed = dict(_PROBED)
+    lines = [f"compiled kernels: compiler {cc}, cache {cache_dir()}"]
+    if probed:
+        bad = sorted(n for n, v in probed.items() if v is not None)
+        lines.append(f"probe: {len(probed) - len(bad)} spellings match NumPy"
+                     + (f"; not used: {', '.join(bad)}" if bad else ""))
+    lines += [f"kernel {k}: {s}" for k, s in enumerate(states)]
+    return "\n".join(lines)
+
+
+def reset() -> None:
+    """Forget the probe and the kernel list (tests change compilers and settings)."""
+    wait()
+    with _LOCK:
+        _PROBED.clear()
+        _KERNELS.clear()
+        _IDENTITY.clear()
