@@ -394,14 +394,15 @@ def _integers(nargs):
 
 # Bitwise ops (``&``, ``|``, ``^``, ``~`` on integers and booleans): the result keeps
 # NumPy's integer dtype, unlike the logical ops' bool.
+# Their C spellings are for bool operands (0/1) only: compiled kernels take no integers.
 bitwise_and = nondiff("bitwise_and", "xp.bitwise_and({0}, {1})", "{0} .& {1}",
-                      numpy=np.bitwise_and, domain=_integers(2))
+                      numpy=np.bitwise_and, domain=_integers(2), c="({0} & {1})")
 bitwise_or = nondiff("bitwise_or", "xp.bitwise_or({0}, {1})", "{0} .| {1}",
-                     numpy=np.bitwise_or, domain=_integers(2))
+                     numpy=np.bitwise_or, domain=_integers(2), c="({0} | {1})")
 bitwise_xor = nondiff("bitwise_xor", "xp.bitwise_xor({0}, {1})", "xor.({0}, {1})",
-                      numpy=np.bitwise_xor, domain=_integers(2))
+                      numpy=np.bitwise_xor, domain=_integers(2), c="({0} ^ {1})")
 invert = nondiff("invert", "xp.invert({0})", ".~({0})", numpy=np.invert, nargs=1,
-                 domain=_integers(1))
+                 domain=_integers(1), c="(!{0})")
 
 isfinite = nondiff("isfinite", "xp.isfinite({0})", "isfinite.({0})", numpy=np.isfinite, nargs=1,
                    c="(isfinite({0}) != 0)")

@@ -116,7 +116,11 @@ static int dp_raised(void)
 """
 
 _F64, _BOOL = np.dtype(np.float64), np.dtype(np.bool_)
-_LOGICAL = {"logical_and", "logical_or", "logical_xor", "logical_not"}
+_ON_INTS = {"logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_and",
+            "bitwise_or", "bitwise_xor", "invert"}  # spellings that take bools as C ints
+_BOOL_RESULTS = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
+                 "logical_and", "logical_or", "logical_xor", "logical_not", "isfinite",
+                 "isnan", "isinf", "bitwise_and", "bitwise_or", "bitwise_xor", "invert"}
 
 
 def enabled() -> bool:
@@ -130,18 +134,22 @@ def _weak_number(aval) -> bool:
 
 
 def dtype_refusal(eqn) -> str | None:
-    """Why this equation has no C form on float64/bool values, or None when it has one."""
+    """Why this equation has no C form on float64/bool values, or None when it has one.
+
+    Bool operands take part as 0/1 (NumPy promotes them so too); an equation with a
+    bool result must be a comparison or logical test (``True + True`` is not 2 in NumPy).
+    """
     prim, out = eqn.prim, eqn.outputs[0].aval.dtype
     if prim.c is None:
         return f"{prim.name} has no C spelling"
     avals = [a.aval for a in eqn.inputs]
+    ok = all(a.dtype in (_F64, _BOOL) or _weak_number(a) for a in avals)
     if prim.name == "where":
-        ok = (out == _F64 and avals[0].dtype == _BOOL and not avals[0].weak
-              and all(a.dtype == _F64 or _weak_number(a) for a in avals[1:]))
-    elif prim.name in _LOGICAL:
-        ok = out == _BOOL and all(a.dtype in (_F64, _BOOL) or _weak_number(a) for a in avals)
+        ok = ok and out == _F64 and avals[0].dtype == _BOOL and not avals[0].weak
+    elif out == _BOOL:
+        ok = ok and prim.name in _BOOL_RESULTS
     else:
-        ok = out in (_F64, _BOOL) and all(a.dtype == _F64 or _weak_number(a) for a in avals)
+        ok = ok and out == _F64
     return None if ok else f"{prim.name} on {', '.join(str(a) for a in avals)}"
 
 
@@ -190,7 +198,11 @@ class BlockBuilder:
         self.ctype: dict[str, str] = {}                 # C value name -> "double" / "int"
         self.needs: set[str] = set()                    # primitives whose spelling is used
         self.sincos = False
-        self.refused: str | None = None if enabled() else "off (DIFFPROG_CKERNELS=0)"
+        self.refused: str | None = None
+        if not enabled():
+            self.refused = "off (DIFFPROG_CKERNELS=0)"
+        elif compiler() is None:
+            self.refused = "no C compiler found (set CC, or install gcc)"
 
     def refuse(self, why: str) -> None:
         self.refused = self.refused or why
@@ -229,7 +241,12 @@ class BlockBuilder:
         self.needs.add(eqn.prim.name)
         ctype = "int" if eqn.outputs[0].aval.dtype == _BOOL else "double"
         self.ctype[local] = ctype
-        expr = eqn.prim.c.format(*operands, **eqn.params)
+        values = list(operands)
+        if eqn.prim.name not in _ON_INTS:  # bools take part as 0.0/1.0 (in C, 1 / 2 is 0)
+            first = 1 if eqn.prim.name == "where" else 0  # where's condition stays a bool
+            values[first:] = [f"((double){o})" if self.ctype.get(o) == "int" else o
+                              for o in values[first:]]
+        expr = eqn.prim.c.format(*values, **eqn.params)
         self.stmts.append(_Stmt([f"const {ctype} {local} = {expr};"], [local], operands))
 
     def sin_cos(self, operand: str, sin_local: str, cos_local: str) -> None:
@@ -458,11 +475,13 @@ def _probe_inputs(prim, rng) -> list[list[np.ndarray]]:
         return [[rng.random(x.size) < 0.5, x, rng.permutation(x)]]
     if prim.name == "integer_pow":
         return [[x]]
+    bools = [rng.random(x.size) < 0.5 for _ in range(2)]
     if _operand_count(prim.c) == 1:
-        return [[x]]
+        return [[x], bools[:1]]
     exponents = np.concatenate([np.arange(-10.0, 11.0), np.arange(-10.0, 11.0) + 0.5])
     y = np.concatenate([rng.permutation(x), gy, np.resize(exponents, x.size)])
-    return [[np.concatenate([x, gx, np.abs(x)]), y]]
+    # floats (with every pair of special values), bools, and floats with bools (0.0/1.0)
+    return [[np.concatenate([x, gx, np.abs(x)]), y], bools, [x, bools[0]], [bools[1], x]]
 
 
 def _operand_count(template: str) -> int:
@@ -486,8 +505,11 @@ def _probe_cases():
             param_sets = [{"n": n} for n in _INTEGER_POWERS] if name == "integer_pow" else [{}]
             for params in param_sets:
                 ins = [Var(Aval(a.shape, a.dtype)) for a in inputs]
-                with np.errstate(all="ignore"):
-                    expect = np.asarray(prim.evaluate(np, *inputs, **params))
+                try:
+                    with np.errstate(all="ignore"):
+                        expect = np.asarray(prim.evaluate(np, *inputs, **params))
+                except TypeError:  # NumPy has no such loop (bitwise ops on floats)
+                    continue
                 out = Var(Aval(expect.shape, expect.dtype))
                 eqn = Eqn(prim, ins, [out], dict(params))
                 b = BlockBuilder(block=max(1, inputs[0].size))
@@ -537,11 +559,9 @@ def probe() -> dict[str, str | None]:
         try:
             path = build("#define DP_USE_SINCOS 1\n" + "".join(sources))
         except BuildError as exc:
-            path, failure = None, str(exc)
+            _PROBED[_UNBUILT] = f"probe library not built: {exc}"
+            return _PROBED
         for k, (name, b, inputs, expect) in enumerate(cases):
-            if path is None:
-                verdicts[name] = f"probe library not built: {failure}"
-                continue
             got = _run_probe(load(path, f"dp_probe{k}"), b, inputs)
             expected = expect if isinstance(expect, tuple) else (expect,)
             ok = all(_same_bits(g, e) for g, e in zip(got, expected))
@@ -554,6 +574,7 @@ def probe() -> dict[str, str | None]:
 
 _LOCK = threading.RLock()
 _PROBED: dict[str, str | None] = {}
+_UNBUILT = "(probe library)"  # the key under which a failed probe build is recorded
 
 
 # ============================================================================ running
@@ -580,6 +601,9 @@ class Kernel:
         """Probe, build and load (on the background thread); sets ``state``."""
         try:
             verdicts = probe()
+            if _UNBUILT in verdicts:
+                self.state = f"failed ({verdicts[_UNBUILT]})"
+                return
             bad = sorted(f"{n}: {verdicts.get(n, 'not probed')}" for n in self.needs
                          if verdicts.get(n, "not probed") is not None)
             if bad:
@@ -647,6 +671,12 @@ def _submit(kernel: Kernel) -> None:
         del _KERNELS[:-64]
 
 
+def kernels() -> list:
+    """The most recently made kernels (up to 64), oldest first."""
+    with _LOCK:
+        return list(_KERNELS)
+
+
 def wait(timeout: float | None = None) -> None:
     """Block until every kernel submitted so far is compiled (or refused)."""
     with _LOCK:
@@ -669,7 +699,9 @@ def status() -> str:
         states = [k.state for k in _KERNELS]
         probed = dict(_PROBED)
     lines = [f"compiled kernels: compiler {cc}, cache {cache_dir()}"]
-    if probed:
+    if _UNBUILT in probed:
+        lines.append(probed[_UNBUILT])
+    elif probed:
         bad = sorted(n for n, v in probed.items() if v is not None)
         lines.append(f"probe: {len(probed) - len(bad)} spellings match NumPy"
                      + (f"; not used: {', '.join(bad)}" if bad else ""))

@@ -378,6 +378,8 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
     lines.append(f"        return ({''.join(acc + ', ' for acc, _ in reductions)})")
     compiled = cb.kernel(size)
     if compiled is None:
+        if cb.refused:
+            lines.append(f"    # no compiled twin: {cb.refused}")
         lines.append(f"    parts = _run_chunks(chunk, {size}, {BLOCK})")
     else:  # the C twin when it is ready (and the inputs suit it), else the NumPy kernel
         b.namespace[f"_ck{k}"] = compiled

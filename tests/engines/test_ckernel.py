@@ -1,0 +1,340 @@
+"""Compiled C twins of fused blocks (diffprog/engines/ckernel.py).
+
+A compiled kernel may only ever change how fast a block runs: its elementwise results
+and its sums must be bit-identical to the NumPy block kernel's, which tests/engines/
+test_fusion.py compares with the unfused program. Where a C spelling differs from
+NumPy on this machine, the probe must refuse it and the NumPy kernel must run instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import re
+import shutil
+import stat
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+import diffprog as dp
+from diffprog.engines import ckernel, fusion
+from diffprog.engines.numpy import generate_source
+from diffprog.ir import Aval
+from diffprog.primitives import PRIMITIVES
+from diffprog.transforms import vjp_graph
+
+BIG = 3 * fusion.BLOCK + 5  # several blocks and a ragged last one
+SPELLED = sorted(n for n, p in PRIMITIVES.items() if p.c is not None)
+HAVE_CC = ckernel.compiler() is not None
+needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler here (compiled kernels off)")
+
+
+@pytest.fixture(autouse=True)
+def small_fusion(monkeypatch):
+    monkeypatch.setenv("DIFFPROG_FUSE_MIN", "1000")
+    monkeypatch.delenv("DIFFPROG_CKERNELS", raising=False)
+    yield
+    ckernel.wait()
+
+
+def _program(fn, *args, kind="grad"):
+    """The fused program of ``fn``'s value or value+gradient graph, its compiled kernels
+    (ready), and the same program with compiled kernels off."""
+    graph = dp.differentiable(fn).ir(*args)
+    if kind == "grad":
+        graph = vjp_graph(graph, list(range(len(args))), seed="ones")
+    src, ns = generate_source(graph, np, "prog", blocks=1000)
+    exec(compile(src, "<test>", "exec"), ns)
+    ckernel.wait()
+    compiled = [v for k, v in ns.items() if k.startswith("_ck")]
+    os.environ["DIFFPROG_CKERNELS"] = "0"
+    try:
+        src0, ns0 = generate_source(graph, np, "prog", blocks=1000)
+    finally:
+        del os.environ["DIFFPROG_CKERNELS"]
+    exec(compile(src0, "<test>", "exec"), ns0)
+    assert "_ck" not in src0
+    return ns["prog"], compiled, ns0["prog"]
+
+
+def _assert_bit_identical(got, expect):
+    assert len(got) == len(expect)
+    for i, (a, b) in enumerate(zip(got, expect)):
+        a, b = np.atleast_1d(a), np.atleast_1d(b)
+        assert a.dtype == b.dtype and a.shape == b.shape, i
+        if a.dtype == np.float64:  # same bits, or NaN on both sides
+            same = a.view(np.int64) == b.view(np.int64)
+            assert np.all(same | (np.isnan(a) & np.isnan(b))), i
+        else:
+            np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- the table's spellings
+
+def _libm(name):
+    path = ctypes.util.find_library("m")
+    fn = getattr(ctypes.CDLL(path), name)
+    fn.restype, fn.argtypes = ctypes.c_double, [ctypes.c_double]
+    return fn
+
+
+@needs_cc
+@pytest.mark.parametrize("name", SPELLED)
+def test_each_c_spelling_matches_numpy_or_is_refused_for_cause(name):
+    """Generated from the table: a spelling the probe accepts reproduces NumPy (the probe
+    compares bits on values across every libm range); one it refuses must be a libm
+    function whose NumPy loop is NumPy's own code here (so our spelling is right and
+    NumPy's loop is what differs), never a helper or an operator of ours."""
+    verdict = ckernel.probe()[name]
+    if verdict is None:
+        return
+    m = re.fullmatch(r"(\w+)\(\{0\}\)", PRIMITIVES[name].c)
+    assert m and not m.group(1).startswith("dp_"), f"{name}: {verdict}"
+    libm = _libm(m.group(1))
+    x = np.concatenate([np.linspace(-3, 3, 401), np.geomspace(1e-9, 20, 200)])
+    b = ckernel.BlockBuilder(block=x.size)
+    from diffprog.ir import Eqn, Var
+    v_in, v_out = Var(Aval(x.shape, np.dtype(np.float64))), Var(Aval(x.shape, np.dtype(np.float64)))
+    b.op(Eqn(PRIMITIVES[name], [v_in], [v_out], {}), [b.array("in0", v_in.aval)], "t0")
+    b.export("t0", np.float64)
+    fn = ckernel.load(ckernel.build("#define DP_USE_SINCOS 0\n" + b.function("f")), "f")
+    got = ckernel._run_probe(fn, b, [x])[0]
+    assert got.tobytes() == np.array([libm(float(v)) for v in x]).tobytes()
+    assert not np.array_equal(PRIMITIVES[name].evaluate(np, x), got)
+
+
+@needs_cc
+def test_the_probe_accepts_the_arithmetic_and_libm_core():
+    verdicts = ckernel.probe()
+    for name in ("add", "sub", "mul", "div", "neg", "integer_pow", "where", "less", "sqrt",
+                 "abs", "maximum", "minimum", "sign", "logical_and", "isnan"):
+        assert verdicts[name] is None, (name, verdicts[name])
+
+
+@needs_cc
+def test_the_probe_refuses_a_wrong_spelling(monkeypatch):
+    ckernel.reset()
+    monkeypatch.setattr(PRIMITIVES["expm1"], "c", "(exp({0}) - 1.0)")  # loses digits near 0
+    try:
+        assert ckernel.probe()["expm1"] is not None
+    finally:
+        monkeypatch.undo()
+        ckernel.reset()
+
+
+def test_c_literals_are_exact():
+    rng = np.random.default_rng(7)
+    for v in list(rng.standard_normal(200) * 10.0 ** rng.integers(-300, 300, 200)) + [
+            0.1, -0.0, 5e-324, 1e308, 3, -2, True, 2 ** 60 + 1]:
+        text = ckernel.c_literal(v)
+        assert float.fromhex(text.strip("()")) == float(v)
+        assert np.signbit(float.fromhex(text.strip("()"))) == np.signbit(float(v))
+    assert ckernel.c_literal(float("inf")) == "(INFINITY)"
+    assert ckernel.c_literal(10 ** 400) is None
+
+
+# ---------------------------------------------------------------- whole programs
+
+def _w4(x):
+    return np.sum(np.exp(-x ** 2) * np.cos(3.0 * x))
+
+
+def _fresh_w4():
+    """A new function object each time, so diffprog's program cache misses."""
+    return types.FunctionType(_w4.__code__, globals(), "_w4")
+
+
+def _mixed(x, y, s):
+    a = np.exp(-x ** 2) * np.cos(3.0 * x) + x ** 3 / (1.5 + y * y) - s * np.sin(y)
+    b = np.where(x > 0.1, np.arctan(a), np.sqrt(np.abs(y) + 1.0)) - x ** -1
+    c = np.maximum(a, b) * np.minimum(x, 0.5) + np.hypot(a, y) + np.logaddexp(x, y)
+    return np.sum(a * b) + np.sum(np.log1p(c * c)) + np.sum(np.sign(y) * np.floor(x * 4))
+
+
+@needs_cc
+def test_w4_gradient_runs_compiled_and_matches_the_numpy_kernel(rng):
+    x = rng.standard_normal(BIG)
+    prog, compiled, numpy_prog = _program(_w4, x)
+    assert compiled and all(k.state == "ready" for k in compiled), [k.state for k in compiled]
+    runs = compiled[0].runs
+    _assert_bit_identical(prog(x), numpy_prog(x))
+    assert compiled[0].runs == runs + 1
+    assert "DP_SINCOS" in compiled[0].source  # the sin/cos pair is one libm call
+
+
+@needs_cc
+def test_a_mixed_program_matches_bit_for_bit(rng):
+    x = rng.uniform(0.2, 2.0, BIG)
+    y = rng.standard_normal(BIG)
+    prog, compiled, numpy_prog = _program(_mixed, x, y, 0.3)
+    ready = [k for k in compiled if k.state == "ready"]
+    assert ready, [k.state for k in compiled]
+    before = [k.runs for k in ready]
+    _assert_bit_identical(prog(x, y, 0.3), numpy_prog(x, y, 0.3))
+    assert [k.runs for k in ready] == [r + 1 for r in before]
+
+
+@needs_cc
+def test_bool_results_scalars_and_literals(rng):
+    x = rng.standard_normal(BIG)
+
+    def f(x, s):
+        m = (x > s) | (x < -2.0)       # a bool array leaves the block
+        return m, np.where(m, x * s, -x) + 2, np.sum(np.where(np.isfinite(x), x, 0.0))
+
+    graph = dp.differentiable(f).ir(x, 0.25)
+    src, ns = generate_source(graph, np, "prog", blocks=1000)
+    exec(compile(src, "<test>", "exec"), ns)
+    ckernel.wait()
+    compiled = [v for k, v in ns.items() if k.startswith("_ck")]
+    assert compiled and compiled[0].state == "ready"
+    got = ns["prog"](x, 0.25)
+    assert compiled[0].runs == 1
+    m = (x > 0.25) | (x < -2.0)
+    np.testing.assert_array_equal(got[0], m)
+    assert got[0].dtype == np.bool_
+    np.testing.assert_array_equal(got[1], np.where(m, x * 0.25, -x) + 2)
+    assert got[2] == fusion.combine([[[np.add.reduce(x[i:i + fusion.BLOCK])
+                                       for i in range(0, BIG, fusion.BLOCK)]]], 0, np.dtype(np.float64))
+
+
+@needs_cc
+def test_thread_count_changes_nothing_not_even_sums(monkeypatch, rng):
+    x = rng.standard_normal(BIG)
+    prog, compiled, numpy_prog = _program(_w4, x)
+    results = []
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("DIFFPROG_THREADS", threads)
+        results += [prog(x), numpy_prog(x)]
+    for r in results[1:]:
+        _assert_bit_identical(r, results[0])
+
+
+@needs_cc
+def test_floating_point_errors_are_reported_as_numpy_reports_them():
+    x = np.full(BIG, 2.0)
+    x[BIG - 3] = 1000.0  # exp overflows in the last block only
+    with np.errstate(over="ignore"):
+        prog, compiled, numpy_prog = _program(lambda x: np.sum(np.exp(x) * x), x, kind="value")
+    assert compiled[0].state == "ready"
+    with np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError, match="overflow"):
+            prog(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(over="warn"):
+            assert prog(x)[0] == np.inf
+    assert [str(w.message) for w in caught] == ["overflow encountered in exp"]
+    runs = compiled[0].runs
+    with np.errstate(over="ignore"):
+        assert prog(x)[0] == np.inf
+    assert compiled[0].runs == runs + 1  # ignored flags: the compiled kernel's result stands
+
+
+@needs_cc
+def test_unaligned_and_strided_inputs_fall_back_or_copy(rng):
+    x = rng.standard_normal(BIG)
+    prog, compiled, _ = _program(_w4, x)
+    expect = prog(x)
+    raw = np.zeros(BIG * 8 + 1, np.uint8)
+    unaligned = np.frombuffer(raw.data, np.float64, BIG, offset=1)
+    unaligned[...] = x
+    assert not unaligned.flags.aligned
+    runs = compiled[0].runs
+    _assert_bit_identical(prog(unaligned), expect)
+    assert compiled[0].runs == runs  # the NumPy kernel ran
+    strided = np.repeat(x, 2)[::2]
+    _assert_bit_identical(prog(strided), expect)  # ravel copies it: compiled again
+    assert compiled[0].runs == runs + 1
+
+
+# ---------------------------------------------------------------- building
+
+def _script(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+@needs_cc
+def test_first_calls_do_not_wait_for_the_compiler(monkeypatch, tmp_path, rng):
+    cc = ckernel.compiler()
+    monkeypatch.setenv("DIFFPROG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", _script(tmp_path, "slowcc", f'sleep 2; exec "{cc}" "$@"'))
+    ckernel.reset()
+    x = rng.standard_normal(BIG)
+    f = dp.value_and_grad(_fresh_w4())
+    value, grad = f(x)  # the probe and the kernel build for seconds meanwhile
+    kernel = ckernel.kernels()[-1]
+    assert kernel.state == "compiling" and kernel.runs == 0
+    ckernel.wait()
+    assert kernel.state == "ready"
+    v2, g2 = f(x)
+    assert kernel.runs == 1
+    _assert_bit_identical((v2, g2), (value, grad))
+    ckernel.reset()
+
+
+@needs_cc
+def test_libraries_are_cached_on_disk(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFPROG_CACHE_DIR", str(tmp_path))
+    source = "int dp_cached_probe(void) { return 42; }\n"
+    before = dict(ckernel.BUILDS)
+    first = ckernel.build(source)
+    second = ckernel.build(source)
+    assert first == second and os.path.dirname(first).startswith(str(tmp_path))
+    assert ckernel.BUILDS["compiled"] == before["compiled"] + 1
+    assert ckernel.BUILDS["cached"] == before["cached"] + 1
+    assert os.listdir(os.path.dirname(first)) == [os.path.basename(first)]  # no temporaries
+
+
+def test_without_a_compiler_the_numpy_kernel_runs(monkeypatch, tmp_path, rng):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    ckernel.reset()
+    assert "no C compiler" in ckernel.status()
+    x = rng.standard_normal(BIG)
+    f = _fresh_w4()
+    assert "# no compiled twin: no C compiler found" in dp.differentiable(f).source(x, kind="grad")
+    made = len(ckernel.kernels())
+    value, grad = dp.value_and_grad(f)(x)
+    assert len(ckernel.kernels()) == made  # nothing was handed to a compiler
+    np.testing.assert_allclose(grad, np.exp(-x ** 2) * (-2 * x * np.cos(3 * x) - 3 * np.sin(3 * x)),
+                               rtol=1e-12, atol=1e-15)
+    monkeypatch.undo()
+    ckernel.reset()
+
+
+@needs_cc
+def test_a_failing_compiler_is_reported_and_changes_nothing(monkeypatch, tmp_path, rng):
+    monkeypatch.setenv("DIFFPROG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", _script(tmp_path, "badcc", 'echo "cc1: out of cheese" >&2; exit 3'))
+    ckernel.reset()
+    x = rng.standard_normal(BIG)
+    f = dp.value_and_grad(_fresh_w4())
+    first = f(x)
+    ckernel.wait()
+    state = ckernel.kernels()[-1].state
+    assert state.startswith("failed (probe library not built:") and "out of cheese" in state
+    assert "exited with 3" in ckernel.status()
+    _assert_bit_identical(f(x), first)
+    monkeypatch.undo()
+    ckernel.reset()
+
+
+def test_off_switch(monkeypatch, rng):
+    monkeypatch.setenv("DIFFPROG_CKERNELS", "0")
+    x = rng.standard_normal(BIG)
+    src = dp.differentiable(_w4).source(x, kind="grad")
+    assert "_block" in src and "_ck" not in src
+    assert "off" in ckernel.status()
+
+
+@needs_cc
+def test_status_names_compiler_cache_and_refusals():
+    ckernel.probe()
+    text = ckernel.status()
+    assert "compiler" in text and "cache" in text and "spellings match NumPy" in text
