@@ -19,6 +19,11 @@ on W4's gradient that cuts the kernel from 35 to 30 ms on 2 threads. Small scala
 between big elementwise equations is moved after them first (:func:`sink_small_work`),
 so a gradient's elementwise work stays one kernel.
 
+Each block kernel also gets a compiled C twin (:mod:`diffprog.engines.ckernel`) that
+computes all equations of an element in registers; it runs once built and checked, with
+the same results. Blocks are the unit of work for both, and fused sums are added up per
+block in block order, so results do not depend on the thread count.
+
 Arrays smaller than ``min_size()`` elements are left alone: there the per-block Python
 overhead and thread hand-off cost more than they save. Measured on W2 (a 256x256 run of
 three cheap ops) on a loaded 2-core machine: unfused 0.97 ms, fused 1.27 ms, so the
