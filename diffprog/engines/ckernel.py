@@ -661,6 +661,22 @@ _PENDING: list = []
 _KERNELS: list = []
 
 
+def _forget_threads_in_child() -> None:
+    # after fork the compile thread is gone: pending kernels stay on the NumPy path in the
+    # child (their state says so) and new ones get a compile thread of the child's own
+    global _LOCK
+    _LOCK = threading.RLock()
+    _EXECUTOR[0] = None
+    _PENDING.clear()
+    for kernel in _KERNELS:
+        if kernel.state == "compiling":
+            kernel.state = "not compiled (the process forked while it was being built)"
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads_in_child)
+
+
 def _submit(kernel: Kernel) -> None:
     with _LOCK:
         if _EXECUTOR[0] is None:

@@ -441,6 +441,18 @@ _POOL: list = [None, 0]
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_pool_in_child() -> None:
+    # a forked child has none of the parent's threads: handing work to the inherited pool
+    # would wait forever, so the child starts its own
+    global _POOL_LOCK
+    _POOL[:] = [None, 0]
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def worker_pool(workers: int) -> ThreadPoolExecutor:
     with _POOL_LOCK:
         if _POOL[0] is None or _POOL[1] != workers:

@@ -11,8 +11,9 @@ import ctypes
 import ctypes.util
 import os
 import re
-import shutil
+import signal
 import stat
+import time
 import types
 import warnings
 
@@ -338,3 +339,30 @@ def test_status_names_compiler_cache_and_refusals():
     ckernel.probe()
     text = ckernel.status()
     assert "compiler" in text and "cache" in text and "spellings match NumPy" in text
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_fused_programs_without_hanging(rng):
+    x = rng.standard_normal(BIG)
+    f = dp.value_and_grad(_fresh_w4())
+    expect = f(x)  # the parent's worker pool and compile thread exist now
+    pid = os.fork()
+    if pid == 0:  # the child: must finish, with the parent's results
+        code = 1
+        try:
+            got = f(x)
+            g = dp.value_and_grad(_fresh_w4())(x)  # a new program: a new compile
+            ckernel.wait(timeout=60)
+            code = 0 if got[0] == expect[0] and np.array_equal(g[1], expect[1]) else 2
+        finally:
+            os._exit(code)
+    for _ in range(1200):  # up to 60 s, then the child counts as hung
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.WEXITSTATUS(status) == 0
