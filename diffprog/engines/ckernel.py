@@ -62,11 +62,12 @@ PREAMBLE = r"""
 
 /* NumPy's definitions, so results match its loops bit for bit. maximum/minimum follow
  * its SIMD loops (x86 maxpd/minpd: the second operand when equal, so signed zeros come
- * out as there) and propagate NaN from either side; the probe checks it on each machine. */
+ * out as there) and propagate NaN from either side; the probe checks it on each machine.
+ * Quiet comparisons (isgreater, not >) where NumPy raises no invalid flag for NaN. */
 static inline double dp_sign(double x)
-{ return x > 0.0 ? 1.0 : x < 0.0 ? -1.0 : x == 0.0 ? 0.0 : x; }
-static inline double dp_maximum(double a, double b) { return (a > b || isnan(a)) ? a : b; }
-static inline double dp_minimum(double a, double b) { return (a < b || isnan(a)) ? a : b; }
+{ return isgreater(x, 0.0) ? 1.0 : isless(x, 0.0) ? -1.0 : x == 0.0 ? 0.0 : x; }
+static inline double dp_maximum(double a, double b) { return (isgreater(a, b) || isnan(a)) ? a : b; }
+static inline double dp_minimum(double a, double b) { return (isless(a, b) || isnan(a)) ? a : b; }
 /* x ** n: NumPy's shortcuts for n = 2, -1, 1 (square, reciprocal, positive), else pow */
 static inline double dp_ipow(double x, int n)
 { return n == 2 ? x * x : n == -1 ? 1.0 / x : n == 1 ? x : pow(x, (double)n); }
@@ -506,10 +507,10 @@ def _probe_cases():
             for params in param_sets:
                 ins = [Var(Aval(a.shape, a.dtype)) for a in inputs]
                 try:
-                    with np.errstate(all="ignore"):
-                        expect = np.asarray(prim.evaluate(np, *inputs, **params))
+                    expect, flags = _with_numpy_flags(lambda: prim.evaluate(np, *inputs, **params))
                 except TypeError:  # NumPy has no such loop (bitwise ops on floats)
                     continue
+                expect = np.asarray(expect)
                 out = Var(Aval(expect.shape, expect.dtype))
                 eqn = Eqn(prim, ins, [out], dict(params))
                 b = BlockBuilder(block=max(1, inputs[0].size))
@@ -517,15 +518,31 @@ def _probe_cases():
                 b.op(eqn, ops, "t0")
                 b.export("t0", expect.dtype)
                 if b.refused is None:
-                    cases.append((name, b, inputs, expect))
+                    cases.append((name, b, inputs, expect, flags))
     x = np.concatenate([probe_values(), np.linspace(-50, 50, 1001)])
     b = BlockBuilder(block=x.size)
     b.sin_cos(b.array("in0", Aval(x.shape, _F64)), "t0", "t1")
     b.export("t0", _F64)
     b.export("t1", _F64)
-    with np.errstate(all="ignore"):
-        cases.append(("sincos", b, [x], (np.sin(x), np.cos(x))))
+    expect, flags = _with_numpy_flags(lambda: (np.sin(x), np.cos(x)))
+    cases.append(("sincos", b, [x], expect, flags))
     return cases
+
+
+def _with_numpy_flags(compute):
+    """``compute()`` and the floating-point flags NumPy reported for it (FLAG_BITS)."""
+    raised = [0]
+
+    def record(kind, flag):
+        raised[0] |= flag  # NumPy's bits: 1 divide, 2 overflow, 4 underflow, 8 invalid
+
+    previous = np.seterrcall(record)
+    try:
+        with np.errstate(all="call"):
+            result = compute()
+    finally:
+        np.seterrcall(previous)
+    return result, raised[0]
 
 
 def _same_bits(got: np.ndarray, expect: np.ndarray) -> bool:
@@ -543,8 +560,8 @@ def _run_probe(fn, builder, inputs) -> list[np.ndarray]:
     arrays = [np.ascontiguousarray(a) for a in inputs] + outs
     ptrs = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
     counter, scratch = np.zeros(1, np.int64), np.empty(max(1, builder.n_tiles() * TILE))
-    fn(counter.ctypes.data, 1, n, ptrs, None, None, scratch.ctypes.data)
-    return outs
+    raised = fn(counter.ctypes.data, 1, n, ptrs, None, None, scratch.ctypes.data)
+    return outs, raised
 
 
 def probe() -> dict[str, str | None]:
@@ -555,19 +572,24 @@ def probe() -> dict[str, str | None]:
             return _PROBED
         cases = _probe_cases()
         verdicts: dict[str, str | None] = {}
-        sources = [b.function(f"dp_probe{k}") for k, (_, b, _, _) in enumerate(cases)]
+        sources = [b.function(f"dp_probe{k}") for k, (_, b, _, _, _) in enumerate(cases)]
         try:
             path = build("#define DP_USE_SINCOS 1\n" + "".join(sources))
         except BuildError as exc:
             _PROBED[_UNBUILT] = f"probe library not built: {exc}"
             return _PROBED
-        for k, (name, b, inputs, expect) in enumerate(cases):
-            got = _run_probe(load(path, f"dp_probe{k}"), b, inputs)
+        for k, (name, b, inputs, expect, numpy_flags) in enumerate(cases):
+            got, raised = _run_probe(load(path, f"dp_probe{k}"), b, inputs)
             expected = expect if isinstance(expect, tuple) else (expect,)
-            ok = all(_same_bits(g, e) for g, e in zip(got, expected))
-            if not ok and verdicts.get(name) is None:
-                verdicts[name] = "its C spelling differs from NumPy on this machine"
-            verdicts.setdefault(name, None)
+            # flags NumPy reports that C would not raise: a warning the user would miss
+            missed = [n for n, bit in FLAG_BITS.items() if numpy_flags & bit and not raised & bit]
+            problem = None
+            if not all(_same_bits(g, e) for g, e in zip(got, expected)):
+                problem = "its C spelling differs from NumPy on this machine"
+            elif missed:
+                problem = f"NumPy reports floating-point errors it does not raise ({', '.join(missed)})"
+            if verdicts.get(name) is None:  # the first problem of any input set stands
+                verdicts[name] = problem
         _PROBED.update(verdicts)
         return _PROBED
 
