@@ -155,8 +155,17 @@ def _mixed(x, y, s):
     return np.sum(a * b) + np.sum(np.log1p(c * c)) + np.sum(np.sign(y) * np.floor(x * 4))
 
 
+def _skip_unless_probed(*names):
+    """Skip where NumPy's own SIMD loop for one of these differs from libm (AVX-512 exp/log
+    are), since blocks using it then rightly stay on the NumPy kernel."""
+    refused = {n: ckernel.probe()[n] for n in names if ckernel.probe()[n] is not None}
+    if refused:
+        pytest.skip(f"spellings refused on this machine: {refused}")
+
+
 @needs_cc
 def test_w4_gradient_runs_compiled_and_matches_the_numpy_kernel(rng):
+    _skip_unless_probed("exp", "sin", "cos")
     x = rng.standard_normal(BIG)
     prog, compiled, numpy_prog = _program(_w4, x)
     assert compiled and all(k.state == "ready" for k in compiled), [k.state for k in compiled]
@@ -168,6 +177,7 @@ def test_w4_gradient_runs_compiled_and_matches_the_numpy_kernel(rng):
 
 @needs_cc
 def test_a_mixed_program_matches_bit_for_bit(rng):
+    _skip_unless_probed("exp", "sin", "cos", "log1p", "arctan", "hypot", "logaddexp")
     x = rng.uniform(0.2, 2.0, BIG)
     y = rng.standard_normal(BIG)
     prog, compiled, numpy_prog = _program(_mixed, x, y, 0.3)
@@ -204,6 +214,7 @@ def test_bool_results_scalars_and_literals(rng):
 
 @needs_cc
 def test_thread_count_changes_nothing_not_even_sums(monkeypatch, rng):
+    _skip_unless_probed("exp", "sin", "cos")
     x = rng.standard_normal(BIG)
     prog, compiled, numpy_prog = _program(_w4, x)
     results = []
@@ -216,6 +227,7 @@ def test_thread_count_changes_nothing_not_even_sums(monkeypatch, rng):
 
 @needs_cc
 def test_floating_point_errors_are_reported_as_numpy_reports_them():
+    _skip_unless_probed("exp", "sin", "cos")
     x = np.full(BIG, 2.0)
     x[BIG - 3] = 1000.0  # exp overflows in the last block only
     with np.errstate(over="ignore"):
@@ -237,6 +249,7 @@ def test_floating_point_errors_are_reported_as_numpy_reports_them():
 
 @needs_cc
 def test_unaligned_and_strided_inputs_fall_back_or_copy(rng):
+    _skip_unless_probed("exp", "sin", "cos")
     x = rng.standard_normal(BIG)
     prog, compiled, _ = _program(_w4, x)
     expect = prog(x)
@@ -263,6 +276,7 @@ def _script(tmp_path, name, body):
 
 @needs_cc
 def test_first_calls_do_not_wait_for_the_compiler(monkeypatch, tmp_path, rng):
+    _skip_unless_probed("exp", "sin", "cos")
     cc = ckernel.compiler()
     monkeypatch.setenv("DIFFPROG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", _script(tmp_path, "slowcc", f'sleep 2; exec "{cc}" "$@"'))
