@@ -420,7 +420,7 @@ def _compiler_identity(cc: str) -> str:
     return _IDENTITY[cc]
 
 
-BUILDS = {"compiled": 0, "cached": 0}  # counters, for tests and status()
+BUILDS = {"compiled": 0, "cached": 0}  # how often build() compiled / found a library
 
 
 def build(source: str) -> str:
@@ -662,12 +662,10 @@ class Kernel:
             return fn(counter.ctypes.data, n_blocks, size, ptrs, values, sums.ctypes.data,
                       scratch.ctypes.data)
 
-        from .fusion import num_threads, worker_pool
-        threads = min(num_threads(), n_blocks)
-        futures = [worker_pool(threads - 1).submit(work) for _ in range(threads - 1)]
-        raised = work()
-        for f in futures:
-            raised |= f.result()
+        from .fusion import num_threads, run_parallel
+        raised = 0
+        for flags in run_parallel([work] * min(num_threads(), n_blocks)):
+            raised |= flags
         if raised & _reported_flags():
             return None
         self.runs += 1

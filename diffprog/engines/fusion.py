@@ -35,6 +35,7 @@ Settings (environment, read when a program is compiled):
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -289,7 +290,7 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
 
     c_exports: list[Var] = []  # results exported but not yet stored by the C twin
 
-    def c_define(var, local: str) -> None:
+    def define_local(var, local: str) -> None:
         c_names[id(var)] = local
         inside[id(var)] = local
 
@@ -333,7 +334,7 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
                 p, v = by_name[name]
                 targets.append(target_for(v, p))
                 locals_.append(f"t{p}")
-                c_define(v, f"t{p}")
+                define_local(v, f"t{p}")
             body.append(f"{', '.join(locals_)} = _sincos({ops[0]}, out=({', '.join(targets)}))")
             b.namespace["_sincos"] = fastmath.sincos()
             cb.sin_cos(c_ops[0], *locals_)
@@ -349,7 +350,7 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
         release(eqn, pos)  # an input dying here may be overwritten in place
         target = target_for(out, pos)
         local = f"t{pos}"
-        c_define(out, local)
+        define_local(out, local)
         cb.op(eqn, c_ops, local)
         c_store_exports()
         call = ufunc_call(eqn)
@@ -473,15 +474,24 @@ def _with_errstate(fn, err):
 def run_chunks(chunk, size: int, block: int) -> list:
     """Run ``chunk(lo, hi)`` over ``range(size)`` split (on block boundaries) between threads;
     the partial results in order. The calling thread takes the first part itself."""
-    threads = min(num_threads(), -(-size // block))
+    n_blocks = -(-size // block)
+    threads = min(num_threads(), n_blocks)
     if threads <= 1:
         return [chunk(0, size)]
-    n_blocks = -(-size // block)
     cuts = [min(size, (n_blocks * t // threads) * block) for t in range(threads + 1)]
     work = _with_errstate(chunk, np.geterr())
-    pool = worker_pool(threads - 1)
-    futures = [pool.submit(work, cuts[t], cuts[t + 1]) for t in range(1, threads)]
-    first = chunk(0, cuts[1])
+    calls = [functools.partial(chunk, 0, cuts[1])]  # the calling thread keeps its errstate
+    calls += [functools.partial(work, cuts[t], cuts[t + 1]) for t in range(1, threads)]
+    return run_parallel(calls)
+
+
+def run_parallel(calls: list) -> list:
+    """``[call() for call in calls]``, the first on the calling thread and the rest at the
+    same time on the worker pool (block kernels and their compiled twins share it)."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    futures = [worker_pool(len(calls) - 1).submit(call) for call in calls[1:]]
+    first = calls[0]()
     return [first] + [f.result() for f in futures]
 
 
