@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
+import threading
 import warnings
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -24,7 +27,7 @@ from .errors import (ArgumentError, ArgumentValueError, DiffprogError, DiffprogW
                      NotDifferentiableError, ShapeError)
 from .guards import GuardFailed
 from .ir import Graph
-from .tracing import _TRACE_STACK, Tracer, eval_graph, trace_function
+from .tracing import Tracer, eval_graph, trace_function, tracing_active
 from .transforms import jvp_graph, simplify, vjp_graph
 from .transforms.partial_eval import split_known
 from .tree import TreeDef, flatten, leaf_paths, unflatten
@@ -96,7 +99,7 @@ def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
             keys.append(_static_key(leaf))
     # Inside an enclosing trace the function may close over traced values even when its
     # arguments are plain: record into that trace rather than compiling a program.
-    nested = nested or bool(_TRACE_STACK)
+    nested = nested or tracing_active()
     return Signature(treedef, leaves, dynamic, (treedef, tuple(keys)), nested, first_gpu)
 
 
@@ -151,17 +154,117 @@ def _warn_retraces(fn, count: int, line: str) -> None:
 class FunctionCache:
     """Compiled programs of one user function, keyed by signature/kind/engine.
 
-    ``programs[key]`` is the most recent ``(program, traced)``; ``variants[key]`` holds
-    every :class:`Variant` kept for that key (several when guards failed: one per
-    branch outcome / loop count), most recently used first.
+    ``variants[key]`` is the tuple of :class:`Variant` kept for that key (several when
+    guards failed: one per branch outcome / loop count), most recently used first;
+    ``traced[sig.key]`` the latest trace of a signature. Both are LRU-bounded by
+    :func:`set_cache_size`. Readers take no lock (a dict lookup and a tuple are safe
+    under concurrent writers); writers hold ``lock``; a miss holds that key's own
+    ``building`` lock while it traces, so concurrent first calls trace once.
     """
 
     def __init__(self):
-        self.traced: dict = {}
-        self.programs: dict = {}
-        self.variants: dict = {}
+        self.lock = threading.RLock()
+        self.traced: OrderedDict = OrderedDict()
+        self.variants: OrderedDict = OrderedDict()
         self.retraces: dict = {}  # key -> number of variants ever traced
         self.warned: set = set()
+        self._building: dict = {}  # key -> lock held while one thread traces that key
+
+    @property
+    def programs(self) -> dict:
+        """key -> (program, traced) of the most recently used variant of each key."""
+        return {k: (v[0].programs[0], v[0].traced) for k, v in list(self.variants.items()) if v}
+
+    def building(self, key) -> threading.Lock:
+        with self.lock:
+            lock = self._building.get(key)
+            if lock is None:
+                lock = self._building[key] = threading.Lock()
+            return lock
+
+    def store_traced(self, sig_key, traced) -> None:
+        with self.lock:
+            self.traced[sig_key] = traced
+            self.traced.move_to_end(sig_key)
+            _evict(self.traced, lambda k: None)
+
+    def store_variants(self, key, variants: tuple) -> None:
+        with self.lock:
+            self.variants[key] = variants
+            self.variants.move_to_end(key)
+            _evict(self.variants, self._forget)
+
+    def touch(self, key) -> None:
+        """Mark ``key`` most recently used (it survives eviction longest)."""
+        with self.lock:
+            if key in self.variants:
+                self.variants.move_to_end(key)
+
+    def _forget(self, key) -> None:
+        self.retraces.pop(key, None)
+        self.warned.discard(key)
+        self._building.pop(key, None)
+
+
+def _evict(table: OrderedDict, forget) -> None:
+    """Drop least recently used entries beyond the configured size (caller holds the lock)."""
+    while len(table) > _CACHE_LIMIT[0]:
+        key, _ = table.popitem(last=False)
+        forget(key)
+        _STATS["evictions"] += 1
+
+
+#: programs kept per function (per transformation for the fast call path), LRU
+DEFAULT_CACHE_SIZE = 128
+_CACHE_LIMIT = [DEFAULT_CACHE_SIZE]
+_STATS = {"hits": 0, "misses": 0, "evictions": 0}
+
+
+def _cache_size_from_env() -> int:
+    raw = os.environ.get("DIFFPROG_CACHE_SIZE", "").strip()
+    if not raw:
+        return DEFAULT_CACHE_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        warnings.warn(f"DIFFPROG_CACHE_SIZE={raw!r} is not a positive integer; using the "
+                      f"default {DEFAULT_CACHE_SIZE}.", DiffprogWarning, stacklevel=2)
+        return DEFAULT_CACHE_SIZE
+    return size
+
+
+_CACHE_LIMIT[0] = _cache_size_from_env()
+
+
+def set_cache_size(size: int) -> int:
+    """Keep at most ``size`` compiled signatures per function (least recently used are
+    dropped first); returns the previous limit. The default, 128, can also be set with
+    the environment variable ``DIFFPROG_CACHE_SIZE``.
+
+    >>> import diffprog as dp
+    >>> previous = dp.set_cache_size(16)
+    >>> dp.set_cache_size(previous)
+    16
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ArgumentValueError(f"set_cache_size: size must be a positive integer, got "
+                                 f"{size!r}. Fix: pass e.g. dp.set_cache_size(256).")
+    previous, _CACHE_LIMIT[0] = _CACHE_LIMIT[0], int(size)
+    return previous
+
+
+def cache_info() -> dict:
+    """Counters of the program caches of every function: ``hits`` and ``misses`` (calls
+    through the full path that found / did not find a program), ``evictions`` (programs
+    dropped to stay within :func:`set_cache_size`) and ``maxsize``.
+
+    >>> import diffprog as dp
+    >>> sorted(dp.cache_info())
+    ['evictions', 'hits', 'maxsize', 'misses']
+    """
+    return {**_STATS, "maxsize": _CACHE_LIMIT[0]}
 
 
 @dataclass
@@ -177,22 +280,51 @@ MAX_VARIANTS = 32
 WARN_AFTER_VARIANTS = 8
 
 
+def _try_variants(cache: FunctionCache, key, inputs):
+    """Run the first kept variant of ``key`` whose guards hold: ``((outputs, variant),
+    None)``, or ``(None, the last GuardFailed or None)`` when none does."""
+    variants = cache.variants.get(key, ())
+    failed = None
+    for i, variant in enumerate(variants):
+        try:
+            out = variant.programs[0](*inputs)
+        except GuardFailed as e:
+            failed = e
+            continue
+        if i:  # most recently used first: the next call tries it first
+            with cache.lock:
+                now = cache.variants.get(key, ())
+                if any(v is variant for v in now):
+                    cache.variants[key] = (variant,) + tuple(v for v in now if v is not variant)
+        cache.touch(key)
+        return (out, variant), None
+    return None, failed
+
+
 def _has_guards(graph: Graph) -> bool:
     return any(getattr(e.prim, "effectful", False) for e in graph.eqns)
 
 
 _CACHES: "weakref.WeakKeyDictionary[Callable, FunctionCache]" = weakref.WeakKeyDictionary()
-_STRONG_CACHES: dict = {}
+_STRONG_CACHES: dict = {}  # id(fn) -> (fn, cache): holding fn keeps its id from being reused
+_CACHES_LOCK = threading.Lock()
 
 
 def cache_for(fn: Callable) -> FunctionCache:
     try:
         cache = _CACHES.get(fn)
         if cache is None:
-            cache = _CACHES[fn] = FunctionCache()
-    except TypeError:  # not weak-referenceable (e.g. a builtin): cache by identity
-        cache = _STRONG_CACHES.setdefault(id(fn), FunctionCache())
-    return cache
+            with _CACHES_LOCK:
+                cache = _CACHES.get(fn)
+                if cache is None:
+                    cache = _CACHES[fn] = FunctionCache()
+        return cache
+    except TypeError:  # not weak-referenceable (e.g. a builtin or ufunc)
+        with _CACHES_LOCK:
+            held = _STRONG_CACHES.get(id(fn))
+            if held is None or held[0] is not fn:
+                held = _STRONG_CACHES[id(fn)] = (fn, FunctionCache())
+            return held[1]
 
 
 def _device_of(leaf) -> str | None:
@@ -297,7 +429,7 @@ class Transformed:
     # with the same key that went through the full path. Cuts W1's call overhead ~3x.
 
     def _fast_key(self, args):
-        if self.static_argnums or _TRACE_STACK:
+        if self.static_argnums or tracing_active():
             return None
         key = [self.engine or _engines.default_engine_name()]
         for a in args:
@@ -320,8 +452,15 @@ class Transformed:
         return (assemble(flat),)
 
     def _fast_store(self, key, program, assemble):
-        if key is not None:
-            self._fast[key] = (program, assemble)
+        if key is None:
+            return
+        fast = self._fast
+        fast[key] = (program, assemble)
+        while len(fast) > _CACHE_LIMIT[0]:  # oldest first; a dropped key takes the full path
+            try:
+                del fast[next(iter(fast))]
+            except (KeyError, RuntimeError, StopIteration):  # another thread got there first
+                break
 
     def _traced(self, sig: Signature) -> Traced:
         if sig.nested:
@@ -330,7 +469,8 @@ class Transformed:
         hit = cache.traced.get(sig.key)
         # A guarded trace holds for the values it was traced with only: trace again.
         if hit is None or hit.guarded:
-            hit = cache.traced[sig.key] = trace_call(self.fn, sig)
+            hit = trace_call(self.fn, sig)
+            cache.store_traced(sig.key, hit)
         return hit
 
     def _run(self, sig: Signature, kind: tuple, build: Callable, inputs=None):
@@ -351,24 +491,28 @@ class Transformed:
         cache = cache_for(self.fn)
         key = (sig.key, kind, engine_name)
         inputs = sig.dyn_leaves if inputs is None else inputs
-        variants = cache.variants.setdefault(key, [])
-        failed = None
-        for i, variant in enumerate(variants):
-            try:
-                out = variant.programs[0](*inputs)
-            except GuardFailed as e:
-                failed = e
-                continue
-            if i:
-                variants.insert(0, variants.pop(i))
-            return out, variant
-        variant = self._new_variant(sig, build, engine_name, fresh=failed is not None)
-        variants.insert(0, variant)
-        del variants[MAX_VARIANTS:]
-        cache.programs[key] = (variant.programs[0], variant.traced)
-        count = cache.retraces[key] = cache.retraces.get(key, 0) + 1
-        if failed is not None and count >= WARN_AFTER_VARIANTS and key not in cache.warned:
-            cache.warned.add(key)
+        done, failed = _try_variants(cache, key, inputs)
+        if done is not None:
+            _STATS["hits"] += 1
+            return done
+        # One thread traces a new key; concurrent first calls wait and then find it.
+        with cache.building(key):
+            done, failed_again = _try_variants(cache, key, inputs)
+            if done is not None:
+                _STATS["hits"] += 1
+                return done
+            failed = failed_again or failed
+            _STATS["misses"] += 1
+            variant = self._new_variant(sig, build, engine_name, fresh=failed is not None)
+            with cache.lock:
+                kept = (variant,) + cache.variants.get(key, ())
+                cache.store_variants(key, kept[:MAX_VARIANTS])
+                count = cache.retraces[key] = cache.retraces.get(key, 0) + 1
+                warn = failed is not None and count >= WARN_AFTER_VARIANTS and \
+                    key not in cache.warned
+                if warn:
+                    cache.warned.add(key)
+        if warn:
             _warn_retraces(self.fn, count, failed.line)
         try:
             return variant.programs[0](*inputs), variant
@@ -380,7 +524,7 @@ class Transformed:
     def _new_variant(self, sig, build, engine_name, fresh: bool) -> Variant:
         if fresh:
             traced = trace_call(self.fn, sig)
-            cache_for(self.fn).traced[sig.key] = traced
+            cache_for(self.fn).store_traced(sig.key, traced)
         else:
             traced = self._traced(sig)
         graphs = build(traced)
@@ -397,18 +541,6 @@ class Transformed:
         if sig.nested:  # recording into an enclosing trace: the IR transforms do it
             return False
         return getattr(_engines.get(_engine_name(sig, self.engine)), "native_gradients", False)
-
-    def _program(self, sig: Signature, kind: tuple, build: Callable[[Traced], Graph]):
-        """(program, traced) of the most recent variant for this signature (no guard
-        check: for introspection; calls go through :meth:`_run`)."""
-        engine_name = _engine_name(sig, self.engine)
-        key = (sig.key, kind, engine_name)
-        hit = cache_for(self.fn).programs.get(key)
-        if hit is None:
-            with _on_gpu(sig.gpu):
-                variant = self._new_variant(sig, build, engine_name, fresh=False)
-            hit = cache_for(self.fn).programs[key] = (variant.programs[0], variant.traced)
-        return hit
 
 
 # ======================================================================= differentiable

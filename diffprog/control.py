@@ -727,8 +727,8 @@ def checkpoint(fn: Callable) -> Callable:
 
 
 def _tracing() -> bool:
-    from .tracing import _TRACE_STACK
-    return bool(_TRACE_STACK)
+    from .tracing import tracing_active
+    return tracing_active()
 
 
 # =============================================================================== while

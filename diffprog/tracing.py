@@ -12,6 +12,7 @@ higher level; values from outer traces that the inner function closes over are
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import linecache
 import os
 import sys
@@ -22,14 +23,24 @@ import numpy as np
 from .errors import ConcretizationError, DiffprogError, UnsupportedFunctionError
 from .ir import Aval, Eqn, Graph, Lit, Var, aval_of
 
-_TRACE_STACK: list["Trace"] = []
+# The open traces, innermost last. A context variable holding an immutable tuple, so
+# every thread (and every asyncio task) has its own stack: two threads tracing at once
+# must never see each other's traces (a nested derivative in one thread would otherwise
+# capture the other thread's values and return a silently wrong gradient).
+_TRACE_STACK: contextvars.ContextVar[tuple] = contextvars.ContextVar("diffprog_traces",
+                                                                      default=())
+
+
+def tracing_active() -> bool:
+    """Is this thread (context) inside a trace right now?"""
+    return bool(_TRACE_STACK.get())
 
 
 class Trace:
     """Records equations. ``concrete`` traces also compute every value eagerly."""
 
     def __init__(self, concrete: bool):
-        self.level = len(_TRACE_STACK)
+        self.level = len(_TRACE_STACK.get())
         self.concrete = concrete
         self.eqns: list[Eqn] = []
         self.invars: list[Var] = []
@@ -68,11 +79,11 @@ class Trace:
 @contextlib.contextmanager
 def new_trace(concrete: bool):
     trace = Trace(concrete)
-    _TRACE_STACK.append(trace)
+    token = _TRACE_STACK.set(_TRACE_STACK.get() + (trace,))
     try:
         yield trace
     finally:
-        _TRACE_STACK.pop()
+        _TRACE_STACK.reset(token)
         trace.active = False
 
 
