@@ -1066,8 +1066,9 @@ def slogdet(a):
 
 @implements(np.linalg.cholesky)
 def cholesky(a, upper=False):
-    L = P.cholesky(a)
-    return swapaxes(L, -1, -2) if upper else L
+    if upper:  # NumPy then reads the upper triangle of a: chol_upper(a) = chol(a^T)^T
+        return swapaxes(P.cholesky(swapaxes(a, -1, -2)), -1, -2)
+    return P.cholesky(a)
 
 
 @implements(np.linalg.norm)

@@ -1142,20 +1142,31 @@ slogdet = Primitive(
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
 
 
-def _phi(x):
-    """Lower triangle with the diagonal halved (the cholesky rule's projection)."""
+def _tril_scaled(x, diagonal):
+    """``x`` on its lower triangle, the diagonal scaled by ``diagonal``, zeros above."""
     from . import numpy_api as dp
     n = np.shape(x)[-1]
-    weights = np.tril(np.ones((n, n))) - 0.5 * np.eye(n)
+    weights = np.tril(np.ones((n, n))) - (1.0 - diagonal) * np.eye(n)
     return x * dp.constant(weights.astype(np.result_type(x)))
 
 
+def _phi(x):
+    """Lower triangle with the diagonal halved (the cholesky rule's projection)."""
+    return _tril_scaled(x, 0.5)
+
+
+# NumPy's cholesky reads only the lower triangle of `a`: it factors the symmetric
+# A = tril(a) + tril(a, -1)^T, whatever is above the diagonal. The rules are those of
+# that function of `a` (what finite differences of NumPy see), not of a symmetric input:
+# the JVP symmetrises the tangent's lower triangle, and the VJP takes the symmetric
+# cotangent (S + S^T) / 2 of A back through that map, so it lies on the lower triangle
+# with each off-diagonal entry counted twice: phi(S + S^T). On symmetric perturbations
+# this agrees with the usual symmetric rule.
 def _cholesky_vjp(g, a, *, out):
     L = out
-    P = _phi(_swap(L) @ g)
     Linv = inv(L)
-    S = _swap(Linv) @ P @ Linv
-    return (0.5 * (S + _swap(S)),)
+    S = _swap(Linv) @ _phi(_swap(L) @ g) @ Linv
+    return (_phi(S + _swap(S)),)
 
 
 def _cholesky_jvp(ts, a, *, out):
@@ -1163,7 +1174,8 @@ def _cholesky_jvp(ts, a, *, out):
         return None
     L = out
     Linv = inv(L)
-    return L @ _phi(Linv @ ts[0] @ _swap(Linv))
+    t = _tril_scaled(ts[0], 1.0) + _swap(_tril_scaled(ts[0], 0.0))
+    return L @ _phi(Linv @ t @ _swap(Linv))
 
 
 def _cholesky_shape(a):
@@ -1172,8 +1184,10 @@ def _cholesky_shape(a):
 
 
 def _spd(x):
+    """A positive definite lower triangle, and noise above it that NumPy never reads
+    (so the generated tests see the rules on non-symmetric perturbations too)."""
     n = np.shape(x)[-1]
-    return x @ _swap(x) + n * np.eye(n)
+    return x @ _swap(x) + n * np.eye(n) + np.triu(x, 1)
 
 
 cholesky = Primitive(
