@@ -1100,22 +1100,91 @@ inv = Primitive(
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
 
 
+def _adjugate_impl(xp, a):
+    """adj(a) = det(a) inv(a), without the inverse: from the SVD a = U diag(s) V^T,
+    adj(a) = det(U) det(V) V diag(prod of the s_j but s_i) U^T. The products leaving one
+    singular value out are prefix times suffix products, not det / s_i, so a rank n-1
+    matrix (one s_i = 0) gets its exact, nonzero adjugate and lower ranks get zero."""
+    if a.shape[-1] == 0:
+        return xp.zeros_like(a)
+    u, s, vh = xp.linalg.svd(a)
+    one = xp.ones(s.shape[:-1] + (1,), s.dtype)
+    before = xp.cumprod(xp.concatenate([one, s[..., :-1]], axis=-1), axis=-1)
+    after = xp.flip(xp.cumprod(xp.concatenate([one, xp.flip(s[..., 1:], axis=-1)], axis=-1),
+                               axis=-1), axis=-1)
+    sign = xp.sign(xp.linalg.det(u) * xp.linalg.det(vh))  # +-1: U and V are orthogonal
+    adj = (xp.swapaxes(vh, -1, -2) * (before * after)[..., None, :]) @ xp.swapaxes(u, -1, -2)
+    return adj * sign[..., None, None]
+
+
+def _adjugate_jvp(a, e):
+    """d adj(a)[e], exact at every rank, written with adjugate itself so that every order
+    traces. For a rank-one direction x y^T,
+        d adj(a)[x y^T] = -adj([[a, x], [y^T, 0]])[:n, :n]
+    (both sides are polynomials in a, and for invertible a both equal
+    (tr(adj(a) x y^T) adj(a) - adj(a) x y^T adj(a)) / det(a)); e is the sum over k of
+    its column k times e_k^T. That is n adjugates of (n+1)-matrices, O(n^4): only
+    second and higher derivatives of det pay it."""
+    n = np.shape(a)[-1]
+    batch = tuple(np.shape(a)[:-2])
+    dtype = np.result_type(a)
+    copies = np.broadcast_to(np.expand_dims(a, -3), batch + (n, n, n))
+    columns = np.expand_dims(_swap(e), -1)  # [..., k, :, 0] is column k of e
+    last_rows = np.concatenate([np.eye(n, dtype=dtype)[:, None, :], np.zeros((n, 1, 1), dtype)],
+                               axis=-1)  # [k] is [e_k^T, 0]
+    bordered = np.concatenate([np.concatenate([copies, columns], axis=-1),
+                               np.broadcast_to(last_rows, batch + (n, 1, n + 1))], axis=-2)
+    return -np.sum(adjugate(bordered)[..., :n, :n], axis=-3)
+
+
+def _adjugate_shape(a):
+    _square_shape(a, "adjugate")
+    return Aval(a.shape, a.dtype)
+
+
+def _adjugate_julia(eqn, jl):
+    """Julia holds a^T, and adj(a^T) = adj(a)^T: the same SVD formula on the Julia matrix
+    (slices and cumprod, no scalar indexing, so GPU matrices work)."""
+    return _julia_single_matrix(
+        "let F = LinearAlgebra.svd({0}), s = F.S, o = one(eltype(s)); "
+        "sign(DiffProg.npdet(F.U) * DiffProg.npdet(F.Vt)) .* (F.V * LinearAlgebra.Diagonal("
+        "cumprod(vcat(o, s[1:(end - 1)])) .* reverse(cumprod(vcat(o, reverse(s[2:end]))))"
+        ") * F.U') end")(eqn, jl)
+
+
+def _rank(n, r, *batch):
+    """A matrix (or stack) of rank r: det is 0 for r < n, its gradient is not for r = n - 1."""
+    return lambda rng: [rng.standard_normal(batch + (n, r)) @ rng.standard_normal(batch + (r, n))]
+
+
+# The transposed adjugate is det's gradient at every matrix, singular ones included.
+# Its VJP is its JVP transposed: <G, d adj(a)[E]> = <d adj(a)[G^T]^T, E> (check it on
+# invertible a with d adj[E] = (tr(adj E) adj - adj E adj) / det; both sides are
+# polynomials). Single matrices in the table (stacks are covered through det's cases).
+adjugate = Primitive(
+    "adjugate", _adjugate_impl, _adjugate_shape,
+    vjp=lambda g, a, *, out: (_swap(_adjugate_jvp(a, _swap(g))),),
+    jvp=lambda ts, a, *, out: None if ts[0] is None else _adjugate_jvp(a, ts[0]),
+    julia=_adjugate_julia,
+    cases=[Case(_well_conditioned(3, 3)), Case(_rank(3, 2)), Case(_rank(3, 1)),
+           Case(_rank(4, 3)), Case(_rng_normal(1, 1))])
+
+
 def _det_shape(a):
     _square_shape(a, "linalg.det")
     return Aval(a.shape[:-2], a.dtype)
 
 
-def _trace_last2(m):
-    from . import numpy_api as dp
-    return dp.trace_last2(m)
-
-
+# d det(a)[t] = tr(adj(a) t): through the adjugate, not det(a) inv(a), which fails (or
+# is garbage) at singular matrices where the gradient is well defined.
 det = Primitive(
     "det", "xp.linalg.det({0})", _det_shape,
-    vjp=lambda g, a, *, out: (np.expand_dims(g * out, (-1, -2)) * _swap(inv(a)),),
-    jvp=lambda ts, a, *, out: None if ts[0] is None else out * _trace_last2(solve(a, ts[0])),
+    vjp=lambda g, a, *, out: (np.expand_dims(g, (-1, -2)) * _swap(adjugate(a)),),
+    jvp=lambda ts, a, *, out: (None if ts[0] is None
+                               else np.sum(_swap(adjugate(a)) * ts[0], axis=(-2, -1))),
     julia=_julia_single_matrix("DiffProg.npdet({0})"),
-    cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
+    cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3)), Case(_rank(3, 2)),
+           Case(_rank(4, 2)), Case(_rank(3, 2, 2))])
 
 
 def _slogdet_shape(a):
@@ -1123,17 +1192,27 @@ def _slogdet_shape(a):
     return [Aval(a.shape[:-2], a.dtype), Aval(a.shape[:-2], a.dtype)]
 
 
+def _inverse_or_nan(a, sign):
+    """inv(a), and NaN for each matrix NumPy's slogdet calls singular (sign 0, logabsdet
+    -inf): log|det| has no derivative there. The same exact zero pivot of LAPACK's LU
+    makes slogdet return sign 0 and inv raise, so those matrices are replaced by the
+    identity before inverting (the other matrices of a stack keep their gradients)."""
+    singular = np.expand_dims(sign == 0, (-1, -2))
+    safe = np.where(singular, np.eye(np.shape(a)[-1], dtype=np.result_type(a)), a)
+    return np.where(singular, np.nan, inv(safe))
+
+
 def _slogdet_vjp(gs, a, *, out):
     g_logdet = gs[1]
     if g_logdet is None:
         return (None,)
-    return (np.expand_dims(g_logdet, (-1, -2)) * _swap(inv(a)),)
+    return (np.expand_dims(g_logdet, (-1, -2)) * _swap(_inverse_or_nan(a, out[0])),)
 
 
 def _slogdet_jvp(ts, a, *, out):
     if ts[0] is None:
         return [None, None]
-    return [None, _trace_last2(solve(a, ts[0]))]
+    return [None, np.sum(_swap(_inverse_or_nan(a, out[0])) * ts[0], axis=(-2, -1))]
 
 
 slogdet = Primitive(

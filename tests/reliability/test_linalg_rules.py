@@ -6,6 +6,8 @@ fails here even where the table's own cases, made on the assumed structure, pass
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,89 @@ def test_cholesky_gradient_agrees_with_the_symmetric_rule_on_symmetric_perturbat
     f = _projected(np.linalg.cholesky, (4, 4))
     along = dp.grad(lambda t: f(a + t * s))(0.0)
     np.testing.assert_allclose(along, np.sum(dp.grad(f)(a) * s), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ det
+
+def _rank(rng, n, r, *batch):
+    return rng.standard_normal(batch + (n, r)) @ rng.standard_normal(batch + (r, n))
+
+
+@pytest.mark.parametrize("n,r", [(3, 3), (3, 2), (4, 3), (4, 2), (1, 0), (2, 1)])
+def test_det_gradient_at_regular_and_rank_deficient_matrices(n, r):
+    a = _rank(np.random.default_rng(5 + n + r), n, r) if r else np.zeros((n, n))
+    check_grads(np.linalg.det, (a,), order=2)
+
+
+def test_det_gradient_at_a_singular_matrix_is_the_transposed_adjugate():
+    a = np.array([[1.0, 2.0], [2.0, 4.0]])  # rank 1; adj(a) = [[4, -2], [-2, 1]]
+    np.testing.assert_allclose(dp.grad(np.linalg.det)(a), [[4.0, -2.0], [-2.0, 1.0]], atol=1e-12)
+    b = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])  # rank 2
+    cof = np.array([[-3.0, 6.0, -3.0], [6.0, -12.0, 6.0], [-3.0, 6.0, -3.0]])
+    np.testing.assert_allclose(dp.grad(np.linalg.det)(b), cof, atol=1e-11)
+    assert np.all(dp.grad(np.linalg.det)(np.zeros((3, 3))) == 0)
+
+
+def test_det_gradient_of_a_stack_with_singular_members():
+    rng = np.random.default_rng(6)
+    a = np.stack([_rank(rng, 3, 3), _rank(rng, 3, 2), _rank(rng, 3, 1), np.eye(3)])
+    check_grads(lambda a: np.sum(np.linalg.det(a) * np.array([1.0, -2.0, 0.5, 3.0])), (a,),
+                order=2)
+
+
+def test_det_gradient_in_float32_keeps_the_dtype():
+    a = _rank(np.random.default_rng(7), 3, 2).astype(np.float32)
+    g = dp.grad(np.linalg.det)(a)
+    assert g.dtype == np.float32
+    check_grads(np.linalg.det, (a,))
+
+
+def test_det_third_derivative_at_a_singular_matrix():
+    rng = np.random.default_rng(8)
+    a, v = _rank(rng, 3, 2), rng.standard_normal((3, 3))
+    hvp = lambda a: np.sum(dp.grad(lambda b: np.sum(dp.grad(np.linalg.det)(b) * v))(a) * v)  # noqa: E731
+    check_grads(hvp, (a,))
+
+
+# ------------------------------------------------------------------ slogdet
+
+@pytest.mark.parametrize("shape", [(3, 3), (2, 3, 3)])
+def test_slogdet_gradient_at_regular_matrices(shape):
+    a = np.random.default_rng(9).standard_normal(shape) + 2 * np.eye(shape[-1])
+    check_grads(lambda a: np.sum(np.linalg.slogdet(a)[1]), (a,), order=2)
+
+
+def test_slogdet_gradient_at_a_singular_matrix_is_nan_not_an_error():
+    """log|det| is -inf there (NumPy: sign 0, logabsdet -inf) and has no derivative: the
+    gradient is NaN for that matrix, as NumPy's value is non-finite; other matrices of
+    a stack keep their exact gradients."""
+    rng = np.random.default_rng(10)
+    regular = rng.standard_normal((3, 3)) + 2 * np.eye(3)
+    a = np.stack([regular, np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 1.0, 1.0]])])
+    assert np.linalg.slogdet(a)[0][1] == 0
+    f = lambda a: np.sum(np.linalg.slogdet(a)[1])  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        g = dp.grad(f)(a)
+        _, t = dp.jvp(f, (a,), (np.ones_like(a),))
+    assert np.all(np.isnan(g[1])) and np.isnan(t)
+    np.testing.assert_allclose(g[0], np.linalg.inv(regular).T, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ the other linalg rules
+
+@pytest.mark.parametrize("fn,shapes", [
+    (np.linalg.inv, [(3, 3)]),
+    (np.linalg.inv, [(2, 3, 3)]),
+    (np.linalg.solve, [(3, 3), (3,)]),
+    (np.linalg.solve, [(2, 3, 3), (3, 2)]),
+    (lambda a: np.linalg.norm(a, ord=1), [(3, 4)]),
+    (lambda a: np.linalg.norm(a, ord=np.inf), [(3, 4)]),
+    (lambda a: np.linalg.norm(a, "fro"), [(3, 4)]),
+])
+def test_other_linalg_rules_match_finite_differences_of_numpy(fn, shapes):
+    rng = np.random.default_rng(11)
+    args = tuple(rng.standard_normal(s) + (2 * np.eye(s[-1]) if i == 0 and s[-1] == s[-2] else 0)
+                 for i, s in enumerate(shapes))
+    out_shape = np.shape(fn(*args))
+    check_grads(_projected(fn, out_shape), args, order=2)
