@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..control import error_if, fori_loop, scan_, while_loop
-from ..errors import ArgumentError, ArgumentValueError
+from ..errors import ArgumentError, ArgumentValueError, ShapeError
 from ..numpy_api import stop_gradient
 from ..tracing import Tracer
 
@@ -46,8 +46,38 @@ _E = tuple(a - b for a, b in zip(_B5, _B4))
 
 def _as_float_array(y0):
     """y0 as an array; integers become float64, float32/float64 keep their precision."""
-    y0 = np.asarray(y0)
-    return y0 if np.issubdtype(y0.dtype, np.inexact) else y0.astype(float)
+    array = np.asarray(y0)
+    if array.dtype == object:
+        raise ArgumentError(
+            f"odeint: y0 must be an array or a number (the state), got {type(y0).__name__}. "
+            f"Fix: pack the state into one array (e.g. np.concatenate of its parts) and "
+            f"unpack it inside f.")
+    return array if np.issubdtype(array.dtype, np.inexact) else array.astype(float)
+
+
+def _checked_rhs(f, y0, params):
+    """``f(y, t, *params)``, refusing a result that is not dy/dt for the state. NumPy would
+    broadcast a scalar, ``y[:1]`` or ``-t`` (f written for solve_ivp's ``f(t, y)``) into
+    the state, and the solver would integrate another equation without a word."""
+    want_shape, want_dtype = tuple(y0.shape), y0.dtype
+
+    def rhs(y, s):
+        dy = f(y, s, *params)
+        if isinstance(dy, (list, tuple)):  # array_like, as scipy.integrate.odeint reads it
+            dy = np.stack(dy)
+        shape = tuple(dy.shape) if hasattr(dy, "shape") else np.shape(dy)
+        dtype = dy.dtype if hasattr(dy, "dtype") else np.result_type(dy)
+        if shape != want_shape or dtype.kind != want_dtype.kind:
+            name = getattr(f, "__qualname__", None) or repr(f)
+            raise ShapeError(
+                f"odeint: f={name} returned shape {shape} and dtype {dtype}, but the state y0 "
+                f"has shape {want_shape} and dtype {want_dtype}; f must return dy/dt with y's "
+                f"shape and dtype kind. odeint calls f(y, t, *params), the order of "
+                f"scipy.integrate.odeint; scipy.integrate.solve_ivp calls f(t, y, *args) "
+                f"instead. Fix: return an array of shape {want_shape}; for a function written "
+                f"for solve_ivp, pass `lambda y, t, *p: f(t, y, *p)`.")
+        return dy
+    return rhs
 
 
 def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
@@ -55,6 +85,12 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
            checkpoint: bool = True, max_num_steps: int = 10_000):
     """Solve ``dy/dt = f(y, t, *params)`` from ``y(t[0]) = y0``; return ``y`` at every ``t``
     (shape ``(len(t),) + y0.shape``; ``ys[0]`` is ``y0``).
+
+    ``f`` takes the state first, as in ``scipy.integrate.odeint`` (``solve_ivp`` uses
+    ``f(t, y)``), and returns dy/dt with ``y0``'s shape and dtype kind (a list or tuple is
+    stacked); anything else is a :class:`~diffprog.errors.ShapeError` rather than being
+    broadcast into the state. (A function in solve_ivp's order is caught by the shape
+    check unless the state is a scalar, where f(t, y) and f(y, t) cannot be told apart.)
 
     * ``method="rk4"``: classical Runge-Kutta, ``steps_per_interval`` equal steps between
       consecutive output times.
@@ -88,9 +124,7 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
     if not isinstance(t, Tracer) and np.any(np.diff(t) <= 0):
         raise ArgumentValueError("odeint: t must be strictly increasing")
 
-    def rhs(y, s):
-        dy = f(y, s, *params)
-        return dy
+    rhs = _checked_rhs(f, y0, params)
 
     if method == "rk4":
         n = int(steps_per_interval)
