@@ -17,15 +17,17 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from . import engines as _engines
-from .errors import (ArgumentError, ArgumentValueError, DiffprogError, DiffprogWarning,
+from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
+                     DiffprogWarning,
                      NotDifferentiableError, ShapeError)
 from .guards import GuardFailed
+from .randomness import RandomWatch
 from .ir import Graph
 from .tracing import Tracer, eval_graph, trace_function, tracing_active
 from .transforms import jvp_graph, simplify, vjp_graph
@@ -54,12 +56,53 @@ def _leaf_key(leaf, gpu: int | None):
     return (type(leaf), leaf.shape, leaf.dtype)
 
 
-def _static_key(leaf):
+def _static_key(leaf, where: Callable[[], str]):
+    """Static values are cache keys by value: an equal value reuses the program, a new
+    one retraces. A value without a hash cannot be compared that way (keying it by id()
+    reused stale programs for new objects at recycled addresses): refused."""
     try:
         hash(leaf)
-        return (type(leaf), leaf)
     except TypeError:
-        return ("id", id(leaf))
+        raise ArgumentError(
+            f"{where()} is a static (non-traced) value of type {type(leaf).__name__}, which is "
+            f"not hashable, so diffprog cannot tell whether a later call passes the same value. "
+            f"Fix: pass arrays as traced arguments (not in static_argnums), make the value "
+            f"hashable (a tuple instead of a list, a frozen dataclass), or close over it.") \
+            from None
+    return (type(leaf), leaf)
+
+
+#: ndarray subclasses whose values and operations are those of a plain ndarray
+_PLAIN_SUBCLASSES = (np.memmap,)
+
+
+def _check_array_leaf(leaf, where: Callable[[], str]) -> None:
+    """Refuse array inputs that diffprog would compute with as if they were something
+    else: masked arrays (the mask would be ignored), np.matrix (``*`` is a matrix
+    product there), other ndarray subclasses, and dtypes that are not numbers."""
+    if isinstance(leaf, np.ma.MaskedArray):
+        raise ArgumentError(
+            f"{where()} is a masked array (numpy.ma.MaskedArray). diffprog computes on plain "
+            f"arrays and would silently ignore its mask. Fix: pass x.filled(fill_value) (or "
+            f"np.ma.getdata(x)) and the mask as a separate boolean array, and use np.where(mask, "
+            f"..., ...) inside the function.")
+    if isinstance(leaf, np.matrix):
+        raise ArgumentError(
+            f"{where()} is an np.matrix, whose operators differ from arrays ('*' is a matrix "
+            f"product, results stay 2-d). diffprog computes with plain arrays and would give "
+            f"different numbers. Fix: pass np.asarray(x) and write '@' for matrix products.")
+    if isinstance(leaf, np.ndarray) and type(leaf) is not np.ndarray and \
+            not isinstance(leaf, _PLAIN_SUBCLASSES):
+        raise ArgumentError(
+            f"{where()} is a {type(leaf).__module__}.{type(leaf).__qualname__}, a subclass of "
+            f"np.ndarray whose own behaviour diffprog would not reproduce. Fix: pass "
+            f"np.asarray(x) if its values are all that matters.")
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and np.dtype(dtype).kind not in "biufc":
+        raise ArgumentError(
+            f"{where()} has dtype {dtype}; diffprog traces arrays of booleans, integers and "
+            f"floating-point numbers. Fix: convert it (x.astype(float)), or pass it as a "
+            f"static argument if it is not numeric data.")
 
 
 @dataclass
@@ -90,13 +133,18 @@ def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
     dynamic, keys, nested, first_gpu = [], [], False, None
     for i, leaf in enumerate(leaves):
         if i not in static_leaf_pos and _is_dynamic(leaf):
+            if type(leaf) is np.ndarray:
+                if leaf.dtype.kind not in "biufc":
+                    _check_array_leaf(leaf, lambda: f"args{leaf_paths(treedef)[i]}")
+            elif not isinstance(leaf, (float, Tracer)):
+                _check_array_leaf(leaf, lambda: f"args{leaf_paths(treedef)[i]}")
             dynamic.append(i)
             gpu = _gpu_id(leaf)
             keys.append(_leaf_key(leaf, gpu))
             nested = nested or isinstance(leaf, Tracer)
             first_gpu = gpu if first_gpu is None else first_gpu
         else:
-            keys.append(_static_key(leaf))
+            keys.append(_static_key(leaf, lambda: f"args{leaf_paths(treedef)[i]}"))
     # Inside an enclosing trace the function may close over traced values even when its
     # arguments are plain: record into that trace rather than compiling a program.
     nested = nested or tracing_active()
@@ -130,13 +178,61 @@ class Traced:
     n_explicit: int
     captured: list  # outer tracers, bound to the graph's trailing inputs
     guarded: bool = False  # holds guards: valid only for inputs that pass them
+    drew: list = field(default_factory=list)  # random generators the trace drew from
+
+    @property
+    def reusable(self) -> bool:
+        """May a later call reuse this trace's program without checks? Not when it holds
+        guards (checked per call) or random draws (frozen into it: traced per call)."""
+        return not self.guarded and not self.drew
 
 
 def trace_call(fn: Callable, sig: Signature) -> Traced:
-    graph, out_tree, trace = trace_function(fn, sig.dyn_leaves, sig.build_args)
+    watch = RandomWatch(fn, sig.leaves)
+    try:
+        graph, out_tree, trace = trace_function(fn, sig.dyn_leaves, sig.build_args)
+    except ConcretizationError as e:
+        hint = _list_argument_hint(sig)
+        if hint is None:
+            raise
+        raise ConcretizationError(f"{e}\n{hint}") from None
     graph = simplify(graph)
     return Traced(graph, out_tree, len(sig.dynamic), [o for o, _ in trace.captured],
-                  _has_guards(graph))
+                  _has_guards(graph), drew=watch.drawn())
+
+
+def _list_argument_hint(sig: Signature) -> str | None:
+    """Python lists/tuples of numbers are containers to diffprog (one traced input per
+    element), so np.asarray(arg) inside the function fails: name the argument."""
+    for i, child in enumerate(sig.treedef.children):
+        if child.kind in ("list", "tuple") and child.children and \
+                all(c.kind == "leaf" for c in child.children):
+            kind = "list" if child.kind == "list" else "tuple"
+            return (f"Note: argument {i} is a Python {kind} of {len(child.children)} values; "
+                    f"diffprog treats lists and tuples as containers (each element a separate "
+                    f"input), so converting it to an array inside the function is not "
+                    f"traceable. Fix: pass np.array([...]) as argument {i} instead of the {kind}.")
+    return None
+
+
+_RANDOM_WARNED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _warn_random_once(fn, drawn: list) -> None:
+    try:
+        if fn in _RANDOM_WARNED:
+            return
+        _RANDOM_WARNED.add(fn)
+    except TypeError:  # not weak-referenceable: warn every time rather than never
+        pass
+    name = getattr(fn, "__qualname__", repr(fn))
+    warnings.warn(
+        f"{name} draws random numbers while it runs (from {', '.join(drawn)}). A compiled "
+        f"program would freeze those draws, so diffprog traces {name} anew at every call: "
+        f"each call draws fresh numbers from the same generator, as plain NumPy does, but "
+        f"pays a trace and a compile. Fix, for speed: draw the noise outside and pass it in "
+        f"as an argument (e.g. f(params, x, noise=rng.normal(size=n))).",
+        DiffprogWarning, stacklevel=5)
 
 
 def _warn_retraces(fn, count: int, line: str) -> None:
@@ -468,9 +564,10 @@ class Transformed:
         cache = cache_for(self.fn)
         hit = cache.traced.get(sig.key)
         # A guarded trace holds for the values it was traced with only: trace again.
-        if hit is None or hit.guarded:
+        if hit is None or not hit.reusable:
             hit = trace_call(self.fn, sig)
-            cache.store_traced(sig.key, hit)
+            if not hit.drew:
+                cache.store_traced(sig.key, hit)
         return hit
 
     def _run(self, sig: Signature, kind: tuple, build: Callable, inputs=None):
@@ -504,6 +601,9 @@ class Transformed:
             failed = failed_again or failed
             _STATS["misses"] += 1
             variant = self._new_variant(sig, build, engine_name, fresh=failed is not None)
+            if variant.traced.drew:  # fresh draws at every call: run once, keep nothing
+                _warn_random_once(self.fn, variant.traced.drew)
+                return variant.programs[0](*inputs), variant
             with cache.lock:
                 kept = (variant,) + cache.variants.get(key, ())
                 cache.store_variants(key, kept[:MAX_VARIANTS])
@@ -524,7 +624,8 @@ class Transformed:
     def _new_variant(self, sig, build, engine_name, fresh: bool) -> Variant:
         if fresh:
             traced = trace_call(self.fn, sig)
-            cache_for(self.fn).store_traced(sig.key, traced)
+            if not traced.drew:
+                cache_for(self.fn).store_traced(sig.key, traced)
         else:
             traced = self._traced(sig)
         graphs = build(traced)
@@ -563,7 +664,7 @@ class Differentiable(Transformed):
             return self.fn(*args)
         flat, variant = self._run(sig, ("value",), lambda t: t.graph)
         out_tree = variant.traced.out_tree
-        if not variant.traced.guarded:  # guarded programs go through _run's variant checks
+        if variant.traced.reusable:  # guarded programs go through _run's variant checks
             self._fast_store(key, variant.programs[0], lambda flat: unflatten(out_tree, flat))
         return unflatten(out_tree, flat)
 
@@ -678,6 +779,35 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
     return wrt
 
 
+def _refuse_complex(graph: Graph, wrt: list[int], what: str) -> None:
+    """Derivatives through complex values are refused until diffprog picks a complex
+    convention: the rules are written for real values, and a complex input or
+    intermediate would otherwise give a silently wrong (or missing) derivative."""
+    def complex_(v):
+        return v.aval.dtype.kind == "c"
+    for i, v in enumerate(graph.invars):
+        if complex_(v):
+            raise NotDifferentiableError(
+                f"{what}: input {i} of the traced function is complex ({v.aval}). diffprog "
+                f"differentiates real floating-point values only (complex derivatives need a "
+                f"convention it does not pick for you). Fix: pass the real and imaginary parts "
+                f"as separate float arguments, or keep complex inputs out of the transformed "
+                f"function (close over them or pass them to dp.differentiable for values only).")
+    live = {id(graph.invars[i]) for i in wrt}
+    for eqn in graph.eqns:
+        if not any(id(a) in live for a in eqn.inputs):
+            continue
+        for o in eqn.outputs:
+            if complex_(o):
+                raise NotDifferentiableError(
+                    f"{what}: the derivative would flow through a complex value ({o.aval}, "
+                    f"computed by {eqn.prim.name}{f' at {eqn.line}' if eqn.line else ''}). diffprog "
+                    f"differentiates real values only. Fix: write the computation with real "
+                    f"arrays (real and imaginary parts separately), or wrap it in dp.custom_vjp "
+                    f"with a real-valued rule.")
+            live.add(id(o))
+
+
 def _float_positions(sig: Signature, indices) -> list[int]:
     out = []
     for i in indices:
@@ -749,6 +879,7 @@ class _GradFunction(Transformed):
 
         def build(traced):
             _check_scalar_output(traced, self._name(), self.has_aux)
+            _refuse_complex(traced.graph, wrt, self._name())
             if native:
                 return _engines.Derivative("gradient", traced.graph, tuple(wrt))
             return vjp_graph(_value_only(traced.graph, self.has_aux), wrt, seed="ones") \
@@ -761,7 +892,7 @@ class _GradFunction(Transformed):
             flat, variant = self._run(sig, ("grad", argnums, self.has_aux), build)
             traced = variant.traced
         assemble = self._assembler(traced, sig, argnums, wrt, single)
-        if not sig.nested and not traced.guarded:  # guarded: _run checks the variants
+        if not sig.nested and traced.reusable:  # guarded: _run checks the variants
             self._fast_store(key, variant.programs[0], assemble)
         return assemble(flat)
 
@@ -861,6 +992,7 @@ def vjp(fn: Callable, *primals):
 
     if sig.nested:
         traced = t._traced(sig)
+        _refuse_complex(traced.graph, wrt, "vjp")
         n_out = len(traced.graph.outvars)
         out_flat = _run_nested(traced.graph, traced, sig.dyn_leaves)
         backward = None
@@ -868,6 +1000,7 @@ def vjp(fn: Callable, *primals):
         native = t._native(sig)
 
         def split(tr):
+            _refuse_complex(tr.graph, wrt, "vjp")
             if native:
                 return (_engines.Derivative("pullback", tr.graph, tuple(wrt)),)
             return split_known(vjp_graph(tr.graph, wrt, seed="input"), len(tr.graph.invars),
@@ -925,13 +1058,16 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence):
             raise ShapeError(f"jvp: tangent {leaf_paths(sig.treedef)[pos]} has shape "
                              f"{tuple(np.shape(tg))} but its primal has shape {tuple(np.shape(p))}")
         tans.append(tg if isinstance(tg, Tracer) else _as_tangent(tg, p, leaf_paths(sig.treedef)[pos]))
+    def build(tr):
+        _refuse_complex(tr.graph, wrt, "jvp")
+        return jvp_graph(tr.graph, wrt)
+
     if sig.nested or any(isinstance(x, Tracer) for x in tans):
         traced = t._traced(sig)
         # jvp graph inputs: primals (explicit, then captured), then tangents
-        flat = eval_graph(jvp_graph(traced.graph, wrt), list(sig.dyn_leaves) + list(traced.captured) + tans)
+        flat = eval_graph(build(traced), list(sig.dyn_leaves) + list(traced.captured) + tans)
     else:
-        flat, variant = t._run(sig, ("jvp",), lambda tr: jvp_graph(tr.graph, wrt),
-                               inputs=list(sig.dyn_leaves) + list(tans))
+        flat, variant = t._run(sig, ("jvp",), build, inputs=list(sig.dyn_leaves) + list(tans))
         traced = variant.traced
     n_out = len(traced.graph.outvars)
     return unflatten(traced.out_tree, flat[:n_out]), unflatten(traced.out_tree, flat[n_out:])
@@ -1089,6 +1225,7 @@ def _native_derivative(fn, args, nums, kind: str):
         return None  # a pytree argument: the transforms path explains what it accepts
 
     def build(traced):
+        _refuse_complex(traced.graph, wrt, kind)
         if kind == "hessian":
             _check_scalar_output(traced, "hessian")
         elif traced.out_tree.kind != "leaf":

@@ -72,7 +72,7 @@ class Lit:
     __slots__ = ("value", "aval")
 
     def __init__(self, value: Any):
-        self.value = value
+        self.value = compact_constant(value)
         self.aval = aval_of(value)
 
     def __repr__(self) -> str:
@@ -80,6 +80,27 @@ class Lit:
         if self.aval.shape == () and not isinstance(v, np.ndarray):
             return repr(v.item() if isinstance(v, np.generic) else v)
         return f"const:{self.aval}"
+
+
+#: arrays from this many elements up are checked for being one repeated value
+COMPACT_MIN_SIZE = 4096
+
+
+def compact_constant(value: Any) -> Any:
+    """A large constant whose elements are all the same bits (``np.ones_like(x)``,
+    ``np.full(shape, c)``, and what constant folding makes of them) becomes a read-only
+    broadcast of one element: a compiled program then holds one element, not a buffer
+    the size of its input, after the call returns. Compared bitwise, so -0.0 and 0.0
+    (or two NaN payloads) are never merged."""
+    if type(value) is not np.ndarray or value.size < COMPACT_MIN_SIZE or \
+            not value.flags.c_contiguous or value.dtype.kind not in "biufc":
+        return value
+    flat = value.reshape(-1)
+    bits = flat.view(f"V{value.dtype.itemsize}") if value.dtype.kind == "c" else \
+        flat.view(f"u{value.dtype.itemsize}") if value.dtype.itemsize in (1, 2, 4, 8) else None
+    if bits is None or not (bits == bits[0]).all():
+        return value
+    return np.broadcast_to(flat[:1].copy().reshape((1,) * value.ndim), value.shape)
 
 
 @dataclass

@@ -137,9 +137,32 @@ def _evaluate(prim, values, params):
     """
     xp = _device_module(values)
     if xp is None:
+        if _python_floats(values) and operator_template(prim):
+            return python_scalar(prim.evaluate(np, *[np.float64(v) for v in values], **params))
         return prim.evaluate(np, *values, **params)
     values = [xp.asarray(v) if isinstance(v, np.ndarray) else v for v in values]
     return prim.evaluate(xp, *values, **params)
+
+
+def operator_template(prim) -> bool:
+    """Is ``prim`` spelled with a Python operator (``{0} ** {1}``)? On two Python floats
+    such an operator follows Python's rules, not NumPy's: ``1.0 / 0.0`` and ``0.0 ** -1``
+    raise, ``(-1.0) ** 0.5`` turns complex, ``1e308 ** 2`` raises OverflowError, where
+    NumPy returns inf/nan with a RuntimeWarning. Such operations run on NumPy scalars
+    (see :func:`python_scalar`)."""
+    return isinstance(prim.impl, str) and not prim.impl.startswith("xp.")
+
+
+def _python_floats(values) -> bool:
+    """Only Python floats and ints, at least one float (ints alone keep Python's rules)."""
+    return any(type(v) is float for v in values) and all(type(v) in (float, int) for v in values)
+
+
+def python_scalar(value):
+    """A NumPy scalar result of an operation on Python floats, back as a Python float:
+    values computed only from Python scalars stay weakly typed (a float32 array they meet
+    stays float32, as in NumPy)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _device_module(values):
