@@ -151,18 +151,30 @@ def _ufunc_composite(*ufuncs):
 @_ufunc_composite(np.power)
 def power(x, y):
     """x ** y; an integer exponent becomes ``integer_pow`` (exact for negative x)."""
+    x, y = P.as_untraced_code_reads((x, y))
     if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
-        n = int(y)
+        x, n = _promoted_for_power(x, y), int(y)
         if n == 0:
             return ones_like(x)
-        if n == 1:
-            return x
-        return P.integer_pow(x, n=n)
+        return x if n == 1 else P.integer_pow(x, n=n)
     if isinstance(y, float) and y.is_integer() and abs(y) <= 64 and not _is_traced(y):
-        return astype(P.integer_pow(x, n=int(y)), np.result_type(dtype_of(x), 1.0))
+        return P.integer_pow(_promoted_for_power(x, y), n=int(y))
     if isinstance(y, float) and y == 0.5:
-        return P.sqrt(x)
+        return P.sqrt(_promoted_for_power(x, y))
     return P.pow_(x, y)
+
+
+def _promoted_for_power(x, y):
+    """x in np.power(x, y)'s result type, for the shortcuts above, which compute in x's
+    own: int8 ** 2.0 is float64 (squaring in int8 first overflowed: 100 ** 2.0 gave 16),
+    and a strong scalar exponent promotes (float32 ** np.int64(2) is float64, as is a
+    Python float ** np.int64(2)) where a Python int or float does not (float32 ** 2)."""
+    weak_x = getattr(getattr(x, "aval", None), "weak", False) or type(x) in (int, float)
+    sample = dtype_of(x).type(1).item() if weak_x else np.ones((), dtype_of(x))
+    dtype = np.result_type(sample, y)
+    if dtype_of(x) != dtype or weak_x and isinstance(y, np.generic):
+        return P.convert(x, dtype=dtype)
+    return x
 
 
 @_ufunc_composite(np.fmax)

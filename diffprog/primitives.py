@@ -107,9 +107,37 @@ class Primitive:
 
     def bind(self, *args, **params):
         from .tracing import bind
-        return bind(self, *args, **params)
+        return bind(self, *as_untraced_code_reads(args), **params)
 
     __call__ = bind
+
+
+_EXACT_PYTHON_NUMBERS = (bool, int, float, complex)
+
+
+def as_untraced_code_reads(args):
+    """Operands with subclasses of int/float/complex (IntEnum members, a float subclass)
+    replaced by what the same code reads without tracing. Among Python scalars only,
+    Python's arithmetic treats them as the int/float they are (weak scalars). Next to an
+    array, NumPy 2 treats them as its default int64/float64/complex128, strong (only the
+    exact Python types are weak: int8 array * IntEnum member is int64). bool and NumPy
+    scalars (np.float64 subclasses float) pass unchanged. Without this their aval was an
+    object dtype, and tracing failed with 'int' object has no attribute 'item'."""
+    if all(type(a) in _EXACT_PYTHON_NUMBERS or not isinstance(a, (int, float, complex))
+           or isinstance(a, np.generic) for a in args):
+        return args  # the common case, checked cheaply: nothing to replace
+    python_only = all(isinstance(a, (int, float, complex)) and not isinstance(a, np.generic)
+                      or getattr(getattr(a, "aval", None), "weak", False) for a in args)
+    return tuple(_as_read(a, python_only) for a in args)
+
+
+def _as_read(a, python_only):
+    if type(a) in _EXACT_PYTHON_NUMBERS or isinstance(a, np.generic) \
+            or not isinstance(a, (int, float, complex)):
+        return a
+    if python_only:
+        return next(base(a) for base in (int, float, complex) if isinstance(a, base))
+    return np.asarray(a)[()]
 
 
 def _compile_template(template: str) -> Callable:
@@ -637,7 +665,7 @@ def _cumprod_jvp(ts, x, *, out, axis):
 cumprod = Primitive(
     "cumprod", "xp.cumprod({0}, axis={axis})", _cum_shape,
     vjp=_cumprod_vjp, jvp=_cumprod_jvp,
-    julia="cumprod({0}; dims = {jaxis})",
+    julia="DiffProg.npcumprod({0}; dims = {jaxis})",
     cases=[Case(_pos(3, 4), {"axis": 1}), Case(_pos(3, 4), {"axis": 0}),
            Case(lambda rng: [np.array([[1.5, 0.0, 2.0, -3.0], [0.0, 0.0, 3.0, 1.0],
                                        [2.0, -1.0, 0.5, 0.0], [0.0, 2.0, 0.0, 0.0]])], {"axis": 1}),
@@ -653,11 +681,23 @@ def _reshape_shape(x, *, shape):
     return Aval(tuple(shape), x.dtype, x.weak)
 
 
+def _julia_scalar(operand: str, dtype) -> str:
+    """A one-element array as a Julia number: NumPy 0-d values are numbers in Julia."""
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        return f"sum({operand})"  # differentiable (twice) and no scalar GPU indexing
+    return f"DiffProg.npscalar({operand})"  # sum would turn Bool/Int32 into Int64
+
+
+def _julia_reshape(eqn, jl):
+    out = eqn.outputs[0].aval
+    return _julia_scalar("{0}", out.dtype) if out.shape == () else "DiffProg.npreshape({0}, {jshape})"
+
+
 reshape = Primitive(
     "reshape", "xp.reshape({0}, {shape})", _reshape_shape,
     vjp=lambda g, x, *, out, shape: (np.reshape(g, np.shape(x)),),
     jvp=lambda ts, x, *, out, shape: None if ts[0] is None else np.reshape(ts[0], shape),
-    julia="DiffProg.npreshape({0}, {jshape})",
+    julia=_julia_reshape,
     cases=[Case(_rng_normal(3, 4), {"shape": (2, 6)}), Case(_rng_normal(3, 4), {"shape": (12,)})])
 
 transpose = Primitive(
@@ -753,7 +793,11 @@ def _julia_slice(eqn, jl):
     ranges, _, _ = jl.ranges(eqn.params["index"], x.shape)
     if not ranges:
         return "{0}"
-    return f"DiffProg.npreshape({{0}}[{', '.join(ranges)}], {jl.shape(eqn.outputs[0].aval.shape)})"
+    out = eqn.outputs[0].aval
+    picked = f"{{0}}[{', '.join(ranges)}]"
+    if out.shape == ():
+        return _julia_scalar(picked, out.dtype)
+    return f"DiffProg.npreshape({picked}, {jl.shape(out.shape)})"
 
 
 def _julia_array_axis(index, ndim):
@@ -911,8 +955,7 @@ def _julia_matmul(eqn, jl):
         return "DiffProg.npmatmul({0}, {1})"
     if len(b.shape) <= 2:  # a stack of matrices times one matrix/vector
         return "DiffProg.npmatmul_stacked({0}, {1})"
-    return Unsupported(f"batched matmul of shapes {a.shape} @ {b.shape} (a stacked right "
-                       f"operand) has no Julia spelling yet")
+    return "DiffProg.npmatmul_batched({0}, {1})"  # stacks broadcast as in NumPy
 
 
 def _julia_single_matrix(template):
@@ -997,10 +1040,24 @@ def _einsum_jvp(ts, *ops, out, subscripts, optimize):
     return _tsum(terms)
 
 
+def _julia_einsum(eqn, jl):
+    """Subscripts as integer labels (letters numbered; no user text reaches the source),
+    each operand's and the output's reversed for Julia's reversed axes."""
+    ins, out = _einsum_parse(eqn.params["subscripts"], len(eqn.inputs))
+    if any(len(set(sub)) != len(sub) for sub in ins):
+        return Unsupported(f"einsum {eqn.params['subscripts']!r} repeats an index within one "
+                           f"operand (a diagonal or trace), which has no Julia spelling yet")
+    number = {c: i + 1 for i, c in enumerate(dict.fromkeys("".join(ins) + out))}
+
+    def labels(sub):
+        return jl.tuple(number[c] for c in reversed(sub))
+    return f"DiffProg.npeinsum({jl.tuple(labels(sub) for sub in ins)}, {labels(out)}, {{args}})"
+
+
 einsum = Primitive(
     "einsum", "xp.einsum({subscripts}, {args}, optimize={optimize})",
     _einsum_shape, vjp=_einsum_vjp, jvp=_einsum_jvp,
-    julia=Unsupported("einsum has no Julia spelling yet (write it with @, * and np.sum)"),
+    julia=_julia_einsum,
     cases=[Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4, 5))],
                 {"subscripts": "ij,jk->ik", "optimize": False}),
            Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((3, 4))],
