@@ -438,7 +438,13 @@ def define_one(define, var):
 
 # ============================================================================ running
 
-_POOL: list = [None, 0]
+# (pool, its size): one tuple, replaced whole, so a reader never sees half an update.
+# A pool is never shut down while the process runs: another thread may have fetched it and
+# be about to submit (shutting it down made that submit fail). When more workers are
+# needed the pool is replaced by a bigger one; the old one's threads finish what was
+# submitted and exit once no caller holds it. Threads start only when work waits, so a
+# pool sized for the largest request costs nothing until used.
+_POOL: list = [(None, 0)]
 _POOL_LOCK = threading.Lock()
 
 
@@ -446,7 +452,7 @@ def _forget_pool_in_child() -> None:
     # a forked child has none of the parent's threads: handing work to the inherited pool
     # would wait forever, so the child starts its own
     global _POOL_LOCK
-    _POOL[:] = [None, 0]
+    _POOL[0] = (None, 0)
     _POOL_LOCK = threading.Lock()
 
 
@@ -455,13 +461,18 @@ if hasattr(os, "register_at_fork"):
 
 
 def worker_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool with at least ``workers`` threads, shared by every caller; callers limit
+    their parallelism by how many calls they submit."""
+    pool, size = _POOL[0]
+    if size >= workers:  # the common case: no lock
+        return pool
     with _POOL_LOCK:
-        if _POOL[0] is None or _POOL[1] != workers:
-            if _POOL[0] is not None:
-                _POOL[0].shutdown(wait=False)
-            _POOL[0] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diffprog")
-            _POOL[1] = workers
-        return _POOL[0]
+        pool, size = _POOL[0]
+        if size < workers:
+            size = max(workers, num_threads() - 1)
+            pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="diffprog")
+            _POOL[0] = (pool, size)
+        return pool
 
 
 def _with_errstate(fn, err):
