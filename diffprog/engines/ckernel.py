@@ -25,30 +25,41 @@ unfused program for elementwise values):
 
 Compiling takes ~0.1 s per kernel, so it happens on a background thread: calls before
 the library is ready run the NumPy block kernel (a first call never waits for the
-compiler). Libraries are cached on disk, keyed by source, flags and compiler, so a later
-process loads them in about a millisecond. :func:`status` says what is in use, and why
-not; :func:`wait` blocks until pending compiles are done (benchmarks, tests).
+compiler). The thread never delays interpreter exit: queued compiles are cancelled and a
+running compiler is killed. Libraries are cached on disk, keyed by source, flags and
+compiler, so a later process loads them in about a millisecond; the cache directory must be
+private to the user, and a library is loaded only if its bytes match the sha256 recorded
+when it was built (see "building" below, and docs/threat-model.md). :func:`status` says
+what is in use, and why not; :func:`wait` blocks until pending compiles are done.
 
 Settings (environment): ``DIFFPROG_CKERNELS=0`` turns compiled kernels off; ``CC`` the C
 compiler (default: ``cc``, then ``gcc``); ``DIFFPROG_CACHE_DIR`` where libraries are kept
-(default ``$XDG_CACHE_HOME/diffprog`` or ``~/.cache/diffprog``).
+(in its ``ckernels`` folder; default ``$XDG_CACHE_HOME/diffprog`` or ``~/.cache/diffprog``,
+else ``$TMPDIR/diffprog-ckernels-<uid>``).
 """
 from __future__ import annotations
 
+import atexit
+import collections
+import contextlib
 import ctypes
 import hashlib
 import os
 import re
 import shutil
+import signal
+import stat
 import string
 import subprocess
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import warnings
+from concurrent.futures import CancelledError, Future
 
 import numpy as np
 
+from ..errors import DiffprogWarning
 from .fastmath import probe_values
 
 FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-fno-builtin")
@@ -376,6 +387,18 @@ class BlockBuilder:
 
 
 # ============================================================================ building
+#
+# Code we load is code we built (docs/threat-model.md). Libraries live in a private
+# directory: owned by this user, writable by no one else, not a symbolic link; anything
+# else could hold a library another local user planted under a predictable name. Each
+# library's sha256 is recorded beside it when it is built, and a library is loaded only
+# from bytes that match it, through a private copy (so the file cannot be swapped between
+# the check and dlopen), and only if it carries the marker of the kernel asked for. A
+# library that fails a check is deleted and built again, with a warning: never a crash.
+
+ABI = 1  # kernels' calling convention; part of every key, so a change never loads old ones
+MARK_SYMBOL = "dp_kernel_mark"  # a string each library exports: the ABI and its key
+
 
 def compiler() -> str | None:
     """Path of the C compiler kernels are built with, or None."""
@@ -387,24 +410,160 @@ def compiler() -> str | None:
     return None
 
 
-def cache_dir() -> str:
-    base = os.environ.get("DIFFPROG_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "diffprog")
-    path = os.path.join(base, "ckernels")
+def _configured_dir() -> str | None:
+    """Where the settings put the cache, or None when they name no absolute place (HOME
+    unset: expanduser would return "~", a folder in the working directory)."""
+    explicit = os.environ.get("DIFFPROG_CACHE_DIR")
+    if explicit:
+        return os.path.join(os.path.abspath(explicit), "ckernels")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec says to ignore a relative one
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):
+            return None
+        base = os.path.join(home, ".cache")
+    return os.path.join(base, "diffprog", "ckernels")
+
+
+def why_not_private(path: str) -> str | None:
+    """Why directory ``path`` must not hold libraries we load, or None when it is private:
+    a real directory (lstat: a symbolic link is refused), owned by this user and writable
+    by no one else."""
     try:
-        os.makedirs(path, exist_ok=True)
-        if os.access(path, os.W_OK):
-            return path
-    except OSError:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be inspected ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid != os.getuid():
+        return f"is owned by uid {st.st_uid}, not by this user (uid {os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _create_private(path: str) -> bool:
+    """Make ``path`` with mode 0700 (parents as usual) unless something is there; False
+    when nothing is there and it cannot be made (a read-only home: the next place is
+    tried, quietly)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
         pass
-    path = os.path.join(tempfile.gettempdir(), f"diffprog-ckernels-{os.getuid()}")
-    os.makedirs(path, exist_ok=True)
-    return path
+    except OSError:
+        return False
+    return True
+
+
+_FALLBACK: list = [None, 0]  # this process's own cache folder (when needed), its pid
+_WARNED: set = set()
+_DIR_LOCK = threading.Lock()
+
+
+def cache_dir() -> str:
+    """The private directory libraries are kept in: the configured one, else one per user
+    in the temporary directory. One that exists but is not private (:func:`why_not_private`)
+    is refused, with a warning, for a fresh folder of this process, removed when it exits."""
+    candidates = [_configured_dir(),
+                  os.path.join(tempfile.gettempdir(), f"diffprog-ckernels-{os.getuid()}")]
+    for path in filter(None, candidates):
+        if not _create_private(path):
+            continue
+        why = why_not_private(path)
+        if why is not None:
+            return _private_fallback(path, why)
+        if os.access(path, os.W_OK | os.X_OK):
+            return path
+    return _private_fallback(None, None)
+
+
+def _private_fallback(refused: str | None, why: str | None) -> str:
+    with _DIR_LOCK:
+        if _FALLBACK[0] is None:
+            _FALLBACK[:] = [tempfile.mkdtemp(prefix="diffprog-ckernels-"), os.getpid()]
+        if refused is not None and refused not in _WARNED:
+            _WARNED.add(refused)
+            warnings.warn(f"diffprog: not loading compiled kernels from {refused}: it {why}; "
+                          f"this process builds them in {_FALLBACK[0]} instead. Fix: remove it "
+                          "(it is made again with mode 0700) or set DIFFPROG_CACHE_DIR to a "
+                          "directory of your own", DiffprogWarning, stacklevel=2)
+        return _FALLBACK[0]
 
 
 class BuildError(Exception):
     """A kernel library could not be built (the message holds the compiler's output)."""
+
+
+class _Unverified(Exception):
+    """A library file failed a check before loading (the message says which)."""
+
+
+# ---------------------------------------------------------------- compiler processes
+#
+# The compile thread is a daemon: interpreter exit never waits for it. At exit
+# (_abandon_builds) queued builds are cancelled, a running compiler is killed (it runs in
+# a session of its own, so its children go too) and its folder removed. Build folders and
+# compiler processes are registered under _RUN_LOCK, which is never held while waiting, so
+# the exit hook cannot block; once _CLOSING is set nothing new starts.
+
+_RUN_LOCK = threading.Lock()
+_PROCS: set = set()     # running compiler processes (subprocess.Popen)
+_DIRS: set = set()      # build folders in use
+_CLOSING = threading.Event()
+
+
+def _run_compiler(argv: list, timeout: float, tmpdir: str | None = None):
+    """``(returncode, stdout, stderr)`` of ``argv``, killable by the exit hook."""
+    env = dict(os.environ, TMPDIR=tmpdir) if tmpdir else None  # its temporaries die with ours
+    with _RUN_LOCK:
+        if _CLOSING.is_set():
+            raise BuildError("not built: the interpreter is exiting")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True, env=env,
+                                start_new_session=True)
+        _PROCS.add(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        raise BuildError(f"{argv[0]} ran for more than {timeout:.0f} s") from None
+    finally:
+        with _RUN_LOCK:
+            _PROCS.discard(proc)
+    if _CLOSING.is_set():
+        raise BuildError("not built: the interpreter is exiting")
+    return proc.returncode, out, err
+
+
+def _kill(proc) -> None:
+    """Kill a compiler and whatever it started (its session), unless it has ended."""
+    try:
+        if proc.poll() is None:  # not reaped yet, so its pid is still its own
+            os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=1)
+    except Exception:  # noqa: BLE001 - at exit, giving up on a zombie is fine
+        pass
+
+
+@contextlib.contextmanager
+def _build_folder(directory: str):
+    with _RUN_LOCK:
+        if _CLOSING.is_set():
+            raise BuildError("not built: the interpreter is exiting")
+        tmp = tempfile.mkdtemp(prefix="build-", dir=directory)
+        _DIRS.add(tmp)
+    try:
+        yield tmp
+    finally:
+        with _RUN_LOCK:
+            _DIRS.discard(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _IDENTITY: dict[str, str] = {}
@@ -413,51 +572,202 @@ _IDENTITY: dict[str, str] = {}
 def _compiler_identity(cc: str) -> str:
     if cc not in _IDENTITY:
         try:
-            out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
-            _IDENTITY[cc] = out.stdout.splitlines()[0] if out.stdout else cc
-        except (OSError, subprocess.SubprocessError):
+            _, out, _ = _run_compiler([cc, "--version"], timeout=60)
+            _IDENTITY[cc] = out.splitlines()[0] if out else cc
+        except (OSError, subprocess.SubprocessError, BuildError):
+            if _CLOSING.is_set():
+                raise BuildError("not built: the interpreter is exiting") from None
             _IDENTITY[cc] = cc
     return _IDENTITY[cc]
 
 
+# ---------------------------------------------------------------- building and loading
+
 BUILDS = {"compiled": 0, "cached": 0}  # how often build() compiled / found a library
 
 
+def _mark(key: str) -> str:
+    return f"diffprog-kernel-abi{ABI}-{key}"
+
+
 def build(source: str) -> str:
-    """Path of a shared library built from ``source`` (PREAMBLE prepended): from the disk
-    cache when the same source, flags and compiler built it before."""
+    """Path of a shared library built from ``source`` (PREAMBLE prepended, the marker of
+    its key appended), its sha256 recorded beside it (``.sha256``, sha256sum's format):
+    from the disk cache when the same source, flags and compiler built it before. The
+    path is not checked here: :func:`library` verifies what it loads."""
     cc = compiler()
     if cc is None:
         raise BuildError("no C compiler found (set CC, or install gcc)")
     text = PREAMBLE + source
     key = hashlib.sha256("\0".join((text, " ".join(FLAGS), _compiler_identity(cc),
-                                    sys.platform)).encode()).hexdigest()[:32]
+                                    sys.platform, f"abi{ABI}")).encode()).hexdigest()[:32]
     directory = cache_dir()
     path = os.path.join(directory, f"k{key}.so")
-    if os.path.exists(path):
+    if os.path.lexists(path):
         BUILDS["cached"] += 1
         return path
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+    text += f'\nconst char {MARK_SYMBOL}[] = "{_mark(key)}";\n'
+    with _build_folder(directory) as tmp:
         src, lib = os.path.join(tmp, "kernel.c"), os.path.join(tmp, "kernel.so")
         with open(src, "w") as fp:
             fp.write(text)
         try:
-            done = subprocess.run([cc, *FLAGS, "-o", lib, src, "-lm"], capture_output=True,
-                                  text=True, timeout=300)
-        except (OSError, subprocess.SubprocessError) as exc:
+            code, out, err = _run_compiler([cc, *FLAGS, "-o", lib, src, "-lm"], 300, tmp)
+        except OSError as exc:
             raise BuildError(f"{cc} failed to run: {exc}") from None
-        if done.returncode != 0 or not os.path.exists(lib):
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise BuildError(f"{cc} exited with {done.returncode}: " + " | ".join(tail))
-        os.replace(lib, path)  # atomic: a concurrent process sees the whole file or none
+        if code != 0 or not os.path.exists(lib):
+            tail = (err or out).strip().splitlines()[-5:]
+            raise BuildError(f"{cc} exited with {code}: " + " | ".join(tail))
+        os.chmod(lib, 0o700)  # whatever the umask: _read_private refuses writable files
+        digest = hashlib.sha256(_read_private(lib)).hexdigest()
+        fd = os.open(os.path.join(tmp, "digest"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fp:
+            fp.write(f"{digest}  {os.path.basename(path)}\n")
+        # atomic, the digest first: a process that sees the library sees its digest
+        os.replace(os.path.join(tmp, "digest"), _digest_path(path))
+        os.replace(lib, path)
     BUILDS["compiled"] += 1
     return path
 
 
-def load(path: str, name: str):
-    """Function ``name`` of the library at ``path``, callable through ctypes (which
-    releases the GIL for the call, so worker threads run kernels in parallel)."""
-    fn = getattr(ctypes.CDLL(path), name)
+def _digest_path(path: str) -> str:
+    return path[:-len(".so")] + ".sha256"
+
+
+def _read_private(path: str) -> bytes:
+    """The bytes of the regular file ``path`` (never through a symbolic link), which this
+    user owns and no one else may write."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
+        | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise _Unverified(f"{os.path.basename(path)} is missing") from None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise _Unverified(f"{os.path.basename(path)} is a symbolic link") from None
+        raise _Unverified(f"{os.path.basename(path)} cannot be read ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unverified(f"{os.path.basename(path)} is not a regular file")
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise _Unverified(f"{os.path.basename(path)} is not private (uid {st.st_uid}, "
+                              f"mode {stat.S_IMODE(st.st_mode):04o})")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _verified_bytes(path: str) -> bytes:
+    """The library's bytes, when their sha256 is the one recorded at build time."""
+    data = _read_private(path)
+    recorded = _read_private(_digest_path(path)).decode("ascii", "replace").split()
+    digest = hashlib.sha256(data).hexdigest()
+    if not recorded or recorded[0] != digest:
+        raise _Unverified(f"does not match the sha256 recorded when it was built "
+                          f"({len(data)} bytes, sha256 {digest[:12]}..., recorded "
+                          f"{recorded[0][:12] if recorded else 'nothing'}...)")
+    return data
+
+
+_LOADED: dict = {}  # sha256 -> (ctypes.CDLL, the fd it was loaded from, or None)
+_LOAD_LOCK = threading.Lock()
+
+
+def _dlopen_private(data: bytes, digest: str):
+    """dlopen a private copy of ``data``: an anonymous memory file where Linux has them,
+    else a fresh file in the private cache; nothing else can write either."""
+    with _LOAD_LOCK:
+        if digest in _LOADED:
+            return _LOADED[digest][0]
+        if hasattr(os, "memfd_create"):
+            fd = None
+            try:
+                fd = os.memfd_create(f"diffprog-{digest[:16]}", os.MFD_CLOEXEC)
+                _write_all(fd, data)
+                # the fd stays open: the dynamic loader knows libraries by path, and a
+                # reused /proc/self/fd/N would be taken for the library loaded before
+                lib = ctypes.CDLL(f"/proc/self/fd/{fd}")
+                _LOADED[digest] = (lib, fd)
+                return lib
+            except OSError:  # no /proc, or memory files may not be executed here
+                if fd is not None:
+                    os.close(fd)
+        folder = tempfile.mkdtemp(prefix="load-", dir=cache_dir())
+        try:
+            copy = os.path.join(folder, f"{digest}-{os.getpid()}-{len(_LOADED)}.so")
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_NOFOLLOW", 0), 0o700)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            lib = ctypes.CDLL(copy)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        _LOADED[digest] = (lib, None)
+        return lib
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _load_verified(path: str, names) -> "ctypes.CDLL":
+    data = _verified_bytes(path)
+    try:
+        lib = _dlopen_private(data, hashlib.sha256(data).hexdigest())
+    except OSError as exc:
+        raise _Unverified(f"cannot be loaded ({exc})") from None
+    key = os.path.basename(path)[1:-len(".so")]
+    try:
+        mark = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, MARK_SYMBOL)))
+    except ValueError:
+        raise _Unverified(f"exports no {MARK_SYMBOL} (not a diffprog kernel library)") from None
+    if mark.decode("ascii", "replace") != _mark(key):
+        raise _Unverified(f"is marked {mark.decode('ascii', 'replace')!r}, not {_mark(key)!r} "
+                          "(another kernel's library)")
+    missing = [n for n in names if not hasattr(lib, n)]
+    if missing:
+        raise _Unverified(f"exports no {', '.join(missing)}")
+    return lib
+
+
+def library(source: str, names=("dp_block",)):
+    """The library of ``source`` (see :func:`build`), loaded once verified: its sha256 is
+    the one recorded at build time, it carries the marker of this source's key and exports
+    ``names``. A cached library that fails is deleted and built again, with a warning."""
+    for attempt in (1, 2):
+        path = build(source)
+        try:
+            return _load_verified(path, names)
+        except _Unverified as exc:
+            _discard(path)
+            if attempt == 2:
+                raise BuildError(f"the library just built {exc}") from None
+            warnings.warn(f"diffprog: the cached kernel library {path} {exc}; deleted it and "
+                          "building it again", DiffprogWarning, stacklevel=2)
+    raise AssertionError("unreachable")
+
+
+def _discard(path: str) -> None:
+    for p in (path, _digest_path(path)):
+        try:
+            os.unlink(p)  # a symbolic link itself, never what it points to
+        except FileNotFoundError:
+            pass
+
+
+def load(lib, name: str):
+    """Function ``name`` of a :func:`library`, callable through ctypes (which releases
+    the GIL for the call, so worker threads run kernels in parallel)."""
+    fn = getattr(lib, name)
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
@@ -574,12 +884,13 @@ def probe() -> dict[str, str | None]:
         verdicts: dict[str, str | None] = {}
         sources = [b.function(f"dp_probe{k}") for k, (_, b, _, _, _) in enumerate(cases)]
         try:
-            path = build("#define DP_USE_SINCOS 1\n" + "".join(sources))
+            lib = library("#define DP_USE_SINCOS 1\n" + "".join(sources),
+                          [f"dp_probe{k}" for k in range(len(cases))])
         except BuildError as exc:
             _PROBED[_UNBUILT] = f"probe library not built: {exc}"
             return _PROBED
         for k, (name, b, inputs, expect, numpy_flags) in enumerate(cases):
-            got, raised = _run_probe(load(path, f"dp_probe{k}"), b, inputs)
+            got, raised = _run_probe(load(lib, f"dp_probe{k}"), b, inputs)
             expected = expect if isinstance(expect, tuple) else (expect,)
             # flags NumPy reports that C would not raise: a warning the user would miss
             missed = [n for n, bit in FLAG_BITS.items() if numpy_flags & bit and not raised & bit]
@@ -632,8 +943,8 @@ class Kernel:
                 self.state = "refused (" + "; ".join(bad) + ")"
                 return
             use_sincos = self.uses_sincos and verdicts.get("sincos") is None
-            path = build(f"#define DP_USE_SINCOS {int(use_sincos)}\n" + self.source)
-            self._fn = load(path, "dp_block")
+            lib = library(f"#define DP_USE_SINCOS {int(use_sincos)}\n" + self.source)
+            self._fn = load(lib, "dp_block")
             self.state = "ready"
         except Exception as exc:  # noqa: BLE001 - any failure leaves the NumPy kernel in charge
             self.state = f"failed ({type(exc).__name__}: {exc})"
@@ -676,18 +987,87 @@ def _reported_flags() -> int:
     return sum(bit for name, bit in FLAG_BITS.items() if np.geterr()[name] != "ignore")
 
 
-_EXECUTOR: list = [None]
-_PENDING: list = []
+_PENDING: list = []      # futures of submitted kernels (wait() waits for them)
 _KERNELS: list = []
+_QUEUE: collections.deque = collections.deque()  # (kernel, future) not started yet
+_QUEUE_READY = threading.Condition(threading.Lock())
+_THREAD: list = [None]   # the compile thread
+
+
+def _compile_loop() -> None:
+    """The compile thread: one at a time, so compiles queue up instead of competing for
+    the cores. A daemon: interpreter exit does not wait for it (see _abandon_builds)."""
+    while True:
+        with _QUEUE_READY:
+            while not _QUEUE and not _CLOSING.is_set():
+                _QUEUE_READY.wait()
+            if _CLOSING.is_set():
+                return
+            kernel, future = _QUEUE.popleft()
+        if future.set_running_or_notify_cancel():
+            try:
+                kernel.prepare()
+            finally:
+                future.set_result(None)
+
+
+def _submit(kernel: Kernel) -> None:
+    future = Future()
+    with _QUEUE_READY:
+        _KERNELS.append(kernel)
+        del _KERNELS[:-64]
+        if _CLOSING.is_set():
+            kernel.state = "not compiled (the interpreter is exiting)"
+            future.cancel()
+            return
+        _PENDING.append(future)
+        _QUEUE.append((kernel, future))
+        if _THREAD[0] is None:
+            _THREAD[0] = threading.Thread(target=_compile_loop, name="diffprog-cc", daemon=True)
+            _THREAD[0].start()
+        _QUEUE_READY.notify()
+
+
+def _abandon_builds() -> None:
+    """At interpreter exit: cancel queued builds, kill a running compiler and remove the
+    folders of unfinished builds, so exit never waits for the compiler and leaves nothing
+    behind. Never blocks on a lock held while compiling."""
+    _CLOSING.set()
+    with _QUEUE_READY:
+        queued = list(_QUEUE)
+        _QUEUE.clear()
+        _QUEUE_READY.notify_all()
+    for kernel, future in queued:
+        kernel.state = "not compiled (the interpreter exited first)"
+        future.cancel()
+    with _RUN_LOCK:
+        procs, folders = list(_PROCS), list(_DIRS)
+    for proc in procs:
+        _kill(proc)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    if _FALLBACK[0] is not None and _FALLBACK[1] == os.getpid():
+        shutil.rmtree(_FALLBACK[0], ignore_errors=True)  # this process's own cache
+
+
+atexit.register(_abandon_builds)
 
 
 def _forget_threads_in_child() -> None:
     # after fork the compile thread is gone: pending kernels stay on the NumPy path in the
-    # child (their state says so) and new ones get a compile thread of the child's own
-    global _LOCK
-    _LOCK = threading.RLock()
-    _EXECUTOR[0] = None
+    # child (their state says so) and new ones get a compile thread of the child's own.
+    # The parent's compiler processes and folders are the parent's: the child's exit hook
+    # must not touch them (nor the parent's fallback cache folder: _FALLBACK's pid)
+    global _LOCK, _QUEUE_READY, _RUN_LOCK, _DIR_LOCK, _LOAD_LOCK, _CLOSING
+    _LOCK, _RUN_LOCK, _DIR_LOCK, _LOAD_LOCK = threading.RLock(), threading.Lock(), \
+        threading.Lock(), threading.Lock()
+    _QUEUE_READY = threading.Condition(threading.Lock())
+    _CLOSING = threading.Event()
+    _THREAD[0] = None
+    _QUEUE.clear()
     _PENDING.clear()
+    _PROCS.clear()
+    _DIRS.clear()
     for kernel in _KERNELS:
         if kernel.state == "compiling":
             kernel.state = "not compiled (the process forked while it was being built)"
@@ -697,29 +1077,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_threads_in_child)
 
 
-def _submit(kernel: Kernel) -> None:
-    with _LOCK:
-        if _EXECUTOR[0] is None:
-            # one thread: compiles queue up instead of competing for the cores
-            _EXECUTOR[0] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffprog-cc")
-        _PENDING.append(_EXECUTOR[0].submit(kernel.prepare))
-        _KERNELS.append(kernel)
-        del _KERNELS[:-64]
-
-
 def kernels() -> list:
     """The most recently made kernels (up to 64), oldest first."""
-    with _LOCK:
+    with _QUEUE_READY:
         return list(_KERNELS)
 
 
 def wait(timeout: float | None = None) -> None:
-    """Block until every kernel submitted so far is compiled (or refused)."""
-    with _LOCK:
+    """Block until every kernel submitted so far is compiled (or refused, or cancelled)."""
+    with _QUEUE_READY:
         pending = list(_PENDING)
     for future in pending:
-        future.result(timeout=timeout)
-    with _LOCK:
+        try:
+            future.result(timeout=timeout)
+        except CancelledError:
+            pass
+    with _QUEUE_READY:
         _PENDING[:] = [f for f in _PENDING if not f.done()]
 
 
@@ -731,9 +1104,9 @@ def status() -> str:
     cc = compiler()
     if cc is None:
         return "compiled kernels: no C compiler found (set CC or install gcc); NumPy kernels run"
-    with _LOCK:
+    with _QUEUE_READY:
         states = [k.state for k in _KERNELS]
-        probed = dict(_PROBED)
+    probed = dict(_PROBED)
     lines = [f"compiled kernels: compiler {cc}, cache {cache_dir()}"]
     if _UNBUILT in probed:
         lines.append(probed[_UNBUILT])
@@ -750,5 +1123,6 @@ def reset() -> None:
     wait()
     with _LOCK:
         _PROBED.clear()
-        _KERNELS.clear()
         _IDENTITY.clear()
+    with _QUEUE_READY:
+        _KERNELS.clear()

@@ -22,6 +22,7 @@ import pytest
 
 import diffprog as dp
 from diffprog.engines import ckernel, fusion
+from diffprog.engines.fastmath import probe_values
 from diffprog.engines.numpy import generate_source
 from diffprog.ir import Aval
 from diffprog.primitives import PRIMITIVES
@@ -75,11 +76,28 @@ def _assert_bit_identical(got, expect):
 
 # ---------------------------------------------------------------- the table's spellings
 
-def _libm(name):
+def _libm(name, arity=1):
     path = ctypes.util.find_library("m")
     fn = getattr(ctypes.CDLL(path), name)
-    fn.restype, fn.argtypes = ctypes.c_double, [ctypes.c_double]
+    fn.restype, fn.argtypes = ctypes.c_double, [ctypes.c_double] * arity
     return fn
+
+
+def _compiled_spelling(prim, inputs, params=None):
+    """The C spelling of ``prim`` compiled on its own and run on ``inputs`` (float64)."""
+    from diffprog.ir import Eqn, Var
+    b = ckernel.BlockBuilder(block=inputs[0].size)
+    ins = [Var(Aval(v.shape, v.dtype)) for v in inputs]
+    out = Var(Aval(inputs[0].shape, np.dtype(np.float64)))
+    b.op(Eqn(prim, ins, [out], dict(params or {})),
+         [b.array(f"in{k}", v.aval) for k, v in enumerate(ins)], "t0")
+    b.export("t0", np.float64)
+    fn = ckernel.load(ckernel.library("#define DP_USE_SINCOS 0\n" + b.function("f"), ["f"]), "f")
+    return ckernel._run_probe(fn, b, inputs)
+
+
+# a libm call of any arity, its operands in order: atan2({0}, {1}), hypot, pow, exp({0})...
+_LIBM_SPELLING = re.compile(r"(\w+)\((\{0\}(?:, \{\d\})*)\)")
 
 
 @needs_cc
@@ -87,24 +105,46 @@ def _libm(name):
 def test_each_c_spelling_matches_numpy_or_is_refused_for_cause(name):
     """Generated from the table: a spelling the probe accepts reproduces NumPy (the probe
     compares bits on values across every libm range); one it refuses must be a libm
-    function whose NumPy loop is NumPy's own code here (so our spelling is right and
-    NumPy's loop is what differs), never a helper or an operator of ours."""
+    function (of any arity) whose NumPy loop is NumPy's own code here (so our spelling
+    is right and NumPy's loop is what differs), never a helper or an operator of ours;
+    integer_pow's helper only where it defers to pow and NumPy's power loop differs."""
     verdict = ckernel.probe()[name]
     if verdict is None:
         return
-    m = re.fullmatch(r"(\w+)\(\{0\}\)", PRIMITIVES[name].c)
+    assert "differs from NumPy" in verdict or "does not raise" in verdict, verdict
+    x = np.concatenate([np.linspace(-3, 3, 401), np.geomspace(1e-9, 20, 200), probe_values()])
+    prim = PRIMITIVES[name]
+    if name == "integer_pow":
+        _assert_ipow_refused_for_pow(prim, x)
+        return
+    m = _LIBM_SPELLING.fullmatch(prim.c)
     assert m and not m.group(1).startswith("dp_"), f"{name}: {verdict}"
-    libm = _libm(m.group(1))
-    x = np.concatenate([np.linspace(-3, 3, 401), np.geomspace(1e-9, 20, 200)])
-    b = ckernel.BlockBuilder(block=x.size)
-    from diffprog.ir import Eqn, Var
-    v_in, v_out = Var(Aval(x.shape, np.dtype(np.float64))), Var(Aval(x.shape, np.dtype(np.float64)))
-    b.op(Eqn(PRIMITIVES[name], [v_in], [v_out], {}), [b.array("in0", v_in.aval)], "t0")
-    b.export("t0", np.float64)
-    fn = ckernel.load(ckernel.build("#define DP_USE_SINCOS 0\n" + b.function("f")), "f")
-    got = ckernel._run_probe(fn, b, [x])[0][0]
-    assert got.tobytes() == np.array([libm(float(v)) for v in x]).tobytes()
-    assert not np.array_equal(PRIMITIVES[name].evaluate(np, x), got)
+    arity = len(re.findall(r"\{\d\}", m.group(2)))
+    assert re.findall(r"\{(\d)\}", m.group(2)) == [str(k) for k in range(arity)], prim.c
+    inputs = [np.random.default_rng(k).permutation(x) if k else x for k in range(arity)]
+    got, raised = _compiled_spelling(prim, inputs)
+    libm = _libm(m.group(1), arity)
+    assert got[0].tobytes() == np.array([libm(*map(float, v)) for v in zip(*inputs)]).tobytes()
+    expect, numpy_flags = ckernel._with_numpy_flags(lambda: prim.evaluate(np, *inputs))
+    if "differs from NumPy" in verdict:
+        assert not ckernel._same_bits(got[0], np.asarray(expect)), "NumPy agrees with libm here"
+
+
+def _assert_ipow_refused_for_pow(prim, x):
+    """dp_ipow is NumPy's shortcuts for n = 2, -1, 1 (bit-identical here) and libm's pow
+    for every other n: refusing it is right only where NumPy's power loop is not libm's."""
+    pow_ = _libm("pow", 2)
+    numpy_differs = False
+    for n in (2, -1, 1, 0, 3, -2, 5):
+        got = _compiled_spelling(prim, [x], {"n": n})[0][0]
+        with np.errstate(all="ignore"):
+            expect = prim.evaluate(np, x, n=n)
+        if n in (2, -1, 1):
+            assert ckernel._same_bits(got, expect), n
+        else:
+            assert got.tobytes() == np.array([pow_(float(v), float(n)) for v in x]).tobytes(), n
+            numpy_differs |= not ckernel._same_bits(got, expect)
+    assert numpy_differs and ckernel.probe()["pow"] is not None
 
 
 @needs_cc
@@ -112,6 +152,8 @@ def test_the_probe_accepts_the_arithmetic_and_libm_core():
     verdicts = ckernel.probe()
     for name in ("add", "sub", "mul", "div", "neg", "integer_pow", "where", "less", "sqrt",
                  "abs", "maximum", "minimum", "sign", "logical_and", "isnan"):
+        if name == "integer_pow" and verdicts["pow"] is not None:
+            continue  # x ** 3 is libm's pow, and NumPy's power loop is its own here
         assert verdicts[name] is None, (name, verdicts[name])
 
 
@@ -177,7 +219,7 @@ def test_w4_gradient_runs_compiled_and_matches_the_numpy_kernel(rng):
 
 @needs_cc
 def test_a_mixed_program_matches_bit_for_bit(rng):
-    _skip_unless_probed("exp", "sin", "cos", "log1p", "arctan", "hypot", "logaddexp")
+    _skip_unless_probed("exp", "sin", "cos", "log1p", "arctan", "hypot", "logaddexp", "integer_pow")
     x = rng.uniform(0.2, 2.0, BIG)
     y = rng.standard_normal(BIG)
     prog, compiled, numpy_prog = _program(_mixed, x, y, 0.3)
@@ -304,7 +346,10 @@ def test_libraries_are_cached_on_disk(monkeypatch, tmp_path):
     assert first == second and os.path.dirname(first).startswith(str(tmp_path))
     assert ckernel.BUILDS["compiled"] == before["compiled"] + 1
     assert ckernel.BUILDS["cached"] == before["cached"] + 1
-    assert os.listdir(os.path.dirname(first)) == [os.path.basename(first)]  # no temporaries
+    digest = first[:-len(".so")] + ".sha256"  # recorded at build time, checked before loading
+    files = sorted(os.listdir(os.path.dirname(first)))
+    assert files == sorted(map(os.path.basename, [first, digest]))
+    assert stat.S_IMODE(os.stat(os.path.dirname(first)).st_mode) == 0o700
 
 
 def test_without_a_compiler_the_numpy_kernel_runs(monkeypatch, tmp_path, rng):
