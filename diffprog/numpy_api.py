@@ -407,8 +407,18 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None, 
 @implements(np.std, method="std")
 def std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None, mean=None,
         correction=None):
-    return P.sqrt(var(x, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims,
+    return _root_of_squares(var(x, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims,
                       where=where, mean=mean, correction=correction))
+
+
+def _root_of_squares(s):
+    """sqrt(s) for s a sum of squares (norms, std), with derivative 0 where s == 0: there
+    the function is a kink like |x|, whose central difference is 0, and sqrt's own 1/0
+    times the zero derivative of the squares made the gradient NaN (a zero row, the
+    diagonal of a distance matrix, a constant sample). s is replaced by 1 before the
+    sqrt there, so no inf is formed at all."""
+    zero = s == 0
+    return P.where(zero, 0.0, P.sqrt(P.where(zero, 1.0, s)))
 
 
 @implements(np.argmax, method="argmax")
@@ -1091,7 +1101,7 @@ def norm(x, ord=None, axis=None, keepdims=False):
     if axis is None and ndim(x) == 1:
         return _vector_norm(x, ord, 0, keepdims)
     if axis is None:
-        return P.sqrt(sum(x * x, keepdims=keepdims))
+        return _root_of_squares(sum(x * x, keepdims=keepdims))
     if isinstance(axis, (int, np.integer)) or len(axis) == 1:
         ax = axis if isinstance(axis, (int, np.integer)) else axis[0]
         return _vector_norm(x, ord, ax, keepdims)
@@ -1100,7 +1110,7 @@ def norm(x, ord=None, axis=None, keepdims=False):
 
 def _vector_norm(x, ord, axis, keepdims):
     if ord in (None, 2):
-        return P.sqrt(sum(x * x, axis=axis, keepdims=keepdims))
+        return _root_of_squares(sum(x * x, axis=axis, keepdims=keepdims))
     if ord == np.inf:
         return amax(P.abs_(x), axis=axis, keepdims=keepdims)
     if ord == -np.inf:
@@ -1115,7 +1125,7 @@ def _vector_norm(x, ord, axis, keepdims):
 def _matrix_norm(x, ord, axes, keepdims):
     r, c = (a % ndim(x) for a in axes)
     if ord in (None, "fro"):
-        return P.sqrt(sum(x * x, axis=(r, c), keepdims=keepdims))
+        return _root_of_squares(sum(x * x, axis=(r, c), keepdims=keepdims))
     if ord in (1, -1, np.inf, -np.inf):
         inner_ax, outer_ax = (r, c) if ord in (1, -1) else (c, r)
         col = sum(P.abs_(x), axis=inner_ax, keepdims=True)

@@ -265,8 +265,9 @@ def unary(name, template, deriv, julia, numpy=(), domain=_rng_normal(3, 4), smoo
 
 
 def binary(name, template, partials, julia, numpy=(), domain=None, smooth=True, identity=None,
-           c=None):
-    """A broadcasting elementwise function with partials ``(x, y, out) -> (dx, dy)``."""
+           c=None, boundary=None):
+    """A broadcasting elementwise function with partials ``(x, y, out) -> (dx, dy)``;
+    ``boundary`` (optional) makes inputs at its kinks for a first-order test case."""
     def vjp(g, x, y, *, out):
         px, py = partials(x, y, out)
         return (_grad_part(g, px, x), _grad_part(g, py, y))
@@ -280,7 +281,8 @@ def binary(name, template, partials, julia, numpy=(), domain=None, smooth=True, 
     domain = domain or (lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4,))])
     return Primitive(name, template, elementwise_shape(name), vjp=vjp, jvp=jvp,
                      julia=julia, numpy=numpy, elementwise=True, identity=identity,
-                     cases=[Case(domain, smooth=smooth)], c=c)
+                     cases=[Case(domain, smooth=smooth)]
+                     + ([Case(boundary, smooth=False)] if boundary else []), c=c)
 
 
 def _grad_part(g, partial, x):
@@ -368,19 +370,38 @@ def _pow_partials(x, y, out):
 pow_ = binary("pow", "{0} ** {1}", _pow_partials, "{0} .^ {1}", numpy=np.power,
               domain=lambda rng: [rng.uniform(0.5, 2, (3, 4)), rng.uniform(-1, 2, (4,))],
               c="pow({0}, {1})")
+
+
+def _chosen(wins, ties):
+    """d max(x, y)/dx: 1 where x is the result, 1/2 at a tie -- the central difference of
+    NumPy's function there (the mean of the one-sided derivatives; amax splits ties too)."""
+    return 1.0 * wins + 0.5 * ties
+
+
+def _ties(rng):
+    x = rng.standard_normal((3, 4))
+    return [x, np.where(rng.uniform(size=(3, 4)) < 0.5, x, rng.standard_normal((3, 4)))]
+
+
 maximum = binary("maximum", "xp.maximum({0}, {1})",
-                 lambda x, y, o: (1.0 * (x >= y), 1.0 * (x < y)), "max.({0}, {1})",
-                 numpy=np.maximum, smooth=False, c="dp_maximum({0}, {1})")
+                 lambda x, y, o: (_chosen(x > y, x == y), _chosen(x < y, x == y)),
+                 "max.({0}, {1})", numpy=np.maximum, smooth=False, c="dp_maximum({0}, {1})",
+                 boundary=_ties)
 minimum = binary("minimum", "xp.minimum({0}, {1})",
-                 lambda x, y, o: (1.0 * (x <= y), 1.0 * (x > y)), "min.({0}, {1})",
-                 numpy=np.minimum, smooth=False, c="dp_minimum({0}, {1})")
+                 lambda x, y, o: (_chosen(x < y, x == y), _chosen(x > y, x == y)),
+                 "min.({0}, {1})", numpy=np.minimum, smooth=False, c="dp_minimum({0}, {1})",
+                 boundary=_ties)
 arctan2 = binary("arctan2", "xp.arctan2({0}, {1})",
                  lambda y, x, o: (x / (x * x + y * y), -y / (x * x + y * y)),
                  "atan.({0}, {1})", numpy=np.arctan2,
                  domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))],
                  c="atan2({0}, {1})")
-hypot = binary("hypot", "xp.hypot({0}, {1})", lambda x, y, o: (x / o, y / o),
-               "hypot.({0}, {1})", numpy=np.hypot, c="hypot({0}, {1})")
+# At x = y = 0 (the apex of a cone) central differences see 0: divide by 1 there, not 0.
+hypot = binary("hypot", "xp.hypot({0}, {1})",
+               lambda x, y, o: (x / np.where(o == 0, 1.0, o), y / np.where(o == 0, 1.0, o)),
+               "hypot.({0}, {1})", numpy=np.hypot, c="hypot({0}, {1})",
+               boundary=lambda rng: [np.where(rng.uniform(size=(3, 4)) < 0.5, 0.0,
+                                              rng.standard_normal((3, 4))), np.zeros(4)])
 logaddexp = binary("logaddexp", "xp.logaddexp({0}, {1})",
                    lambda x, y, o: (np.exp(x - o), np.exp(y - o)),
                    "DiffProg.nplogaddexp({0}, {1})", numpy=np.logaddexp,

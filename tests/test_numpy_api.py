@@ -122,6 +122,18 @@ CASES = {
     "cross": (lambda a, b: np.cross(a, b), [R.standard_normal((2, 3)), R.standard_normal((2, 3))]),
     "len_iter": (lambda x: sum(row * i for i, row in enumerate(x)) + len(x), [A34]),
     "tanh_sigmoid_softplus": (lambda x: np.tanh(x) + 1 / (1 + np.exp(-x)) + np.log1p(np.exp(x)), [A34]),
+    # kinks where NumPy's function has a central difference: the gradient must be it
+    # (ties split 1/2 each; 0 at the apex of a norm), not a one-sided choice or NaN
+    "maximum_minimum_ties": (lambda x, y: np.maximum(x, y) + np.minimum(x, y) * 3,
+                             [np.array([1.0, 2.0, -1.0]), np.array([1.0, 3.0, -1.0])]),
+    "clip_at_bounds": (lambda x: np.clip(x, -0.5, 0.5), [np.array([-0.5, 0.5, 0.2, -2.0])]),
+    "norm_zero_rows": (lambda a: np.linalg.norm(a, axis=1), [np.array([[0.0, 0.0], [3.0, 4.0]])]),
+    "norm_zero": (lambda v: np.linalg.norm(v) + np.linalg.norm(v, 2), [np.zeros(3)]),
+    "norm_fro_zero": (lambda a: np.linalg.norm(a, "fro") + np.linalg.norm(a), [np.zeros((2, 2))]),
+    "pairwise_distances": (lambda x: np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1),
+                           [R.standard_normal((3, 2))]),
+    "std_constant_rows": (lambda x: np.std(x, axis=1), [np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 3.0]])]),
+    "hypot_at_zero": (lambda x, y: np.hypot(x, y), [np.array([0.0, 3.0]), np.array([0.0, 4.0])]),
 }
 
 
