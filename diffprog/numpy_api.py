@@ -412,13 +412,20 @@ def std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None, 
 
 
 def _root_of_squares(s):
-    """sqrt(s) for s a sum of squares (norms, std), with derivative 0 where s == 0: there
-    the function is a kink like |x|, whose central difference is 0, and sqrt's own 1/0
-    times the zero derivative of the squares made the gradient NaN (a zero row, the
-    diagonal of a distance matrix, a constant sample). s is replaced by 1 before the
-    sqrt there, so no inf is formed at all."""
+    """sqrt(s) for s a sum of squares (norms, std); see :func:`_even_power`."""
+    return _even_power(s, 0.5)
+
+
+def _even_power(s, exponent):
+    """s ** exponent (exponent > 0) for s >= 0 made of |x| (a sum of squares, |x| ** p),
+    with derivative 0 where s == 0: the function of x is even there (|x| in one
+    dimension), so its central difference is 0, while sqrt's (or a power's) 1/0 times the
+    zero derivative of the squares made the gradient NaN (a zero row, the diagonal of a
+    distance matrix, a constant sample). s is replaced by 1 before the power there, so
+    no inf is formed at all."""
     zero = s == 0
-    return P.where(zero, 0.0, P.sqrt(P.where(zero, 1.0, s)))
+    safe = P.where(zero, 1.0, s)
+    return P.where(zero, 0.0, P.sqrt(safe) if exponent == 0.5 else power(safe, exponent))
 
 
 @implements(np.argmax, method="argmax")
@@ -1119,7 +1126,10 @@ def _vector_norm(x, ord, axis, keepdims):
         return sum(P.abs_(x), axis=axis, keepdims=keepdims)
     if ord == 0:
         return sum(astype(x != 0, dtype_of(x)), axis=axis, keepdims=keepdims)
-    return power(sum(power(P.abs_(x), float(ord)), axis=axis, keepdims=keepdims), 1.0 / ord)
+    if ord < 0:  # |0| ** ord is inf, and the norm 0: NumPy's values, no kink to smooth
+        return power(sum(power(P.abs_(x), float(ord)), axis=axis, keepdims=keepdims), 1.0 / ord)
+    return _even_power(sum(_even_power(P.abs_(x), float(ord)), axis=axis, keepdims=keepdims),
+                       1.0 / ord)
 
 
 def _matrix_norm(x, ord, axes, keepdims):

@@ -129,6 +129,8 @@ CASES = {
     "clip_at_bounds": (lambda x: np.clip(x, -0.5, 0.5), [np.array([-0.5, 0.5, 0.2, -2.0])]),
     "norm_zero_rows": (lambda a: np.linalg.norm(a, axis=1), [np.array([[0.0, 0.0], [3.0, 4.0]])]),
     "norm_zero": (lambda v: np.linalg.norm(v) + np.linalg.norm(v, 2), [np.zeros(3)]),
+    "norm_p_zero_rows": (lambda a: np.linalg.norm(a, 3, axis=1) + np.linalg.norm(a, 1.5, axis=1),
+                         [np.array([[0.0, 0.0], [1.0, -2.0]])]),
     "norm_fro_zero": (lambda a: np.linalg.norm(a, "fro") + np.linalg.norm(a), [np.zeros((2, 2))]),
     "pairwise_distances": (lambda x: np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1),
                            [R.standard_normal((3, 2))]),
