@@ -29,7 +29,8 @@ from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, Dif
 from .guards import GuardFailed
 from .randomness import RandomWatch
 from .ir import Graph
-from .tracing import Tracer, eval_graph, trace_function, tracing_active
+from . import externals
+from .tracing import Tracer, eval_graph, trace_function, trace_stack, tracing_active
 from .transforms import jvp_graph, simplify, vjp_graph
 from .transforms.partial_eval import split_known
 from .tree import TreeDef, flatten, leaf_paths, unflatten
@@ -179,6 +180,12 @@ class Traced:
     captured: list  # outer tracers, bound to the graph's trailing inputs
     guarded: bool = False  # holds guards: valid only for inputs that pass them
     drew: list = field(default_factory=list)  # random generators the trace drew from
+    # reads the lifted globals/closure values (inputs after the explicit ones) at call
+    # time and checks the guarded ones; None when the function reads none
+    externals: Any = None
+
+    def external_values(self, leaves) -> list:
+        return self.externals(leaves) if self.externals is not None else []
 
     @property
     def reusable(self) -> bool:
@@ -188,9 +195,41 @@ class Traced:
 
 
 def trace_call(fn: Callable, sig: Signature) -> Traced:
-    watch = RandomWatch(fn, sig.leaves)
+    """Trace ``fn`` for this call. A root call (not nested in another trace) also reads
+    the arrays and floats ``fn`` takes from its globals and closures as program inputs,
+    and guards the other values it reads (diffprog.externals); if tracing with those
+    inputs fails (a function that needs them concrete), it traces again guarding them."""
+    reads: list = []
     try:
-        graph, out_tree, trace = trace_function(fn, sig.dyn_leaves, sig.build_args)
+        return _trace_call(fn, sig, True, reads)
+    except DiffprogError:
+        if sig.nested or not any(item.lifted for r in reads for item in r.items):
+            raise
+        try:
+            return _trace_call(fn, sig, False, [])
+        except DiffprogError:
+            pass
+        raise
+
+
+def _trace_call(fn: Callable, sig: Signature, lift: bool, reads: list) -> Traced:
+    watch = RandomWatch(fn, sig.leaves)
+
+    def prepare(trace, fn):
+        if sig.nested:  # reads are lifted into the root trace (captured from there)
+            root = externals.active(trace_stack())
+            return fn if root is None else root.rebuilt(fn)
+        root = trace.externals = externals.ExternalReads(trace, sig.leaves, lift)
+        root.guard_attributes({p: sig.leaves[p] for p in range(len(sig.leaves))
+                               if p not in set(sig.dynamic)})
+        if root.attribute_arrays:
+            trace.lift_constant = root.lift_constant
+        reads.append(root)
+        return root.rebuilt(fn)
+
+    try:
+        graph, out_tree, trace = trace_function(fn, sig.dyn_leaves, sig.build_args,
+                                                prepare=prepare)
     except ConcretizationError as e:
         hint = _list_argument_hint(sig)
         if hint is None:
@@ -198,7 +237,8 @@ def trace_call(fn: Callable, sig: Signature) -> Traced:
         raise ConcretizationError(f"{e}\n{hint}") from None
     graph = simplify(graph)
     return Traced(graph, out_tree, len(sig.dynamic), [o for o, _ in trace.captured],
-                  _has_guards(graph), drew=watch.drawn())
+                  _has_guards(graph), drew=watch.drawn(),
+                  externals=reads[0].reader() if reads else None)
 
 
 def _list_argument_hint(sig: Signature) -> str | None:
@@ -239,8 +279,9 @@ def _warn_retraces(fn, count: int, line: str) -> None:
     name = getattr(fn, "__qualname__", repr(fn))
     warnings.warn(
         f"{name} was traced {count} times for inputs of the same shapes, because Python "
-        f"control flow on traced values took new paths (guard at {line}). Each new path "
-        f"costs a trace and a compile. Fix: express data-dependent control flow with "
+        f"control flow on traced values took new paths, or a value it reads from outside "
+        f"its arguments changed (guard at {line}). Each new path costs a trace and a "
+        f"compile. Fix: pass values that change as arguments; express data-dependent control flow with "
         f"dp.cond (branches), dp.fori_loop / dp.scan (loops with a known count) or "
         f"dp.while_loop, which stay inside one program. Note that float() of a traced "
         f"value is frozen into the program too (no gradient flows through it).",
@@ -370,21 +411,35 @@ class Variant:
     programs: tuple
     traced: Traced
 
+    def run(self, leaves, inputs, extra=()):
+        """Run the first program on the call's inputs, externals read now, and ``extra``."""
+        return self.programs[0](*inputs, *self.traced.external_values(leaves), *extra)
+
+    def fast_program(self) -> Callable:
+        """The first program taking the call's arrays only (reading externals itself):
+        for the fast call path, whose arguments are all plain arrays (leaves == args)."""
+        program, reader = self.programs[0], self.traced.externals
+        if reader is None:
+            return program
+        return lambda *args: program(*args, *reader(args))
+
 
 #: variants kept per key (least recently used dropped), and when to warn about them
 MAX_VARIANTS = 32
 WARN_AFTER_VARIANTS = 8
 
 
-def _try_variants(cache: FunctionCache, key, inputs):
+def _try_variants(cache: FunctionCache, key, leaves, inputs, extra):
     """Run the first kept variant of ``key`` whose guards hold: ``((outputs, variant),
-    None)``, or ``(None, the last GuardFailed or None)`` when none does."""
+    None)``, or ``(None, the last GuardFailed or None)`` when none does. A program's
+    inputs are ``inputs``, then the values it reads from outside (externals), then
+    ``extra`` (tangents)."""
     variants = cache.variants.get(key, ())
     failed = None
     for i, variant in enumerate(variants):
         try:
-            out = variant.programs[0](*inputs)
-        except GuardFailed as e:
+            out = variant.programs[0](*inputs, *variant.traced.external_values(leaves), *extra)
+        except (GuardFailed, externals.ExternalChanged) as e:
             failed = e
             continue
         if i:  # most recently used first: the next call tries it first
@@ -570,7 +625,7 @@ class Transformed:
                 cache.store_traced(sig.key, hit)
         return hit
 
-    def _run(self, sig: Signature, kind: tuple, build: Callable, inputs=None):
+    def _run(self, sig: Signature, kind: tuple, build: Callable, extra=()):
         """Run the compiled program for this call: ``(flat outputs, variant)``.
 
         ``build(traced)`` makes the graph (or a tuple of graphs; the first one is run
@@ -580,21 +635,21 @@ class Transformed:
         """
         engine_name = _engine_name(sig, self.engine)
         if sig.gpu is None:
-            return self._run_on(sig, kind, build, inputs, engine_name)
+            return self._run_on(sig, kind, build, extra, engine_name)
         with _on_gpu(sig.gpu):
-            return self._run_on(sig, kind, build, inputs, engine_name)
+            return self._run_on(sig, kind, build, extra, engine_name)
 
-    def _run_on(self, sig, kind, build, inputs, engine_name):
+    def _run_on(self, sig, kind, build, extra, engine_name):
         cache = cache_for(self.fn)
         key = (sig.key, kind, engine_name)
-        inputs = sig.dyn_leaves if inputs is None else inputs
-        done, failed = _try_variants(cache, key, inputs)
+        inputs = sig.dyn_leaves
+        done, failed = _try_variants(cache, key, sig.leaves, inputs, extra)
         if done is not None:
             _STATS["hits"] += 1
             return done
         # One thread traces a new key; concurrent first calls wait and then find it.
         with cache.building(key):
-            done, failed_again = _try_variants(cache, key, inputs)
+            done, failed_again = _try_variants(cache, key, sig.leaves, inputs, extra)
             if done is not None:
                 _STATS["hits"] += 1
                 return done
@@ -603,7 +658,7 @@ class Transformed:
             variant = self._new_variant(sig, build, engine_name, fresh=failed is not None)
             if variant.traced.drew:  # fresh draws at every call: run once, keep nothing
                 _warn_random_once(self.fn, variant.traced.drew)
-                return variant.programs[0](*inputs), variant
+                return variant.run(sig.leaves, inputs, extra), variant
             with cache.lock:
                 kept = (variant,) + cache.variants.get(key, ())
                 cache.store_variants(key, kept[:MAX_VARIANTS])
@@ -615,8 +670,8 @@ class Transformed:
         if warn:
             _warn_retraces(self.fn, count, failed.line)
         try:
-            return variant.programs[0](*inputs), variant
-        except GuardFailed as e:  # pragma: no cover - the trace disagrees with itself
+            return variant.run(sig.leaves, inputs, extra), variant
+        except (GuardFailed, externals.ExternalChanged) as e:  # pragma: no cover
             raise DiffprogError(
                 f"internal: a program traced for these inputs failed its own guard at {e.line} "
                 f"(is the function non-deterministic?)") from None
@@ -665,7 +720,7 @@ class Differentiable(Transformed):
         flat, variant = self._run(sig, ("value",), lambda t: t.graph)
         out_tree = variant.traced.out_tree
         if variant.traced.reusable:  # guarded programs go through _run's variant checks
-            self._fast_store(key, variant.programs[0], lambda flat: unflatten(out_tree, flat))
+            self._fast_store(key, variant.fast_program(), lambda flat: unflatten(out_tree, flat))
         return unflatten(out_tree, flat)
 
     def __get__(self, obj, objtype=None):  # usable as a method
@@ -893,7 +948,7 @@ class _GradFunction(Transformed):
             traced = variant.traced
         assemble = self._assembler(traced, sig, argnums, wrt, single)
         if not sig.nested and traced.reusable:  # guarded: _run checks the variants
-            self._fast_store(key, variant.programs[0], assemble)
+            self._fast_store(key, variant.fast_program(), assemble)
         return assemble(flat)
 
     def _assembler(self, traced, sig, argnums, wrt, single):
@@ -1023,7 +1078,8 @@ def vjp(fn: Callable, *primals):
         if backward is None or any(isinstance(c, Tracer) for c in cts):
             # vjp graph inputs: primals (explicit, then captured), then cotangents
             graph = vjp_graph(traced.graph, wrt, seed="input")
-            flat = eval_graph(graph, list(sig.dyn_leaves) + list(traced.captured) + list(cts))
+            flat = eval_graph(graph, list(sig.dyn_leaves) + traced.external_values(sig.leaves)
+                              + list(traced.captured) + list(cts))
             grads = flat[n_out:]
         else:
             with _on_gpu(sig.gpu):  # the residuals' device, as for the forward run
@@ -1067,7 +1123,7 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence):
         # jvp graph inputs: primals (explicit, then captured), then tangents
         flat = eval_graph(build(traced), list(sig.dyn_leaves) + list(traced.captured) + tans)
     else:
-        flat, variant = t._run(sig, ("jvp",), build, inputs=list(sig.dyn_leaves) + list(tans))
+        flat, variant = t._run(sig, ("jvp",), build, extra=list(tans))
         traced = variant.traced
     n_out = len(traced.graph.outvars)
     return unflatten(traced.out_tree, flat[:n_out]), unflatten(traced.out_tree, flat[n_out:])

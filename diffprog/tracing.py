@@ -31,6 +31,11 @@ _TRACE_STACK: contextvars.ContextVar[tuple] = contextvars.ContextVar("diffprog_t
                                                                       default=())
 
 
+def trace_stack() -> tuple:
+    """The open traces of this thread (context), outermost first."""
+    return _TRACE_STACK.get()
+
+
 def tracing_active() -> bool:
     """Is this thread (context) inside a trace right now?"""
     return bool(_TRACE_STACK.get())
@@ -40,8 +45,12 @@ class Trace:
     """Records equations. ``concrete`` traces also compute every value eagerly."""
 
     def __init__(self, concrete: bool):
-        self.level = len(_TRACE_STACK.get())
+        stack = _TRACE_STACK.get()
+        self.level = len(stack)
         self.concrete = concrete
+        # Arrays of the root call that are program inputs when used as operands
+        # (diffprog.externals: attributes of arguments); inherited by nested traces.
+        self.lift_constant = stack[-1].lift_constant if stack else None
         self.eqns: list[Eqn] = []
         self.invars: list[Var] = []
         self.captured: list[tuple[Any, Var]] = []  # (outer tracer, inner input var)
@@ -73,6 +82,10 @@ class Trace:
             if x._trace is self:
                 return x._var
             return self.capture(x)._var
+        if self.lift_constant is not None and type(x) is np.ndarray:
+            lifted = self.lift_constant(x)
+            if lifted is not None:
+                return self.atom(lifted)
         return Lit(x)
 
 
@@ -392,11 +405,13 @@ def _install_operators() -> None:
 _install_operators()
 
 
-def trace_function(fn: Callable, flat_values: list, build_args: Callable, concrete: bool = True):
+def trace_function(fn: Callable, flat_values: list, build_args: Callable, concrete: bool = True,
+                   prepare: Callable | None = None):
     """Trace ``fn(*build_args(tracers))``; return (graph, flat outputs, out treedef, trace).
 
     ``flat_values`` are the concrete leaves; a leaf may also be an outer Tracer, whose
-    value becomes this trace's input value (nesting).
+    value becomes this trace's input value (nesting). ``prepare(trace, fn)``, called once
+    the explicit inputs exist, returns the function to run (diffprog.externals).
     """
     from .tree import flatten
     with new_trace(concrete) as trace:
@@ -405,6 +420,8 @@ def trace_function(fn: Callable, flat_values: list, build_args: Callable, concre
             aval = v.aval if isinstance(v, Tracer) else aval_of(v)
             val = v.val if isinstance(v, Tracer) else v
             tracers.append(trace.new_input(aval, val if concrete else None))
+        if prepare is not None:
+            fn = prepare(trace, fn)
         out = fn(*build_args(tracers))
         flat_out, out_tree = flatten(out)
         graph = trace.to_graph(flat_out)

@@ -281,7 +281,8 @@ def test_body_constants_go_to_the_device_once_like_program_constants(device_engi
     weights = np.array([0.5, -1.5, 2.0])
 
     def f(x):
-        return np.sum(dp.scan(lambda c, xi: (np.sin(c * weights) + xi, c), x, np.ones((4, 3)))[1])
+        w = np.array([0.5, -1.5, 2.0])  # made inside: a constant (a global would be an input)
+        return np.sum(dp.scan(lambda c, xi: (np.sin(c * w) + xi, c), x, np.ones((4, 3)))[1])
     expected = dp.value_and_grad(f)(X)
     got = dp.value_and_grad(dp.differentiable(f, engine=engine.name))(X)
     assert_close(got[0], expected[0], rtol=1e-12)

@@ -221,8 +221,9 @@ def test_codegen_elementwise_chains_become_fused_functions(host_engine):
 
 
 def test_codegen_constants_placed_once_at_compile_time_not_per_call(host_engine):
-    c = np.arange(4.0)
-    f = dp.differentiable(lambda x: np.sum(np.sin(x) * c + np.float64(2.0)), engine=host_engine.name)
+    c = np.arange(4.0)  # made again inside f: a constant (closed over, it would be an input)
+    f = dp.differentiable(lambda x: np.sum(np.sin(x) * np.arange(4.0) + np.float64(2.0)),
+                          engine=host_engine.name)
     g = dp.grad(f)
     x = np.linspace(0.0, 1.0, 4)
     g(x)

@@ -1,0 +1,198 @@
+"""Values a function reads that are not its arguments (globals, closure cells, attributes)
+are never frozen into a compiled program: a changed value gives the new result."""
+import types
+
+import numpy as np
+import pytest
+
+import diffprog as dp
+
+X = np.array([1.0, 2.0, 3.0])
+
+
+def _module(source: str) -> types.ModuleType:
+    """A fresh module: globals of user code, as a script or notebook has them."""
+    mod = types.ModuleType("user_code")
+    exec(compile(source, "<user_code>", "exec"), mod.__dict__)
+    return mod
+
+
+def test_a_global_array_mutated_in_place_or_rebound_is_seen():
+    mod = _module("import numpy as np\nW = np.ones(3)\ndef f(x):\n    return np.sum(W * x)\n")
+    f, g = dp.differentiable(mod.f), dp.grad(mod.f)
+    assert f(X) == 6.0 and list(g(X)) == [1, 1, 1]
+    mod.W[:] = 2.0
+    assert f(X) == 12.0 and list(g(X)) == [2, 2, 2]
+    mod.W = np.full(3, 3.0)
+    assert f(X) == 18.0 and list(g(X)) == [3, 3, 3]
+    out, tangent = dp.jvp(mod.f, (X,), (np.ones(3),))
+    assert out == 18.0 and tangent == 9.0
+    _, pullback = dp.vjp(mod.f, X)
+    assert list(pullback(1.0)[0]) == [3, 3, 3]
+
+
+def test_values_computed_from_a_global_follow_it():
+    mod = _module("import numpy as np\nC = np.zeros(3)\n"
+                  "def f(x):\n    scale = np.exp(C) / np.sum(np.exp(C))\n    return np.sum(scale * x)\n")
+    f = dp.differentiable(mod.f)
+    np.testing.assert_allclose(f(X), 2.0)
+    mod.C += np.array([0.0, 0.0, 50.0])
+    np.testing.assert_allclose(f(X), mod.f(X))
+
+
+def test_a_global_changing_shape_retraces():
+    mod = _module("import numpy as np\nW = np.ones(3)\ndef f(x):\n    return np.sum(W) * np.sum(x)\n")
+    f = dp.differentiable(mod.f)
+    assert f(X) == 18.0
+    mod.W = np.ones(5)
+    assert f(X) == 30.0
+
+
+def test_global_python_scalars_are_read_at_each_call():
+    mod = _module("import numpy as np\nk = 2.0\nn = 2\nflag = True\n"
+                  "def f(x):\n    y = np.sum(k * x[:n])\n    return y if flag else -y\n")
+    f = dp.differentiable(mod.f)
+    assert f(X) == 6.0
+    mod.k = 5.0
+    assert f(X) == 15.0
+    mod.n = 3
+    assert f(X) == 30.0
+    mod.flag = False
+    assert f(X) == -30.0
+    np.testing.assert_allclose(dp.grad(mod.f)(X), [-5.0, -5.0, -5.0])
+
+
+def test_globals_read_by_helper_functions_are_seen():
+    mod = _module("import numpy as np\nB = np.zeros(3)\n"
+                  "def layer(x):\n    return np.tanh(x + B)\n"
+                  "def f(x):\n    return np.sum(layer(x))\n")
+    f = dp.differentiable(mod.f)
+    f(X)
+    mod.B = np.full(3, -1.0)
+    np.testing.assert_allclose(f(X), np.sum(np.tanh(X - 1.0)))
+    np.testing.assert_allclose(dp.grad(mod.f)(X), 1 - np.tanh(X - 1.0) ** 2)
+
+
+def test_closure_cells_are_read_at_each_call():
+    def make():
+        c = np.zeros(3)
+        s = 1.0
+
+        def f(x):
+            return np.sum(np.exp(c) * x * s)
+
+        def bump():
+            nonlocal s
+            c[:] += 1.0
+            s = 2.0
+        return f, bump
+    f, bump = make()
+    d = dp.differentiable(f)
+    assert d(X) == 6.0
+    bump()
+    np.testing.assert_allclose(d(X), np.sum(np.e * X * 2.0))
+    np.testing.assert_allclose(dp.grad(f)(X), np.full(3, 2 * np.e))
+
+
+def test_attributes_of_an_object_argument_are_seen():
+    class Model:
+        def __init__(self):
+            self.W = np.ones(3)
+            self.scale = 1.0
+
+        @dp.differentiable
+        def __call__(self, x):
+            return np.sum(self.W * x) * self.scale
+
+    m = Model()
+    assert m(X) == 6.0
+    m.W = np.zeros(3)          # rebound
+    assert m(X) == 0.0
+    m.W[:] = 2.0               # in place
+    assert m(X) == 12.0
+    m.scale = 0.5              # a float attribute: guarded by value
+    assert m(X) == 6.0
+
+
+def test_optimiser_rebinding_an_attribute_each_step_does_not_retrace():
+    traces = []
+
+    class Model:
+        def __init__(self):
+            self.W = np.ones(3)
+
+    def loss(model, x):
+        traces.append(1)
+        return np.sum((model.W * x - 1.0) ** 2)
+
+    f = dp.differentiable(loss)
+    m = Model()
+    for _ in range(5):
+        m.W = m.W - 0.01  # a new array each step, used directly: an input
+        np.testing.assert_allclose(f(m, X), loss(m, X))
+    assert len(traces) == 1 + 5  # the first trace, then one plain call per step above
+
+
+def test_a_function_that_assigns_globals_runs_on_its_module_and_is_guarded():
+    mod = _module("import numpy as np\ntraces = 0\nW = np.ones(3)\n"
+                  "def f(x):\n    global traces\n    traces += 1\n    return np.sum(W * x)\n")
+    f = dp.differentiable(mod.f)
+    assert f(X) == 6.0 and f(X) == 6.0 and mod.traces == 1  # its own global: not a guard
+    mod.W = np.full(3, 2.0)  # read by a function that writes globals: guarded, retraced
+    assert f(X) == 12.0 and mod.traces == 2
+
+
+def test_nonlocal_state_a_function_updates_stays_its_own():
+    def make():
+        count = 0
+        w = np.ones(3)
+
+        def f(x):
+            nonlocal count
+            count += 1
+            return np.sum(w * x)
+        return f, lambda: count
+    f, count = make()
+    d = dp.differentiable(f)
+    assert d(X) == 6.0 and count() == 1
+
+
+def test_a_global_needed_as_a_plain_value_falls_back_to_a_guard():
+    mod = _module("import numpy as np\nG = np.array([2.0, 0.0])\n"
+                  "def f(x):\n    return np.sum(x) * float(G[0])\n")
+    f = dp.differentiable(mod.f)
+    assert f(X) == 12.0
+    mod.G[0] = 3.0  # in place, guarded by content
+    assert f(X) == 18.0
+    np.testing.assert_allclose(dp.grad(mod.f)(X), [3.0, 3.0, 3.0])
+
+
+def test_boolean_masks_and_index_arrays_stay_constants_guarded_by_value():
+    mod = _module("import numpy as np\nMASK = np.array([True, False, True])\n"
+                  "def f(x):\n    return np.sum(x[MASK] ** 2)\n")
+    f = dp.differentiable(mod.f)
+    assert f(X) == 10.0
+    mod.MASK[1] = True
+    assert f(X) == 14.0
+
+
+def test_a_nested_derivative_reading_a_global_follows_it():
+    mod = _module("import numpy as np\nA = np.ones(3)\n"
+                  "def energy(x):\n    return np.sum(A * x ** 2)\n"
+                  "def f(x):\n    import diffprog as dp\n"
+                  "    return np.sum(dp.grad(energy)(x) ** 2)\n")
+    f = dp.differentiable(mod.f)
+    np.testing.assert_allclose(f(X), np.sum((2 * X) ** 2))
+    mod.A = np.full(3, 2.0)
+    np.testing.assert_allclose(f(X), np.sum((4 * X) ** 2))
+    np.testing.assert_allclose(dp.grad(mod.f)(X), 2 * 16 * X)
+
+
+def test_a_scan_body_reading_a_global_follows_it():
+    mod = _module("import numpy as np\nimport diffprog as dp\nR = np.full(3, 0.5)\n"
+                  "def f(x):\n    return np.sum(dp.scan(lambda c, _: (c * R, c), x, np.zeros(4))[0])\n")
+    f = dp.differentiable(mod.f)
+    np.testing.assert_allclose(f(X), np.sum(X * 0.5 ** 4))
+    mod.R = np.full(3, 2.0)
+    np.testing.assert_allclose(f(X), np.sum(X * 2.0 ** 4))
+    np.testing.assert_allclose(dp.grad(mod.f)(X), np.full(3, 16.0))
