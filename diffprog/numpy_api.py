@@ -202,27 +202,11 @@ def square(x):
 
 @_ufunc_composite(np.reciprocal)
 def reciprocal(x):
-    return 1.0 / x if np.issubdtype(dtype_of(x), np.inexact) else P.floor_divide(1, x)
-
-
-@_ufunc_composite(np.exp2)
-def exp2(x):
-    return P.exp(x * np.log(2.0))
-
-
-@_ufunc_composite(np.log2)
-def log2(x):
-    return P.log(x) * (1.0 / np.log(2.0))
-
-
-@_ufunc_composite(np.log10)
-def log10(x):
-    return P.log(x) * (1.0 / np.log(10.0))
-
-
-@_ufunc_composite(np.cbrt)
-def cbrt(x):
-    return P.sign(x) * P.pow_(P.abs_(x), 1.0 / 3.0)
+    if np.issubdtype(dtype_of(x), np.inexact):
+        return 1.0 / x
+    # integers: 1 / x truncated toward zero, as C and NumPy do (floor_divide gave -1 for
+    # -2); NumPy's value at 0 is undefined (a warning and whatever the division gives)
+    return P.where(P.abs_(x) == 1, x, 0)
 
 
 @_ufunc_composite(np.deg2rad, np.radians)

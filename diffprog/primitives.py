@@ -313,6 +313,17 @@ expm1 = unary("expm1", "xp.expm1({0})", lambda x, y: y + 1.0, "expm1.({0})", num
               c="expm1({0})")
 sqrt = unary("sqrt", "xp.sqrt({0})", lambda x, y: 0.5 / y, "sqrt.({0})", numpy=np.sqrt,
              domain=_pos(3, 4), c="sqrt({0})")
+# NumPy's own exp2/log2/log10/cbrt, not compositions of exp, log and pow: those are off by
+# a few ulps where NumPy is exact (log10(1000) came out 2.9999999999999996, floor 2).
+_LN2, _LN10 = float(np.log(2.0)), float(np.log(10.0))
+exp2 = unary("exp2", "xp.exp2({0})", lambda x, y: y * _LN2, "exp2.({0})", numpy=np.exp2,
+             c="exp2({0})")
+log2 = unary("log2", "xp.log2({0})", lambda x, y: 1.0 / (x * _LN2), "log2.({0})",
+             numpy=np.log2, domain=_pos(3, 4), c="log2({0})")
+log10 = unary("log10", "xp.log10({0})", lambda x, y: 1.0 / (x * _LN10), "log10.({0})",
+              numpy=np.log10, domain=_pos(3, 4), c="log10({0})")
+cbrt = unary("cbrt", "xp.cbrt({0})", lambda x, y: 1.0 / (3.0 * y * y), "cbrt.({0})",
+             numpy=np.cbrt, c="cbrt({0})")
 sin = unary("sin", "xp.sin({0})", lambda x, y: np.cos(x), "sin.({0})", numpy=np.sin, c="sin({0})")
 cos = unary("cos", "xp.cos({0})", lambda x, y: -np.sin(x), "cos.({0})", numpy=np.cos, c="cos({0})")
 tan = unary("tan", "xp.tan({0})", lambda x, y: 1.0 + y * y, "tan.({0})", numpy=np.tan,
