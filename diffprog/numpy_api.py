@@ -373,7 +373,8 @@ def mean(x, axis=None, dtype=None, out=None, keepdims=False, where=None):
     x = astype(x, dtype) if dtype is not None else _float_of(x)
     axes = _axes(axis, ndim(x))
     count = _count(x, axes)  # an empty mean is NaN, as in NumPy (0 * nan)
-    return sum(x, axis=axes, keepdims=keepdims) * (1.0 / count if count else np.nan)
+    total = sum(x, axis=axes, keepdims=keepdims)
+    return total / count if count else total * np.nan  # divided, as NumPy does: bit for bit
 
 
 @implements(np.var, method="var")
@@ -385,7 +386,8 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None, 
     axes = _axes(axis, ndim(x))
     centred = x - globals()["mean"](x, axis=axes, keepdims=True)
     dof = _count(x, axes) - ddof  # NumPy divides by max(dof, 0): inf (or nan for 0 / 0)
-    return sum(centred * centred, axis=axes, keepdims=keepdims) * (1.0 / dof if dof > 0 else np.inf)
+    squares = sum(centred * centred, axis=axes, keepdims=keepdims)
+    return squares / dof if dof > 0 else squares * np.inf
 
 
 @implements(np.std, method="std")

@@ -278,3 +278,13 @@ def test_integer_reciprocal_truncates_as_numpy():
     for dtype in (np.int64, np.int8, np.uint8):
         np.testing.assert_array_equal(dp.differentiable(np.reciprocal)(x.astype(dtype)),
                                       np.reciprocal(x.astype(dtype)))
+
+
+def test_mean_and_var_divide_by_the_count_as_numpy():
+    """sum * (1 / n) is not sum / n: the mean of ten 0.7s came out 0.7000000000000001."""
+    rng = np.random.default_rng(1)
+    for x in (np.full(10, 0.7), np.full(6, 9.9), rng.standard_normal((50, 7)),
+              rng.standard_normal((4, 6)).astype(np.float32)):
+        for fn in (np.mean, lambda v: np.mean(v, axis=0), np.var,
+                   lambda v: np.var(v, axis=-1, ddof=1), lambda v: np.std(v, axis=0)):
+            np.testing.assert_array_equal(dp.differentiable(fn)(x), fn(x))
