@@ -20,12 +20,22 @@ function DiffProg.import_array(o::PythonArray, numpy_shape)
     return DiffProg.to_julia_layout(wrapped, numpy_shape)
 end
 
-# An object with `__dlpack__` goes through DLPack.from_dlpack (DLPack.jl's PythonCall
-# extension calls `o.__dlpack__()` with no arguments, so an unversioned capsule). Anything
-# else must be such a capsule already, as returned by `x.__dlpack__()`.
+# The memory of a wrapped array belongs to the producer (NumPy, CuPy) until the
+# `DLManagedTensor`'s deleter runs, and DLPack.jl runs it from the tensor's finalizer
+# (src/DLPack.jl, `DLManagedTensor`'s inner constructor). `DLPack.unsafe_wrap(tensor, foreign)`
+# keeps only `foreign` alive while the array lives (its `WRAPS_POOL`), not the tensor. With a
+# bare capsule as `foreign`, nothing else holds the tensor: a GC runs CuPy's deleter and the
+# memory goes back to CuPy's pool while the Julia array (say a cached constant) still points
+# at it. So the tensor travels in `foreign` with the capsule and the Python owner: all three
+# live exactly as long as the Julia array.
+#
+# An object with `__dlpack__` is asked for an unversioned capsule (`o.__dlpack__()` with no
+# arguments, as DLPack.jl's own `from_dlpack` does); anything else must be such a capsule
+# already, as returned by `x.__dlpack__()`.
 function wrap_with_dlpack(o::Py)
-    PythonCall.pyhasattr(o, "__dlpack__") && return DLPack.from_dlpack(o)
-    return DLPack.unsafe_wrap(DLPack.DLManagedTensor(o), o)
+    capsule = PythonCall.pyhasattr(o, "__dlpack__") ? o.__dlpack__() : o
+    tensor = DLPack.DLManagedTensor(capsule)
+    return DLPack.unsafe_wrap(tensor, (o, capsule, tensor))
 end
 
 function DiffProg.share_array(a::AbstractArray, from_dlpack::Py)
