@@ -17,6 +17,7 @@ using ChainRulesCore:
     AbstractZero,
     HasReverseMode,
     NoTangent,
+    ProjectTo,
     RuleConfig,
     Tangent,
     ZeroTangent,
@@ -41,18 +42,20 @@ export npsum,
     logaddexp,
     nplogaddexp
 export npwhere, npmatmul, npslogdet, nptake, npscatter_add, nponehot
-export npreshape, npbroadcast_to, convert_eltype, stop_gradient, nppad, npunslice
-export npargmax, npargmin, npargsort
-export npsolve, npinv, npdet, npcholesky, npmatmul_stacked
+export npreshape, npscalar, npbroadcast_to, convert_eltype, stop_gradient, nppad, npunslice
+export npargmax, npargmin, npargsort, npcumprod
+export npsolve, npinv, npdet, npcholesky, npmatmul_stacked, npmatmul_batched, npeinsum
 export npscan, npcond, npwhile, npremat
 
 include("programs.jl")
 include("notices.jl")
+include("devices.jl")
 include("derivatives.jl")
 include("exchange.jl")
 include("numpy_compat.jl")
 include("numpy_shapes.jl")
 include("numpy_linalg.jl")
+include("einsum.jl")
 include("rules.jl")
 include("control.jl")
 include("precompile.jl")

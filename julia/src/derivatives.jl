@@ -3,6 +3,8 @@
 # Every entry point calls the private worker through `Base.invokelatest`: the program's
 # method was defined after the caller's world began, and running the whole worker (not just
 # the program) in the latest world lets Zygote's generated pullbacks see that method too.
+# It does so inside `with_array_template(args)` (devices.jl), so that arrays the program makes
+# from numbers alone live on the arguments' device.
 
 """
     value(p::Program, args::Tuple) -> Tuple
@@ -11,7 +13,7 @@ Run the program forward on `args` (Julia layout) and return its outputs as a `Tu
 """
 function value(p::Program, args::Tuple)
     note_compilation!(p, :value, args)
-    return as_tuple(Base.invokelatest(p.func, args...))
+    return as_tuple(with_array_template(() -> Base.invokelatest(p.func, args...), args))
 end
 
 (p::Program)(args...) = value(p, args)
@@ -29,7 +31,9 @@ arguments get floating-point gradients).
 function value_and_gradient(p::Program, args::Tuple, wrt = all_positions(args))
     positions = checked_positions(wrt, args)
     note_compilation!(p, :gradient, args)
-    return Base.invokelatest(value_and_gradient_worker, p.func, args, positions)
+    return with_array_template(args) do
+        Base.invokelatest(value_and_gradient_worker, p.func, args, positions)
+    end
 end
 
 function value_and_gradient_worker(f, args::Tuple, positions::Tuple)
@@ -50,7 +54,9 @@ returns `nothing`), each shaped and typed like its argument.
 """
 function pullback(p::Program, args::Tuple, cotangents::Tuple)
     note_compilation!(p, :pullback, args)
-    return Base.invokelatest(pullback_worker, p.func, args, cotangents)
+    return with_array_template(args) do
+        Base.invokelatest(pullback_worker, p.func, args, cotangents)
+    end
 end
 
 function pullback_worker(f, args::Tuple, cotangents::Tuple)
@@ -81,7 +87,9 @@ broadcast over the diagonal, as Zygote's own `_eyelike`, so it works on GPU arra
 function jacobian(p::Program, args::Tuple; output::Integer = 1, wrt = all_positions(args))
     positions = checked_positions(wrt, args)
     note_compilation!(p, :jacobian, args)
-    return Base.invokelatest(jacobian_worker, p.func, args, Int(output), positions)
+    return with_array_template(args) do
+        Base.invokelatest(jacobian_worker, p.func, args, Int(output), positions)
+    end
 end
 
 function jacobian_worker(f, args::Tuple, output::Int, positions::Tuple)
@@ -107,11 +115,18 @@ Reverse-over-reverse: the Jacobian of the Zygote gradient, one outer pullback pe
 indexes dual numbers one by one, which fails on GPU arrays (Zygote src/lib/forward.jl), and
 it would force every helper in this package to accept dual numbers. Python's own IR
 transforms (vjp of vjp) are an alternative that runs through [`value`](@ref).
+
+Programs with `npscan` (scan, fori_loop, while_loop with max_steps, odeint) have no
+second derivatives here: the scan's reverse rule fills buffers in place, which Zygote
+cannot differentiate again, and the call stops with an `ArgumentError` saying so. diffprog's
+Python side computes those Hessians with its own transforms and runs them with `value`.
 """
 function hessian(p::Program, args::Tuple, wrt::Integer)
     k = only(checked_positions(wrt, args))
     note_compilation!(p, :hessian, args)
-    return Base.invokelatest(hessian_worker, p.func, args, k)
+    return with_array_template(args) do
+        Base.invokelatest(hessian_worker, p.func, args, k)
+    end
 end
 
 function hessian_worker(f, args::Tuple, k::Int)
@@ -210,6 +225,12 @@ zero_gradient(x) = nothing
 gradient_like(::Nothing, x) = zero_gradient(x)
 gradient_like(::AbstractZero, x) = zero_gradient(x)
 gradient_like(g::Number, x::Number) = convert(gradient_eltype(typeof(x)), g)
+# Number and 0-dim array cotangents are two forms of one value (Zygote produces both).
+gradient_like(g::AbstractArray{<:Number, 0}, x::Number) = gradient_like(only_element(g), x)
+function gradient_like(g::Number, x::AbstractArray{<:Any, 0})
+    T = gradient_eltype(eltype(x))
+    return fill!(similar(x, T), convert(T, g))
+end
 function gradient_like(g::AbstractArray, x::AbstractArray)
     T = gradient_eltype(eltype(x))
     typeof(g) === typeof(x) && eltype(x) === T && return g
@@ -251,8 +272,7 @@ function assemble_jacobian(x::AbstractArray, y, rows::Vector)
 end
 assemble_jacobian(x::Number, y::Number, rows::Vector) = only(rows)
 function assemble_jacobian(x::Number, y::AbstractArray, rows::Vector)
-    T = mapreduce(typeof, promote_type, rows)
-    # `copyto!` from a host vector is a single transfer when `y` lives on the GPU.
-    return reshape(copyto!(similar(y, T, length(rows)), rows), size(y))
+    # one host-to-device transfer when `y` lives on the GPU
+    return reshape(device_vector(rows; like = y), size(y))
 end
 assemble_jacobian(x, y, rows::Vector) = nothing

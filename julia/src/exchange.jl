@@ -13,6 +13,10 @@ Bring an argument into Julia layout (NumPy axes reversed). `numpy_shape` is the 
   copy: an `Array` for CPU data, a `CuArray` for CUDA data (needs `using CUDA`).
 - `a` a Julia array: returned as is when its size is already `reverse(numpy_shape)`.
 - `a` a number: returned as is.
+- `numpy_shape == ()`: a NumPy 0-d array becomes a Julia number (read without scalar
+  indexing). Generated code holds every 0-d value as a number: Zygote cannot add the
+  number cotangents of unwrapped 0-dim broadcasts to the 0-dim array cotangents its
+  broadcast rules project back (`accum`), so 0-dim arrays must not enter a program.
 
 If the wrapped array's dims are not `reverse(numpy_shape)` (DLPack.jl can read a
 C-contiguous array whose length-1 axes carry unusual strides as column-major), the data is
@@ -25,8 +29,17 @@ import_array(a::AbstractArray, numpy_shape) = to_julia_layout(a, numpy_shape)
 
 julia_shape(numpy_shape) = reverse(Tuple(Int(n) for n in numpy_shape))
 
+# The one element of a (possibly GPU) array, through a host copy: no scalar indexing.
+function only_element(a::AbstractArray)
+    if length(a) != 1
+        throw(DimensionMismatch("array of size $(size(a)) does not match NumPy shape ()"))
+    end
+    return only(Array(a))
+end
+
 function to_julia_layout(a::AbstractArray, numpy_shape)
     shape = julia_shape(numpy_shape)
+    shape == () && return only_element(a)
     size(a) == shape && return a
     if length(a) != prod(shape; init = 1)
         throw(DimensionMismatch(
@@ -60,9 +73,9 @@ end
 
 Synchronize the device, then [`export_array`](@ref) every array in `x` (a value or nested
 tuples of values, such as the `(outputs, gradients)` pair that the derivative functions
-return). With a Python `from_dlpack` function (PythonCall loaded), each array is instead
-shared with [`share_array`](@ref); for CuPy use `cupy.from_dlpack`, which gives CuPy arrays
-in NumPy layout with no copy.
+return). With a Python `from_dlpack` function (PythonCall loaded), each GPU array is
+instead shared with [`share_array`](@ref); for CuPy use `cupy.from_dlpack`, which gives CuPy
+arrays in NumPy layout with no copy. Host arrays are exported as without it.
 """
 function export_outputs(x, from_dlpack = nothing)
     synchronize_arrays(x)
@@ -71,7 +84,11 @@ end
 
 export_tree(x::Tuple, from_dlpack) = map(v -> export_tree(v, from_dlpack), x)
 export_tree(x::AbstractArray, ::Nothing) = export_array(x)
-export_tree(x::AbstractArray, from_dlpack) = share_array(x, from_dlpack)
+# Only device arrays are shared through `from_dlpack` (e.g. `cupy.from_dlpack`); a host
+# array that a GPU call produced from numbers alone goes back as a host array.
+function export_tree(x::AbstractArray, from_dlpack)
+    return on_gpu(x) ? share_array(x, from_dlpack) : export_array(x)
+end
 export_tree(x, from_dlpack) = export_array(x)
 
 """

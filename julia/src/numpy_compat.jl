@@ -63,12 +63,27 @@ end
 """
     npprod(x; dims = :, keepdims = false)
 
-`numpy.prod` in Julia layout (same conventions as [`npsum`](@ref)).
+`numpy.prod` in Julia layout (same conventions as [`npsum`](@ref)). Its derivative is
+exact at zeros and runs on GPU arrays: the rule in rules.jl replaces ChainRules' `prod`
+rule, whose zero handling loops over elements (scalar indexing on a GPU).
 """
 npprod(x::Number; dims = :, keepdims::Bool = false) = x
 function npprod(x::AbstractArray; dims = :, keepdims::Bool = false)
-    return reduce_like_numpy(prod, (a, d) -> prod(a; dims = d), x, dims, keepdims)
+    whole = a -> npscalar(prod_kept(a, Tuple(1:ndims(a))))
+    return reduce_like_numpy(whole, prod_kept, x, dims, keepdims)
 end
+
+# `prod` over `dims`, keeping them (length 1); the rrule is in rules.jl.
+prod_kept(x::AbstractArray, dims::Tuple) = prod(x; dims = dims)
+
+"""
+    npcumprod(x; dims)
+
+`numpy.cumprod` along Julia dim `dims`. Its derivative (rules.jl) is exact at zeros to
+second order and runs on GPU arrays, unlike ChainRules' `cumprod` rule, which loops over
+elements.
+"""
+npcumprod(x::AbstractArray; dims::Integer) = cumprod(x; dims = Int(dims))
 
 """
     npmax(x; dims = :, keepdims = false)
@@ -222,11 +237,13 @@ mutation, repeated indices accumulate).
 function nptake(x::AbstractArray, indices::AbstractArray{<:Integer}; dim::Integer)
     return take_positions(x, wrap_indices(indices, size(x, dim)), Int(dim))
 end
-# `selectdim` is a view with a Zygote rule; `copy` makes it a dense array again. For 1-d `x`
-# the result is a 0-d array.
+# `selectdim` with a range is a view with a Zygote rule; `copy` makes it a dense array
+# again. For 1-d `x` the result is a NumPy 0-d value, i.e. a number.
 function nptake(x::AbstractArray, index::Integer; dim::Integer)
     position = mod(index, size(x, dim)) + 1
-    return copy(selectdim(x, Int(dim), position))
+    picked = copy(selectdim(x, Int(dim), position:position))
+    ndims(x) == 1 && return npscalar(picked)
+    return dropdims(picked; dims = Int(dim))
 end
 
 """

@@ -6,11 +6,32 @@
 """
     npreshape(x, shape::Tuple)
 
-`numpy.reshape` with the target shape already reversed. A number (broadcasting unwraps
-0-d results into numbers) is filled into an array of that shape.
+`numpy.reshape` with the target shape already reversed. NumPy 0-d values are Julia numbers
+throughout (inputs and constants arrive as numbers; Base unwraps 0-dim broadcasts into
+numbers anyway), so `shape == ()` gives a number ([`npscalar`](@ref)), and a number is
+broadcast into an array of `shape` on the device of the running call.
 """
 npreshape(x::AbstractArray, shape::Tuple) = reshape(x, shape)
-npreshape(x::Number, shape::Tuple) = fill(x, shape)
+npreshape(x::AbstractArray, ::Tuple{}) = npscalar(x)
+npreshape(x::Number, shape::Tuple) = npbroadcast_to(x, shape)
+npreshape(x::Number, ::Tuple{}) = x
+
+"""
+    npscalar(x)
+
+The single element of `x` (a one-element array, e.g. `x[2:2]`) as a number: NumPy's
+reshape to `()`. `sum` for floats, which is differentiable (ChainRules' `sum` rule, itself
+differentiable) and reads GPU arrays without scalar indexing; other eltypes keep their type
+(`sum` would turn `Bool`s and small integers into `Int`).
+"""
+npscalar(x::Number) = x
+npscalar(x::AbstractArray{<:AbstractFloat}) = (check_one_element(x); sum(x))
+npscalar(x::AbstractArray{T}) where {T} = (check_one_element(x); convert(T, sum(x)))
+
+function check_one_element(x::AbstractArray)
+    length(x) == 1 && return nothing
+    throw(DimensionMismatch("cannot make a 0-d value from an array of size $(size(x))"))
+end
 
 """
     npbroadcast_to(x, shape::Tuple)
@@ -24,9 +45,9 @@ function npbroadcast_to(x::Union{Bool, AbstractArray{Bool}}, shape::Tuple)
 end
 
 zeros_like(x::AbstractArray, shape) = fill!(similar(x, eltype(x), shape), zero(eltype(x)))
-zeros_like(x::Number, shape) = zeros(typeof(x), shape)
+zeros_like(x::Number, shape) = fill!(new_array(typeof(x), Tuple(shape)), zero(x))
 falses_like(x::AbstractArray, shape) = fill!(similar(x, Bool, shape), false)
-falses_like(::Bool, shape) = falses(shape)
+falses_like(::Bool, shape) = fill!(new_array(Bool, Tuple(shape)), false)
 
 """
     convert_eltype(T, x)
@@ -80,6 +101,7 @@ The adjoint of `x[ranges...]` (basic slicing, one range per Julia dim): an array
 `shape` holding `g` at the positions the ranges picked and zeros elsewhere. Built from
 `reverse`, `cat` and `reshape` (no `setindex!`), so it is differentiable and runs on GPUs.
 """
+npunslice(g::Number, ::Tuple{}, ::Tuple{}) = g # slicing a 0-d value is the value
 function npunslice(g::AbstractArray, ranges::Tuple, shape::Tuple)
     out = g
     for (dim, range) in enumerate(ranges)
@@ -139,6 +161,9 @@ npargsort(x::AbstractArray; dim::Integer) = mapslices(v -> sortperm(v) .- 1, x; 
 @non_differentiable filled_block(::Any, ::Any, ::Any, ::Any)
 @non_differentiable to_integer(::Any, ::Any)
 @non_differentiable nonzero(::Any)
+@non_differentiable npscalar(::AbstractArray{<:Integer})
+@non_differentiable npcumprod(::AbstractArray{<:Integer})
+@non_differentiable check_one_element(::Any)
 @non_differentiable stop_gradient(::Any)
 @non_differentiable npargmax(::Any)
 @non_differentiable npargmin(::Any)

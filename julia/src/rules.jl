@@ -84,6 +84,102 @@ function ChainRulesCore.rrule(
     return out, extremum_pullback
 end
 
+# --- npprod, npcumprod: exact at zeros, no scalar indexing ----------------------------------
+# ChainRules' `prod` and `cumprod` rules handle zeros (and `cumprod` everything) by looping
+# over elements (ChainRules src/rulesets/Base/mapreduce.jl: `∇prod_one_zero!`,
+# `∇prod_dims!`, `∇cumprod!`), which is scalar indexing on a GPU. These rules use masks,
+# broadcasts and products of zero-free arrays only, so they run on GPUs and Zygote can
+# differentiate them again: first and second derivatives are exact at zeros (the same
+# construction as diffprog's own VJPs of reduce_prod and cumprod in primitives.py).
+
+@non_differentiable prod_kept(::AbstractArray{<:Integer}, ::Any)
+
+function ChainRulesCore.rrule(
+    ::typeof(prod_kept),
+    x::AbstractArray{<:AbstractFloat},
+    dims::Tuple,
+)
+    function prod_kept_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero && return (NoTangent(), ZeroTangent(), NoTangent())
+        return (NoTangent(), ḡ .* prod_partials(x, dims), NoTangent())
+    end
+    return prod_kept(x, dims), prod_kept_pullback
+end
+
+"""
+    prod_partials(x, dims)
+
+`∂ prod(x; dims) / ∂x`: at each element the product of the other elements of its slice.
+Per slice, by the number of zeros in it: none, `p ./ x` (`p` the product of the slice);
+one, `p` at the zero and `0` elsewhere; two, `0` everywhere; where `p` is then the product of
+the nonzero elements. The zeros' own values enter as factors that are `0` (`zero_sum`), so
+that the next derivative is exact too.
+"""
+function prod_partials(x::AbstractArray, dims::Tuple)
+    T = eltype(x)
+    zero_at = iszero.(x)
+    zeros_in_slice = sum(zero_at; dims = dims)
+    safe = ifelse.(zero_at, one(T), x)
+    nonzero_product = prod(safe; dims = dims)
+    zero_sum = sum(ifelse.(zero_at, x, zero(T)); dims = dims)
+    no_zero = nonzero_product ./ safe
+    one_zero = ifelse.(zero_at, nonzero_product, zero_sum .* no_zero)
+    two_zeros = ifelse.(zero_at, (zero_sum .- x) .* nonzero_product, zero(T))
+    return ifelse.(
+        zeros_in_slice .== 0,
+        no_zero,
+        ifelse.(
+            zeros_in_slice .== 1,
+            one_zero,
+            ifelse.(zeros_in_slice .== 2, two_zeros, zero(T)),
+        ),
+    )
+end
+
+function ChainRulesCore.rrule(
+    ::typeof(npcumprod),
+    x::AbstractArray{<:AbstractFloat};
+    dims::Integer,
+)
+    # `npcumprod`, not `cumprod`: differentiating this rule again must meet this rule
+    y = npcumprod(x; dims = dims)
+    function npcumprod_pullback(Δ)
+        ḡ = unthunk(Δ)
+        ḡ isa AbstractZero && return (NoTangent(), ZeroTangent())
+        return (NoTangent(), cumprod_cotangent(dense_cotangent(ḡ), x, y, Int(dims)))
+    end
+    return y, npcumprod_pullback
+end
+
+"""
+    cumprod_cotangent(g, x, y, dim)
+
+The cotangent of `x` for `y = cumprod(x; dims = dim)`. Dividing by `x` is used at nonzero
+elements only; the first and second zero of a slice use running products that read that
+zero as 1 (`skip_first`, `skip_second`); at later zeros every term holds two other zeros,
+so the derivative is 0 and stays 0 under one more differentiation.
+"""
+function cumprod_cotangent(g, x::AbstractArray, y::AbstractArray, dim::Int)
+    T = eltype(y)
+    zero_at = iszero.(x)
+    zeros_so_far = cumsum(zero_at; dims = dim)
+    first_zero = zero_at .& (zeros_so_far .== 1)
+    second_zero = zero_at .& (zeros_so_far .== 2)
+    safe = ifelse.(zero_at, one(T), x)
+    skip_first = npcumprod(ifelse.(first_zero, one(T), x); dims = dim)
+    skip_second = npcumprod(ifelse.(second_zero, one(T), x); dims = dim)
+    at_nonzero = ifelse.(zero_at, zero(T), reverse_cumsum(g .* y, dim) ./ safe)
+    at_first = ifelse.(first_zero, reverse_cumsum(g .* skip_first, dim), zero(T))
+    at_second = ifelse.(second_zero, reverse_cumsum(g .* skip_second, dim), zero(T))
+    return at_nonzero .+ at_first .+ at_second
+end
+
+# sum over the positions at and after each one along `dim`
+function reverse_cumsum(a::AbstractArray, dim::Int)
+    return reverse(cumsum(reverse(a; dims = dim); dims = dim); dims = dim)
+end
+
 # --- npclip --------------------------------------------------------------------------------
 # clip_both is min(max(x, lo), hi); ties go to the first operand (x, then max(x, lo)), so at
 # x == lo or x == hi the gradient flows to x.
