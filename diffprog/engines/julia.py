@@ -15,10 +15,18 @@ Julia dim ``n - k``, 1-based): a C-contiguous NumPy array *is* a column-major Ju
 array with reversed dims, so arrays cross by DLPack without copies, and NumPy's
 right-aligned broadcasting is Julia's left-aligned broadcasting.
 
+NumPy 0-d values are Julia numbers everywhere: inputs, constants and cotangents cross as
+numbers of their dtype (:func:`julia_number`), and a reshape to ``()`` is spelled
+``sum(x)``. A 0-dim Julia array would meet the numbers Base makes of 0-dim broadcasts, and
+Zygote cannot add those two kinds of cotangent.
+
 Running (needs Julia): juliacall is imported only when this engine is asked for, after
 a probe that finds no Julia in milliseconds instead of letting juliapkg try to download
 one. Gradients come from Zygote (``native_gradients``: the API hands this engine the
 forward graph for grad/value_and_grad/vjp instead of Python-side transformed graphs).
+Hessians of programs with structured control flow are the exception: Zygote cannot
+differentiate DiffProg.npscan's rule twice, so they are built by diffprog's transforms
+and run forward (:meth:`JuliaEngine.compile_hessian_by_transforms`).
 """
 from __future__ import annotations
 
@@ -42,6 +50,17 @@ from .base import Derivative, Engine, Program
 
 #: CUDA.jl's package UUID (julia/Project.toml lists it under [weakdeps])
 CUDA_UUID = "052768ef-5323-5732-b1bb-66c8b64840ba"
+#: CUDA.jl versions that work (julia/Project.toml [compat] says the same): 5.4 up to, not
+#: including, 6. DLPack.jl 0.3.1's CUDA extension compares buffer types with
+#: CUDA.Mem.DeviceBuffer, a deprecated alias of CUDA.DeviceMemory from CUDA.jl 5.4 on that
+#: CUDA.jl 6.0 removed with the whole CUDA.Mem module; so every GPU export would fail there.
+CUDA_COMPAT = "5.4"
+#: the one command that adds CUDA.jl to diffprog's Julia environment (juliapkg)
+CUDA_INSTALL = (f"python -c \"import juliapkg; juliapkg.add('CUDA', '{CUDA_UUID}', "
+                f"version='{CUDA_COMPAT}'); juliapkg.resolve()\"")
+#: primitives whose Julia rules have first derivatives only (DiffProg.npscan's rule fills
+#: buffers in place); Hessians of programs with them come from the Python transforms
+_CONTROL_PRIMITIVES = frozenset({"scan", "cond", "while_loop", "remat"})
 
 # =============================================================== Julia spelling helpers
 
@@ -457,28 +476,36 @@ class _Bridge:
                 raise EngineUnavailable(
                     f"the julia engine got CuPy arrays, but Julia could not load CUDA.jl "
                     f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}). "
-                    f"Fix: add it to diffprog's Julia environment once: python -c \"import "
-                    f"juliapkg; juliapkg.add('CUDA', '{CUDA_UUID}'); juliapkg.resolve()\", or pass "
-                    f"NumPy arrays to run on the CPU.") from None
+                    f"Fix: add it to diffprog's Julia environment once: {CUDA_INSTALL} (CUDA.jl "
+                    f"{CUDA_COMPAT}.x: DLPack.jl does not support CUDA.jl 6 yet), or pass NumPy "
+                    f"arrays to run on the CPU.") from None
             self.cuda = True
 
-    def to_julia(self, value, device: str):
+    def to_julia(self, value, device: str, keep: list | None = None):
+        """A NumPy/CuPy value as a Julia argument: 0-d values as numbers of their dtype
+        (:func:`julia_number`), arrays through DLPack without a copy (after making them
+        C-contiguous). ``keep`` collects the Python arrays whose memory Julia now reads, so
+        that the caller keeps them alive and can spot outputs that share that memory."""
+        number = julia_number(value)
+        if number is not None:
+            return number
         if device == "gpu" and _is_cupy(value):
             import cupy
             self.use_cuda()
-            # (ascontiguousarray makes 0-d arrays 1-d: reshape keeps the NumPy shape)
-            a = cupy.ascontiguousarray(value).reshape(value.shape)
+            a = cupy.ascontiguousarray(value)
+            if keep is not None:
+                keep.append(a)
             return self.dp.import_array(a.__dlpack__(), tuple(a.shape))
         if isinstance(value, np.ndarray):
             if device == "gpu":
                 import cupy
-                return self.to_julia(cupy.asarray(value), device)
-            a = np.ascontiguousarray(value).reshape(value.shape)  # 0-d stays 0-d
+                return self.to_julia(cupy.asarray(value), device, keep)
+            a = np.ascontiguousarray(value)
             if not a.flags.writeable:  # NumPy refuses to export read-only arrays by DLPack
                 a = a.copy()
+            if keep is not None:
+                keep.append(a)
             return self.dp.import_array(a, tuple(a.shape))
-        if isinstance(value, (np.generic, float, int, bool)):
-            return value
         raise EngineError(f"the julia engine cannot pass a {type(value).__name__} to Julia; "
                           f"expected NumPy/CuPy arrays or numbers")
 
@@ -513,11 +540,33 @@ def _is_cupy(x) -> bool:
     return type(x).__module__.startswith("cupy") and hasattr(x, "__cuda_array_interface__")
 
 
+def julia_number(value):
+    """The Julia form of a NumPy 0-d value: a number of its dtype (a NumPy scalar, which
+    juliacall converts to the matching Julia type: np.float32 -> Float32), or None for
+    arrays of rank >= 1. Generated code holds every 0-d value as a Julia number: a 0-dim
+    Julia array would meet the numbers that Base makes of 0-dim broadcasts, and Zygote
+    cannot add a number cotangent to a 0-dim array one."""
+    if isinstance(value, (bool, int, float, complex, np.generic)):
+        return value
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value[()]
+    if _is_cupy(value) and value.ndim == 0:
+        return value.get()[()]  # one device-to-host copy
+    return None
+
+
 def _to_python(v, aval, device: str):
     dtype = np.dtype(aval.dtype)
     if device == "gpu":
         import cupy
-        arr = v if _is_cupy(v) else cupy.asarray(v if v is not None else 0, dtype=dtype)
+        if _is_cupy(v):
+            arr = v
+        elif v is None:  # a `nothing` gradient that slipped through: zero
+            arr = cupy.zeros(aval.shape, dtype)
+        elif isinstance(v, (bool, int, float, complex, np.generic)):
+            arr = cupy.full(aval.shape, v, dtype)
+        else:  # a host array that a GPU call made from numbers alone (Julia order)
+            arr = cupy.asarray(np.asarray(v).T)
         arr = arr.reshape(aval.shape) if tuple(arr.shape) != tuple(aval.shape) else arr
         return arr.astype(dtype, copy=False)
     if v is None:  # a `nothing` gradient that slipped through: zero
@@ -528,6 +577,33 @@ def _to_python(v, aval, device: str):
     if tuple(arr.shape) != tuple(aval.shape):
         arr = arr.reshape(aval.shape)
     return arr.astype(dtype, copy=False)
+
+
+def _may_share_memory(a, b) -> bool:
+    """Whether arrays ``a`` and ``b`` (NumPy or CuPy) may overlap in memory (bounds only)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    if _is_cupy(a) and _is_cupy(b):
+        import cupy
+        return bool(cupy.may_share_memory(a, b))
+    return False
+
+
+def unaliased(outputs: list, owners: list) -> list:
+    """``outputs`` with every array that may share memory with one of ``owners`` (the
+    Python arrays handed to Julia for this call, and the program's constants) copied.
+
+    A Julia result can be an argument itself or a reshape of one (`reshape` shares memory
+    in Julia). Returned as is, it would point into a temporary Python frees after the call
+    (a contiguous copy of a strided input: the Julia wrapper keeps it alive only while that
+    very wrapper lives, not its reshapes), or let the caller write into a program's cached
+    constant."""
+    out = []
+    for v in outputs:
+        if hasattr(v, "shape") and any(_may_share_memory(v, o) for o in owners):
+            v = v.copy()
+        out.append(v)
+    return out
 
 
 _BRIDGE: _Bridge | None = None
@@ -548,25 +624,34 @@ def _device_of(values) -> str:
 
 class JuliaProgram:
     """One generated Julia program, loaded into Julia on first use; constants are moved
-    to Julia once per device and passed as the trailing arguments."""
+    to Julia once per device and passed as the trailing arguments. The Python arrays
+    whose memory those Julia constants read stay referenced here for the program's life
+    (besides the DLPack tensors the Julia side keeps with each wrapped array)."""
 
     def __init__(self, source: JuliaSource, graph: Graph):
         self.source = source
         self.graph = graph
         self._loaded = None
         self._constants: dict[str, tuple] = {}
+        self._constant_owners: dict[str, list] = {}
         self._seen: set = set()
 
-    def julia_args(self, b: _Bridge, inputs, device: str) -> tuple:
+    def julia_args(self, b: _Bridge, inputs, device: str, keep: list) -> tuple:
         if self._loaded is None:
             self._loaded = b.dp.load_program(self.source.text)
         if device not in self._constants:
-            self._constants[device] = tuple(b.to_julia(np.asarray(c) if not _is_cupy(c) else c,
-                                                       device) for c in self.source.constants)
-        args = tuple(b.to_julia(x, device) for x in inputs) + self._constants[device]
-        return args
+            owners: list = []
+            self._constants[device] = tuple(b.to_julia(c if _is_cupy(c) else np.asarray(c),
+                                                       device, owners)
+                                            for c in self.source.constants)
+            self._constant_owners[device] = owners
+        keep.extend(self._constant_owners[device])
+        return tuple(b.to_julia(x, device, keep) for x in inputs) + self._constants[device]
 
     def call(self, kind: str, inputs, run, avals) -> list:
+        """Run ``run(dp, program, args, keep)`` in Julia and return NumPy/CuPy outputs;
+        ``keep`` lists the Python arrays Julia reads in this call (``run`` adds the ones it
+        passes itself)."""
         b = bridge()
         device = _device_of(inputs)
         with b.lock:
@@ -574,14 +659,15 @@ class JuliaProgram:
             if key not in self._seen:
                 self._seen.add(key)
                 b.notice(kind)
+            keep: list = []
             try:  # loading the program and passing the arguments can fail in Julia too
-                args = self.julia_args(b, inputs, device)
-                result = run(b.dp, self._loaded, args)
+                args = self.julia_args(b, inputs, device, keep)
+                result = run(b.dp, self._loaded, args, keep)
             except DiffprogError:
                 raise
             except Exception as e:  # juliacall.JuliaError and conversion errors
                 raise EngineError(_julia_error_message(kind, e, self.source.text)) from None
-            return b.outputs(result, avals, device)
+            return unaliased(b.outputs(result, avals, device), keep)
 
 
 def _julia_error_message(kind: str, error: Exception, source: str) -> str:
@@ -624,7 +710,7 @@ class JuliaEngine(Engine):
         avals = [o.aval for o in graph.outvars]
 
         def run(*inputs):
-            return prog.call("value", inputs, lambda dp, p, args: dp.value(p, args), avals)
+            return prog.call("value", inputs, lambda dp, p, args, keep: dp.value(p, args), avals)
         return Program(run, prog.source.text, self.name, graph)
 
     def compile_native(self, request: Derivative) -> tuple:
@@ -647,7 +733,8 @@ class JuliaEngine(Engine):
 
         def run(*inputs):
             return prog.call("gradient", inputs,
-                             lambda dp, p, args: dp.value_and_gradient(p, args, positions), avals)
+                             lambda dp, p, args, keep: dp.value_and_gradient(p, args, positions),
+                             avals)
         return Program(run, prog.source.text, self.name, graph)
 
     def compile_pullback(self, graph: Graph, wrt: list[int]) -> tuple[Program, Program]:
@@ -667,7 +754,7 @@ class JuliaEngine(Engine):
             inputs, cts = flat[:n_in], flat[n_in:]
             cts = tuple(_cotangent(c, a) for c, a in zip(cts, out_avals))
             grads = prog.call("pullback", inputs,
-                              lambda dp, p, args: dp.pullback(p, args, _julia_cts(dp, cts, args)),
+                              lambda dp, p, args, keep: dp.pullback(p, args, _julia_cts(cts, keep)),
                               out_avals + in_avals)
             return [grads[len(out_avals) + i] for i in wrt]
         return (Program(forward, prog.source.text, self.name, graph),
@@ -683,20 +770,49 @@ class JuliaEngine(Engine):
 
         def run(*inputs):
             return prog.call("jacobian", inputs,
-                             lambda dp, p, args: dp.jacobian(p, args, output=1, wrt=positions),
+                             lambda dp, p, args, keep: dp.jacobian(p, args, output=1, wrt=positions),
                              avals)
         return Program(run, prog.source.text, self.name, graph)
 
     def compile_hessian(self, graph: Graph, wrt: int) -> Program:
-        """``fn(*inputs) -> (hessian,)`` of the scalar first output w.r.t. input ``wrt``."""
+        """``fn(*inputs) -> (hessian,)`` of the scalar first output w.r.t. input ``wrt``:
+        Zygote reverse-over-reverse, except for programs with structured control flow
+        (:meth:`compile_hessian_by_transforms`)."""
+        if has_control_flow(graph):
+            return self.compile_hessian_by_transforms(graph, wrt)
         prog = JuliaProgram(generate_julia(graph), graph)
         x = graph.invars[wrt].aval
         avals = [_jac_aval(x, x)]
 
         def run(*inputs):
             return prog.call("hessian", inputs,
-                             lambda dp, p, args: (dp.hessian(p, args, wrt + 1),), avals)
+                             lambda dp, p, args, keep: (dp.hessian(p, args, wrt + 1),), avals)
         return Program(run, prog.source.text, self.name, graph)
+
+    def compile_hessian_by_transforms(self, graph: Graph, wrt: int) -> Program:
+        """The Hessian of a program with scan/cond/while_loop/checkpoint, from diffprog's
+        own transforms: Zygote cannot differentiate DiffProg.npscan's reverse rule again (it
+        fills buffers in place), so reverse-over-reverse happens in the IR (the VJP of the
+        gradient graph, :func:`hessian_vjp_graph`) and Julia only runs that program forward,
+        once per row of the Hessian, with a unit cotangent."""
+        hvp = hessian_vjp_graph(graph, wrt)
+        prog = JuliaProgram(generate_julia(hvp), hvp)
+        x = graph.invars[wrt].aval
+        avals = [o.aval for o in hvp.outvars]
+        n = int(np.prod(x.shape, dtype=np.int64))
+
+        def run(*inputs):
+            xp = _array_module(_device_of(inputs))
+            rows = []
+            for i in range(n):
+                unit = xp.zeros(n, dtype=x.dtype)
+                unit[i] = 1
+                outs = prog.call("hessian", tuple(inputs) + (unit.reshape(x.shape),),
+                                 lambda dp, p, args, keep: dp.value(p, args), avals)
+                rows.append(outs[1])
+            hessian = xp.stack(rows) if rows else xp.zeros((0,) + tuple(x.shape), x.dtype)
+            return [hessian.reshape(tuple(x.shape) * 2)]
+        return Program(run, prog.source.text, self.name, hvp)
 
 
 def _jac_aval(y, x):
@@ -712,19 +828,37 @@ def _cotangent(c, aval):
     return np.asarray(c, dtype=aval.dtype)
 
 
-def _julia_cts(dp, cts, args) -> tuple:
+def _julia_cts(cts, keep: list) -> tuple:
     """Cotangents in Julia: arrays through DLPack like inputs, 0-d as numbers."""
     b = bridge()
-    out = []
-    for c in cts:
-        if c is None:
-            out.append(None)
-        elif np.ndim(c) == 0:
-            out.append(c.dtype.type(c.item()) if hasattr(c, "item") else c)
-        else:
-            out.append(b.to_julia(c, "gpu" if _is_cupy(c) else "cpu"))
-    return tuple(out)
+    return tuple(None if c is None else b.to_julia(c, "gpu" if _is_cupy(c) else "cpu", keep)
+                 for c in cts)
+
+
+def has_control_flow(graph: Graph) -> bool:
+    """Whether ``graph`` runs structured control flow (scan, cond, while_loop, remat)."""
+    return any(e.prim.name in _CONTROL_PRIMITIVES for e in graph.eqns)
+
+
+def hessian_vjp_graph(graph: Graph, wrt: int) -> Graph:
+    """``(*inputs, u) -> (gradient, u . H)`` for the scalar first output of ``graph``:
+    the gradient graph (reverse mode, seeded with 1), then the VJP of its gradient output
+    with the cotangent ``u`` (reverse over reverse). Row ``i`` of the Hessian is the second
+    output for the unit vector ``u = e_i``."""
+    from ..transforms import vjp_graph
+    first = Graph(graph.invars, graph.eqns, graph.outvars[:1])
+    gradient = vjp_graph(first, [wrt], seed="ones")  # (value, gradient)
+    gradient_only = Graph(gradient.invars, gradient.eqns, gradient.outvars[1:])
+    return vjp_graph(gradient_only, [wrt], seed="input")
+
+
+def _array_module(device: str):
+    if device == "gpu":
+        import cupy
+        return cupy
+    return np
 
 
 __all__ = ["JuliaEngine", "generate_julia", "find_julia", "probe_julia", "julia_template",
-           "derived_placeholders", "JuliaSource"]
+           "derived_placeholders", "JuliaSource", "julia_number", "has_control_flow",
+           "hessian_vjp_graph", "CUDA_COMPAT"]
