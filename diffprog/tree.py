@@ -1,9 +1,21 @@
-"""Flatten and unflatten nested arguments (tuple, namedtuple, list, dict).
+"""Pytrees: nested arguments (tuple, namedtuple, list, dict) and their leaves.
 
 A *tree* is any nesting of tuples, namedtuples, lists and dicts; everything else is a
 leaf. A namedtuple comes back as the same namedtuple type (``Params(w=..., b=...)``).
-``flatten`` returns the leaves in a deterministic order and a hashable ``TreeDef``
-that rebuilds the same structure around new leaves.
+``flatten`` returns the leaves in a deterministic order (dict keys sorted) and a
+hashable ``TreeDef`` that rebuilds the same structure around new leaves.
+
+The names are those of ``jax.tree``: ``dp.tree.map``, ``leaves``, ``structure``,
+``flatten``, ``unflatten``.
+
+>>> import numpy as np, diffprog as dp
+>>> params = {"w": np.ones(2), "b": 0.5}
+>>> dp.tree.map(lambda p, g: p - 0.1 * g, params, {"w": np.ones(2), "b": 1.0})
+{'b': 0.4, 'w': array([0.9, 0.9])}
+>>> dp.tree.leaves(params)
+[0.5, array([1., 1.])]
+>>> dp.tree.structure(params)
+{'b': *, 'w': *}
 """
 from __future__ import annotations
 
@@ -98,11 +110,47 @@ def _build(td: TreeDef, it) -> Any:
     return tuple(children) if td.kind == "tuple" else children
 
 
-def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
-    """Apply ``fn`` leaf-wise over one or more trees of the same structure."""
+def map(fn: Callable, tree: Any, *rest: Any) -> Any:  # noqa: A001 (jax.tree.map's name)
+    """Apply ``fn`` leaf-wise over one or more trees of the same structure.
+
+    ``fn`` gets one leaf from each tree; the result has ``tree``'s structure. Every tree
+    in ``rest`` must have that structure too (else an ``ArgumentError`` naming both).
+
+    >>> map(lambda x, y: x + y, {"a": 1.0, "b": (2.0,)}, {"a": 10.0, "b": (20.0,)})
+    {'a': 11.0, 'b': (22.0,)}
+    """
     leaves, td = flatten(tree)
-    others = [flatten(r)[0] for r in rest]
+    others = []
+    for i, r in enumerate(rest):
+        r_leaves, r_td = flatten(r)
+        if r_td != td:
+            from .errors import ArgumentError
+            raise ArgumentError(f"tree.map: tree {i + 1} has structure {r_td}, but the first "
+                                f"tree has structure {td}; every tree must have the same "
+                                f"structure (same containers, dict keys and lengths)")
+        others.append(r_leaves)
     return unflatten(td, [fn(*xs) for xs in zip(leaves, *others)])
+
+
+tree_map = map  # the older name, kept
+
+
+def leaves(tree: Any) -> list:
+    """The leaves of ``tree``, in :func:`flatten`'s order (dict keys sorted).
+
+    >>> leaves({"b": 1.0, "a": [2.0, 3.0]})
+    [2.0, 3.0, 1.0]
+    """
+    return flatten(tree)[0]
+
+
+def structure(tree: Any) -> TreeDef:
+    """The :class:`TreeDef` of ``tree`` (hashable; ``*`` marks a leaf).
+
+    >>> structure({"w": [1.0, 2.0], "b": 3.0})
+    {'b': *, 'w': [*, *]}
+    """
+    return flatten(tree)[1]
 
 
 def leaf_paths(treedef: TreeDef, prefix: str = "") -> list[str]:
@@ -115,3 +163,7 @@ def leaf_paths(treedef: TreeDef, prefix: str = "") -> list[str]:
             f".{treedef.keys[i]}" if treedef.kind == "namedtuple" else f"[{i}]"
         out.extend(leaf_paths(child, prefix + step))
     return out
+
+
+# ``map`` stays out of ``import *`` so that it cannot shadow the built-in.
+__all__ = ["TreeDef", "flatten", "unflatten", "leaves", "structure", "tree_map", "leaf_paths"]
