@@ -12,6 +12,26 @@ function finite_difference_gradient(f, x::AbstractArray; h = 1.0e-6)
 end
 finite_difference_gradient(f, x::Number; h = 1.0e-6) = (f(x + h) - f(x - h)) / (2h)
 
+# Finite differences of the first output of `p` with respect to argument `k`.
+function finite_difference_gradient(p::Program, args::Tuple, k::Int; h = 1.0e-6)
+    first_output = z -> value(p, Base.setindex(args, z, k))[1]
+    return finite_difference_gradient(first_output, args[k]; h)
+end
+
+# The message of the exception `f()` throws (`nothing` if it returns).
+function error_message(f)
+    try
+        f()
+    catch e
+        return sprint(showerror, e)
+    end
+    return nothing
+end
+
+# Generated programs pinned by tests/engines/golden (a git checkout; an installed package
+# has no tests/ next to it) with their arguments and the NumPy engine's results.
+const GOLDEN = normpath(joinpath(@__DIR__, "..", "..", "tests", "engines", "golden"))
+
 const PRODUCT_SOURCE = """
 function program(x1, x2)
     v3 = x1 .* x2
@@ -317,6 +337,326 @@ end
             St,
         )
         @test gchol ≈ symmetric_fd atol = 1.0e-4
+    end
+
+    @testset "npscan: forward, stacked outputs, gradient" begin
+        # carry c, step output c * x: c_i = 0.5 c + x_i
+        source = """
+        function program(a1, a2)
+            f1 = function (b1, b2)
+                v1 = 0.5 .* b1 .+ b2
+                return (v1, v1 .* b2)
+            end
+            v2, v3 = DiffProg.npscan(f1, (a1,), (a2,), (), 3, false, Val(1))
+            return (v2 .+ sum(v3),)
+        end
+        """
+        p = load_program(source)
+        c0, xs = 1.0, [0.5, -1.0, 2.0]
+        c, ys = c0, Float64[]
+        for x in xs
+            c = 0.5 * c + x
+            push!(ys, c * x)
+        end
+        @test value(p, (c0, xs))[1] ≈ c + sum(ys)
+        _, (g_c0, g_xs) = value_and_gradient(p, (c0, xs))
+        @test g_c0 ≈ finite_difference_gradient(p, (c0, xs), 1) rtol = 1.0e-6
+        @test g_xs ≈ finite_difference_gradient(p, (c0, xs), 2) rtol = 1.0e-6
+        @test g_xs isa Vector{Float64}
+        # backwards (NumPy's reverse=True) and array carries with per-step scalars
+        back = load_program(replace(source, "3, false" => "3, true"))
+        _, (_, h_xs) = value_and_gradient(back, (c0, xs))
+        @test h_xs ≈ finite_difference_gradient(back, (c0, xs), 2) rtol = 1.0e-6
+        arrays_source = """
+        function program(a1, a2)
+            f1 = function (b1, b2)
+                v1 = b1 .* b2
+                return (v1, sum(v1))
+            end
+            v2, v3 = DiffProg.npscan(f1, (a1,), (a2,), (), 3, false, Val(1))
+            return (sum(v2) + sum(v3 .^ 2), v3)
+        end
+        """
+        arrays = load_program(arrays_source)
+        y0, factors = [1.0, -2.0], [0.5, 1.5, -1.0]
+        outputs = value(arrays, (y0, factors))
+        @test outputs[2] isa Vector{Float64} && length(outputs[2]) == 3
+        _, (g_y0, g_f) = value_and_gradient(arrays, (y0, factors))
+        @test g_y0 ≈ finite_difference_gradient(arrays, (y0, factors), 1) rtol = 1.0e-6
+        @test g_f ≈ finite_difference_gradient(arrays, (y0, factors), 2) rtol = 1.0e-6
+    end
+
+    @testset "npscan: integer index in float maths (fori_loop, odeint)" begin
+        # fori_loop's index array is an Int64 constant scanned by the loop; the body uses
+        # it in float maths, so Zygote returns a Float64 cotangent for the Int step value
+        p_source = """
+        function program(a1, a2, c1)
+            f1 = function (b1, b2, b3)
+                v1 = b1 .+ b3 .* (b2 .* 0.25) .* b1
+                return (v1,)
+            end
+            (v2,) = DiffProg.npscan(f1, (a1,), (c1,), (a2,), 4, false, Val(1))
+            return (sum(v2),)
+        end
+        """
+        p = load_program(p_source)
+        args = ([1.0, 2.0], 0.3, [0, 1, 2, 3])
+        _, (g_y, g_dt, g_index) = value_and_gradient(p, args)
+        @test g_y ≈ finite_difference_gradient(p, args, 1) rtol = 1.0e-6
+        @test g_dt ≈ finite_difference_gradient(p, args, 2) rtol = 1.0e-6
+        @test g_index == zeros(4) # no cotangent for integers (zeros, float eltype)
+    end
+
+    @testset "npscan: bodies that touch only integers, Bool carries" begin
+        # rrule_via_ad gives one NoTangent() for a step whose pullback is all `nothing`
+        p_source = """
+        function program(a1, c1)
+            f1 = function (b1, b2)
+                return (b1 .+ b2,)
+            end
+            (v1,) = DiffProg.npscan(f1, (0,), (c1,), (), 3, false, Val(1))
+            return (sum(a1 .* v1),)
+        end
+        """
+        p = load_program(p_source)
+        _, (g_x, _) = value_and_gradient(p, ([1.0, 2.0], [1, 2, 3]))
+        @test g_x == [6.0, 6.0]
+        flag_source = """
+        function program(a1)
+            f1 = function (b1, b2)
+                v1 = b1 .& (sum(b2) .< 10.0)
+                v2 = DiffProg.npcond(v1, b -> (b .* 2.0,), b -> (b,), (b2,))
+                return (v1, v2[1])
+            end
+            _, v3 = DiffProg.npscan(f1, (true, a1), (), (), 4, false, Val(2))
+            return (sum(v3),)
+        end
+        """
+        flag = load_program(flag_source)
+        x = [1.0, 2.0]
+        _, (g,) = value_and_gradient(flag, (x,))
+        @test g ≈ finite_difference_gradient(flag, (x,), 1) rtol = 1.0e-6
+    end
+
+    @testset "npscan: 0-d values are numbers; 0-dim step outputs" begin
+        p_source = """
+        function program(a1, a2)
+            f1 = function (b1, b2)
+                v1 = sin.(b1) .+ b1 .* b2
+                return (v1, v1)
+            end
+            v2, v3 = DiffProg.npscan(f1, (a1,), (a2,), (), 3, false, Val(1))
+            return (v2 .+ sum(v3 .^ 2),)
+        end
+        """
+        p = load_program(p_source)
+        args = (0.5, [0.1, 0.2, 0.3])
+        outputs = value(p, args)
+        @test outputs[1] isa Float64
+        _, (g0, gx) = value_and_gradient(p, args)
+        @test g0 isa Float64
+        @test g0 ≈ finite_difference_gradient(p, args, 1) rtol = 1.0e-6
+        @test gx ≈ finite_difference_gradient(p, args, 2) rtol = 1.0e-6
+        # a 0-dim array step output (as `reshape(x, ())` made before 0-d values were
+        # numbers) stacks into a vector and gets 0-dim cotangents back
+        zero_dim_source = """
+        function program(a1)
+            f1 = function (b1)
+                return (b1 .* 2.0, reshape(b1[1:1], ()))
+            end
+            _, v1 = DiffProg.npscan(f1, (a1,), (), (), 3, false, Val(1))
+            return (sum(v1 .^ 2),)
+        end
+        """
+        zero_dim = load_program(zero_dim_source)
+        _, (gz,) = value_and_gradient(zero_dim, ([1.0, 3.0],))
+        @test gz ≈ finite_difference_gradient(zero_dim, ([1.0, 3.0],), 1) rtol = 1.0e-6
+    end
+
+    @testset "npscan: second derivatives are refused with a clear error" begin
+        p_source = """
+        function program(a1)
+            f1 = function (b1, b2)
+                return (b1 .* b2,)
+            end
+            (v1,) = DiffProg.npscan(f1, (a1,), ([1.0, 2.0],), (), 2, false, Val(1))
+            return (sum(v1 .^ 3),)
+        end
+        """
+        p = load_program(p_source)
+        message = error_message(() -> hessian(p, ([0.5, 1.0],), 1))
+        @test message !== nothing && occursin("npscan", message)
+    end
+
+    @testset "npcond, npwhile, npremat" begin
+        cond_source = """
+        function program(a1)
+            (v1,) = DiffProg.npcond(sum(a1) > 0, b -> (b .^ 2,), b -> (-b,), (a1,))
+            return (sum(v1),)
+        end
+        """
+        cond = load_program(cond_source)
+        _, (g,) = value_and_gradient(cond, ([1.0, 2.0],))
+        @test g == [2.0, 4.0]
+        _, (h,) = value_and_gradient(cond, ([-1.0, -2.0],))
+        @test h == [-1.0, -1.0]
+        loop_source = """
+        function program(a1)
+            (v1,) = DiffProg.npwhile(b -> (sum(b) < 10.0,), b -> (b .* 1.5,), (a1,), (), ())
+            return (sum(v1),)
+        end
+        """
+        loop = load_program(loop_source)
+        x = [1.0, 2.0]
+        @test value(loop, (x,))[1] ≈ sum(x .* 1.5^3)
+        _, (gl,) = value_and_gradient(loop, (x,))
+        @test gl ≈ fill(1.5^3, 2)
+        remat_source = """
+        function program(a1, a2)
+            (v1,) = DiffProg.npremat((b, c) -> (tanh.(b) .* c,), (a1, a2))
+            return (sum(v1),)
+        end
+        """
+        remat = load_program(remat_source)
+        args = ([0.3, -0.7], [2.0, 3.0])
+        _, (ga, gb) = value_and_gradient(remat, args)
+        @test ga ≈ finite_difference_gradient(remat, args, 1) rtol = 1.0e-6
+        @test gb ≈ finite_difference_gradient(remat, args, 2) rtol = 1.0e-6
+    end
+
+    @testset "0-d values: numbers in, numbers out" begin
+        @test import_array(fill(2.5), ()) === 2.5
+        @test npreshape([2.0], ()) === 2.0
+        @test npreshape(3.0, ()) === 3.0
+        @test npreshape(2.0, (2, 1)) == fill(2.0, 2, 1)
+        @test npscalar([true]) === true && npscalar(Int32[7]) === Int32(7)
+        @test_throws DimensionMismatch npscalar([1.0, 2.0])
+        @test nptake([1.0, 2.0, 3.0], -1; dim = 1) === 3.0
+        # dp.grad(lambda x: np.sin(x) + x) at a 0-d input
+        p_source = """
+        function program(a1)
+            v1 = sin.(a1)
+            v2 = v1 .+ a1
+            return (v2,)
+        end
+        """
+        p = load_program(p_source)
+        _, (g,) = value_and_gradient(p, (0.5,))
+        @test g ≈ cos(0.5) + 1
+        # npreshape(b[1:1], ()) used twice (odeint's time grid)
+        twice_source = """
+        function program(a1)
+            v1 = sum(a1[1:1])
+            v2 = sum(a1[2:2])
+            v3 = (v2 .- v1) .* v1
+            return (v3 .+ v1,)
+        end
+        """
+        twice = load_program(twice_source)
+        _, (gt,) = value_and_gradient(twice, ([0.5, 2.0],))
+        @test gt ≈ finite_difference_gradient(twice, ([0.5, 2.0],), 1) rtol = 1.0e-6
+        # jacobian with respect to a number
+        jac = load_program("program(a1, a2) = (sin.(a1) .* a2,)")
+        _, (ja,) = jacobian(jac, (0.5, [1.0, 2.0]); wrt = 1)
+        @test ja ≈ cos(0.5) .* [1.0, 2.0]
+        @test hessian(load_program("program(a1) = (a1 .^ 3,)"), (2.0,), 1) ≈ 12.0
+    end
+
+    @testset "npprod and npcumprod: exact at zeros" begin
+        # columns without, with one and with two zeros; products along Julia dim 1
+        prod_source = "program(x) = (sum([1.0, -2.0, 0.5] .* DiffProg.npprod(x; dims = 1)),)"
+        prod_p = load_program(prod_source)
+        x = [2.0 2.0 0.0; 3.0 0.0 0.0; 4.0 4.0 4.0]
+        _, (g,) = value_and_gradient(prod_p, (x,))
+        weights = [1.0, -2.0, 0.5]
+        others(col, i) = prod(x[j, col] for j in 1:3 if j != i)
+        expected = [weights[col] * others(col, i) for i in 1:3, col in 1:3]
+        @test g ≈ expected
+        whole = load_program("program(x) = (DiffProg.npprod(x),)")
+        x = [1.5 0.0; 2.0 -1.0]
+        _, (gw,) = value_and_gradient(whole, (x,))
+        @test gw ≈ [0.0 -3.0; 0.0 0.0]
+        # second derivatives at one zero: d²/dxi dxj = product of the others (i != j)
+        H = hessian(whole, ([2.0, 0.0, 4.0],), 1)
+        @test H ≈ [0.0 4.0 0.0; 4.0 0.0 2.0; 0.0 2.0 0.0]
+        cum = load_program("program(x, w) = (sum(w .* DiffProg.npcumprod(x; dims = 1)),)")
+        w = [1.0, -2.0, 0.5, 3.0]
+        for x in ([1.5, 2.0, -1.0, 0.5], [1.5, 0.0, -1.0, 0.5], [0.0, 2.0, 0.0, 0.5])
+            _, (gc, _) = value_and_gradient(cum, (x, w))
+            @test gc ≈ finite_difference_gradient(cum, (x, w), 1) atol = 1.0e-6
+        end
+        Hc = hessian(cum, ([1.5, 0.0, -1.0, 0.5], w), 1)
+        gradient_entry(j) = z -> value_and_gradient(cum, (z, w))[2][1][j]
+        x0 = [1.5, 0.0, -1.0, 0.5]
+        columns = [finite_difference_gradient(gradient_entry(j), x0) for j in 1:4]
+        @test Hc ≈ reduce(hcat, columns) atol = 1.0e-5
+    end
+
+    @testset "npeinsum and npmatmul_batched match loops" begin
+        # NumPy a (3, 4), b (4, 5): "ij,jk->ik"; Julia holds the transposes
+        A, B = reshape(collect(1.0:12.0), 3, 4), reshape(collect(1.0:20.0) ./ 7, 4, 5)
+        at, bt = permutedims(A), permutedims(B)
+        @test npeinsum(((2, 1), (3, 2)), (3, 1), at, bt) ≈ permutedims(A * B)
+        # "ij,ij->i", "ij->", "ij,jk,k->i"
+        C = sqrt.(reshape(collect(1.0:12.0), 3, 4))
+        by_rows = vec(sum(A .* C; dims = 2))
+        @test npeinsum(((2, 1), (2, 1)), (1,), at, permutedims(C)) ≈ by_rows
+        @test npeinsum(((2, 1),), (), at) ≈ sum(A)
+        v = [1.0, -1.0, 2.0, 0.5, 3.0]
+        @test npeinsum(((2, 1), (3, 2), (3,)), (1,), at, bt, v) ≈ A * B * v
+        # batch labels: "bij,bjk->bik" with b = 2
+        S = reshape(collect(1.0:24.0), 2, 3, 4)      # NumPy (2, 3, 4)
+        T = reshape(collect(1.0:40.0) ./ 9, 2, 4, 5) # NumPy (2, 4, 5)
+        st, tt = permutedims(S, (3, 2, 1)), permutedims(T, (3, 2, 1))
+        expected = cat([S[b, :, :] * T[b, :, :] for b in 1:2]...; dims = 3) # (3, 5, 2)
+        @test npeinsum(((3, 2, 1), (4, 3, 1)), (4, 2, 1), st, tt) ≈
+            permutedims(expected, (2, 1, 3))
+        @test npmatmul_batched(st, tt) ≈ permutedims(expected, (2, 1, 3))
+        # a matrix against a stack broadcasts; a vector drops its dim
+        @test npmatmul_batched(at, tt) ≈
+            cat([permutedims(A * T[b, :, :]) for b in 1:2]...; dims = 3)
+        @test npmatmul_batched([1.0, 2.0, 0.5, -1.0], tt) ≈
+            reduce(hcat, [permutedims(T[b, :, :]) * [1.0, 2.0, 0.5, -1.0] for b in 1:2])
+        p_source = """
+        function program(a1, a2)
+            v1 = DiffProg.npeinsum(((3, 2, 1), (4, 3, 1)), (4, 2, 1), a1, a2)
+            v2 = DiffProg.npmatmul_batched(a1, a2)
+            return (sum(v1 .^ 2) + sum(sin.(v2)),)
+        end
+        """
+        p = load_program(p_source)
+        _, (gs, gt) = value_and_gradient(p, (st, tt))
+        @test gs ≈ finite_difference_gradient(p, (st, tt), 1) rtol = 1.0e-5
+        @test gt ≈ finite_difference_gradient(p, (st, tt), 2) rtol = 1.0e-5
+        @test_throws ArgumentError npeinsum(((1, 1),), (1,), [1.0 2.0; 3.0 4.0])
+    end
+
+    @testset "arrays made from numbers follow the call's device (template)" begin
+        @test DiffProg.array_template() === nothing
+        inside = DiffProg.with_array_template((Float32[1, 2], 3.0)) do
+            (DiffProg.array_template(), npreshape(1.0f0, (2,)))
+        end
+        @test inside[1] == Float32[1, 2]
+        @test inside[2] == Float32[1, 1] && inside[2] isa Vector{Float32}
+        @test DiffProg.array_template() === nothing
+    end
+
+    golden_names = ("rk4", "structured", "odeint_rk4")
+    if isdir(GOLDEN)
+        @testset "golden $name: Zygote vs NumPy and finite differences" for name in golden_names
+            p = load_program(read(joinpath(GOLDEN, "$name.jl"), String))
+            fixture = include(joinpath(GOLDEN, "$name.args.jl"))
+            args = fixture.args
+            @test value(p, args)[1] ≈ fixture.value rtol = 1.0e-10
+            _, gradients = value_and_gradient(p, args, fixture.wrt)
+            for (k, g, expected) in zip(fixture.wrt, gradients, fixture.gradients)
+                @test g ≈ expected rtol = 1.0e-8
+                fd = finite_difference_gradient(p, args, k)
+                @test g ≈ fd rtol = 1.0e-5 atol = 1.0e-7
+            end
+        end
+    else
+        @info "tests/engines/golden is not next to this package: golden programs skipped"
     end
 
     @testset "cache management" begin
