@@ -123,9 +123,12 @@ def as_untraced_code_reads(args):
     exact Python types are weak: int8 array * IntEnum member is int64). bool and NumPy
     scalars (np.float64 subclasses float) pass unchanged. Without this their aval was an
     object dtype, and tracing failed with 'int' object has no attribute 'item'."""
-    if all(type(a) in _EXACT_PYTHON_NUMBERS or not isinstance(a, (int, float, complex))
-           or isinstance(a, np.generic) for a in args):
-        return args  # the common case, checked cheaply: nothing to replace
+    for a in args:  # the common case, checked cheaply: nothing to replace
+        if isinstance(a, (int, float, complex)) and type(a) not in _EXACT_PYTHON_NUMBERS \
+                and not isinstance(a, np.generic):
+            break
+    else:
+        return args
     python_only = all(isinstance(a, (int, float, complex)) and not isinstance(a, np.generic)
                       or getattr(getattr(a, "aval", None), "weak", False) for a in args)
     return tuple(_as_read(a, python_only) for a in args)
