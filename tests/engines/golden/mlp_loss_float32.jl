@@ -7,6 +7,6 @@ function program(a1, a2, a3, a4, a5, a6)
     v6 = v5 .- a6
     v7 = v6 .^ 2
     v8 = DiffProg.npsum(v7; dims = (1, 2), keepdims = false)
-    v9 = v8 .* 0.0625f0
+    v9 = v8 ./ 16.0f0
     return (v9,)
 end

@@ -8,7 +8,7 @@ function program(a1, a2, a3, c1, c2, c3)
         v11 = v10 .* v10
         v12 = DiffProg.npsum(v11; dims = (1,), keepdims = false)
         v13 = b3 .+ v12
-        v14 = DiffProg.npreshape(v10[1:1], ())
+        v14 = sum(v10[1:1])
         return (v10, v13, v14)
     end
     v15, v16, v17 = DiffProg.npscan(f1, (a2, c1), (a3,), (a1,), 5, false, Val(2))
