@@ -872,12 +872,22 @@ def _float_positions(sig: Signature, indices) -> list[int]:
     return out
 
 
+def _describe_tree(tree: TreeDef) -> str:
+    if tree.kind == "leaf":
+        return "a single array (not a pair)"
+    if tree.kind in ("tuple", "list"):
+        return f"a {tree.kind} of {len(tree.children)} item(s), structure {tree}"
+    return f"a {tree.kind}, structure {tree}"
+
+
 def _check_scalar_output(traced: Traced, what: str, has_aux: bool = False):
     outs = traced.graph.outvars
     if has_aux:
         if traced.out_tree.kind not in ("tuple", "list") or len(traced.out_tree.children) != 2:
-            raise ArgumentError(f"{what}(has_aux=True) needs the function to return a pair "
-                                f"(value, aux); it returned structure {traced.out_tree}")
+            raise ArgumentError(
+                f"{what}(has_aux=True) needs the function to return a pair (value, aux); it "
+                f"returned {_describe_tree(traced.out_tree)}. Fix: return (loss, aux) with a "
+                f"scalar loss first (aux may be any pytree), or drop has_aux=True.")
     elif len(outs) != 1 or traced.out_tree.kind != "leaf":
         raise NotDifferentiableError(
             f"{what} needs a function returning one scalar; it returned {traced.out_tree} "
@@ -1147,13 +1157,19 @@ def _as_tangent(tangent, primal, where: str):
 def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
     """Jacobian of ``fn`` w.r.t. argument(s) ``argnums``: shape ``out.shape + x.shape``.
 
-    ``mode="rev"`` runs one pullback per output element; ``"fwd"`` one tangent per
-    input element. Pick the one with fewer runs.
+    Arguments and outputs may be pytrees (dicts, lists, tuples), as in JAX: the result
+    has the output's structure, and each output leaf holds the argument's structure with
+    leaves of shape ``out_leaf.shape + x_leaf.shape``. ``mode="rev"`` runs one pullback
+    per output element; ``"fwd"`` one tangent per input element. Pick the one with fewer
+    runs.
 
     >>> import numpy as np, diffprog as dp
     >>> dp.jacobian(lambda x: x ** 2)(np.array([1.0, 2.0]))
     array([[2., 0.],
            [0., 4.]])
+    >>> J = dp.jacobian(lambda p: p["a"] * p["b"])({"a": np.array([1.0, 2.0]), "b": 3.0})
+    >>> J["a"].shape, J["b"].shape
+    ((2, 2), (2,))
     """
     if mode not in ("rev", "fwd"):
         raise ArgumentValueError(f"jacobian: mode must be 'rev' or 'fwd', got {mode!r}")
@@ -1162,16 +1178,7 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
         nums = _norm_argnums(argnums, len(args))
         single = isinstance(argnums, (int, np.integer))
         for a in nums:
-            if not _is_dynamic(args[a]) or isinstance(args[a], (dict, list, tuple)):
-                raise ArgumentError(
-                    f"jacobian: argument {a} must be a float array (got {type(args[a]).__name__}); "
-                    f"use dp.vjp / dp.jvp for nested structures")
-            dtype = _leaf_dtype(args[a])
-            if not np.issubdtype(dtype, np.floating):
-                raise NotDifferentiableError(
-                    f"jacobian: cannot differentiate with respect to argument {a}: its dtype is "
-                    f"{dtype}, not a real floating type. Fix: convert it with .astype(float) or "
-                    f"leave it out of argnums.")
+            _check_jacobian_argument(args[a], a)
         result = _native_derivative(fn, args, nums, "jacobian") if mode == "rev" else None
         if result is None:
             result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums)
@@ -1180,57 +1187,108 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
     return functools.wraps(fn)(jac) if hasattr(fn, "__name__") else jac
 
 
-def _as_float(x):
-    return x if isinstance(x, Tracer) or np.issubdtype(np.result_type(x), np.inexact) else \
-        np.asarray(x, dtype=float)
+def _check_jacobian_argument(arg, a: int) -> None:
+    leaves, _ = flatten(arg)
+    paths = leaf_paths(flatten(arg)[1])
+    floats = 0
+    for leaf, path in zip(leaves, paths):
+        if isinstance(leaf, (str, type(None))):
+            continue
+        if not _is_dynamic(leaf):
+            raise ArgumentError(
+                f"jacobian: argument {a}{path} is a {type(leaf).__name__}, not a float array. "
+                f"Fix: pass float arrays (np.asarray(..., dtype=float)) or Python floats, or "
+                f"leave argument {a} out of argnums.")
+        dtype = _leaf_dtype(leaf)
+        if not np.issubdtype(dtype, np.floating):
+            raise NotDifferentiableError(
+                f"jacobian: cannot differentiate with respect to argument {a}{path}: its dtype "
+                f"is {dtype}, not a real floating type. Fix: convert it with .astype(float) or "
+                f"leave it out of argnums.")
+        floats += 1
+    if not floats:
+        raise NotDifferentiableError(
+            f"jacobian: argument {a} holds no floating-point values. Fix: pass float arrays, "
+            f"or leave argument {a} out of argnums.")
 
 
-def _stack(rows, out_shape, in_shape):
+def _stack(rows, out_shape, in_shape, dtype):
     from . import numpy_api
-    stacked = numpy_api.stack(rows, axis=0) if rows else np.zeros((0,) + tuple(in_shape))
+    stacked = numpy_api.stack(rows, axis=0) if rows else np.zeros((0,) + tuple(in_shape), dtype)
     return numpy_api.reshape(stacked, tuple(out_shape) + tuple(in_shape))
 
 
 def _jac_rev(fn, args, nums):
+    """One pullback per output element; the result as out structure of args structures."""
     out, pullback = vjp(fn, *args)
-    if isinstance(out, (tuple, list, dict)):
-        raise ArgumentError("jacobian: the function must return a single array")
-    out_shape = tuple(np.shape(out))
-    n = int(np.prod(out_shape, dtype=np.int64))
-    dtype = out.dtype if hasattr(out, "dtype") else np.result_type(out)
-    xp = _array_module(out)
-    rows = [[] for _ in nums]
-    for i in range(n):
-        basis = xp.zeros(n, dtype)
-        basis[i] = 1
-        cts = pullback(basis.reshape(out_shape))
-        for k, a in enumerate(nums):
-            rows[k].append(cts[a])
-    return [_stack(rows[k], out_shape, np.shape(args[a])) for k, a in enumerate(nums)]
+    out_leaves, out_tree = flatten(out)
+    in_flat = [flatten(args[a]) for a in nums]
+    rows = [[[[] for _ in leaves] for leaves, _ in in_flat] for _ in out_leaves]
+    for o, leaf in enumerate(out_leaves):
+        shape, dtype = tuple(np.shape(leaf)), _leaf_dtype(leaf)
+        xp = _array_module(leaf)
+        for i in range(int(np.prod(shape, dtype=np.int64))):
+            cts = [xp.zeros(np.shape(l), _leaf_dtype(l)) for l in out_leaves]
+            basis = xp.zeros(cts[o].size, dtype)
+            basis[i] = 1
+            cts[o] = basis.reshape(shape)
+            grads = pullback(unflatten(out_tree, cts))
+            for k, a in enumerate(nums):
+                for j, g in enumerate(flatten(grads[a])[0]):
+                    rows[o][k][j].append(g)
+    return _assemble_jacobian(out_leaves, out_tree, in_flat, lambda o, k, j, out_shape, in_leaf:
+                              _stack(rows[o][k][j], out_shape, np.shape(in_leaf),
+                                     _leaf_dtype(out_leaves[o])))
 
 
 def _jac_fwd(fn, args, nums):
-    results = []
-    for a in nums:
-        x = args[a]
-        in_shape = tuple(np.shape(x))
-        n = int(np.prod(in_shape, dtype=np.int64))
-        dtype = x.dtype if hasattr(x, "dtype") else np.dtype(float)
-        xp = _array_module(x)
-        cols, out = [], None
-        for j in range(n):
-            basis = xp.zeros(n, dtype)
-            basis[j] = 1
-            tangents = tuple(basis.reshape(in_shape) if i == a else _zero_tangent(v)
-                             for i, v in enumerate(args))
-            out, t = jvp(fn, args, tangents)
-            cols.append(t)
+    """One tangent per input element; the same structure as :func:`_jac_rev`."""
+    in_flat = [flatten(args[a]) for a in nums]
+    columns: dict = {}  # (k, j) -> list of output tangent leaves, one per input element
+    out = None
+    for k, a in enumerate(nums):
+        leaves, tree = in_flat[k]
+        for j, leaf in enumerate(leaves):
+            if not _is_dynamic(leaf):
+                continue
+            shape = tuple(np.shape(leaf))
+            xp = _array_module(leaf)
+            cols = columns[(k, j)] = []
+            for e in range(int(np.prod(shape, dtype=np.int64))):
+                basis = xp.zeros(int(np.prod(shape, dtype=np.int64)), _leaf_dtype(leaf))
+                basis[e] = 1
+                tangent_leaves = [basis.reshape(shape) if m == j else _zero_tangent(l)
+                                  for m, l in enumerate(leaves)]
+                tangents = tuple(unflatten(tree, tangent_leaves) if i == a else _zero_tangent(v)
+                                 for i, v in enumerate(args))
+                out, t = jvp(fn, args, tangents)
+                cols.append(flatten(t)[0])
+    if out is None:
+        out = fn(*args)
+    out_leaves, out_tree = flatten(out)
+
+    def block(o, k, j, out_shape, in_leaf):
         from . import numpy_api
-        if out is None:
-            out = fn(*args)
-        out_shape = tuple(np.shape(out))
-        stacked = numpy_api.stack(cols, axis=-1) if cols else np.zeros(out_shape + (0,))
-        results.append(numpy_api.reshape(stacked, out_shape + in_shape))
+        cols = [c[o] for c in columns.get((k, j), [])]
+        in_shape = tuple(np.shape(in_leaf))
+        if not cols:
+            return np.zeros(out_shape + in_shape, _leaf_dtype(out_leaves[o]))
+        return numpy_api.reshape(numpy_api.stack(cols, axis=-1), out_shape + in_shape)
+    return _assemble_jacobian(out_leaves, out_tree, in_flat, block)
+
+
+def _assemble_jacobian(out_leaves, out_tree, in_flat, block):
+    """For each differentiated argument: the output's structure holding, per output leaf,
+    the argument's structure of ``block(o, k, j, out_shape, in_leaf)`` arrays."""
+    results = []
+    for k, (in_leaves, in_tree) in enumerate(in_flat):
+        per_out = []
+        for o, out_leaf in enumerate(out_leaves):
+            out_shape = tuple(np.shape(out_leaf))
+            per_in = [block(o, k, j, out_shape, leaf) if _is_dynamic(leaf) else None
+                      for j, leaf in enumerate(in_leaves)]
+            per_out.append(unflatten(in_tree, per_in))
+        results.append(unflatten(out_tree, per_out))
     return results
 
 
@@ -1276,17 +1334,24 @@ def _native_derivative(fn, args, nums, kind: str):
     sig = t._signature(args)
     if not t._native(sig) or (kind == "hessian" and len(nums) != 1):
         return None
+    if any(sig.treedef.children[a].kind != "leaf" for a in nums):
+        return None  # pytree arguments: the transforms path builds their structure
     wrt = _wrt_positions(sig, nums)
-    if kind == "hessian" and len(wrt) != 1:
-        return None  # a pytree argument: the transforms path explains what it accepts
 
     def build(traced):
         _refuse_complex(traced.graph, wrt, kind)
         if kind == "hessian":
             _check_scalar_output(traced, "hessian")
         elif traced.out_tree.kind != "leaf":
-            raise ArgumentError("jacobian: the function must return a single array")
+            raise _PytreeOutput()
         return (_engines.Derivative(kind, traced.graph, tuple(wrt)),)
 
-    flat, _ = t._run(sig, (kind, nums), build)
+    try:
+        flat, _ = t._run(sig, (kind, nums), build)
+    except _PytreeOutput:
+        return None
     return list(flat[1:]) if kind == "jacobian" else list(flat)
+
+
+class _PytreeOutput(Exception):
+    """A jacobian of a pytree-valued function: built by the transforms, not natively."""

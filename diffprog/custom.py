@@ -69,6 +69,17 @@ def _static_key(value):
         return ("id", id(value))
 
 
+def _with_prefix(error: Exception, prefix: str):
+    """The same kind of error with ``prefix`` before its message (None if the type cannot
+    be rebuilt from a message, or already names a rule)."""
+    if str(error).startswith("in the "):
+        return None
+    try:
+        return type(error)(prefix + str(error))
+    except Exception:  # an exception type with its own constructor: keep the original
+        return None
+
+
 class _Call:
     """The parameter of one custom-primitive equation: how to rebuild ``g``'s arguments
     from the traced leaves, and the structure of its output. Bound as a value (never
@@ -226,7 +237,16 @@ class _CustomFunction:
     def _call_rule(self, first, ins, outs, call):
         """Run the user's rule: ``rule(first, *args[, out=...])``."""
         kwargs = {"out": unflatten(call.out_tree, list(outs))} if self._rule_wants_out else {}
-        return self.rule(first, *call.args(list(ins)), **kwargs)
+        try:
+            return self.rule(first, *call.args(list(ins)), **kwargs)
+        except (ValueError, TypeError) as e:
+            # errors raised inside the rule name the rule: the traceback points into
+            # derivative code the user did not call directly
+            named = _with_prefix(e, f"in the {self.mode} rule {self._rule_name()} of "
+                                    f"{self.__name__}: ")
+            if named is None:
+                raise
+            raise named from e
 
     def _per_argument(self, value, call, what: str):
         """Flatten a rule's per-argument result into one entry per traced input (None = 0)."""

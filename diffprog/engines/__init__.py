@@ -63,9 +63,15 @@ def get(name: str | None = None, check: bool = True) -> Engine:
     the generated source of an engine that is not installed here)."""
     name = name or default_engine_name()
     if name not in _FACTORIES:
+        status = available()
+        listed = ", ".join(f"{n} ({'available' if r == 'ok' else 'not available here'})"
+                           for n, r in status.items())
+        usable = [n for n, r in status.items() if r == "ok"] or ["numpy"]
         raise ArgumentValueError(
-            f"unknown engine {name!r}; expected one of {names()}. Fix: pass engine="
-            f"{names()[0]!r} (or set DIFFPROG_ENGINE to a known name).")
+            f"unknown engine {name!r}; diffprog's engines are {listed}. Fix: pass "
+            f"engine={usable[0]!r} (or set DIFFPROG_ENGINE to one of "
+            f"{', '.join(repr(n) for n in usable)}); dp.engines.available() says why an "
+            f"engine cannot run here.")
     engine = _INSTANCES.get(name)
     if engine is None and not check:
         return _FACTORIES[name]()
