@@ -983,8 +983,10 @@ def test_api_hands_native_engines_the_forward_graph():
         # a Hessian w.r.t. a pytree is never asked of the engine (it would see one leaf)
         n_requests = len(engine.requests)
         h = dp.differentiable(lambda p: np.sum(p["a"] ** 2) * np.sum(p["b"]), engine="recording")
-        with pytest.raises(dp.DiffprogError):
+        try:  # refused, or built by the transforms (pytree Hessians): never natively
             dp.hessian(h)({"a": np.ones(2), "b": np.ones(3)})
+        except dp.DiffprogError:
+            pass
         assert all(r.kind != "hessian" for r in engine.requests[n_requests:])
     finally:
         engines._FACTORIES.pop("recording", None)
