@@ -380,6 +380,8 @@ def julia_fixture(name: str) -> str:
 
 @pytest.mark.parametrize("name", JULIA_TESTED_GOLDEN)
 def test_golden_fixtures_for_the_julia_tests(name):
+    fn, args = _programs()[name]  # the fixture's constants are those of the golden source
+    assert generate_julia(dp.differentiable(fn).ir(*args)).text == (GOLDEN / f"{name}.jl").read_text()
     text = julia_fixture(name)
     path = GOLDEN / f"{name}.args.jl"
     if os.environ.get("DIFFPROG_UPDATE_GOLDEN") == "1":
