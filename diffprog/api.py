@@ -134,6 +134,9 @@ def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
     dynamic, keys, nested, first_gpu = [], [], False, None
     for i, leaf in enumerate(leaves):
         if i not in static_leaf_pos and _is_dynamic(leaf):
+            if isinstance(leaf, float) and type(leaf) is not float and \
+                    not isinstance(leaf, np.generic):
+                leaf = leaves[i] = float(leaf)  # a float subclass: the number it holds
             if type(leaf) is np.ndarray:
                 if leaf.dtype.kind not in "biufc":
                     _check_array_leaf(leaf, lambda: f"args{leaf_paths(treedef)[i]}")

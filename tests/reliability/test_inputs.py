@@ -170,3 +170,10 @@ def test_gradient_of_power_at_a_python_float_follows_numpy():
     with np.errstate(all="ignore"):
         g = dp.grad(lambda a: np.power(a, -1.0))(0.0)
     assert g == -np.inf
+
+
+def test_float_subclass_arguments_are_the_number_they_hold():
+    class Meters(float):
+        pass
+    assert dp.grad(lambda a, x: np.sum(a * x))(Meters(2.0), np.ones(3)) == 3.0
+    assert dp.differentiable(lambda a: a ** 2)(Meters(3.0)) == 9.0
