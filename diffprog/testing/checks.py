@@ -7,6 +7,10 @@ failing argument checked element by element, and the failure diagnosed.
 """
 from __future__ import annotations
 
+# pytest hides the frames of modules that set this: a failing gradient check shows the
+# user's test and the report, not diffprog's own source (`pytest --fulltrace` shows all)
+__tracebackhide__ = True
+
 import inspect
 import os
 from dataclasses import dataclass

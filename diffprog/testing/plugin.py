@@ -3,7 +3,7 @@
 Loaded automatically when diffprog is installed::
 
     def test_physics(gradcheck):
-        gradcheck(energy, positions, order=2)          # same options as check_grads
+        gradcheck(energy, (positions, 2.0), order=2)   # same signature as check_grads
 
 ``--diffprog-seed=N`` fixes the seed of every check (default 0, or
 $DIFFPROG_TEST_SEED); ``--diffprog-seed=random`` draws a new one per session and
@@ -11,12 +11,15 @@ prints it in the header, so a failure can be replayed with ``--diffprog-seed=N``
 """
 from __future__ import annotations
 
+__tracebackhide__ = True  # pytest: a failing check shows the test and the report, not us
+
 import os
 import secrets
 
 import pytest
 
-from .checks import SEED_ENV, check_grads
+from ..errors import ArgumentError
+from .checks import SEED_ENV, _describe, _param_names, check_grads
 
 
 def pytest_addoption(parser):
@@ -67,14 +70,24 @@ def pytest_report_header(config):
 
 @pytest.fixture
 def gradcheck(request):
-    """``gradcheck(f, *args, **options)``: :func:`~diffprog.testing.check_grads` on
-    ``f(*args)``, failing the test with the full report; returns the report."""
+    """``gradcheck(f, args, **options)``: :func:`~diffprog.testing.check_grads` with the
+    same signature (``args`` the tuple of positional arguments, or one array), failing
+    the test with the report and nothing of diffprog's own code; returns the report.
+    ``--diffprog-engine`` sets the default ``engine``."""
     config = request.config
     engine = config.getoption("--diffprog-engine")
 
-    def run(f, *args, **options):
+    def gradcheck(f, args, *more, **options):
+        __tracebackhide__ = True
+        if more:
+            names = ", ".join(_param_names(f, 1 + len(more)))
+            raise ArgumentError(
+                f"gradcheck takes the arguments of f as one tuple, like check_grads: "
+                f"gradcheck(f, args, **options); got {1 + len(more)} positional arguments "
+                f"after f. Fix: gradcheck({_describe(f)}, ({names}), ...)")
         if engine is not None:
             options.setdefault("engine", engine)
         return check_grads(f, args, **options)
 
-    return run
+    return gradcheck
+

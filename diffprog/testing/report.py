@@ -2,6 +2,10 @@
 :class:`GradCheckReport` whose text is the failure message users read."""
 from __future__ import annotations
 
+# pytest hides the frames of modules that set this: a failing gradient check shows the
+# user's test and the report, not diffprog's own source (`pytest --fulltrace` shows all)
+__tracebackhide__ = True
+
 from dataclasses import dataclass, field
 
 import numpy as np
