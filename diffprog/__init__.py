@@ -28,3 +28,22 @@ __all__ = [
     "UnsupportedFunctionError", "ConcretizationError", "NotDifferentiableError",
     "EngineUnavailable", "EngineError", "SolverError", "DiffprogWarning",
 ]
+
+
+# Submodules reachable as attributes without an explicit import (`dp.sciml.odeint`,
+# `dp.testing.check_grads`, `dp.tree.map`), imported on first use so `import diffprog`
+# stays light and optional dependencies are only needed by the modules that use them.
+def __getattr__(name: str):
+    import importlib
+    import importlib.util
+
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # also sets it as an attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    import pkgutil
+
+    return sorted(set(globals()) | {m.name for m in pkgutil.iter_modules(__path__)
+                                    if not m.name.startswith("_")})
