@@ -146,6 +146,14 @@ class Graph:
     def _repr_pretty_(self, p, cycle):  # IPython shows the program, not an object repr
         p.text(str(self))
 
+    def _repr_html_(self) -> str:  # Jupyter: the program, highlighted when Pygments is there
+        from .display import graph_html
+        return graph_html(self)
+
+    def _repr_markdown_(self) -> str:
+        from .display import fenced
+        return fenced(str(self), "text")
+
     def validate(self) -> None:
         """Check SSA form: every Var is defined once, before it is used."""
         defined = set(map(id, self.invars))

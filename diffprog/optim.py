@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ArgumentError, ArgumentValueError
+from .progress import progress as _progress
 from .tree import flatten, tree_map, unflatten
 
 
@@ -101,9 +102,13 @@ class LBFGSResult:
 
 
 def minimize_lbfgs(fun: Callable, params, *args, maxiter: int = 500, tol: float | None = None,
-                   **options) -> LBFGSResult:
+                   progress: bool | None = None, **options) -> LBFGSResult:
     """Minimise ``fun(params, *args)`` (a scalar) with SciPy's L-BFGS-B, using diffprog's
     ``value_and_grad`` (one compiled program) on the flattened parameter pytree.
+
+    A run longer than two seconds shows a progress bar (iterations, loss) when tqdm is
+    installed (:mod:`diffprog.progress`); ``progress=False`` turns it off. ``options``
+    go to SciPy's ``options`` (``ftol``, ``gtol``, ``maxcor``, ...).
 
     >>> import numpy as np, diffprog as dp
     >>> rosen = lambda p: (1 - p["x"]) ** 2 + 100 * (p["y"] - p["x"] ** 2) ** 2
@@ -135,14 +140,24 @@ def minimize_lbfgs(fun: Callable, params, *args, maxiter: int = 500, tol: float 
         return unflatten(tree, out)
 
     vg = value_and_grad(fun)
+    bar = _progress(total=maxiter, desc="L-BFGS", unit="it", leave=False, enabled=progress)
+    last = [np.nan]
 
     def objective(flat):
         value, grads = vg(unpack(flat), *args)
+        last[0] = float(value)
         g = np.concatenate([np.ravel(np.asarray(x, dtype=float)) for x in flatten(grads)[0]]) \
             if sizes else np.zeros(0)
         return float(value), g
     x0 = np.concatenate([np.ravel(np.asarray(x, dtype=float)) for x in leaves])
-    res = minimize(objective, x0, jac=True, method="L-BFGS-B", tol=tol,
-                   options={"maxiter": maxiter, **options})
+    def step(_):
+        bar.set_postfix(loss=f"{last[0]:.4g}", refresh=False)  # shown by the next refresh
+        bar.update(1)
+
+    try:
+        res = minimize(objective, x0, jac=True, method="L-BFGS-B", tol=tol, callback=step,
+                       options={"maxiter": maxiter, **options})
+    finally:
+        bar.close()
     return LBFGSResult(unpack(res.x), float(res.fun), bool(res.success), str(res.message),
                        int(res.nit), int(res.nfev))
