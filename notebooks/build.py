@@ -1,10 +1,13 @@
 """Write the example notebooks (outputs-free .ipynb) from the cells below.
 
 Run ``python notebooks/build.py`` after editing; tests/test_notebooks.py executes them.
+The build is deterministic (cell ids are digests of the cells): a run without edits
+rewrites nothing, and an edit shows in ``git diff`` as that cell alone.
 Each notebook asserts its own results, so a notebook that runs is a notebook that works.
 """
 from __future__ import annotations
 
+import hashlib
 import pathlib
 
 import nbformat
@@ -217,19 +220,43 @@ assert check_grads(lambda x: np.sum(square_ok(x)), (np.array([1.0, 2.0]),)).pass
 }
 
 
-def build() -> list[pathlib.Path]:
-    paths = []
+def cell_ids(cells) -> list[str]:
+    """Stable cell ids: a digest of each cell's kind and text (a repeated cell gets -2,
+    -3, ...), so a rebuild without edits reproduces every file byte for byte and editing
+    one cell changes only that cell's id."""
+    ids, seen = [], {}
+    for text in cells:
+        kind = "markdown" if isinstance(text, Md) else "code"
+        digest = hashlib.sha256(f"{kind}\n{text}".encode()).hexdigest()[:12]
+        seen[digest] = seen.get(digest, 0) + 1
+        ids.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
+    return ids
+
+
+def notebook(cells) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for text, cell_id in zip(cells, cell_ids(cells)):
+        cell = new_markdown_cell(str(text)) if isinstance(text, Md) else new_code_cell(text)
+        cell.id = cell_id
+        nb.cells.append(cell)
+    return nb
+
+
+def build(out: pathlib.Path = HERE) -> list[tuple[pathlib.Path, bool]]:
+    """Write every notebook into ``out``; returns (path, changed) pairs. A file whose
+    content would not change is left alone (not even its modification time)."""
+    results = []
     for name, cells in NOTEBOOKS.items():
-        nb = new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        for text in cells:
-            nb.cells.append(new_markdown_cell(str(text)) if isinstance(text, Md) else new_code_cell(text))
-        path = HERE / f"{name}.ipynb"
-        nbformat.write(nb, path)
-        paths.append(path)
-    return paths
+        path = pathlib.Path(out) / f"{name}.ipynb"
+        text = nbformat.writes(notebook(cells)) + "\n"
+        changed = not path.exists() or path.read_text(encoding="utf-8") != text
+        if changed:
+            path.write_text(text, encoding="utf-8")
+        results.append((path, changed))
+    return results
 
 
 if __name__ == "__main__":
-    for p in build():
-        print("wrote", p)
+    for p, changed in build():
+        print("wrote    " if changed else "unchanged", p)
