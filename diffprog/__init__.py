@@ -9,7 +9,7 @@ from . import numpy_api as _numpy_api  # noqa: F401  (installs Tracer.__getitem_
 from .control import checkpoint, cond_ as cond, fori_loop, scan_ as scan, while_loop
 from .custom import custom_jvp, custom_vjp
 from .api import (cache_info, differentiable, grad, hessian, jacobian, jvp, set_cache_size,
-                  value_and_grad, vjp)
+                  value_and_grad, vjp, vmap)
 from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
                      DiffprogWarning,
                      EngineError, EngineUnavailable, NotDifferentiableError, ShapeError,
@@ -21,7 +21,7 @@ from .primitives import PRIMITIVES
 __version__ = "0.1.0"
 
 __all__ = [
-    "differentiable", "grad", "value_and_grad", "vjp", "jvp", "jacobian", "hessian",
+    "differentiable", "grad", "value_and_grad", "vjp", "jvp", "jacobian", "hessian", "vmap",
     "custom_vjp", "custom_jvp", "stop_gradient", "set_cache_size", "cache_info",
     "cond", "scan", "fori_loop", "while_loop", "checkpoint", "optim", "engines", "Graph", "PRIMITIVES",
     "DiffprogError", "ArgumentError", "ArgumentValueError", "ShapeError",

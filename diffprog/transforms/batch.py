@@ -1,0 +1,378 @@
+"""Batching (``dp.vmap``): run a per-example graph on a batch of examples at once.
+
+:func:`batch_eval` walks a graph traced for ONE example and binds, for every equation,
+the same computation on batched values: each value travels with its *batch dim* (the
+axis that indexes the examples, or None when the value is the same for every example).
+Equations whose inputs are all unbatched are bound unchanged; the others go through
+the primitive's batching rule ``rule(values, dims, size, **params) -> (outputs, dims)``.
+Because the rules bind primitives, batching records into whatever trace is open: a
+compiled program, a derivative, another vmap. So ``vmap(grad(f))``, ``grad(vmap(f))``
+and nested vmaps compose.
+
+Rules: a primitive's own ``batch`` attribute when it has one; else by family
+(elementwise: broadcast the batch axis; reductions, scans and arg-reductions: shift
+their axes; shape ops, indexing, matmul, einsum, linear algebra and ``scan`` have their
+own below). A primitive without any (a custom rule, ``cond``, ``while_loop``, scatters
+with batched indices) runs once per example and the results are stacked: slower, never
+wrong.
+"""
+from __future__ import annotations
+
+import string
+from typing import Callable
+
+import numpy as np
+
+from ..ir import Graph, Lit
+from ..tracing import bind
+
+NOT_BATCHED = None
+
+
+# ------------------------------------------------------------------------ entry point
+
+def batch_eval(graph: Graph, args: list, dims: list, size: int) -> tuple[list, list]:
+    """Outputs of ``graph`` on batched ``args`` (``dims[i]``: the batch axis of
+    ``args[i]``, or None), with their batch dims."""
+    env = {id(v): (a, d) for v, a, d in zip(graph.invars, args, dims)}
+
+    def read(atom):
+        return (atom.value, NOT_BATCHED) if isinstance(atom, Lit) else env[id(atom)]
+
+    for eqn in graph.eqns:
+        ins = [read(a) for a in eqn.inputs]
+        values, in_dims = [v for v, _ in ins], [d for _, d in ins]
+        if all(d is NOT_BATCHED for d in in_dims):
+            outs = bind(eqn.prim, *values, **eqn.params)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            out_dims = [NOT_BATCHED] * len(outs)
+        else:
+            outs, out_dims = rule_for(eqn.prim)(values, in_dims, size, **eqn.params)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            out_dims = out_dims if isinstance(out_dims, (list, tuple)) else [out_dims]
+        for v, o, d in zip(eqn.outputs, outs, out_dims):
+            env[id(v)] = (o, d)
+    results = [read(o) for o in graph.outvars]
+    return [v for v, _ in results], [d for _, d in results]
+
+
+def rule_for(prim) -> Callable:
+    own = getattr(prim, "batch", None)
+    if own is not None:
+        return own
+    if prim.elementwise:
+        return _elementwise(prim)
+    return RULES.get(prim.name) or _per_example(prim)
+
+
+# ------------------------------------------------------------------------ helpers
+
+def _ndim(x) -> int:
+    return np.ndim(x)
+
+
+def moved(x, dim, to: int = 0):
+    """``x`` with its batch axis at ``to`` (a no-op when already there)."""
+    return x if dim == to else np.moveaxis(x, dim, to)
+
+
+def with_batch(x, dim, size: int):
+    """``x`` batched at axis 0: an unbatched value is broadcast over the batch."""
+    if dim is NOT_BATCHED:
+        return np.broadcast_to(x, (size,) + tuple(np.shape(x)))
+    return moved(x, dim)
+
+
+def _aligned(x, dim, rank: int):
+    """Batched ``x`` at axis 0 with singleton axes after it up to per-example ``rank``, so
+    NumPy's right-aligned broadcasting lines its example axes up with the others'."""
+    x = moved(x, dim)
+    missing = rank - (_ndim(x) - 1)
+    if missing > 0:
+        x = np.reshape(x, (np.shape(x)[0],) + (1,) * missing + tuple(np.shape(x)[1:]))
+    return x
+
+
+def _example_rank(x, dim) -> int:
+    return _ndim(x) - (0 if dim is NOT_BATCHED else 1)
+
+
+# ------------------------------------------------------------------------ families
+
+def _elementwise(prim):
+    def rule(values, dims, size, **params):
+        rank = max(_example_rank(v, d) for v, d in zip(values, dims))
+        args = [v if d is NOT_BATCHED else _aligned(v, d, rank) for v, d in zip(values, dims)]
+        out = bind(prim, *args, **params)
+        n = len(out) if isinstance(out, (list, tuple)) else 1
+        return out, [0] * n if isinstance(out, (list, tuple)) else 0
+    return rule
+
+
+def _unary_same(prim):
+    """Ops that keep every axis where it is (convert, stop_gradient)."""
+    def rule(values, dims, size, **params):
+        return bind(prim, values[0], **params), dims[0]
+    return rule
+
+
+def _reduce(prim):
+    def rule(values, dims, size, *, axes, **params):
+        x = moved(values[0], dims[0])
+        return bind(prim, x, axes=tuple(a + 1 for a in axes), **params), 0
+    return rule
+
+
+def _along_axis(prim):
+    """argmax/argmin/argsort/cumsum/cumprod: one ``axis`` parameter."""
+    def rule(values, dims, size, *, axis, **params):
+        if axis is None:
+            return _per_example(prim)(values, dims, size, axis=axis, **params)
+        x = moved(values[0], dims[0])
+        return bind(prim, x, axis=axis + 1, **params), 0
+    return rule
+
+
+def _stacked_linalg(prim):
+    """NumPy's linalg functions act on stacks of matrices: the batch is one more stack axis."""
+    def rule(values, dims, size, **params):
+        x = moved(values[0], dims[0])
+        out = bind(prim, x, **params)
+        return out, ([0] * len(out) if isinstance(out, (list, tuple)) else 0)
+    return rule
+
+
+# ------------------------------------------------------------------------ shape ops
+
+def _reshape(prim):
+    def rule(values, dims, size, *, shape):
+        x = moved(values[0], dims[0])
+        return bind(prim, x, shape=(np.shape(x)[0],) + tuple(shape)), 0
+    return rule
+
+
+def _transpose(prim):
+    def rule(values, dims, size, *, axes):
+        x = moved(values[0], dims[0])
+        return bind(prim, x, axes=(0,) + tuple(a + 1 for a in axes)), 0
+    return rule
+
+
+def _broadcast_to(prim):
+    def rule(values, dims, size, *, shape):
+        x = _aligned(values[0], dims[0], len(shape))
+        return bind(prim, x, shape=(np.shape(x)[0],) + tuple(shape)), 0
+    return rule
+
+
+def _concatenate(prim):
+    def rule(values, dims, size, *, axis):
+        args = [with_batch(v, d, size) for v, d in zip(values, dims)]
+        return bind(prim, *args, axis=axis + 1), 0
+    return rule
+
+
+def _pad(prim):
+    def rule(values, dims, size, *, pad_width, **params):
+        x = moved(values[0], dims[0])
+        return bind(prim, x, pad_width=((0, 0),) + tuple(tuple(p) for p in pad_width),
+                    **params), 0
+    return rule
+
+
+def _slice(prim):
+    def rule(values, dims, size, *, index):
+        x = moved(values[0], dims[0])
+        return bind(prim, x, index=(slice(None),) + tuple(index)), 0
+    return rule
+
+
+def _gather(prim):
+    """``x[index]`` with index arrays: batched ``x`` and shared index arrays keep one
+    gather; batched index arrays run per example."""
+    def rule(values, dims, size, *, index):
+        if any(d is not NOT_BATCHED for d in dims[1:]):
+            return _per_example(prim)(values, dims, size, index=index)
+        x = moved(values[0], dims[0])
+        slots = [i for i, part in enumerate(index) if _is_array_slot(part)]
+        adjacent = slots == list(range(slots[0], slots[-1] + 1)) if slots else True
+        out_dim = 0
+        if not adjacent:  # NumPy puts the broadcast index axes first, then the batch axis
+            out_dim = max(_ndim(a) for a in values[1:])
+        return bind(prim, x, *values[1:], index=(slice(None),) + tuple(index)), out_dim
+    return rule
+
+
+def _is_array_slot(part) -> bool:
+    return type(part).__name__ == "ArraySlot"
+
+
+# ------------------------------------------------------------------------ linear algebra
+
+def _matmul(prim):
+    def rule(values, dims, size):
+        (a, b), (da, db) = values, dims
+        ra, rb = _example_rank(a, da), _example_rank(b, db)
+        # 1-d operands as matrices (a row, a column), as NumPy does, squeezed after
+        if ra == 1:
+            a = np.expand_dims(a, -2)
+        if rb == 1:
+            b = np.expand_dims(b, -1)
+        rank = max(ra, rb, 2)
+        a = a if da is NOT_BATCHED else _aligned(a, da, rank)
+        b = b if db is NOT_BATCHED else _aligned(b, db, rank)
+        out = bind(prim, a, b)
+        if rb == 1:
+            out = np.squeeze(out, -1)
+        if ra == 1:
+            out = np.squeeze(out, -2 if rb != 1 else -1)
+        return out, 0
+    return rule
+
+
+def _solve(prim):
+    def rule(values, dims, size):
+        (a, b), (da, db) = values, dims
+        vector = _example_rank(b, db) == 1  # NumPy 2: a 1-d b is one vector per matrix
+        if vector:  # solve for a one-column matrix instead, squeezed after
+            b, db = (np.expand_dims(b, -1), db) if db is NOT_BATCHED else \
+                (np.expand_dims(moved(b, db), -1), 0)
+        rank = max(_example_rank(a, da), _example_rank(b, db))
+        a = a if da is NOT_BATCHED else _aligned(a, da, rank)
+        b = b if db is NOT_BATCHED else _aligned(b, db, rank)
+        out = bind(prim, a, b)
+        return (np.squeeze(out, -1) if vector else out), 0
+    return rule
+
+
+def _einsum(prim):
+    def rule(values, dims, size, *, subscripts, **params):
+        ins, out = subscripts.split("->")
+        terms = ins.split(",")
+        free = next(c for c in string.ascii_letters if c not in subscripts)
+        args = []
+        for term, v, d in zip(terms, values, dims):
+            if d is NOT_BATCHED:
+                args.append(v)
+            else:
+                args.append(moved(v, d))
+        new_terms = [t if d is NOT_BATCHED else free + t for t, d in zip(terms, dims)]
+        new = ",".join(new_terms) + "->" + free + out
+        return bind(prim, *args, subscripts=new, **params), 0
+    return rule
+
+
+# ------------------------------------------------------------------------ control flow
+
+def _scan(prim):
+    """A scan over batched values is one scan whose body is batched: carries that any
+    batched value reaches are batched (found by iterating to a fixed point), scanned
+    inputs carry their batch at axis 1 (axis 0 is the loop), stacked outputs come back
+    batched at axis 1."""
+    def rule(values, dims, size, *, body, n_carry, n_x, length, reverse):
+        from ..control import Closed, close
+        graph = body.graph
+        carry_b = [d is not NOT_BATCHED for d in dims[:n_carry]]
+        rest_b = [d is not NOT_BATCHED for d in dims[n_carry:]]
+        while True:
+            out_b = _reaches(graph, carry_b + rest_b)
+            grown = [c or o for c, o in zip(carry_b, out_b[:n_carry])]
+            if grown == carry_b:
+                break
+            carry_b = grown
+        y_b = out_b[n_carry:]
+        carries = [with_batch(v, d, size) if b else v
+                   for v, d, b in zip(values[:n_carry], dims[:n_carry], carry_b)]
+        xs = [moved(v, d, 1) if d is not NOT_BATCHED else v
+              for v, d in zip(values[n_carry:n_carry + n_x], dims[n_carry:n_carry + n_x])]
+        consts = [moved(v, d) if d is not NOT_BATCHED else v
+                  for v, d in zip(values[n_carry + n_x:], dims[n_carry + n_x:])]
+        in_dims = [0 if b else NOT_BATCHED for b in carry_b + rest_b]
+        in_avals = [_batched_aval(a, b, size) for a, b in zip(body.in_avals, carry_b + rest_b)]
+
+        def batched_body(*args):
+            outs, out_dims = batch_eval(graph, list(args), in_dims, size)
+            return [with_batch(o, d, size) if want else o
+                    for o, d, want in zip(outs, out_dims, carry_b + y_b)]
+        new_body = close(batched_body, in_avals)
+        assert isinstance(new_body, Closed)
+        outs = bind(prim, *carries, *xs, *consts, body=new_body, n_carry=n_carry, n_x=n_x,
+                    length=length, reverse=reverse)
+        out_dims = [0 if b else NOT_BATCHED for b in carry_b] + \
+            [1 if b else NOT_BATCHED for b in y_b]
+        return outs, out_dims
+    return rule
+
+
+def _batched_aval(aval, batched: bool, size: int):
+    from ..ir import Aval
+    return Aval((size,) + aval.shape, aval.dtype) if batched else Aval(aval.shape, aval.dtype)
+
+
+def _reaches(graph: Graph, batched_inputs: list) -> list:
+    """Which outputs of ``graph`` depend on the inputs flagged in ``batched_inputs``."""
+    live = {id(v) for v, b in zip(graph.invars, batched_inputs) if b}
+    for eqn in graph.eqns:
+        if any(id(a) in live for a in eqn.inputs):
+            live.update(id(o) for o in eqn.outputs)
+    return [id(o) in live for o in graph.outvars]
+
+
+# ------------------------------------------------------------------------ fallback
+
+def _per_example(prim):
+    """Run ``prim`` once per example and stack: correct for any primitive, B equations."""
+    def rule(values, dims, size, **params):
+        per_example = []
+        for b in range(size):
+            args = [v if d is NOT_BATCHED else _take(v, d, b) for v, d in zip(values, dims)]
+            out = bind(prim, *args, **params)
+            per_example.append(out if isinstance(out, (list, tuple)) else [out])
+        stacked = [np.stack([outs[k] for outs in per_example]) for k in range(len(per_example[0]))]
+        multiple = prim.multiple_results
+        return (stacked if multiple else stacked[0]), ([0] * len(stacked) if multiple else 0)
+    return rule
+
+
+def _take(x, dim, b: int):
+    index = (slice(None),) * dim + (b,)
+    return x[index]
+
+
+def _table() -> dict:
+    from ..primitives import PRIMITIVES as P
+    rules = {}
+
+    def add(names, make):
+        for name in names:
+            if name in P:
+                rules[name] = make(P[name])
+    add(["convert", "stop_gradient"], _unary_same)
+    add(["reduce_sum", "reduce_max", "reduce_min", "reduce_prod"], _reduce)
+    add(["argmax", "argmin", "argsort", "cumsum", "cumprod"], _along_axis)
+    add(["inv", "det", "cholesky", "slogdet", "adjugate"], _stacked_linalg)
+    add(["reshape"], _reshape)
+    add(["transpose"], _transpose)
+    add(["broadcast_to"], _broadcast_to)
+    add(["concatenate"], _concatenate)
+    add(["pad"], _pad)
+    add(["slice"], _slice)
+    add(["gather"], _gather)
+    add(["matmul"], _matmul)
+    add(["solve"], _solve)
+    add(["einsum"], _einsum)
+    add(["scan"], _scan)
+    return rules
+
+
+class _Rules(dict):
+    """Built on first use: the primitive table is complete only once every module that
+    defines entries has been imported."""
+
+    def get(self, name, default=None):
+        if not self:
+            self.update(_table())
+        return super().get(name, default)
+
+
+RULES = _Rules()
