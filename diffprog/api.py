@@ -1491,12 +1491,14 @@ def _prefix_axes(spec, tree, where: str) -> list:
         raise ArgumentValueError(f"vmap: in_axes for {where} has structure {spec_tree}, which is "
                                  f"not a prefix of the argument's structure {treedef}.")
     out = []
-    items = zip(spec.values(), (tree[k] for k in spec)) if isinstance(spec, dict) else \
-        zip(spec, tree)
-    for k, (sub_spec, sub_tree) in enumerate(items):
-        key = treedef.keys[k] if treedef.kind == "dict" else k
-        out.extend(_prefix_axes(sub_spec, sub_tree, f"{where}[{key!r}]"))
+    keys = treedef.keys if treedef.kind == "dict" else range(len(treedef.children))
+    for key in keys:  # in the order flatten puts the leaves
+        out.extend(_prefix_axes(spec[key], _child(tree, key), f"{where}[{key!r}]"))
     return out
+
+
+def _child(tree, key):
+    return tree[key] if not hasattr(tree, "_fields") else tuple(tree)[key]
 
 
 def _leaf_axis(axis, leaf, where: str):

@@ -304,6 +304,99 @@ def _scan(prim):
     return rule
 
 
+def _cond(prim):
+    """A shared predicate keeps one cond with batched branches; a batched predicate runs
+    both branches for every example and selects per example (as JAX does: the branch
+    not taken is computed and discarded)."""
+    def rule(values, dims, size, *, true_body, false_body):
+        from ..control import close
+        pred, ops, op_dims = values[0], values[1:], dims[1:]
+        if dims[0] is NOT_BATCHED:
+            flags = [d is not NOT_BATCHED for d in op_dims]
+            out_b = [a or b for a, b in zip(_reaches(true_body.graph, flags),
+                                            _reaches(false_body.graph, flags))]
+            in_avals = [_batched_aval(a, f, size) for a, f in zip(true_body.in_avals, flags)]
+            ops = [moved(v, d) if d is not NOT_BATCHED else v for v, d in zip(ops, op_dims)]
+            in_dims = [0 if f else NOT_BATCHED for f in flags]
+            bodies = [close(_batched_body(b.graph, in_dims, out_b, size), in_avals)
+                      for b in (true_body, false_body)]
+            outs = bind(prim, pred, *ops, true_body=bodies[0], false_body=bodies[1])
+            return outs, [0 if b else NOT_BATCHED for b in out_b]
+        chosen = moved(pred, dims[0])
+        t_outs, t_dims = batch_eval(true_body.graph, list(ops), list(op_dims), size)
+        f_outs, f_dims = batch_eval(false_body.graph, list(ops), list(op_dims), size)
+        outs = []
+        for t, td, f, fd in zip(t_outs, t_dims, f_outs, f_dims):
+            t, f = with_batch(t, td, size), with_batch(f, fd, size)
+            mask = np.reshape(chosen, (size,) + (1,) * (np.ndim(t) - 1))
+            outs.append(np.where(mask, t, f))
+        return outs, [0] * len(outs)
+    return rule
+
+
+def _batched_body(graph: Graph, in_dims: list, want_batched: list, size: int):
+    """A body function running ``graph`` batched, outputs batched at 0 where wanted."""
+    def body(*args):
+        outs, out_dims = batch_eval(graph, list(args), in_dims, size)
+        return [with_batch(o, d, size) if want else o
+                for o, d, want in zip(outs, out_dims, want_batched)]
+    return body
+
+
+def _while(prim):
+    """Carries that a batched value reaches are batched. A shared predicate keeps one
+    loop; a batched one loops while any example's predicate holds, and an example whose
+    predicate is false keeps its carry (each runs exactly its own number of steps)."""
+    def rule(values, dims, size, *, cond_body, body, n_carry, n_cc):
+        from ..control import close
+        carry_b = [d is not NOT_BATCHED for d in dims[:n_carry]]
+        cc_b = [d is not NOT_BATCHED for d in dims[n_carry:n_carry + n_cc]]
+        bc_b = [d is not NOT_BATCHED for d in dims[n_carry + n_cc:]]
+        while True:
+            pred_b = _reaches(cond_body.graph, carry_b + cc_b)[0]
+            grown = carry_b if not pred_b else [True] * n_carry
+            grown = [c or o for c, o in zip(grown, _reaches(body.graph, grown + bc_b))]
+            if grown == carry_b:
+                break
+            carry_b = grown
+        carry = [with_batch(v, d, size) if b else v
+                 for v, d, b in zip(values[:n_carry], dims[:n_carry], carry_b)]
+        consts = [moved(v, d) if d is not NOT_BATCHED else v
+                  for v, d in zip(values[n_carry:], dims[n_carry:])]
+        cond_dims = [0 if b else NOT_BATCHED for b in carry_b + cc_b]
+        body_dims = [0 if b else NOT_BATCHED for b in carry_b + bc_b]
+        cond_avals = [_batched_aval(a, b, size) for a, b in zip(cond_body.in_avals, carry_b + cc_b)]
+        body_avals = [_batched_aval(a, b, size) for a, b in zip(body.in_avals, carry_b + bc_b)]
+        step = _batched_body(body.graph, body_dims, carry_b, size)
+        if not pred_b:
+            new_cond = close(_batched_body(cond_body.graph, cond_dims, [False], size), cond_avals)
+            new_body = close(step, body_avals)
+            cc_avals = cond_avals[n_carry:]
+        else:
+            def still(args):
+                outs, out_dims = batch_eval(cond_body.graph, list(args), cond_dims, size)
+                return with_batch(outs[0], out_dims[0], size)
+
+            def any_running(*args):  # (*carry, *cond consts)
+                return [np.any(still(args))]
+
+            def masked_step(*args):  # (*carry, *cond consts, *body consts)
+                carry_in = list(args[:n_carry])
+                running = still(args[:n_carry + n_cc])
+                new = step(*carry_in, *args[n_carry + n_cc:])
+                return [np.where(np.reshape(running, (size,) + (1,) * (np.ndim(n) - 1)), n, c)
+                        for n, c in zip(new, carry_in)]
+            cc_avals = cond_avals[n_carry:]
+            new_cond = close(any_running, cond_avals)
+            new_body = close(masked_step, body_avals[:n_carry] + cc_avals + body_avals[n_carry:])
+            # the body now also reads the cond consts: pass them twice
+            consts = consts[:n_cc] + consts[:n_cc] + consts[n_cc:]
+        outs = bind(prim, *carry, *consts, cond_body=new_cond, body=new_body, n_carry=n_carry,
+                    n_cc=n_cc)
+        return outs, [0 if b else NOT_BATCHED for b in carry_b]
+    return rule
+
+
 def _batched_aval(aval, batched: bool, size: int):
     from ..ir import Aval
     return Aval((size,) + aval.shape, aval.dtype) if batched else Aval(aval.shape, aval.dtype)
@@ -362,6 +455,8 @@ def _table() -> dict:
     add(["solve"], _solve)
     add(["einsum"], _einsum)
     add(["scan"], _scan)
+    add(["cond"], _cond)
+    add(["while_loop"], _while)
     return rules
 
 
