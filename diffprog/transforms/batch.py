@@ -194,13 +194,30 @@ def _gather(prim):
         if any(d is not NOT_BATCHED for d in dims[1:]):
             return _per_example(prim)(values, dims, size, index=index)
         x = moved(values[0], dims[0])
-        slots = [i for i, part in enumerate(index) if _is_array_slot(part)]
-        adjacent = slots == list(range(slots[0], slots[-1] + 1)) if slots else True
-        out_dim = 0
-        if not adjacent:  # NumPy puts the broadcast index axes first, then the batch axis
-            out_dim = max(_ndim(a) for a in values[1:])
-        return bind(prim, x, *values[1:], index=(slice(None),) + tuple(index)), out_dim
+        return bind(prim, x, *values[1:], index=(slice(None),) + tuple(index)), \
+            _gather_batch_dim(index, values[1:])
     return rule
+
+
+def _scatter_add(prim):
+    """The transpose of slicing and gather: a batched cotangent scatters into a batched
+    zero array with the same index (shared index arrays); batched indices run per example."""
+    def rule(values, dims, size, *, shape, index):
+        if any(d is not NOT_BATCHED for d in dims[1:]):
+            return _per_example(prim)(values, dims, size, shape=shape, index=index)
+        g = moved(values[0], dims[0], _gather_batch_dim(index, values[1:]))
+        return bind(prim, g, *values[1:], shape=(size,) + tuple(shape),
+                    index=(slice(None),) + tuple(index)), 0
+    return rule
+
+
+def _gather_batch_dim(index, arrays) -> int:
+    """Where ``x[(slice(None),) + index]`` puts the batch axis: 0, unless the index arrays
+    are separated by slices (NumPy then puts their broadcast axes first)."""
+    slots = [i for i, part in enumerate(index) if _is_array_slot(part)]
+    if not slots or slots == list(range(slots[0], slots[-1] + 1)):
+        return 0
+    return max(_ndim(a) for a in arrays)
 
 
 def _is_array_slot(part) -> bool:
@@ -451,6 +468,7 @@ def _table() -> dict:
     add(["pad"], _pad)
     add(["slice"], _slice)
     add(["gather"], _gather)
+    add(["scatter_add"], _scatter_add)
     add(["matmul"], _matmul)
     add(["solve"], _solve)
     add(["einsum"], _einsum)
