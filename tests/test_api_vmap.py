@@ -162,3 +162,11 @@ def test_an_ensemble_of_odeint_solves_equals_a_loop(method):
     g = dp.grad(lambda A: np.sum(dp.vmap(solve)(A)[:, -1]))(A)
     want_g = [dp.grad(lambda a: np.sum(solve(a)[-1]))(a) for a in A]
     np.testing.assert_allclose(g, want_g, rtol=1e-5 if method == "dopri5" else 1e-10)
+
+
+def test_a_failing_ensemble_member_is_named():
+    blow_up = lambda y, t, k: k * y ** 2  # finite time blow-up at t = 1/k
+    solve = lambda k: odeint(blow_up, np.array([1.0]), np.array([0.0, 2.0]), k, method="dopri5")
+    with pytest.raises(dp.SolverError, match=r"example 2 of the dp.vmap batch: odeint \(dopri5\) "
+                                             r"stopped at t=1"):
+        dp.vmap(solve)(np.array([0.1, 0.2, 1.0, 0.3]))

@@ -414,6 +414,29 @@ def _while(prim):
     return rule
 
 
+def _error_if(prim):
+    """A run-time check of a batch fails when any example's does; the error names the
+    first failing example (its index in the batch) and that example's values."""
+    def rule(values, dims, size, *, message):
+        x, pred, info = values[0], values[1], values[2:]
+        pred = with_batch(pred, dims[1], size)
+        first = np.argmax(pred)
+        picked = [v if d is NOT_BATCHED else with_batch(v, d, size)[first]
+                  for v, d in zip(info, dims[2:])]
+        renumbered = _shift_fields(message, 1)
+        out = bind(prim, x, np.any(pred), first, *picked,
+                   message="example {0:.0f} of the dp.vmap batch: " + renumbered)
+        return out, dims[0]
+    return rule
+
+
+def _shift_fields(message: str, by: int) -> str:
+    """``"t={0:.3g}"`` -> ``"t={1:.3g}"``: room for a new first format field."""
+    import re
+    return re.sub(r"\{(\d+)([^{}]*)\}", lambda m: "{" + str(int(m.group(1)) + by) + m.group(2) + "}",
+                  message)
+
+
 def _batched_aval(aval, batched: bool, size: int):
     from ..ir import Aval
     return Aval((size,) + aval.shape, aval.dtype) if batched else Aval(aval.shape, aval.dtype)
@@ -475,6 +498,7 @@ def _table() -> dict:
     add(["scan"], _scan)
     add(["cond"], _cond)
     add(["while_loop"], _while)
+    add(["error_if"], _error_if)
     return rules
 
 
