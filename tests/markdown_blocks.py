@@ -58,6 +58,7 @@ def python_blocks(path: pathlib.Path) -> list[Block]:
 def run_file(path: pathlib.Path, workdir: pathlib.Path) -> list[str]:
     """Run every block of ``path`` in order in one namespace, in ``workdir``; return the
     skip reasons of the blocks that were not run."""
+    path = pathlib.Path(path).resolve()
     namespace: dict = {"__name__": "__main__"}
     skipped = []
     cwd = os.getcwd()
