@@ -112,3 +112,27 @@ def test_display_doctests():
     for module in (diffprog.display, diffprog.progress):
         failures, tried = doctest.testmod(module, verbose=False)
         assert tried >= 3 and failures == 0, module.__name__
+
+
+# ------------------------------------------------------------------ packaging, ./dev
+
+def test_demo_installs_numpy_only_and_test_installs_the_rest():
+    import pathlib
+    import re
+    import tomllib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    meta = project["project"]
+    assert meta["dependencies"] == ["numpy>=1.25"]
+    extras = meta["optional-dependencies"]
+    assert extras["demo"] == []  # the demo needs NumPy alone (seconds, not minutes)
+    names = {re.split(r"[<>=\[ ]", r)[0] for r in extras["test"]}
+    assert {"pytest", "scipy", "nbclient", "mkdocs", "mkdocs-material", "mkdocstrings",
+            "tqdm", "pygments"} <= names  # ./dev test (CI) installs everything tests use
+    # current license metadata (SPDX string + files), with a setuptools that reads it:
+    # the TOML-table form printed a deprecation warning three times per install
+    assert meta["license"] == "MIT" and meta["license-files"] == ["LICENSE"]
+    assert (root / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+    assert "setuptools>=77" in project["build-system"]["requires"]
+    dev = (root / "dev").read_text(encoding="utf-8")
+    assert 'demo)  setup "demo"' in dev and 'test)  setup "test"' in dev
