@@ -823,7 +823,7 @@ while_p = Primitive(
     "while_loop", _while_impl, _while_shape, vjp=_while_vjp, jvp=_while_jvp,
     julia=_while_julia, multiple_results=True,
     cases=[Case(lambda rng: [np.array([0.6, 0.7]), np.array(5.0), np.array(1.5)],
-                _example_while(), smooth=False)])
+                _example_while(), order=1)])
 
 
 def _while_grad_impl(xp, *args, cond_body, body, bwd, n_carry, n_cc):

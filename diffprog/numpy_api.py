@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import primitives as P
+from .primitives import core, elementwise, linalg, reductions, shapes
 from .errors import ArgumentError, ShapeError
 from .tracing import Tracer, unsupported
 
@@ -113,10 +113,10 @@ def _apply_ufunc(ufunc, inputs):
     composite = _UFUNC_COMPOSITES.get(ufunc)
     if composite is not None:
         return composite(*inputs)
-    binding = P.NUMPY_BINDINGS.get(ufunc)
+    binding = core.NUMPY_BINDINGS.get(ufunc)
     if binding is None:
         raise unsupported(f"np.{ufunc.__name__}")
-    return binding[0].bind(*inputs)
+    return binding.call(*inputs)
 
 
 def _ufunc_reduce(ufunc, x, axis=0, dtype=None, keepdims=False, **rest):
@@ -151,17 +151,17 @@ def _ufunc_composite(*ufuncs):
 @_ufunc_composite(np.power)
 def power(x, y):
     """x ** y; an integer exponent becomes ``integer_pow`` (exact for negative x)."""
-    x, y = P.as_untraced_code_reads((x, y))
+    x, y = core.as_untraced_code_reads((x, y))
     if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
         x, n = _promoted_for_power(x, y), int(y)
         if n == 0:
             return ones_like(x)
-        return x if n == 1 else P.integer_pow(x, n=n)
+        return x if n == 1 else elementwise.integer_pow(x, n=n)
     if isinstance(y, float) and y.is_integer() and abs(y) <= 64 and not _is_traced(y):
-        return P.integer_pow(_promoted_for_power(x, y), n=int(y))
+        return elementwise.integer_pow(_promoted_for_power(x, y), n=int(y))
     if isinstance(y, float) and y == 0.5:
-        return P.sqrt(_promoted_for_power(x, y))
-    return P.pow_(x, y)
+        return elementwise.sqrt(_promoted_for_power(x, y))
+    return elementwise.pow_(x, y)
 
 
 def _promoted_for_power(x, y):
@@ -173,31 +173,31 @@ def _promoted_for_power(x, y):
     sample = dtype_of(x).type(1).item() if weak_x else np.ones((), dtype_of(x))
     dtype = np.result_type(sample, y)
     if dtype_of(x) != dtype or weak_x and isinstance(y, np.generic):
-        return P.convert(x, dtype=dtype)
+        return elementwise.convert(x, dtype=dtype)
     return x
 
 
 @_ufunc_composite(np.fmax)
 def fmax(x, y):
     """maximum that ignores NaN (returns the other operand), as np.fmax."""
-    return P.where(P.isnan(y), x, P.where(P.isnan(x), y, P.maximum(x, y)))
+    return elementwise.where(elementwise.isnan(y), x, elementwise.where(elementwise.isnan(x), y, elementwise.maximum(x, y)))
 
 
 @_ufunc_composite(np.fmin)
 def fmin(x, y):
-    return P.where(P.isnan(y), x, P.where(P.isnan(x), y, P.minimum(x, y)))
+    return elementwise.where(elementwise.isnan(y), x, elementwise.where(elementwise.isnan(x), y, elementwise.minimum(x, y)))
 
 
 @_ufunc_composite(np.float_power)
 def float_power(x, y):
     """x ** y computed in float64 (or complex128) whatever the operands' precision."""
     wide = np.result_type(dtype_of(x), dtype_of(y), np.float64)
-    return P.pow_(astype(x, wide), y)
+    return elementwise.pow_(astype(x, wide), y)
 
 
 @_ufunc_composite(np.square)
 def square(x):
-    return P.integer_pow(x, n=2)
+    return elementwise.integer_pow(x, n=2)
 
 
 @_ufunc_composite(np.reciprocal)
@@ -206,7 +206,7 @@ def reciprocal(x):
         return 1.0 / x
     # integers: 1 / x truncated toward zero, as C and NumPy do (floor_divide gave -1 for
     # -2); NumPy's value at 0 is undefined (a warning and whatever the division gives)
-    return P.where(P.abs_(x) == 1, x, 0)
+    return elementwise.where(elementwise.abs_(x) == 1, x, 0)
 
 
 @_ufunc_composite(np.deg2rad, np.radians)
@@ -231,7 +231,7 @@ def astype(x, dtype, copy=True, **_):
     dtype = np.dtype(dtype)
     if dtype_of(x) == dtype:
         return x
-    return P.convert(x, dtype=dtype)
+    return elementwise.convert(x, dtype=dtype)
 
 
 @implements(np.zeros_like)
@@ -295,13 +295,13 @@ def real(a, *args):
 
 @implements(np.stop_gradient if hasattr(np, "stop_gradient") else object())
 def stop_gradient(x):
-    return P.stop_gradient(x) if _is_traced(x) else x
+    return elementwise.stop_gradient(x) if _is_traced(x) else x
 
 
 # =========================================================== reductions
 
 def _axes(axis, nd):
-    return P._normalize_axes(axis, nd)
+    return core.normalize_axes(axis, nd)
 
 
 def _check_reduce_kwargs(name, kwargs):
@@ -322,7 +322,7 @@ def sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=
         return x
     if np.dtype(dtype_of(x)) == np.bool_:
         x = astype(x, np.intp)
-    return P.reduce_sum(x, axes=axes, keepdims=bool(keepdims))
+    return reductions.reduce_sum(x, axes=axes, keepdims=bool(keepdims))
 
 
 @implements(np.prod, method="prod")
@@ -331,21 +331,21 @@ def prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where
     if dtype is not None:
         x = astype(x, dtype)
     axes = _axes(axis, ndim(x))
-    return P.reduce_prod(x, axes=axes, keepdims=bool(keepdims)) if axes else x
+    return reductions.reduce_prod(x, axes=axes, keepdims=bool(keepdims)) if axes else x
 
 
 @implements(np.max, np.amax, method="max")
 def amax(x, axis=None, out=None, keepdims=False, initial=None, where=None):
     _check_reduce_kwargs("max", {"initial": initial, "where": where})
     axes = _axes(axis, ndim(x))
-    return P.reduce_max(x, axes=axes, keepdims=bool(keepdims)) if axes else x
+    return reductions.reduce_max(x, axes=axes, keepdims=bool(keepdims)) if axes else x
 
 
 @implements(np.min, np.amin, method="min")
 def amin(x, axis=None, out=None, keepdims=False, initial=None, where=None):
     _check_reduce_kwargs("min", {"initial": initial, "where": where})
     axes = _axes(axis, ndim(x))
-    return P.reduce_min(x, axes=axes, keepdims=bool(keepdims)) if axes else x
+    return reductions.reduce_min(x, axes=axes, keepdims=bool(keepdims)) if axes else x
 
 
 @implements(np.any, method="any")
@@ -410,29 +410,29 @@ def _even_power(s, exponent):
     distance matrix, a constant sample). s is replaced by 1 before the power there, so
     no inf is formed at all."""
     zero = s == 0
-    safe = P.where(zero, 1.0, s)
-    return P.where(zero, 0.0, P.sqrt(safe) if exponent == 0.5 else power(safe, exponent))
+    safe = elementwise.where(zero, 1.0, s)
+    return elementwise.where(zero, 0.0, elementwise.sqrt(safe) if exponent == 0.5 else power(safe, exponent))
 
 
 @implements(np.argmax, method="argmax")
 def argmax(x, axis=None, out=None, keepdims=False):
     if axis is None:
         x, axis = reshape(x, (-1,)), 0
-    return P.argmax(x, axis=axis % ndim(x))
+    return reductions.argmax(x, axis=axis % ndim(x))
 
 
 @implements(np.argmin, method="argmin")
 def argmin(x, axis=None, out=None, keepdims=False):
     if axis is None:
         x, axis = reshape(x, (-1,)), 0
-    return P.argmin(x, axis=axis % ndim(x))
+    return reductions.argmin(x, axis=axis % ndim(x))
 
 
 @implements(np.argsort, method="argsort")
 def argsort(x, axis=-1, kind=None, order=None, stable=None):
     if axis is None:
         x, axis = ravel(x), 0
-    return P.argsort(x, axis=axis % ndim(x))
+    return reductions.argsort(x, axis=axis % ndim(x))
 
 
 @implements(np.take_along_axis)
@@ -478,7 +478,7 @@ def cumsum(x, axis=None, dtype=None, out=None):
         x = astype(x, dtype)
     if axis is None:
         x, axis = reshape(x, (-1,)), 0
-    return P.cumsum(x, axis=axis % ndim(x))
+    return reductions.cumsum(x, axis=axis % ndim(x))
 
 
 @implements(np.cumprod, method="cumprod")
@@ -487,20 +487,7 @@ def cumprod(x, axis=None, dtype=None, out=None):
         x = astype(x, dtype)
     if axis is None:
         x, axis = reshape(x, (-1,)), 0
-    return P.cumprod(x, axis=axis % ndim(x))
-
-
-def sum_to(g, target_shape):
-    """Sum ``g`` over broadcast dimensions so it has ``target_shape``."""
-    target_shape = tuple(target_shape)
-    gshape = shape(g)
-    if gshape == target_shape:
-        return g
-    lead = len(gshape) - len(target_shape)
-    axes = tuple(range(lead)) + tuple(
-        i + lead for i, d in enumerate(target_shape) if d == 1 and gshape[i + lead] != 1)
-    out = sum(g, axis=axes) if axes else g
-    return reshape(out, target_shape) if shape(out) != target_shape else out
+    return reductions.cumprod(x, axis=axis % ndim(x))
 
 
 # =========================================================== shape manipulation
@@ -524,7 +511,7 @@ def reshape(x, shape=None, order="C", *, newshape=None, copy=None):
         raise ArgumentError("reshape: only order='C' is supported on traced values")
     if shape_of(x) == target:
         return x
-    return P.reshape(x, shape=target)
+    return shapes.reshape(x, shape=target)
 
 
 def _method_reshape(self, *shape, order="C"):
@@ -547,7 +534,7 @@ def transpose(x, axes=None):
     axes = tuple(reversed(range(nd))) if axes is None else tuple(int(a) % nd for a in axes)
     if axes == tuple(range(nd)):
         return x
-    return P.transpose(x, axes=axes)
+    return shapes.transpose(x, axes=axes)
 
 
 def _method_transpose(self, *axes):
@@ -613,12 +600,12 @@ def broadcast_to(x, shape, subok=False):
         return x
     if not _is_traced(x):
         return np.broadcast_to(x, shape)
-    return P.broadcast_to(x, shape=shape)
+    return shapes.broadcast_to(x, shape=shape)
 
 
 @implements(np.broadcast_arrays)
 def broadcast_arrays(*args, subok=False):
-    target = P.broadcast_shapes(*[shape(a) for a in args])
+    target = core.broadcast_shapes(*[shape(a) for a in args])
     return tuple(broadcast_to(a, target) for a in args)
 
 
@@ -644,7 +631,7 @@ def concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
     nd = ndim(arrays[0])
     if not _is_traced(*arrays):
         return np.concatenate(arrays, axis=axis)
-    return P.concatenate(*arrays, axis=axis % nd)
+    return shapes.concatenate(*arrays, axis=axis % nd)
 
 
 @implements(np.stack)
@@ -700,14 +687,6 @@ def slice_axis(x, axis, start, stop, step=None):
     index = [slice(None)] * ndim(x)
     index[axis] = slice(start, stop, step)
     return getitem(x, tuple(index))
-
-
-def shift_right(x, axis, fill):
-    """Shift along ``axis`` by one, inserting ``fill`` first (for exclusive scans)."""
-    s = list(shape(x))
-    s[axis] = 1
-    head = np.full(tuple(s), fill, dtype=dtype_of(x))
-    return concatenate([head, slice_axis(x, axis, 0, shape(x)[axis] - 1)], axis=axis)
 
 
 @implements(np.diff)
@@ -798,7 +777,7 @@ def pad(x, pad_width, mode="constant", constant_values=0, **kwargs):
         raise ArgumentError("np.pad: constant_values must be a plain number, not a traced value")
     widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (ndim(x), 2))
     widths = tuple((int(lo), int(hi)) for lo, hi in widths)
-    return P.pad(x, pad_width=widths, value=float(constant_values))
+    return shapes.pad(x, pad_width=widths, value=float(constant_values))
 
 
 # =========================================================== indexing
@@ -809,7 +788,7 @@ def getitem(x, index):
     for item in index:
         if isinstance(item, Tracer):
             if np.issubdtype(item.dtype, np.integer):
-                items.append(P.ArraySlot())
+                items.append(shapes.ArraySlot())
                 arrays.append(item)
                 continue
             raise ArgumentError(
@@ -819,20 +798,20 @@ def getitem(x, index):
             item = np.asarray(item)
         if isinstance(item, np.ndarray) and item.dtype == np.bool_:
             for idx in np.nonzero(item):
-                items.append(P.ArraySlot())
+                items.append(shapes.ArraySlot())
                 arrays.append(idx)
             continue
         if isinstance(item, np.ndarray):
             if not np.issubdtype(item.dtype, np.integer):
                 raise ArgumentError(f"index arrays must be integer or boolean, got {item.dtype}")
-            items.append(P.ArraySlot())
+            items.append(shapes.ArraySlot())
             arrays.append(item)
             continue
         items.append(_normalize_basic(item))
     index = tuple(items)
     if not arrays:
-        return P.slice_(x, index=index)
-    return P.gather(x, *arrays, index=index)
+        return shapes.slice_(x, index=index)
+    return shapes.gather(x, *arrays, index=index)
 
 
 def _normalize_basic(item):
@@ -877,7 +856,7 @@ def where(condition, x=None, y=None):
     if x is None and y is None:
         raise ArgumentError("np.where(condition) with one argument returns data-dependent "
                             "indices and cannot be traced; use np.where(condition, a, b)")
-    return P.where(condition, x, y)
+    return elementwise.where(condition, x, y)
 
 
 @implements(np.clip, method="clip")
@@ -885,18 +864,18 @@ def clip(a, a_min=None, a_max=None, out=None, *, min=None, max=None, **kwargs):
     lo = a_min if a_min is not None else min
     hi = a_max if a_max is not None else max
     if lo is not None:
-        a = P.maximum(a, lo)
+        a = elementwise.maximum(a, lo)
     if hi is not None:
-        a = P.minimum(a, hi)
+        a = elementwise.minimum(a, hi)
     return a
 
 
 @implements(np.round, np.around, method="round")
 def round_(a, decimals=0, out=None):
     if decimals == 0:
-        return P.round_(a)
+        return elementwise.round_(a)
     scale = 10.0 ** decimals
-    return P.round_(a * scale) / scale
+    return elementwise.round_(a * scale) / scale
 
 
 @implements(np.triu)
@@ -935,11 +914,6 @@ def slice_last2(a, k):
     return getitem(a, (Ellipsis, slice(0, k), slice(0, k)))
 
 
-def trace_last2(m):
-    n = shape(m)[-1]
-    return sum(m * np.eye(n, dtype=dtype_of(m)), axis=(-2, -1))
-
-
 @implements(np.trace, method="trace")
 def trace(a, offset=0, axis1=0, axis2=1, dtype=None, out=None):
     if offset != 0:
@@ -956,7 +930,7 @@ def dot(a, b, out=None):
     if ndim(b) <= 2 or ndim(a) == 1:
         if ndim(a) == 1 and ndim(b) > 2:
             return tensordot(a, b, axes=([0], [ndim(b) - 2]))
-        return P.matmul(a, b)
+        return linalg.matmul(a, b)
     return tensordot(a, b, axes=([ndim(a) - 1], [ndim(b) - 2]))
 
 
@@ -998,7 +972,7 @@ def tensordot(a, b, axes=2):
     A = reshape(transpose(a, free_a + ax_a), (-1, k))
     B = reshape(transpose(b, ax_b + free_b), (k, -1))
     out_shape = tuple(shape(a)[i] for i in free_a) + tuple(shape(b)[i] for i in free_b)
-    return reshape(P.matmul(A, B), out_shape)
+    return reshape(linalg.matmul(A, B), out_shape)
 
 
 _LETTERS = string.ascii_letters
@@ -1012,7 +986,7 @@ def einsum(subscripts, *operands, optimize=False, **kwargs):
         raise ArgumentError(f"np.einsum: unsupported keyword(s) {sorted(kwargs)} on traced values")
     spec = _normalize_einsum(subscripts, [ndim(o) for o in operands])
     big = builtins.sum(int(np.prod(shape(o))) for o in operands) > 4096
-    return P.einsum(*operands, subscripts=spec, optimize=bool(len(operands) > 1 and big))
+    return linalg.einsum(*operands, subscripts=spec, optimize=bool(len(operands) > 1 and big))
 
 
 def _normalize_einsum(subscripts: str, ndims: list) -> str:
@@ -1060,30 +1034,30 @@ def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
 
 @implements(np.linalg.solve)
 def solve(a, b):
-    return P.solve(a, b)
+    return linalg.solve(a, b)
 
 
 @implements(np.linalg.inv)
 def inv(a):
-    return P.inv(a)
+    return linalg.inv(a)
 
 
 @implements(np.linalg.det)
 def det(a):
-    return P.det(a)
+    return linalg.det(a)
 
 
 @implements(np.linalg.slogdet)
 def slogdet(a):
-    sign, logdet = P.slogdet(a)
+    sign, logdet = linalg.slogdet(a)
     return sign, logdet
 
 
 @implements(np.linalg.cholesky)
 def cholesky(a, upper=False):
     if upper:  # NumPy then reads the upper triangle of a: chol_upper(a) = chol(a^T)^T
-        return swapaxes(P.cholesky(swapaxes(a, -1, -2)), -1, -2)
-    return P.cholesky(a)
+        return swapaxes(linalg.cholesky(swapaxes(a, -1, -2)), -1, -2)
+    return linalg.cholesky(a)
 
 
 @implements(np.linalg.norm)
@@ -1105,16 +1079,16 @@ def _vector_norm(x, ord, axis, keepdims):
     if ord in (None, 2):
         return _root_of_squares(sum(x * x, axis=axis, keepdims=keepdims))
     if ord == np.inf:
-        return amax(P.abs_(x), axis=axis, keepdims=keepdims)
+        return amax(elementwise.abs_(x), axis=axis, keepdims=keepdims)
     if ord == -np.inf:
-        return amin(P.abs_(x), axis=axis, keepdims=keepdims)
+        return amin(elementwise.abs_(x), axis=axis, keepdims=keepdims)
     if ord == 1:
-        return sum(P.abs_(x), axis=axis, keepdims=keepdims)
+        return sum(elementwise.abs_(x), axis=axis, keepdims=keepdims)
     if ord == 0:
         return sum(astype(x != 0, dtype_of(x)), axis=axis, keepdims=keepdims)
     if ord < 0:  # |0| ** ord is inf, and the norm 0: NumPy's values, no kink to smooth
-        return power(sum(power(P.abs_(x), float(ord)), axis=axis, keepdims=keepdims), 1.0 / ord)
-    return _even_power(sum(_even_power(P.abs_(x), float(ord)), axis=axis, keepdims=keepdims),
+        return power(sum(power(elementwise.abs_(x), float(ord)), axis=axis, keepdims=keepdims), 1.0 / ord)
+    return _even_power(sum(_even_power(elementwise.abs_(x), float(ord)), axis=axis, keepdims=keepdims),
                        1.0 / ord)
 
 
@@ -1124,7 +1098,7 @@ def _matrix_norm(x, ord, axes, keepdims):
         return _root_of_squares(sum(x * x, axis=(r, c), keepdims=keepdims))
     if ord in (1, -1, np.inf, -np.inf):
         inner_ax, outer_ax = (r, c) if ord in (1, -1) else (c, r)
-        col = sum(P.abs_(x), axis=inner_ax, keepdims=True)
+        col = sum(elementwise.abs_(x), axis=inner_ax, keepdims=True)
         red = amax if ord in (1, np.inf) else amin
         out = red(col, axis=outer_ax, keepdims=True)
         return out if keepdims else squeeze(out, axis=(r, c))

@@ -16,12 +16,8 @@ the same numbers as the calls they replace.
 from __future__ import annotations
 
 from ..ir import Eqn, Graph, Var
-from ..primitives import Primitive
+from ..primitives.shapes import pack_scalars
 from ..transforms.simplify import dead_code_elimination, use_counts
-
-pack_scalars = Primitive(
-    "pack_scalars", "xp.array([{args}], dtype={dtype})", lambda *avals, dtype: None,
-    register=False)
 
 
 def _unit_slice_index(index, shape):

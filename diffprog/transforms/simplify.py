@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import primitives as P
+from ..primitives.elementwise import add, mul, neg, sub
 from ..ir import Eqn, Graph, Lit, Var
 
 
@@ -182,7 +182,7 @@ def fold_negations(graph: Graph) -> Graph:
     def emit(prim, inputs, out):
         new = Eqn(prim, inputs, [out])
         eqns.append(new)
-        if prim is P.neg:
+        if prim is neg:
             negation_of[id(out)] = inputs[0]
         return new
 
@@ -217,27 +217,27 @@ def _fold_one(name, x, y, out, absorbable, emit):
     if name == "mul":
         for a, b in ((x, y), (y, x)):
             if _scalar_literal(b) and b.value == -1 and a.aval == out.aval:
-                return [emit(P.neg, [a], out)]
+                return [emit(neg, [a], out)]
         for a, b in ((x, y), (y, x)):
             inner = absorbable(a)
             if inner is None:
                 continue
             if _negatable_literal(b):
-                return [emit(P.mul, [inner, Lit(-b.value)], out)]
+                return [emit(mul, [inner, Lit(-b.value)], out)]
             product = Var(out.aval)
-            return [emit(P.mul, [inner, b] if a is x else [b, inner], product),
-                    emit(P.neg, [product], out)]
+            return [emit(mul, [inner, b] if a is x else [b, inner], product),
+                    emit(neg, [product], out)]
         return None
     if name == "add":
         for a, b in ((y, x), (x, y)):
             inner = absorbable(a)
             if inner is not None:
-                return [emit(P.sub, [b, inner], out)]
+                return [emit(sub, [b, inner], out)]
         return None
     if name == "sub":
         inner = absorbable(y)
         if inner is not None:
-            return [emit(P.add, [x, inner], out)]
+            return [emit(add, [x, inner], out)]
     return None
 
 

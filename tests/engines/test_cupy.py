@@ -449,12 +449,12 @@ class _OtherArrayModule:
                                              ((1, 3, 3), (4, 3, 1)), ((2, 3, 3), (2, 3, 2))])
 def test_solve_broadcasts_batches_itself_on_device_libraries(a_shape, b_shape):
     # CuPy's solve wants equal batch dims and reads a (batch, n) b as vectors (NumPy 1)
-    from diffprog.primitives import _solve_impl
+    from diffprog.primitives.linalg import solve_impl
     rng = np.random.default_rng(0)
     a = rng.standard_normal(a_shape) + 3 * np.eye(3)
     b = rng.standard_normal(b_shape)
     expected = np.linalg.solve(a, b)
-    got = _solve_impl(_OtherArrayModule(), a, b)
+    got = solve_impl(_OtherArrayModule(), a, b)
     assert got.shape == expected.shape
     assert_close(got, expected, rtol=1e-12, atol=1e-12)
 

@@ -1,0 +1,271 @@
+"""Elementwise entries: NumPy's ufuncs and Python's arithmetic operators, where, convert,
+stop_gradient."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Aval
+from .core import Case, Primitive, inside_unit_interval, is_inexact, normal, positive
+from .rules import add_all, in_dtype_of, sum_to
+
+
+def unary(name, ufunc, derivative, julia, *, operator=None, impl=None, numpy=None,
+          domain=normal(3, 4), order=2, c=None):
+    """An elementwise function of one operand with derivative ``derivative(x, out)``
+    (None: zero almost everywhere, as for floor)."""
+    def vjp(g, x, *, out):
+        return (in_dtype_of(g * derivative(x, out), x),)
+
+    def jvp(ts, x, *, out):
+        return None if ts[0] is None else in_dtype_of(ts[0] * derivative(x, out), x)
+
+    def zero_vjp(g, x, *, out):
+        return (None,)
+
+    def zero_jvp(ts, x, *, out):
+        return None
+
+    smooth = derivative is not None
+    return Primitive(name, impl, ufunc=ufunc, operator=operator, numpy=numpy,
+                     vjp=vjp if smooth else zero_vjp, jvp=jvp if smooth else zero_jvp,
+                     julia=julia, elementwise=True, cases=[Case(domain, order=order)], c=c)
+
+
+def binary(name, ufunc, partials, julia, *, operator=None, numpy=None, domain=None, order=2,
+           identity=None, commutative=False, c=None, boundary=None):
+    """A broadcasting elementwise function of two operands with partial derivatives
+    ``partials(x, y, out) -> (d/dx, d/dy)``; ``boundary`` (optional) makes inputs at its
+    kinks, for a first-order test case."""
+    def vjp(g, x, y, *, out):
+        px, py = partials(x, y, out)
+        return (_cotangent(g, px, x), _cotangent(g, py, y))
+
+    def jvp(ts, x, y, *, out):
+        px, py = partials(x, y, out)
+        tx = None if ts[0] is None or px is None else ts[0] * px
+        ty = None if ts[1] is None or py is None else ts[1] * py
+        return in_dtype_of(add_all([tx, ty]), out)
+
+    domain = domain or (lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4,))])
+    cases = [Case(domain, order=order)] + ([Case(boundary, order=1)] if boundary else [])
+    return Primitive(name, ufunc=ufunc, operator=operator, numpy=numpy, vjp=vjp, jvp=jvp,
+                     julia=julia, elementwise=True, identity=identity, commutative=commutative,
+                     cases=cases, c=c)
+
+
+def _cotangent(g, partial, x):
+    """``g * partial`` summed to ``x``'s shape; None when x carries no derivative."""
+    if partial is None or not is_inexact(np.result_type(x)):
+        return None
+    return in_dtype_of(sum_to(g * partial, np.shape(x)), x)
+
+
+def nondiff(name, ufunc, julia, *, operator=None, nargs=2, domain=None, c=None):
+    """Elementwise with a non-differentiable result (comparisons, logical and bitwise
+    ops); example inputs from ``domain`` (default: standard normal floats)."""
+    def floats(rng):
+        return [rng.standard_normal((3, 4)) for _ in range(nargs)]
+    return Primitive(name, ufunc=ufunc, operator=operator,
+                     vjp=lambda g, *xs, out: (None,) * len(xs), jvp=lambda ts, *xs, out: None,
+                     julia=julia, elementwise=True, differentiable=False,
+                     cases=[Case(domain or floats)], c=c)
+
+
+# ------------------------------------------------------------------ one operand
+
+neg = unary("neg", np.negative, lambda x, y: -1.0, "-{0}", operator="-", c="(-{0})")
+exp = unary("exp", np.exp, lambda x, y: y, "exp.({0})", c="exp({0})")
+log = unary("log", np.log, lambda x, y: 1.0 / x, "log.({0})", domain=positive(3, 4),
+            c="log({0})")
+log1p = unary("log1p", np.log1p, lambda x, y: 1.0 / (1.0 + x), "log1p.({0})",
+              domain=positive(3, 4), c="log1p({0})")
+expm1 = unary("expm1", np.expm1, lambda x, y: y + 1.0, "expm1.({0})", c="expm1({0})")
+sqrt = unary("sqrt", np.sqrt, lambda x, y: 0.5 / y, "sqrt.({0})", domain=positive(3, 4),
+             c="sqrt({0})")
+# NumPy's own exp2/log2/log10/cbrt, not compositions of exp, log and pow: those are off by
+# a few ulps where NumPy is exact (log10(1000) came out 2.9999999999999996, floor 2).
+_LN2, _LN10 = float(np.log(2.0)), float(np.log(10.0))
+exp2 = unary("exp2", np.exp2, lambda x, y: y * _LN2, "exp2.({0})", c="exp2({0})")
+log2 = unary("log2", np.log2, lambda x, y: 1.0 / (x * _LN2), "log2.({0})",
+             domain=positive(3, 4), c="log2({0})")
+log10 = unary("log10", np.log10, lambda x, y: 1.0 / (x * _LN10), "log10.({0})",
+              domain=positive(3, 4), c="log10({0})")
+cbrt = unary("cbrt", np.cbrt, lambda x, y: 1.0 / (3.0 * y * y), "cbrt.({0})", c="cbrt({0})")
+sin = unary("sin", np.sin, lambda x, y: np.cos(x), "sin.({0})", c="sin({0})")
+cos = unary("cos", np.cos, lambda x, y: -np.sin(x), "cos.({0})", c="cos({0})")
+tan = unary("tan", np.tan, lambda x, y: 1.0 + y * y, "tan.({0})",
+            domain=inside_unit_interval(3, 4), c="tan({0})")
+arcsin = unary("arcsin", np.arcsin, lambda x, y: 1.0 / np.sqrt(1.0 - x * x), "asin.({0})",
+               domain=inside_unit_interval(3, 4), c="asin({0})")
+arccos = unary("arccos", np.arccos, lambda x, y: -1.0 / np.sqrt(1.0 - x * x), "acos.({0})",
+               domain=inside_unit_interval(3, 4), c="acos({0})")
+arctan = unary("arctan", np.arctan, lambda x, y: 1.0 / (1.0 + x * x), "atan.({0})",
+               c="atan({0})")
+sinh = unary("sinh", np.sinh, lambda x, y: np.cosh(x), "sinh.({0})", c="sinh({0})")
+cosh = unary("cosh", np.cosh, lambda x, y: np.sinh(x), "cosh.({0})", c="cosh({0})")
+tanh = unary("tanh", np.tanh, lambda x, y: 1.0 - y * y, "tanh.({0})", c="tanh({0})")
+abs_ = unary("abs", np.absolute, lambda x, y: np.sign(x), "abs.({0})",
+             numpy=(np.absolute, np.fabs), order=1, c="fabs({0})")
+sign = unary("sign", np.sign, None, "sign.({0})", order=1, c="dp_sign({0})")
+floor = unary("floor", np.floor, None, "floor.({0})", order=1, c="floor({0})")
+ceil = unary("ceil", np.ceil, None, "ceil.({0})", order=1, c="ceil({0})")
+# np.round is no ufunc; np.rint is the ufunc that rounds the same way (half to even)
+round_ = unary("round", None, None, "round.({0})", impl="xp.round({0})", numpy=np.rint, order=1)
+trunc = unary("trunc", np.trunc, None, "trunc.({0})", order=1, c="trunc({0})")
+
+
+def _integer_pow_derivative(x, n):
+    return n * x ** (n - 1) if n != 1 else 1.0
+
+
+# x ** n for a Python int n (np.power composes it; exact for negative x)
+integer_pow = Primitive(
+    "integer_pow", "{0} ** {n}", operator="**", elementwise=True,
+    vjp=lambda g, x, *, out, n: (in_dtype_of(g * _integer_pow_derivative(x, n), x),),
+    jvp=lambda ts, x, *, out, n: None if ts[0] is None else in_dtype_of(
+        ts[0] * _integer_pow_derivative(x, n), x),
+    julia="{0} .^ {n}", c="dp_ipow({0}, {n})",
+    cases=[Case(normal(3, 4), {"n": 2}), Case(normal(3, 4), {"n": 3}),
+           Case(positive(3, 4), {"n": -2})])
+
+
+# ------------------------------------------------------------------ two operands
+
+add = binary("add", np.add, lambda x, y, o: (1.0, 1.0), "{0} .+ {1}", operator="+",
+             identity={0: 0, 1: 0}, commutative=True, c="({0} + {1})")
+sub = binary("sub", np.subtract, lambda x, y, o: (1.0, -1.0), "{0} .- {1}", operator="-",
+             identity={1: 0}, c="({0} - {1})")
+mul = binary("mul", np.multiply, lambda x, y, o: (y, x), "{0} .* {1}", operator="*",
+             identity={0: 1, 1: 1}, commutative=True, c="({0} * {1})")
+div = binary("div", np.true_divide, lambda x, y, o: (1.0 / y, -o / y), "{0} ./ {1}",
+             operator="/", identity={1: 1},
+             domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))],
+             c="({0} / {1})")
+
+
+def _pow_partials(x, y, out):
+    safe_log = np.where(x == 0, 0.0, np.log(np.where(x == 0, 1.0, x)))
+    return (y * x ** (y - 1.0), out * safe_log)
+
+
+# np.power itself reaches the front end's power(), which picks integer_pow or this
+pow_ = binary("pow", np.power, _pow_partials, "{0} .^ {1}", operator="**", numpy=(),
+              domain=lambda rng: [rng.uniform(0.5, 2, (3, 4)), rng.uniform(-1, 2, (4,))],
+              c="pow({0}, {1})")
+
+
+def _chosen(wins, ties):
+    """d max(x, y)/dx: 1 where x is the result, 1/2 at a tie -- the central difference of
+    NumPy's function there (the mean of the one-sided derivatives; amax splits ties too,
+    and so does the julia engine's DiffProg.npmaximum)."""
+    return 1.0 * wins + 0.5 * ties
+
+
+def _ties(rng):
+    x = rng.standard_normal((3, 4))
+    return [x, np.where(rng.uniform(size=(3, 4)) < 0.5, x, rng.standard_normal((3, 4)))]
+
+
+maximum = binary("maximum", np.maximum,
+                 lambda x, y, o: (_chosen(x > y, x == y), _chosen(x < y, x == y)),
+                 "max.({0}, {1})", order=1, c="dp_maximum({0}, {1})", boundary=_ties)
+minimum = binary("minimum", np.minimum,
+                 lambda x, y, o: (_chosen(x < y, x == y), _chosen(x > y, x == y)),
+                 "min.({0}, {1})", order=1, c="dp_minimum({0}, {1})", boundary=_ties)
+arctan2 = binary("arctan2", np.arctan2,
+                 lambda y, x, o: (x / (x * x + y * y), -y / (x * x + y * y)),
+                 "atan.({0}, {1})",
+                 domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))],
+                 c="atan2({0}, {1})")
+# At x = y = 0 (the apex of a cone) central differences see 0: divide by 1 there, not 0.
+hypot = binary("hypot", np.hypot,
+               lambda x, y, o: (x / np.where(o == 0, 1.0, o), y / np.where(o == 0, 1.0, o)),
+               "hypot.({0}, {1})", c="hypot({0}, {1})",
+               boundary=lambda rng: [np.where(rng.uniform(size=(3, 4)) < 0.5, 0.0,
+                                              rng.standard_normal((3, 4))), np.zeros(4)])
+logaddexp = binary("logaddexp", np.logaddexp, lambda x, y, o: (np.exp(x - o), np.exp(y - o)),
+                   "DiffProg.nplogaddexp({0}, {1})", c="dp_logaddexp({0}, {1})")
+remainder = binary("remainder", np.remainder, lambda x, y, o: (1.0, -np.floor(x / y)),
+                   "mod.({0}, {1})", numpy=(np.remainder, np.mod), order=1,
+                   domain=lambda rng: [rng.uniform(0.1, 0.9, (3, 4)) + 3.0, np.full((4,), 1.0)])
+floor_divide = Primitive(
+    "floor_divide", ufunc=np.floor_divide, operator="//", elementwise=True,
+    vjp=lambda g, x, y, *, out: (None, None), jvp=lambda ts, x, y, *, out: None,
+    julia="fld.({0}, {1})",
+    cases=[Case(lambda rng: [rng.standard_normal((3, 4)) * 3, np.full((4,), 1.5)], order=1)])
+
+# ------------------------------------------------------------------ tests and logic
+
+less = nondiff("less", np.less, "{0} .< {1}", operator="<", c="isless({0}, {1})")
+less_equal = nondiff("less_equal", np.less_equal, "{0} .<= {1}", operator="<=",
+                     c="islessequal({0}, {1})")
+greater = nondiff("greater", np.greater, "{0} .> {1}", operator=">", c="isgreater({0}, {1})")
+greater_equal = nondiff("greater_equal", np.greater_equal, "{0} .>= {1}", operator=">=",
+                        c="isgreaterequal({0}, {1})")
+equal = nondiff("equal", np.equal, "{0} .== {1}", operator="==", c="({0} == {1})")
+not_equal = nondiff("not_equal", np.not_equal, "{0} .!= {1}", operator="!=", c="({0} != {1})")
+logical_and = nondiff("logical_and", np.logical_and, "({0} .!= 0) .& ({1} .!= 0)",
+                      c="(({0} != 0) & ({1} != 0))")
+logical_or = nondiff("logical_or", np.logical_or, "({0} .!= 0) .| ({1} .!= 0)",
+                     c="(({0} != 0) | ({1} != 0))")
+logical_xor = nondiff("logical_xor", np.logical_xor, "xor.({0} .!= 0, {1} .!= 0)",
+                      c="(({0} != 0) ^ ({1} != 0))")
+logical_not = nondiff("logical_not", np.logical_not, ".!({0} .!= 0)", nargs=1, c="({0} == 0)")
+
+
+def _integers(nargs):
+    def make(rng):
+        return [rng.integers(-50, 50, (3, 4)) for _ in range(nargs)]
+    return make
+
+
+# Bitwise ops (``&``, ``|``, ``^``, ``~`` on integers and booleans): the result keeps
+# NumPy's integer dtype, unlike the logical ops' bool.
+# Their C spellings are for bool operands (0/1) only: compiled kernels take no integers.
+bitwise_and = nondiff("bitwise_and", np.bitwise_and, "{0} .& {1}", domain=_integers(2),
+                      c="({0} & {1})")
+bitwise_or = nondiff("bitwise_or", np.bitwise_or, "{0} .| {1}", domain=_integers(2),
+                     c="({0} | {1})")
+bitwise_xor = nondiff("bitwise_xor", np.bitwise_xor, "xor.({0}, {1})", domain=_integers(2),
+                      c="({0} ^ {1})")
+invert = nondiff("invert", np.invert, ".~({0})", nargs=1, domain=_integers(1), c="(!{0})")
+
+isfinite = nondiff("isfinite", np.isfinite, "isfinite.({0})", nargs=1, c="(isfinite({0}) != 0)")
+isnan = nondiff("isnan", np.isnan, "isnan.({0})", nargs=1, c="(isnan({0}) != 0)")
+isinf = nondiff("isinf", np.isinf, "isinf.({0})", nargs=1, c="(isinf({0}) != 0)")
+
+
+# ------------------------------------------------------------------ choice, dtype, gradients
+
+def _where_vjp(g, c, x, y, *, out):
+    zero = np.zeros((), g.dtype)
+    return (None, _cotangent(np.where(c, g, zero), 1.0, x),
+            _cotangent(np.where(c, zero, g), 1.0, y))
+
+
+def _where_jvp(ts, c, x, y, *, out):
+    if ts[1] is None and ts[2] is None:
+        return None
+    tx = ts[1] if ts[1] is not None else np.zeros((), out.dtype)
+    ty = ts[2] if ts[2] is not None else np.zeros((), out.dtype)
+    return in_dtype_of(np.broadcast_to(np.where(c, tx, ty), out.shape), out)
+
+
+where = Primitive(
+    "where", "xp.where({0}, {1}, {2})", elementwise=True, vjp=_where_vjp, jvp=_where_jvp,
+    julia="ifelse.({0}, {1}, {2})", c="({0} ? {1} : {2})",
+    cases=[Case(lambda rng: [rng.standard_normal((3, 4)) > 0, rng.standard_normal((3, 4)),
+                             rng.standard_normal((4,))], order=1)])
+
+convert = Primitive(
+    "convert", "xp.asarray({0}, dtype={dtype})", lambda x, *, dtype: Aval(x.shape, np.dtype(dtype)),
+    vjp=lambda g, x, *, out, dtype: ((g.astype(x.dtype) if is_inexact(np.result_type(x)) else None),),
+    jvp=lambda ts, x, *, out, dtype: (None if ts[0] is None or not is_inexact(np.dtype(dtype))
+                                      else ts[0].astype(dtype)),
+    julia="DiffProg.convert_eltype({jdtype}, {0})",
+    cases=[Case(normal(3), {"dtype": np.dtype("float32")}, rtol=1e-2)])
+
+stop_gradient = Primitive(
+    "stop_gradient", "{0}", lambda x: x, vjp=lambda g, x, *, out: (None,),
+    jvp=lambda ts, x, *, out: None, julia="DiffProg.stop_gradient({0})",
+    differentiable=False, cases=[Case(normal(3))])

@@ -1,0 +1,421 @@
+"""Linear algebra: matmul, einsum, and the np.linalg functions (solve, inv, det, slogdet,
+cholesky), on single matrices and on stacks of them as NumPy does."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError, UnsupportedFunctionError
+from ..ir import Aval
+from .core import Case, Primitive, Unsupported, broadcast_shapes, is_inexact, normal
+from .rules import (add_all, in_dtype_of, lower_triangle, onto_lower, sum_to, swap_last_axes,
+                    symmetric_from_lower)
+
+
+def _single_matrix_julia(template):
+    """The Julia spelling for one matrix; stacks of matrices are refused with the reason."""
+    def spell(eqn, jl):
+        a = eqn.inputs[0].aval
+        if len(a.shape) != 2:
+            return Unsupported(f"{eqn.prim.name} of a stack of matrices (shape {a.shape}) has "
+                               f"no Julia spelling yet; the julia engine takes one matrix")
+        return template
+    return spell
+
+
+def _square(a, what):
+    if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+        raise ShapeError(f"{what}: expected a square matrix (or a stack of them), got shape {a.shape}")
+
+
+def _well_conditioned(*shape):
+    def make(rng):
+        return [rng.standard_normal(shape) + 3.0 * np.eye(shape[-1])]
+    return make
+
+
+def _rank(n, r, *batch):
+    """A matrix (or stack) of rank r: det is 0 for r < n, its gradient is not for r = n - 1."""
+    return lambda rng: [rng.standard_normal(batch + (n, r)) @ rng.standard_normal(batch + (r, n))]
+
+
+# ------------------------------------------------------------------ products
+
+def _matmul_shape(a, b):
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError("matmul: operands must be at least 1-D (use * for scalars)")
+    ka = a.shape[-1]
+    kb = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if ka != kb:
+        raise ShapeError(f"matmul: shapes {a.shape} and {b.shape} are not aligned: "
+                         f"{ka} (last dim of the first) != {kb} (the contracted dim of the "
+                         f"second). Fix: transpose one operand or check the weight shapes.")
+    batch_a = a.shape[:-2] if a.ndim > 1 else ()
+    batch_b = b.shape[:-2] if b.ndim > 1 else ()
+    batch = broadcast_shapes(batch_a, batch_b)
+    rows = (a.shape[-2],) if a.ndim > 1 else ()
+    cols = (b.shape[-1],) if b.ndim > 1 else ()
+    return Aval(batch + rows + cols, np.result_type(a.dtype, b.dtype))
+
+
+def _matmul_vjp(g, a, b, *, out):
+    a_nd, b_nd = np.ndim(a), np.ndim(b)
+    A = a if a_nd > 1 else np.reshape(a, (1, -1))
+    B = b if b_nd > 1 else np.reshape(b, (-1, 1))
+    G = g  # restore the dims matmul dropped for 1-D operands (b's first: order matters)
+    if b_nd == 1:
+        G = np.expand_dims(G, -1)
+    if a_nd == 1:
+        G = np.expand_dims(G, -2)
+    ga = sum_to(G @ swap_last_axes(B), np.shape(A)) if is_inexact(np.result_type(a)) else None
+    gb = sum_to(swap_last_axes(A) @ G, np.shape(B)) if is_inexact(np.result_type(b)) else None
+    if ga is not None and a_nd == 1:
+        ga = np.reshape(ga, np.shape(a))
+    if gb is not None and b_nd == 1:
+        gb = np.reshape(gb, np.shape(b))
+    return (in_dtype_of(ga, a) if ga is not None else None,
+            in_dtype_of(gb, b) if gb is not None else None)
+
+
+def _julia_matmul(eqn, jl):
+    a, b = (v.aval for v in eqn.inputs)
+    if len(a.shape) <= 2 and len(b.shape) <= 2:
+        return "DiffProg.npmatmul({0}, {1})"
+    if len(b.shape) <= 2:  # a stack of matrices times one matrix/vector
+        return "DiffProg.npmatmul_stacked({0}, {1})"
+    return "DiffProg.npmatmul_batched({0}, {1})"  # stacks broadcast as in NumPy
+
+
+matmul = Primitive(
+    "matmul", shape=_matmul_shape, operator="@", numpy=np.matmul, vjp=_matmul_vjp,
+    jvp=lambda ts, a, b, *, out: add_all([None if ts[0] is None else ts[0] @ b,
+                                          None if ts[1] is None else a @ ts[1]]),
+    julia=_julia_matmul,
+    cases=[Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4, 2))]),
+           Case(lambda rng: [rng.standard_normal((4,)), rng.standard_normal((4, 2))]),
+           Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4,))]),
+           Case(lambda rng: [rng.standard_normal((4,)), rng.standard_normal((4,))]),
+           Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5))])])
+
+
+def _einsum_parse(subscripts: str):
+    inputs, output = subscripts.split("->")
+    return inputs.split(","), output
+
+
+def _einsum_shape(*ops, subscripts, optimize=False):
+    ins, out = _einsum_parse(subscripts)
+    sizes: dict = {}
+    for sub, op in zip(ins, ops):
+        if len(sub) != op.ndim:
+            raise ShapeError(f"einsum {subscripts!r}: operand subscripts {sub!r} do not match "
+                             f"an operand of shape {op.shape}")
+        for ch, d in zip(sub, op.shape):
+            if sizes.setdefault(ch, d) != d:
+                if sizes[ch] == 1:
+                    sizes[ch] = d
+                elif d != 1:
+                    raise ShapeError(f"einsum {subscripts!r}: index {ch!r} has sizes {sizes[ch]} and {d}")
+    return Aval(tuple(sizes[c] for c in out), np.result_type(*[o.dtype for o in ops]))
+
+
+def _einsum_vjp(g, *ops, out, subscripts, optimize):
+    ins, outsub = _einsum_parse(subscripts)
+    cts = []
+    for i, op in enumerate(ops):
+        if not is_inexact(np.result_type(op)):
+            cts.append(None)
+            continue
+        target = ins[i]
+        if len(set(target)) != len(target):
+            raise UnsupportedFunctionError(
+                f"gradient of einsum {subscripts!r}: operand {i} repeats an index (a diagonal). "
+                f"Fix: take the diagonal with np.diagonal-free code, e.g. np.sum(a * np.eye(n), ...).")
+        others = [s for j, s in enumerate(ins) if j != i]
+        available = set(outsub).union(*others) if others else set(outsub)
+        kept = "".join(c for c in target if c in available)
+        spec = ",".join([outsub] + others) + "->" + kept
+        ct = einsum(g, *[o for j, o in enumerate(ops) if j != i], subscripts=spec, optimize=optimize)
+        if kept != target:  # indices only in this operand were summed: broadcast back
+            shape_kept = tuple(np.shape(op)[target.index(c)] if c in kept else 1 for c in target)
+            perm_src = kept + "".join(c for c in target if c not in kept)
+            ct = np.reshape(ct, tuple(np.shape(ct)) + (1,) * (len(target) - len(kept)))
+            ct = np.transpose(ct, tuple(perm_src.index(c) for c in target))
+            ct = np.broadcast_to(np.reshape(ct, shape_kept), np.shape(op))
+        cts.append(in_dtype_of(sum_to(ct, np.shape(op)), op))
+    return tuple(cts)
+
+
+def _einsum_jvp(ts, *ops, out, subscripts, optimize):
+    terms = []
+    for i, t in enumerate(ts):
+        if t is not None:
+            args = list(ops)
+            args[i] = t
+            terms.append(einsum(*args, subscripts=subscripts, optimize=optimize))
+    return add_all(terms)
+
+
+def _julia_einsum(eqn, jl):
+    """Subscripts as integer labels (letters numbered; no user text reaches the source),
+    each operand's and the output's reversed for Julia's reversed axes."""
+    ins, out = _einsum_parse(eqn.params["subscripts"])
+    if any(len(set(sub)) != len(sub) for sub in ins):
+        return Unsupported(f"einsum {eqn.params['subscripts']!r} repeats an index within one "
+                           f"operand (a diagonal or trace), which has no Julia spelling yet")
+    number = {c: i + 1 for i, c in enumerate(dict.fromkeys("".join(ins) + out))}
+
+    def labels(sub):
+        return jl.tuple(number[c] for c in reversed(sub))
+    return f"DiffProg.npeinsum({jl.tuple(labels(sub) for sub in ins)}, {labels(out)}, {{args}})"
+
+
+einsum = Primitive(
+    "einsum", "xp.einsum({subscripts}, {args}, optimize={optimize})",
+    _einsum_shape, vjp=_einsum_vjp, jvp=_einsum_jvp,
+    julia=_julia_einsum,
+    cases=[Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4, 5))],
+                {"subscripts": "ij,jk->ik", "optimize": False}),
+           Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((3, 4))],
+                {"subscripts": "ij,ij->i", "optimize": False}),
+           Case(lambda rng: [rng.standard_normal((3, 4))], {"subscripts": "ij->", "optimize": False}),
+           Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((3, 4)),
+                             rng.standard_normal((4,))], {"subscripts": "ij,jk,k->i", "optimize": False})])
+
+
+# ------------------------------------------------------------------ solve, inv
+
+def _solve_shape(a, b):
+    _square(a, "linalg.solve")
+    n = a.shape[-1]
+    if b.ndim == 1:
+        if b.shape[0] != n:
+            raise ShapeError(f"linalg.solve: a has shape {a.shape} but b has shape {b.shape}; "
+                             f"b must have {n} rows")
+        return Aval(a.shape[:-2] + (n,), np.result_type(a.dtype, b.dtype))
+    if b.shape[-2] != n:
+        raise ShapeError(f"linalg.solve: a has shape {a.shape} but b has shape {b.shape}; "
+                         f"b must have {n} rows (b.shape[-2])")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return Aval(batch + b.shape[-2:], np.result_type(a.dtype, b.dtype))
+
+
+def _solve_vjp(g, a, b, *, out):
+    vec = np.ndim(b) == 1
+    G = np.expand_dims(g, -1) if vec else g
+    X = np.expand_dims(out, -1) if vec else out
+    gb = solve(swap_last_axes(a), G)
+    ga = sum_to(-(gb @ swap_last_axes(X)), np.shape(a))
+    gb = sum_to(np.reshape(gb, np.shape(gb)[:-1]) if vec else gb, np.shape(b))  # b may be unbatched
+    return (in_dtype_of(ga, a), in_dtype_of(gb, b))
+
+
+def _solve_jvp(ts, a, b, *, out):
+    vec = np.ndim(b) == 1
+    rhs = []
+    if ts[1] is not None:
+        rhs.append(np.expand_dims(ts[1], -1) if vec else ts[1])
+    if ts[0] is not None:
+        rhs.append(-(ts[0] @ (np.expand_dims(out, -1) if vec else out)))
+    if not rhs:
+        return None
+    res = solve(a, add_all(rhs))
+    return np.reshape(res, np.shape(out)) if vec else res
+
+
+def solve_impl(xp, a, b):
+    """``linalg.solve`` with NumPy 2's broadcasting on any array library: batch dims of a
+    and b broadcast against each other, and a 1-d b is one vector for every matrix of a.
+    (CuPy wants equal batch dims and reads a (batch, n) b as vectors, as NumPy 1 did.)"""
+    if xp is np or (b.ndim > 1 and a.shape[:-2] == b.shape[:-2]) or (b.ndim == 1 and a.ndim == 2):
+        return xp.linalg.solve(a, b)
+    if b.ndim == 1:
+        return solve_impl(xp, a, b[:, None])[..., 0]
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return xp.linalg.solve(xp.broadcast_to(a, batch + a.shape[-2:]),
+                           xp.broadcast_to(b, batch + b.shape[-2:]))
+
+
+solve = Primitive(
+    "solve", solve_impl, _solve_shape, vjp=_solve_vjp, jvp=_solve_jvp,
+    julia=_single_matrix_julia("DiffProg.npsolve({0}, {1})"),
+    cases=[Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal(3)]),
+           Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal((3, 2))]),
+           Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal((2, 3, 2))]),
+           Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal(3)])])
+
+
+def _inv_shape(a):
+    _square(a, "linalg.inv")
+    return Aval(a.shape, a.dtype)
+
+
+inv = Primitive(
+    "inv", "xp.linalg.inv({0})", _inv_shape,
+    vjp=lambda g, a, *, out: (-(swap_last_axes(out) @ g @ swap_last_axes(out)),),
+    jvp=lambda ts, a, *, out: None if ts[0] is None else -(out @ ts[0] @ out),
+    julia=_single_matrix_julia("DiffProg.npinv({0})"),
+    cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
+
+
+# ------------------------------------------------------------------ determinants
+
+def _adjugate_impl(xp, a):
+    """adj(a) = det(a) inv(a), without the inverse: from the SVD a = U diag(s) V^T,
+    adj(a) = det(U) det(V) V diag(prod of the s_j but s_i) U^T. The products leaving one
+    singular value out are prefix times suffix products, not det / s_i, so a rank n-1
+    matrix (one s_i = 0) gets its exact, nonzero adjugate and lower ranks get zero."""
+    if a.shape[-1] == 0:
+        return xp.zeros_like(a)
+    u, s, vh = xp.linalg.svd(a)
+    one = xp.ones(s.shape[:-1] + (1,), s.dtype)
+    before = xp.cumprod(xp.concatenate([one, s[..., :-1]], axis=-1), axis=-1)
+    after = xp.flip(xp.cumprod(xp.concatenate([one, xp.flip(s[..., 1:], axis=-1)], axis=-1),
+                               axis=-1), axis=-1)
+    sign = xp.sign(xp.linalg.det(u) * xp.linalg.det(vh))  # +-1: U and V are orthogonal
+    adj = (xp.swapaxes(vh, -1, -2) * (before * after)[..., None, :]) @ xp.swapaxes(u, -1, -2)
+    return adj * sign[..., None, None]
+
+
+def _adjugate_jvp(a, e):
+    """d adj(a)[e], exact at every rank, written with adjugate itself so that every order
+    traces. For a rank-one direction x y^T,
+        d adj(a)[x y^T] = -adj([[a, x], [y^T, 0]])[:n, :n]
+    (both sides are polynomials in a, and for invertible a both equal
+    (tr(adj(a) x y^T) adj(a) - adj(a) x y^T adj(a)) / det(a)); e is the sum over k of
+    its column k times e_k^T. That is n adjugates of (n+1)-matrices, O(n^4): only
+    second and higher derivatives of det pay it."""
+    n = np.shape(a)[-1]
+    batch = tuple(np.shape(a)[:-2])
+    dtype = np.result_type(a)
+    copies = np.broadcast_to(np.expand_dims(a, -3), batch + (n, n, n))
+    columns = np.expand_dims(swap_last_axes(e), -1)  # [..., k, :, 0] is column k of e
+    last_rows = np.concatenate([np.eye(n, dtype=dtype)[:, None, :], np.zeros((n, 1, 1), dtype)],
+                               axis=-1)  # [k] is [e_k^T, 0]
+    bordered = np.concatenate([np.concatenate([copies, columns], axis=-1),
+                               np.broadcast_to(last_rows, batch + (n, 1, n + 1))], axis=-2)
+    return -np.sum(adjugate(bordered)[..., :n, :n], axis=-3)
+
+
+def _adjugate_shape(a):
+    _square(a, "adjugate")
+    return Aval(a.shape, a.dtype)
+
+
+def _adjugate_julia(eqn, jl):
+    """Julia holds a^T, and adj(a^T) = adj(a)^T: the same SVD formula on the Julia matrix
+    (slices and cumprod, no scalar indexing, so GPU matrices work)."""
+    return _single_matrix_julia(
+        "let F = LinearAlgebra.svd({0}), s = F.S, o = one(eltype(s)); "
+        "sign(DiffProg.npdet(F.U) * DiffProg.npdet(F.Vt)) .* (F.V * LinearAlgebra.Diagonal("
+        "cumprod(vcat(o, s[1:(end - 1)])) .* reverse(cumprod(vcat(o, reverse(s[2:end]))))"
+        ") * F.U') end")(eqn, jl)
+
+
+# The transposed adjugate is det's gradient at every matrix, singular ones included.
+# Its VJP is its JVP transposed: <G, d adj(a)[E]> = <d adj(a)[G^T]^T, E> (check it on
+# invertible a with d adj[E] = (tr(adj E) adj - adj E adj) / det; both sides are
+# polynomials). Single matrices in the table (stacks are covered through det's cases).
+adjugate = Primitive(
+    "adjugate", _adjugate_impl, _adjugate_shape,
+    vjp=lambda g, a, *, out: (swap_last_axes(_adjugate_jvp(a, swap_last_axes(g))),),
+    jvp=lambda ts, a, *, out: None if ts[0] is None else _adjugate_jvp(a, ts[0]),
+    julia=_adjugate_julia,
+    cases=[Case(_well_conditioned(3, 3)), Case(_rank(3, 2)), Case(_rank(3, 1)),
+           Case(_rank(4, 3)), Case(normal(1, 1))])
+
+
+def _det_shape(a):
+    _square(a, "linalg.det")
+    return Aval(a.shape[:-2], a.dtype)
+
+
+# d det(a)[t] = tr(adj(a) t): through the adjugate, not det(a) inv(a), which fails (or
+# is garbage) at singular matrices where the gradient is well defined.
+det = Primitive(
+    "det", "xp.linalg.det({0})", _det_shape,
+    vjp=lambda g, a, *, out: (np.expand_dims(g, (-1, -2)) * swap_last_axes(adjugate(a)),),
+    jvp=lambda ts, a, *, out: (None if ts[0] is None
+                               else np.sum(swap_last_axes(adjugate(a)) * ts[0], axis=(-2, -1))),
+    julia=_single_matrix_julia("DiffProg.npdet({0})"),
+    cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3)), Case(_rank(3, 2)),
+           Case(_rank(4, 2)), Case(_rank(3, 2, 2))])
+
+
+def _slogdet_shape(a):
+    _square(a, "linalg.slogdet")
+    return [Aval(a.shape[:-2], a.dtype), Aval(a.shape[:-2], a.dtype)]
+
+
+def _inverse_or_nan(a, sign):
+    """inv(a), and NaN for each matrix NumPy's slogdet calls singular (sign 0, logabsdet
+    -inf): log|det| has no derivative there. The same exact zero pivot of LAPACK's LU
+    makes slogdet return sign 0 and inv raise, so those matrices are replaced by the
+    identity before inverting (the other matrices of a stack keep their gradients)."""
+    singular = np.expand_dims(sign == 0, (-1, -2))
+    safe = np.where(singular, np.eye(np.shape(a)[-1], dtype=np.result_type(a)), a)
+    return np.where(singular, np.nan, inv(safe))
+
+
+def _slogdet_vjp(gs, a, *, out):
+    g_logdet = gs[1]
+    if g_logdet is None:
+        return (None,)
+    return (np.expand_dims(g_logdet, (-1, -2)) * swap_last_axes(_inverse_or_nan(a, out[0])),)
+
+
+def _slogdet_jvp(ts, a, *, out):
+    if ts[0] is None:
+        return [None, None]
+    return [None, np.sum(swap_last_axes(_inverse_or_nan(a, out[0])) * ts[0], axis=(-2, -1))]
+
+
+slogdet = Primitive(
+    "slogdet", "tuple(xp.linalg.slogdet({0}))", _slogdet_shape, vjp=_slogdet_vjp,
+    jvp=_slogdet_jvp, julia=_single_matrix_julia("DiffProg.npslogdet({0})"),
+    multiple_results=True, cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
+
+
+# ------------------------------------------------------------------ symmetric matrices
+
+def _half_diagonal_lower(x):
+    """The lower triangle with the diagonal halved (the cholesky rule's projection)."""
+    return lower_triangle(x, 0.5)
+
+
+# NumPy's cholesky reads only the lower triangle of `a`: it factors the symmetric
+# A = tril(a) + tril(a, -1)^T, whatever is above the diagonal. The rules are those of
+# that function of `a` (what finite differences of NumPy see), not of a symmetric input:
+# the JVP symmetrises the tangent's lower triangle, and the VJP takes the cotangent of A
+# back through that map (onto_lower). On symmetric perturbations this agrees with the
+# usual symmetric rule.
+def _cholesky_vjp(g, a, *, out):
+    L = out
+    L_inv = inv(L)
+    S = swap_last_axes(L_inv) @ _half_diagonal_lower(swap_last_axes(L) @ g) @ L_inv
+    return (onto_lower(S),)
+
+
+def _cholesky_jvp(ts, a, *, out):
+    if ts[0] is None:
+        return None
+    L = out
+    L_inv = inv(L)
+    return L @ _half_diagonal_lower(L_inv @ symmetric_from_lower(ts[0]) @ swap_last_axes(L_inv))
+
+
+def _cholesky_shape(a):
+    _square(a, "linalg.cholesky")
+    return Aval(a.shape, a.dtype)
+
+
+def _spd(x):
+    """A positive definite lower triangle, and noise above it that NumPy never reads
+    (so the generated tests see the rules on non-symmetric perturbations too)."""
+    n = np.shape(x)[-1]
+    return x @ swap_last_axes(x) + n * np.eye(n) + np.triu(x, 1)
+
+
+cholesky = Primitive(
+    "cholesky", "xp.linalg.cholesky({0})", _cholesky_shape, vjp=_cholesky_vjp,
+    jvp=_cholesky_jvp, julia=_single_matrix_julia("DiffProg.npcholesky({0})"),
+    cases=[Case(normal(3, 3), wrap=_spd), Case(normal(2, 3, 3), wrap=_spd)])
