@@ -82,6 +82,13 @@ class Lit:
         return f"const:{self.aval}"
 
 
+def is_scalar_number(atom) -> bool:
+    """A constant operand holding one finite real number (not a bool)."""
+    return (isinstance(atom, Lit) and atom.aval.shape == ()
+            and isinstance(atom.value, (int, float, np.floating, np.integer))
+            and not isinstance(atom.value, bool) and np.isfinite(atom.value))
+
+
 #: arrays from this many elements up are checked for being one repeated value
 COMPACT_MIN_SIZE = 4096
 

@@ -135,7 +135,7 @@ class Primitive:
                  jvp=None, batch=None, julia=None, numpy=None, ufunc=None, operator=None,
                  c=None, cases=(), differentiable=True, elementwise=False,
                  multiple_results=False, identity=None, commutative=False, effectful=False,
-                 register=True):
+                 negation=False, absorb_negation=None, register=True):
         self.name = name
         self.ufunc = ufunc
         self.operator = operator
@@ -158,6 +158,12 @@ class Primitive:
         self.commutative = commutative
         #: kept by dead-code elimination although it has no outputs (a guard)
         self.effectful = effectful
+        #: sign rules (transforms.simplify.fold_negations): ``negation``: y = -x;
+        #: ``absorb_negation(eqn, negated) -> replacement equations | None``: how this
+        #: entry takes in an operand that is a negation (``negated(a)`` is b when a = -b
+        #: is used only there)
+        self.negation = negation
+        self.absorb_negation = absorb_negation
         if shape is None and not elementwise:
             raise ValueError(f"primitive {name!r}: only elementwise entries may leave out "
                              f"their shape rule")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Aval
+from ..ir import Aval, Eqn, Lit, Var, is_scalar_number
 from .core import Case, Primitive, inside_unit_interval, is_inexact, normal, positive
 from .rules import add_all, in_dtype_of, sum_to
 
 
 def unary(name, ufunc, derivative, julia, *, operator=None, impl=None, numpy=None,
-          domain=normal(3, 4), order=2, c=None):
+          domain=normal(3, 4), order=2, c=None, negation=False):
     """An elementwise function of one operand with derivative ``derivative(x, out)``
     (None: zero almost everywhere, as for floor)."""
     def vjp(g, x, *, out):
@@ -28,11 +28,12 @@ def unary(name, ufunc, derivative, julia, *, operator=None, impl=None, numpy=Non
     smooth = derivative is not None
     return Primitive(name, impl, ufunc=ufunc, operator=operator, numpy=numpy,
                      vjp=vjp if smooth else zero_vjp, jvp=jvp if smooth else zero_jvp,
-                     julia=julia, elementwise=True, cases=[Case(domain, order=order)], c=c)
+                     julia=julia, elementwise=True, cases=[Case(domain, order=order)], c=c,
+                     negation=negation)
 
 
 def binary(name, ufunc, partials, julia, *, operator=None, numpy=None, domain=None, order=2,
-           identity=None, commutative=False, c=None, boundary=None):
+           identity=None, commutative=False, c=None, boundary=None, absorb_negation=None):
     """A broadcasting elementwise function of two operands with partial derivatives
     ``partials(x, y, out) -> (d/dx, d/dy)``; ``boundary`` (optional) makes inputs at its
     kinks, for a first-order test case."""
@@ -50,7 +51,7 @@ def binary(name, ufunc, partials, julia, *, operator=None, numpy=None, domain=No
     cases = [Case(domain, order=order)] + ([Case(boundary, order=1)] if boundary else [])
     return Primitive(name, ufunc=ufunc, operator=operator, numpy=numpy, vjp=vjp, jvp=jvp,
                      julia=julia, elementwise=True, identity=identity, commutative=commutative,
-                     cases=cases, c=c)
+                     cases=cases, c=c, absorb_negation=absorb_negation)
 
 
 def _cotangent(g, partial, x):
@@ -73,7 +74,8 @@ def nondiff(name, ufunc, julia, *, operator=None, nargs=2, domain=None, c=None):
 
 # ------------------------------------------------------------------ one operand
 
-neg = unary("neg", np.negative, lambda x, y: -1.0, "-{0}", operator="-", c="(-{0})")
+neg = unary("neg", np.negative, lambda x, y: -1.0, "-{0}", operator="-", c="(-{0})",
+            negation=True)
 exp = unary("exp", np.exp, lambda x, y: y, "exp.({0})", c="exp({0})")
 log = unary("log", np.log, lambda x, y: 1.0 / x, "log.({0})", domain=positive(3, 4),
             c="log({0})")
@@ -131,12 +133,65 @@ integer_pow = Primitive(
 
 # ------------------------------------------------------------------ two operands
 
+# Sign rules (transforms.simplify.fold_negations): how a sum, a difference and a product
+# take in a negated operand. Reverse mode writes many negations (d cos = -sin, d(-x) =
+# g * -1.0); on real floats these rewrites are exact (IEEE rounding is symmetric in sign,
+# and x - y *is* x + (-y)). Each gives the equations replacing ``out = x op y``, or None.
+
+def _absorb_in_sum(eqn, negated):
+    """``x + (-a) -> x - a`` and ``(-a) + y -> y - a``."""
+    x, y = eqn.inputs
+    for a, b in ((y, x), (x, y)):
+        inner = negated(a)
+        if inner is not None:
+            return [Eqn(sub, [b, inner], eqn.outputs)]
+    return None
+
+
+def _absorb_in_difference(eqn, negated):
+    """``x - (-a) -> x + a``."""
+    x, y = eqn.inputs
+    inner = negated(y)
+    return [Eqn(add, [x, inner], eqn.outputs)] if inner is not None else None
+
+
+def _absorb_in_product(eqn, negated):
+    """``x * -1 -> -x``; ``(-a) * c -> a * (-c)`` (c a scalar constant); ``(-a) * y ->
+    -(a * y)`` (the negation moves on, maybe to vanish later)."""
+    x, y = eqn.inputs
+    out = eqn.outputs[0]
+    for a, b in ((x, y), (y, x)):
+        if is_scalar_number(b) and b.value == -1 and a.aval == out.aval:
+            return [Eqn(neg, [a], [out])]
+    for a, b in ((x, y), (y, x)):
+        inner = negated(a)
+        if inner is None:
+            continue
+        if _negatable(b):
+            return [Eqn(mul, [inner, Lit(-b.value)], [out])]
+        product = Var(out.aval)
+        return [Eqn(mul, [inner, b] if a is x else [b, inner], [product]),
+                Eqn(neg, [product], [out])]
+    return None
+
+
+def _negatable(atom) -> bool:
+    """-c is exact and ``a * -c == -(a * c)`` bit for bit: a float, or a nonzero Python
+    int (``-a * 0`` is -0.0 for positive a, ``a * -0`` is +0.0; NumPy ints can overflow)."""
+    if not is_scalar_number(atom):
+        return False
+    v = atom.value
+    return isinstance(v, (float, np.floating)) or (type(v) is int and v != 0)
+
+
 add = binary("add", np.add, lambda x, y, o: (1.0, 1.0), "{0} .+ {1}", operator="+",
-             identity={0: 0, 1: 0}, commutative=True, c="({0} + {1})")
+             identity={0: 0, 1: 0}, commutative=True, c="({0} + {1})",
+             absorb_negation=_absorb_in_sum)
 sub = binary("sub", np.subtract, lambda x, y, o: (1.0, -1.0), "{0} .- {1}", operator="-",
-             identity={1: 0}, c="({0} - {1})")
+             identity={1: 0}, c="({0} - {1})", absorb_negation=_absorb_in_difference)
 mul = binary("mul", np.multiply, lambda x, y, o: (y, x), "{0} .* {1}", operator="*",
-             identity={0: 1, 1: 1}, commutative=True, c="({0} * {1})")
+             identity={0: 1, 1: 1}, commutative=True, c="({0} * {1})",
+             absorb_negation=_absorb_in_product)
 div = binary("div", np.true_divide, lambda x, y, o: (1.0 / y, -o / y), "{0} ./ {1}",
              operator="/", identity={1: 1},
              domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))],

@@ -1,15 +1,18 @@
 """Simplification: common-subexpression elimination, sign folding, loop merging and
-dead-code elimination.
+dead-code elimination. Graph -> Graph: the input graph and its equations are never
+changed (an equation whose inputs are renamed is a new equation).
 
 Constant folding happens earlier, in :func:`diffprog.tracing.bind`: an equation
 whose inputs are all constants is computed on the spot and never recorded.
+
+These passes know no primitive by name: what they may do with an equation is entry data
+(``commutative``, ``effectful``, the sign rules ``negation`` and ``absorb_negation``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..primitives.elementwise import add, mul, neg, sub
-from ..ir import Eqn, Graph, Lit, Var
+from ..ir import Eqn, Graph, Lit, Var, is_scalar_number
 
 
 def simplify(graph: Graph) -> Graph:
@@ -23,7 +26,7 @@ def dead_code_elimination(graph: Graph) -> Graph:
     kept = []
     for eqn in reversed(graph.eqns):
         # effectful equations (guards) have no outputs to keep them alive
-        if any(id(o) in live for o in eqn.outputs) or getattr(eqn.prim, "effectful", False):
+        if any(id(o) in live for o in eqn.outputs) or eqn.prim.effectful:
             kept.append(eqn)
             live.update(id(a) for a in eqn.inputs if isinstance(a, Var))
     kept.reverse()
@@ -41,6 +44,19 @@ def use_counts(graph: Graph) -> dict[int, int]:
         if isinstance(o, Var):
             count[id(o)] = count.get(id(o), 0) + 1
     return count
+
+
+def _renamed(eqn: Eqn, rename: dict) -> Eqn:
+    """``eqn`` reading ``rename[id(v)]`` for each renamed input Var (a new equation when
+    any is; the original is left as it is)."""
+    inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
+    if all(new is old for new, old in zip(inputs, eqn.inputs)):
+        return eqn
+    return Eqn(eqn.prim, inputs, eqn.outputs, eqn.params)
+
+
+def _renamed_outputs(outvars: list, rename: dict) -> list:
+    return [rename.get(id(v), v) if isinstance(v, Var) else v for v in outvars]
 
 
 def _param_key(v):
@@ -65,10 +81,6 @@ def _literal_key(v):
     return ("lit", type(v).__name__, repr(v))
 
 
-# Binary primitives whose result does not depend on operand order, bit for bit.
-_COMMUTATIVE = frozenset({"add", "mul"})
-
-
 def common_subexpressions(graph: Graph) -> Graph:
     """Replace an equation by an earlier identical one (same primitive, inputs, params)."""
     rename: dict[int, Var] = {}
@@ -81,12 +93,12 @@ def common_subexpressions(graph: Graph) -> Graph:
         return id(rename.get(id(a), a))
 
     for eqn in graph.eqns:
-        eqn.inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
+        eqn = _renamed(eqn, rename)
         try:
             refs = tuple(ref(a) for a in eqn.inputs)
-            if eqn.prim.name in _COMMUTATIVE:  # a*b == b*a exactly (IEEE), so one of them
+            if eqn.prim.commutative:  # a*b == b*a exactly (IEEE), so one of them
                 refs = tuple(sorted(refs, key=repr))
-            key = (eqn.prim.name, refs,
+            key = (eqn.prim, refs,
                    tuple((k, _param_key(v)) for k, v in eqn.params.items()))
             hash(key)
         except TypeError:
@@ -98,8 +110,7 @@ def common_subexpressions(graph: Graph) -> Graph:
         if key is not None:
             seen[key] = eqn.outputs
         eqns.append(eqn)
-    outvars = [rename.get(id(v), v) if isinstance(v, Var) else v for v in graph.outvars]
-    return Graph(graph.invars, eqns, outvars)
+    return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
 
 
 def merge_extended_loops(graph: Graph) -> Graph:
@@ -138,10 +149,8 @@ def merge_extended_loops(graph: Graph) -> Graph:
                 rename[id(o)] = new
             moved.add(hit)
             eqn = extension
-        eqn.inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
-        eqns.append(eqn)
-    outvars = [rename.get(id(v), v) if isinstance(v, Var) else v for v in graph.outvars]
-    return Graph(graph.invars, eqns, outvars)
+        eqns.append(_renamed(eqn, rename))
+    return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
 
 
 def _input_ref(a):
@@ -156,13 +165,9 @@ def fold_negations(graph: Graph) -> Graph:
     Reverse mode writes many: d(cos) = -sin, d(-x) = g * -1.0, so gradients are full
     of ``-a`` feeding one product or sum. On real floats these rewrites are exact (IEEE
     rounding is symmetric in sign, and ``x - y`` *is* ``x + (-y)``), so results stay
-    bit-identical (up to the sign of a NaN):
-
-    ``x * -1``        -> ``-x``
-    ``--a``           -> ``a``
-    ``(-a) * c``      -> ``a * (-c)``     (c a scalar constant)
-    ``(-a) * y``      -> ``-(a * y)``     (the negation moves on, maybe to vanish later)
-    ``x + (-a)``      -> ``x - a``;  ``(-a) + y`` -> ``y - a``;  ``x - (-a)`` -> ``x + a``
+    bit-identical (up to the sign of a NaN). The rewrites are the entries' own
+    (``absorb_negation``: how a product or a sum takes in a negated operand, in
+    :mod:`diffprog.primitives.elementwise`); here: ``--a -> a``, and the bookkeeping.
 
     A negation is absorbed only when its result has no other use, so the number of
     equations never grows; dead negations are left to dead-code elimination.
@@ -173,95 +178,42 @@ def fold_negations(graph: Graph) -> Graph:
     rename: dict[int, Var] = {}
     eqns: list[Eqn] = []
 
-    def absorbable(atom):
+    def negated(atom):
         """a, when atom is ``-a`` used only here; else None."""
         if isinstance(atom, Var) and uses.get(id(atom), 0) == 1 and id(atom) not in outputs:
             return negation_of.get(id(atom))
         return None
 
-    def emit(prim, inputs, out):
-        new = Eqn(prim, inputs, [out])
-        eqns.append(new)
-        if prim is neg:
-            negation_of[id(out)] = inputs[0]
-        return new
-
     for eqn in graph.eqns:
-        eqn.inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
-        if not _real_float_binary_or_neg(eqn):
+        eqn = _renamed(eqn, rename)
+        if not _sign_rules_apply(eqn):
             eqns.append(eqn)
             continue
         out = eqn.outputs[0]
-        name = eqn.prim.name
-        if name == "neg":
-            inner = absorbable(eqn.inputs[0])
+        if eqn.prim.negation:
+            inner = negated(eqn.inputs[0])
             if inner is not None:  # --a
                 rename[id(out)] = inner
                 continue
             eqns.append(eqn)
             negation_of[id(out)] = eqn.inputs[0]
             continue
-        x, y = eqn.inputs
-        rewritten = _fold_one(name, x, y, out, absorbable, emit)
-        if rewritten is None:
-            eqns.append(eqn)
-        else:
-            for e in rewritten:
-                e.line = eqn.line
-    outvars = [rename.get(id(v), v) if isinstance(v, Var) else v for v in graph.outvars]
-    return Graph(graph.invars, eqns, outvars)
+        rewritten = eqn.prim.absorb_negation(eqn, negated)
+        for new in rewritten if rewritten is not None else [eqn]:
+            eqns.append(new)
+            if new is not eqn and new.prim.negation:
+                negation_of[id(new.outputs[0])] = new.inputs[0]
+    return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
 
 
-def _fold_one(name, x, y, out, absorbable, emit):
-    """The equations replacing ``out = name(x, y)``, or None to keep it."""
-    if name == "mul":
-        for a, b in ((x, y), (y, x)):
-            if _scalar_literal(b) and b.value == -1 and a.aval == out.aval:
-                return [emit(neg, [a], out)]
-        for a, b in ((x, y), (y, x)):
-            inner = absorbable(a)
-            if inner is None:
-                continue
-            if _negatable_literal(b):
-                return [emit(mul, [inner, Lit(-b.value)], out)]
-            product = Var(out.aval)
-            return [emit(mul, [inner, b] if a is x else [b, inner], product),
-                    emit(neg, [product], out)]
-        return None
-    if name == "add":
-        for a, b in ((y, x), (x, y)):
-            inner = absorbable(a)
-            if inner is not None:
-                return [emit(sub, [b, inner], out)]
-        return None
-    if name == "sub":
-        inner = absorbable(y)
-        if inner is not None:
-            return [emit(add, [x, inner], out)]
-    return None
-
-
-def _real_float_binary_or_neg(eqn) -> bool:
-    if eqn.prim.name not in ("neg", "mul", "add", "sub") or eqn.params or len(eqn.outputs) != 1:
+def _sign_rules_apply(eqn) -> bool:
+    prim = eqn.prim
+    if not (prim.negation or prim.absorb_negation) or eqn.params or len(eqn.outputs) != 1:
         return False
     out = eqn.outputs[0].aval
     if not np.issubdtype(out.dtype, np.floating):
         return False
     # every operand already has the result's aval (or is a scalar constant): no rewrite
     # can then change a dtype, a weak type or a broadcast
-    return all(a.aval == out or _scalar_literal(a) for a in eqn.inputs)
+    return all(a.aval == out or is_scalar_number(a) for a in eqn.inputs)
 
-
-def _scalar_literal(atom) -> bool:
-    return (isinstance(atom, Lit) and atom.aval.shape == ()
-            and isinstance(atom.value, (int, float, np.floating, np.integer))
-            and not isinstance(atom.value, bool) and np.isfinite(atom.value))
-
-
-def _negatable_literal(atom) -> bool:
-    """-c is exact and ``a * -c == -(a * c)`` bit for bit: a float, or a nonzero Python
-    int (``-a * 0`` is -0.0 for positive a, ``a * -0`` is +0.0; NumPy ints can overflow)."""
-    if not _scalar_literal(atom):
-        return False
-    v = atom.value
-    return isinstance(v, (float, np.floating)) or (type(v) is int and v != 0)

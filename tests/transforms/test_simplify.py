@@ -158,3 +158,25 @@ def test_fold_negations_leaves_integers_and_mixed_dtypes_alone():
     x32 = np.ones(3, np.float32)
     mixed = dp.differentiable(lambda x, y: (-x) * y).ir(x32, np.ones(3))  # float32 * float64
     assert _names(fold_negations(mixed)) == _names(mixed)
+
+
+def test_simplify_leaves_its_input_graph_and_equations_alone():
+    """Graph -> Graph: an equation whose inputs are renamed (by CSE, sign folding) is a new
+    equation; the input graph may be shared (a loop body, a cached trace)."""
+    from diffprog.ir import Aval, Eqn, Graph, Var
+    from diffprog.primitives.elementwise import add, mul, neg, sin
+    aval = Aval((3,), np.dtype(np.float64))
+    x, y = Var(aval), Var(aval)
+    a, b, n, c, d = (Var(aval) for _ in range(5))
+    eqns = [Eqn(sin, [x], [a]), Eqn(sin, [x], [b]),        # b repeats a: renamed to a
+            Eqn(neg, [b], [n]), Eqn(mul, [n, y], [c]),      # (-b) * y -> -(a * y)
+            Eqn(add, [c, b], [d])]
+    graph = Graph([x, y], eqns, [d])
+    before = [(e, list(e.inputs), list(e.outputs)) for e in graph.eqns]
+    out = simplify(graph)
+    assert len(out.eqns) < len(graph.eqns)
+    assert [(e, list(e.inputs), list(e.outputs)) for e in graph.eqns] == before
+    assert graph.outvars == [d]
+    args = [np.array([0.1, 0.2, 0.3]), np.array([1.0, -2.0, 3.0])]
+    from diffprog.tracing import eval_graph
+    np.testing.assert_array_equal(eval_graph(out, args)[0], eval_graph(graph, args)[0])
