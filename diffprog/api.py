@@ -10,10 +10,12 @@ inside a physics-informed loss.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import sys
 import threading
+import types
 import warnings
 import weakref
 from collections import OrderedDict
@@ -57,7 +59,7 @@ def _leaf_key(leaf, gpu: int | None):
     return (type(leaf), leaf.shape, leaf.dtype)
 
 
-def _static_key(leaf, where: Callable[[], str]):
+def _static_key(leaf, where: Callable[[], str]):  # noqa: C901
     """Static values are cache keys by value: an equal value reuses the program, a new
     one retraces. A value without a hash cannot be compared that way (keying it by id()
     reused stale programs for new objects at recycled addresses): refused."""
@@ -70,6 +72,8 @@ def _static_key(leaf, where: Callable[[], str]):
             f"Fix: pass arrays as traced arguments (not in static_argnums), make the value "
             f"hashable (a tuple instead of a list, a frozen dataclass), or close over it.") \
             from None
+    if isinstance(leaf, (float, complex, np.generic, tuple)):
+        return externals.value_key(leaf)  # bitwise: 0.0 and -0.0 differ, NaN equals NaN
     return (type(leaf), leaf)
 
 
@@ -99,7 +103,14 @@ def _check_array_leaf(leaf, where: Callable[[], str]) -> None:
             f"np.ndarray whose own behaviour diffprog would not reproduce. Fix: pass "
             f"np.asarray(x) if its values are all that matters.")
     dtype = getattr(leaf, "dtype", None)
-    if dtype is not None and np.dtype(dtype).kind not in "biufc":
+    try:
+        kind = np.dtype(dtype).kind if dtype is not None else "f"
+    except TypeError:  # a foreign dtype object (torch, jax): not one NumPy knows
+        raise ArgumentError(
+            f"{where()} is a {type(leaf).__module__}.{type(leaf).__qualname__} with dtype "
+            f"{dtype!r}, which NumPy does not know. Fix: convert it to a NumPy array first "
+            f"(np.asarray(x), or x.numpy() / x.cpu().numpy()).") from None
+    if kind not in "biufc":
         raise ArgumentError(
             f"{where()} has dtype {dtype}; diffprog traces arrays of booleans, integers and "
             f"floating-point numbers. Fix: convert it (x.astype(float)), or pass it as a "
@@ -183,65 +194,131 @@ class Traced:
     captured: list  # outer tracers, bound to the graph's trailing inputs
     guarded: bool = False  # holds guards: valid only for inputs that pass them
     drew: list = field(default_factory=list)  # random generators the trace drew from
+    writes: list = field(default_factory=list)  # globals/nonlocals the function assigns
     # reads the lifted globals/closure values (inputs after the explicit ones) at call
     # time and checks the guarded ones; None when the function reads none
     externals: Any = None
 
-    def external_values(self, leaves) -> list:
-        return self.externals(leaves) if self.externals is not None else []
+    def external_values(self, leaves, check: bool = True) -> list:
+        return self.externals(leaves, check) if self.externals is not None else []
 
     @property
     def reusable(self) -> bool:
         """May a later call reuse this trace's program without checks? Not when it holds
         guards (checked per call) or random draws (frozen into it: traced per call)."""
-        return not self.guarded and not self.drew
+        return not self.guarded and not self.drew and not self.writes
+
+    @property
+    def per_call(self) -> bool:
+        """Effects a compiled program would not repeat (random draws, assignments to
+        globals or nonlocals): the function is traced, so run, anew at every call."""
+        return bool(self.drew or self.writes)
 
 
 def trace_call(fn: Callable, sig: Signature) -> Traced:
     """Trace ``fn`` for this call. A root call (not nested in another trace) also reads
-    the arrays and floats ``fn`` takes from its globals and closures as program inputs,
-    and guards the other values it reads (diffprog.externals); if tracing with those
-    inputs fails (a function that needs them concrete), it traces again guarding them."""
-    reads: list = []
-    try:
-        return _trace_call(fn, sig, True, reads)
-    except DiffprogError:
-        if sig.nested or not any(item.lifted for r in reads for item in r.items):
-            raise
+    the arrays and floats ``fn`` takes from its globals, closures and objects as program
+    inputs, and guards the other values it reads (diffprog.externals); if tracing with
+    those inputs fails (code that needs them as plain values), it traces again guarding
+    them instead."""
+    no_lift = _kept_plain(fn)
+    for _ in range(8):  # a value that must stay plain is found per failed trace
+        reads: list = []
         try:
-            return _trace_call(fn, sig, False, [])
-        except DiffprogError:
+            traced = _trace_call(fn, sig, True, reads, no_lift)
+            _remember_plain(fn, no_lift)
+            return traced
+        except Exception as e:
+            if sig.nested or not any(r.lifted for r in reads):
+                raise
+            culprit = reads[0].path_of(getattr(e, "tracer", None))
+            if culprit is None:
+                break
+            no_lift = no_lift | culprit
+    try:  # guard every value instead of lifting any
+        return _trace_call(fn, sig, False, [])
+    except Exception:
+        pass
+    return _trace_call(fn, sig, True, [], no_lift)  # raises the lifted trace's error
+
+
+_PLAIN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _kept_plain(fn) -> frozenset:
+    """Paths of values an earlier trace of ``fn`` found must stay plain (guarded)."""
+    try:
+        return _PLAIN.get(fn, frozenset())
+    except TypeError:
+        return frozenset()
+
+
+def _remember_plain(fn, paths: frozenset) -> None:
+    if paths:
+        try:
+            _PLAIN[fn] = paths
+        except TypeError:  # not weak-referenceable: found again on the next trace
             pass
-        raise
 
 
-def _trace_call(fn: Callable, sig: Signature, lift: bool, reads: list) -> Traced:
+def _trace_call(fn: Callable, sig: Signature, lift: bool, reads: list,
+                no_lift: frozenset = frozenset()) -> Traced:
     watch = RandomWatch(fn, sig.leaves)
+    patched: dict = {}
 
     def prepare(trace, fn):
         if sig.nested:  # reads are lifted into the root trace (captured from there)
-            root = externals.active(trace_stack())
-            return fn if root is None else root.rebuilt(fn)
-        root = trace.externals = externals.ExternalReads(trace, sig.leaves, lift)
-        root.guard_attributes({p: sig.leaves[p] for p in range(len(sig.leaves))
-                               if p not in set(sig.dynamic)})
-        if root.attribute_arrays:
-            trace.lift_constant = root.lift_constant
+            return externals.for_nested_call(fn, trace_stack())
+        root = trace.externals = externals.ExternalReads(trace, lift, watch, no_lift)
         reads.append(root)
-        return root.rebuilt(fn)
+        paths = leaf_paths(sig.treedef)
+        dynamic = set(sig.dynamic)
+        for pos, leaf in enumerate(sig.leaves):
+            if pos not in dynamic and _holds_state(leaf):
+                patched[pos] = root.read(leaf, externals.Path(("leaf", pos),
+                                                              where=f"args{paths[pos]}"))
+        return root.root_function(fn)
+
+    def build_args(tracers):
+        leaves = list(sig.leaves)
+        for pos, v in zip(sig.dynamic, tracers):
+            leaves[pos] = v
+        for pos, v in patched.items():
+            leaves[pos] = v
+        return unflatten(sig.treedef, leaves)
 
     try:
-        graph, out_tree, trace = trace_function(fn, sig.dyn_leaves, sig.build_args,
+        graph, out_tree, trace = trace_function(fn, sig.dyn_leaves, build_args,
                                                 prepare=prepare)
     except ConcretizationError as e:
         hint = _list_argument_hint(sig)
         if hint is None:
             raise
         raise ConcretizationError(f"{e}\n{hint}") from None
+    drew = watch.drawn()
+    _refuse_draws_in_bodies(watch.drawn_in_bodies())
     graph = simplify(graph)
+    root = reads[0] if reads else None
     return Traced(graph, out_tree, len(sig.dynamic), [o for o, _ in trace.captured],
-                  _has_guards(graph), drew=watch.drawn(),
-                  externals=reads[0].reader() if reads else None)
+                  _has_guards(graph), drew=drew, writes=list(root.impure) if root else [],
+                  externals=root.reader(sig.leaves) if root else None)
+
+
+def _holds_state(leaf) -> bool:
+    """A static argument whose attributes the function may read (a user object), or a
+    user function it may call: read through diffprog.externals."""
+    if isinstance(leaf, (type, types.ModuleType)) or _is_dynamic(leaf):
+        return False
+    return isinstance(leaf, types.FunctionType) or externals.is_user_code(type(leaf))
+
+
+def _refuse_draws_in_bodies(draws: list) -> None:
+    if draws:
+        raise DiffprogError(
+            f"random numbers are drawn inside a body that is traced once for all its steps "
+            f"or examples ({draws[0]}): the compiled loop would reuse one draw for every "
+            f"step. Fix: draw all the noise before the loop (e.g. noise = rng.normal(size="
+            f"(n_steps, ...))) and pass it in as scanned inputs or vmapped arguments.")
 
 
 def _list_argument_hint(sig: Signature) -> str | None:
@@ -258,24 +335,42 @@ def _list_argument_hint(sig: Signature) -> str | None:
     return None
 
 
-_RANDOM_WARNED: "weakref.WeakSet" = weakref.WeakSet()
+#: set while jacobian/hessian evaluate their columns (each column is a separate call)
+_IN_JACOBIAN: contextvars.ContextVar = contextvars.ContextVar("diffprog_jacobian", default=False)
 
 
-def _warn_random_once(fn, drawn: list) -> None:
+def _random_jacobian_error(fn, drawn: list) -> DiffprogError:
+    name = getattr(fn, "__qualname__", repr(fn))
+    return DiffprogError(
+        f"jacobian/hessian of {name}, which draws random numbers (from {', '.join(drawn)}): "
+        f"each column is a separate evaluation and would see other draws, so the result "
+        f"would be no one realization's derivative. Fix: draw the noise outside and pass it "
+        f"in as an argument, then differentiate with the noise fixed.")
+
+
+_PER_CALL_WARNED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _warn_per_call_once(fn, traced: Traced) -> None:
     try:
-        if fn in _RANDOM_WARNED:
+        if fn in _PER_CALL_WARNED:
             return
-        _RANDOM_WARNED.add(fn)
+        _PER_CALL_WARNED.add(fn)
     except TypeError:  # not weak-referenceable: warn every time rather than never
         pass
     name = getattr(fn, "__qualname__", repr(fn))
+    if traced.drew:
+        what = (f"draws random numbers while it runs (from {', '.join(traced.drew)}). A "
+                f"compiled program would freeze those draws")
+        fix = ("draw the noise outside and pass it in as an argument (e.g. f(params, x, "
+               "noise=rng.normal(size=n)))")
+    else:
+        what = (f"has effects a compiled program would not repeat ({'; '.join(traced.writes)})")
+        fix = "return new values instead of assigning globals or nonlocals"
     warnings.warn(
-        f"{name} draws random numbers while it runs (from {', '.join(drawn)}). A compiled "
-        f"program would freeze those draws, so diffprog traces {name} anew at every call: "
-        f"each call draws fresh numbers from the same generator, as plain NumPy does, but "
-        f"pays a trace and a compile. Fix, for speed: draw the noise outside and pass it in "
-        f"as an argument (e.g. f(params, x, noise=rng.normal(size=n))).",
-        DiffprogWarning, stacklevel=5)
+        f"{name} {what}, so diffprog traces {name} anew at every call: its effects happen "
+        f"at every call, as in plain Python, but each call pays a trace and a compile. "
+        f"Fix, for speed: {fix}.", DiffprogWarning, stacklevel=5)
 
 
 def _warn_retraces(fn, count: int, line: str) -> None:
@@ -326,7 +421,7 @@ class FunctionCache:
         with self.lock:
             self.traced[sig_key] = traced
             self.traced.move_to_end(sig_key)
-            _evict(self.traced, lambda k: None)
+            _evict(self.traced, lambda k: None, count=False)
 
     def store_variants(self, key, variants: tuple) -> None:
         with self.lock:
@@ -346,12 +441,14 @@ class FunctionCache:
         self._building.pop(key, None)
 
 
-def _evict(table: OrderedDict, forget) -> None:
-    """Drop least recently used entries beyond the configured size (caller holds the lock)."""
+def _evict(table: OrderedDict, forget, count: bool = True) -> None:
+    """Drop least recently used entries beyond the configured size (caller holds the lock;
+    only programs count as evictions, not the traces kept beside them)."""
     while len(table) > _CACHE_LIMIT[0]:
         key, _ = table.popitem(last=False)
         forget(key)
-        _STATS["evictions"] += 1
+        if count:
+            _STATS["evictions"] += 1
 
 
 #: programs kept per function (per transformation for the fast call path), LRU
@@ -414,9 +511,10 @@ class Variant:
     programs: tuple
     traced: Traced
 
-    def run(self, leaves, inputs, extra=()):
-        """Run the first program on the call's inputs, externals read now, and ``extra``."""
-        return self.programs[0](*inputs, *self.traced.external_values(leaves), *extra)
+    def run(self, leaves, inputs, extra=(), check: bool = True):
+        """Run the first program on the call's inputs, externals read now, and ``extra``
+        (``check=False``: right after tracing, without re-checking what the trace read)."""
+        return self.programs[0](*inputs, *self.traced.external_values(leaves, check), *extra)
 
     def fast_program(self) -> Callable:
         """The first program taking the call's arrays only (reading externals itself):
@@ -622,9 +720,14 @@ class Transformed:
         cache = cache_for(self.fn)
         hit = cache.traced.get(sig.key)
         # A guarded trace holds for the values it was traced with only: trace again.
+        if hit is not None and hit.reusable and hit.externals is not None:
+            try:  # values read outside the arguments may have changed since
+                hit.externals(sig.leaves)
+            except externals.ExternalChanged:
+                hit = None
         if hit is None or not hit.reusable:
             hit = trace_call(self.fn, sig)
-            if not hit.drew:
+            if not hit.per_call:
                 cache.store_traced(sig.key, hit)
         return hit
 
@@ -659,9 +762,11 @@ class Transformed:
             failed = failed_again or failed
             _STATS["misses"] += 1
             variant = self._new_variant(sig, build, engine_name, fresh=failed is not None)
-            if variant.traced.drew:  # fresh draws at every call: run once, keep nothing
-                _warn_random_once(self.fn, variant.traced.drew)
-                return variant.run(sig.leaves, inputs, extra), variant
+            if variant.traced.per_call:  # effects at every call: run once, keep nothing
+                if variant.traced.drew and _IN_JACOBIAN.get():
+                    raise _random_jacobian_error(self.fn, variant.traced.drew)
+                _warn_per_call_once(self.fn, variant.traced)
+                return variant.run(sig.leaves, inputs, extra, check=False), variant
             with cache.lock:
                 kept = (variant,) + cache.variants.get(key, ())
                 cache.store_variants(key, kept[:MAX_VARIANTS])
@@ -673,7 +778,7 @@ class Transformed:
         if warn:
             _warn_retraces(self.fn, count, failed.line)
         try:
-            return variant.run(sig.leaves, inputs, extra), variant
+            return variant.run(sig.leaves, inputs, extra, check=False), variant
         except (GuardFailed, externals.ExternalChanged) as e:  # pragma: no cover
             raise DiffprogError(
                 f"internal: a program traced for these inputs failed its own guard at {e.line} "
@@ -682,7 +787,7 @@ class Transformed:
     def _new_variant(self, sig, build, engine_name, fresh: bool) -> Variant:
         if fresh:
             traced = trace_call(self.fn, sig)
-            if not traced.drew:
+            if not traced.per_call:
                 cache_for(self.fn).store_traced(sig.key, traced)
         else:
             traced = self._traced(sig)
@@ -718,8 +823,8 @@ class Differentiable(Transformed):
             if done is not None:
                 return done[0]
         sig = self._signature(args)
-        if sig.nested:
-            return self.fn(*args)
+        if sig.nested:  # inside another trace: what fn reads is lifted into the root's
+            return externals.for_nested_call(self.fn, trace_stack())(*args)
         flat, variant = self._run(sig, ("value",), lambda t: t.graph)
         out_tree = variant.traced.out_tree
         if variant.traced.reusable:  # guarded programs go through _run's variant checks
@@ -1182,9 +1287,13 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
         single = isinstance(argnums, (int, np.integer))
         for a in nums:
             _check_jacobian_argument(args[a], a)
-        result = _native_derivative(fn, args, nums, "jacobian") if mode == "rev" else None
-        if result is None:
-            result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums)
+        token = _IN_JACOBIAN.set(True)
+        try:
+            result = _native_derivative(fn, args, nums, "jacobian") if mode == "rev" else None
+            if result is None:
+                result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums)
+        finally:
+            _IN_JACOBIAN.reset(token)
         return result[0] if single else tuple(result)
 
     return functools.wraps(fn)(jac) if hasattr(fn, "__name__") else jac
@@ -1324,8 +1433,12 @@ def hessian(fn: Callable, argnums: int = 0):
 
     def hess(*args):
         nums = _norm_argnums(argnums, len(args))
-        native = _native_derivative(fn, args, nums, "hessian")
-        return by_transforms(*args) if native is None else native[0]
+        token = _IN_JACOBIAN.set(True)
+        try:
+            native = _native_derivative(fn, args, nums, "hessian")
+            return by_transforms(*args) if native is None else native[0]
+        finally:
+            _IN_JACOBIAN.reset(token)
 
     return functools.wraps(fn)(hess) if hasattr(fn, "__name__") else hess
 
@@ -1422,7 +1535,9 @@ class _Batched:
                     shape = tuple(np.shape(leaf))
                     aval = Aval(shape[:axis] + shape[axis + 1:], _leaf_dtype(leaf))
                     example.append(trace.new_input(aval))
-            out = self.fn(*unflatten(in_tree, example))
+            fn = externals.for_nested_call(self.fn, trace_stack())  # its reads: the root's
+            with externals.draws_refused_in("the function given to dp.vmap"):
+                out = fn(*unflatten(in_tree, example))
             flat_out, out_tree = flatten(out)
             graph = trace.to_graph(flat_out)
         batched = [leaf for leaf, axis in zip(leaves, axes) if axis is not None]

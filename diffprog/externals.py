@@ -1,56 +1,65 @@
 """Values a traced function reads that are not its arguments.
 
-Ordinary Python reads globals, closure cells and attributes freely, and users change
-them between calls: ``W = new_weights`` in a notebook, ``c += 1`` on a closed-over
-array, ``model.W = ...`` on an object passed in. A compiled program that kept the
-values seen while tracing would silently compute with stale data, so while the root
-trace of a call runs (see :func:`diffprog.api.trace_call`):
+Ordinary Python reads globals, closure cells, attributes and module attributes freely,
+and users change them between calls: ``W = new_weights`` in a notebook, ``c += 1`` on a
+closed-over array, ``model.W = ...``. A compiled program that kept the values seen while
+tracing would silently compute with stale data. So while the root trace of a call runs
+(see :func:`diffprog.api.trace_call`), every such read goes through :class:`ExternalReads`,
+which knows the *path* of the value (``global 'model' -> .layers[0] -> .W``) and either
 
-* **float arrays and Python floats** that the function reads from its globals or
-  closure cells (and those of the plain Python functions it calls, a few levels deep)
-  become *inputs* of the program, read again at every call: rebinding the name or
-  mutating the array in place is seen, and everything computed from them is traced.
-  The function runs on a copy of its globals with those names bound to tracers
-  (``types.FunctionType`` over the same code), never on the module itself.
-* **float arrays held by attributes** of objects passed as (static) arguments become
-  inputs where the function uses them directly in an operation with a traced value
-  (matched by identity), and every such attribute is *guarded*: binding it to another
-  array retraces.
-* **ints, bools, strings, None and tuples of them** (sizes, flags, modes) and integer
-  or boolean arrays (index arrays, masks) are guarded by value: a changed value
-  retraces, as torch.compile's guards do. So are floats read from attributes.
-* If tracing fails because a lifted value is traced (``float(W[0])`` of a lifted array
-  would drop its gradient), the function is traced again with every read guarded
-  instead (by content up to ``CONTENT_GUARD_MAX`` elements, by identity above).
+* **lifts** it: float arrays and floats become inputs of the program, read again along
+  their path at every call (rebinding and in-place changes are both seen, and everything
+  computed from them is traced), or
+* **guards** it: ints, strings, flags, index arrays and masks (by value, bitwise), other
+  arrays that cannot be lifted (by content up to ``CONTENT_GUARD_MAX`` elements, by
+  identity above), classes and functions (by identity); a changed value retraces.
 
-What is not seen (documented in the README): in-place changes to an attribute's array
-that only reach the result through values computed from it without a traced operand,
-state behind other objects (a dict or list of arrays held in a global, module
-attributes of other modules), and functions that assign globals (``global x``) which
-run on the real module and are guarded only.
+How the reads are seen, without touching the user's objects (other threads may be using
+them): the function runs as a copy over the same code (``types.FunctionType``) whose
+globals are a lazy mapping (a read resolves, lifts or guards that name then, so only what
+is read is guarded), whose closure cells hold the lifted values, and whose helpers (plain
+Python functions it reads) are rebuilt the same way. Objects it reads (arguments that are
+instances of user classes, ``self`` of a bound method, objects in globals and closures)
+are replaced by *copies* of the same class whose attributes are lifted/guarded the same
+way, recursively through attributes, lists, tuples and dicts, with their methods rebuilt.
+
+A function that assigns globals or nonlocals, or (see diffprog.randomness) draws random
+numbers, has effects a compiled program would not repeat: such a function is traced
+anew at every call instead, so its effects happen at every call as plain Python's do.
+
+Not seen (documented in the README): objects of classes from installed libraries and
+``__slots__`` classes (guarded by identity), containers over 256 items, values more than
+``MAX_DEPTH`` steps from a root, and code reached only through ``getattr`` with a computed
+name. Identity checks (``isinstance(W, np.ndarray)``, ``obj is other``) see the stand-ins.
 """
 from __future__ import annotations
 
 import dis
+import enum
 import os
+import struct
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from .ir import Aval, aval_of
+from .randomness import is_generator
 
-#: reads through plain Python functions the traced function calls, this many levels
-MAX_DEPTH = 4
+#: how many steps (attribute, item) from a root a value may be and still be seen
+MAX_DEPTH = 8
+#: containers with more items are guarded by identity, not copied
+MAX_CONTAINER = 256
 #: guarded (not lifted) arrays up to this many elements are compared by content at each
 #: call, bigger ones by identity (a copy and a comparison per call would cost too much)
-CONTENT_GUARD_MAX = 1 << 16
+CONTENT_GUARD_MAX = 1 << 20
 
-_STATIC_TYPES = (int, bool, str, bytes, type(None))
+_STATIC_TYPES = (int, bool, str, bytes, type(None), complex)
 _LIBRARY_DIRS = tuple({os.path.dirname(os.path.dirname(os.__file__)), sys.prefix,
-                       sys.base_prefix, os.path.dirname(os.path.abspath(__file__))})
+                       sys.base_prefix, os.path.dirname(os.path.abspath(__file__)),
+                       os.path.dirname(np.__file__)})
 
 
 class ExternalChanged(Exception):
@@ -62,29 +71,120 @@ class ExternalChanged(Exception):
         self.line = where
 
 
+# ------------------------------------------------------------------------------ paths
+
+@dataclass(frozen=True)
+class Path:
+    """How to read a value at call time: a root, then attribute/item steps."""
+
+    root: tuple  # ("leaf", position) | ("global", dict, name) | ("cell", cell) | ("const", obj)
+    steps: tuple = ()
+    where: str = ""
+
+    def attr(self, name: str) -> "Path":
+        return Path(self.root, self.steps + (("attr", name),), f"{self.where}.{name}")
+
+    def item(self, key) -> "Path":
+        return Path(self.root, self.steps + (("item", key),), f"{self.where}[{key!r}]")
+
+    @property
+    def key(self) -> tuple:
+        kind, *rest = self.root
+        ident = tuple(id(r) if kind in ("global", "cell", "const") and i == 0 else r
+                      for i, r in enumerate(rest))
+        return (kind,) + ident + self.steps
+
+    def read(self, leaves):
+        kind = self.root[0]
+        if kind == "leaf":
+            value = leaves[self.root[1]]
+        elif kind == "global":
+            value = self.root[1][self.root[2]]
+        elif kind == "cell":
+            value = self.root[1].cell_contents
+        else:
+            value = self.root[1]
+        for step, name in self.steps:
+            value = getattr(value, name) if step == "attr" else value[name]
+        return value
+
+
 @dataclass
 class External:
-    """One value read from outside the function's arguments.
+    """One value read along ``path``: a program input (``lifted``, checked against
+    ``aval``) or a guard (``check(value) -> bool``). A guard's check is made from
+    ``make_check(value)`` with the value at the END of the trace: what the trace itself
+    changed (a counter a helper bumps, a table filled on first use) is what the next
+    call must find."""
 
-    ``read(leaves)`` returns its current value (``leaves``: the call's flat argument
-    leaves, for attributes of arguments); ``lifted`` values are program inputs (checked
-    against ``aval``), the others are guarded: ``expected`` must still hold.
-    """
-
-    where: str
-    read: Callable
+    path: Path
     lifted: bool
     aval: Aval | None = None
-    expected: Any = None
-    by_identity: bool = False
-    attribute: tuple | None = None  # (argument leaf, name) for attributes of arguments
+    make_check: Callable | None = field(default=None, repr=False)
+    check: Callable | None = field(default=None, repr=False)
 
 
-def _is_static(value) -> bool:
-    if isinstance(value, tuple):
-        return len(value) <= 64 and all(_is_static(v) for v in value)
-    return type(value) in _STATIC_TYPES or isinstance(value, (np.dtype, type))
+# ----------------------------------------------------------------------- comparisons
 
+def _bits(x):
+    """A key equal for values with the same bits: 0.0 and -0.0 differ, NaN equals NaN."""
+    if isinstance(x, float):
+        return (float, struct.pack("<d", x))
+    if isinstance(x, complex):
+        return (complex, struct.pack("<dd", x.real, x.imag))
+    if isinstance(x, np.generic):
+        return (type(x), x.tobytes())
+    if isinstance(x, tuple):
+        return (tuple,) + tuple(_bits(v) for v in x)
+    return (type(x), x)
+
+
+def value_key(x):
+    """A hashable key of a static value that tells apart what NumPy tells apart."""
+    return _bits(x)
+
+
+def _same_array(expected: np.ndarray):
+    """Same type, shape, dtype and bits (NaN equals NaN, -0.0 differs from 0.0)."""
+    copy = np.array(expected, order="C", copy=True)  # (ascontiguousarray makes 0-d 1-d)
+    raw = copy.reshape(-1).view(np.uint8)
+
+    def check(value):
+        if type(value) is not np.ndarray or value.shape != copy.shape or value.dtype != copy.dtype:
+            return False
+        return np.array_equal(np.array(value, order="C").reshape(-1).view(np.uint8), raw)
+    return check
+
+
+def _same_layout(expected):
+    """A list/tuple of the same length, a dict with the same keys in the same order."""
+    kind = type(expected)
+    if isinstance(expected, dict):
+        keys = tuple(expected)
+        return lambda v: type(v) is kind and tuple(v) == keys
+    n = len(expected)
+    return lambda v: type(v) is kind and len(v) == n
+
+
+def _same_method(expected):
+    func = expected.__func__
+    return lambda v: getattr(v, "__func__", None) is func
+
+
+def _same_value(expected):
+    try:
+        key = _bits(expected)
+        hash(key)
+    except TypeError:  # unhashable members: the same object
+        return _same_object(expected)
+    return lambda value: type(value) is type(expected) and _bits(value) == key
+
+
+def _same_object(expected):
+    return lambda value: value is expected
+
+
+# ------------------------------------------------------------------------- the reads
 
 def _liftable(value) -> bool:
     """Data the program takes as an input: plain float arrays, NumPy and Python floats."""
@@ -95,162 +195,444 @@ def _liftable(value) -> bool:
     return False
 
 
-def _guardable_array(value) -> bool:
-    return type(value) is np.ndarray and value.dtype.kind in "biufc"
+def _is_static(value) -> bool:
+    """Compared by value: numbers (and their subclasses, enum members), strings, None,
+    dtypes, and tuples of those."""
+    if type(value) is tuple:
+        return len(value) <= 64 and all(_is_static(v) for v in value)
+    return isinstance(value, (int, float, complex, str, bytes, type(None), np.dtype, np.generic,
+                              enum.Enum))
+
+
+def is_user_code(obj) -> bool:
+    """A module, or a class's module, outside installed libraries, the standard library
+    and diffprog (``__main__``, notebooks, the user's own files)."""
+    module = obj if isinstance(obj, types.ModuleType) else \
+        sys.modules.get(getattr(obj, "__module__", None) or "")
+    if module is None:  # made by exec'd code (a notebook cell, a test): the user's
+        return True
+    filename = getattr(module, "__file__", None)
+    if filename is None:  # built-in modules, and __main__ of an interactive session
+        return module.__name__ == "__main__"
+    path = os.path.abspath(filename)
+    return not ("site-packages" in path or "dist-packages" in path or path.startswith(_LIBRARY_DIRS))
+
+
+def _is_user_function(fn) -> bool:
+    if not isinstance(fn, types.FunctionType):
+        return False
+    filename = fn.__code__.co_filename
+    if filename.startswith("<"):  # notebooks, exec'd code: the user's
+        return True
+    path = os.path.abspath(filename)
+    return not ("site-packages" in path or "dist-packages" in path or path.startswith(_LIBRARY_DIRS))
 
 
 class ExternalReads:
     """The externals of one root trace, in the order their inputs were created."""
 
-    def __init__(self, trace, leaves: list, lift: bool = True):
+    def __init__(self, trace, lift: bool = True, watch=None, no_lift: frozenset = frozenset()):
         self.trace = trace
-        self.leaves = leaves
         self.lift = lift  # False: guard everything (a retrace after lifting failed)
+        self.no_lift = no_lift  # path keys to guard, not lift (a trace needed them plain)
+        self.watch = watch  # diffprog.randomness.RandomWatch: generators read are watched
         self.items: list[External] = []
-        self._by_key: dict = {}
+        self._lifted_paths: dict = {}  # id(input var) -> path key
+        self.impure: list[str] = []  # effects a compiled program would not repeat
+        self.lifted = 0
+        self._seen: dict = {}
         self._rebuilt: dict = {}
-        self._lifted_attributes: set = set()
-        self.attribute_arrays: dict = {}
+        self._views: dict = {}
 
     # ------------------------------------------------------------------ at trace time
-    def value_for(self, key, value, where: str, read: Callable):
-        """What the traced code sees instead of ``value`` (or ``value`` itself)."""
-        known = self._by_key.get(key)
-        if known is not None:
-            return known
-        if self.lift and _liftable(value):
+    def read(self, value, path: Path, depth: int = 0):
+        """What the traced code sees instead of ``value`` read along ``path``."""
+        key = path.key
+        if key in self._seen:
+            return self._seen[key][1]
+        seen = self._resolve(value, path, depth)
+        self._seen[key] = (value, seen)
+        return seen
+
+    def _resolve(self, value, path: Path, depth: int):
+        if self.lift and _liftable(value) and path.key not in self.no_lift:
             tracer = self.trace.new_input(aval_of(value), value)
-            self.items.append(External(where, read, True, aval=tracer.aval))
-            self._by_key[key] = tracer
+            self.items.append(External(path, True, aval=tracer.aval))
+            self._lifted_paths[id(tracer._var)] = path.key
+            self.lifted += 1
             return tracer
-        self.guard(key, value, where, read)
+        if is_generator(value):
+            if self.watch is not None:
+                self.watch.add(value, path.where, _body_purpose())
+            return value
+        if _is_static(value):
+            self._guard(path, _same_value)
+        elif type(value) is np.ndarray:
+            small = value.size <= CONTENT_GUARD_MAX or value.dtype.kind in "bi"
+            self._guard(path, _same_array if small else _same_object)
+        elif isinstance(value, types.FunctionType):
+            self._guard(path, _same_object)
+            return self.rebuilt(value, depth)
+        elif isinstance(value, types.MethodType) and _is_user_function(value.__func__):
+            self._guard(path, _same_method)
+            owner = self.read(value.__self__, path.attr("__self__"), depth + 1)
+            return types.MethodType(self.rebuilt(value.__func__, depth), owner)
+        elif depth < MAX_DEPTH and isinstance(value, (list, tuple, dict)):
+            return self._container(value, path, depth)
+        elif depth < MAX_DEPTH and isinstance(value, types.ModuleType) and is_user_code(value):
+            return _ModuleView(value, self, path, depth)
+        elif depth < MAX_DEPTH and is_user_code(type(value)) and not isinstance(value, type):
+            return self._object(value, path, depth)
+        elif isinstance(value, type) and is_user_code(value) and depth < MAX_DEPTH:
+            self._guard(path, _same_object)
+            return _ClassView(value, self, path, depth)
         return value
 
-    def guard(self, key, value, where: str, read: Callable) -> None:
-        if key in self._by_key:
-            return
-        if _is_static(value) or type(value) is float or isinstance(value, np.generic):
-            self.items.append(External(where, read, False, expected=value))
-        elif _guardable_array(value) and value.size <= CONTENT_GUARD_MAX:
-            self.items.append(External(where, read, False, expected=value.copy()))
-        elif type(value) is np.ndarray or _liftable(value):
-            self.items.append(External(where, read, False, expected=value, by_identity=True))
-        else:
-            return
-        self._by_key[key] = value
+    def _guard(self, path: Path, make_check: Callable) -> None:
+        self.items.append(External(path, False, make_check=make_check))
 
+    def _container(self, value, path: Path, depth: int):
+        kind = type(value)
+        if len(value) > MAX_CONTAINER or (kind not in (dict, list, tuple) and
+                                          not hasattr(value, "_fields")):
+            self._guard(path, _same_object)  # too big, or a container class of its own
+            return value
+        # Nothing substituted inside: the function gets the container itself (it may append
+        # to it), guarded by identity; otherwise a copy, guarded by its layout.
+        guard = External(path, False, make_check=_same_object)
+        self.items.append(guard)
+        if isinstance(value, dict):
+            seen = {k: self.read(v, path.item(k), depth + 1) for k, v in value.items()}
+            if all(seen[k] is v for k, v in value.items()):
+                return value
+            guard.make_check = _same_layout
+            return seen
+        items = [self.read(v, path.item(i), depth + 1) for i, v in enumerate(value)]
+        if all(s is v for s, v in zip(items, value)):
+            return value
+        guard.make_check = _same_layout
+        if kind is list:
+            return items
+        if kind is tuple:
+            return tuple(items)
+        try:  # a namedtuple
+            return kind(*items)
+        except TypeError:
+            return value
+
+    def _object(self, obj, path: Path, depth: int):
+        """A stand-in for ``obj`` (which is never modified): an instance of a subclass made
+        for this trace, whose attributes are read from ``obj`` along ``path`` when the code
+        first reads them, and whose methods are rebuilt."""
+        cls = type(obj)
+        self._guard(path.attr("__class__"), _same_object)
+        view = self._view_class(cls, depth)
+        if view is None:
+            self._guard(path, _same_object)  # a class we cannot stand in for
+            return obj
+        try:
+            copy = object.__new__(view)
+        except TypeError:  # a builtin base (int, dict subclasses...): guard, run the real one
+            self._guard(path, _same_object)
+            return obj
+        copy.__dict__[_VIEW_KEY] = (obj, path, depth, self)
+        return copy
+
+    def _view_class(self, cls, depth: int):
+        known = self._views.get(cls)
+        if known is not None or cls in self._views:
+            return known
+        namespace = {"__getattr__": _view_getattr, "__module__": cls.__module__,
+                     "__qualname__": cls.__qualname__}
+        for klass in reversed(cls.__mro__):
+            if klass is object or not is_user_code(klass):
+                continue
+            for name, value in vars(klass).items():
+                seen = self._class_member(name, value, depth)
+                if seen is not None:
+                    namespace[name] = seen
+        try:
+            view = type(cls)(cls.__name__, (cls,), namespace)
+        except Exception:  # a metaclass or __init_subclass__ that refuses: no stand-in
+            view = None
+        self._views[cls] = view
+        return view
+
+    def _class_member(self, name: str, value, depth: int):
+        """A class member as the stand-in class holds it: methods rebuilt, data read per
+        instance (:class:`_ClassData`); None keeps the original."""
+        if name in _KEEP_MEMBERS:
+            return None
+        if isinstance(value, types.FunctionType):
+            return self.rebuilt(value, depth + 1)
+        if isinstance(value, staticmethod) and isinstance(value.__func__, types.FunctionType):
+            return staticmethod(self.rebuilt(value.__func__, depth + 1))
+        if isinstance(value, classmethod) and isinstance(value.__func__, types.FunctionType):
+            return classmethod(self.rebuilt(value.__func__, depth + 1))
+        if isinstance(value, property):
+            getter = self.rebuilt(value.fget, depth + 1) if value.fget is not None else None
+            return property(getter, value.fset, value.fdel, value.__doc__)
+        if name.startswith("__") or callable(value) or isinstance(value, (classmethod, staticmethod)):
+            return None
+        return _ClassData(name)
+
+    # ---------------------------------------------------------------- functions
     def rebuilt(self, fn: Callable, depth: int = 0) -> Callable:
-        """``fn`` running on tracers for the arrays and floats it reads (see module doc)."""
-        if not isinstance(fn, types.FunctionType) or depth > MAX_DEPTH or _is_library(fn):
+        """``fn`` running on stand-ins for what it reads (see the module doc)."""
+        if not _is_user_function(fn):
             return fn
         known = self._rebuilt.get(id(fn))
         if known is not None:
             return known[1]
-        self._rebuilt[id(fn)] = (fn, fn)  # recursion (and mutual recursion) ends here
-        new = self._rebuild(fn, depth)
-        self._rebuilt[id(fn)] = (fn, new)
-        return new
-
-    def _rebuild(self, fn: types.FunctionType, depth: int) -> Callable:
-        code, glob = fn.__code__, fn.__globals__
-        module = glob.get("__name__", "?")
-        written = _written_names(code)
-        writes = any(kind == "global" for kind, _ in written)
-        replaced = {}
-        for name in _global_names(code):
-            if name not in glob or ("global", name) in written:
-                continue  # a name the function assigns is its output, not an input
-            value = glob[name]
-            where = f"global {name!r} of module {module}"
-            key = ("global", id(glob), name)
-            read = _global_reader(glob, name)
-            if writes:  # runs on the real module: guard only
-                self.guard(key, value, where, read)
-                continue
-            seen = self.value_for(key, value, where, read)
-            if seen is not value:
-                replaced[name] = seen
-            elif isinstance(value, types.FunctionType):
-                inner = self.rebuilt(value, depth + 1)
-                if inner is not value:
-                    replaced[name] = inner
-        cells = self._cells(fn, depth, writes, written)
-        if not replaced and cells is None:
+        written = _written_names(fn.__code__)
+        if written:
+            self.impure.append(f"{fn.__qualname__} assigns "
+                               f"{', '.join(sorted(n for _, n in written))}")
+            self._rebuilt[id(fn)] = (fn, fn)
             return fn
-        proxy = glob if not replaced else {**glob, **replaced}
-        new = types.FunctionType(code, proxy, fn.__name__, fn.__defaults__,
-                                 cells if cells is not None else fn.__closure__)
-        new.__kwdefaults__ = fn.__kwdefaults__
+        glob = _Globals(fn.__globals__, self)
+        self._rebuilt[id(fn)] = (fn, fn)  # a cell or default holding fn keeps the original
+        defaults = self._defaults(fn)
+        if fn.__closure__:
+            new = types.FunctionType(fn.__code__, glob, fn.__name__, defaults, self._cells(fn))
+        else:
+            new = types.FunctionType(fn.__code__, glob, fn.__name__, defaults)
+        self._rebuilt[id(fn)] = (fn, new)  # recursion through a global name finds the copy
+        if fn.__kwdefaults__:
+            base = Path(("const", fn), where=f"keyword default of {fn.__qualname__}")
+            new.__kwdefaults__ = {k: self.read(v, base.attr("__kwdefaults__").item(k))
+                                  for k, v in fn.__kwdefaults__.items()}
         new.__qualname__ = fn.__qualname__
         new.__dict__.update(fn.__dict__)
         return new
 
-    def _cells(self, fn: types.FunctionType, depth: int, writes: bool, written: set):
-        """New closure cells where a cell holds a liftable value (None: keep them all)."""
-        if not fn.__closure__:
+    def _defaults(self, fn: types.FunctionType):
+        """Default values are objects made once: an array default changed in place is read
+        again at each call, like any other external array."""
+        if not fn.__defaults__:
+            return fn.__defaults__
+        base = Path(("const", fn), where=f"default of {fn.__qualname__}").attr("__defaults__")
+        return tuple(self.read(v, base.item(i)) for i, v in enumerate(fn.__defaults__))
+
+    def path_of(self, tracer) -> frozenset | None:
+        """The paths of the lifted values ``tracer`` was computed from (in this root
+        trace), or None: what a retrace should keep plain when ``tracer`` had to be."""
+        var = getattr(tracer, "_var", None)
+        if var is None or getattr(tracer, "_trace", None) is not self.trace:
             return None
-        new_cells, changed = [], False
+        wanted, found = {id(var)}, set()
+        for eqn in reversed(self.trace.eqns):
+            if any(id(o) in wanted for o in eqn.outputs):
+                wanted.update(id(a) for a in eqn.inputs if hasattr(a, "aval") and
+                              not hasattr(a, "value"))
+        for vid in wanted:
+            if vid in self._lifted_paths:
+                found.add(self._lifted_paths[vid])
+        return frozenset(found) or None
+
+    def _cells(self, fn: types.FunctionType) -> tuple:
+        cells = []
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
             try:
                 value = cell.cell_contents
             except ValueError:  # not assigned yet
-                new_cells.append(cell)
+                cells.append(cell)
                 continue
-            if ("cell", name) in written:  # nonlocal state the function updates: its own
-                new_cells.append(cell)
-                continue
-            where = f"variable {name!r} closed over by {fn.__qualname__}"
-            key, read = ("cell", id(cell)), _cell_reader(cell)
-            seen = value if writes else self.value_for(key, value, where, read)
-            if writes:
-                self.guard(key, value, where, read)
-            if seen is value and isinstance(value, types.FunctionType):
-                seen = self.rebuilt(value, depth + 1)
-            changed = changed or seen is not value
-            new_cells.append(types.CellType(seen) if seen is not value else cell)
-        return tuple(new_cells) if changed else None
+            path = Path(("cell", cell), where=f"variable {name!r} closed over by {fn.__qualname__}")
+            seen = self.read(value, path)
+            cells.append(cell if seen is value else types.CellType(seen))
+        return tuple(cells)
 
-    def guard_attributes(self, static_leaves: dict) -> None:
-        """Guard the array/scalar attributes of objects passed as static arguments, and
-        remember their float arrays for lifting where used directly (see lift_constant)."""
-        for pos, obj in static_leaves.items():
-            attrs = getattr(obj, "__dict__", None)
-            if not isinstance(attrs, dict) or isinstance(obj, (type, types.ModuleType,
-                                                               types.FunctionType)):
-                continue
-            for name, value in list(attrs.items()):
-                where = f"attribute {name!r} of argument leaf {pos} ({type(obj).__name__})"
-                read = _attribute_reader(pos, name)
-                if _liftable(value) and type(value) is np.ndarray:
-                    self.attribute_arrays[id(value)] = (("attr", pos, name), value, where, read)
-                count = len(self.items)
-                self.guard(("attr-guard", pos, name), value, where, read)
-                if len(self.items) > count:
-                    self.items[-1].attribute = (pos, name)
-
-    def lift_constant(self, value):
-        """An attribute's float array used as an operand: the program's input instead."""
-        found = self.attribute_arrays.get(id(value))
-        if found is None or found[1] is not value or not self.lift:
-            return None
-        key, _, where, read = found
-        known = self._by_key.get(key)
-        if known is not None:
-            return known
-        tracer = self.trace.new_input(aval_of(value), value)
-        self.items.append(External(where, read, True, aval=tracer.aval))
-        self._by_key[key] = tracer
-        self._lifted_attributes.add(key[1:])
-        return tracer
+    def root_function(self, fn: Callable) -> Callable:
+        """The function a root call traces: ``fn`` rebuilt; a bound method, a partial or a
+        callable object becomes its function over stand-ins of what it holds."""
+        if isinstance(fn, types.MethodType):
+            owner = self.read(fn.__self__, Path(("const", fn.__self__), where="self"))
+            return types.MethodType(self.rebuilt(fn.__func__), owner)
+        if isinstance(fn, _partial_type()):
+            base = Path(("const", fn), where=f"functools.partial of {getattr(fn.func, '__name__', '?')}")
+            args = [self.read(a, base.attr("args").item(i)) for i, a in enumerate(fn.args)]
+            kwargs = {k: self.read(v, base.attr("keywords").item(k)) for k, v in fn.keywords.items()}
+            return _partial_type()(self.root_function(fn.func), *args, **kwargs)
+        if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)) and \
+                is_user_code(type(fn)) and callable(fn) and hasattr(fn, "__dict__"):
+            call = getattr(type(fn), "__call__", None)
+            if isinstance(call, types.FunctionType):
+                owner = self.read(fn, Path(("const", fn), where=type(fn).__name__))
+                return types.MethodType(self.rebuilt(call), owner)
+        return self.rebuilt(fn)
 
     # ------------------------------------------------------------------- at call time
-    def reader(self) -> "Reader | None":
-        """The call-time reader. An attribute lifted as an input is read at every call, so
-        its identity guard is dropped (an optimiser rebinding model.W each step must not
-        retrace each step)."""
-        lifted = self._lifted_attributes
-        items = tuple(i for i in self.items if i.lifted or i.attribute not in lifted)
-        return Reader(items) if items else None
+    def reader(self, leaves) -> "Reader | None":
+        """The call-time reader, its guards made from the values as the trace left them."""
+        items = []
+        for item in self.items:
+            if not item.lifted:
+                try:
+                    value = item.path.read(leaves)
+                except Exception:  # gone during the trace: nothing left to compare
+                    continue
+                item.check = item.make_check(value)
+            items.append(item)
+        return Reader(tuple(items)) if items else None
+
+
+def _partial_type():
+    import functools
+    return functools.partial
+
+
+def _user_methods(cls) -> dict:
+    """Plain functions of ``cls`` and its user-defined bases, by name (not dunders)."""
+    out = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not is_user_code(klass):
+            continue
+        for name, value in vars(klass).items():
+            if isinstance(value, types.FunctionType) and not name.startswith("__"):
+                out[name] = value
+    return out
+
+
+_VIEW_KEY = "__diffprog_view__"
+#: class members the stand-in class leaves alone (object protocol, construction, pickling)
+_KEEP_MEMBERS = frozenset({
+    "__init__", "__new__", "__init_subclass__", "__getattribute__", "__getattr__",
+    "__setattr__", "__delattr__", "__del__", "__reduce__", "__reduce_ex__", "__getstate__",
+    "__setstate__", "__class_getitem__", "__set_name__", "__dict__", "__weakref__",
+    "__module__", "__qualname__", "__doc__", "__slots__", "__annotations__"})
+
+
+def _view_getattr(self, name):
+    """An instance attribute of the original object, read (lifted/guarded) on first use."""
+    try:
+        obj, path, depth, reads = self.__dict__[_VIEW_KEY]
+    except KeyError:  # an instance the code made itself from the stand-in class
+        raise AttributeError(name) from None
+    own = getattr(obj, "__dict__", {})
+    if name in own:
+        value = own[name]
+    elif any(name in getattr(k, "__slots__", ()) for k in type(obj).__mro__):
+        value = getattr(obj, name)  # a slot (its descriptor found the stand-in's empty)
+    else:
+        user = getattr(type(obj), "__getattr__", None)
+        if user is None:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
+        value = user(obj, name)
+    seen = reads.read(value, path.attr(name), depth + 1)
+    self.__dict__[name] = seen
+    return seen
+
+
+class _ClassData:
+    """A class-level data attribute of a stand-in class: read along the instance's path
+    (``obj.name``, which finds the class attribute) on first use."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return getattr(owner.__mro__[1], self.name)
+        info = instance.__dict__.get(_VIEW_KEY)
+        if info is None:
+            return getattr(type(instance).__mro__[1], self.name)
+        obj, path, depth, reads = info
+        seen = reads.read(getattr(obj, self.name), path.attr(self.name), depth + 1)
+        instance.__dict__[self.name] = seen
+        return seen
+
+
+def _body_purpose():
+    """The purpose of the innermost body trace open now (dp.scan, dp.vmap), or None."""
+    from .tracing import trace_stack
+    for trace in reversed(trace_stack()):
+        purpose = getattr(trace, "purpose", None)
+        if purpose:
+            return purpose
+    return None
+
+
+class _ClassView:
+    """A user class read by the function (``Model.scale``, ``Helpers.f(x)``): attribute
+    reads go through the reads like globals (data lifted/guarded, functions rebuilt);
+    calling it, isinstance and issubclass act on the class itself."""
+
+    def __init__(self, cls, reads: ExternalReads, path: Path, depth: int):
+        self.__dict__["_view"] = (cls, reads, path, depth)
+
+    def __getattr__(self, name):
+        cls, reads, path, depth = self.__dict__["_view"]
+        raw = inspect_static(cls, name)
+        if isinstance(raw, (staticmethod, classmethod)):
+            func = raw.__func__
+            if _is_user_function(func):
+                new = reads.rebuilt(func, depth + 1)
+                return new if isinstance(raw, staticmethod) else types.MethodType(new, cls)
+            return getattr(cls, name)
+        value = getattr(cls, name)
+        if isinstance(value, types.FunctionType):  # an unbound method: rebuilt
+            return reads.rebuilt(value, depth + 1)
+        return reads.read(value, path.attr(name), depth + 1)
+
+    def __call__(self, *args, **kwargs):
+        return self.__dict__["_view"][0](*args, **kwargs)
+
+    def __instancecheck__(self, instance):
+        return isinstance(instance, self.__dict__["_view"][0])
+
+    def __subclasscheck__(self, subclass):
+        return issubclass(subclass, self.__dict__["_view"][0])
+
+    def __eq__(self, other):
+        return self.__dict__["_view"][0] == (other.__dict__["_view"][0]
+                                             if isinstance(other, _ClassView) else other)
+
+    def __hash__(self):
+        return hash(self.__dict__["_view"][0])
+
+    def __repr__(self):
+        return repr(self.__dict__["_view"][0])
+
+
+def inspect_static(cls, name):
+    """The raw class member (a staticmethod stays a staticmethod), or None."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None
+
+
+class _Globals(dict):
+    """The globals of a rebuilt function: empty at first; a name is resolved (lifted,
+    guarded, rebuilt) from the real module when the code first reads it."""
+
+    def __init__(self, real: dict, reads: ExternalReads):
+        super().__init__()
+        self.real, self.reads = real, reads
+        if "__builtins__" in real:
+            dict.__setitem__(self, "__builtins__", real["__builtins__"])
+        dict.__setitem__(self, "__name__", real.get("__name__"))
+
+    def __missing__(self, name):
+        value = self.real[name]  # KeyError: Python then looks in builtins
+        module = self.real.get("__name__", "?")
+        seen = self.reads.read(value, Path(("global", self.real, name),
+                                           where=f"global {name!r} of module {module}"))
+        dict.__setitem__(self, name, seen)
+        return seen
+
+
+class _ModuleView:
+    """A user module read by the function (``import config; config.W``): its attributes
+    are read like globals."""
+
+    def __init__(self, module, reads: ExternalReads, path: Path, depth: int):
+        self.__dict__["_view"] = (module, reads, path, depth)
+
+    def __getattr__(self, name):
+        module, reads, path, depth = self.__dict__["_view"]
+        return reads.read(getattr(module, name), path.attr(name), depth + 1)
 
 
 class Reader:
@@ -262,19 +644,24 @@ class Reader:
     def __init__(self, items: tuple):
         self.items = items
 
-    def __call__(self, leaves) -> list:
+    def __call__(self, leaves, check: bool = True) -> list:
+        """The lifted values; ``check=False`` skips the guards (the run right after the
+        trace, which saw the values as they are now, even if another thread changed
+        them since)."""
         values = []
         for item in self.items:
+            if not item.lifted and not check:
+                continue
             try:
-                value = item.read(leaves)
-            except (KeyError, AttributeError, ValueError, IndexError, TypeError):
-                raise ExternalChanged(item.where) from None
+                value = item.path.read(leaves)
+            except Exception:  # the path no longer leads anywhere
+                raise ExternalChanged(item.path.where) from None
             if item.lifted:
                 if not _fits(value, item.aval):
-                    raise ExternalChanged(item.where)
+                    raise ExternalChanged(item.path.where)
                 values.append(value)
-            elif not _holds(item, value):
-                raise ExternalChanged(item.where)
+            elif not item.check(value):
+                raise ExternalChanged(item.path.where)
         return values
 
 
@@ -283,44 +670,6 @@ def _fits(value, aval: Aval) -> bool:
         return type(value) is float
     return (type(value) is np.ndarray or isinstance(value, np.floating)) and \
         value.shape == aval.shape and value.dtype == aval.dtype
-
-
-def _holds(item: External, value) -> bool:
-    expected = item.expected
-    if item.by_identity:
-        return value is expected
-    if isinstance(expected, np.ndarray):
-        return type(value) is np.ndarray and value.shape == expected.shape and \
-            value.dtype == expected.dtype and np.array_equal(value, expected)
-    if type(value) is not type(expected):
-        return False
-    if isinstance(expected, (float, np.floating)) and expected != expected:
-        return value != value  # NaN guards on NaN
-    return value == expected
-
-
-# ------------------------------------------------------------------------ helpers
-
-def _global_reader(glob: dict, name: str):
-    return lambda leaves: glob[name]
-
-
-def _cell_reader(cell):
-    return lambda leaves: cell.cell_contents
-
-
-def _attribute_reader(pos: int, name: str):
-    return lambda leaves: leaves[pos].__dict__[name]
-
-
-def _global_names(code: types.CodeType) -> set:
-    """Global names the code (and code nested in it: lambdas, comprehensions) loads."""
-    names = {ins.argval for ins in dis.get_instructions(code)
-             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
 
 
 def _written_names(code: types.CodeType) -> set:
@@ -339,15 +688,6 @@ def _written_names(code: types.CodeType) -> set:
     return out
 
 
-def _is_library(fn: types.FunctionType) -> bool:
-    """Functions of installed libraries (and of diffprog) are not user state."""
-    filename = fn.__code__.co_filename
-    if filename.startswith("<"):  # notebooks, exec'd code: the user's
-        return False
-    path = os.path.abspath(filename)
-    return "site-packages" in path or "dist-packages" in path or path.startswith(_LIBRARY_DIRS)
-
-
 # ----------------------------------------------------------------- the active reads
 
 def active(stack: tuple) -> ExternalReads | None:
@@ -357,3 +697,39 @@ def active(stack: tuple) -> ExternalReads | None:
         if reads is not None:
             return reads
     return None
+
+
+class draws_refused_in:
+    """Around tracing a body that runs for many steps or examples (a dp.scan body, the
+    function of dp.vmap): a draw from a watched generator there would be one draw reused
+    by every step, so it is refused (the generators read inside the body are refused
+    through the watch itself, see diffprog.randomness)."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        from .tracing import trace_stack
+        reads = active(trace_stack())
+        self.watch = reads.watch if reads is not None else None
+        self.before = self.watch.states() if self.watch is not None else None
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if kind is None and self.watch is not None:
+            moved = self.watch.moved_since(self.before)
+            if moved:
+                from .errors import DiffprogError
+                raise DiffprogError(
+                    f"random numbers are drawn inside {self.what} (from {moved[0]}), which is "
+                    f"traced once for all its steps or examples: one draw would be reused by "
+                    f"every step. Fix: draw all the noise before (e.g. noise = rng.normal(size="
+                    f"(n_steps, ...))) and pass it in as scanned inputs or vmapped arguments.")
+        return False
+
+
+def for_nested_call(fn: Callable, stack: tuple) -> Callable:
+    """``fn`` as a nested call inside a root trace should run it (its reads lifted into
+    the root), or ``fn`` itself outside any root."""
+    reads = active(stack)
+    return fn if reads is None else reads.root_function(fn)

@@ -1,26 +1,39 @@
 """Random draws inside traced code.
 
 A traced function runs once, on concrete values, and its program is then reused: a
-``np.random`` draw made while tracing would become a constant of the program, and every
-later call would return the same "random" numbers (and their gradient). diffprog
-notices a draw by comparing the states of the random generators the function can reach
-before and after its trace: NumPy's global generator (``np.random.normal``, ...), and the
-``Generator``/``RandomState`` objects among its arguments, globals, closure cells and
-default values. A function that drew is traced anew at every call (see
-:mod:`diffprog.api`), so each call draws fresh numbers from the same generator, exactly
-as plain NumPy would, and its gradient is that of the numbers drawn in that call.
+random draw made while tracing would become a constant of the program, and every later
+call would return the same "random" numbers (and their gradient). diffprog notices a
+draw by comparing the states of the random generators the function can reach before and
+after its trace: NumPy's global generator (``np.random.normal``, ...), Python's
+``random`` module, and every ``Generator``/``RandomState``/``random.Random`` the function
+reads while it is traced (diffprog.externals registers each one when it is read: in an
+argument, a global, a dict, an attribute, a closure cell, a partial). A function that
+drew is traced anew at every call (see :mod:`diffprog.api`), so each call draws fresh
+numbers from the same generator, exactly as plain NumPy would, and its gradient is that
+of the numbers drawn in that call. A draw inside a body traced once for many steps or
+examples (``dp.scan``, ``dp.vmap``) would be reused by all of them: refused.
+
+Not seen: a generator created inside the function from fresh entropy
+(``np.random.default_rng()`` with no seed), which is frozen like any constant.
 """
 from __future__ import annotations
 
-import types
+import random
 from typing import Any, Callable
 
 import numpy as np
 
-_GENERATORS = (np.random.Generator, np.random.RandomState, np.random.BitGenerator)
+_GENERATORS = (np.random.Generator, np.random.RandomState, np.random.BitGenerator,
+               random.Random)
+
+
+def is_generator(value) -> bool:
+    return isinstance(value, _GENERATORS)
 
 
 def _state_of(gen) -> Any:
+    if isinstance(gen, random.Random):
+        return gen.getstate()
     if isinstance(gen, np.random.RandomState):
         return gen.get_state(legacy=False)
     bits = gen if isinstance(gen, np.random.BitGenerator) else gen.bit_generator
@@ -35,62 +48,36 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _code_names(code: types.CodeType) -> set:
-    """Global names a function's code (and the code nested in it) reads."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
-
-
-def _reachable_generators(fn: Callable, leaves: list) -> dict:
-    """name -> generator object, for the generators ``fn`` can reach directly."""
-    found = {}
-    for i, leaf in enumerate(leaves):
-        if isinstance(leaf, _GENERATORS):
-            found[f"argument leaf {i}"] = leaf
-    seen: set = set()
-    stack = [fn]
-    while stack:  # the function, and functions it names directly (one module deep)
-        f = stack.pop()
-        f = getattr(f, "__func__", f)
-        code = getattr(f, "__code__", None)
-        if code is None or id(f) in seen:
-            continue
-        seen.add(id(f))
-        glob = getattr(f, "__globals__", {})
-        for name in _code_names(code):
-            value = glob.get(name)
-            if isinstance(value, _GENERATORS):
-                found[name] = value
-            elif isinstance(value, types.FunctionType) and len(seen) < 64:
-                stack.append(value)
-        cells = zip(code.co_freevars, getattr(f, "__closure__", None) or ())
-        for name, cell in cells:
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            if isinstance(value, _GENERATORS):
-                found[name] = value
-            elif isinstance(value, types.FunctionType) and len(seen) < 64:
-                stack.append(value)
-        for value in (getattr(f, "__defaults__", None) or ()):
-            if isinstance(value, _GENERATORS):
-                found["a default argument"] = value
-    return found
-
-
 class RandomWatch:
-    """Snapshot of the generators a traced function can reach; :meth:`drawn` names the
-    ones whose state moved since."""
+    """Snapshots of the generators a traced function reaches; :meth:`drawn` names the ones
+    whose state moved since, :meth:`drawn_in_bodies` those first read inside a body."""
 
     def __init__(self, fn: Callable, leaves: list):
-        self.generators = {"np.random (the global generator)": np.random.mtrand._rand}
-        self.generators.update(_reachable_generators(fn, leaves))
-        self.before = {name: _state_of(g) for name, g in self.generators.items()}
+        self.generators: dict = {}  # id -> (name, generator, state before, read in a body)
+        self.add(np.random.mtrand._rand, "np.random (the global generator)")
+        self.add(random._inst, "Python's random module")
+        for i, leaf in enumerate(leaves):  # the others are added as the function reads them
+            if isinstance(leaf, _GENERATORS):
+                self.add(leaf, f"argument leaf {i}")
+
+    def add(self, gen, name: str, body: str | None = None) -> None:
+        """Watch ``gen`` from now on (its state now is before any draw the trace makes
+        from it: a generator is read before it is drawn from)."""
+        if id(gen) not in self.generators:
+            self.generators[id(gen)] = (name, gen, _state_of(gen), body)
+
+    def states(self) -> dict:
+        return {key: _state_of(gen) for key, (_, gen, _, _) in self.generators.items()}
+
+    def moved_since(self, states: dict) -> list[str]:
+        """Names of the generators whose state changed since ``states`` (of :meth:`states`)."""
+        return [self.generators[key][0] for key, before in states.items()
+                if not _same(before, _state_of(self.generators[key][1]))]
 
     def drawn(self) -> list[str]:
-        return [name for name, g in self.generators.items()
-                if not _same(self.before[name], _state_of(g))]
+        return [name for name, gen, before, body in self.generators.values()
+                if body is None and not _same(before, _state_of(gen))]
+
+    def drawn_in_bodies(self) -> list[str]:
+        return [f"{name}, read inside {body}" for name, gen, before, body in
+                self.generators.values() if body is not None and not _same(before, _state_of(gen))]

@@ -45,12 +45,8 @@ class Trace:
     """Records equations. ``concrete`` traces also compute every value eagerly."""
 
     def __init__(self, concrete: bool):
-        stack = _TRACE_STACK.get()
-        self.level = len(stack)
+        self.level = len(_TRACE_STACK.get())
         self.concrete = concrete
-        # Arrays of the root call that are program inputs when used as operands
-        # (diffprog.externals: attributes of arguments); inherited by nested traces.
-        self.lift_constant = stack[-1].lift_constant if stack else None
         self.eqns: list[Eqn] = []
         self.invars: list[Var] = []
         self.captured: list[tuple[Any, Var]] = []  # (outer tracer, inner input var)
@@ -82,10 +78,6 @@ class Trace:
             if x._trace is self:
                 return x._var
             return self.capture(x)._var
-        if self.lift_constant is not None and type(x) is np.ndarray:
-            lifted = self.lift_constant(x)
-            if lifted is not None:
-                return self.atom(lifted)
         return Lit(x)
 
 
@@ -254,11 +246,13 @@ def user_frame_line() -> str:
     return "<unknown location>"
 
 
-def _escape_error(what: str, fix: str) -> ConcretizationError:
-    return ConcretizationError(
+def _escape_error(tracer, what: str, fix: str) -> ConcretizationError:
+    error = ConcretizationError(
         f"{what} on a traced value at {user_frame_line()}\n"
         f"This would turn the traced array into a plain value and silently drop its "
         f"gradient. {fix}")
+    error.tracer = tracer  # which value had to be plain (diffprog.externals retries without it)
+    return error
 
 
 # --------------------------------------------------------------------------- Tracer
@@ -311,7 +305,7 @@ class Tracer:
 
     # ---- escapes: the traced value would become a plain value
     def __array__(self, dtype=None, copy=None):
-        raise _escape_error(
+        raise _escape_error(self,
             "np.asarray/np.array (or another conversion to a plain ndarray)",
             "Remove the conversion (the value already behaves like an array); build "
             "arrays from traced pieces with np.stack/np.concatenate instead of "
@@ -330,19 +324,23 @@ class Tracer:
         return self._concrete_guard("index", int)
 
     def __complex__(self):
-        raise _escape_error("complex()", "Use NumPy operations on the array instead.")
+        raise _escape_error(self, "complex()", "Use NumPy operations on the array instead.")
 
     def _concrete_guard(self, kind: str, convert: Callable):
         hook = _GUARD_HOOK[0]
         if hook is not None:
-            return hook(self, kind, convert)
+            try:
+                return hook(self, kind, convert)
+            except ConcretizationError as e:
+                e.tracer = getattr(e, "tracer", self)  # the value that had to be plain
+                raise
         if kind == "bool":
             raise _escape_error(
-                "Python control flow (if/while/and/or/not) depends",
+                self, "Python control flow (if/while/and/or/not) depends",
                 "Use np.where(cond, a, b) for elementwise choices, or dp.cond / "
                 "dp.while_loop for control flow.")
         raise _escape_error(
-            f"{kind}() (or a math.* function, or indexing with it)",
+            self, f"{kind}() (or a math.* function, or indexing with it)",
             "Use the NumPy equivalent (np.sin instead of math.sin, x.item() is not "
             "differentiable either); keep the value as an array.")
 
@@ -350,7 +348,7 @@ class Tracer:
         return self._concrete_guard("float", lambda v: v.item())
 
     def tolist(self):
-        raise _escape_error("tolist()", "Keep the value as an array.")
+        raise _escape_error(self, "tolist()", "Keep the value as an array.")
 
     # ---- NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):

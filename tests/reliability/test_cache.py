@@ -24,7 +24,7 @@ def test_the_cache_keeps_at_most_the_configured_signatures(small_cache):
         np.testing.assert_allclose(g(np.ones(n)), np.cos(np.ones(n)))
     cache = cache_for(f.fn)
     assert len(cache.variants) <= 4 and len(cache.traced) <= 4 and len(g._fast) <= 4
-    assert dp.cache_info()["evictions"] - before >= 2 * 25
+    assert dp.cache_info()["evictions"] - before == 25  # 29 signatures, 4 kept
     assert dp.cache_info()["maxsize"] == 4
 
 
