@@ -29,6 +29,7 @@ from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, Dif
                      DiffprogWarning,
                      NotDifferentiableError, ShapeError)
 from .guards import GuardFailed
+from .display import Source
 from .randomness import RandomWatch
 from .ir import Aval, Graph
 from . import externals
@@ -848,9 +849,9 @@ class Differentiable(Transformed):
         traced = self._traced(sig)
         graph = _graph_for_kind(kind, traced, sig, argnums)
         eng = _engines.get(engine or _engine_name(sig, self.engine), check=False)
-        if hasattr(eng, "render_source"):
-            return eng.render_source(graph)
-        return eng.compile(graph).source
+        text = eng.render_source(graph) if hasattr(eng, "render_source") \
+            else eng.compile(graph).source
+        return Source(text, language="julia" if eng.name == "julia" else "python")
 
     def __repr__(self) -> str:
         return f"<diffprog.differentiable {getattr(self.fn, '__qualname__', self.fn)}>"
@@ -1138,7 +1139,8 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
     """Like :func:`grad` but returns ``(value, gradient)`` from one compiled program.
 
     >>> import numpy as np, diffprog as dp
-    >>> dp.value_and_grad(lambda x: np.sum(x ** 3))(np.array([1.0, 2.0]))
+    >>> value, gradient = dp.value_and_grad(lambda x: np.sum(x ** 3))(np.array([1.0, 2.0]))
+    >>> float(value), gradient
     (9.0, array([ 3., 12.]))
     """
     return _GradFunction(fn, argnums, has_aux=has_aux, with_value=True)

@@ -66,17 +66,9 @@ def _doctest_module(name: str):
     return runner.summarize(verbose=False), failed
 
 
-# value_and_grad's example prints `(9.0, ...)`; NumPy >= 2 shows `np.float64(9.0)`. The
-# docstring lives in diffprog/api.py, whose owner fixes it; until then this one example
-# is an expected failure under NumPy 2 (and must pass under NumPy 1).
-KNOWN_NUMPY2_REPRS = {"diffprog.api.value_and_grad"}
-
-
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name):
     (failures, tried), failed = _doctest_module(name)
-    if failed and set(failed) <= KNOWN_NUMPY2_REPRS and int(np.__version__.split(".")[0]) >= 2:
-        pytest.xfail(f"{failed}: scalar repr under NumPy 2 (np.float64(...)); fix in api.py")
     assert failures == 0, f"doctests failed in {failed} (run python -m doctest -v on the module)"
 
 
