@@ -531,6 +531,52 @@ MAX_VARIANTS = 32
 WARN_AFTER_VARIANTS = 8
 
 
+def _picked(picks, args) -> list:
+    """The leaves a fast plan passes, after checking the ones it must check."""
+    checks, passes = picks
+    for arg, name, shape, dtype in checks:
+        value = args[arg] if name is None else args[arg][name]
+        if type(value) is not np.ndarray or value.shape != shape or value.dtype != dtype:
+            raise _NotThisPlan
+    return [args[arg] if name is None else args[arg][name] for arg, name in passes]
+
+
+class _NotThisPlan(Exception):
+    """A leaf no longer matches the plan: the full path takes this call."""
+
+
+def _fast_plan(variant, sig, check_all: bool):
+    """(program, picks) for calls with dict arguments: the program takes only the leaves
+    its graph uses (others are neither passed nor, for values, checked; a gradient's
+    zeros take the shapes of every leaf, so ``check_all`` checks them all)."""
+    program = variant.programs[0]
+    graph = getattr(program, "graph", None)
+    where = []  # leaf position -> (argument, dict key or None)
+    for i, child in enumerate(sig.treedef.children):
+        if child.kind == "leaf":
+            where.append((i, None))
+        elif child.kind == "dict" and all(c.kind == "leaf" for c in child.children):
+            where.extend((i, k) for k in child.keys)
+        else:
+            return None
+    if graph is None or len(where) != len(sig.leaves) or len(sig.dynamic) != len(sig.leaves):
+        return None
+    n = len(sig.dynamic)
+    used = {id(a) for e in graph.eqns for a in e.inputs} | {id(o) for o in graph.outvars}
+    keep = [i for i in range(n) if id(graph.invars[i]) in used]
+    if len(keep) < n:  # compile once more, taking only the used leaves
+        pruned = Graph([graph.invars[i] for i in keep] + list(graph.invars[n:]), graph.eqns,
+                       graph.outvars)
+        program = _engines.get(program.engine).compile(pruned)
+    reader = variant.traced.externals
+    run = program if reader is None else (lambda *a, p=program: p(*a, *reader(())))
+    kept = set(keep)
+    checks = tuple((arg, name, sig.leaves[pos].shape, sig.leaves[pos].dtype)
+                   for pos, (arg, name) in enumerate(where) if check_all or pos in kept)
+    passes = tuple(where[pos] for pos in keep)
+    return run, (checks, passes)
+
+
 def _try_variants(cache: FunctionCache, key, leaves, inputs, extra):
     """Run the first kept variant of ``key`` whose guards hold: ``((outputs, variant),
     None)``, or ``(None, the last GuardFailed or None)`` when none does. A program's
@@ -682,14 +728,22 @@ class Transformed:
     # with the same key that went through the full path. Cuts W1's call overhead ~3x.
 
     def _fast_key(self, args):
+        """Arrays by shape and dtype; a dict argument (of parameters, say) by its keys
+        only: its leaves are checked by the stored plan, and only those the program uses
+        (a dict of 50 arrays whose function reads one costs one check, not 50)."""
         if self.static_argnums or tracing_active():
             return None
         key = [self.engine or _engines.default_engine_name()]
         for a in args:
-            if type(a) is not np.ndarray:
+            kind = type(a)
+            if kind is np.ndarray:
+                key.append(a.shape)
+                key.append(a.dtype)
+            elif kind is dict:
+                key.append(dict)
+                key.append(tuple(a))
+            else:
                 return None
-            key.append(a.shape)
-            key.append(a.dtype)
         return tuple(key)
 
     def _fast_call(self, key, args):
@@ -697,18 +751,27 @@ class Transformed:
         hit = self._fast.get(key)
         if hit is None:
             return None
-        program, assemble = hit
+        program, assemble, picks = hit
         try:
-            flat = program(*args)
+            if picks is None:  # plain array arguments, passed as they are
+                flat = program(*args)
+            else:
+                flat = program(*_picked(picks, args))
         except Exception:  # errors (and guard failures) are the full path's business
             return None
         return (assemble(flat),)
 
-    def _fast_store(self, key, program, assemble):
+    def _fast_store(self, key, variant, assemble, sig, check_all: bool):
         if key is None:
             return
+        program, picks = variant.fast_program(), None
+        if any(part is dict for part in key):
+            plan = _fast_plan(variant, sig, check_all)
+            if plan is None:
+                return
+            program, picks = plan
         fast = self._fast
-        fast[key] = (program, assemble)
+        fast[key] = (program, assemble, picks)
         while len(fast) > _CACHE_LIMIT[0]:  # oldest first; a dropped key takes the full path
             try:
                 del fast[next(iter(fast))]
@@ -829,7 +892,7 @@ class Differentiable(Transformed):
         flat, variant = self._run(sig, ("value",), lambda t: t.graph)
         out_tree = variant.traced.out_tree
         if variant.traced.reusable:  # guarded programs go through _run's variant checks
-            self._fast_store(key, variant.fast_program(), lambda flat: unflatten(out_tree, flat))
+            self._fast_store(key, variant, lambda flat: unflatten(out_tree, flat), sig, False)
         return unflatten(out_tree, flat)
 
     def __get__(self, obj, objtype=None):  # usable as a method
@@ -1067,7 +1130,7 @@ class _GradFunction(Transformed):
             traced = variant.traced
         assemble = self._assembler(traced, sig, argnums, wrt, single)
         if not sig.nested and traced.reusable:  # guarded: _run checks the variants
-            self._fast_store(key, variant.fast_program(), assemble)
+            self._fast_store(key, variant, assemble, sig, True)
         return assemble(flat)
 
     def _assembler(self, traced, sig, argnums, wrt, single):

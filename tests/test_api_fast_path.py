@@ -1,0 +1,43 @@
+"""The fast call path for dict arguments: only the leaves a program uses are passed and
+checked (values), every leaf is checked for gradients (their zeros take its shape)."""
+import numpy as np
+
+import diffprog as dp
+
+P = {f"w{i}": np.full(2, float(i)) for i in range(20)}
+
+
+def test_a_value_call_reads_and_checks_only_the_leaves_it_uses():
+    f = dp.differentiable(lambda p, x: np.sum(p["w3"] * x))
+    x = np.ones(2)
+    assert f(P, x) == 6.0
+    (program, _, (checks, passes)), = f._fast.values()
+    assert passes == ((0, "w3"), (1, None)) and len(checks) == 2
+    q = dict(P, w5="not even an array")  # unused: as in plain NumPy, it does not matter
+    assert f(q, x) == 6.0
+    q = dict(P, w3=np.full(2, 7.0))
+    assert f(q, x) == 14.0
+    q = dict(P, w3=np.full(3, 1.0))  # a used leaf of a new shape: the full path retraces
+    assert f(q, np.ones(3)) == 3.0
+
+
+def test_gradients_check_every_leaf_of_the_dict():
+    g = dp.grad(lambda p: np.sum(p["w1"] ** 2))
+    grads = g(P)
+    assert grads["w1"].tolist() == [2.0, 2.0] and grads["w7"].tolist() == [0.0, 0.0]
+    q = dict(P, w7=np.zeros(5))  # an unused leaf changed shape: its zero gradient follows
+    assert g(q)["w7"].shape == (5,)
+
+
+def test_fast_calls_with_externals_and_nested_dicts_stay_correct():
+    import types
+    mod = types.ModuleType("user_code")
+    exec(compile("import numpy as np\nK = np.ones(2)\n"
+                 "def f(p):\n    return np.sum(p['w2'] * K)\n", "<user_code>", "exec"),
+         mod.__dict__)
+    f = dp.differentiable(mod.f)
+    assert f(P) == 4.0
+    mod.K[:] = 3.0
+    assert f(P) == 12.0
+    nested = dp.differentiable(lambda p: np.sum(p["a"]["b"]))
+    assert nested({"a": {"b": np.ones(3)}}) == 3.0 and not nested._fast
