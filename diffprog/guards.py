@@ -34,41 +34,7 @@ import numpy as np
 from . import tracing
 from .errors import ConcretizationError
 from .ir import Var
-from .primitives import Primitive, Unsupported
-
-
-class GuardFailed(Exception):
-    """Raised by a compiled program whose guard no longer holds (private: the API
-    catches it and retraces). ``line`` is the user source line of the guard."""
-
-    def __init__(self, line: str, kind: str, expected, found):
-        super().__init__(f"guard at {line}: {kind}() was {expected!r}, now {found!r}")
-        self.line = line
-        self.kind = kind
-
-
-_CONVERT = {"bool": bool, "int": int, "index": int, "float": float}
-
-
-def _same(kind, expected, found) -> bool:
-    if kind == "float" and expected != expected:  # NaN guards on NaN
-        return found != found
-    return type(found) is type(expected) and found == expected
-
-
-def _guard_impl(xp, x, *, kind, expected, line):
-    found = _CONVERT[kind](x.item() if hasattr(x, "item") else x)
-    if not _same(kind, expected, found):
-        raise GuardFailed(line, kind, expected, found)
-    return ()
-
-
-guard = Primitive(
-    "guard", _guard_impl, lambda x, **params: [], vjp=None, jvp=None,
-    julia=Unsupported("guards (Python control flow on traced values) are checked by the "
-                      "Python engines; use dp.cond / dp.scan / dp.while_loop for Julia"),
-    differentiable=False, multiple_results=True, register=False)
-guard.effectful = True  # kept by dead-code elimination although it has no outputs
+from .primitives.control import GUARDED_KINDS, GuardFailed, guard  # noqa: F401 (GuardFailed: the API catches it)
 
 
 # ------------------------------------------------------------------ dependence on inputs
@@ -138,7 +104,7 @@ def guard_hook(tracer, kind: str, convert: Callable):
         raise TypeError(f"only integer arrays can be used as an index; this traced value "
                         f"has dtype {tracer.dtype} (at {tracing.user_frame_line()})")
     result = convert(value)
-    expected = _CONVERT["float" if kind == "float" else kind](result)
+    expected = GUARDED_KINDS["float" if kind == "float" else kind](result)
     tracing.bind(guard, tracer, kind="float" if kind == "float" else kind,
                  expected=expected, line=tracing.user_frame_line())
     return result

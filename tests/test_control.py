@@ -87,7 +87,7 @@ def test_checkpointed_scan_gives_the_same_values_and_gradients(checkpoint):
 
 def _largest_array_in_backward(f, args):
     """Largest intermediate the backward program's scan loops stack (carries kept)."""
-    from diffprog.control import scan
+    from diffprog.primitives.control import scan
     seen = []
     original = scan.impl
 

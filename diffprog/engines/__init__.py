@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from ..errors import ArgumentValueError, EngineUnavailable
+from ..transforms import closed
 from .base import Derivative, Engine, Program
 
 _FACTORIES = {}
@@ -42,6 +43,15 @@ def _julia_factory():
     from .julia import JuliaEngine
     return JuliaEngine()
 
+
+def _compile_body(body, xp_module):
+    """A loop or branch body run on concrete values while tracing: compiled by the numpy
+    engine (for CuPy values too, with its device placement), once per body."""
+    from .numpy import compiled_body
+    return compiled_body(body, xp_module)
+
+
+closed.use_compiler(_compile_body)
 
 register("numpy", _numpy_factory, devices=("cpu",))
 register("cupy", _cupy_factory, devices=("gpu",))

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import EngineUnavailable
 from ..ir import Graph
-from .numpy import NumpyEngine, Placement, generate_source
+from .numpy import DevicePlacement, NumpyEngine, generate_source
 
 #: CuPy 14 follows NumPy 2's promotion rules (NEP 50), which diffprog's dtype rules assume.
 MIN_CUPY = (14, 0)
@@ -64,22 +64,6 @@ def import_cupy():
     if count < 1:
         raise EngineUnavailable(f"the cupy engine found no CUDA device. {_NO_GPU_FIX}")
     return cupy
-
-
-class DevicePlacement(Placement):
-    """Constants go to the device once, at compile time; scalars become device arrays
-    where a CuPy function needs an array; results are always CuPy arrays."""
-
-    scalars_as_arrays = True
-    outputs_as_arrays = True
-
-    def __init__(self, to_device):
-        self.to_device = to_device
-
-    def constant(self, value):
-        if isinstance(value, (np.ndarray, np.generic)):
-            return self.to_device(value)  # the one host -> device copy of this constant
-        return value
 
 
 class FusedKernel:

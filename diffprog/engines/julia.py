@@ -46,6 +46,7 @@ import numpy as np
 from ..errors import DiffprogError, EngineError, EngineUnavailable, UnsupportedFunctionError
 from ..ir import Graph, Lit, Var
 from ..primitives import Unsupported
+from ..transforms.closed import Closed, holds_body
 from .base import Derivative, Engine, Program
 
 #: CUDA.jl's package UUID (julia/Project.toml lists it under [weakdeps])
@@ -58,9 +59,6 @@ CUDA_COMPAT = "5.4"
 #: the one command that adds CUDA.jl to diffprog's Julia environment (juliapkg)
 CUDA_INSTALL = (f"python -c \"import juliapkg; juliapkg.add('CUDA', '{CUDA_UUID}', "
                 f"version='{CUDA_COMPAT}'); juliapkg.resolve()\"")
-#: primitives whose Julia rules have first derivatives only (DiffProg.npscan's rule fills
-#: buffers in place); Hessians of programs with them come from the Python transforms
-_CONTROL_PRIMITIVES = frozenset({"scan", "cond", "while_loop", "remat"})
 
 # =============================================================== Julia spelling helpers
 
@@ -261,11 +259,6 @@ def julia_template(eqn) -> str:
     return spelling
 
 
-def _is_subprogram(value) -> bool:
-    """A loop or branch body held in an equation's params (diffprog.control.Closed)."""
-    return isinstance(getattr(value, "graph", None), Graph)
-
-
 def _render_eqn(eqn, operand, subprogram=None) -> str:
     """One equation's right-hand side. ``subprogram(closed) -> name`` writes a body held in
     the params (a loop or branch body) as a local Julia function and names it."""
@@ -287,7 +280,7 @@ def _render_eqn(eqn, operand, subprogram=None) -> str:
             values[f] = ", ".join(ops[1:])
         elif f in derived and (f != "value" or "value" in eqn.params):
             values[f] = derived[f]()
-        elif f in eqn.params and _is_subprogram(eqn.params[f]) and subprogram is not None:
+        elif f in eqn.params and isinstance(eqn.params[f], Closed) and subprogram is not None:
             values[f] = subprogram(eqn.params[f])
         elif f in eqn.params:
             text = jl_literal(eqn.params[f], dtype)
@@ -836,8 +829,10 @@ def _julia_cts(cts, keep: list) -> tuple:
 
 
 def has_control_flow(graph: Graph) -> bool:
-    """Whether ``graph`` runs structured control flow (scan, cond, while_loop, remat)."""
-    return any(e.prim.name in _CONTROL_PRIMITIVES for e in graph.eqns)
+    """Whether ``graph`` runs structured control flow (scan, cond, while_loop, remat: the
+    equations holding bodies). Their Julia rules have first derivatives only (DiffProg.npscan's
+    rule fills buffers in place), so Hessians of such programs come from the Python transforms."""
+    return any(holds_body(e) for e in graph.eqns)
 
 
 def hessian_vjp_graph(graph: Graph, wrt: int) -> Graph:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 import string
+import weakref
 
 import numpy as np
 
 from ..ir import Graph, Lit, Var
 from ..tracing import operator_template, python_scalar
+from ..transforms.closed import Closed
 from . import fusion, peephole
 from .base import Engine, Program
 
@@ -79,6 +81,75 @@ class Placement:
 HOST = Placement()
 
 
+class DevicePlacement(Placement):
+    """Constants go to the device once, at compile time; scalars become device arrays
+    where a CuPy function needs an array; results are always CuPy arrays."""
+
+    scalars_as_arrays = True
+    outputs_as_arrays = True
+
+    def __init__(self, to_device):
+        self.to_device = to_device
+
+    def constant(self, value):
+        if isinstance(value, (np.ndarray, np.generic)):
+            return self.to_device(value)  # the one host -> device copy of this constant
+        return value
+
+
+class CompiledBody:
+    """A loop or branch body compiled with the program that holds it: called like the
+    :class:`~diffprog.transforms.closed.Closed` it comes from (``body(*args) ->
+    outputs``), with the same avals, by the control-flow entries' impls."""
+
+    __slots__ = ("run", "in_avals", "out_avals")
+
+    def __init__(self, run, closed: Closed):
+        self.run = run
+        self.in_avals, self.out_avals = closed.in_avals, closed.out_avals
+
+    def __call__(self, *args):
+        return self.run(*args)
+
+
+_PLACEMENTS: dict = {}
+
+
+def placement_for(xp_module) -> Placement:
+    """Where constants of a body run on ``xp_module``'s values outside a program live (a
+    loop evaluated while tracing): as they are for NumPy; on the device for CuPy, copied
+    once when the body is compiled, as the cupy engine does for its programs."""
+    if xp_module is np:
+        return HOST
+    placement = _PLACEMENTS.get(xp_module)
+    if placement is None:
+        placement = _PLACEMENTS[xp_module] = DevicePlacement(xp_module.asarray)
+    return placement
+
+
+# Closed -> {(xp, placement): CompiledBody}: a body held by several programs (a value and
+# a gradient program share the forward loop) is compiled once per array module/placement
+_BODIES: "weakref.WeakKeyDictionary[Closed, dict]" = weakref.WeakKeyDictionary()
+
+
+def compiled_body(closed: Closed, xp_module, placement: Placement | None = None) -> CompiledBody:
+    """``closed`` compiled as a function over ``xp_module`` (NumPy bodies get the numpy
+    engine's cheaper small-array spellings, as its programs do)."""
+    placement = placement or placement_for(xp_module)
+    compiled = _BODIES.setdefault(closed, {})
+    hit = compiled.get((xp_module, placement))
+    if hit is None:
+        if xp_module is np and placement is HOST:
+            source, namespace = generate_source(peephole.lower(closed.graph), xp_module, "body",
+                                                host_fast=True)
+        else:
+            source, namespace = generate_source(closed.graph, xp_module, "body",
+                                                placement=placement)
+        exec(compile(source, "<diffprog body>", "exec"), namespace)
+        hit = compiled[(xp_module, placement)] = CompiledBody(namespace["body"], closed)
+    return hit
+
+
 def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Placement = HOST,
                     fuse=None, blocks: int = 0, host_fast: bool = False) -> tuple[str, dict]:
     """Python source of ``graph`` over ``xp_module``, and the namespace to exec it in.
@@ -134,6 +205,9 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
             return rhs
         return ", ".join(outs) + ("," if len(outs) == 1 and multiple else "") + " = " + rhs
 
+    def body_of(closed):
+        return compiled_body(closed, xp_module, placement)
+
     def dead_after(idx, atoms) -> list[str]:
         return [names[id(a)] for a in _unique_vars(atoms)
                 if last_use.get(id(a)) == idx and id(a) not in out_ids and id(a) not in in_ids]
@@ -156,7 +230,7 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
         elif len(segment) == 1:
             idx = segment[0]
             eqn = graph.eqns[idx]
-            rhs = _render(eqn, operands(eqn), b, host_fast=blocks > 0 or host_fast)
+            rhs = _render(eqn, operands(eqn), b, body_of, host_fast=blocks > 0 or host_fast)
             body.append(assign(define(eqn), rhs, eqn.prim.multiple_results))
             dead = dead_after(idx, eqn.inputs)
         else:
@@ -339,7 +413,7 @@ def _scatter_static(g, shape, index):
     return out
 
 
-def _render(eqn, operands: list[str], b: SourceBuilder, host_fast: bool = False) -> str:
+def _render(eqn, operands: list[str], b: SourceBuilder, body_of=None, host_fast: bool = False) -> str:
     impl = eqn.prim.impl
     if host_fast and not any(a.aval.weak for a in eqn.inputs):
         name = eqn.prim.name
@@ -352,7 +426,8 @@ def _render(eqn, operands: list[str], b: SourceBuilder, host_fast: bool = False)
                    f"{b.param_text(eqn.params['index'])})"
     if callable(impl):
         fname = b.bind_value(impl, "f")
-        kw = ", ".join(f"{k}={b.param_text(v)}" for k, v in eqn.params.items())
+        kw = ", ".join(f"{k}={b.bind_value(body_of(v), 'k') if isinstance(v, Closed) else b.param_text(v)}"
+                       for k, v in eqn.params.items())
         return f"{fname}(xp, {', '.join(operands)}{', ' if kw else ''}{kw})"
     fields = {f for _, f, _, _ in string.Formatter().parse(impl) if f is not None}
     params = {k: b.param_text(v) for k, v in eqn.params.items() if k in fields}

@@ -2,10 +2,11 @@
 
 :mod:`.core` says what an entry holds and keeps the registry; the entries live in one
 module per family, :mod:`.elementwise`, :mod:`.reductions`, :mod:`.shapes` (and
-indexing), :mod:`.linalg`; :mod:`.rules` holds what their rules share.
+indexing), :mod:`.linalg`, :mod:`.control`; :mod:`.rules` holds what their rules share.
 """
 from .core import (NUMPY_BINDINGS, PRIMITIVES, Binding, Case, Primitive, Unsupported,
                    as_untraced_code_reads, broadcast_shapes)
+from .control import cond, error_if, guard, remat, scan, while_loop, while_loop_grad
 from .elementwise import (abs_, add, arccos, arcsin, arctan, arctan2, bitwise_and, bitwise_or,
                           bitwise_xor, cbrt, ceil, convert, cos, cosh, div, equal, exp, exp2,
                           expm1, floor, floor_divide, greater, greater_equal, hypot,

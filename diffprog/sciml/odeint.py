@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..control import error_if, fori_loop, scan_, while_loop
+from ..control import error_if, fori_loop, scan, while_loop
 from ..errors import ArgumentError, ArgumentValueError, ShapeError
 from ..numpy_api import stop_gradient
 from ..tracing import Tracer
@@ -143,7 +143,7 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
             y = fori_loop(0, n, step, y)
             return y, y
         spans = np.stack([t[:-1], t[1:]], axis=1)
-        _, ys = scan_(interval, y0, spans, checkpoint=checkpoint)
+        _, ys = scan(interval, y0, spans, checkpoint=checkpoint)
         return np.concatenate([np.expand_dims(y0, 0), ys], axis=0)
 
     h0 = stop_gradient((t[1] - t[0]) / 10.0)
@@ -208,5 +208,5 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
                      stop_gradient(t0 + tau * length), t1)
         return (y, stop_gradient(dtau * fixed_length)), y
     spans = np.stack([t[:-1], t[1:]], axis=1)
-    _, ys = scan_(interval, (y0, h0), spans, checkpoint=checkpoint)
+    _, ys = scan(interval, (y0, h0), spans, checkpoint=checkpoint)
     return np.concatenate([np.expand_dims(y0, 0), ys], axis=0)

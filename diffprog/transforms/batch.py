@@ -25,6 +25,7 @@ import numpy as np
 
 from ..ir import Graph, Lit
 from ..tracing import bind
+from .closed import Closed, close
 
 NOT_BATCHED = None
 
@@ -287,7 +288,6 @@ def _scan(prim):
     inputs carry their batch at axis 1 (axis 0 is the loop), stacked outputs come back
     batched at axis 1."""
     def rule(values, dims, size, *, body, n_carry, n_x, length, reverse):
-        from ..control import Closed, close
         graph = body.graph
         carry_b = [d is not NOT_BATCHED for d in dims[:n_carry]]
         rest_b = [d is not NOT_BATCHED for d in dims[n_carry:]]
@@ -326,7 +326,6 @@ def _cond(prim):
     both branches for every example and selects per example (as JAX does: the branch
     not taken is computed and discarded)."""
     def rule(values, dims, size, *, true_body, false_body):
-        from ..control import close
         pred, ops, op_dims = values[0], values[1:], dims[1:]
         if dims[0] is NOT_BATCHED:
             flags = [d is not NOT_BATCHED for d in op_dims]
@@ -364,11 +363,10 @@ def _while(prim):
     """Carries that a batched value reaches are batched. A shared predicate keeps one
     loop; a batched one loops while any example's predicate holds, and an example whose
     predicate is false keeps its carry (each runs exactly its own number of steps)."""
-    def rule(values, dims, size, *, cond_body, body, n_carry, n_cc):
-        from ..control import close
+    def rule(values, dims, size, *, cond_body, body, n_carry, n_cond_consts):
         carry_b = [d is not NOT_BATCHED for d in dims[:n_carry]]
-        cc_b = [d is not NOT_BATCHED for d in dims[n_carry:n_carry + n_cc]]
-        bc_b = [d is not NOT_BATCHED for d in dims[n_carry + n_cc:]]
+        cc_b = [d is not NOT_BATCHED for d in dims[n_carry:n_carry + n_cond_consts]]
+        bc_b = [d is not NOT_BATCHED for d in dims[n_carry + n_cond_consts:]]
         while True:
             pred_b = _reaches(cond_body.graph, carry_b + cc_b)[0]
             grown = carry_b if not pred_b else [True] * n_carry
@@ -399,17 +397,17 @@ def _while(prim):
 
             def masked_step(*args):  # (*carry, *cond consts, *body consts)
                 carry_in = list(args[:n_carry])
-                running = still(args[:n_carry + n_cc])
-                new = step(*carry_in, *args[n_carry + n_cc:])
+                running = still(args[:n_carry + n_cond_consts])
+                new = step(*carry_in, *args[n_carry + n_cond_consts:])
                 return [np.where(np.reshape(running, (size,) + (1,) * (np.ndim(n) - 1)), n, c)
                         for n, c in zip(new, carry_in)]
             cc_avals = cond_avals[n_carry:]
             new_cond = close(any_running, cond_avals)
             new_body = close(masked_step, body_avals[:n_carry] + cc_avals + body_avals[n_carry:])
             # the body now also reads the cond consts: pass them twice
-            consts = consts[:n_cc] + consts[:n_cc] + consts[n_cc:]
+            consts = consts[:n_cond_consts] + consts[:n_cond_consts] + consts[n_cond_consts:]
         outs = bind(prim, *carry, *consts, cond_body=new_cond, body=new_body, n_carry=n_carry,
-                    n_cc=n_cc)
+                    n_cond_consts=n_cond_consts)
         return outs, [0 if b else NOT_BATCHED for b in carry_b]
     return rule
 

@@ -1,0 +1,541 @@
+"""Control-flow entries: scan, cond, while_loop (and its reverse-mode program
+while_loop_grad), remat (checkpoint), error_if, and guard.
+
+Each holds its traced bodies (:class:`~diffprog.transforms.closed.Closed`) in its params
+and runs them as callables: ``body(*args) -> outputs``. Under tracing a body runs its
+equations one by one; in a compiled program it is the body the engine compiled (engines
+compile the bodies they meet; nothing here compiles). The derivative rules transform the
+bodies (:func:`~diffprog.transforms.vjp_graph`, :func:`~diffprog.transforms.jvp_graph`)
+and bind these same entries again, so derivatives of any order stay structured.
+
+The user-facing functions (dp.scan, dp.cond, ...) are in :mod:`diffprog.control`; Python
+``if``/``int()`` on traced values records guards (:mod:`diffprog.guards`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import NotDifferentiableError, ShapeError, SolverError
+from ..ir import Aval
+from ..tracing import eval_graph
+from ..transforms.closed import Closed, close
+from ..transforms.jvp import jvp_graph
+from ..transforms.vjp import vjp_graph
+from .core import Case, Primitive, Unsupported
+
+
+def strong(aval: Aval) -> Aval:
+    """``aval`` without the weak type of Python scalars (loop values are arrays)."""
+    return Aval(aval.shape, aval.dtype)
+
+
+def _is_float(aval) -> bool:
+    return np.issubdtype(aval.dtype, np.inexact)
+
+
+def _zeros(aval):
+    return np.zeros(aval.shape, aval.dtype)
+
+
+def _or_zeros(t, aval):
+    return t if t is not None else _zeros(aval)
+
+
+def _float_positions(avals, start=0, stop=None) -> list:
+    """Positions of the float avals among ``avals[start:stop]`` (those with derivatives)."""
+    stop = len(avals) if stop is None else stop
+    return [i for i in range(start, stop) if _is_float(avals[i])]
+
+
+def bind_all(prim, inputs, **params) -> list:
+    """Bind a multiple-result entry and return its outputs as a list."""
+    return list(prim.bind(*inputs, **params))
+
+
+# ------------------------------------------------------------------ Julia spellings
+# The bodies become local Julia functions (``{body}``), run by DiffProg.npscan / npcond /
+# npwhile / npremat (julia/src/control.jl).
+
+def _jl_operands(jl, positions) -> str:
+    """A Julia tuple of the equation's operands at ``positions``: ``({2}, {3})``."""
+    return jl.tuple([f"{{{i}}}" for i in positions])
+
+
+def _scan_julia(eqn, jl):
+    p, n = eqn.params, len(eqn.inputs)
+    if p["length"] == 0:
+        return Unsupported("a scan of length 0 has no steps to stack outputs from in Julia")
+    nc, nx = p["n_carry"], p["n_x"]
+    return (f"DiffProg.npscan({{body}}, {_jl_operands(jl, range(nc))}, "
+            f"{_jl_operands(jl, range(nc, nc + nx))}, {_jl_operands(jl, range(nc + nx, n))}, "
+            f"{int(p['length'])}, {'true' if p['reverse'] else 'false'}, Val({nc}))")
+
+
+def _cond_julia(eqn, jl):
+    return (f"DiffProg.npcond({{0}}, {{true_body}}, {{false_body}}, "
+            f"{_jl_operands(jl, range(1, len(eqn.inputs)))})")
+
+
+def _while_julia(eqn, jl):
+    nc, ncc, n = eqn.params["n_carry"], eqn.params["n_cond_consts"], len(eqn.inputs)
+    return (f"DiffProg.npwhile({{cond_body}}, {{body}}, {_jl_operands(jl, range(nc))}, "
+            f"{_jl_operands(jl, range(nc, nc + ncc))}, {_jl_operands(jl, range(nc + ncc, n))})")
+
+
+def _remat_julia(eqn, jl):
+    return f"DiffProg.npremat({{body}}, {_jl_operands(jl, range(len(eqn.inputs)))})"
+
+
+_PYTHON_ONLY = ("{} exists only in derivative programs the Python engines build; the julia "
+                "engine differentiates the forward loop with Zygote instead")
+
+
+# ================================================================================ scan
+# inputs: (*carry, *xs, *consts); outputs: (*final carry, *stacked ys)
+
+def _scan_impl(xp, *args, body, n_carry, n_x, length, reverse):
+    carry = list(args[:n_carry])
+    xs = args[n_carry:n_carry + n_x]
+    consts = args[n_carry + n_x:]
+    y_avals = body.out_avals[n_carry:]
+    ys = [[None] * length for _ in y_avals]
+    for i in (range(length - 1, -1, -1) if reverse else range(length)):
+        out = body(*carry, *[x[i] for x in xs], *consts)
+        carry = list(out[:n_carry])
+        for k, y in enumerate(out[n_carry:]):
+            ys[k][i] = y
+    stacked = [xp.stack([xp.asarray(v, dtype=a.dtype) for v in col]) if length else
+               xp.zeros((0,) + a.shape, a.dtype) for col, a in zip(ys, y_avals)]
+    return tuple(carry) + tuple(stacked)
+
+
+def _scan_shape(*avals, body, n_carry, n_x, length, reverse):
+    outs = body.out_avals
+    return [strong(a) for a in avals[:n_carry]] + \
+        [Aval((length,) + a.shape, a.dtype) for a in outs[n_carry:]]
+
+
+def _scan_vjp(gs, *ins, out, body, n_carry, n_x, length, reverse):
+    avals = body.in_avals
+    carry_avals, x_avals = avals[:n_carry], avals[n_carry:n_carry + n_x]
+    const_avals = avals[n_carry + n_x:]
+    init, xs, consts = ins[:n_carry], ins[n_carry:n_carry + n_x], ins[n_carry + n_x:]
+    n_y = len(body.out_avals) - n_carry
+
+    # 1. re-run the loop keeping the carry *entering* each step, after every primal
+    # output, so that a program needing the primal loop too runs this one loop only
+    # (simplify merges the two)
+    def keep_carries(*a):
+        return list(eval_graph(body.graph, list(a))) + list(a[:n_carry])
+    collect = Closed(close(keep_carries, avals).graph, extends=body)
+    carries = bind_all(scan, list(init) + list(xs) + list(consts), body=collect, n_carry=n_carry,
+                       n_x=n_x, length=length, reverse=reverse)[n_carry + n_y:]
+    # 2. scan backwards: carry = (d carry, accumulated d consts), xs = (carry_i, x_i, d y_i)
+    float_carry = _float_positions(carry_avals)
+    float_xs = _float_positions(x_avals)
+    float_consts = _float_positions(const_avals)
+    wrt = float_carry + [n_carry + i for i in float_xs] + [n_carry + n_x + i for i in float_consts]
+    body_vjp = vjp_graph(body.graph, wrt, seed="input")
+    out_avals = [strong(a) for a in body.out_avals]
+
+    def backward_step(*a):
+        pos = 0
+        g_carry = list(a[pos:pos + len(float_carry)]); pos += len(float_carry)
+        g_acc = list(a[pos:pos + len(float_consts)]); pos += len(float_consts)
+        carry = list(a[pos:pos + n_carry]); pos += n_carry
+        x = list(a[pos:pos + n_x]); pos += n_x
+        g_y = list(a[pos:pos + n_y]); pos += n_y
+        kc = list(a[pos:])
+        cts = [_zeros(out_avals[i]) for i in range(n_carry)] + g_y
+        for j, i in enumerate(float_carry):
+            cts[i] = g_carry[j]
+        grads = eval_graph(body_vjp, carry + x + kc + cts)[len(out_avals):]
+        n_fc, n_fx = len(float_carry), len(float_xs)
+        gc, gx, gk = grads[:n_fc], grads[n_fc:n_fc + n_fx], grads[n_fc + n_fx:]
+        return list(gc) + [acc + g for acc, g in zip(g_acc, gk)] + list(gx)
+
+    backward = close(backward_step, [carry_avals[i] for i in float_carry]
+                     + [const_avals[i] for i in float_consts] + carry_avals + x_avals
+                     + out_avals[n_carry:] + const_avals)
+    g_final = [_or_zeros(gs[i], carry_avals[i]) for i in float_carry]
+    g_ys = [_or_zeros(g, Aval((length,) + a.shape, a.dtype)) for g, a in
+            zip(gs[n_carry:], out_avals[n_carry:])]
+    res = bind_all(scan, g_final + [_zeros(const_avals[i]) for i in float_consts] + carries
+                   + list(xs) + g_ys + list(consts), body=backward,
+                   n_carry=len(float_carry) + len(float_consts), n_x=n_carry + n_x + n_y,
+                   length=length, reverse=not reverse)
+    n_fc, n_fk = len(float_carry), len(float_consts)
+    g_init, g_consts, g_xs = res[:n_fc], res[n_fc:n_fc + n_fk], res[n_fc + n_fk:]
+    cts = [None] * len(ins)
+    for j, i in enumerate(float_carry):
+        cts[i] = g_init[j]
+    for j, i in enumerate(float_xs):
+        cts[n_carry + i] = g_xs[j]
+    for j, i in enumerate(float_consts):
+        cts[n_carry + n_x + i] = g_consts[j]
+    return cts
+
+
+def _scan_jvp(ts, *ins, out, body, n_carry, n_x, length, reverse):
+    avals = body.in_avals
+    wrt = _float_positions(avals)
+    body_jvp = jvp_graph(body.graph, wrt)
+    n_out = len(body.out_avals)
+    float_outs = _float_positions(body.out_avals)
+    groups = [range(0, n_carry), range(n_carry, n_carry + n_x), range(n_carry + n_x, len(avals))]
+    # new layout per group: primals of the group, then tangents of its float members
+    layout = [list(g) + [("t", i) for i in g if i in wrt] for g in groups]
+    t_carry_out = [k for k in float_outs if k < n_carry]
+    t_y_out = [k for k in float_outs if k >= n_carry]
+
+    def step(*a):
+        named = dict(zip([k for grp in layout for k in grp], a))
+        res = eval_graph(body_jvp, [named[i] for i in range(len(avals))]
+                         + [named[("t", i)] for i in wrt])
+        outs, touts = res[:n_out], res[n_out:]
+        return (outs[:n_carry] + [touts[k] for k in t_carry_out] + outs[n_carry:]
+                + [touts[k] for k in t_y_out])
+
+    def aval_of_key(k):
+        return avals[k] if not isinstance(k, tuple) else avals[k[1]]
+    new_body = close(step, [aval_of_key(k) for grp in layout for k in grp])
+    stacked = [lambda a: a, lambda a: Aval((length,) + a.shape, a.dtype), lambda a: a]
+    new_ins = []
+    for gi, grp in enumerate(layout):
+        for k in grp:
+            if isinstance(k, tuple):
+                new_ins.append(_or_zeros(ts[k[1]], stacked[gi](avals[k[1]])))
+            else:
+                new_ins.append(ins[k])
+    res = bind_all(scan, new_ins, body=new_body, n_carry=len(layout[0]), n_x=len(layout[1]),
+                   length=length, reverse=reverse)
+    n_new_carry = n_carry + len(t_carry_out)
+    tangents = [None] * len(out)
+    for j, k in enumerate(t_carry_out):
+        tangents[k] = res[n_carry + j]
+    for j, k in enumerate(t_y_out):
+        tangents[k] = res[n_new_carry + (n_out - n_carry) + j]
+    return tangents
+
+
+def _example_scan_body():
+    f64 = Aval((3,), np.dtype(float))
+
+    def step(c, x, k):  # carry (3,), x (3,), const (3,): a smooth nonlinear recurrence
+        new = np.tanh(c * k) + x * c
+        return [new, np.sum(new * x)]
+    return close(step, [f64, f64, f64])
+
+
+scan = Primitive(
+    "scan", _scan_impl, _scan_shape, vjp=_scan_vjp, jvp=_scan_jvp,
+    julia=_scan_julia, multiple_results=True,
+    cases=[Case(lambda rng: [rng.standard_normal(3) * 0.5, rng.standard_normal((4, 3)) * 0.5,
+                             rng.standard_normal(3)],
+                {"body": _example_scan_body(), "n_carry": 1, "n_x": 1, "length": 4,
+                 "reverse": False})])
+
+
+# ================================================================================ cond
+# inputs: (pred, *operands); both bodies take the operands
+
+def _cond_impl(xp, pred, *args, true_body, false_body):
+    return tuple((true_body if bool(pred) else false_body)(*args))
+
+
+def _cond_shape(pred, *avals, true_body, false_body):
+    if pred.shape != ():
+        raise ShapeError(f"dp.cond: the predicate must be a scalar, got shape {pred.shape}")
+    return [strong(a) for a in true_body.out_avals]
+
+
+def _cond_vjp(gs, pred, *ins, out, true_body, false_body):
+    avals = true_body.in_avals
+    wrt = _float_positions(avals)
+    out_avals = [strong(a) for a in true_body.out_avals]
+    gs = [_or_zeros(g, a) for g, a in zip(gs, out_avals)]
+    n_out = len(out_avals)
+
+    def gradients_of(branch):
+        branch_vjp = vjp_graph(branch.graph, wrt, seed="input")
+        return close(lambda *a: eval_graph(branch_vjp, list(a))[n_out:], avals + out_avals)
+    res = bind_all(cond, [pred] + list(ins) + gs, true_body=gradients_of(true_body),
+                   false_body=gradients_of(false_body))
+    cts = [None] * (1 + len(ins))
+    for j, i in enumerate(wrt):
+        cts[1 + i] = res[j]
+    return cts
+
+
+def _cond_jvp(ts, pred, *ins, out, true_body, false_body):
+    avals = true_body.in_avals
+    wrt = _float_positions(avals)
+    n_out = len(true_body.out_avals)
+
+    def tangents_of(branch):
+        branch_jvp = jvp_graph(branch.graph, wrt)
+        return close(lambda *a: eval_graph(branch_jvp, list(a))[n_out:],
+                     avals + [avals[i] for i in wrt])
+    tangents = [_or_zeros(ts[1 + i], avals[i]) for i in wrt]
+    res = bind_all(cond, [pred] + list(ins) + tangents, true_body=tangents_of(true_body),
+                   false_body=tangents_of(false_body))
+    return [r if _is_float(a) else None for r, a in zip(res, true_body.out_avals)]
+
+
+def _example_branches():
+    f64 = Aval((3,), np.dtype(float))
+    return {"true_body": close(lambda x, y: [np.sin(x) * y], [f64, f64]),
+            "false_body": close(lambda x, y: [x ** 3 - y], [f64, f64])}
+
+
+_BRANCHES = _example_branches()
+cond = Primitive(
+    "cond", _cond_impl, _cond_shape, vjp=_cond_vjp, jvp=_cond_jvp,
+    julia=_cond_julia, multiple_results=True,
+    cases=[Case(lambda rng: [np.array(True), rng.standard_normal(3), rng.standard_normal(3)],
+                _BRANCHES),
+           Case(lambda rng: [np.array(False), rng.standard_normal(3), rng.standard_normal(3)],
+                _BRANCHES)])
+
+
+# =============================================================================== error_if
+
+def error_if_impl(xp, x, pred, *info, message):
+    if bool(pred):
+        raise SolverError(message.format(*[float(v) for v in info]))
+    return x
+
+
+# x, unchanged, after a run-time check (an identity for derivatives): diffprog's solvers
+# raise SolverError from deep inside a compiled loop instead of returning a wrong value
+error_if = Primitive(
+    "error_if", error_if_impl, lambda x, pred, *info, message: strong(x),
+    vjp=lambda g, x, pred, *info, out, message: [g] + [None] * (1 + len(info)),
+    jvp=lambda ts, x, pred, *info, out, message: ts[0],
+    julia=Unsupported("error_if raises a Python exception (diffprog.errors.SolverError) from "
+                      "inside a running program; only the Python engines can"),
+    cases=[Case(lambda rng: [rng.standard_normal(3), np.array(False), np.array(0.5)],
+                {"message": "solver failed at t={0}"})])
+
+
+# =============================================================================== remat
+# dp.checkpoint: the body's intermediates are recomputed in the backward pass
+
+def _remat_vjp(gs, *ins, out, body):
+    avals = body.in_avals
+    wrt = _float_positions(avals)
+    out_avals = [strong(a) for a in body.out_avals]
+    body_vjp = vjp_graph(body.graph, wrt, seed="input")
+    n_out = len(out_avals)
+    backward = close(lambda *a: eval_graph(body_vjp, list(a))[n_out:], avals + out_avals)
+    res = bind_all(remat, list(ins) + [_or_zeros(g, a) for g, a in zip(gs, out_avals)],
+                   body=backward)
+    cts = [None] * len(ins)
+    for j, i in enumerate(wrt):
+        cts[i] = res[j]
+    return cts
+
+
+def _remat_jvp(ts, *ins, out, body):
+    avals = body.in_avals
+    wrt = _float_positions(avals)
+    body_jvp = jvp_graph(body.graph, wrt)
+    n_out = len(body.out_avals)
+    forward = close(lambda *a: eval_graph(body_jvp, list(a))[n_out:], avals + [avals[i] for i in wrt])
+    res = bind_all(remat, list(ins) + [_or_zeros(ts[i], avals[i]) for i in wrt], body=forward)
+    return [r if _is_float(a) else None for r, a in zip(res, body.out_avals)]
+
+
+remat = Primitive(
+    "remat", lambda xp, *args, body: tuple(body(*args)),
+    lambda *avals, body: [strong(a) for a in body.out_avals],
+    vjp=_remat_vjp, jvp=_remat_jvp, julia=_remat_julia, multiple_results=True,
+    cases=[Case(lambda rng: [rng.standard_normal(3), rng.standard_normal(3)],
+                {"body": close(lambda x, y: [np.sin(x * y), np.exp(x) * y],
+                               [Aval((3,), np.dtype(float))] * 2)})])
+
+
+# =============================================================================== while
+# inputs: (*carry, *cond consts, *body consts); cond_body takes (*carry, *cond consts),
+# body takes (*carry, *body consts) and returns the new carry
+
+def run_while(carry, cond_consts, body_consts, cond_body, body, kept=None) -> list:
+    """The loop; ``kept`` (a list) receives the carry entering each step."""
+    while bool(cond_body(*carry, *cond_consts)[0]):
+        if kept is not None:
+            kept.append(carry)
+        carry = list(body(*carry, *body_consts))
+    return carry
+
+
+def _while_impl(xp, *args, cond_body, body, n_carry, n_cond_consts):
+    start = n_carry + n_cond_consts  # of the body consts
+    return tuple(run_while(list(args[:n_carry]), args[n_carry:start], args[start:], cond_body, body))
+
+
+def _while_shape(*avals, cond_body, body, n_carry, n_cond_consts):
+    return [strong(a) for a in avals[:n_carry]]
+
+
+def _while_jvp(ts, *ins, out, cond_body, body, n_carry, n_cond_consts):
+    avals = body.in_avals  # (*carry, *body consts)
+    n_body_consts = len(avals) - n_carry
+    float_carry = _float_positions(avals, 0, n_carry)
+    float_consts = _float_positions(avals, n_carry)
+    body_jvp = jvp_graph(body.graph, float_carry + float_consts)
+    n_fc = len(float_carry)
+
+    # new carry: (*carry, *carry tangents); new consts: cond consts, body consts, their tangents
+    def new_cond(*a):
+        return eval_graph(cond_body.graph, list(a[:n_carry])
+                          + list(a[n_carry + n_fc:n_carry + n_fc + n_cond_consts]))
+
+    def new_body(*a):
+        carry, t_carry = list(a[:n_carry]), list(a[n_carry:n_carry + n_fc])
+        consts = list(a[n_carry + n_fc:n_carry + n_fc + n_body_consts])
+        t_consts = list(a[n_carry + n_fc + n_body_consts:])
+        res = eval_graph(body_jvp, carry + consts + t_carry + t_consts)
+        return res[:n_carry] + [res[n_carry + i] for i in float_carry]
+    carry_avals = avals[:n_carry] + [avals[i] for i in float_carry]
+    cond_closed = close(new_cond, carry_avals + cond_body.in_avals[n_carry:])
+    body_closed = close(new_body, carry_avals + avals[n_carry:] + [avals[i] for i in float_consts])
+    carry = list(ins[:n_carry]) + [_or_zeros(ts[i], avals[i]) for i in float_carry]
+    cond_consts = list(ins[n_carry:n_carry + n_cond_consts])
+    body_consts = list(ins[n_carry + n_cond_consts:])
+    t_consts = [_or_zeros(ts[n_cond_consts + i], avals[i]) for i in float_consts]
+    res = bind_all(while_loop, carry + cond_consts + body_consts + t_consts,
+                   cond_body=cond_closed, body=body_closed, n_carry=len(carry),
+                   n_cond_consts=n_cond_consts)
+    tangents = [None] * n_carry
+    for j, i in enumerate(float_carry):
+        tangents[i] = res[n_carry + j]
+    return tangents
+
+
+def _while_vjp(gs, *ins, out, cond_body, body, n_carry, n_cond_consts):
+    avals = body.in_avals
+    float_carry = _float_positions(avals, 0, n_carry)
+    float_consts = _float_positions(avals, n_carry)
+    body_vjp = vjp_graph(body.graph, float_carry + float_consts, seed="input")
+
+    def backward_step(*a):  # (*carry, *body consts, *d new carry (float)) -> (d carry, d consts)
+        carry, consts = list(a[:n_carry]), list(a[n_carry:len(avals)])
+        g = list(a[len(avals):])
+        cts = [_zeros(strong(av)) for av in avals[:n_carry]]
+        for j, i in enumerate(float_carry):
+            cts[i] = g[j]
+        return eval_graph(body_vjp, carry + consts + cts)[n_carry:]
+    backward = close(backward_step, avals + [avals[i] for i in float_carry])
+    g_final = [_or_zeros(gs[i], avals[i]) for i in float_carry]
+    res = bind_all(while_loop_grad, list(ins) + g_final, cond_body=cond_body, body=body,
+                   backward=backward, n_carry=n_carry, n_cond_consts=n_cond_consts)
+    cts = [None] * len(ins)
+    for j, i in enumerate(float_carry):
+        cts[i] = res[j]
+    for j, i in enumerate(float_consts):
+        cts[n_cond_consts + i] = res[len(float_carry) + j]
+    return cts
+
+
+def _example_while():
+    f64, scalar = Aval((2,), np.dtype(float)), Aval((), np.dtype(float))
+    return {"cond_body": close(lambda x, lim: [np.sum(x) < lim], [f64, scalar]),
+            "body": close(lambda x, k: [x * k + 0.1], [f64, scalar]), "n_carry": 1,
+            "n_cond_consts": 1}
+
+
+def _example_while_inputs(rng):
+    return [np.array([0.6, 0.7]), np.array(5.0), np.array(1.5)]
+
+
+_WHILE = _example_while()
+while_loop = Primitive(
+    "while_loop", _while_impl, _while_shape, vjp=_while_vjp, jvp=_while_jvp,
+    julia=_while_julia, multiple_results=True,
+    cases=[Case(_example_while_inputs, _WHILE, order=1)])
+
+
+def _while_grad_impl(xp, *args, cond_body, body, backward, n_carry, n_cond_consts):
+    """Run the loop forward keeping every carry (the trip count is known only now), then
+    run the body's derivative backwards over them."""
+    n_body_consts = len(body.in_avals) - n_carry
+    start = n_carry + n_cond_consts
+    carry = list(args[:n_carry])
+    cond_consts = args[n_carry:start]
+    body_consts = args[start:start + n_body_consts]
+    g = list(args[start + n_body_consts:])
+    kept: list = []
+    run_while(carry, cond_consts, body_consts, cond_body, body, kept)
+    n_g = len(g)
+    g_consts = None
+    for c in reversed(kept):
+        res = backward(*c, *body_consts, *g)
+        g = list(res[:n_g])
+        g_consts = list(res[n_g:]) if g_consts is None else [a + b for a, b in zip(g_consts, res[n_g:])]
+    if g_consts is None:
+        g_consts = [xp.zeros(a.shape, a.dtype) for a in backward.out_avals[n_g:]]
+    return tuple(g) + tuple(g_consts)
+
+
+def _no_second_order(*args, **kwargs):
+    raise NotDifferentiableError(
+        "reverse-mode derivatives of dp.while_loop are first order only (the trip count is "
+        "known only at run time). Fix: pass max_steps=... to dp.while_loop, which makes it a "
+        "bounded, masked loop differentiable to any order, or use forward mode (dp.jvp).")
+
+
+def _example_while_grad():
+    f64, scalar = Aval((2,), np.dtype(float)), Aval((), np.dtype(float))
+    backward = close(lambda x, k, g: [g * k, np.sum(g * x)], [f64, scalar, f64])
+    return dict(_WHILE, backward=backward)
+
+
+# The reverse-mode program of while_loop: its own derivatives are refused (order=0).
+while_loop_grad = Primitive(
+    "while_loop_grad", _while_grad_impl,
+    lambda *avals, cond_body, body, backward, n_carry, n_cond_consts:
+    [strong(a) for a in backward.out_avals],
+    vjp=_no_second_order, jvp=_no_second_order,
+    julia=Unsupported(_PYTHON_ONLY.format("the reverse-mode while_loop_grad")),
+    multiple_results=True,
+    cases=[Case(lambda rng: _example_while_inputs(rng) + [rng.standard_normal(2)],
+                _example_while_grad(), order=0)])
+
+
+# =============================================================================== guard
+
+class GuardFailed(Exception):
+    """Raised by a compiled program whose guard no longer holds (private: the API
+    catches it and retraces). ``line`` is the user source line of the guard."""
+
+    def __init__(self, line: str, kind: str, expected, found):
+        super().__init__(f"guard at {line}: {kind}() was {expected!r}, now {found!r}")
+        self.line = line
+        self.kind = kind
+
+
+GUARDED_KINDS = {"bool": bool, "int": int, "index": int, "float": float}
+
+
+def _same(kind, expected, found) -> bool:
+    if kind == "float" and expected != expected:  # NaN guards on NaN
+        return found != found
+    return type(found) is type(expected) and found == expected
+
+
+def _guard_impl(xp, x, *, kind, expected, line):
+    found = GUARDED_KINDS[kind](x.item() if hasattr(x, "item") else x)
+    if not _same(kind, expected, found):
+        raise GuardFailed(line, kind, expected, found)
+    return ()
+
+
+# "kind(x) is still expected": Python control flow on a traced value took a path that the
+# program was traced for (diffprog.guards); no outputs, kept by dead-code elimination
+guard = Primitive(
+    "guard", _guard_impl, lambda x, **params: [], vjp=None, jvp=None,
+    julia=Unsupported("guards (Python control flow on traced values) are checked by the "
+                      "Python engines; use dp.cond / dp.scan / dp.while_loop for Julia"),
+    differentiable=False, multiple_results=True, effectful=True,
+    cases=[Case(lambda rng: [np.array(1.5)], {"kind": "bool", "expected": True,
+                                              "line": "example.py:1: if x:"})])
