@@ -75,6 +75,29 @@ except ImportError as _missing:  # the optional extra is not installed
         f"diffprog.distributed runs on Dask's distributed scheduler, which is not installed "
         f"here ({_missing}). Fix: {INSTALL}") from None
 
+def _isolate_dask_sampling() -> None:
+    """Give Dask's sampling its own random generator, in this process (client or worker).
+
+    Dask draws from Python's global ``random`` on its own threads: ``dask.sizeof`` samples
+    list items several times a second on an idle worker, and message compression samples
+    bytes. diffprog notices random draws in a traced function by comparing the global
+    generators' states before and after the trace (diffprog/randomness.py), so a draw
+    Dask makes meanwhile on another thread was blamed on the function: a compiled program
+    retraced at every call, a ``dp.vmap`` refused with "random numbers are drawn inside
+    the function". Dask only picks samples with these draws, so a private generator
+    changes nothing for it; the user's own ``random`` calls still move the watched one."""
+    import random
+    import dask.sizeof
+    from distributed.protocol import compression
+    own = random.Random()
+    if getattr(dask.sizeof, "random", None) is random:
+        dask.sizeof.random = own
+    if getattr(compression, "randint", None) == random.randint:
+        compression.randint = own.randint
+
+
+_isolate_dask_sampling()
+
 __all__ = ["grad", "value_and_grad", "fit", "map", "shard", "Shards", "RemoteError",
            "worker_programs"]
 
@@ -218,6 +241,8 @@ def _worker_program(token: str, fn, kind: str, engine):
         built = fn
     elif kind == "value":
         built = api.differentiable(fn, engine=engine)
+    elif kind == "batched":
+        built = api.vmap(api.differentiable(fn, engine=engine))
     else:
         built = api.value_and_grad(api.differentiable(fn, engine=engine))
     with _PROGRAMS_LOCK:
@@ -681,14 +706,27 @@ def _members(P) -> tuple[list, TreeDef, int]:
     return leaves, treedef, lengths.pop()
 
 
-def _call_chunk(call: Callable, chunk, lo: int):
-    """THE BATCHED-CALL HOOK: one call of ``call`` over a chunk of members (each leaf has a
-    leading axis). diffprog has no ``vmap`` yet, so this loops over the members on the
-    worker, one compiled call each; when ``dp.vmap`` exists this becomes
-    ``dp.vmap(call)(chunk)``, one batched program per chunk, and nothing else changes."""
+#: how dpd.map runs a chunk: what the worker builds for it (see _worker_program)
+HOW = {"vmap": "batched", "loop": "value", "python": "plain"}
+
+
+def _call_chunk(call: Callable, chunk, lo: int, how: str):
+    """One call over a chunk of members (each leaf has a leading axis): the batched call
+    ``dp.vmap(fn)(chunk)``, one program for the whole chunk (``how="vmap"``), or a loop
+    over the members on the worker, one call each (``"loop"``, ``"python"``)."""
     leaves, treedef = flatten(chunk)
+    size = leaves[0].shape[0]
+    if how == "vmap":
+        try:
+            out = call(chunk)
+        except Exception as e:
+            where = f"ensemble members {lo}..{lo + size - 1} (one dp.vmap call)"
+            raise RemoteError.of(e, where, f"dp.vmap(fn)(P[{lo}:{lo + size}]), or dpd.map("
+                                           f"..., how='loop') to find the member") from e
+        out_leaves, out_treedef = flatten(out)
+        return unflatten(out_treedef, [_to_host(x) for x in out_leaves])
     outs = []
-    for j in range(leaves[0].shape[0] if leaves else 0):
+    for j in range(size):
         member = unflatten(treedef, [x[j] for x in leaves])
         try:
             outs.append(call(member))
@@ -699,22 +737,28 @@ def _call_chunk(call: Callable, chunk, lo: int):
     return unflatten(flatten(outs[0])[1], stacked)
 
 
-def _map_chunk_task(token, fn, compile_, engine, lo, chunk):
-    call = _worker_program(token, fn, "value" if compile_ else "plain", engine)
-    return _call_chunk(call, chunk, lo)
+def _map_chunk_task(token, fn, how, engine, lo, chunk):
+    call = _worker_program(token, fn, HOW[how], engine)
+    return _call_chunk(call, chunk, lo, how)
 
 
-def map(fn: Callable, P, client=None, chunk: int = 100, compile: bool = True,
+def map(fn: Callable, P, client=None, chunk: int = 100, how: str = "vmap",
         engine: str | None = None):
     """``[fn(p) for p in P]`` on the cluster, stacked: one task per ``chunk`` members.
 
     ``P`` is a list of members (arrays or nested tuples/dicts of arrays), or an array (or
     tuple/dict of arrays) whose axis 0 indexes the members. The result has the
     structure of one ``fn(p)`` with a leading axis of ``len(P)``, in P's order.
-    ``compile=True`` runs ``fn`` as a compiled diffprog program (traced once per worker,
-    kept there; ``fn`` must be traceable, e.g. a solve with ``odeint``); ``compile=False``
-    calls it as plain Python. Each chunk is one call of the batched-call hook
-    (:func:`_call_chunk`), a loop over members today and one ``vmap`` call later.
+
+    ``how`` says what one task does with its chunk:
+
+    * ``"vmap"`` (default): one call of ``dp.vmap(fn)`` on the chunk, a single batched
+      program (traced once per worker and chunk size, kept there); ``fn`` must be
+      traceable without Python branches on its input (as for ``dp.vmap``);
+    * ``"loop"``: ``fn`` compiled by diffprog once per worker, called member by member
+      (a failing member is named);
+    * ``"python"``: ``fn`` called as plain Python, member by member (for code diffprog
+      cannot trace, e.g. a SciPy solver).
 
     >>> P = np.random.default_rng(0).uniform(0.5, 1.5, (2000, 4))  # doctest: +SKIP
     >>> ys = dpd.map(lambda p: odeint(rhs, y0, ts, p), P, client=client)  # doctest: +SKIP
@@ -725,13 +769,16 @@ def map(fn: Callable, P, client=None, chunk: int = 100, compile: bool = True,
     if not isinstance(chunk, int) or chunk < 1:
         raise ArgumentValueError(f"diffprog.distributed.map: chunk must be a positive int, "
                                  f"got {chunk!r}.")
+    if how not in HOW:
+        raise ArgumentValueError(f"diffprog.distributed.map: how must be one of "
+                                 f"{sorted(HOW)}, got {how!r}.")
     fn, own_engine = _plain(fn)
     engine = engine or own_engine
     leaves, treedef, n = _members(P)
-    token = _function_token(fn, "value" if compile else "plain", engine)
+    token = _function_token(fn, HOW[how], engine)
     fn_future = _send(client, fn, token)
     run = uuid.uuid4().hex[:12]
-    futures = [client.submit(_map_chunk_task, token, fn_future, compile, engine, lo,
+    futures = [client.submit(_map_chunk_task, token, fn_future, how, engine, lo,
                              unflatten(treedef, [x[lo:lo + chunk] for x in leaves]),
                              key=f"diffprog-map-{run}-members-{lo}-{min(lo + chunk, n) - 1}")
                for lo in range(0, n, chunk)]

@@ -256,34 +256,58 @@ def solve(p):
 
 def test_map_runs_an_ensemble_in_order(client):
     P = np.random.default_rng(3).uniform(0.5, 1.5, (23, 4))
-    got = dpd.map(solve, P, client=client, chunk=5)
     ref = np.stack([dp.differentiable(solve)(p) for p in P])
-    assert got.shape == (23, 11, 2)
-    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=0)
+    for how in ("vmap", "loop", "python"):
+        got = dpd.map(solve, P, client=client, chunk=5, how=how)
+        assert got.shape == (23, 11, 2)
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0, err_msg=how)
 
 
 def test_map_takes_lists_and_trees_of_members(client):
     members = [{"a": np.float64(i), "b": np.arange(3.0) * i} for i in range(7)]
-    got = dpd.map(lambda m: (m["a"] * 2, np.sum(m["b"])), members, client=client, chunk=3,
-                  compile=False)
+    got = dpd.map(lambda m: (m["a"] * 2, np.sum(m["b"])), members, client=client, chunk=3)
     np.testing.assert_array_equal(got[0], 2.0 * np.arange(7))
     np.testing.assert_array_equal(got[1], 3.0 * np.arange(7))
     stacked = {"a": np.arange(7.0), "b": np.arange(21.0).reshape(7, 3)}
-    got = dpd.map(lambda m: m["a"] + np.sum(m["b"]), stacked, client=client, chunk=2)
+    got = dpd.map(lambda m: m["a"] + np.sum(m["b"]), stacked, client=client, chunk=2,
+                  how="loop")
     np.testing.assert_array_equal(got, np.arange(7.0) + stacked["b"].sum(axis=1))
 
 
-def test_a_member_that_raises_names_the_member_and_the_worker(client):
-    def fragile(p):
-        if p[0] > 0.5:
-            raise ValueError("no solution for this member")
-        return p * 2
+def fragile(p):
+    if p[0] > 0.5:  # a Python branch on the member: fine member by member, not under vmap
+        raise ValueError("no solution for this member")
+    return p * 2
 
+
+def test_a_member_that_raises_names_the_member_and_the_worker(client):
     P = np.array([[0.1], [0.2], [0.9], [0.3]])
     with pytest.raises(dpd.RemoteError, match="ensemble member 2") as info:
-        dpd.map(fragile, P, client=client, chunk=3, compile=False)
+        dpd.map(fragile, P, client=client, chunk=3, how="python")
     assert info.value.worker in client.nthreads()
     assert info.value.original_type == "ValueError"
+    with pytest.raises(dpd.RemoteError, match=r"(?s)members (0\.\.2|3\.\.3) \(one dp.vmap call\).*how='loop'"):
+        dpd.map(fragile, P, client=client, chunk=3)
+    with pytest.raises(dp.ArgumentValueError, match="how must be one of"):
+        dpd.map(fragile, P, client=client, how="pmap")
+
+
+def random_state_moves(seconds: float) -> int:
+    import random
+    import diffprog.distributed  # noqa: F401  (imported by every task of dpd on a worker)
+    state, moves, end = random.getstate(), 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+        if random.getstate() != state:
+            moves, state = moves + 1, random.getstate()
+    return moves
+
+
+def test_dask_does_not_draw_from_the_random_module_a_trace_watches(client):
+    # dask.sizeof drew from Python's global random several times a second on an idle worker,
+    # and a trace running meanwhile was taken for a function that draws random numbers
+    # (retraced at every call; dp.vmap refused it)
+    assert client.submit(random_state_moves, 1.0, pure=False).result() == 0
 
 
 # ------------------------------------------------------------------ faults
