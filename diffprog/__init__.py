@@ -5,7 +5,6 @@
 array([1., 1.])
 """
 from . import engines, guards, optim
-from . import numpy_api as _numpy_api  # noqa: F401  (installs Tracer.__getitem__ before any trace)
 from .control import checkpoint, cond, fori_loop, scan, while_loop
 from .custom import custom_jvp, custom_vjp
 from .api import (cache_info, differentiable, grad, hessian, jacobian, jvp, set_cache_size,

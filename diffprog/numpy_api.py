@@ -1,8 +1,9 @@
 """NumPy front end: how NumPy calls on traced values become primitives.
 
-``Tracer.__array_ufunc__``/``__array_function__`` land here. Ufuncs that map one to
-one onto a primitive are bound by the table itself (``Primitive(numpy=...)``); this
-module holds argument normalisation (axis, keepdims, ...) and *composites*: NumPy
+``Tracer.__array_ufunc__``/``__array_function__`` (and indexing) land here. A NumPy
+function that one entry of the table computes is bound by that entry itself
+(``Primitive(numpy=...)``, read from the registry at dispatch); this module holds the
+argument normalisation (axis, keepdims, ...) of the others and *composites*: NumPy
 functions built from primitives (mean, var, norm, stack, roll, tensordot, ...).
 Everything here works on plain arrays too, so the same code serves rules and tracing.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import builtins
 import functools
 import inspect
-import string
 from typing import Any, Callable
 
 import numpy as np
@@ -132,12 +132,26 @@ def _ufunc_reduce(ufunc, x, axis=0, dtype=None, keepdims=False, **rest):
 
 
 def dispatch_function(func, args, kwargs):
-    handler = HANDLERS.get(func)
+    handler = HANDLERS.get(func) or _entry_binding(func)
     if handler is None:
         name = getattr(func, "__module__", "numpy") or "numpy"
         name = name.replace("numpy.linalg._linalg", "np.linalg").replace("numpy", "np")
         raise unsupported(f"{name}.{func.__name__}" if "linalg" in name else f"np.{func.__name__}")
     return handler(*args, **kwargs)
+
+
+_ENTRY_BINDINGS: dict[Any, Callable] = {}
+
+
+def _entry_binding(func) -> Callable | None:
+    """The table's binding of ``func`` (an entry's ``numpy=``), refusing ``out=``."""
+    handler = _ENTRY_BINDINGS.get(func)
+    if handler is None:
+        binding = core.NUMPY_BINDINGS.get(func)
+        if binding is None:
+            return None
+        handler = _ENTRY_BINDINGS[func] = _refusing_out(binding.call, func.__name__)
+    return handler
 
 
 def _ufunc_composite(*ufuncs):
@@ -826,22 +840,6 @@ def _normalize_basic(item):
     raise ArgumentError(f"unsupported index {item!r} of type {type(item).__name__}")
 
 
-TRACER_METHODS["__getitem__"] = getitem
-from .tracing import Tracer as _T  # noqa: E402
-
-_T.__getitem__ = getitem
-
-
-def _no_setitem(self, key, value):
-    raise ArgumentError(
-        "item assignment (x[i] = v) on a traced array mutates it, which cannot be "
-        "differentiated. Fix: build the result functionally, e.g. np.where(mask, v, x), "
-        "np.concatenate([...]) or np.stack([...]).")
-
-
-_T.__setitem__ = _no_setitem
-
-
 @implements(np.take, method="take")
 def take(a, indices, axis=None, out=None, mode=None):
     if axis is None:
@@ -975,47 +973,6 @@ def tensordot(a, b, axes=2):
     return reshape(linalg.matmul(A, B), out_shape)
 
 
-_LETTERS = string.ascii_letters
-
-
-@implements(np.einsum)
-def einsum(subscripts, *operands, optimize=False, **kwargs):
-    if not isinstance(subscripts, str):
-        raise unsupported("np.einsum in the sublist (interleaved) form")
-    if kwargs:
-        raise ArgumentError(f"np.einsum: unsupported keyword(s) {sorted(kwargs)} on traced values")
-    spec = _normalize_einsum(subscripts, [ndim(o) for o in operands])
-    big = builtins.sum(int(np.prod(shape(o))) for o in operands) > 4096
-    return linalg.einsum(*operands, subscripts=spec, optimize=bool(len(operands) > 1 and big))
-
-
-def _normalize_einsum(subscripts: str, ndims: list) -> str:
-    """Explicit form without spaces or ellipses: ``'...ij,...jk'`` -> ``'Zij,Zjk->Zik'``."""
-    s = subscripts.replace(" ", "")
-    if any(c not in _LETTERS + ",->." for c in s):
-        raise ArgumentError(f"einsum subscripts {subscripts!r} may contain only letters, ',', '->' and '...'")
-    ins, arrow, out = s.partition("->")
-    in_list = ins.split(",")
-    if len(in_list) != len(ndims):
-        raise ArgumentError(f"einsum {subscripts!r} names {len(in_list)} operands but got {len(ndims)}")
-    used = set(c for c in s if c in _LETTERS)
-    spare = [c for c in reversed(_LETTERS) if c not in used]
-    n_ell = max([nd - len(sub.replace("...", "")) for sub, nd in zip(in_list, ndims) if "..." in sub] or [0])
-    ell = "".join(spare[:n_ell])[::-1]
-    fixed = []
-    for sub, nd in zip(in_list, ndims):
-        if "..." in sub:
-            k = nd - len(sub.replace("...", ""))
-            sub = sub.replace("...", ell[len(ell) - k:] if k else "")
-        fixed.append(sub)
-    if arrow:
-        out = out.replace("...", ell)
-    else:
-        counts = {c: "".join(fixed).count(c) for c in set("".join(fixed))}
-        out = ell + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
-    return ",".join(fixed) + "->" + out
-
-
 @implements(np.cross)
 def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
     if axis is not None:
@@ -1031,34 +988,6 @@ def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
 
 
 # =========================================================== linear algebra
-
-@implements(np.linalg.solve)
-def solve(a, b):
-    return linalg.solve(a, b)
-
-
-@implements(np.linalg.inv)
-def inv(a):
-    return linalg.inv(a)
-
-
-@implements(np.linalg.det)
-def det(a):
-    return linalg.det(a)
-
-
-@implements(np.linalg.slogdet)
-def slogdet(a):
-    sign, logdet = linalg.slogdet(a)
-    return sign, logdet
-
-
-@implements(np.linalg.cholesky)
-def cholesky(a, upper=False):
-    if upper:  # NumPy then reads the upper triangle of a: chol_upper(a) = chol(a^T)^T
-        return swapaxes(linalg.cholesky(swapaxes(a, -1, -2)), -1, -2)
-    return linalg.cholesky(a)
-
 
 @implements(np.linalg.norm)
 def norm(x, ord=None, axis=None, keepdims=False):
@@ -1103,10 +1032,3 @@ def _matrix_norm(x, ord, axes, keepdims):
         out = red(col, axis=outer_ax, keepdims=True)
         return out if keepdims else squeeze(out, axis=(r, c))
     raise unsupported(f"np.linalg.norm with ord={ord!r} (needs an SVD)")
-
-
-for _name in ("eig", "eigh", "eigvals", "eigvalsh", "svd", "qr", "pinv", "lstsq", "matrix_power",
-              "matrix_rank", "cond"):
-    _fn = getattr(np.linalg, _name, None)
-    if _fn is not None:
-        HANDLERS.pop(_fn, None)  # listed here on purpose: no rule yet -> clear "no rule" error

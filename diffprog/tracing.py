@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ConcretizationError, DiffprogError, UnsupportedFunctionError
+from .errors import ArgumentError, ConcretizationError, DiffprogError, UnsupportedFunctionError
 from .ir import Aval, Eqn, Graph, Lit, Var, aval_of
 
 # The open traces, innermost last. A context variable holding an immutable tuple, so
@@ -142,20 +142,20 @@ def _evaluate(prim, values, params):
     """
     xp = _device_module(values)
     if xp is None:
-        if _python_floats(values) and operator_template(prim):
+        if _python_floats(values) and is_operator(prim):
             return python_scalar(prim.evaluate(np, *[np.float64(v) for v in values], **params))
         return prim.evaluate(np, *values, **params)
     values = [xp.asarray(v) if isinstance(v, np.ndarray) else v for v in values]
     return prim.evaluate(xp, *values, **params)
 
 
-def operator_template(prim) -> bool:
-    """Is ``prim`` spelled with a Python operator (``{0} ** {1}``)? On two Python floats
-    such an operator follows Python's rules, not NumPy's: ``1.0 / 0.0`` and ``0.0 ** -1``
-    raise, ``(-1.0) ** 0.5`` turns complex, ``1e308 ** 2`` raises OverflowError, where
-    NumPy returns inf/nan with a RuntimeWarning. Such operations run on NumPy scalars
-    (see :func:`python_scalar`)."""
-    return isinstance(prim.impl, str) and not prim.impl.startswith("xp.")
+def is_operator(prim) -> bool:
+    """Is ``prim`` spelled with a Python operator (its entry's ``operator``, such as
+    ``"**"``)? On two Python floats such an operator follows Python's rules, not NumPy's:
+    ``1.0 / 0.0`` and ``0.0 ** -1`` raise, ``(-1.0) ** 0.5`` turns complex, ``1e308 ** 2``
+    raises OverflowError, where NumPy returns inf/nan with a RuntimeWarning. Such
+    operations run on NumPy scalars (see :func:`python_scalar`)."""
+    return prim.operator is not None
 
 
 def _python_floats(values) -> bool:
@@ -359,6 +359,16 @@ class Tracer:
         from . import numpy_api
         return numpy_api.dispatch_function(func, args, kwargs)
 
+    def __getitem__(self, index):
+        from . import numpy_api
+        return numpy_api.getitem(self, index)
+
+    def __setitem__(self, index, value):
+        raise ArgumentError(
+            "item assignment (x[i] = v) on a traced array mutates it, which cannot be "
+            "differentiated. Fix: build the result functionally, e.g. np.where(mask, v, x), "
+            "np.concatenate([...]) or np.stack([...]).")
+
     def __getattr__(self, name):
         from . import numpy_api
         method = numpy_api.TRACER_METHODS.get(name)
@@ -370,7 +380,7 @@ class Tracer:
         return id(self)
 
 
-# Set by diffprog.control to replace the error on bool()/float()/int() with guards.
+# Set by diffprog.guards to replace the error on bool()/float()/int() with guards.
 _GUARD_HOOK: list = [None]
 
 
@@ -430,4 +440,5 @@ def unsupported(name: str) -> UnsupportedFunctionError:
     return UnsupportedFunctionError(
         f"{name} has no differentiation rule in diffprog (called at {user_frame_line()}).\n"
         f"Fix: express it with supported NumPy functions, wrap it with @dp.custom_vjp and "
-        f"give its gradient, or add an entry for it in diffprog/primitives.py.")
+        f"give its gradient, or add an entry for it to the primitive table (diffprog/primitives/, "
+        f"one module per family, e.g. diffprog/primitives/linalg.py).")

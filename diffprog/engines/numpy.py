@@ -15,7 +15,7 @@ import weakref
 import numpy as np
 
 from ..ir import Graph, Lit, Var
-from ..tracing import operator_template, python_scalar
+from ..tracing import is_operator, python_scalar
 from ..transforms.closed import Closed
 from . import fusion, peephole
 from .base import Engine, Program
@@ -432,7 +432,7 @@ def _render(eqn, operands: list[str], b: SourceBuilder, body_of=None, host_fast:
     fields = {f for _, f, _, _ in string.Formatter().parse(impl) if f is not None}
     params = {k: b.param_text(v) for k, v in eqn.params.items() if k in fields}
     weak_scalars = _on_python_floats(eqn)
-    if weak_scalars:  # NumPy's rules, not Python's (see tracing.operator_template)
+    if weak_scalars:  # NumPy's rules, not Python's (see tracing.is_operator)
         b.namespace.update(_f64=np.float64, _py=python_scalar)
         operands = [f"_f64({o})" for o in operands]
     params["args"] = ", ".join(operands)
@@ -443,7 +443,7 @@ def _render(eqn, operands: list[str], b: SourceBuilder, body_of=None, host_fast:
 def _on_python_floats(eqn) -> bool:
     """Does this operator equation run on Python floats only (weak float scalars)?"""
     avals = [a.aval for a in eqn.inputs]
-    return operator_template(eqn.prim) and any(a.dtype.kind == "f" for a in avals) and all(
+    return is_operator(eqn.prim) and any(a.dtype.kind == "f" for a in avals) and all(
         a.weak and a.shape == () and a.dtype.kind in "fi" for a in avals)
 
 

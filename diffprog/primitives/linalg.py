@@ -2,10 +2,13 @@
 cholesky), on single matrices and on stacks of them as NumPy does."""
 from __future__ import annotations
 
+import string
+
 import numpy as np
 
-from ..errors import ShapeError, UnsupportedFunctionError
+from ..errors import ArgumentError, ShapeError, UnsupportedFunctionError
 from ..ir import Aval
+from ..tracing import unsupported
 from .core import Case, Primitive, Unsupported, broadcast_shapes, is_inexact, normal
 from .rules import (add_all, in_dtype_of, lower_triangle, onto_lower, sum_to, swap_last_axes,
                     symmetric_from_lower)
@@ -169,9 +172,51 @@ def _julia_einsum(eqn, jl):
     return f"DiffProg.npeinsum({jl.tuple(labels(sub) for sub in ins)}, {labels(out)}, {{args}})"
 
 
+def _einsum_call(subscripts, *operands, optimize=False, **kwargs):
+    """np.einsum: the subscripts made explicit (:func:`_explicit_subscripts`); a contraction
+    of several large operands gets NumPy's optimized order."""
+    if not isinstance(subscripts, str):
+        raise unsupported("np.einsum in the sublist (interleaved) form")
+    if kwargs:
+        raise ArgumentError(f"np.einsum: unsupported keyword(s) {sorted(kwargs)} on traced values")
+    spec = _explicit_subscripts(subscripts, [np.ndim(o) for o in operands])
+    big = sum(int(np.prod(np.shape(o))) for o in operands) > 4096
+    return einsum(*operands, subscripts=spec, optimize=bool(len(operands) > 1 and big))
+
+
+_LETTERS = string.ascii_letters
+
+
+def _explicit_subscripts(subscripts: str, ndims: list) -> str:
+    """Explicit form without spaces or ellipses: ``'...ij,...jk'`` -> ``'Zij,Zjk->Zik'``."""
+    s = subscripts.replace(" ", "")
+    if any(c not in _LETTERS + ",->." for c in s):
+        raise ArgumentError(f"einsum subscripts {subscripts!r} may contain only letters, ',', '->' and '...'")
+    ins, arrow, out = s.partition("->")
+    in_list = ins.split(",")
+    if len(in_list) != len(ndims):
+        raise ArgumentError(f"einsum {subscripts!r} names {len(in_list)} operands but got {len(ndims)}")
+    used = set(c for c in s if c in _LETTERS)
+    spare = [c for c in reversed(_LETTERS) if c not in used]
+    n_ell = max([nd - len(sub.replace("...", "")) for sub, nd in zip(in_list, ndims) if "..." in sub] or [0])
+    ell = "".join(spare[:n_ell])[::-1]
+    fixed = []
+    for sub, nd in zip(in_list, ndims):
+        if "..." in sub:
+            k = nd - len(sub.replace("...", ""))
+            sub = sub.replace("...", ell[len(ell) - k:] if k else "")
+        fixed.append(sub)
+    if arrow:
+        out = out.replace("...", ell)
+    else:
+        counts = {c: "".join(fixed).count(c) for c in set("".join(fixed))}
+        out = ell + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
+    return ",".join(fixed) + "->" + out
+
+
 einsum = Primitive(
     "einsum", "xp.einsum({subscripts}, {args}, optimize={optimize})",
-    _einsum_shape, vjp=_einsum_vjp, jvp=_einsum_jvp,
+    _einsum_shape, vjp=_einsum_vjp, jvp=_einsum_jvp, numpy={np.einsum: _einsum_call},
     julia=_julia_einsum,
     cases=[Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4, 5))],
                 {"subscripts": "ij,jk->ik", "optimize": False}),
@@ -236,7 +281,7 @@ def solve_impl(xp, a, b):
 
 
 solve = Primitive(
-    "solve", solve_impl, _solve_shape, vjp=_solve_vjp, jvp=_solve_jvp,
+    "solve", solve_impl, _solve_shape, vjp=_solve_vjp, jvp=_solve_jvp, numpy=np.linalg.solve,
     julia=_single_matrix_julia("DiffProg.npsolve({0}, {1})"),
     cases=[Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal(3)]),
            Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal((3, 2))]),
@@ -250,7 +295,7 @@ def _inv_shape(a):
 
 
 inv = Primitive(
-    "inv", "xp.linalg.inv({0})", _inv_shape,
+    "inv", "xp.linalg.inv({0})", _inv_shape, numpy=np.linalg.inv,
     vjp=lambda g, a, *, out: (-(swap_last_axes(out) @ g @ swap_last_axes(out)),),
     jvp=lambda ts, a, *, out: None if ts[0] is None else -(out @ ts[0] @ out),
     julia=_single_matrix_julia("DiffProg.npinv({0})"),
@@ -332,7 +377,7 @@ def _det_shape(a):
 # d det(a)[t] = tr(adj(a) t): through the adjugate, not det(a) inv(a), which fails (or
 # is garbage) at singular matrices where the gradient is well defined.
 det = Primitive(
-    "det", "xp.linalg.det({0})", _det_shape,
+    "det", "xp.linalg.det({0})", _det_shape, numpy=np.linalg.det,
     vjp=lambda g, a, *, out: (np.expand_dims(g, (-1, -2)) * swap_last_axes(adjugate(a)),),
     jvp=lambda ts, a, *, out: (None if ts[0] is None
                                else np.sum(swap_last_axes(adjugate(a)) * ts[0], axis=(-2, -1))),
@@ -371,6 +416,7 @@ def _slogdet_jvp(ts, a, *, out):
 
 slogdet = Primitive(
     "slogdet", "tuple(xp.linalg.slogdet({0}))", _slogdet_shape, vjp=_slogdet_vjp,
+    numpy={np.linalg.slogdet: lambda a: tuple(slogdet(a))},
     jvp=_slogdet_jvp, julia=_single_matrix_julia("DiffProg.npslogdet({0})"),
     multiple_results=True, cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
 
@@ -415,7 +461,16 @@ def _spd(x):
     return x @ swap_last_axes(x) + n * np.eye(n) + np.triu(x, 1)
 
 
+def _cholesky_call(a, upper=False):
+    """np.linalg.cholesky; with ``upper=True`` NumPy reads the upper triangle of ``a`` and
+    returns the upper factor: chol_upper(a) = chol(a^T)^T."""
+    if upper:
+        return swap_last_axes(cholesky(swap_last_axes(a)))
+    return cholesky(a)
+
+
 cholesky = Primitive(
     "cholesky", "xp.linalg.cholesky({0})", _cholesky_shape, vjp=_cholesky_vjp,
+    numpy={np.linalg.cholesky: _cholesky_call},
     jvp=_cholesky_jvp, julia=_single_matrix_julia("DiffProg.npcholesky({0})"),
     cases=[Case(normal(3, 3), wrap=_spd), Case(normal(2, 3, 3), wrap=_spd)])
