@@ -5,7 +5,10 @@
    full-data gradient (to 1e-12), and the time of one step is compared with the same
    work in one process (one full-batch call, and the 64 shard calls in a loop).
 2. An ensemble of 2,000 RK4 solves (Lotka-Volterra, 50 intervals x 4 steps) with
-   ``dpd.map(chunk=100)`` on 1 and on 2 workers (1 thread each): the speedup.
+   ``dpd.map(chunk=100)`` on 1 and on 2 workers (1 thread each): the speedup, for each
+   way a worker runs its chunk (``how="vmap"``: one batched program per chunk;
+   ``how="loop"``: one compiled call per member), with the machine's own parallel
+   capacity measured alongside.
 
     python bench/distributed.py              # full sizes (about a minute)
     python bench/distributed.py --quick      # small sizes, a smoke test
@@ -89,13 +92,28 @@ def gradient_benchmark(client, n_shards: int = 64, size: str = "full", repeats: 
     loop_s = _median_seconds(lambda: [per_shard(params, s) for s in shards], repeats)
     full_s = _median_seconds(lambda: full(params[0], params[1], x, y), repeats)
     step_s = _median_seconds(lambda: step(params, handle), repeats)
-    workers = len(client.nthreads())
     handle.release()
-    return {"shards": n_shards, "workers": workers, "value_diff": abs(float(value - ref_value)),
-            "max_abs_diff": max_abs_diff, "grad_scale": scale, "step_s": step_s,
-            "one_process_full_batch_s": full_s, "one_process_shard_loop_s": loop_s,
-            "overhead_s": step_s - loop_s / workers,
+    return {"shards": n_shards, "workers": len(client.nthreads()),
+            "value_diff": abs(float(value - ref_value)), "max_abs_diff": max_abs_diff,
+            "grad_scale": scale, "step_s": step_s, "one_process_full_batch_s": full_s,
+            "one_process_shard_loop_s": loop_s,
+            "fixed_cost_s": fixed_cost_per_step(client, n_shards, repeats),
             "tasks_per_step": 2 * min(n_shards, 2 * sum(client.nthreads().values())) - 1}
+
+
+def fixed_cost_per_step(client, n_shards: int, repeats: int) -> float:
+    """What a step costs beyond its arithmetic: the same step over the same number of
+    shards of the tiny W2 (8 rows, 4 -> 6 -> 1), whose gradients take microseconds.
+    Sending the parameters, scheduling the tree's tasks, moving partial sums and
+    gathering the result remain."""
+    import diffprog.distributed as dpd
+    params, shards = w2_shards(n_shards, "tiny")
+    handle = dpd.shard(shards, client)
+    step = dpd.value_and_grad(w2_shard_loss, client=client, reduce="mean")
+    step(params, handle)
+    seconds = _median_seconds(lambda: step(params, handle), repeats)
+    handle.release()
+    return seconds
 
 
 # ================================================================ ensemble
@@ -118,14 +136,16 @@ def ensemble_parameters(n: int) -> np.ndarray:
     return np.random.default_rng(2).uniform(0.5, 1.5, (n, 4))
 
 
-def ensemble_seconds(client, n_members: int = 2000, chunk: int = 100) -> float:
+def ensemble_seconds(client, n_members: int = 2000, chunk: int = 100, how: str = "vmap") -> float:
     """Seconds of one ``dpd.map`` of ``n_members`` solves (workers warmed up first)."""
     import diffprog.distributed as dpd
     P = ensemble_parameters(n_members)
     threads = sum(client.nthreads().values())
-    dpd.map(solve, P[:2 * threads], client=client, chunk=1)  # each worker compiles once
+    # warm up: each worker compiles once (vmap: once per chunk size, so warm with both)
+    for size in {chunk, n_members % chunk or chunk}:
+        dpd.map(solve, P[:size * 2 * threads], client=client, chunk=size, how=how)
     start = time.perf_counter()
-    out = dpd.map(solve, P, client=client, chunk=chunk)
+    out = dpd.map(solve, P, client=client, chunk=chunk, how=how)
     seconds = time.perf_counter() - start
     assert out.shape == (n_members, len(TS), 2)
     return seconds
@@ -164,28 +184,34 @@ def local_cluster(n_workers: int):
 
 
 def scaling(n_members: int, chunk: int) -> dict:
-    """The ensemble on 1 worker, then on 2 (each a fresh LocalCluster, 1 thread each)."""
+    """The ensemble on 1 worker, then on 2 (each a fresh LocalCluster, 1 thread each), for
+    how="vmap" and how="loop"."""
     seconds, capacity = {}, None
     for n in (1, 2):
         cluster, client = local_cluster(n)
         try:
-            seconds[n] = ensemble_seconds(client, n_members, chunk)
+            for how in ("vmap", "loop"):
+                seconds[how, n] = ensemble_seconds(client, n_members, chunk, how)
             if n == 2:
                 capacity = parallel_capacity(client)
         finally:
             client.close()
             cluster.close()
-    local = dp.differentiable(solve)
     P = ensemble_parameters(min(n_members, 200))
-    local(P[0])
+    loop, batched = dp.differentiable(solve), dp.vmap(solve)
+    loop(P[0]), batched(P[:chunk])
     start = time.perf_counter()
     for p in P:
-        local(p)
-    per_solve = (time.perf_counter() - start) / len(P)
-    return {"members": n_members, "chunk": chunk, "one_worker_s": seconds[1],
-            "two_workers_s": seconds[2], "speedup": seconds[1] / seconds[2],
-            "machine_parallel_capacity": capacity,
-            "one_process_s_per_solve": per_solve}
+        loop(p)
+    loop_per_solve = (time.perf_counter() - start) / len(P)
+    start = time.perf_counter()
+    batched(P[:chunk])
+    vmap_per_solve = (time.perf_counter() - start) / min(chunk, len(P))
+    return {"members": n_members, "chunk": chunk, "machine_parallel_capacity": capacity,
+            "modes": {how: {"one_worker_s": seconds[how, 1], "two_workers_s": seconds[how, 2],
+                            "speedup": seconds[how, 1] / seconds[how, 2]}
+                      for how in ("vmap", "loop")},
+            "one_process_s_per_solve": {"vmap": vmap_per_solve, "loop": loop_per_solve}}
 
 
 # ===================================================================== main
@@ -198,13 +224,15 @@ def report(grad: dict, ens: dict, out=sys.stdout) -> None:
           file=out)
     print(f"  one step {1e3 * grad['step_s']:.1f} ms; in one process: full batch "
           f"{1e3 * grad['one_process_full_batch_s']:.1f} ms, {grad['shards']} shard calls "
-          f"{1e3 * grad['one_process_shard_loop_s']:.1f} ms; overhead per step (step - "
-          f"shard loop / workers) {1e3 * grad['overhead_s']:.1f} ms", file=out)
-    print(f"ensemble of {ens['members']} RK4 solves, chunk {ens['chunk']}: 1 worker "
-          f"{ens['one_worker_s']:.2f} s, 2 workers {ens['two_workers_s']:.2f} s, speedup "
-          f"{ens['speedup']:.2f}x (one process: {1e3 * ens['one_process_s_per_solve']:.2f} ms "
-          f"per solve); {os.cpu_count()} CPUs here, which gave two plain CPU-bound tasks "
-          f"{ens['machine_parallel_capacity']:.2f}x at the time (2.00 when idle)", file=out)
+          f"{1e3 * grad['one_process_shard_loop_s']:.1f} ms; fixed cost per step (the same "
+          f"step on tiny shards) {1e3 * grad['fixed_cost_s']:.1f} ms", file=out)
+    print(f"ensemble of {ens['members']} RK4 solves, chunk {ens['chunk']} "
+          f"({os.cpu_count()} CPUs here; they gave two plain CPU-bound tasks "
+          f"{ens['machine_parallel_capacity']:.2f}x at the time, 2.00 when idle):", file=out)
+    for how, m in ens["modes"].items():
+        print(f"  how={how!r}: 1 worker {m['one_worker_s']:.2f} s, 2 workers "
+              f"{m['two_workers_s']:.2f} s, speedup {m['speedup']:.2f}x (one process: "
+              f"{1e3 * ens['one_process_s_per_solve'][how]:.3f} ms per solve)", file=out)
 
 
 def main(argv=None) -> int:
