@@ -49,7 +49,6 @@ import re
 import shutil
 import signal
 import stat
-import string
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,8 @@ from concurrent.futures import CancelledError, Future
 import numpy as np
 
 from ..errors import DiffprogWarning
+from ..ir import Aval, Eqn, Var
+from ..primitives import PRIMITIVES
 from .fastmath import probe_values
 
 FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-fno-builtin")
@@ -787,7 +788,7 @@ def _probe_inputs(prim, rng) -> list[list[np.ndarray]]:
     if prim.name == "integer_pow":
         return [[x]]
     bools = [rng.random(x.size) < 0.5 for _ in range(2)]
-    if _operand_count(prim.c) == 1:
+    if prim.ufunc.nin == 1:
         return [[x], bools[:1]]
     exponents = np.concatenate([np.arange(-10.0, 11.0), np.arange(-10.0, 11.0) + 0.5])
     y = np.concatenate([rng.permutation(x), gy, np.resize(exponents, x.size)])
@@ -795,18 +796,11 @@ def _probe_inputs(prim, rng) -> list[list[np.ndarray]]:
     return [[np.concatenate([x, gx, np.abs(x)]), y], bools, [x, bools[0]], [bools[1], x]]
 
 
-def _operand_count(template: str) -> int:
-    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f and f.isdigit()]
-    return max(int(f) for f in fields) + 1
-
-
 _INTEGER_POWERS = (2, -1, 1, 0, 3, -2, 4, 5, -3, 7, 10)
 
 
 def _probe_cases():
     """``(primitive name, builder, inputs, params)`` for every C spelling in the table."""
-    from ..ir import Aval, Eqn, Var
-    from ..primitives import PRIMITIVES
     rng = np.random.default_rng(20261201)
     cases = []
     for name, prim in sorted(PRIMITIVES.items()):

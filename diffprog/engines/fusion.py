@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,20 +48,6 @@ from . import ckernel, fastmath
 
 BLOCK = 16384
 DEFAULT_MIN_SIZE = 262144
-
-_OPERATOR_UFUNCS = {
-    "{0} + {1}": "add", "{0} - {1}": "subtract", "{0} * {1}": "multiply",
-    "{0} / {1}": "true_divide", "{0} ** {1}": "power", "{0} // {1}": "floor_divide",
-    "{0} < {1}": "less", "{0} <= {1}": "less_equal", "{0} > {1}": "greater",
-    "{0} >= {1}": "greater_equal", "{0} == {1}": "equal", "{0} != {1}": "not_equal",
-    "-{0}": "negative",
-}
-_CALL = re.compile(r"^xp\.([a-z0-9_]+)\((\{\d\}(, \{\d\})*)\)$")
-
-# NumPy's ``x ** n`` for an array x takes these shortcuts (fast_scalar_power); the
-# block kernel calls the same ufuncs so results stay bit-identical.
-_POWER_SHORTCUTS = {2: "square", -1: "reciprocal", 1: "positive"}
-
 
 def min_size() -> int:
     try:
@@ -83,22 +68,6 @@ def num_threads() -> int:
 
 # ============================================================================ planning
 
-def ufunc_call(eqn):
-    """``(ufunc name, operand order)`` computing this equation with ``out=``, or None."""
-    prim, impl = eqn.prim, eqn.prim.impl
-    if prim.name == "integer_pow":
-        n = eqn.params.get("n")
-        return (_POWER_SHORTCUTS[n], None) if n in _POWER_SHORTCUTS else ("power", "n")
-    if impl in _OPERATOR_UFUNCS:
-        return _OPERATOR_UFUNCS[impl], None
-    m = _CALL.match(impl) if isinstance(impl, str) else None
-    if m and isinstance(getattr(np, m.group(1), None), np.ufunc):
-        order = [int(d) for d in re.findall(r"\{(\d)\}", m.group(2))]
-        if order == list(range(len(eqn.inputs))):
-            return m.group(1), None
-    return None
-
-
 def _blockable_operand(atom, shape) -> bool:
     s = atom.aval.shape
     return s == shape or s == ()
@@ -109,7 +78,7 @@ def _elementwise_in_block(eqn, shape) -> bool:
     return (prim.elementwise and not prim.multiple_results and isinstance(prim.impl, str)
             and eqn.outputs[0].aval.shape == shape
             and all(_blockable_operand(a, shape) for a in eqn.inputs)
-            and (ufunc_call(eqn) is not None or prim.name == "where"))
+            and (prim.as_ufunc(eqn.params) is not None or prim.name == "where"))
 
 
 def _full_sum(eqn, shape) -> bool:
@@ -328,7 +297,8 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
             partner = pairs[pos]
             computed.add(partner)
             release(eqn, pos)
-            by_name = {eqn.prim.name: (pos, out), eqns[partner].prim.name: (partner, eqns[partner].outputs[0])}
+            by_name = {_SINCOS[eqn.prim.ufunc]: (pos, out),
+                       _SINCOS[eqns[partner].prim.ufunc]: (partner, eqns[partner].outputs[0])}
             locals_, targets = [], []
             for name in ("sin", "cos"):
                 p, v = by_name[name]
@@ -353,14 +323,14 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
         define_local(out, local)
         cb.op(eqn, c_ops, local)
         c_store_exports()
-        call = ufunc_call(eqn)
+        call = eqn.prim.as_ufunc(eqn.params)
         if call is None:  # where: no out= form; compute the block, then store it
             body.append(f"{local} = {target}")
             body.append(f"{local}[...] = xp.where({', '.join(ops)})")
             continue
         ufunc, extra = call
-        args = ops + ([repr(eqn.params["n"])] if extra == "n" else [])
-        body.append(f"{local} = xp.{ufunc}({', '.join(args)}, out={target})")
+        args = ops + [repr(v) for v in extra]
+        body.append(f"{local} = xp.{ufunc.__name__}({', '.join(args)}, out={target})")
 
     outs_after = [(full, v) for full, v in exports] + [(acc, v) for acc, v in reductions]
     if not outs_after:
@@ -411,14 +381,17 @@ def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, 
     return call_line, lines, consumed
 
 
+_SINCOS = {np.sin: "sin", np.cos: "cos"}
+
+
 def sincos_pairs(eqns) -> dict[int, int]:
     """``{first position: partner position}`` for each sin and cos of one float64 operand
     in a run (the first of the two computes both with the ``sincos`` ufunc)."""
     first_seen: dict[tuple[str, int], int] = {}
     pairs: dict[int, int] = {}
     for pos, eqn in enumerate(eqns):
-        name, operand = eqn.prim.name, eqn.inputs[0]
-        if name not in ("sin", "cos") or not isinstance(operand, Var) \
+        name, operand = _SINCOS.get(eqn.prim.ufunc), eqn.inputs[0]
+        if name is None or not isinstance(operand, Var) \
                 or operand.aval.dtype != np.float64 or eqn.outputs[0].aval.dtype != np.float64:
             continue
         key = id(operand)

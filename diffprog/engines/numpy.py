@@ -286,18 +286,17 @@ def _fresh_copy(value):
 
 def _needs_arrays(eqn) -> bool:
     """Library calls that want array operands where the program may hold Python scalars:
-    every non-elementwise function; elementwise ``xp.<function>`` calls that are not
-    ufuncs (``cupy.where`` calls ``condition.astype``) when any operand is a Python
-    scalar; and ``xp.<ufunc>`` calls on Python scalars only (NumPy turns those into
-    float64 arrays itself, so the device library gets the same)."""
-    if not eqn.prim.elementwise:
+    every non-elementwise function; elementwise library functions that are not ufuncs
+    (``cupy.where`` calls ``condition.astype``) when any operand is a Python scalar; and
+    ufuncs on Python scalars only (NumPy turns those into float64 arrays itself, so the
+    device library gets the same). Python operators take scalars as they are."""
+    prim = eqn.prim
+    if not prim.elementwise:
         return True
-    impl = eqn.prim.impl
-    if not (isinstance(impl, str) and impl.startswith("xp.")):
+    if prim.operator is not None or not isinstance(prim.impl, str):
         return False
     weak = [a.aval.weak for a in eqn.inputs]
-    is_ufunc = isinstance(getattr(np, impl[3:].split("(", 1)[0], None), np.ufunc)
-    return all(weak) if is_ufunc else any(weak)
+    return all(weak) if prim.ufunc is not None else any(weak)
 
 
 def _fusable(eqn) -> bool:

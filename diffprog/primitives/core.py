@@ -31,7 +31,8 @@ A :class:`Primitive` is one entry: everything about one operation, in one place.
               **kwargs)`` takes NumPy's signature (its keywords, argument checks) and binds
               the entry. Default: its ``ufunc``. The NumPy front end dispatches to these.
 ``ufunc``     the NumPy ufunc it computes, operand for operand, without params (engines
-              call it with ``out=``).
+              call it with ``out=``); ``ufunc_call(**params) -> (ufunc, extra operands)``
+              where the ufunc depends on params (``x ** n``); see :meth:`Primitive.as_ufunc`.
 ``operator``  the Python operator it is spelled with (``"+"``, ``"**"``, ``"@"``): on Python
               scalars it gives a Python scalar (weakly typed), and on two Python floats it
               runs on NumPy scalars so that NumPy's rules hold (inf and a warning where
@@ -132,12 +133,13 @@ class Primitive:
     """One entry of the table (see the module docstring for every slot)."""
 
     def __init__(self, name: str, impl=None, shape: Callable | None = None, *, vjp=None,
-                 jvp=None, batch=None, julia=None, numpy=None, ufunc=None, operator=None,
-                 c=None, cases=(), differentiable=True, elementwise=False,
+                 jvp=None, batch=None, julia=None, numpy=None, ufunc=None, ufunc_call=None,
+                 operator=None, c=None, cases=(), differentiable=True, elementwise=False,
                  multiple_results=False, identity=None, commutative=False, effectful=False,
                  negation=False, absorb_negation=None, register=True):
         self.name = name
         self.ufunc = ufunc
+        self.ufunc_call = ufunc_call
         self.operator = operator
         self.impl = impl if impl is not None else _spelled(ufunc, operator)
         self.shape = shape
@@ -179,6 +181,13 @@ class Primitive:
 
     def __repr__(self) -> str:
         return f"Primitive({self.name})"
+
+    def as_ufunc(self, params: dict):
+        """``(ufunc, extra operands)``: this entry with these params as one ufunc call,
+        ``ufunc(*inputs, *extra)`` (engines call it with ``out=``); None when it is none."""
+        if self.ufunc_call is not None:
+            return self.ufunc_call(**params)
+        return (self.ufunc, ()) if self.ufunc is not None and not params else None
 
     def evaluate(self, xp, *args, **params):
         return self._eager(xp, *args, **params)

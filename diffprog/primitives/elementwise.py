@@ -120,9 +120,17 @@ def _integer_pow_derivative(x, n):
     return n * x ** (n - 1) if n != 1 else 1.0
 
 
+# NumPy's ``x ** n`` for an array x takes these shortcuts (fast_scalar_power)
+_POWER_SHORTCUTS = {2: np.square, -1: np.reciprocal, 1: np.positive}
+
+
+def _power_as_ufunc(n):
+    return (_POWER_SHORTCUTS[n], ()) if n in _POWER_SHORTCUTS else (np.power, (n,))
+
+
 # x ** n for a Python int n (np.power composes it; exact for negative x)
 integer_pow = Primitive(
-    "integer_pow", "{0} ** {n}", operator="**", elementwise=True,
+    "integer_pow", "{0} ** {n}", operator="**", elementwise=True, ufunc_call=_power_as_ufunc,
     vjp=lambda g, x, *, out, n: (in_dtype_of(g * _integer_pow_derivative(x, n), x),),
     jvp=lambda ts, x, *, out, n: None if ts[0] is None else in_dtype_of(
         ts[0] * _integer_pow_derivative(x, n), x),
