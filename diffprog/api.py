@@ -559,8 +559,9 @@ def _fast_plan(variant, sig, check_all: bool):
             where.extend((i, k) for k in child.keys)
         else:
             return None
-    if graph is None or len(where) != len(sig.leaves) or len(sig.dynamic) != len(sig.leaves):
-        return None
+    if graph is None or len(where) != len(sig.leaves) or len(sig.dynamic) != len(sig.leaves) \
+            or any(type(leaf) is not np.ndarray for leaf in sig.leaves):
+        return None  # Python floats among the leaves (their type is part of the program)
     n = len(sig.dynamic)
     used = {id(a) for e in graph.eqns for a in e.inputs} | {id(o) for o in graph.outvars}
     keep = [i for i in range(n) if id(graph.invars[i]) in used]

@@ -54,6 +54,8 @@ class RandomWatch:
 
     def __init__(self, fn: Callable, leaves: list):
         self.generators: dict = {}  # id -> (name, generator, state before, read in a body)
+        #: the process-wide generators: any thread may draw from them
+        self.shared_names = {"np.random (the global generator)", "Python's random module"}
         self.add(np.random.mtrand._rand, "np.random (the global generator)")
         self.add(random._inst, "Python's random module")
         for i, leaf in enumerate(leaves):  # the others are added as the function reads them

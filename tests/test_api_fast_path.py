@@ -41,3 +41,9 @@ def test_fast_calls_with_externals_and_nested_dicts_stay_correct():
     assert f(P) == 12.0
     nested = dp.differentiable(lambda p: np.sum(p["a"]["b"]))
     assert nested({"a": {"b": np.ones(3)}}) == 3.0 and not nested._fast
+
+
+def test_dicts_holding_python_floats_take_the_full_path():
+    f = dp.differentiable(lambda p: np.sum(p["w"]) + p["b"])
+    assert f({"w": np.ones(2), "b": 1.5}) == 3.5 and f({"w": np.ones(2), "b": 2.5}) == 4.5
+    assert not f._fast
