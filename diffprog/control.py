@@ -26,11 +26,12 @@ from typing import Callable
 
 import numpy as np
 
+from . import externals
 from .errors import ArgumentError, ShapeError
 from .ir import Aval, Graph, aval_of
 from .primitives import control as entries  # the control-flow entries of the table
 from .primitives.control import bind_all, strong
-from .tracing import Tracer, eval_graph, new_trace, tracing_active
+from .tracing import Tracer, eval_graph, new_trace, trace_stack, tracing_active
 from .transforms.closed import Closed, close
 from .transforms.simplify import simplify
 from .tree import LEAF, TreeDef, flatten, unflatten
@@ -49,7 +50,9 @@ def trace_user(fn: Callable, in_tree, in_avals: list, what: str):
     with new_trace(concrete=False) as trace:
         trace.purpose = what  # named by errors on bool()/int() in the body (diffprog.guards)
         args = [trace.new_input(a) for a in in_avals]
-        out = fn(*unflatten(in_tree, args))
+        fn = externals.for_nested_call(fn, trace_stack())  # what it reads: the root call's
+        with externals.draws_refused_in(what):  # one draw would serve every step
+            out = fn(*unflatten(in_tree, args))
         flat, out_tree = flatten(out)
         graph = trace.to_graph(flat)
     return simplify(graph), out_tree, [o for o, _ in trace.captured]

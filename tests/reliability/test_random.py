@@ -115,3 +115,9 @@ def test_jacobians_of_functions_that_draw_are_refused(transform):
     g = f if transform is dp.hessian else (lambda x: x ** 3 * rng.normal(size=3))
     with pytest.raises(dp.DiffprogError, match="draws random numbers"):
         transform(g)(X)
+
+
+def test_draws_inside_a_scan_body_from_a_closed_over_generator_are_refused():
+    rng = np.random.default_rng(1)
+    with pytest.raises(dp.DiffprogError, match="drawn inside"):
+        dp.differentiable(lambda xs: dp.scan(lambda c, x: (c, x * rng.normal()), 0.0, xs)[1])(X)
