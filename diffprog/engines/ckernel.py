@@ -62,6 +62,7 @@ from ..errors import DiffprogWarning
 from ..ir import Aval, Eqn, Var
 from ..primitives import PRIMITIVES
 from .fastmath import probe_values
+from .threads import num_threads, run_parallel
 
 FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-fno-builtin")
 FLAG_BITS = {"divide": 1, "over": 2, "under": 4, "invalid": 8}  # what kernels return
@@ -967,7 +968,6 @@ class Kernel:
             return fn(counter.ctypes.data, n_blocks, size, ptrs, values, sums.ctypes.data,
                       scratch.ctypes.data)
 
-        from .fusion import num_threads, run_parallel
         raised = 0
         for flags in run_parallel([work] * min(num_threads(), n_blocks)):
             raised |= flags

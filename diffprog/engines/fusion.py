@@ -35,16 +35,14 @@ Settings (environment, read when a program is compiled):
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..ir import Lit, Var
+from ..ir import Var
 from . import ckernel, fastmath
+from .threads import run_chunks
 
 BLOCK = 16384
 DEFAULT_MIN_SIZE = 262144
@@ -54,16 +52,6 @@ def min_size() -> int:
         return int(os.environ.get("DIFFPROG_FUSE_MIN", DEFAULT_MIN_SIZE))
     except ValueError:
         return DEFAULT_MIN_SIZE
-
-
-def num_threads() -> int:
-    try:
-        n = int(os.environ.get("DIFFPROG_THREADS", "0"))
-    except ValueError:
-        n = 0
-    if n <= 0:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, n)
 
 
 # ============================================================================ planning
@@ -198,187 +186,208 @@ class _Buffers:
         self.free.setdefault(dtype, []).append(name)
 
 
-def render_block_kernel(graph, segment, k, *, names, define, operand, last_use, out_ids, b):
-    """Source of one block kernel and the line calling it.
-
-    Returns ``(call_line, helper_lines, consumed_vars)``; ``call_line`` is None when no
-    value of the run is used afterwards. ``names``/``define``/``operand`` are the code
-    generator's naming functions; ``b`` its SourceBuilder (for bound constants).
+class BlockKernel:
+    """One block kernel: a run of elementwise equations (and full sums) over arrays of one
+    shape, walked in blocks of ``BLOCK`` elements, as a NumPy function and its compiled C
+    twin (:class:`diffprog.engines.ckernel.BlockBuilder`, built alongside), and the
+    program's lines calling it. Values computed inside stay block-sized; those read after
+    the run are written to full-size results.
     """
-    eqns = [graph.eqns[i] for i in segment]
-    last = segment[-1]
-    shape = eqns[0].outputs[0].aval.shape if eqns[0].prim.name != "reduce_sum" else eqns[0].inputs[0].aval.shape
-    size = math.prod(shape)
-    inside: dict[int, str] = {}     # var id -> block-local name
-    params: list[str] = []          # kernel parameters (program names of outside values)
-    flat_inputs: list[str] = []     # lines preparing full-size inputs
-    block_inputs: list[str] = []    # lines slicing inputs per block
-    export_lines: list[str] = []    # lines allocating full-size results
-    body: list[str] = []
-    reductions: list[tuple[str, Var]] = []  # (accumulator, output var)
-    exports: list[tuple[str, Var]] = []     # (full array name, var) of elementwise results
-    buffers = _Buffers()
-    owner: dict[int, tuple[str, str]] = {}  # var id -> scratch buffer it occupies
-    cb = ckernel.BlockBuilder(BLOCK)        # the block's C twin, built alongside
-    c_names: dict[int, str] = {}            # var id -> its C value
-    local_last = {}
-    for pos, eqn in enumerate(eqns):
-        for a in eqn.inputs:
-            if isinstance(a, Var):
-                local_last[id(a)] = pos
 
-    def needed_after(v) -> bool:
-        return id(v) in out_ids or last_use.get(id(v), -1) > last
+    def __init__(self, writer, segment: list[int], index: int):
+        self.writer = writer  # the program's ProgramWriter (names, bound constants)
+        self.segment = segment
+        self.eqns = [writer.graph.eqns[i] for i in segment]
+        first = self.eqns[0]
+        self.shape = first.inputs[0].aval.shape if first.prim.name == "reduce_sum" \
+            else first.outputs[0].aval.shape
+        self.size = math.prod(self.shape)
+        self.name = f"_block{index}"
+        self.index = index
+        self.c_twin = ckernel.BlockBuilder(BLOCK)
+        self.local: dict[int, str] = {}   # var id -> its name in the NumPy block loop
+        self.c_value: dict[int, str] = {}  # var id -> its C value
+        self.params: list[str] = []       # kernel parameters (program names of outside values)
+        self.flat_inputs: list[str] = []  # lines preparing full-size inputs
+        self.block_inputs: list[str] = []  # lines slicing inputs per block
+        self.export_lines: list[str] = []  # lines allocating full-size results
+        self.body: list[str] = []         # the block loop's lines
+        self.reductions: list[tuple[str, Var]] = []  # (accumulator, output var)
+        self.exports: list[tuple[str, Var]] = []     # (full array name, var)
+        self.c_pending: list[Var] = []    # exported results the C twin has not stored yet
+        self.buffers = _Buffers()
+        self.owner: dict[int, tuple[str, str]] = {}  # var id -> scratch buffer it occupies
+        self.last_use = {id(a): pos for pos, eqn in enumerate(self.eqns)
+                         for a in eqn.inputs if isinstance(a, Var)}
+        self.definition: list[str] = []
 
-    def block_operand(atom) -> tuple[str, str]:
-        """The operand's name in the NumPy block kernel, and its C value."""
-        if isinstance(atom, Var) and id(atom) in inside:
-            return inside[id(atom)], c_names[id(atom)]
-        text = operand(atom)
+    # ------------------------------------------------------------ operands and results
+
+    def operand(self, atom) -> tuple[str, str]:
+        """The operand's name in the NumPy block loop, and its C value."""
+        if isinstance(atom, Var) and id(atom) in self.local:
+            return self.local[id(atom)], self.c_value[id(atom)]
+        text = self.writer.operand(atom)
         if atom.aval.shape == ():
             if isinstance(atom, Var) or text.startswith("_"):
-                if text not in params:
-                    params.append(text)
-                return text, cb.scalar(text, atom.aval)
-            return text, cb.literal(atom.value)  # a literal number
-        key = f"i{len(flat_inputs)}"
-        if text not in params:
-            params.append(text)
-        flat_inputs.append(f"{key} = xp.ravel({text})")
-        block_inputs.append(f"{key}b = {key}[i:j]")
-        c_value = cb.array(key, atom.aval)
+                self._parameter(text)
+                return text, self.c_twin.scalar(text, atom.aval)
+            return text, self.c_twin.literal(atom.value)  # a literal number
+        key = f"i{len(self.flat_inputs)}"
+        self._parameter(text)
+        self.flat_inputs.append(f"{key} = xp.ravel({text})")
+        self.block_inputs.append(f"{key}b = {key}[i:j]")
+        c_value = self.c_twin.array(key, atom.aval)
         if isinstance(atom, Var):
-            inside[id(atom)] = f"{key}b"
-            c_names[id(atom)] = c_value
+            self._define_local(atom, f"{key}b", c_value)
         return f"{key}b", c_value
 
-    def release(eqn, pos):
+    def _parameter(self, text: str) -> None:
+        if text not in self.params:
+            self.params.append(text)
+
+    def _define_local(self, var, local: str, c_value: str | None = None) -> None:
+        self.local[id(var)] = local
+        self.c_value[id(var)] = local if c_value is None else c_value
+
+    def release(self, eqn, pos: int) -> None:
+        """Give back the scratch buffers of inputs dying at ``pos`` (reused in place)."""
         for a in eqn.inputs:
-            if isinstance(a, Var) and local_last.get(id(a)) == pos and id(a) in owner:
-                buffers.give(*owner.pop(id(a)))
+            if isinstance(a, Var) and self.last_use.get(id(a)) == pos and id(a) in self.owner:
+                self.buffers.give(*self.owner.pop(id(a)))
 
-    c_exports: list[Var] = []  # results exported but not yet stored by the C twin
-
-    def define_local(var, local: str) -> None:
-        c_names[id(var)] = local
-        inside[id(var)] = local
-
-    def c_store_exports() -> None:
-        for var in c_exports:
-            cb.export(c_names[id(var)], var.aval.dtype)
-        c_exports.clear()
-
-    def target_for(out, pos) -> str:
-        """Where a block of ``out`` is written: its full-size result when needed after the
-        run, else a scratch buffer (callers release dying inputs first, for reuse)."""
+    def target(self, out) -> str:
+        """Where a block of ``out`` is written: its full-size result when read after the
+        run, else a scratch buffer (inputs dying here are released first, for reuse)."""
         dtype = out.aval.dtype.name
-        if needed_after(out):
-            full = f"e{len(exports)}"
-            exports.append((full, out))
-            c_exports.append(out)
-            export_lines.append(f"{full} = xp.empty({size}, _dt_{dtype})")
-            b.namespace[f"_dt_{dtype}"] = out.aval.dtype
+        if self.writer.needed_after(out, self.segment[-1]):
+            full = f"e{len(self.exports)}"
+            self.exports.append((full, out))
+            self.c_pending.append(out)
+            self.export_lines.append(f"{full} = xp.empty({self.size}, _dt_{dtype})")
+            self.writer.bound.namespace[f"_dt_{dtype}"] = out.aval.dtype
             return f"{full}[i:j]"
-        buf = buffers.take(dtype)
-        owner[id(out)] = (buf, dtype)
+        buf = self.buffers.take(dtype)
+        self.owner[id(out)] = (buf, dtype)
         return f"{buf}[:n]"
 
-    pairs = sincos_pairs(eqns) if fastmath.sincos() is not None else {}
-    computed: set[int] = set()  # positions already done by an earlier sincos call
-    for pos, eqn in enumerate(eqns):
-        if pos in computed:
-            release(eqn, pos)
-            continue
-        operands = [block_operand(a) for a in eqn.inputs]
-        ops = [text for text, _ in operands]
-        c_ops = [c_value for _, c_value in operands]
+    def _store_c_exports(self) -> None:
+        for var in self.c_pending:
+            self.c_twin.export(self.c_value[id(var)], var.aval.dtype)
+        self.c_pending.clear()
+
+    # ------------------------------------------------------------ equations
+
+    def sin_and_cos(self, pos: int, partner: int, operand: tuple[str, str]) -> None:
+        """sin and cos of one operand (equations ``pos`` and ``partner``): one call."""
+        eqn = self.eqns[pos]
+        self.release(eqn, pos)
+        by_function = {_SINCOS[e.prim.ufunc]: (p, e.outputs[0])
+                       for p, e in ((pos, eqn), (partner, self.eqns[partner]))}
+        locals_, targets = [], []
+        for function in ("sin", "cos"):
+            p, var = by_function[function]
+            targets.append(self.target(var))
+            locals_.append(f"t{p}")
+            self._define_local(var, f"t{p}")
+        self.body.append(f"{', '.join(locals_)} = _sincos({operand[0]}, out=({', '.join(targets)}))")
+        self.writer.bound.namespace["_sincos"] = fastmath.sincos()
+        self.c_twin.sin_cos(operand[1], *locals_)
+        self._store_c_exports()
+
+    def full_sum(self, pos: int, operand: tuple[str, str]) -> None:
+        eqn = self.eqns[pos]
+        acc = f"r{len(self.reductions)}"
+        self.reductions.append((acc, eqn.outputs[0]))
+        self.body.append(f"{acc}.append(_add_reduce({operand[0]}))")
+        self.c_twin.add_to_sum(operand[1])
+        self.release(eqn, pos)
+
+    def elementwise(self, pos: int, operands: list[tuple[str, str]]) -> None:
+        eqn = self.eqns[pos]
+        self.release(eqn, pos)  # an input dying here may be overwritten in place
         out = eqn.outputs[0]
-        if pos in pairs:  # sin and cos of this operand: one sincos call, here
-            partner = pairs[pos]
-            computed.add(partner)
-            release(eqn, pos)
-            by_name = {_SINCOS[eqn.prim.ufunc]: (pos, out),
-                       _SINCOS[eqns[partner].prim.ufunc]: (partner, eqns[partner].outputs[0])}
-            locals_, targets = [], []
-            for name in ("sin", "cos"):
-                p, v = by_name[name]
-                targets.append(target_for(v, p))
-                locals_.append(f"t{p}")
-                define_local(v, f"t{p}")
-            body.append(f"{', '.join(locals_)} = _sincos({ops[0]}, out=({', '.join(targets)}))")
-            b.namespace["_sincos"] = fastmath.sincos()
-            cb.sin_cos(c_ops[0], *locals_)
-            c_store_exports()
-            continue
-        if eqn.prim.name == "reduce_sum":
-            acc = f"r{len(reductions)}"
-            reductions.append((acc, out))
-            body.append(f"{acc}.append(_add_reduce({ops[0]}))")
-            cb.add_to_sum(c_ops[0])
-            release(eqn, pos)
-            continue
-        release(eqn, pos)  # an input dying here may be overwritten in place
-        target = target_for(out, pos)
-        local = f"t{pos}"
-        define_local(out, local)
-        cb.op(eqn, c_ops, local)
-        c_store_exports()
+        target, local = self.target(out), f"t{pos}"
+        self._define_local(out, local)
+        self.c_twin.op(eqn, [c for _, c in operands], local)
+        self._store_c_exports()
+        ops = [text for text, _ in operands]
         call = eqn.prim.as_ufunc(eqn.params)
         if call is None:  # where: no out= form; compute the block, then store it
-            body.append(f"{local} = {target}")
-            body.append(f"{local}[...] = xp.where({', '.join(ops)})")
-            continue
+            self.body += [f"{local} = {target}", f"{local}[...] = xp.where({', '.join(ops)})"]
+            return
         ufunc, extra = call
         args = ops + [repr(v) for v in extra]
-        body.append(f"{local} = xp.{ufunc.__name__}({', '.join(args)}, out={target})")
+        self.body.append(f"{local} = xp.{ufunc.__name__}({', '.join(args)}, out={target})")
 
-    outs_after = [(full, v) for full, v in exports] + [(acc, v) for acc, v in reductions]
-    if not outs_after:
-        return None, [], []
-    result_names = []
-    for v in [v for _, v in outs_after]:
-        result_names += define_one(define, v)
+    # ------------------------------------------------------------ the kernel
 
-    kname = f"_block{k}"
-    for name, dtype in buffers.allocs:
-        b.namespace[f"_dt_{dtype}"] = np.dtype(dtype)
-    lines = [f"def {kname}({', '.join(params)}):"]
-    lines += [f"    {line}" for line in flat_inputs + export_lines]
-    lines.append("    def chunk(lo, hi):")
-    lines += [f"        {name} = xp.empty({BLOCK}, _dt_{dtype})" for name, dtype in buffers.allocs]
-    lines += [f"        {acc} = []" for acc, _ in reductions]
-    lines.append(f"        for i in range(lo, hi, {BLOCK}):")
-    lines.append(f"            j = i + {BLOCK} if i + {BLOCK} < hi else hi")
-    lines.append("            n = j - i")
-    lines += [f"            {line}" for line in block_inputs + body]
-    lines.append(f"        return ({''.join(acc + ', ' for acc, _ in reductions)})")
-    compiled = cb.kernel(size)
-    if compiled is None:
-        if cb.refused:
-            lines.append(f"    # no compiled twin: {cb.refused}")
-        lines.append(f"    parts = _run_chunks(chunk, {size}, {BLOCK})")
-    else:  # the C twin when it is ready (and the inputs suit it), else the NumPy kernel
-        b.namespace[f"_ck{k}"] = compiled
-        lines.append(f"    parts = _ck{k}(({''.join(n + ', ' for n, _ in cb.arrays)}), "
-                     f"({''.join(full + ', ' for full, _ in exports)}), "
-                     f"({''.join(n + ', ' for n in cb.scalars)}))")
-        lines.append("    if parts is None:")
-        lines.append(f"        parts = _run_chunks(chunk, {size}, {BLOCK})")
-    rets = []
-    for full, v in exports:
-        rets.append(f"{full}.reshape({v.aval.shape!r})")
-    for i, (acc, v) in enumerate(reductions):
-        total = f"_combine(parts, {i}, _dt_{v.aval.dtype.name})"
-        b.namespace[f"_dt_{v.aval.dtype.name}"] = v.aval.dtype
-        rets.append(total if v.aval.shape == () else f"xp.reshape({total}, {v.aval.shape!r})")
-    lines.append(f"    return ({', '.join(rets)},)")
-    b.namespace["_run_chunks"] = run_chunks
-    b.namespace["_combine"] = combine
-    b.namespace["_add_reduce"] = np.add.reduce
-    call_line = f"{', '.join(result_names)}, = {kname}({', '.join(params)})"
-    defined = {id(o) for e in eqns for o in e.outputs}
-    consumed = [a for e in eqns for a in e.inputs if isinstance(a, Var) and id(a) not in defined]
-    return call_line, lines, consumed
+    def write(self) -> list[str] | None:
+        """The program's lines calling the kernel (None when nothing reads its results);
+        its function's lines go to ``definition``."""
+        pairs = sincos_pairs(self.eqns) if fastmath.sincos() is not None else {}
+        computed: set[int] = set()  # positions already done by an earlier sincos call
+        for pos, eqn in enumerate(self.eqns):
+            if pos in computed:
+                self.release(eqn, pos)
+                continue
+            operands = [self.operand(a) for a in eqn.inputs]
+            if pos in pairs:
+                computed.add(pairs[pos])
+                self.sin_and_cos(pos, pairs[pos], operands[0])
+            elif eqn.prim.name == "reduce_sum":
+                self.full_sum(pos, operands[0])
+            else:
+                self.elementwise(pos, operands)
+        results = [v for _, v in self.exports] + [v for _, v in self.reductions]
+        if not results:
+            return None
+        names = [self.writer.define(v) for v in results]
+        self.definition = self._function()
+        defined = {id(o) for e in self.eqns for o in e.outputs}
+        consumed = [a for e in self.eqns for a in e.inputs if isinstance(a, Var) and id(a) not in defined]
+        dead = self.writer.freed(consumed, self.segment[0], self.segment[-1])
+        call = f"{', '.join(names)}, = {self.name}({', '.join(self.params)})"
+        return [call] + (["del " + ", ".join(dead)] if dead else [])
+
+    def _function(self) -> list[str]:
+        namespace = self.writer.bound.namespace
+        for _, dtype in self.buffers.allocs:
+            namespace[f"_dt_{dtype}"] = np.dtype(dtype)
+        namespace.update(_run_chunks=run_chunks, _combine=combine, _add_reduce=np.add.reduce)
+        lines = [f"def {self.name}({', '.join(self.params)}):"]
+        lines += [f"    {line}" for line in self.flat_inputs + self.export_lines]
+        lines += ["    def chunk(lo, hi):"]
+        lines += [f"        {name} = xp.empty({BLOCK}, _dt_{dtype})" for name, dtype in self.buffers.allocs]
+        lines += [f"        {acc} = []" for acc, _ in self.reductions]
+        lines += [f"        for i in range(lo, hi, {BLOCK}):",
+                  f"            j = i + {BLOCK} if i + {BLOCK} < hi else hi",
+                  "            n = j - i"]
+        lines += [f"            {line}" for line in self.block_inputs + self.body]
+        lines.append(f"        return ({''.join(acc + ', ' for acc, _ in self.reductions)})")
+        return lines + self._run_lines() + [f"    return ({', '.join(self._results())},)"]
+
+    def _run_lines(self) -> list[str]:
+        """Run the C twin when it is ready (and the inputs suit it), else the NumPy kernel."""
+        numpy_kernel = f"_run_chunks(chunk, {self.size}, {BLOCK})"
+        compiled = self.c_twin.kernel(self.size)
+        if compiled is None:
+            why = [f"    # no compiled twin: {self.c_twin.refused}"] if self.c_twin.refused else []
+            return why + [f"    parts = {numpy_kernel}"]
+        self.writer.bound.namespace[f"_ck{self.index}"] = compiled
+        arrays = "".join(name + ", " for name, _ in self.c_twin.arrays)
+        outputs = "".join(full + ", " for full, _ in self.exports)
+        scalars = "".join(name + ", " for name in self.c_twin.scalars)
+        return [f"    parts = _ck{self.index}(({arrays}), ({outputs}), ({scalars}))",
+                "    if parts is None:", f"        parts = {numpy_kernel}"]
+
+    def _results(self) -> list[str]:
+        texts = [f"{full}.reshape({v.aval.shape!r})" for full, v in self.exports]
+        for i, (acc, v) in enumerate(self.reductions):
+            total = f"_combine(parts, {i}, _dt_{v.aval.dtype.name})"
+            self.writer.bound.namespace[f"_dt_{v.aval.dtype.name}"] = v.aval.dtype
+            texts.append(total if v.aval.shape == () else f"xp.reshape({total}, {v.aval.shape!r})")
+        return texts
 
 
 _SINCOS = {np.sin: "sin", np.cos: "cos"}
@@ -403,81 +412,7 @@ def sincos_pairs(eqns) -> dict[int, int]:
     return pairs
 
 
-def define_one(define, var):
-    class _E:  # define() names the outputs of an equation-like object
-        outputs = [var]
-    return define(_E)
-
-
 # ============================================================================ running
-
-# (pool, its size): one tuple, replaced whole, so a reader never sees half an update.
-# A pool is never shut down while the process runs: another thread may have fetched it and
-# be about to submit (shutting it down made that submit fail). When more workers are
-# needed the pool is replaced by a bigger one; the old one's threads finish what was
-# submitted and exit once no caller holds it. Threads start only when work waits, so a
-# pool sized for the largest request costs nothing until used.
-_POOL: list = [(None, 0)]
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_pool_in_child() -> None:
-    # a forked child has none of the parent's threads: handing work to the inherited pool
-    # would wait forever, so the child starts its own
-    global _POOL_LOCK
-    _POOL[0] = (None, 0)
-    _POOL_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_in_child)
-
-
-def worker_pool(workers: int) -> ThreadPoolExecutor:
-    """A pool with at least ``workers`` threads, shared by every caller; callers limit
-    their parallelism by how many calls they submit."""
-    pool, size = _POOL[0]
-    if size >= workers:  # the common case: no lock
-        return pool
-    with _POOL_LOCK:
-        pool, size = _POOL[0]
-        if size < workers:
-            size = max(workers, num_threads() - 1)
-            pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="diffprog")
-            _POOL[0] = (pool, size)
-        return pool
-
-
-def _with_errstate(fn, err):
-    def run(lo, hi):
-        with np.errstate(**err):  # the caller's np.errstate applies in worker threads too
-            return fn(lo, hi)
-    return run
-
-
-def run_chunks(chunk, size: int, block: int) -> list:
-    """Run ``chunk(lo, hi)`` over ``range(size)`` split (on block boundaries) between threads;
-    the partial results in order. The calling thread takes the first part itself."""
-    n_blocks = -(-size // block)
-    threads = min(num_threads(), n_blocks)
-    if threads <= 1:
-        return [chunk(0, size)]
-    cuts = [min(size, (n_blocks * t // threads) * block) for t in range(threads + 1)]
-    work = _with_errstate(chunk, np.geterr())
-    calls = [functools.partial(chunk, 0, cuts[1])]  # the calling thread keeps its errstate
-    calls += [functools.partial(work, cuts[t], cuts[t + 1]) for t in range(1, threads)]
-    return run_parallel(calls)
-
-
-def run_parallel(calls: list) -> list:
-    """``[call() for call in calls]``, the first on the calling thread and the rest at the
-    same time on the worker pool (block kernels and their compiled twins share it)."""
-    if len(calls) <= 1:
-        return [call() for call in calls]
-    futures = [worker_pool(len(calls) - 1).submit(call) for call in calls[1:]]
-    first = calls[0]()
-    return [first] + [f.result() for f in futures]
-
 
 def combine(parts: list, index: int, dtype):
     """Reduction ``index`` of a block kernel (a NumPy scalar of dtype): NumPy's pairwise sum

@@ -161,120 +161,178 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     ``host_fast`` (implied by ``blocks``): NumPy-only spellings with less call overhead
     (see ``_HOST_FAST``).
     """
-    if blocks and fuse is None:
+    blocked = blocks > 0 and fuse is None
+    if blocked:
         graph = fusion.sink_small_work(graph, blocks)
-    b = SourceBuilder(xp_module)
-    names: dict[int, str] = {}
-    for i, v in enumerate(graph.invars):
-        names[id(v)] = f"a{i}"
-    counter = itertools.count()
-    last_use = _last_uses(graph)
-    out_ids = {id(v) for v in graph.outvars if isinstance(v, Var)}
-    in_ids = {id(v) for v in graph.invars}
-    constants: dict = {}
-
-    def operand(atom, as_array=False) -> str:
-        if isinstance(atom, Lit):
-            v = atom.value
-            if isinstance(v, (int, float, bool)) and not isinstance(v, np.generic) and _is_safe_literal(v):
-                if not as_array:
-                    return repr(v)
-                key = ("scalar", type(v), v)
-                if key not in constants:
-                    constants[key] = b.bind_value(placement.constant(np.asarray(v)))
-                return constants[key]
-            if id(v) not in constants:
-                constants[id(v)] = b.bind_value(placement.constant(v))
-            return constants[id(v)]
-        text = names[id(atom)]
-        return f"xp.asarray({text})" if as_array and atom.aval.weak else text
-
-    def operands(eqn) -> list[str]:
-        as_array = placement.scalars_as_arrays and _needs_arrays(eqn)
-        return [operand(a, as_array) for a in eqn.inputs]
-
-    def define(eqn) -> list[str]:
-        outs = []
-        for o in eqn.outputs:
-            names[id(o)] = f"v{next(counter)}"
-            outs.append(names[id(o)])
-        return outs
-
-    def assign(outs, rhs, multiple) -> str:
-        if not outs:  # an effect without results (a guard)
-            return rhs
-        return ", ".join(outs) + ("," if len(outs) == 1 and multiple else "") + " = " + rhs
-
-    def body_of(closed):
-        return compiled_body(closed, xp_module, placement)
-
-    def dead_after(idx, atoms) -> list[str]:
-        return [names[id(a)] for a in _unique_vars(atoms)
-                if last_use.get(id(a)) == idx and id(a) not in out_ids and id(a) not in in_ids]
-
-    body, helpers, kernels = [], [], []
-    segments = fusion.block_segments(graph, blocks) if blocks and fuse is None \
-        else _segments(graph, fuse is not None)
+    writer = ProgramWriter(graph, xp_module, placement, host_fast=blocks > 0 or host_fast)
+    segments = fusion.block_segments(graph, blocks) if blocked else _segments(graph, fuse is not None)
+    helpers: list[list[str]] = []  # functions defined before the program: fused runs, kernels
+    body: list[str] = []
     for segment in segments:
-        if len(segment) > 1 and blocks and fuse is None:
-            line, kernel, consumed = fusion.render_block_kernel(
-                graph, segment, len(kernels), names=names, define=define, operand=operand,
-                last_use=last_use, out_ids=out_ids, b=b)
-            if line is None:
-                continue
-            kernels.append(kernel)
-            body.append(line)
-            dead = [names[id(a)] for a in _unique_vars(consumed)
-                    if segment[0] <= last_use.get(id(a), -1) <= segment[-1]
-                    and id(a) not in out_ids and id(a) not in in_ids]
-        elif len(segment) == 1:
-            idx = segment[0]
-            eqn = graph.eqns[idx]
-            rhs = _render(eqn, operands(eqn), b, body_of, host_fast=blocks > 0 or host_fast)
-            body.append(assign(define(eqn), rhs, eqn.prim.multiple_results))
-            dead = dead_after(idx, eqn.inputs)
-        else:
-            line, helper, dead = _fused_call(graph, segment, operands, define, assign, names,
-                                             last_use, out_ids, in_ids, b, len(helpers))
-            if line is None:
-                continue
-            helpers.append(helper)
-            body.append(line)
-        if dead:
-            body.append("del " + ", ".join(dead))
-    rets = []
-    returned: set = set()
-    for o in graph.outvars:
-        text = operand(o)
-        if isinstance(o, Var) and (id(o) in in_ids or id(o) in returned):
-            # an argument handed back (the gradient of x * y is y), or one value in two
-            # results: a caller mutating one result must not change another or its input
-            b.namespace["_fresh"] = _fresh_copy
-            text = f"_fresh({text})"
-        elif isinstance(o, Lit) and (isinstance(o.value, np.ndarray) or placement.outputs_as_arrays
-                                     and not o.aval.weak):
-            text = f"xp.array({text}, copy=True)"  # callers may mutate what we return
-        elif placement.outputs_as_arrays and o.aval.weak:
-            text = f"xp.asarray({text})"
-        rets.append(text)
-        if isinstance(o, Var):
-            returned.add(id(o))
-    args = ", ".join(f"a{i}" for i in range(len(graph.invars)))
-    src = []
-    for name, params, lines, exports in helpers:
-        src.append(f"def {name}({', '.join(params)}):")
-        src += ["    " + line for line in lines]
-        src.append(f"    return {', '.join(exports)}")
-        src.append(f"{name} = _fuse({name})")
-        src.append("")
-    if helpers:
-        b.namespace["_fuse"] = fuse
-    for kernel in kernels:
-        src += kernel + [""]
-    src.append(f"def {fn_name}({args}):")
-    src += ["    " + line for line in body]
-    src.append(f"    return ({', '.join(rets)}{',' if len(rets) == 1 else ''})")
-    return "\n".join(src) + "\n", b.namespace
+        if len(segment) == 1:
+            body += writer.equation(segment[0])
+            continue
+        run = fusion.BlockKernel(writer, segment, len(helpers)) if blocked \
+            else FusedRun(writer, segment, len(helpers), fuse)
+        call = run.write()
+        if call is not None:  # else nothing downstream reads the run (dead code)
+            helpers.append(run.definition)
+            body += call
+    source = [line for helper in helpers for line in helper + [""]]
+    source += writer.function(fn_name, body)
+    return "\n".join(source) + "\n", writer.bound.namespace
+
+
+class ProgramWriter:
+    """Writes one graph as a Python function over ``xp``: names its values (``a0``...
+    inputs, ``v0``... the rest), binds its constants and functions into the namespace
+    (never pasted as text), spells each equation and frees values after their last use.
+    Fused runs and block kernels write their parts through it."""
+
+    def __init__(self, graph: Graph, xp_module, placement: Placement = HOST, host_fast=False):
+        self.graph = graph
+        self.bound = SourceBuilder(xp_module)
+        self.placement = placement
+        self.host_fast = host_fast
+        self.names = {id(v): f"a{i}" for i, v in enumerate(graph.invars)}
+        self._values = itertools.count()
+        self._constants: dict = {}
+        self.last_use = _last_uses(graph)
+        self.output_ids = {id(v) for v in graph.outvars if isinstance(v, Var)}
+        self.input_ids = {id(v) for v in graph.invars}
+
+    # ------------------------------------------------------------ names
+
+    def operand(self, atom, as_array=False) -> str:
+        """The text of an operand: a value's name, a number, or a bound constant."""
+        if isinstance(atom, Var):
+            text = self.names[id(atom)]
+            return f"xp.asarray({text})" if as_array and atom.aval.weak else text
+        v = atom.value
+        if isinstance(v, (int, float, bool)) and not isinstance(v, np.generic) and _is_safe_literal(v):
+            if not as_array:
+                return repr(v)
+            key = ("scalar", type(v), v)
+            if key not in self._constants:
+                self._constants[key] = self.bound.bind_value(self.placement.constant(np.asarray(v)))
+            return self._constants[key]
+        if id(v) not in self._constants:
+            self._constants[id(v)] = self.bound.bind_value(self.placement.constant(v))
+        return self._constants[id(v)]
+
+    def operands(self, eqn) -> list[str]:
+        as_array = self.placement.scalars_as_arrays and _needs_arrays(eqn)
+        return [self.operand(a, as_array) for a in eqn.inputs]
+
+    def define(self, var) -> str:
+        """A new name for ``var``, the value an equation defines."""
+        self.names[id(var)] = f"v{next(self._values)}"
+        return self.names[id(var)]
+
+    def needed_after(self, var, index: int) -> bool:
+        """Is ``var`` read after equation ``index`` (or returned)?"""
+        return id(var) in self.output_ids or self.last_use.get(id(var), -1) > index
+
+    def freed(self, atoms, first: int, last: int) -> list[str]:
+        """Names of the values among ``atoms`` last used in equations ``first..last`` (not
+        inputs or outputs of the program): deleted there, for peak memory."""
+        return [self.names[id(a)] for a in _unique_vars(atoms)
+                if first <= self.last_use.get(id(a), -1) <= last
+                and id(a) not in self.output_ids and id(a) not in self.input_ids]
+
+    # ------------------------------------------------------------ equations
+
+    def equation(self, index: int) -> list[str]:
+        """The lines of equation ``index`` alone: its assignment, then what dies there."""
+        eqn = self.graph.eqns[index]
+        rhs = self.expression(eqn, self.operands(eqn))
+        lines = [assignment([self.define(o) for o in eqn.outputs], rhs, eqn.prim.multiple_results)]
+        dead = self.freed(eqn.inputs, index, index)
+        return lines + (["del " + ", ".join(dead)] if dead else [])
+
+    def expression(self, eqn, operands: list[str], host_fast: bool | None = None) -> str:
+        """The right-hand side computing ``eqn`` from ``operands``."""
+        host_fast = self.host_fast if host_fast is None else host_fast
+        if host_fast and not any(a.aval.weak for a in eqn.inputs):
+            fast = self._host_fast(eqn, operands)
+            if fast is not None:
+                return fast
+        impl = eqn.prim.impl
+        if callable(impl):
+            return self._call(impl, eqn, operands)
+        fields = {f for _, f, _, _ in string.Formatter().parse(impl) if f is not None}
+        return self._template(impl, eqn, operands, fields)
+
+    def _host_fast(self, eqn, operands):
+        name, bound = eqn.prim.name, self.bound
+        if name in _HOST_FAST:
+            bound.namespace.update(_HOST_FAST_NAMES)
+            fields = {f for _, f, _, _ in string.Formatter().parse(_HOST_FAST[name]) if f}
+            return self._template(_HOST_FAST[name], eqn, operands, fields)
+        if name == "scatter_add" and len(eqn.inputs) == 1:
+            fname = bound.bind_value(_scatter_static, "f")
+            return f"{fname}({operands[0]}, {bound.param_text(tuple(eqn.params['shape']))}, " \
+                   f"{bound.param_text(eqn.params['index'])})"
+        return None
+
+    def _call(self, impl, eqn, operands) -> str:
+        """``impl(xp, *operands, **params)`` with the function and its params bound; a loop
+        or branch body in the params is compiled here, with this program's settings."""
+        fname = self.bound.bind_value(impl, "f")
+        params = [f"{k}={self._param(v)}" for k, v in eqn.params.items()]
+        return f"{fname}(xp, {', '.join(operands + params)})"
+
+    def _param(self, value) -> str:
+        if isinstance(value, Closed):
+            return self.bound.bind_value(compiled_body(value, self.bound.namespace["xp"],
+                                                       self.placement), "k")
+        return self.bound.param_text(value)
+
+    def _template(self, template, eqn, operands, fields) -> str:
+        params = {k: self.bound.param_text(v) for k, v in eqn.params.items() if k in fields}
+        python_floats = _on_python_floats(eqn)
+        if python_floats:  # NumPy's rules, not Python's (see tracing.is_operator)
+            self.bound.namespace.update(_f64=np.float64, _py=python_scalar)
+            operands = [f"_f64({o})" for o in operands]
+        params["args"] = ", ".join(operands)
+        text = template.format(*operands, **params)
+        return f"_py({text})" if python_floats else text
+
+    # ------------------------------------------------------------ the function
+
+    def function(self, fn_name: str, body: list[str]) -> list[str]:
+        args = ", ".join(f"a{i}" for i in range(len(self.graph.invars)))
+        results = self.results()
+        return ([f"def {fn_name}({args}):"] + ["    " + line for line in body]
+                + [f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})"])
+
+    def results(self) -> list[str]:
+        """The returned values: never an argument itself, nor one value twice (a caller
+        mutating one result must not change another or its input), never a constant the
+        program keeps (callers may mutate what we return)."""
+        texts, returned = [], set()
+        for o in self.graph.outvars:
+            text = self.operand(o)
+            if isinstance(o, Var) and (id(o) in self.input_ids or id(o) in returned):
+                self.bound.namespace["_fresh"] = _fresh_copy
+                text = f"_fresh({text})"
+            elif isinstance(o, Lit) and (isinstance(o.value, np.ndarray) or
+                                         self.placement.outputs_as_arrays and not o.aval.weak):
+                text = f"xp.array({text}, copy=True)"
+            elif self.placement.outputs_as_arrays and o.aval.weak:
+                text = f"xp.asarray({text})"
+            texts.append(text)
+            if isinstance(o, Var):
+                returned.add(id(o))
+        return texts
+
+
+def assignment(names: list[str], rhs: str, multiple: bool) -> str:
+    """``a, b = rhs`` (``a, = rhs`` for one result of a multiple-result call; just ``rhs``
+    for an effect without results, a guard)."""
+    if not names:
+        return rhs
+    return ", ".join(names) + ("," if len(names) == 1 and multiple else "") + " = " + rhs
 
 
 def _fresh_copy(value):
@@ -321,38 +379,46 @@ def _segments(graph: Graph, fuse: bool) -> list[list[int]]:
     return segments
 
 
-def _fused_call(graph, segment, operands, define, assign, names, last_use, out_ids, in_ids, b, k):
-    """One helper function for a run of elementwise equations, and the line calling it.
+class FusedRun:
+    """A run of elementwise equations as one helper function, decorated with ``fuse``
+    (``cupy.fuse``), and the line calling it. Its parameters are the run's inputs from
+    outside (values and bound constants: a fused kernel cannot read globals); it returns
+    the values used after the run."""
 
-    Its parameters are the run's inputs from outside (variables and bound constants:
-    a fused kernel cannot read globals); it returns the values used after the run.
-    """
-    first, last = segment[0], segment[-1]
-    inside: set = set()
-    params: list[str] = []
-    lines: list[str] = []
-    for idx in segment:
-        eqn = graph.eqns[idx]
-        ops = operands(eqn)
-        for atom, text in zip(eqn.inputs, ops):
-            external = isinstance(atom, Lit) and text.startswith("_") or \
-                isinstance(atom, Var) and id(atom) not in inside
-            if external and text not in params:
-                params.append(text)
-        outs = define(eqn)
-        inside.update(id(o) for o in eqn.outputs)
-        lines.append(assign(outs, _render(eqn, ops, b), False))
-    exports = [names[id(o)] for idx in segment for o in graph.eqns[idx].outputs
-               if id(o) in out_ids or last_use.get(id(o), -1) > last]
-    if not exports:
-        return None, None, []  # nothing downstream reads it (dead code)
-    name = f"_fused{k}"
-    consumed = [a for idx in segment for a in graph.eqns[idx].inputs
-                if isinstance(a, Var) and id(a) not in inside]
-    dead = [names[id(a)] for a in _unique_vars(consumed)
-            if first <= last_use.get(id(a), -1) <= last and id(a) not in out_ids and id(a) not in in_ids]
-    line = f"{', '.join(exports)} = {name}({', '.join(params)})"
-    return line, (name, params, lines, exports), dead
+    def __init__(self, writer: ProgramWriter, segment: list[int], index: int, fuse):
+        self.writer, self.segment, self.fuse = writer, segment, fuse
+        self.name = f"_fused{index}"
+        self.definition: list[str] = []
+
+    def write(self) -> list[str] | None:
+        """The program's lines calling the run (None when nothing reads its results);
+        its function's lines go to ``definition``."""
+        writer, eqns = self.writer, [self.writer.graph.eqns[i] for i in self.segment]
+        inside: set = set()
+        params: list[str] = []
+        lines: list[str] = []
+        for eqn in eqns:
+            ops = writer.operands(eqn)
+            for atom, text in zip(eqn.inputs, ops):
+                external = isinstance(atom, Lit) and text.startswith("_") or \
+                    isinstance(atom, Var) and id(atom) not in inside
+                if external and text not in params:
+                    params.append(text)
+            outs = [writer.define(o) for o in eqn.outputs]
+            inside.update(id(o) for o in eqn.outputs)
+            lines.append(assignment(outs, writer.expression(eqn, ops, host_fast=False), False))
+        last = self.segment[-1]
+        exports = [writer.names[id(o)] for eqn in eqns for o in eqn.outputs
+                   if writer.needed_after(o, last)]
+        if not exports:
+            return None
+        writer.bound.namespace["_fuse"] = self.fuse
+        self.definition = ([f"def {self.name}({', '.join(params)}):"] + ["    " + line for line in lines]
+                           + [f"    return {', '.join(exports)}", f"{self.name} = _fuse({self.name})"])
+        consumed = [a for eqn in eqns for a in eqn.inputs if isinstance(a, Var) and id(a) not in inside]
+        dead = writer.freed(consumed, self.segment[0], last)
+        call = f"{', '.join(exports)} = {self.name}({', '.join(params)})"
+        return [call] + (["del " + ", ".join(dead)] if dead else [])
 
 
 def _unique_vars(atoms):
@@ -410,33 +476,6 @@ def _scatter_static(g, shape, index):
     out = np.zeros(shape, dtype=g.dtype if hasattr(g, "dtype") else np.result_type(g))
     out[index] = g
     return out
-
-
-def _render(eqn, operands: list[str], b: SourceBuilder, body_of=None, host_fast: bool = False) -> str:
-    impl = eqn.prim.impl
-    if host_fast and not any(a.aval.weak for a in eqn.inputs):
-        name = eqn.prim.name
-        if name in _HOST_FAST:
-            b.namespace.update(_HOST_FAST_NAMES)
-            impl = _HOST_FAST[name]
-        elif name == "scatter_add" and len(eqn.inputs) == 1:
-            fname = b.bind_value(_scatter_static, "f")
-            return f"{fname}({operands[0]}, {b.param_text(tuple(eqn.params['shape']))}, " \
-                   f"{b.param_text(eqn.params['index'])})"
-    if callable(impl):
-        fname = b.bind_value(impl, "f")
-        kw = ", ".join(f"{k}={b.bind_value(body_of(v), 'k') if isinstance(v, Closed) else b.param_text(v)}"
-                       for k, v in eqn.params.items())
-        return f"{fname}(xp, {', '.join(operands)}{', ' if kw else ''}{kw})"
-    fields = {f for _, f, _, _ in string.Formatter().parse(impl) if f is not None}
-    params = {k: b.param_text(v) for k, v in eqn.params.items() if k in fields}
-    weak_scalars = _on_python_floats(eqn)
-    if weak_scalars:  # NumPy's rules, not Python's (see tracing.is_operator)
-        b.namespace.update(_f64=np.float64, _py=python_scalar)
-        operands = [f"_f64({o})" for o in operands]
-    params["args"] = ", ".join(operands)
-    text = impl.format(*operands, **params)
-    return f"_py({text})" if weak_scalars else text
 
 
 def _on_python_floats(eqn) -> bool:

@@ -1,4 +1,4 @@
-"""fusion's shared worker pool under threads (diffprog/engines/fusion.py): callers asking
+"""The numpy engine's shared worker pool under threads (diffprog/engines/threads.py): callers asking
 for different numbers of workers at once never get a pool that was shut down under them
 (it raised ``RuntimeError: cannot schedule new futures after shutdown``), and results
 stay those of one thread."""
@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 import diffprog as dp
-from diffprog.engines import fusion
+from diffprog.engines import fusion, threads
 
 
 def _in_threads(n, target):
@@ -45,7 +45,7 @@ def test_callers_asking_for_different_pool_sizes_at_once(monkeypatch):
     def caller(k):
         for i in range(150):
             size = (k + 1) * 7 * (i % 5 + 1)
-            assert sum(p[0] for p in fusion.run_chunks(chunk, size, 7)) == size
+            assert sum(p[0] for p in threads.run_chunks(chunk, size, 7)) == size
     _in_threads(8, caller)
 
 
@@ -79,14 +79,14 @@ def test_a_fused_program_from_8_threads_on_arrays_of_different_sizes(monkeypatch
 
 
 def test_a_pool_handed_out_keeps_working_when_a_bigger_one_is_needed():
-    small = fusion.worker_pool(1)
-    bigger = fusion.worker_pool(64)
+    small = threads.worker_pool(1)
+    bigger = threads.worker_pool(64)
     assert small.submit(lambda: 42).result(timeout=10) == 42
     assert bigger.submit(lambda: 43).result(timeout=10) == 43
-    assert fusion.worker_pool(3) is bigger  # smaller requests share it: no new pool
+    assert threads.worker_pool(3) is bigger  # smaller requests share it: no new pool
 
 
 def test_one_pool_serves_every_smaller_request(monkeypatch):
     monkeypatch.setenv("DIFFPROG_THREADS", "4")
-    pool = fusion.worker_pool(3)
-    assert all(fusion.worker_pool(n) is pool for n in (1, 2, 3))
+    pool = threads.worker_pool(3)
+    assert all(threads.worker_pool(n) is pool for n in (1, 2, 3))

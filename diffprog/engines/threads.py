@@ -1,0 +1,92 @@
+"""The worker threads of the numpy engine: blocked kernels (:mod:`diffprog.engines.fusion`)
+and their compiled twins (:mod:`diffprog.engines.ckernel`) split their blocks between
+threads (NumPy and the kernels release the GIL), sharing one pool.
+
+``DIFFPROG_THREADS``: worker threads; default: the CPUs this process may use.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+
+def num_threads() -> int:
+    try:
+        n = int(os.environ.get("DIFFPROG_THREADS", "0"))
+    except ValueError:
+        n = 0
+    if n <= 0:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, n)
+
+
+# (pool, its size): one tuple, replaced whole, so a reader never sees half an update.
+# A pool is never shut down while the process runs: another thread may have fetched it and
+# be about to submit (shutting it down made that submit fail). When more workers are
+# needed the pool is replaced by a bigger one; the old one's threads finish what was
+# submitted and exit once no caller holds it. Threads start only when work waits, so a
+# pool sized for the largest request costs nothing until used.
+_POOL: list = [(None, 0)]
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool_in_child() -> None:
+    # a forked child has none of the parent's threads: handing work to the inherited pool
+    # would wait forever, so the child starts its own
+    global _POOL_LOCK
+    _POOL[0] = (None, 0)
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def worker_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool with at least ``workers`` threads, shared by every caller; callers limit
+    their parallelism by how many calls they submit."""
+    pool, size = _POOL[0]
+    if size >= workers:  # the common case: no lock
+        return pool
+    with _POOL_LOCK:
+        pool, size = _POOL[0]
+        if size < workers:
+            size = max(workers, num_threads() - 1)
+            pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="diffprog")
+            _POOL[0] = (pool, size)
+        return pool
+
+
+def _with_errstate(fn, err):
+    def run(lo, hi):
+        with np.errstate(**err):  # the caller's np.errstate applies in worker threads too
+            return fn(lo, hi)
+    return run
+
+
+def run_chunks(chunk, size: int, block: int) -> list:
+    """Run ``chunk(lo, hi)`` over ``range(size)`` split (on block boundaries) between threads;
+    the partial results in order. The calling thread takes the first part itself."""
+    n_blocks = -(-size // block)
+    threads = min(num_threads(), n_blocks)
+    if threads <= 1:
+        return [chunk(0, size)]
+    cuts = [min(size, (n_blocks * t // threads) * block) for t in range(threads + 1)]
+    work = _with_errstate(chunk, np.geterr())
+    calls = [functools.partial(chunk, 0, cuts[1])]  # the calling thread keeps its errstate
+    calls += [functools.partial(work, cuts[t], cuts[t + 1]) for t in range(1, threads)]
+    return run_parallel(calls)
+
+
+def run_parallel(calls: list) -> list:
+    """``[call() for call in calls]``, the first on the calling thread and the rest at the
+    same time on the worker pool (block kernels and their compiled twins share it)."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    futures = [worker_pool(len(calls) - 1).submit(call) for call in calls[1:]]
+    first = calls[0]()
+    return [first] + [f.result() for f in futures]
