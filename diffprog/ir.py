@@ -84,9 +84,11 @@ class Lit:
 
 def is_scalar_number(atom) -> bool:
     """A constant operand holding one finite real number (not a bool)."""
-    return (isinstance(atom, Lit) and atom.aval.shape == ()
-            and isinstance(atom.value, (int, float, np.floating, np.integer))
-            and not isinstance(atom.value, bool) and np.isfinite(atom.value))
+    if not (isinstance(atom, Lit) and atom.aval.shape == () and not isinstance(atom.value, bool)):
+        return False
+    if isinstance(atom.value, (int, np.integer)):
+        return True  # any int is finite (a Python int beyond int64 included)
+    return isinstance(atom.value, (float, np.floating)) and bool(np.isfinite(atom.value))
 
 
 #: arrays from this many elements up are checked for being one repeated value
@@ -177,31 +179,3 @@ class Graph:
         for o in self.outvars:
             if isinstance(o, Var) and id(o) not in defined:
                 raise DiffprogError(f"IR invalid: output {o} is never defined")
-
-    def structure_key(self) -> tuple:
-        """A hashable fingerprint of the program (used to cache compiled code)."""
-        ids = {id(v): i for i, v in enumerate(self.invars)}
-        counter = itertools.count(len(ids))
-        rows = []
-
-        def ref(a):
-            if isinstance(a, Lit):
-                return ("lit", id(a.value), str(a.aval))
-            return ids[id(a)]
-
-        for e in self.eqns:
-            ins = tuple(ref(a) for a in e.inputs)
-            for o in e.outputs:
-                ids[id(o)] = next(counter)
-            rows.append((e.prim.name, ins, tuple((k, _hashable(v)) for k, v in e.params.items())))
-        return (tuple(str(v.aval) for v in self.invars), tuple(rows), tuple(ref(o) for o in self.outvars))
-
-
-def _hashable(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return ("ndarray", id(v))
-    try:
-        hash(v)
-        return v
-    except TypeError:
-        return ("obj", id(v))

@@ -81,3 +81,9 @@ def test_python_scalars_with_a_python_float_input_follow_python():
     f = dp.differentiable(lambda x: x * Level.TWO + MyInt(1))
     assert f(1.5) == 4.0 and type(f(1.5)) is float
     assert dp.grad(lambda x: x * Level.TWO)(1.5) == 2.0
+
+
+def test_python_ints_beyond_int64_multiply_float_arrays_as_in_numpy():
+    x = np.array([0.5, 1.0])
+    np.testing.assert_array_equal(dp.differentiable(lambda x: x * 2**70)(x), x * 2**70)
+    np.testing.assert_array_equal(dp.grad(lambda x: np.sum(x * 2**70))(x), [2.0**70] * 2)
