@@ -136,14 +136,23 @@ def ensemble_parameters(n: int) -> np.ndarray:
     return np.random.default_rng(2).uniform(0.5, 1.5, (n, 4))
 
 
+def warm_up_every_worker(client, P, chunk: int, how: str) -> None:
+    """Have every worker compile ``solve`` for each chunk size the timed run will use, as
+    dpd.map's own tasks would (same function key): a plain warm-up map may leave a
+    worker idle, which would then compile inside the timed run."""
+    import diffprog.distributed as dpd
+    token = dpd._function_token(solve, dpd.HOW[how], None)
+    sizes = {chunk, len(P) % chunk or chunk}
+    client.gather([client.submit(dpd._map_chunk_task, token, solve, how, None, 0, P[:size],
+                                 workers=[w], pure=False)
+                   for w in client.nthreads() for size in sizes])
+
+
 def ensemble_seconds(client, n_members: int = 2000, chunk: int = 100, how: str = "vmap") -> float:
     """Seconds of one ``dpd.map`` of ``n_members`` solves (workers warmed up first)."""
     import diffprog.distributed as dpd
     P = ensemble_parameters(n_members)
-    threads = sum(client.nthreads().values())
-    # warm up: each worker compiles once (vmap: once per chunk size, so warm with both)
-    for size in {chunk, n_members % chunk or chunk}:
-        dpd.map(solve, P[:size * 2 * threads], client=client, chunk=size, how=how)
+    warm_up_every_worker(client, P, chunk, how)
     start = time.perf_counter()
     out = dpd.map(solve, P, client=client, chunk=chunk, how=how)
     seconds = time.perf_counter() - start

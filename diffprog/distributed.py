@@ -254,7 +254,11 @@ def _worker_program(token: str, fn, kind: str, engine):
 
 def worker_programs() -> list[str]:
     """Keys of the programs this process keeps (run it on the workers with
-    ``client.run(dpd.worker_programs)``); one per function, however many tasks ran."""
+    ``client.run(dpd.worker_programs)``); one per function, however many tasks ran.
+
+    >>> client.run(dpd.worker_programs)  # doctest: +SKIP
+    {'tcp://127.0.0.1:40013': ['diffprog-fn-3f1c...'], 'tcp://127.0.0.1:40127': [...]}
+    """
     with _PROGRAMS_LOCK:
         return list(_PROGRAMS)
 
@@ -444,7 +448,8 @@ def shard(data, client=None) -> Shards:
             f"e.g. [(x[i::64], y[i::64]) for i in range(64)], or pass "
             f"dask.array.from_array(x, chunks=...).")
     if len(data) == 0:
-        raise ArgumentValueError("diffprog.distributed: shards is an empty list; pass at least one.")
+        raise ArgumentValueError("diffprog.distributed: shards is an empty list; pass at least "
+                                 "one shard.")
     per_shard = [flatten(s) for s in data]
     futures: list = [None] * len(data)
     sources: list = [None] * len(data)

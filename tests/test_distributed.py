@@ -286,7 +286,8 @@ def test_a_member_that_raises_names_the_member_and_the_worker(client):
         dpd.map(fragile, P, client=client, chunk=3, how="python")
     assert info.value.worker in client.nthreads()
     assert info.value.original_type == "ValueError"
-    with pytest.raises(dpd.RemoteError, match=r"(?s)members (0\.\.2|3\.\.3) \(one dp.vmap call\).*how='loop'"):
+    vmap_chunk = r"(?s)members (0\.\.2|3\.\.3) \(one dp.vmap call\).*how='loop'"
+    with pytest.raises(dpd.RemoteError, match=vmap_chunk):
         dpd.map(fragile, P, client=client, chunk=3)
     with pytest.raises(dp.ArgumentValueError, match="how must be one of"):
         dpd.map(fragile, P, client=client, how="pmap")
