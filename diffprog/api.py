@@ -297,6 +297,10 @@ def _trace_call(fn: Callable, sig: Signature, lift: bool, reads: list,
             raise
         raise ConcretizationError(f"{e}\n{hint}") from None
     drew = watch.drawn()
+    if drew and threading.active_count() > 1 and reads and not externals.may_draw(reads[0]):
+        # only process-wide generators moved, other threads run, and nothing in the code
+        # names a draw: those threads drew (Dask's size sampling, say), not this function
+        drew = [d for d in drew if d not in watch.shared_names]
     _refuse_draws_in_bodies(watch.drawn_in_bodies())
     graph = simplify(graph)
     root = reads[0] if reads else None

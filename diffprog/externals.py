@@ -244,6 +244,7 @@ class ExternalReads:
         self._seen: dict = {}
         self._rebuilt: dict = {}
         self._views: dict = {}
+        self.names: set = set()  # names the rebuilt code mentions (see may_draw)
 
     # ------------------------------------------------------------------ at trace time
     def read(self, value, path: Path, depth: int = 0):
@@ -385,6 +386,7 @@ class ExternalReads:
         known = self._rebuilt.get(id(fn))
         if known is not None:
             return known[1]
+        self.names |= _all_names(fn.__code__)
         written = _written_names(fn.__code__)
         if written:
             self.impure.append(f"{fn.__qualname__} assigns "
@@ -673,6 +675,28 @@ def _fits(value, aval: Aval) -> bool:
         value.shape == aval.shape and value.dtype == aval.dtype
 
 
+#: names whose presence in a function's code makes a draw from a process-wide generator
+#: its own (other threads may draw from those generators while it is traced)
+RANDOM_WORDS = frozenset({
+    "random", "rand", "randn", "randint", "random_sample", "normal", "uniform", "choice",
+    "shuffle", "permutation", "permuted", "integers", "standard_normal", "exponential",
+    "poisson", "binomial", "multinomial", "gamma", "beta", "dirichlet", "laplace",
+    "lognormal", "rvs", "sample", "gauss", "randrange", "seed", "default_rng"})
+
+
+def may_draw(reads: "ExternalReads | None") -> bool:
+    """Could the traced code itself have drawn from a process-wide generator?"""
+    return reads is None or bool(reads.names & RANDOM_WORDS)
+
+
+def _all_names(code: types.CodeType) -> set:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _all_names(const)
+    return names
+
+
 def _written_names(code: types.CodeType) -> set:
     """("global", name) for names the code assigns with ``global``, ("cell", name) for
     free variables it assigns with ``nonlocal`` (nested code included)."""
@@ -711,7 +735,7 @@ class draws_refused_in:
 
     def __enter__(self):
         from .tracing import trace_stack
-        reads = active(trace_stack())
+        reads = self.reads = active(trace_stack())
         self.watch = reads.watch if reads is not None else None
         self.before = self.watch.states() if self.watch is not None else None
         return self
@@ -719,7 +743,8 @@ class draws_refused_in:
     def __exit__(self, kind, error, tb):
         if kind is None and self.watch is not None:
             moved = self.watch.moved_since(self.before)
-            if moved and set(moved) <= self.watch.shared_names and threading.active_count() > 1:
+            if moved and set(moved) <= self.watch.shared_names and \
+                    threading.active_count() > 1 and not may_draw(self.reads):
                 # only a process-wide generator moved, and other threads may have drawn
                 # from it: no error on a guess (the root trace still sees a draw, so the
                 # function is traced per call: slower, never frozen)

@@ -121,3 +121,30 @@ def test_draws_inside_a_scan_body_from_a_closed_over_generator_are_refused():
     rng = np.random.default_rng(1)
     with pytest.raises(dp.DiffprogError, match="drawn inside"):
         dp.differentiable(lambda xs: dp.scan(lambda c, x: (c, x * rng.normal()), 0.0, xs)[1])(X)
+
+
+def test_draws_by_other_threads_are_not_blamed_on_a_function_that_cannot_draw():
+    import threading
+    stop = threading.Event()
+
+    def drawing_thread():
+        while not stop.is_set():
+            np.random.random()  # another thread keeps drawing from the global generator
+    worker = threading.Thread(target=drawing_thread)
+    worker.start()
+    try:
+        traces = []
+
+        def f(x):
+            traces.append(1)
+            for _ in range(200):
+                x = np.sin(x) + 0.1  # tracing takes long enough for the thread to draw
+            return x
+        d = dp.differentiable(f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", dp.DiffprogWarning)
+            d(X), d(X), d(X)
+        assert len(traces) == 1
+    finally:
+        stop.set()
+        worker.join()
