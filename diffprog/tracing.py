@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import ArgumentError, ConcretizationError, DiffprogError, UnsupportedFunctionError
 from .ir import Aval, Eqn, Graph, Lit, Var, aval_of
+from .tree import flatten
 
 # The open traces, innermost last. A context variable holding an immutable tuple, so
 # every thread (and every asyncio task) has its own stack: two threads tracing at once
@@ -421,7 +422,6 @@ def trace_function(fn: Callable, flat_values: list, build_args: Callable, concre
     value becomes this trace's input value (nesting). ``prepare(trace, fn)``, called once
     the explicit inputs exist, returns the function to run (diffprog.externals).
     """
-    from .tree import flatten
     with new_trace(concrete) as trace:
         tracers = []
         for v in flat_values:

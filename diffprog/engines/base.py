@@ -52,7 +52,3 @@ class Engine:
     def compile_native(self, request: Derivative) -> tuple:  # pragma: no cover - interface
         """Programs for a :class:`Derivative` (only for ``native_gradients`` engines)."""
         raise NotImplementedError
-
-    def prepare_inputs(self, leaves: list) -> list:
-        """Convert or check input leaves for this engine (device placement lives here)."""
-        return leaves

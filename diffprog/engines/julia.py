@@ -39,14 +39,14 @@ import string
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..errors import DiffprogError, EngineError, EngineUnavailable, UnsupportedFunctionError
-from ..ir import Graph, Lit, Var
+from ..ir import Aval, Graph, Var
 from ..primitives import Unsupported
 from ..transforms.closed import Closed, holds_body
+from ..transforms.vjp import vjp_graph
 from .base import Derivative, Engine, Program
 
 #: CUDA.jl's package UUID (julia/Project.toml lists it under [weakdeps])
@@ -251,9 +251,8 @@ def julia_template(eqn) -> str:
     if spelling is None:
         spelling = Unsupported("it has no Julia spelling in the primitive table")
     if isinstance(spelling, Unsupported):
-        where = f" (from {eqn.line})" if eqn.line else ""
         raise UnsupportedFunctionError(
-            f"the julia engine cannot run primitive {prim.name!r}{where}: {spelling.reason}. "
+            f"the julia engine cannot run primitive {prim.name!r}: {spelling.reason}. "
             f"Fix: use engine='numpy' (or 'cupy') for this function, or rewrite that step "
             f"with operations the julia engine supports.")
     return spelling
@@ -809,7 +808,6 @@ class JuliaEngine(Engine):
 
 
 def _jac_aval(y, x):
-    from ..ir import Aval
     return Aval(tuple(y.shape) + tuple(x.shape), np.result_type(y.dtype, x.dtype))
 
 
@@ -840,7 +838,6 @@ def hessian_vjp_graph(graph: Graph, wrt: int) -> Graph:
     the gradient graph (reverse mode, seeded with 1), then the VJP of its gradient output
     with the cotangent ``u`` (reverse over reverse). Row ``i`` of the Hessian is the second
     output for the unit vector ``u = e_i``."""
-    from ..transforms import vjp_graph
     first = Graph(graph.invars, graph.eqns, graph.outvars[:1])
     gradient = vjp_graph(first, [wrt], seed="ones")  # (value, gradient)
     gradient_only = Graph(gradient.invars, gradient.eqns, gradient.outvars[1:])

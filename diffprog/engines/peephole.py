@@ -50,7 +50,7 @@ def lower(graph: Graph) -> Graph:
                     and len({p.inputs[0].aval.dtype for p in parts}) == 1:
                 out = eqn.outputs[0]
                 eqns.append(Eqn(pack_scalars, [p.inputs[0] for p in parts], [out],
-                                {"dtype": out.aval.dtype}, eqn.line))
+                                {"dtype": out.aval.dtype}))
                 changed = True
                 continue
         if name == "reshape" and tuple(eqn.params.get("shape", (None,))) == () \
@@ -60,7 +60,7 @@ def lower(graph: Graph) -> Graph:
                 picked = _unit_slice_index(src.params.get("index"), src.inputs[0].aval.shape)
                 if picked is not None:
                     eqns.append(Eqn(src.prim, [src.inputs[0]], list(eqn.outputs),
-                                    {"index": picked}, eqn.line))
+                                    {"index": picked}))
                     changed = True
                     continue
         eqns.append(eqn)

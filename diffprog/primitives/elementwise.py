@@ -231,10 +231,12 @@ def _ties(rng):
 
 maximum = binary("maximum", np.maximum,
                  lambda x, y, o: (_chosen(x > y, x == y), _chosen(x < y, x == y)),
-                 "max.({0}, {1})", order=1, c="dp_maximum({0}, {1})", boundary=_ties)
+                 "DiffProg.npmaximum({0}, {1})", order=1, c="dp_maximum({0}, {1})",
+                 boundary=_ties)
 minimum = binary("minimum", np.minimum,
                  lambda x, y, o: (_chosen(x < y, x == y), _chosen(x > y, x == y)),
-                 "min.({0}, {1})", order=1, c="dp_minimum({0}, {1})", boundary=_ties)
+                 "DiffProg.npminimum({0}, {1})", order=1, c="dp_minimum({0}, {1})",
+                 boundary=_ties)
 arctan2 = binary("arctan2", np.arctan2,
                  lambda y, x, o: (x / (x * x + y * y), -y / (x * x + y * y)),
                  "atan.({0}, {1})",

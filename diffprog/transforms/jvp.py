@@ -10,6 +10,7 @@ import numpy as np
 from ..ir import Graph, Lit
 from ..tracing import bind, new_trace
 from .simplify import simplify
+from .vjp import fit_to
 
 
 def jvp_graph(graph: Graph, wrt: list[int]) -> Graph:
@@ -31,7 +32,7 @@ def jvp_graph(graph: Graph, wrt: list[int]) -> Graph:
                 touts = touts if isinstance(touts, list) else [touts]
                 for v, t in zip(eqn.outputs, touts):
                     if t is not None and np.issubdtype(v.aval.dtype, np.inexact):
-                        tan[id(v)] = _fit(t, v)
+                        tan[id(v)] = fit_to(t, v)
         outs = [o.value if isinstance(o, Lit) else env[id(o)] for o in graph.outvars]
         touts = [(tan.get(id(o)) if not isinstance(o, Lit) else None) for o in graph.outvars]
         touts = [t if t is not None else np.zeros(o.aval.shape, o.aval.dtype)
@@ -39,7 +40,3 @@ def jvp_graph(graph: Graph, wrt: list[int]) -> Graph:
         result = trace.to_graph(outs + touts)
     return simplify(result)
 
-
-def _fit(t, var):
-    from .vjp import _fit as fit
-    return fit(t, var)

@@ -3,7 +3,7 @@ the rest, so ``dp.vjp`` runs the forward pass once and each pullback only the
 backward pass (``dp.jacobian(mode="rev")`` calls the pullback once per output)."""
 from __future__ import annotations
 
-from ..ir import Graph, Lit, Var
+from ..ir import Eqn, Graph, Var
 
 
 def split_known(graph: Graph, n_known: int, n_known_outputs: int) -> tuple[Graph, Graph]:
@@ -35,9 +35,8 @@ def split_known(graph: Graph, n_known: int, n_known_outputs: int) -> tuple[Graph
 
 
 def _renamed(eqn, mapping):
-    from ..ir import Eqn
     inputs = [mapping.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
-    return Eqn(eqn.prim, inputs, eqn.outputs, eqn.params, eqn.line)
+    return Eqn(eqn.prim, inputs, eqn.outputs, eqn.params)
 
 
-__all__ = ["split_known", "Lit"]
+__all__ = ["split_known"]

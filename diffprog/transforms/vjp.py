@@ -61,7 +61,7 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars):
     def accumulate(var, value):
         if value is None or not isinstance(var, Var) or not _is_float(var.aval):
             return
-        value = _fit(value, var)
+        value = fit_to(value, var)
         prev = ct.get(id(var))
         ct[id(var)] = value if prev is None else prev + value
 
@@ -87,7 +87,7 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars):
     return [_grad_or_zeros(ct.get(id(v)), v) for v in wrt_vars]
 
 
-def _fit(value, var):
+def fit_to(value, var):
     """Check a rule's cotangent against its variable (shape), keep the dtype."""
     shape = tuple(np.shape(value)) if not isinstance(value, Tracer) else value.shape
     if shape != var.aval.shape:

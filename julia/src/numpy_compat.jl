@@ -123,33 +123,32 @@ end
 """
     npmaximum(x, y)
 
-`numpy.maximum` (broadcasting, NaN propagates). At ties the gradient is split equally.
+`numpy.maximum` (broadcasting, NaN propagates). At ties the gradient is split 1/2 each:
+the central difference of NumPy's function there, and diffprog's Python rule (one
+convention on every engine).
 """
 npmaximum(x, y) = max.(x, y)
 
 """
     npminimum(x, y)
 
-`numpy.minimum` (broadcasting, NaN propagates). At ties the gradient is split equally.
+`numpy.minimum` (broadcasting, NaN propagates). At ties the gradient is split 1/2 each, as
+for [`npmaximum`](@ref).
 """
 npminimum(x, y) = min.(x, y)
 
 """
     npclip(x, lo, hi)
 
-`numpy.clip(x, lo, hi)`: `min(max(x, lo), hi)` elementwise, so `hi` wins when `lo > hi`,
+`numpy.clip(x, lo, hi)`: `npminimum(npmaximum(x, lo), hi)`, so `hi` wins when `lo > hi`,
 as in NumPy. `lo` and `hi` are numbers, arrays (broadcast) or `nothing` (no bound). The
-gradient flows to `x` where it is inside `[lo, hi]` (bounds included), otherwise to the
-bound that was taken.
+gradient flows to `x` inside `(lo, hi)`, to the bound taken outside, and is split 1/2 each
+at `x == lo` or `x == hi` (the rules of `npmaximum`/`npminimum`).
 """
-npclip(x, lo, hi) = clip_both(x, lo, hi)
-npclip(x, ::Nothing, hi) = clip_upper(x, hi)
-npclip(x, lo, ::Nothing) = clip_lower(x, lo)
+npclip(x, lo, hi) = npminimum(npmaximum(x, lo), hi)
+npclip(x, ::Nothing, hi) = npminimum(x, hi)
+npclip(x, lo, ::Nothing) = npmaximum(x, lo)
 npclip(x, ::Nothing, ::Nothing) = x
-
-clip_both(x, lo, hi) = min.(max.(x, lo), hi)
-clip_upper(x, hi) = min.(x, hi)
-clip_lower(x, lo) = max.(x, lo)
 
 """
     logaddexp(a::Real, b::Real)

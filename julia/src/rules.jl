@@ -37,7 +37,7 @@ choice_weight(a_wins::Bool, tie::Bool, ::Type{T}) where {T} = ifelse(
 
 weight_type(args...) = float(promote_type(map(eltype, args)...))
 
-# --- npmaximum / npminimum: ties split equally ------------------------------------------
+# --- npmaximum / npminimum (and so npclip): ties split 1/2 each ------------------------------------------
 
 function ChainRulesCore.rrule(::typeof(npmaximum), x, y)
     return elementwise_choice_rrule(npmaximum(x, y), x, y, >)
@@ -178,49 +178,6 @@ end
 # sum over the positions at and after each one along `dim`
 function reverse_cumsum(a::AbstractArray, dim::Int)
     return reverse(cumsum(reverse(a; dims = dim); dims = dim); dims = dim)
-end
-
-# --- npclip --------------------------------------------------------------------------------
-# clip_both is min(max(x, lo), hi); ties go to the first operand (x, then max(x, lo)), so at
-# x == lo or x == hi the gradient flows to x.
-
-function ChainRulesCore.rrule(::typeof(clip_both), x, lo, hi)
-    T = weight_type(x, lo, hi)
-    raised = max.(x, lo)
-    takes_x = ifelse.(x .>= lo, one(T), zero(T))
-    below_hi = ifelse.(raised .<= hi, one(T), zero(T))
-    function clip_both_pullback(Δ)
-        ḡ = unthunk(Δ)
-        ḡ isa AbstractZero &&
-            return (NoTangent(), ZeroTangent(), ZeroTangent(), ZeroTangent())
-        through = ḡ .* below_hi
-        dx = unbroadcast_to(x, through .* takes_x)
-        dlo = unbroadcast_to(lo, through .* (1 .- takes_x))
-        dhi = unbroadcast_to(hi, ḡ .* (1 .- below_hi))
-        return (NoTangent(), dx, dlo, dhi)
-    end
-    return min.(raised, hi), clip_both_pullback
-end
-
-function ChainRulesCore.rrule(::typeof(clip_upper), x, hi)
-    return one_sided_clip_rrule(clip_upper(x, hi), x, hi, <=)
-end
-
-function ChainRulesCore.rrule(::typeof(clip_lower), x, lo)
-    return one_sided_clip_rrule(clip_lower(x, lo), x, lo, >=)
-end
-
-function one_sided_clip_rrule(out, x, bound, keeps_x)
-    T = weight_type(x, bound)
-    takes_x = ifelse.(keeps_x.(x, bound), one(T), zero(T))
-    function one_sided_clip_pullback(Δ)
-        ḡ = unthunk(Δ)
-        ḡ isa AbstractZero && return (NoTangent(), ZeroTangent(), ZeroTangent())
-        dx = unbroadcast_to(x, ḡ .* takes_x)
-        dbound = unbroadcast_to(bound, ḡ .* (1 .- takes_x))
-        return (NoTangent(), dx, dbound)
-    end
-    return out, one_sided_clip_pullback
 end
 
 # --- logaddexp -------------------------------------------------------------------------------
