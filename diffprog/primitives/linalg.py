@@ -6,7 +6,7 @@ import string
 
 import numpy as np
 
-from ..errors import ArgumentError, ShapeError, UnsupportedFunctionError
+from ..errors import ArgumentError, ArgumentValueError, ShapeError, UnsupportedFunctionError
 from ..ir import Aval
 from ..tracing import unsupported
 from .core import Case, Primitive, Unsupported, broadcast_shapes, is_inexact, normal
@@ -474,3 +474,103 @@ cholesky = Primitive(
     numpy={np.linalg.cholesky: _cholesky_call},
     jvp=_cholesky_jvp, julia=_single_matrix_julia("DiffProg.npcholesky({0})"),
     cases=[Case(normal(3, 3), wrap=_spd), Case(normal(2, 3, 3), wrap=_spd)])
+
+
+# ------------------------------------------------------------------ symmetric eigenproblems
+# np.linalg.eigvalsh(a) reads the lower triangle of a (UPLO="L"): it gives the ascending
+# eigenvalues of the symmetric A = tril(a) + tril(a, -1)^T. As for cholesky, the rules are
+# those of that function of a (what finite differences of NumPy see, on non-symmetric
+# perturbations too): the tangent's lower triangle makes the symmetric dA, and the
+# cotangent of A goes back through onto_lower. dw_i = v_i^T dA v_i needs the eigenvectors
+# as traced values: the eigh entry, whose own rules make every order exact wherever the
+# eigenvalues are distinct (at a repeated eigenvalue there is no derivative).
+
+def _real_dtype(dtype) -> np.dtype:
+    """The dtype of eigenvalues of a Hermitian matrix of ``dtype`` (LAPACK's: float64 for
+    integers, the real type of a complex one)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        return np.finfo(dtype).dtype
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+def _eigh_impl(xp, a):
+    """Eigenvalues (ascending) and eigenvectors of the symmetric matrix read from the lower
+    triangle of ``a``, each eigenvector with its largest-magnitude component positive (a
+    choice of sign NumPy leaves to LAPACK: fixed here so every engine gives the same)."""
+    w, v = xp.linalg.eigh(a)
+    largest = xp.argmax(xp.abs(v), axis=-2)[..., None, :]
+    return w, v * xp.sign(xp.take_along_axis(v, largest, axis=-2))
+
+
+def _eigh_shape(a):
+    _square(a, "linalg.eigh")
+    vectors = a.dtype if a.dtype.kind == "c" else _real_dtype(a.dtype)
+    return [Aval(a.shape[:-1], _real_dtype(a.dtype)), Aval(a.shape, np.dtype(vectors))]
+
+
+def _inverse_gaps(w):
+    """F[..., i, j] = 1 / (w_j - w_i) off the diagonal, 0 on it."""
+    n = np.shape(w)[-1]
+    gaps = np.expand_dims(w, -2) - np.expand_dims(w, -1)
+    diagonal = np.eye(n, dtype=bool)
+    return np.where(diagonal, 0.0, 1.0 / np.where(diagonal, 1.0, gaps))
+
+
+def _eigh_jvp(ts, a, *, out):
+    """dw = diag(M), dV = V (F * M), M = V^T dA V."""
+    if ts[0] is None:
+        return [None, None]
+    w, v = out
+    m = swap_last_axes(v) @ symmetric_from_lower(ts[0]) @ v
+    dw = np.sum(np.eye(np.shape(w)[-1]) * m, axis=-1)
+    return [in_dtype_of(dw, w), in_dtype_of(v @ (_inverse_gaps(w) * m), v)]
+
+
+def _eigh_vjp(gs, a, *, out):
+    """The cotangent of A is V (diag(g_w) + F * V^T g_V) V^T, then onto a's lower triangle."""
+    w, v = out
+    g_w, g_v = gs
+    inner = np.zeros(np.shape(v), np.result_type(v)) if g_v is None \
+        else _inverse_gaps(w) * (swap_last_axes(v) @ g_v)
+    if g_w is not None:
+        inner = inner + np.expand_dims(g_w, -1) * np.eye(np.shape(w)[-1])
+    return (in_dtype_of(onto_lower(v @ inner @ swap_last_axes(v)), a),)
+
+
+# not bound to np.linalg.eigh: NumPy leaves the eigenvectors' signs to LAPACK
+eigh = Primitive(
+    "eigh", _eigh_impl, _eigh_shape, vjp=_eigh_vjp, jvp=_eigh_jvp, multiple_results=True,
+    julia=_single_matrix_julia("DiffProg.npeigh({0})"),
+    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3))])
+
+
+def _eigvalsh_shape(a):
+    _square(a, "linalg.eigvalsh")
+    return Aval(a.shape[:-1], _real_dtype(a.dtype))
+
+
+def _eigvalsh_vjp(g, a, *, out):
+    v = eigh(a)[1]
+    return (in_dtype_of(onto_lower((v * np.expand_dims(g, -2)) @ swap_last_axes(v)), a),)
+
+
+def _eigvalsh_jvp(ts, a, *, out):
+    if ts[0] is None:
+        return None
+    v = eigh(a)[1]
+    return in_dtype_of(np.sum(v * (symmetric_from_lower(ts[0]) @ v), axis=-2), out)
+
+
+def _eigvalsh_call(a, UPLO="L"):  # noqa: N803 (NumPy's keyword)
+    """np.linalg.eigvalsh; ``UPLO="U"`` reads the upper triangle: the lower one of a^T."""
+    if UPLO not in ("L", "U"):
+        raise ArgumentValueError(f"np.linalg.eigvalsh: UPLO must be 'L' or 'U', got {UPLO!r}")
+    return eigvalsh(swap_last_axes(a) if UPLO == "U" else a)
+
+
+eigvalsh = Primitive(
+    "eigvalsh", "xp.linalg.eigvalsh({0})", _eigvalsh_shape, vjp=_eigvalsh_vjp,
+    jvp=_eigvalsh_jvp, numpy={np.linalg.eigvalsh: _eigvalsh_call},
+    julia=_single_matrix_julia("DiffProg.npeigvalsh({0})"),
+    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3)), Case(normal(4, 4), wrap=_spd)])

@@ -44,7 +44,8 @@ export npsum,
 export npwhere, npmatmul, npslogdet, nptake, npscatter_add, nponehot
 export npreshape, npscalar, npbroadcast_to, convert_eltype, stop_gradient, nppad, npunslice
 export npargmax, npargmin, npargsort, npcumprod
-export npsolve, npinv, npdet, npcholesky, npmatmul_stacked, npmatmul_batched, npeinsum
+export npsolve, npinv, npdet, npcholesky, npeigvalsh, npeigh
+export npmatmul_stacked, npmatmul_batched, npeinsum
 export npscan, npcond, npwhile, npremat
 
 include("programs.jl")

@@ -66,6 +66,34 @@ function ChainRulesCore.rrule(::typeof(npcholesky), At::AbstractMatrix)
 end
 
 """
+    npeigvalsh(At)
+
+`numpy.linalg.eigvalsh(A)`: the ascending eigenvalues of the symmetric matrix NumPy reads
+from the lower triangle of `A`, which is the upper triangle of `At`. Zygote differentiates
+it through ChainRules' rule for `eigvals` of a `Symmetric` matrix, and `Symmetric`'s own
+rule takes the cotangent onto the triangle it reads: the gradient of NumPy's function, as
+diffprog's Python rule (`primitives/linalg.py`).
+"""
+npeigvalsh(At::AbstractMatrix) = LinearAlgebra.eigvals(LinearAlgebra.Symmetric(At, :U))
+
+"""
+    npeigh(At)
+
+The eigenvalues (ascending) and eigenvectors of the symmetric matrix NumPy's `eigh` reads
+from the lower triangle of `A` (the upper triangle of `At`), each eigenvector with its
+largest-magnitude component positive (diffprog's choice of sign, the same on every engine);
+the eigenvectors are the columns of NumPy's result, returned in Julia layout.
+"""
+function npeigh(At::AbstractMatrix)
+    F = LinearAlgebra.eigen(LinearAlgebra.Symmetric(At, :U))
+    return F.values, transpose_dense(F.vectors .* eigenvector_signs(F.vectors))
+end
+
+# the sign of the largest-magnitude component of each column (the first of equal ones)
+eigenvector_signs(V::AbstractMatrix) = sign.(V[argmax(abs.(V); dims = 1)])
+@non_differentiable eigenvector_signs(::Any)
+
+"""
     npmatmul_stacked(a, b)
 
 `a @ b` for a stack of matrices `a` (NumPy shape `(..., m, k)`) times one matrix or
