@@ -176,8 +176,10 @@ class Primitive:
             return
         if name in PRIMITIVES:
             raise ValueError(f"primitive {name!r} defined twice")
+        bindings = _bindings(self, numpy if numpy is not None else
+                             ((ufunc,) if ufunc is not None else ()))
         PRIMITIVES[name] = self
-        _bind_numpy(self, numpy if numpy is not None else ((ufunc,) if ufunc is not None else ()))
+        NUMPY_BINDINGS.update(bindings)
 
     def __repr__(self) -> str:
         return f"Primitive({self.name})"
@@ -213,18 +215,20 @@ def _spelled(ufunc, operator) -> str:
     return f"xp.{ufunc.__name__}({', '.join(f'{{{i}}}' for i in range(ufunc.nin))})"
 
 
-def _bind_numpy(prim: Primitive, numpy) -> None:
+def _bindings(prim: Primitive, numpy) -> dict:
+    """``{NumPy function: Binding}`` from an entry's ``numpy`` (checked: a function is
+    bound to one entry only)."""
     if isinstance(numpy, dict):
         pairs = list(numpy.items())
     else:
         pairs = [(fn, prim.bind) for fn in (numpy if isinstance(numpy, (tuple, list)) else [numpy])]
+    bindings = {}
     for fn, call in pairs:
         known = NUMPY_BINDINGS.get(fn)
-        if known is not None and known.prim is prim:  # np.mod is np.remainder
-            continue
         if known is not None:
             raise ValueError(f"{fn!r} is bound to both {known.prim.name!r} and {prim.name!r}")
-        NUMPY_BINDINGS[fn] = Binding(prim, call)
+        bindings.setdefault(fn, Binding(prim, call))  # np.mod is np.remainder: once
+    return bindings
 
 
 def compile_template(template: str) -> Callable:

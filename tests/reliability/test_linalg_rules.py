@@ -68,6 +68,48 @@ def test_cholesky_gradient_agrees_with_the_symmetric_rule_on_symmetric_perturbat
     np.testing.assert_allclose(along, np.sum(dp.grad(f)(a) * s), rtol=1e-12)
 
 
+# ------------------------------------------------------------------ eigvalsh
+
+@pytest.mark.parametrize("shape", [(3, 3), (4, 4), (2, 3, 3)])
+def test_eigvalsh_gradient_is_numpys_lower_triangle_only(shape):
+    """check_grads perturbs every element: the upper triangle (never read) gets 0, each
+    entry below the diagonal counts twice; second order through the eigenvectors."""
+    a = np.random.default_rng(5).standard_normal(shape)
+    check_grads(_projected(np.linalg.eigvalsh, shape[:-1]), (a,), order=2)
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (2, 4, 4)])
+def test_eigvalsh_upper_reads_the_upper_triangle_as_numpy_does(shape):
+    a = np.random.default_rng(6).standard_normal(shape)
+    check_grads(_projected(lambda x: np.linalg.eigvalsh(x, UPLO="U"), shape[:-1]), (a,), order=2)
+    g = dp.grad(lambda x: np.sum(np.linalg.eigvalsh(x, UPLO="U") ** 2))(a)
+    assert np.all(np.tril(g, -1) == 0)
+
+
+def test_eigvalsh_gradient_agrees_with_the_symmetric_rule_on_symmetric_matrices():
+    """On a symmetric matrix with distinct eigenvalues: d w_i / d A = v_i v_i^T, read
+    through the lower triangle (entries below the diagonal twice)."""
+    x = np.random.default_rng(7).standard_normal((4, 4))
+    a = x + x.T
+    w, v = np.linalg.eigh(a)
+    weights = np.array([1.0, -2.0, 0.5, 3.0])
+    symmetric = (v * weights) @ v.T
+    expected = np.tril(2 * symmetric, -1) + np.diag(np.diag(symmetric))
+    got = dp.grad(lambda m: np.sum(np.linalg.eigvalsh(m) * weights))(a)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    assert_values = dp.differentiable(np.linalg.eigvalsh)(a)
+    np.testing.assert_array_equal(assert_values, np.linalg.eigvalsh(a))
+
+
+def test_eigvalsh_float32_and_bad_uplo():
+    a = np.random.default_rng(8).standard_normal((3, 3)).astype(np.float32)
+    g = dp.grad(lambda m: np.sum(np.linalg.eigvalsh(m)))(a)
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(g, np.eye(3), atol=1e-5)  # the trace: the diagonal only
+    with pytest.raises(dp.ArgumentValueError, match="UPLO"):
+        dp.grad(lambda m: np.sum(np.linalg.eigvalsh(m, UPLO="X")))(a)
+
+
 # ------------------------------------------------------------------ det
 
 def _rank(rng, n, r, *batch):

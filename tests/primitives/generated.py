@@ -1,6 +1,8 @@
-"""Tests generated from the primitive table: every rule of every primitive.
+"""Tests generated from the primitive table: every rule of every entry.
 
-For each primitive and each example case on its domain:
+Each family's test module (test_elementwise.py for diffprog/primitives/elementwise.py,
+...) imports these tests and names its family (``FAMILY``); conftest.py parametrizes them
+with that family's entries and cases. For each entry and each example case on its domain:
   * the impl agrees with the shape/dtype rule;
   * the VJP matches central finite differences (float64);
   * the JVP matches finite differences;
@@ -15,15 +17,34 @@ import pytest
 
 import diffprog as dp
 from diffprog.ir import aval_of
-from diffprog.primitives import PRIMITIVES, Unsupported
+from diffprog.primitives import PRIMITIVES, Primitive, Unsupported
 
-from .helpers import assert_close, numeric_grad, numeric_jvp
+from ..helpers import assert_close, numeric_grad, numeric_jvp
 
-CASES = [pytest.param(prim, i, id=f"{name}-{i}")
-         for name, prim in sorted(PRIMITIVES.items()) for i in range(len(prim.cases))]
+__all__ = ["test_shape_rule_matches_impl", "test_vjp_matches_finite_differences",
+           "test_jvp_matches_finite_differences", "test_second_order",
+           "test_every_primitive_has_julia_spelling_or_reason", "test_every_primitive_has_cases"]
 
 
-def _setup(prim, case_index):
+def family_entries(module) -> list:
+    """The entries of the table a family module defines, by name."""
+    return sorted((v for v in vars(module).values()
+                   if isinstance(v, Primitive) and PRIMITIVES.get(v.name) is v),
+                  key=lambda p: p.name)
+
+
+def cases_of(entries, second_order=False) -> list:
+    """``pytest.param(entry, case index)`` for every case (of order 2 for ``second_order``)."""
+    return [pytest.param(prim, i, id=f"{prim.name}-{i}") for prim in entries
+            for i, case in enumerate(prim.cases)
+            if not second_order or (prim.differentiable and case.smooth)]
+
+
+#: every case of every entry (the engines' tests run them too)
+CASES = cases_of(sorted(PRIMITIVES.values(), key=lambda p: p.name))
+
+
+def setup_case(prim, case_index):
     case = prim.cases[case_index]
     rng = np.random.default_rng(7 + case_index)
     inputs = case.make(rng)
@@ -39,7 +60,7 @@ def _setup(prim, case_index):
     return case, inputs, raw, float_pos
 
 
-def _projected(prim, raw, inputs):
+def projected(prim, raw, inputs):
     """Scalar test function: a fixed random projection of the primitive's output."""
     out = raw(*inputs)
     outs = out if prim.multiple_results else [out]
@@ -56,9 +77,8 @@ def _projected(prim, raw, inputs):
     return f
 
 
-@pytest.mark.parametrize("prim,case_index", CASES)
 def test_shape_rule_matches_impl(prim, case_index):
-    case, inputs, raw, _ = _setup(prim, case_index)
+    case, inputs, raw, _ = setup_case(prim, case_index)
     wrapped = (case.wrap or (lambda *x: x))(*inputs)
     wrapped = wrapped if isinstance(wrapped, (tuple, list)) else (wrapped,)
     value = prim.evaluate(np, *wrapped, **case.params)
@@ -70,23 +90,21 @@ def test_shape_rule_matches_impl(prim, case_index):
         assert np.result_type(v) == a.dtype
 
 
-@pytest.mark.parametrize("prim,case_index", CASES)
 def test_vjp_matches_finite_differences(prim, case_index):
-    case, inputs, raw, float_pos = _setup(prim, case_index)
+    case, inputs, raw, float_pos = setup_case(prim, case_index)
     if not float_pos:
         pytest.skip("no floating inputs")
     if case.order < 1:
         pytest.skip("its derivatives are refused on purpose (order=0)")
-    f = _projected(prim, raw, inputs)
+    f = projected(prim, raw, inputs)
     grads = dp.grad(f, argnums=tuple(float_pos))(*inputs)
     for k, pos in enumerate(float_pos):
         expected = numeric_grad(f, inputs, pos) if prim.differentiable else 0.0
         assert_close(grads[k], expected, rtol=case.rtol, atol=case.rtol / 10, what=f"{prim.name} d/d input {pos}")
 
 
-@pytest.mark.parametrize("prim,case_index", CASES)
 def test_jvp_matches_finite_differences(prim, case_index):
-    case, inputs, raw, float_pos = _setup(prim, case_index)
+    case, inputs, raw, float_pos = setup_case(prim, case_index)
     if not float_pos:
         pytest.skip("no floating inputs")
     if case.order < 1:
@@ -94,7 +112,7 @@ def test_jvp_matches_finite_differences(prim, case_index):
     rng = np.random.default_rng(5)
     tangents = [rng.standard_normal(np.shape(x)) if i in float_pos else np.zeros(np.shape(x), np.asarray(x).dtype)
                 for i, x in enumerate(inputs)]
-    f = _projected(prim, raw, inputs)
+    f = projected(prim, raw, inputs)
     _, t_out = dp.jvp(f, tuple(inputs), tuple(tangents))
     expected = numeric_jvp(f, inputs, [t if i in float_pos else None for i, t in enumerate(tangents)])
     if not prim.differentiable:
@@ -102,14 +120,10 @@ def test_jvp_matches_finite_differences(prim, case_index):
     assert_close(t_out, expected, rtol=case.rtol, atol=case.rtol / 10, what=f"{prim.name} jvp")
 
 
-SMOOTH_CASES = [p for p in CASES if p.values[0].differentiable and p.values[0].cases[p.values[1]].smooth]
-
-
-@pytest.mark.parametrize("prim,case_index", SMOOTH_CASES)
 def test_second_order(prim, case_index):
     """Cases of order 1 (kinks, piecewise rules) are first-order only."""
-    case, inputs, raw, float_pos = _setup(prim, case_index)
-    f = _projected(prim, raw, inputs)
+    case, inputs, raw, float_pos = setup_case(prim, case_index)
+    f = projected(prim, raw, inputs)
     pos = float_pos[0]
     rng = np.random.default_rng(11)
     v = rng.standard_normal(np.shape(inputs[pos]))
@@ -126,7 +140,6 @@ def test_second_order(prim, case_index):
     assert_close(hvp_fwd, hvp_rev, rtol=1e-6, atol=1e-8, what=f"{prim.name} fwd-over-rev")
 
 
-@pytest.mark.parametrize("name", sorted(PRIMITIVES))
 def test_every_primitive_has_julia_spelling_or_reason(name):
     julia = PRIMITIVES[name].julia
     assert julia is not None, f"{name} needs a julia spelling or Unsupported(reason)"
@@ -134,6 +147,8 @@ def test_every_primitive_has_julia_spelling_or_reason(name):
         assert len(julia.reason) > 10
 
 
-@pytest.mark.parametrize("name", sorted(PRIMITIVES))
 def test_every_primitive_has_cases(name):
     assert PRIMITIVES[name].cases, f"{name} has no example cases: add Case(...) to its entry"
+
+
+test_second_order.second_order = True  # parametrized with cases of order 2 only
