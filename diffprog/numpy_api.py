@@ -648,6 +648,14 @@ def concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
     return shapes.concatenate(*arrays, axis=axis % nd)
 
 
+@implements(np.append)
+def append(arr, values, axis=None):
+    """np.append: both flattened and joined (axis=None), else joined along ``axis``."""
+    if axis is None:
+        return concatenate([ravel(arr), ravel(values)], axis=0)
+    return concatenate([arr, values], axis=axis)
+
+
 @implements(np.stack)
 def stack(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
     arrays = list(arrays)
@@ -1032,3 +1040,17 @@ def _matrix_norm(x, ord, axes, keepdims):
         out = red(col, axis=outer_ax, keepdims=True)
         return out if keepdims else squeeze(out, axis=(r, c))
     raise unsupported(f"np.linalg.norm with ord={ord!r} (needs an SVD)")
+
+
+def _ufunc_methods() -> None:
+    """``x.sqrt()``, ``x.exp()``, ...: NumPy's object loops call a method named after a
+    math ufunc on each element, so an array of Python objects holding traced values
+    (np.asarray(x) in code diffprog does not see; see diffprog.object_arrays) computes
+    np.sqrt of itself element by element through these."""
+    ufuncs = {u for u in list(core.NUMPY_BINDINGS) + list(_UFUNC_COMPOSITES)
+              if isinstance(u, np.ufunc) and u.nin == 1 and u.nout == 1}
+    for u in ufuncs:
+        TRACER_METHODS.setdefault(u.__name__, lambda self, u=u: u(self))
+
+
+_ufunc_methods()

@@ -75,6 +75,9 @@ class Trace:
         return Graph(self.invars + [v for _, v in self.captured], self.eqns, outvars)
 
     def atom(self, x: Any):
+        if type(x) in (list, tuple) or type(x) is np.ndarray and x.dtype.kind == "O":
+            from .object_arrays import traced  # never a constant holding traced values
+            x = traced(x)
         if isinstance(x, Tracer):
             if x._trace is self:
                 return x._var
@@ -110,6 +113,9 @@ def _top_trace(args) -> Trace | None:
 def bind(prim, *args, **params):
     """Apply primitive ``prim``: record an equation if any argument is traced,
     otherwise compute the result directly (constant folding for free)."""
+    if _object_arrays_in(args):
+        from .object_arrays import traced_operands
+        args = traced_operands(args)
     trace = _top_trace(args)
     if trace is None:
         return _evaluate(prim, args, params)
@@ -132,6 +138,16 @@ def bind(prim, *args, **params):
     trace.eqns.append(Eqn(prim, atoms, outvars, params))
     tracers = [Tracer(trace, v, val) for v, val in zip(outvars, values)]
     return tracers if multiple else tracers[0]
+
+
+def _object_arrays_in(args) -> bool:
+    """An operand is an array of Python objects or a list (maybe holding traced values:
+    np.array([x, y]) of traced values makes such arrays; see diffprog.object_arrays)."""
+    for a in args:
+        kind = type(a)
+        if kind is list or kind is tuple or kind is np.ndarray and a.dtype.kind == "O":
+            return True
+    return False
 
 
 def _evaluate(prim, values, params):
@@ -306,11 +322,11 @@ class Tracer:
 
     # ---- escapes: the traced value would become a plain value
     def __array__(self, dtype=None, copy=None):
-        raise _escape_error(self,
-            "np.asarray/np.array (or another conversion to a plain ndarray)",
-            "Remove the conversion (the value already behaves like an array); build "
-            "arrays from traced pieces with np.stack/np.concatenate instead of "
-            "np.array([...]) or item assignment into a preallocated array.")
+        # np.array([x, y]), np.asarray(x), np.r_[...]: NumPy does not dispatch these, so
+        # the answer is an array of Python objects holding the traced values, made one
+        # traced array again where it meets diffprog (see diffprog.object_arrays)
+        from .object_arrays import holding
+        return holding(self, dtype)
 
     def __bool__(self):
         return self._concrete_guard("bool", bool)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
+
 
 class TreeDef(NamedTuple):
     """Hashable description of a nested structure.
@@ -83,6 +85,11 @@ def _flatten_into(tree: Any, leaves: list) -> TreeDef:
     if isinstance(tree, (tuple, list)):
         kind = "tuple" if isinstance(tree, tuple) else "list"
         return TreeDef(kind, (), tuple(_flatten_into(c, leaves) for c in tree))
+    if type(tree) is np.ndarray and tree.dtype.kind == "O":
+        # np.array([x, y]) of traced values inside a traced function: the traced array it
+        # stands for (see diffprog.object_arrays); other object arrays stay as they are
+        from .object_arrays import traced
+        tree = traced(tree)
     leaves.append(tree)
     return LEAF
 

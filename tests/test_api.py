@@ -263,10 +263,16 @@ def test_function_without_rule_names_it_and_the_fix():
         dp.grad(lambda x: np.sum(np.linalg.eigh(x)[0]))(np.eye(2))
 
 
-def test_escape_through_np_asarray_names_the_call():
+def test_np_asarray_of_a_traced_value_keeps_it_traced():
     def f(x):
         return np.sum(np.asarray(x) ** 2)
-    with pytest.raises(dp.ConcretizationError, match=r"test_api.py:\d+: return np.sum\(np.asarray\(x\)"):
+    np.testing.assert_allclose(dp.grad(f)(np.array([1.0, 2.0])), [2.0, 4.0])
+
+
+def test_escape_to_a_plain_number_array_names_the_call():
+    def f(x):
+        return np.float64(np.sum(x)) * 2.0
+    with pytest.raises(dp.ConcretizationError, match=r"test_api.py:\d+: return np.float64\(np.sum"):
         dp.grad(f)(np.ones(2))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from ..control import error_if, fori_loop, scan, while_loop
 from ..errors import ArgumentError, ArgumentValueError, ShapeError
 from ..numpy_api import stop_gradient
+from ..object_arrays import traced
 from ..tracing import Tracer
 
 _GAVE_UP = "odeint (dopri5) stopped at t={0:.6g} before reaching t={1:.6g}: "
@@ -62,7 +63,7 @@ def _checked_rhs(f, y0, params):
     want_shape, want_dtype = tuple(y0.shape), y0.dtype
 
     def rhs(y, s):
-        dy = f(y, s, *params)
+        dy = traced(f(y, s, *params))  # `return np.array([y[1], -y[0]])`: one traced array
         if isinstance(dy, (list, tuple)):  # array_like, as scipy.integrate.odeint reads it
             dy = np.stack(dy)
         shape = tuple(dy.shape) if hasattr(dy, "shape") else np.shape(dy)
@@ -115,6 +116,7 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
     """
     if method not in ("rk4", "dopri5"):
         raise ArgumentValueError(f"odeint: method must be 'rk4' or 'dopri5', got {method!r}")
+    y0, t = traced(y0), traced(t)  # np.array([a, b]) of traced values: one traced array
     y0 = y0 if isinstance(y0, Tracer) else _as_float_array(y0)
     t = t if isinstance(t, Tracer) else np.asarray(t, dtype=float)
     # The state keeps y0's precision: float32 stays float32 although t is float64 (the
