@@ -28,7 +28,7 @@ from . import engines as _engines
 from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
                      DiffprogWarning,
                      NotDifferentiableError, ShapeError)
-from .guards import GuardFailed
+from .primitives.control import GuardFailed
 from .display import Source
 from .randomness import RandomWatch
 from .ir import Aval, Graph
@@ -36,18 +36,10 @@ from . import externals
 from .tracing import Tracer, eval_graph, trace_function, trace_stack, tracing_active
 from .transforms import jvp_graph, simplify, vjp_graph
 from .transforms.partial_eval import split_known
+from .leaves import is_dynamic
 from .tree import TreeDef, flatten, leaf_paths, unflatten
 
-_DYNAMIC_SCALARS = (float, np.floating, np.complexfloating)
-
-
-def _is_dynamic(leaf) -> bool:
-    """Leaves that become traced inputs; everything else is static (part of the cache key)."""
-    if isinstance(leaf, (np.ndarray, Tracer, np.generic)):
-        return True
-    if isinstance(leaf, float):
-        return True
-    return hasattr(leaf, "__cuda_array_interface__") or hasattr(leaf, "__dlpack__")
+_is_dynamic = is_dynamic
 
 
 def _leaf_key(leaf, gpu: int | None):
@@ -191,7 +183,6 @@ def _arg_leaf_ranges(treedef: TreeDef) -> list[range]:
 class Traced:
     graph: Graph
     out_tree: TreeDef
-    n_explicit: int
     captured: list  # outer tracers, bound to the graph's trailing inputs
     guarded: bool = False  # holds guards: valid only for inputs that pass them
     drew: list = field(default_factory=list)  # random generators the trace drew from
@@ -304,7 +295,7 @@ def _trace_call(fn: Callable, sig: Signature, lift: bool, reads: list,
     _refuse_draws_in_bodies(watch.drawn_in_bodies())
     graph = simplify(graph)
     root = reads[0] if reads else None
-    return Traced(graph, out_tree, len(sig.dynamic), [o for o, _ in trace.captured],
+    return Traced(graph, out_tree, [o for o, _ in trace.captured],
                   _has_guards(graph), drew=drew, writes=list(root.impure) if root else [],
                   externals=root.reader(sig.leaves) if root else None)
 
@@ -1033,7 +1024,7 @@ def _refuse_complex(graph: Graph, wrt: list[int], what: str) -> None:
             if complex_(o):
                 raise NotDifferentiableError(
                     f"{what}: the derivative would flow through a complex value ({o.aval}, "
-                    f"computed by {eqn.prim.name}{f' at {eqn.line}' if eqn.line else ''}). diffprog "
+                    f"computed by {eqn.prim.name}). diffprog "
                     f"differentiates real values only. Fix: write the computation with real "
                     f"arrays (real and imaginary parts separately), or wrap it in dp.custom_vjp "
                     f"with a real-valued rule.")

@@ -48,6 +48,7 @@ import numpy as np
 from .errors import (ArgumentError, ConcretizationError, DiffprogError, NotDifferentiableError,
                      ShapeError, UnsupportedFunctionError)
 from .ir import Aval, aval_of
+from .leaves import is_dynamic
 from .primitives import Primitive, Unsupported
 from .tracing import Tracer, eval_graph, trace_function
 from .tree import TreeDef, flatten, leaf_paths, unflatten
@@ -56,9 +57,7 @@ _ids = itertools.count()
 _UNTRACEABLE = (ConcretizationError, UnsupportedFunctionError)
 
 
-def _is_dynamic(leaf) -> bool:
-    from .api import _is_dynamic as dyn
-    return dyn(leaf)
+_is_dynamic = is_dynamic
 
 
 def _static_key(value):
