@@ -120,7 +120,6 @@ class Eqn:
     inputs: list
     outputs: list
     params: dict = field(default_factory=dict)
-    line: str | None = None  # user source line that produced it, for messages
 
     def __repr__(self) -> str:
         outs = ", ".join(f"{v}:{v.aval}" for v in self.outputs)
