@@ -1611,9 +1611,9 @@ class _Batched:
             if axis is None:
                 if d is not None:
                     raise ArgumentError(
-                        f"vmap: out_axes is None for an output that depends on the batch. "
-                        f"Fix: give it an axis (out_axes=0), or return it from outside the "
-                        f"batched computation.")
+                        "vmap: out_axes is None for an output that depends on the batch. "
+                        "Fix: give it an axis (out_axes=0), or return it from outside the "
+                        "batched computation.")
                 placed.append(o)
                 continue
             o = with_batch(o, d, size)

@@ -42,7 +42,7 @@ import sys
 import threading
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
