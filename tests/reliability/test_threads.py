@@ -4,29 +4,11 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 import diffprog as dp
 from diffprog.api import cache_for
 
-
-def _in_threads(n, target):
-    errors, results = [], [None] * n
-
-    def run(i):
-        try:
-            results[i] = target(i)
-        except BaseException as e:  # reported by the test, not lost in the thread
-            errors.append(e)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
-    return results
+from .threads import in_threads
 
 
 def test_two_threads_tracing_at_once_keep_their_own_traces():
@@ -56,7 +38,7 @@ def test_two_threads_tracing_at_once_keep_their_own_traces():
         finally:
             b_done.set()
 
-    results = _in_threads(2, lambda i: (thread_a, thread_b)[i](i))
+    results = in_threads(2, lambda i: (thread_a, thread_b)[i](i))
     np.testing.assert_allclose(results[0], [2.0, 4.0, 6.0])
     np.testing.assert_allclose(results[1], [3.0, 12.0, 27.0])
 
@@ -76,7 +58,7 @@ def test_concurrent_first_calls_of_one_signature_trace_once():
         start.wait(10)
         return [dp.value_and_grad(f)(x) for _ in range(20)]
 
-    results = _in_threads(8, call)
+    results = in_threads(8, call)
     assert sorted(traces) == [(2,), (3,)]
     for i, res in enumerate(results):
         x = np.arange(1.0, 3.0 + i % 2)
@@ -100,7 +82,7 @@ def test_many_threads_many_shapes_stay_correct_and_trace_once_per_shape():
             out.append((x, dp.grad(f)(x)))
         return out
 
-    for res in _in_threads(8, call):
+    for res in in_threads(8, call):
         for x, g in res:
             np.testing.assert_allclose(g, 2 * np.tanh(x) * (1 - np.tanh(x) ** 2))
     assert len(traces) == 16
@@ -119,6 +101,6 @@ def test_guard_variants_from_many_threads_stay_correct():
         sign = 1.0 if i % 2 else -1.0
         return [float(f(sign * np.arange(1.0, 4.0))) for _ in range(50)]
 
-    for i, res in enumerate(_in_threads(6, call)):
+    for i, res in enumerate(in_threads(6, call)):
         assert set(res) == ({14.0} if i % 2 else {6.0})
     assert sum(len(v) for v in cache_for(f.fn).variants.values()) == 2

@@ -5,33 +5,13 @@ stay those of one thread."""
 from __future__ import annotations
 
 import sys
-import threading
 
 import numpy as np
 
 import diffprog as dp
 from diffprog.engines import fusion, threads
 
-
-def _in_threads(n, target):
-    errors, results = [], [None] * n
-    start = threading.Barrier(n)
-
-    def run(i):
-        try:
-            start.wait()
-            results[i] = target(i)
-        except BaseException as e:  # reported by the test, not lost in the thread
-            errors.append(e)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
-    return results
+from .threads import in_threads
 
 
 def test_callers_asking_for_different_pool_sizes_at_once(monkeypatch):
@@ -46,7 +26,7 @@ def test_callers_asking_for_different_pool_sizes_at_once(monkeypatch):
         for i in range(150):
             size = (k + 1) * 7 * (i % 5 + 1)
             assert sum(p[0] for p in threads.run_chunks(chunk, size, 7)) == size
-    _in_threads(8, caller)
+    in_threads(8, caller, barrier=True)
 
 
 def test_a_fused_program_from_8_threads_on_arrays_of_different_sizes(monkeypatch):
@@ -73,7 +53,7 @@ def test_a_fused_program_from_8_threads_on_arrays_of_different_sizes(monkeypatch
     switch = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)  # threads interleave often: the race shows in a few calls
     try:
-        _in_threads(8, caller)
+        in_threads(8, caller, barrier=True)
     finally:
         sys.setswitchinterval(switch)
 
