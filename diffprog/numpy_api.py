@@ -898,21 +898,32 @@ def tril(m, k=0):
 
 @implements(np.diag)
 def diag(v, k=0):
-    if k != 0:
-        raise unsupported("np.diag with k != 0")
+    """np.diag: a 1-d ``v`` on the k-th diagonal of a square matrix, or the k-th diagonal
+    of a 2-d ``v``."""
+    k = int(k)
     if ndim(v) == 1:
         n = shape(v)[0]
-        return reshape(v, (n, 1)) * np.eye(n, dtype=dtype_of(v))
-    return diagonal(v)
+        square = reshape(v, (n, 1)) * np.eye(n, dtype=dtype_of(v))
+        if k == 0:
+            return square
+        return pad(square, ((0, k), (k, 0)) if k > 0 else ((-k, 0), (0, -k)))
+    if ndim(v) != 2:
+        raise ValueError("Input must be 1- or 2-d.")
+    return diagonal(v, k)
 
 
 @implements(np.diagonal, method="diagonal")
 def diagonal(a, offset=0, axis1=0, axis2=1):
-    if offset != 0:
-        raise unsupported("np.diagonal with offset != 0")
+    """The ``offset``-th diagonal of the planes (axis1, axis2), as the last axis: the
+    (shifted) square block times the identity, summed (no gather; every engine spells it)."""
     a = moveaxis(a, (axis1, axis2), (-2, -1))
+    offset = int(offset)
+    if offset > 0:
+        a = getitem(a, (Ellipsis, slice(None), slice(offset, None)))
+    elif offset < 0:
+        a = getitem(a, (Ellipsis, slice(-offset, None), slice(None)))
     n, m = shape(a)[-2:]
-    k = min(n, m)
+    k = max(min(n, m), 0)
     return sum(slice_last2(a, k) * np.eye(k, dtype=dtype_of(a)), axis=-1)
 
 
@@ -922,9 +933,8 @@ def slice_last2(a, k):
 
 @implements(np.trace, method="trace")
 def trace(a, offset=0, axis1=0, axis2=1, dtype=None, out=None):
-    if offset != 0:
-        raise unsupported("np.trace with offset != 0")
-    return sum(diagonal(a, 0, axis1, axis2), axis=-1)
+    total = sum(diagonal(a, offset, axis1, axis2), axis=-1)
+    return astype(total, dtype) if dtype is not None else total
 
 
 # =========================================================== products
@@ -1039,7 +1049,569 @@ def _matrix_norm(x, ord, axes, keepdims):
         red = amax if ord in (1, np.inf) else amin
         out = red(col, axis=outer_ax, keepdims=True)
         return out if keepdims else squeeze(out, axis=(r, c))
-    raise unsupported(f"np.linalg.norm with ord={ord!r} (needs an SVD)")
+    if ord in (2, -2, "nuc"):  # from the singular values of each matrix
+        values = linalg.svdvals(moveaxis(x, (r, c), (-2, -1)))
+        reduce_ = {2: amax, -2: amin, "nuc": sum}[ord]
+        out = reduce_(values, axis=-1)
+        if keepdims:
+            out = expand_dims(out, tuple(sorted((r, c))))
+        return out
+    raise ValueError(f"Invalid norm order {ord!r} for matrices.")
+
+
+# =========================================================== more NumPy (issue 15)
+# Composites: NumPy functions built from entries (their derivatives, batching rules and
+# Julia spellings are the entries'), each following NumPy's own implementation so that
+# values agree with NumPy's.
+
+def _is_python_number(x) -> bool:
+    return type(x) in (bool, int, float, complex)
+
+
+def _inexact_result_type(*xs) -> np.dtype:
+    """NumPy's result type of ``xs`` (Python numbers weak), made inexact (float64 for
+    integers): what np.linspace and friends compute in."""
+    dtype = np.result_type(*[x if _is_python_number(x) else dtype_of(x) for x in xs])
+    return dtype if np.issubdtype(dtype, np.inexact) else np.dtype(np.float64)
+
+
+def _as_dtype(x, dtype):
+    return astype(x, dtype) if _is_traced(x) else np.asarray(x, dtype=dtype)
+
+
+@implements(np.nan_to_num)
+def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
+    """NaN -> ``nan``, +inf -> ``posinf`` (the dtype's largest), -inf -> ``neginf``; the
+    gradient is 1 where x is finite, 0 where it was replaced."""
+    dtype = np.dtype(dtype_of(x))
+    if not np.issubdtype(dtype, np.inexact):
+        return x
+    if np.issubdtype(dtype, np.complexfloating):
+        raise unsupported("np.nan_to_num of complex values")
+    info = np.finfo(dtype)
+    out = elementwise.where(elementwise.isnan(x), nan, x)
+    out = elementwise.where(x == np.inf, info.max if posinf is None else posinf, out)
+    return elementwise.where(x == -np.inf, info.min if neginf is None else neginf, out)
+
+
+@implements(np.linspace)
+def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0, *,
+             device=None):
+    """np.linspace with traced endpoints (arrays of them too): NumPy's arithmetic,
+    ``start + arange(num) * step`` with the last value ``stop`` itself."""
+    num = int(num)
+    if num < 0:
+        raise ValueError(f"Number of samples, {num}, must be non-negative.")
+    div = (num - 1) if endpoint else num
+    dt = _inexact_result_type(start, stop)
+    start, stop = _as_dtype(start, dt), _as_dtype(stop, dt)
+    delta = stop - start
+    extra = shape(delta)
+    steps = np.arange(0, num, dtype=dt).reshape((-1,) + (1,) * len(extra))
+    if div > 0:
+        step = delta / div
+        y = steps * step
+    else:
+        step = np.nan
+        y = steps * delta
+    y = y + start
+    if endpoint and num > 1:
+        last = expand_dims(broadcast_to(stop, extra), 0)
+        y = concatenate([slice_axis(y, 0, 0, num - 1), last], axis=0)
+    if axis != 0:
+        y = moveaxis(y, 0, axis)
+    if dtype is not None:
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            y = elementwise.floor(y)
+        y = astype(y, dtype)
+    return (y, step) if retstep else y
+
+
+@implements(np.rot90)
+def rot90(m, k=1, axes=(0, 1)):
+    axes = tuple(axes)
+    nd = ndim(m)
+    if len(axes) != 2:
+        raise ValueError("len(axes) must be 2.")
+    if axes[0] == axes[1] or abs(axes[0] - axes[1]) == nd:
+        raise ValueError("Axes must be different.")
+    if not (-nd <= axes[0] < nd and -nd <= axes[1] < nd):
+        raise ValueError(f"Axes={axes} out of range for array of ndim={nd}.")
+    k %= 4
+    if k == 0:
+        return m
+    if k == 2:
+        return flip(flip(m, axes[0]), axes[1])
+    perm = list(range(nd))
+    perm[axes[0]], perm[axes[1]] = perm[axes[1]], perm[axes[0]]
+    if k == 1:
+        return transpose(flip(m, axes[1]), perm)
+    return flip(transpose(m, perm), axes[1])
+
+
+@implements(np.kron)
+def kron(a, b):
+    """The Kronecker product: NumPy's interleaved broadcast product, reshaped."""
+    nda, ndb = ndim(a), ndim(b)
+    if nda == 0 or ndb == 0:
+        return a * b
+    nd = max(nda, ndb)
+    as_ = (1,) * max(0, ndb - nda) + shape(a)
+    bs = (1,) * max(0, nda - ndb) + shape(b)
+    a_arr = reshape(a, tuple(v for d in as_ for v in (d, 1)))
+    b_arr = reshape(b, tuple(v for d in bs for v in (1, d)))
+    return reshape(a_arr * b_arr, tuple(x * y for x, y in zip(as_, bs)))
+
+
+@implements(np.select)
+def select(condlist, choicelist, default=0):
+    """Nested np.where, the first condition that holds winning; NumPy's result dtype."""
+    condlist, choicelist = list(condlist), list(choicelist)
+    if len(condlist) != len(choicelist):
+        raise ValueError("list of cases must be same length as list of conditions")
+    if not condlist:
+        raise ValueError("select with an empty condition list is not possible")
+    for i, cond in enumerate(condlist):
+        if np.dtype(dtype_of(cond)) != np.bool_:
+            raise TypeError(f"invalid entry {i} in condlist: should be boolean ndarray")
+    dtype = np.result_type(*[dtype_of(c) for c in choicelist + [default]])
+    result = _as_dtype(default, dtype)
+    for cond, choice in zip(reversed(condlist), reversed(choicelist)):
+        result = elementwise.where(cond, _as_dtype(choice, dtype), result)
+    target = core.broadcast_shapes(*[shape(c) for c in condlist + choicelist + [default]])
+    return broadcast_to(result, target)
+
+
+def _kth(kth, n):
+    kth = np.atleast_1d(np.asarray(kth))
+    if not np.issubdtype(kth.dtype, np.integer):
+        raise TypeError("Partition index must be integer")
+    if np.any((kth < -n) | (kth >= n)):
+        raise ValueError(f"kth(={kth}) out of bounds ({n})")
+    return tuple(int(k) % n for k in kth.reshape(-1))
+
+
+@implements(np.argpartition, method="argpartition")
+def argpartition(a, kth, axis=-1, kind="introselect", order=None):
+    if order is not None:
+        raise unsupported("np.argpartition with order=")
+    if axis is None:
+        a, axis = ravel(a), 0
+    axis %= ndim(a)
+    return reductions.argpartition(a, kth=_kth(kth, shape(a)[axis]), axis=axis)
+
+
+@implements(np.partition)
+def partition(a, kth, axis=-1, kind="introselect", order=None):
+    """NumPy's values (the arrangement of its introselect); the gradient flows back to
+    where each value came from."""
+    if axis is None:
+        a, axis = ravel(a), 0
+    axis %= ndim(a)
+    return take_along_axis(a, argpartition(a, kth, axis, kind, order), axis)
+
+
+@implements(np.rollaxis)
+def rollaxis(a, axis, start=0):
+    n = ndim(a)
+    axis = core.normalize_axes(axis, n)[0]
+    if start < 0:
+        start += n
+    if not 0 <= start < n + 1:
+        raise ValueError(f"'start' arg requires {-n} <= start < {n + 1}, but {start} was passed in")
+    if axis < start:
+        start -= 1
+    if axis == start:
+        return a
+    axes = list(range(n))
+    axes.remove(axis)
+    axes.insert(start, axis)
+    return transpose(a, axes)
+
+
+@implements(np.atleast_3d)
+def atleast_3d(*arys):
+    res = []
+    for a in arys:
+        nd = ndim(a)
+        if nd == 0:
+            a = reshape(a, (1, 1, 1))
+        elif nd == 1:
+            a = reshape(a, (1, shape(a)[0], 1))
+        elif nd == 2:
+            a = reshape(a, shape(a) + (1,))
+        res.append(a)
+    return res[0] if len(res) == 1 else tuple(res)
+
+
+@implements(np.hsplit)
+def hsplit(ary, indices_or_sections):
+    if ndim(ary) == 0:
+        raise ValueError("hsplit only works on arrays of 1 or more dimensions")
+    return split(ary, indices_or_sections, 1 if ndim(ary) > 1 else 0)
+
+
+@implements(np.vsplit)
+def vsplit(ary, indices_or_sections):
+    if ndim(ary) < 2:
+        raise ValueError("vsplit only works on arrays of 2 or more dimensions")
+    return split(ary, indices_or_sections, 0)
+
+
+@implements(np.dsplit)
+def dsplit(ary, indices_or_sections):
+    if ndim(ary) < 3:
+        raise ValueError("dsplit only works on arrays of 3 or more dimensions")
+    return split(ary, indices_or_sections, 2)
+
+
+@implements(np.gradient)
+def gradient(f, *varargs, axis=None, edge_order=1):
+    """NumPy's finite differences (second order inside, first or second order at the
+    edges), with spacings given as scalars or coordinates; traced f and coordinates."""
+    nd = ndim(f)
+    axes = tuple(range(nd)) if axis is None else \
+        tuple(a % nd for a in ((axis,) if isinstance(axis, (int, np.integer)) else axis))
+    n = len(varargs)
+    if n == 0:
+        dx = [1.0] * len(axes)
+    elif n == 1 and ndim(varargs[0]) == 0:
+        dx = list(varargs) * len(axes)
+    elif n == len(axes):
+        dx = [_spacing(d, shape(f)[ax]) for d, ax in zip(varargs, axes)]
+    else:
+        raise TypeError("invalid number of arguments")
+    if edge_order > 2:
+        raise ValueError("'edge_order' greater than 2 not supported")
+    if not np.issubdtype(dtype_of(f), np.inexact):
+        f = astype(f, np.float64)
+    outs = [_gradient_along(f, ax, d, edge_order) for ax, d in zip(axes, dx)]
+    return outs[0] if len(axes) == 1 else tuple(outs)
+
+
+def _spacing(distances, length):
+    """One axis' spacing: a scalar, or the differences of the coordinates (a scalar again
+    when constant, as NumPy does, for plain coordinates)."""
+    if ndim(distances) == 0:
+        return distances
+    if ndim(distances) != 1:
+        raise ValueError("distances must be either scalars or 1d")
+    if shape(distances)[0] != length:
+        raise ValueError("when 1d, distances must match the length of the corresponding dimension")
+    if np.issubdtype(dtype_of(distances), np.integer):
+        distances = astype(distances, np.float64)
+    diffx = diff(distances)
+    if not _is_traced(diffx) and np.all(diffx == diffx[0]):
+        return diffx[0]
+    return diffx
+
+
+def _gradient_along(f, axis, dx, edge_order):
+    n = shape(f)[axis]
+    if n < edge_order + 1:
+        raise ValueError("Shape of array too small to calculate a numerical gradient, at "
+                         "least (edge_order + 1) elements are required.")
+    uniform = ndim(dx) == 0
+    nd = ndim(f)
+
+    def at(i, j=None):
+        return slice_axis(f, axis, i, j) if j is not None or i is None else \
+            expand_dims(getitem(f, (slice(None),) * axis + (i,)), axis)
+
+    def along(v):  # coefficients broadcast along `axis`
+        return reshape(v, tuple(-1 if d == axis else 1 for d in range(nd)))
+
+    if uniform:
+        inner = (slice_axis(f, axis, 2, None) - slice_axis(f, axis, None, -2)) / (2.0 * dx)
+    else:
+        dx1, dx2 = getitem(dx, slice(0, -1)), getitem(dx, slice(1, None))
+        a = along(-dx2 / (dx1 * (dx1 + dx2)))
+        b = along((dx2 - dx1) / (dx1 * dx2))
+        c = along(dx1 / (dx2 * (dx1 + dx2)))
+        inner = a * slice_axis(f, axis, None, -2) + b * slice_axis(f, axis, 1, -1) + \
+            c * slice_axis(f, axis, 2, None)
+    if edge_order == 1:
+        dx0 = dx if uniform else getitem(dx, 0)
+        dxn = dx if uniform else getitem(dx, -1)
+        first = (at(1) - at(0)) / dx0
+        last = (at(-1) - at(-2)) / dxn
+    else:
+        if uniform:
+            a, b, c = -1.5 / dx, 2.0 / dx, -0.5 / dx
+        else:
+            dx1, dx2 = getitem(dx, 0), getitem(dx, 1)
+            a = -(2.0 * dx1 + dx2) / (dx1 * (dx1 + dx2))
+            b = (dx1 + dx2) / (dx1 * dx2)
+            c = -dx1 / (dx2 * (dx1 + dx2))
+        first = a * at(0) + b * at(1) + c * at(2)
+        if uniform:
+            a, b, c = 0.5 / dx, -2.0 / dx, 1.5 / dx
+        else:
+            dx1, dx2 = getitem(dx, -2), getitem(dx, -1)
+            a = dx2 / (dx1 * (dx1 + dx2))
+            b = -(dx2 + dx1) / (dx1 * dx2)
+            c = (2.0 * dx2 + dx1) / (dx2 * (dx1 + dx2))
+        last = a * at(-3) + b * at(-2) + c * at(-1)
+    parts = [first, inner, last] if n > 2 or edge_order == 2 else [first, last]
+    out = concatenate([astype(p, dtype_of(f)) for p in parts], axis=axis)
+    return out
+
+
+@implements(np.interp)
+def interp(x, xp, fp, left=None, right=None, period=None):
+    """Piecewise-linear interpolation, NumPy's formula ``slope * (x - xp[j]) + fp[j]``
+    (exact at the knots); differentiable in x, xp and fp (one-sided at the knots)."""
+    if period is not None:
+        raise unsupported("np.interp with period=")
+    if ndim(xp) != 1 or ndim(fp) != 1:
+        raise ValueError("data must be 1 dimensional")
+    n = shape(xp)[0]
+    if shape(fp)[0] != n:
+        raise ValueError("fp and xp are not of the same length.")
+    if n == 0:
+        raise ValueError("array of sample points is empty")
+    x, xp, fp = (_as_dtype(v, np.float64) for v in (x, xp, fp))  # NumPy computes in double
+    first, last = getitem(fp, 0), getitem(fp, -1)
+    if n == 1:
+        y = broadcast_to(first, shape(x))
+    else:
+        j = elementwise.minimum(elementwise.maximum(
+            reductions.searchsorted(xp, x, side="right") - 1, 0), n - 2)
+        x0, x1 = getitem(xp, j), getitem(xp, j + 1)
+        f0, f1 = getitem(fp, j), getitem(fp, j + 1)
+        y = (f1 - f0) / (x1 - x0) * (x - x0) + f0
+        y = elementwise.where(x == x0, f0, y)
+    y = elementwise.where(x == getitem(xp, -1), last, y)
+    y = elementwise.where(x < getitem(xp, 0), first if left is None else left, y)
+    return elementwise.where(x > getitem(xp, -1), last if right is None else right, y)
+
+
+def _without_nan(a, fill):
+    return elementwise.where(elementwise.isnan(a), fill, a) \
+        if np.issubdtype(dtype_of(a), np.inexact) else a
+
+
+@implements(np.nansum)
+def nansum(a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
+    _check_reduce_kwargs("nansum", {"initial": initial, "where": where})
+    return sum(_without_nan(a, 0.0), axis=axis, dtype=dtype, keepdims=keepdims)
+
+
+@implements(np.nanmean)
+def nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=None):
+    _check_reduce_kwargs("nanmean", {"where": where})
+    if not np.issubdtype(dtype_of(a), np.inexact):
+        return mean(a, axis=axis, dtype=dtype, keepdims=keepdims)
+    total = nansum(a, axis=axis, dtype=dtype, keepdims=keepdims)
+    count = sum(astype(elementwise.logical_not(elementwise.isnan(a)), np.intp), axis=axis,
+                keepdims=keepdims)
+    return total / count
+
+
+def _nan_extremum(reduce_, fill, a, axis, keepdims):
+    if not np.issubdtype(dtype_of(a), np.inexact):
+        return reduce_(a, axis=axis, keepdims=keepdims)
+    res = reduce_(_without_nan(a, fill), axis=axis, keepdims=keepdims)
+    all_nan = all_(elementwise.isnan(a), axis=axis, keepdims=keepdims)
+    return elementwise.where(all_nan, np.nan, res)  # NumPy: NaN (and a warning) there
+
+
+@implements(np.nanmax)
+def nanmax(a, axis=None, out=None, keepdims=False, initial=None, where=None):
+    _check_reduce_kwargs("nanmax", {"initial": initial, "where": where})
+    return _nan_extremum(amax, -np.inf, a, axis, keepdims)
+
+
+@implements(np.nanmin)
+def nanmin(a, axis=None, out=None, keepdims=False, initial=None, where=None):
+    _check_reduce_kwargs("nanmin", {"initial": initial, "where": where})
+    return _nan_extremum(amin, np.inf, a, axis, keepdims)
+
+
+@implements(np.ptp, method="ptp")
+def ptp(a, axis=None, out=None, keepdims=False):
+    return amax(a, axis=axis, keepdims=keepdims) - amin(a, axis=axis, keepdims=keepdims)
+
+
+@implements(np.average)
+def average(a, axis=None, weights=None, returned=False, *, keepdims=False):
+    """NumPy's weighted mean sum(a * w) / sum(w) (``returned``: and sum(w))."""
+    if axis is not None:
+        axis = core.normalize_axes(axis, ndim(a))
+    if weights is None:
+        avg = mean(a, axis=axis, keepdims=keepdims)
+        scl = np.asarray(avg).dtype.type(_count(a, _axes(axis, ndim(a))) or 0) \
+            if not _is_traced(avg) else np.dtype(dtype_of(avg)).type(
+                int(np.prod(shape(a))) // max(int(np.prod(shape(avg))), 1))
+    else:
+        wgt = _weights_along(a, weights, axis)
+        if np.issubdtype(dtype_of(a), np.integer) or np.dtype(dtype_of(a)) == np.bool_:
+            result_dtype = np.result_type(dtype_of(a), dtype_of(wgt), "f8")
+        else:
+            result_dtype = np.result_type(dtype_of(a), dtype_of(wgt))
+        scl = sum(wgt, axis=axis, dtype=result_dtype, keepdims=keepdims)
+        if np.any(scl == 0.0):  # a guard on traced weights
+            raise ZeroDivisionError("Weights sum to zero, can't be normalized")
+        avg = sum(astype(a, result_dtype) * astype(wgt, result_dtype), axis=axis,
+                  keepdims=keepdims) / scl
+    if returned:
+        if shape(scl) != shape(avg):
+            scl = broadcast_to(scl, shape(avg))
+        return avg, scl
+    return avg
+
+
+def _weights_along(a, weights, axis):
+    """np.average's weights: the shape of ``a``, or 1-d along the one reduced axis."""
+    if shape(weights) == shape(a):
+        return weights
+    if axis is None:
+        raise TypeError("Axis must be specified when shapes of a and weights differ.")
+    if ndim(weights) != len(axis):
+        raise TypeError("Shape of weights must be consistent with shape of a along specified axis.")
+    if shape(weights) != tuple(shape(a)[ax] for ax in axis):
+        raise ValueError("Shape of weights must be consistent with shape of a along specified axis.")
+    order = [ax for ax in sorted(axis)]
+    w = weights if list(axis) == order else transpose(weights, [list(axis).index(ax) for ax in order])
+    return reshape(w, tuple(shape(a)[d] if d in axis else 1 for d in range(ndim(a))))
+
+
+@implements(np.cov)
+def cov(m, y=None, rowvar=True, bias=False, ddof=None, fweights=None, aweights=None, *,
+        dtype=None):
+    """NumPy's covariance, step for step (weights too; their checks on plain weights)."""
+    if ddof is not None and ddof != int(ddof):
+        raise ValueError("ddof must be integer")
+    if ndim(m) > 2 or (y is not None and ndim(y) > 2):
+        raise ValueError("m has more than 2 dimensions")
+    if dtype is None:
+        dtype = np.result_type(dtype_of(m), *([dtype_of(y)] if y is not None else []), np.float64)
+    X = _as_dtype(m, dtype)
+    X = reshape(X, (1,) * (2 - ndim(X)) + shape(X))
+    if not rowvar and ndim(m) != 1:
+        X = transpose(X)
+    if shape(X)[0] == 0:
+        return np.array([]).reshape(0, 0)
+    if y is not None:
+        yy = _as_dtype(y, dtype)
+        yy = reshape(yy, (1,) * (2 - ndim(yy)) + shape(yy))
+        if not rowvar and shape(yy)[0] != 1:
+            yy = transpose(yy)
+        X = concatenate([X, yy], axis=0)
+    if ddof is None:
+        ddof = 1 if bias == 0 else 0
+    w = None
+    if fweights is not None:
+        fweights = _as_dtype(fweights, np.float64)
+        if not _is_traced(fweights) and not np.all(fweights == np.around(fweights)):
+            raise TypeError("fweights must be integer")
+        w = fweights
+    if aweights is not None:
+        aweights = _as_dtype(aweights, np.float64)
+        w = aweights if w is None else w * aweights
+    for weights in (fweights, aweights):
+        if weights is not None and (ndim(weights) > 1 or shape(weights)[0] != shape(X)[1]):
+            raise RuntimeError("incompatible numbers of samples and weights")
+        if weights is not None and not _is_traced(weights) and np.any(weights < 0):
+            raise ValueError("weights cannot be negative")
+    avg, w_sum = average(X, axis=1, weights=w, returned=True)
+    w_sum = getitem(w_sum, 0) if _is_traced(w_sum) else w_sum[0]
+    if w is None:
+        fact = shape(X)[1] - ddof
+    elif ddof == 0:
+        fact = w_sum
+    elif aweights is None:
+        fact = w_sum - ddof
+    else:
+        fact = w_sum - ddof * sum(w * aweights) / w_sum
+    if fact <= 0:  # a guard on traced weights
+        import warnings
+        warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=2)
+        fact = 0.0
+    X = X - reshape(avg, (-1, 1))
+    X_T = transpose(X) if w is None else transpose(X * w)
+    c = dot(X, X_T)
+    c = c * (np.true_divide(1, fact) if not _is_traced(fact) else 1 / fact)
+    return squeeze(c)
+
+
+@implements(np.corrcoef)
+def corrcoef(x, y=None, rowvar=True, bias=np._NoValue, ddof=np._NoValue, *, dtype=None):
+    c = cov(x, y, rowvar, dtype=dtype)
+    if ndim(c) != 2:
+        return c / c
+    d = diagonal(c)
+    stddev = elementwise.sqrt(d)
+    c = c / reshape(stddev, (-1, 1))
+    c = c / reshape(stddev, (1, -1))
+    return clip(c, -1, 1)
+
+
+@implements(np.linalg.matrix_power)
+def matrix_power(a, n):
+    """NumPy's algorithm (the same products in the same order): inverse for n < 0, then
+    repeated squaring."""
+    if ndim(a) < 2 or shape(a)[-1] != shape(a)[-2]:
+        raise ShapeError(f"matrix_power: expected a square matrix (or a stack), got {shape(a)}")
+    try:
+        n = int(n)
+    except TypeError as e:
+        raise TypeError("exponent must be an integer") from e
+    if n == 0:
+        return broadcast_to(np.eye(shape(a)[-1], dtype=dtype_of(a)), shape(a))
+    if n < 0:
+        a, n = linalg.inv(a), -n
+    if n == 1:
+        return a
+    if n == 2:
+        return linalg.matmul(a, a)
+    if n == 3:
+        return linalg.matmul(linalg.matmul(a, a), a)
+    z = result = None
+    while n > 0:
+        z = a if z is None else linalg.matmul(z, z)
+        n, bit = divmod(n, 2)
+        if bit:
+            result = z if result is None else linalg.matmul(result, z)
+    return result
+
+
+@implements(np.linalg.lstsq)
+def lstsq(a, b, rcond=None):
+    """(x, residuals, rank, s): x = pinv(a) b, the minimum-norm least-squares solution
+    LAPACK's gelsd computes (equal up to rounding; singular values below rcond * the
+    largest count as zero); rank is guarded (a new rank retraces)."""
+    m, n = shape(a)[-2:]
+    if ndim(a) != 2:
+        raise unsupported("np.linalg.lstsq of a stack of matrices")
+    vector = ndim(b) == 1
+    if shape(b)[0] != m:
+        raise ShapeError(f"lstsq: a has shape {shape(a)} but b has shape {shape(b)}")
+    dt = _inexact_result_type(a, b)
+    a, b = _as_dtype(a, dt), _as_dtype(b, dt)
+    if rcond is None:
+        rcond = np.finfo(dt).eps * max(m, n)
+    s = linalg.svdvals(a)
+    x = linalg.pinv(a, rcond=float(rcond)) @ b
+    if not min(m, n):
+        return x, np.empty((0,), dtype=dt), 0, s
+    rank = sum(astype(s > rcond * amax(s), np.intp))
+    if isinstance(rank, Tracer) and rank.val is None:
+        # no values (inside dp.vmap): the rank stays a traced integer, and the residuals
+        # take the full-rank shape, NaN where the rank is lower (NumPy gives none there)
+        if m <= n:
+            return x, np.empty((0,), dtype=dt), rank, s
+        r = b - a @ x
+        residuals = reshape(sum(r * r, axis=0), (1,) if vector else (shape(b)[1],))
+        return x, elementwise.where(rank == n, residuals, np.nan), rank, s
+    rank = int(rank)  # guarded: a new rank retraces
+    if rank == n and m > n:
+        r = b - a @ x
+        residuals = sum(r * r, axis=0)
+        residuals = reshape(residuals, (1,)) if vector else residuals
+    else:
+        residuals = np.empty((0,), dtype=dt)
+    return x, residuals, rank, s
 
 
 def _ufunc_methods() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Aval, Eqn, Lit, Var, is_scalar_number
-from .core import Case, Primitive, inside_unit_interval, is_inexact, normal, positive
+from .core import Case, Primitive, inside_unit_interval, is_inexact, normal, positive, uniform
 from .rules import add_all, in_dtype_of, sum_to
 
 
@@ -106,6 +106,32 @@ arctan = unary("arctan", np.arctan, lambda x, y: 1.0 / (1.0 + x * x), "atan.({0}
 sinh = unary("sinh", np.sinh, lambda x, y: np.cosh(x), "sinh.({0})", c="sinh({0})")
 cosh = unary("cosh", np.cosh, lambda x, y: np.sinh(x), "cosh.({0})", c="cosh({0})")
 tanh = unary("tanh", np.tanh, lambda x, y: 1.0 - y * y, "tanh.({0})", c="tanh({0})")
+arcsinh = unary("arcsinh", np.arcsinh, lambda x, y: 1.0 / np.sqrt(x * x + 1.0), "asinh.({0})",
+                c="asinh({0})")
+arccosh = unary("arccosh", np.arccosh, lambda x, y: 1.0 / np.sqrt(x * x - 1.0), "acosh.({0})",
+                domain=uniform(1.2, 3.0, 3, 4), c="acosh({0})")
+arctanh = unary("arctanh", np.arctanh, lambda x, y: 1.0 / (1.0 - x * x), "atanh.({0})",
+                domain=inside_unit_interval(3, 4), c="atanh({0})")
+
+# |x| below this: sinc' from its Taylor series (the quotient cancels catastrophically and
+# is 0/0 at 0); the series' terms left out are below 1e-19 there
+_SINC_SERIES_BELOW = 1e-3
+
+
+def _sinc_derivative(x, y):
+    """d sinc(x)/dx = (cos(pi x) - sinc(x)) / x, and -(pi^2 x / 3)(1 - (pi x)^2 / 10 +
+    (pi x)^4 / 280) near 0: exact there to every order the tests check (sinc''(0) =
+    -pi^2 / 3)."""
+    small = np.abs(x) < _SINC_SERIES_BELOW
+    z = (np.pi * x) * (np.pi * x)
+    series = -(np.pi * np.pi / 3.0) * x * (1.0 - z / 10.0 + z * z / 280.0)
+    safe = np.where(small, 1.0, x)
+    return np.where(small, series, (np.cos(np.pi * x) - y) / safe)
+
+
+# np.sinc(x) = sin(pi x) / (pi x), 1 at 0 (not a ufunc; Julia's sinc is the same function)
+sinc = unary("sinc", None, _sinc_derivative, "sinc.({0})", impl="xp.sinc({0})", numpy=np.sinc)
+sinc.cases += (Case(lambda rng: [np.array([0.0, 1e-4, -5e-4, 2e-3, -0.5, 1.0, 1.5])]),)
 abs_ = unary("abs", np.absolute, lambda x, y: np.sign(x), "abs.({0})",
              numpy=(np.absolute, np.fabs), order=1, c="fabs({0})")
 sign = unary("sign", np.sign, None, "sign.({0})", order=1, c="dp_sign({0})")
@@ -250,6 +276,36 @@ hypot = binary("hypot", np.hypot,
                                               rng.standard_normal((3, 4))), np.zeros(4)])
 logaddexp = binary("logaddexp", np.logaddexp, lambda x, y, o: (np.exp(x - o), np.exp(y - o)),
                    "DiffProg.nplogaddexp({0}, {1})", c="dp_logaddexp({0}, {1})")
+# log2(2^x + 2^y): the partials 2^(x - out), 2^(y - out) never overflow
+_LOG2_JL = "log(2 * one(eltype({0})))"
+logaddexp2 = binary("logaddexp2", np.logaddexp2,
+                    lambda x, y, o: (np.exp2(x - o), np.exp2(y - o)),
+                    f"DiffProg.nplogaddexp({{0}} .* {_LOG2_JL}, {{1}} .* {_LOG2_JL}) ./ {_LOG2_JL}")
+
+
+def _between_multiples(rng):
+    """x = (k + u) y with k a small integer and u in (0.1, 0.9): away from the jumps of
+    fmod and remainder, on both sides of 0."""
+    y = rng.uniform(0.5, 2.0, (4,))
+    return [(rng.integers(-3, 3, (3, 4)) + rng.uniform(0.1, 0.9, (3, 4))) * y, y]
+
+
+# C's fmod: x - trunc(x / y) y, the sign of x (remainder has the sign of y)
+fmod = binary("fmod", np.fmod, lambda x, y, o: (1.0, -np.trunc(x / y)), "rem.({0}, {1})",
+              order=1, domain=_between_multiples, c="fmod({0}, {1})")
+
+
+def _heaviside_partials(x, h0, out):
+    """0 almost everywhere in x (a step); in h0 (the value at x == 0): 1 where x == 0."""
+    return None, 1.0 * (x == 0)
+
+
+# heaviside(x, h0): 0 below 0, h0 at 0, 1 above, NaN at NaN
+heaviside = binary(
+    "heaviside", np.heaviside, _heaviside_partials,
+    "ifelse.(isnan.({0}), {0} .+ zero.({1}), ifelse.({0} .== 0, {1} .+ zero.({0}), "
+    "ifelse.({0} .> 0, one.({0} .+ {1}), zero.({0} .+ {1}))))", order=1,
+    domain=lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4,))])
 remainder = binary("remainder", np.remainder, lambda x, y, o: (1.0, -np.floor(x / y)),
                    "mod.({0}, {1})", numpy=(np.remainder, np.mod), order=1,
                    domain=lambda rng: [rng.uniform(0.1, 0.9, (3, 4)) + 3.0, np.full((4,), 1.0)])

@@ -10,8 +10,8 @@ from ..errors import ArgumentError, ArgumentValueError, ShapeError, UnsupportedF
 from ..ir import Aval
 from ..tracing import unsupported
 from .core import Case, Primitive, Unsupported, broadcast_shapes, is_inexact, normal
-from .rules import (add_all, in_dtype_of, lower_triangle, onto_lower, sum_to, swap_last_axes,
-                    symmetric_from_lower)
+from .rules import (add_all, batch_stacked, in_dtype_of, lower_triangle, onto_lower, sum_to,
+                    swap_last_axes, symmetric_from_lower, vjp_by_transposing)
 
 
 def _single_matrix_julia(template):
@@ -173,15 +173,67 @@ def _julia_einsum(eqn, jl):
 
 
 def _einsum_call(subscripts, *operands, optimize=False, **kwargs):
-    """np.einsum: the subscripts made explicit (:func:`_explicit_subscripts`); a contraction
-    of several large operands gets NumPy's optimized order."""
+    """np.einsum: the sublist form as subscripts (:func:`_from_sublists`), the subscripts
+    made explicit (:func:`_explicit_subscripts`), an index repeated within one operand (a
+    diagonal, a trace) as a product with the identity (:func:`_without_repeats`); a
+    contraction of several large operands gets NumPy's optimized order."""
     if not isinstance(subscripts, str):
-        raise unsupported("np.einsum in the sublist (interleaved) form")
+        subscripts, operands = _from_sublists((subscripts,) + operands)
     if kwargs:
         raise ArgumentError(f"np.einsum: unsupported keyword(s) {sorted(kwargs)} on traced values")
     spec = _explicit_subscripts(subscripts, [np.ndim(o) for o in operands])
+    spec, operands = _without_repeats(spec, list(operands))
     big = sum(int(np.prod(np.shape(o))) for o in operands) > 4096
     return einsum(*operands, subscripts=spec, optimize=bool(len(operands) > 1 and big))
+
+
+def _from_sublists(args):
+    """np.einsum(op0, sublist0, op1, sublist1, ..., [sublist_out]) as a subscripts string:
+    integer labels 0..51 become letters, Ellipsis becomes '...'."""
+    operands, subs = list(args[0::2]), list(args[1::2])
+    out = None
+    if len(subs) < len(operands):  # an odd number: the last is the output sublist
+        out = operands.pop()
+
+    def letters(sub):
+        text = []
+        for item in sub:
+            if item is Ellipsis:
+                text.append("...")
+            elif isinstance(item, (int, np.integer)) and 0 <= int(item) < len(_LETTERS):
+                text.append(_LETTERS[int(item)])
+            else:
+                raise ArgumentError(f"np.einsum: subscript labels in sublists must be integers "
+                                    f"in [0, 52) or Ellipsis, got {item!r}")
+        return "".join(text)
+    spec = ",".join(letters(sub) for sub in subs)
+    if out is not None:
+        spec += "->" + letters(out)
+    return spec, operands
+
+
+def _without_repeats(spec: str, operands: list):
+    """An operand whose subscripts repeat an index (``'ii->i'``) reads a diagonal: the
+    same contraction with the repeat renamed and an identity operand joining the two
+    (``'ij,ij->i'`` with np.eye), so every rule, batching and spelling of einsum holds."""
+    ins, out = _einsum_parse(spec)
+    if all(len(set(sub)) == len(sub) for sub in ins):
+        return spec, operands
+    spare = iter(c for c in reversed(_LETTERS) if c not in spec)
+    new_ins, extra = [], []
+    for sub, op in zip(ins, operands):
+        seen, renamed = set(), []
+        for axis, c in enumerate(sub):
+            if c in seen:
+                fresh = next(spare)
+                n = np.shape(op)[axis]
+                extra.append((c + fresh, np.eye(n, dtype=np.result_type(op))))
+                c = fresh
+            seen.add(c)
+            renamed.append(c)
+        new_ins.append("".join(renamed))
+    subs = new_ins + [s for s, _ in extra]
+    return ",".join(subs) + "->" + out, operands + [e for _, e in extra]
 
 
 _LETTERS = string.ascii_letters
@@ -574,3 +626,386 @@ eigvalsh = Primitive(
     jvp=_eigvalsh_jvp, numpy={np.linalg.eigvalsh: _eigvalsh_call},
     julia=_single_matrix_julia("DiffProg.npeigvalsh({0})"),
     cases=[Case(normal(3, 3)), Case(normal(2, 3, 3)), Case(normal(4, 4), wrap=_spd)])
+
+
+# ------------------------------------------------------------------ NumPy's own factorizations
+# np.linalg.eigh, svd and qr return vectors whose signs LAPACK chooses. The rules below are
+# written in the factors themselves, so they hold for whichever signs the impl returns, and
+# the impl returns NumPy's: the gradients are those of NumPy's own functions (finite
+# differences of NumPy see the same signs, locally constant). Other array libraries would
+# choose other signs: their impl runs NumPy's function on the host. The Julia engine has no
+# spelling (Julia's LAPACK calls see the transposed matrix and may choose other signs);
+# the sign-free functions (eigvalsh, svdvals, pinv, norms) have one.
+
+_LAPACK_SIGNS = ("the signs of its vectors are LAPACK's choice on the row-major matrix, which "
+                 "the julia engine (holding the transpose) cannot promise to reproduce; the "
+                 "sign-free functions (np.linalg.eigvalsh, svd(compute_uv=False), pinv, norm) "
+                 "have Julia spellings")
+
+
+def _numpy_on_host(xp, fn, *arrays, **kwargs):
+    """``fn`` (a NumPy function) of arrays living in ``xp``: on the host for other array
+    libraries (NumPy's signs on every engine), the results moved back."""
+    if xp is np:
+        return fn(*arrays, **kwargs)
+    res = fn(*[xp.asnumpy(a) for a in arrays], **kwargs)
+    return tuple(xp.asarray(r) for r in res) if isinstance(res, tuple) else xp.asarray(res)
+
+
+def _result(kind: str, *values):
+    """NumPy's named result tuple (np.linalg.svd's SVDResult, ...) holding ``values``."""
+    from numpy.linalg import _linalg
+    named = getattr(_linalg, kind, None)
+    return named(*values) if named is not None else tuple(values)
+
+
+def _nan_block(shape, dtype):
+    return np.full(shape, np.nan, dtype=dtype)
+
+
+def _poisoned(ct, *extras):
+    """``ct`` made NaN (per matrix of a stack) where a cotangent in ``extras`` is nonzero:
+    the completing columns of a full/complete factorization are LAPACK's arbitrary choice
+    and have no derivative, so a result that uses them gets NaN, never a silent zero."""
+    used = None
+    for e in extras:
+        if e is None:
+            continue
+        nonzero = np.sum(1.0 * (e != 0), axis=(-2, -1))
+        used = nonzero if used is None else used + nonzero
+    if used is None:
+        return ct
+    return ct + np.where(used != 0, np.nan, 0.0)[..., None, None].astype(np.result_type(ct))
+
+
+def _eigh_lapack_impl(xp, a, *, uplo):
+    return _numpy_on_host(xp, lambda m: tuple(np.linalg.eigh(m, UPLO=uplo)), a)
+
+
+def _eigh_lapack_jvp(ts, a, *, out, uplo):
+    """The eigh entry's rule; UPLO="U" reads the upper triangle, the lower one of a^T."""
+    t = ts[0] if ts[0] is None or uplo == "L" else swap_last_axes(ts[0])
+    return _eigh_jvp([t], a, out=out)
+
+
+def _eigh_lapack_vjp(gs, a, *, out, uplo):
+    (ct,) = _eigh_vjp(gs, a, out=out)
+    return (ct if ct is None or uplo == "L" else swap_last_axes(ct),)
+
+
+def _eigh_call(a, UPLO="L"):  # noqa: N803 (NumPy's keyword)
+    if UPLO not in ("L", "U"):
+        raise ArgumentValueError(f"np.linalg.eigh: UPLO must be 'L' or 'U', got {UPLO!r}")
+    return _result("EighResult", *eigh_lapack(a, uplo=UPLO))
+
+
+# np.linalg.eigh: the eigh entry's rules (written in w and V, so sign-agnostic), NumPy's
+# signs (the eigh entry fixes its own so that engines agree; this one is NumPy's function)
+eigh_lapack = Primitive(
+    "eigh_lapack", _eigh_lapack_impl, lambda a, *, uplo: _eigh_shape(a), vjp=_eigh_lapack_vjp,
+    jvp=_eigh_lapack_jvp, multiple_results=True, batch=batch_stacked(lambda: eigh_lapack),
+    julia=Unsupported(f"np.linalg.eigh: {_LAPACK_SIGNS}"), numpy={np.linalg.eigh: _eigh_call},
+    cases=[Case(normal(3, 3), {"uplo": "L"}), Case(normal(2, 4, 4), {"uplo": "L"}),
+           Case(normal(4, 4), {"uplo": "U"}), Case(normal(4, 4), {"uplo": "L"}, wrap=_spd)])
+
+
+# ------------------------------------------------------------------ SVD
+
+def _at_least_matrix(a, what):
+    if a.ndim < 2:
+        raise ShapeError(f"{what}: expected a matrix (or a stack of them), got shape {a.shape}")
+
+
+def _svd_shape(a, *, full_matrices):
+    _at_least_matrix(a, "linalg.svd")
+    m, n = a.shape[-2:]
+    k = min(m, n)
+    dtype = _real_dtype(a.dtype)
+    return [Aval(a.shape[:-2] + (m, m if full_matrices else k), dtype),
+            Aval(a.shape[:-2] + (k,), dtype),
+            Aval(a.shape[:-2] + (n if full_matrices else k, n), dtype)]
+
+
+def _svd_impl(xp, a, *, full_matrices):
+    return _numpy_on_host(xp, lambda m: tuple(np.linalg.svd(m, full_matrices=full_matrices)), a)
+
+
+def _inverse_square_gaps(s):
+    """F[..., i, j] = 1 / (s_j^2 - s_i^2) off the diagonal, 0 on it."""
+    k = np.shape(s)[-1]
+    row, col = np.expand_dims(s, -2), np.expand_dims(s, -1)
+    gaps = (row + col) * (row - col)
+    diagonal = np.eye(k, dtype=bool)
+    return np.where(diagonal, 0.0, 1.0 / np.where(diagonal, 1.0, gaps))
+
+
+def _reduced_svd_jvp(da, u, s, vh):
+    """Tangents of the reduced SVD a = U diag(s) Vh along da (JAX's rule, real case):
+    dS = U^T da V, ds = diag(dS), dU = U (F * (dS S + S dS^T)) (+ the part of da V outside
+    U's span / s for tall a), dV likewise. Distinct nonzero singular values needed."""
+    m, n = np.shape(da)[-2:]
+    v = swap_last_axes(vh)
+    ds_full = swap_last_axes(u) @ da @ v
+    k = np.shape(s)[-1]
+    ds = np.sum(ds_full * np.eye(k), axis=-1)
+    f = _inverse_square_gaps(s)
+    row = np.expand_dims(s, -2)
+    col = np.expand_dims(s, -1)
+    dss, sds = ds_full * row, col * ds_full
+    du = u @ (f * (dss + swap_last_axes(dss)))
+    dv = v @ (f * (sds + swap_last_axes(sds)))
+    if m > n:
+        dav = da @ v
+        du = du + (dav - u @ (swap_last_axes(u) @ dav)) / row
+    if n > m:
+        dau = swap_last_axes(da) @ u
+        dv = dv + (dau - v @ (swap_last_axes(v) @ dau)) / row
+    return du, ds, swap_last_axes(dv)
+
+
+def _svd_reduced_parts(a, out, full_matrices):
+    u, s, vh = out
+    m, n = np.shape(a)[-2:]
+    k = min(m, n)
+    if full_matrices:
+        u, vh = u[..., :, :k], vh[..., :k, :]
+    return u, s, vh
+
+
+def _svd_jvp(ts, a, *, out, full_matrices):
+    if ts[0] is None:
+        return [None, None, None]
+    u, s, vh = _svd_reduced_parts(a, out, full_matrices)
+    du, ds, dvh = _reduced_svd_jvp(ts[0], u, s, vh)
+    m, n = np.shape(a)[-2:]
+    k, batch, dtype = min(m, n), tuple(np.shape(a)[:-2]), np.result_type(du)
+    if full_matrices and m > k:  # the completing columns: no derivative
+        du = np.concatenate([du, _nan_block(batch + (m, m - k), dtype)], axis=-1)
+    if full_matrices and n > k:
+        dvh = np.concatenate([dvh, _nan_block(batch + (n - k, n), dtype)], axis=-2)
+    return [in_dtype_of(du, out[0]), in_dtype_of(ds, out[1]), in_dtype_of(dvh, out[2])]
+
+
+def _reduced_svd_jvp_rule(ts, a, *, out):
+    return list(_reduced_svd_jvp(ts[0], *out))
+
+
+_reduced_svd_vjp = vjp_by_transposing(_reduced_svd_jvp_rule)
+
+
+def _svd_vjp(gs, a, *, out, full_matrices):
+    g_u, g_s, g_vh = gs
+    m, n = np.shape(a)[-2:]
+    k = min(m, n)
+    extras = []
+    if full_matrices and m > k and g_u is not None:
+        extras.append(g_u[..., :, k:])
+        g_u = g_u[..., :, :k]
+    if full_matrices and n > k and g_vh is not None:
+        extras.append(g_vh[..., k:, :])
+        g_vh = g_vh[..., :k, :]
+    (ct,) = _reduced_svd_vjp([g_u, g_s, g_vh], a, out=list(_svd_reduced_parts(a, out, full_matrices)))
+    return (None if ct is None else _poisoned(ct, *extras),)
+
+
+def _tall_wide_and_stacked(*shapes):
+    return [Case(normal(*shape)) for shape in shapes]
+
+
+svd = Primitive(
+    "svd", _svd_impl, _svd_shape, vjp=_svd_vjp, jvp=_svd_jvp, multiple_results=True,
+    numpy={np.linalg.svd: lambda *args, **kwargs: _svd_call(*args, **kwargs)},
+    batch=batch_stacked(lambda: svd), julia=Unsupported(f"np.linalg.svd: {_LAPACK_SIGNS}"),
+    cases=[Case(normal(4, 3), {"full_matrices": False}), Case(normal(3, 5), {"full_matrices": False}),
+           Case(normal(2, 3, 3), {"full_matrices": False}), Case(normal(3, 3), {"full_matrices": True})])
+
+
+def _svdvals_shape(a):
+    _at_least_matrix(a, "linalg.svd")
+    return Aval(a.shape[:-2] + (min(a.shape[-2:]),), _real_dtype(a.dtype))
+
+
+def _svdvals_jvp(ts, a, *, out):
+    if ts[0] is None:
+        return None
+    u, _, vh = svd(a, full_matrices=False)
+    return in_dtype_of(np.sum(u * (ts[0] @ swap_last_axes(vh)), axis=-2), out)
+
+
+def _svdvals_vjp(g, a, *, out):
+    u, _, vh = svd(a, full_matrices=False)
+    return (in_dtype_of((u * np.expand_dims(g, -2)) @ vh, a),)
+
+
+# singular values only (np.linalg.svd(a, compute_uv=False), the SVD norms): no signs
+svdvals = Primitive(
+    "svdvals", "xp.linalg.svd({0}, compute_uv=False)", _svdvals_shape, vjp=_svdvals_vjp,
+    jvp=_svdvals_jvp, batch=batch_stacked(lambda: svdvals),
+    julia=_single_matrix_julia("LinearAlgebra.svdvals({0})"),
+    cases=_tall_wide_and_stacked((4, 3), (3, 5), (2, 3, 3)))
+
+
+def _svd_call(a, full_matrices=True, compute_uv=True, hermitian=False):
+    """np.linalg.svd. ``hermitian=True`` makes NumPy read the lower triangle only (eigh)."""
+    if hermitian:
+        raise unsupported("np.linalg.svd(..., hermitian=True)")
+    if not compute_uv:
+        return svdvals(a)
+    m, n = np.shape(a)[-2:]
+    return _result("SVDResult", *svd(a, full_matrices=bool(full_matrices) and m != n))
+
+
+
+
+# ------------------------------------------------------------------ pseudo-inverse
+
+def _pinv_shape(a, *, rcond):
+    _at_least_matrix(a, "linalg.pinv")
+    return Aval(a.shape[:-2] + (a.shape[-1], a.shape[-2]), _real_dtype(a.dtype))
+
+
+def _pinv_jvp(ts, a, *, out, rcond):
+    """Golub and Pereyra's derivative of the pseudo-inverse (constant rank), as in JAX."""
+    if ts[0] is None:
+        return None
+    p, da = out, ts[0]
+    dah, ph = swap_last_axes(da), swap_last_axes(out)
+    m, n = np.shape(a)[-2:]
+    if m >= n:
+        s = (p @ ph) @ dah
+        t = (dah @ ph) @ p
+        return -(p @ da) @ p + s - (s @ a) @ p + t - (p @ a) @ t
+    s = p @ (ph @ dah)
+    t = dah @ (ph @ p)
+    return -p @ (da @ p) + s - s @ (a @ p) + t - p @ (a @ t)
+
+
+def _pinv_impl(xp, a, *, rcond):
+    return xp.linalg.pinv(a, rcond=rcond)
+
+
+def _pinv_call(a, rcond=None, hermitian=False, **kwargs):
+    """np.linalg.pinv (``rtol=`` as NumPy reads it); hermitian=True: NumPy reads the lower
+    triangle (the symmetric matrix it stands for is pseudo-inverted here)."""
+    m, n = np.shape(a)[-2:]
+    dtype = _real_dtype(np.result_type(a))
+    rtol = kwargs.pop("rtol", None) if "rtol" in kwargs else "unset"
+    if kwargs:
+        raise ArgumentError(f"np.linalg.pinv: unsupported keyword(s) {sorted(kwargs)}")
+    if rcond is None:
+        rcond = 1e-15 if rtol == "unset" else (max(m, n) * np.finfo(dtype).eps if rtol is None
+                                               else rtol)
+    if np.ndim(rcond) != 0:
+        raise unsupported("np.linalg.pinv with one rcond per matrix")
+    if hermitian:
+        a = symmetric_from_lower(a)
+    return pinv(a, rcond=float(rcond))
+
+
+pinv = Primitive(
+    "pinv", _pinv_impl, _pinv_shape, jvp=_pinv_jvp, vjp=vjp_by_transposing(_pinv_jvp),
+    numpy={np.linalg.pinv: _pinv_call}, batch=batch_stacked(lambda: pinv),
+    julia=_single_matrix_julia("LinearAlgebra.pinv({0}; rtol = {rcond})"),
+    cases=[Case(normal(4, 3), {"rcond": 1e-15}), Case(normal(3, 5), {"rcond": 1e-15}),
+           Case(normal(2, 3, 3), {"rcond": 1e-15})])
+
+
+# ------------------------------------------------------------------ QR
+
+def _qr_shape(a, *, complete):
+    _at_least_matrix(a, "linalg.qr")
+    m, n = a.shape[-2:]
+    k = m if complete else min(m, n)
+    dtype = _real_dtype(a.dtype)
+    return [Aval(a.shape[:-2] + (m, k), dtype), Aval(a.shape[:-2] + (k, n), dtype)]
+
+
+def _qr_impl(xp, a, *, complete):
+    mode = "complete" if complete else "reduced"
+    return _numpy_on_host(xp, lambda m: tuple(np.linalg.qr(m, mode=mode)), a)
+
+
+def _right_solve_upper(b, r):
+    """b r^{-1} for a square upper triangular r."""
+    return swap_last_axes(solve(swap_last_axes(r), swap_last_axes(b)))
+
+
+def _square_or_tall_qr_jvp(da, q, r):
+    """The reduced QR of a (m >= n) along da (JAX's rule, real case): with
+    X = Q^T da R^{-1}, dO = tril(X, -1) - tril(X, -1)^T, dQ = Q (dO - X) + da R^{-1},
+    dR = (X - dO) R."""
+    da_rinv = _right_solve_upper(da, r)
+    x = swap_last_axes(q) @ da_rinv
+    n = np.shape(x)[-1]
+    low = x * np.tril(np.ones((n, n)), -1)
+    do = low - swap_last_axes(low)
+    return q @ (do - x) + da_rinv, (x - do) @ r
+
+
+def _reduced_qr_jvp(da, q, r):
+    m, n = np.shape(da)[-2:]
+    if m >= n:
+        return _square_or_tall_qr_jvp(da, q, r)
+    # wide: Q and the first m columns of R come from the square block a[:, :m]; the rest
+    # of R is Q^T a[:, m:]
+    dq, dr_left = _square_or_tall_qr_jvp(da[..., :, :m], q, r[..., :, :m])
+    dr_right = swap_last_axes(dq) @ _wide_rest(r, q) + swap_last_axes(q) @ da[..., :, m:]
+    return dq, np.concatenate([dr_left, dr_right], axis=-1)
+
+
+def _wide_rest(r, q):
+    """a[:, m:] = Q R[:, m:] of a wide matrix."""
+    m = np.shape(q)[-1]
+    return q @ r[..., :, m:]
+
+
+def _qr_jvp(ts, a, *, out, complete):
+    if ts[0] is None:
+        return [None, None]
+    q, r = out
+    m, n = np.shape(a)[-2:]
+    if complete and m > n:
+        dq, dr = _reduced_qr_jvp(ts[0], q[..., :, :n], r[..., :n, :])
+        batch = tuple(np.shape(a)[:-2])
+        dq = np.concatenate([dq, _nan_block(batch + (m, m - n), np.result_type(dq))], axis=-1)
+        dr = np.concatenate([dr, np.zeros(batch + (m - n, n), np.result_type(dr))], axis=-2)
+    else:
+        dq, dr = _reduced_qr_jvp(ts[0], q, r)
+    return [in_dtype_of(dq, q), in_dtype_of(dr, r)]
+
+
+_reduced_qr_vjp = vjp_by_transposing(
+    lambda ts, a, *, out: list(_reduced_qr_jvp(ts[0], *out)))
+
+
+def _qr_vjp(gs, a, *, out, complete):
+    g_q, g_r = gs
+    q, r = out
+    m, n = np.shape(a)[-2:]
+    extras = []
+    if complete and m > n:
+        if g_q is not None:
+            extras.append(g_q[..., :, n:])
+            g_q = g_q[..., :, :n]
+        if g_r is not None:
+            g_r = g_r[..., :n, :]  # the rows below n are zeros whatever a is
+        q, r = q[..., :, :n], r[..., :n, :]
+    (ct,) = _reduced_qr_vjp([g_q, g_r], a, out=[q, r])
+    return (None if ct is None else _poisoned(ct, *extras),)
+
+
+def _qr_call(a, mode="reduced"):
+    """np.linalg.qr: 'reduced' and 'complete' give QRResult(Q, R), 'r' gives R."""
+    if mode not in ("reduced", "complete", "r"):
+        raise unsupported(f"np.linalg.qr(..., mode={mode!r})")
+    m, n = np.shape(a)[-2:]
+    q, r = qr(a, complete=mode == "complete" and m > n)
+    return r if mode == "r" else _result("QRResult", q, r)
+
+
+qr = Primitive(
+    "qr", _qr_impl, _qr_shape, vjp=_qr_vjp, jvp=_qr_jvp, multiple_results=True,
+    numpy={np.linalg.qr: _qr_call}, batch=batch_stacked(lambda: qr),
+    julia=Unsupported(f"np.linalg.qr: {_LAPACK_SIGNS}"),
+    cases=[Case(normal(4, 3), {"complete": False}), Case(normal(3, 3), {"complete": False}),
+           Case(normal(3, 5), {"complete": False}), Case(normal(2, 4, 3), {"complete": False})])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ShapeError
 from ..ir import Aval
-from .core import PRIMITIVES, Case, Primitive, dtype_by_example, normal, positive
+from .core import PRIMITIVES, Case, Primitive, Unsupported, dtype_by_example, normal, positive
 from .rules import in_dtype_of, shift_right
 
 
@@ -191,3 +192,67 @@ cumprod = Primitive(
            Case(lambda rng: [np.array([[1.5, 0.0, 2.0, -3.0], [0.0, 0.0, 3.0, 1.0],
                                        [2.0, -1.0, 0.5, 0.0], [0.0, 2.0, 0.0, 0.0]])], {"axis": 1}),
            Case(lambda rng: [np.array([[0.0, 2.0], [3.0, 0.0], [0.5, 4.0]])], {"axis": 0})])
+
+
+def _argpartition_impl(xp, x, *, kth, axis):
+    """NumPy's argpartition (introselect's arrangement); other array libraries compute it
+    on the host, so that np.partition gives NumPy's values on every engine."""
+    if xp is np:
+        return np.argpartition(x, kth, axis=axis)
+    return xp.asarray(np.argpartition(xp.asnumpy(x), kth, axis=axis))
+
+
+def _argpartition_batch(values, dims, size, *, kth, axis):
+    from ..tracing import bind
+    return bind(argpartition, np.moveaxis(values[0], dims[0], 0), kth=kth, axis=axis + 1), 0
+
+
+# np.argpartition (and np.partition = take_along_axis of it): the indices have no
+# derivative; the values gathered with them do (np.partition's gradient flows back to where
+# each value came from). kth: a tuple of ints.
+argpartition = Primitive(
+    "argpartition", _argpartition_impl, lambda x, *, kth, axis: Aval(x.shape, np.dtype(np.intp)),
+    vjp=lambda g, x, *, out, kth, axis: (None,), jvp=lambda ts, x, *, out, kth, axis: None,
+    batch=_argpartition_batch, differentiable=False,
+    julia=Unsupported("np.argpartition arranges the elements around kth as NumPy's "
+                      "introselect does; no Julia function reproduces that arrangement"),
+    cases=[Case(normal(3, 5), {"kth": (2,), "axis": 1}), Case(normal(4, 3), {"kth": (0, 3), "axis": 0})])
+
+
+def _searchsorted_shape(a, v, *, side):
+    if a.ndim != 1:
+        raise ShapeError(f"searchsorted: the sorted array must be 1-d, got shape {a.shape}")
+    return Aval(v.shape, np.dtype(np.intp))
+
+
+def _searchsorted_batch(values, dims, size, *, side):
+    from ..tracing import bind
+    (a, v), (da, dv) = values, dims
+    if da is None:
+        return bind(searchsorted, a, v, side=side), dv
+    a = np.moveaxis(a, da, 0)
+    v = np.broadcast_to(v, (size,) + tuple(np.shape(v))) if dv is None else np.moveaxis(v, dv, 0)
+    return np.stack([bind(searchsorted, a[b], v[b], side=side) for b in range(size)]), 0
+
+
+# np.searchsorted(a, v, side): where v would be inserted into the sorted a; no derivative
+# (an integer), but what is gathered with it has one (np.interp)
+searchsorted = Primitive(
+    "searchsorted", "xp.searchsorted({0}, {1}, side={side})", _searchsorted_shape,
+    vjp=lambda g, a, v, *, out, side: (None, None), jvp=lambda ts, a, v, *, out, side: None,
+    batch=_searchsorted_batch, differentiable=False,
+    numpy={np.searchsorted: lambda a, v, side="left", sorter=None: _searchsorted_call(a, v, side, sorter)},
+    julia=lambda eqn, jl: ("searchsortedlast.(Ref({0}), {1})" if eqn.params["side"] == "right"
+                           else "searchsortedfirst.(Ref({0}), {1}) .- 1"),
+    cases=[Case(lambda rng: [np.sort(rng.standard_normal(6)), rng.standard_normal((3, 4))],
+                {"side": "left"}),
+           Case(lambda rng: [np.array([0.0, 1.0, 1.0, 2.0]), np.array([1.0, -1.0, 0.5, 2.0, 3.0])],
+                {"side": "right"})])
+
+
+def _searchsorted_call(a, v, side, sorter):
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    if sorter is not None:
+        a = a[sorter]
+    return searchsorted(a, v, side=side)

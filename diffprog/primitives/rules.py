@@ -90,3 +90,56 @@ def onto_lower(s):
     :func:`symmetric_from_lower` builds: each entry below the diagonal is read twice,
     so it gets ``s + s^T`` there, the diagonal ``s`` once, nothing above."""
     return lower_triangle(s + swap_last_axes(s), 0.5)
+
+
+def vjp_by_transposing(jvp):
+    """A VJP rule from an entry's JVP rule, which is linear in the tangents: the JVP traced
+    as a function of the tangents of the floating inputs (inputs and outputs held), then
+    transposed by reverse mode. The result is written in primitives like any rule, so it
+    is differentiable again. For entries whose cotangent formula is long to derive and
+    easy to get wrong (svd, qr, pinv): one formula, checked by the generated tests."""
+    def vjp(gs, *xs, out, **params):
+        from ..ir import aval_of
+        from ..tracing import Tracer, eval_graph, new_trace
+        from ..transforms.vjp import vjp_graph
+        multiple = isinstance(out, (list, tuple))
+        outs = list(out) if multiple else [out]
+        gs = list(gs) if multiple else [gs]
+        floats = [i for i, x in enumerate(xs) if is_inexact(np.result_type(x))]
+        out_avals = [o.aval if isinstance(o, Tracer) else aval_of(o) for o in outs]
+        with new_trace(concrete=False) as trace:
+            tangents = [None] * len(xs)
+            for i in floats:
+                x = xs[i]
+                aval = x.aval if isinstance(x, Tracer) else aval_of(x)
+                tangents[i] = trace.new_input(aval.__class__(aval.shape, aval.dtype))
+            res = jvp(tangents, *xs, out=out, **params)
+            res = list(res) if multiple else [res]
+            res = [r if r is not None else np.zeros(a.shape, a.dtype)
+                   for r, a in zip(res, out_avals)]
+            graph = trace.to_graph(res)
+        vg = vjp_graph(graph, list(range(len(floats))), seed="input")
+        placeholders = [np.zeros(np.shape(xs[i]), np.result_type(xs[i])) for i in floats]
+        seeds = [g if g is not None else np.zeros(a.shape, a.dtype) for g, a in zip(gs, out_avals)]
+        flat = eval_graph(vg, placeholders + [o for o, _ in trace.captured] + seeds)
+        grads = flat[len(graph.outvars):]
+        cts = [None] * len(xs)
+        for i, g in zip(floats, grads):
+            cts[i] = in_dtype_of(g, xs[i])
+        return tuple(cts)
+    return vjp
+
+
+def batch_stacked(prim_of):
+    """dp.vmap's rule for an entry acting on the last two axes of its operands (stacks
+    of matrices, as NumPy's linalg functions): the batch is one more stack axis, in front.
+    ``prim_of()`` gives the entry (it is made after its rule)."""
+    def rule(values, dims, size, **params):
+        from ..tracing import bind
+        args = [v if d is None else np.moveaxis(v, d, 0) for v, d in zip(values, dims)]
+        if any(d is None for d in dims):  # a shared operand: the same for every example
+            args = [np.broadcast_to(a, (size,) + tuple(np.shape(a))) if d is None else a
+                    for a, d in zip(args, dims)]
+        out = bind(prim_of(), *args, **params)
+        return out, ([0] * len(out) if isinstance(out, (list, tuple)) else 0)
+    return rule
