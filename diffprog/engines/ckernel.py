@@ -978,7 +978,8 @@ class Kernel:
 
 
 def _reported_flags() -> int:
-    return sum(bit for name, bit in FLAG_BITS.items() if np.geterr()[name] != "ignore")
+    err = np.geterr()
+    return sum(bit for name, bit in FLAG_BITS.items() if err[name] != "ignore")
 
 
 _PENDING: list = []      # futures of submitted kernels (wait() waits for them)

@@ -17,7 +17,7 @@ import numpy as np
 from ..ir import Graph, Lit, Var
 from ..tracing import is_operator, python_scalar
 from ..transforms.closed import Closed
-from . import fusion, peephole
+from . import cscan, fusion, peephole
 from .base import Engine, Program
 
 _compile_ids = itertools.count()
@@ -113,6 +113,19 @@ class CompiledBody:
 
 
 _PLACEMENTS: dict = {}
+
+
+class CompiledScan:
+    """A scan's impl with its compiled C loop in front (:mod:`diffprog.engines.cscan`):
+    ``kernel.source`` is the C; ``impl`` runs whenever the kernel cannot (not built yet,
+    an input of another type, a floating-point flag NumPy would report)."""
+
+    def __init__(self, kernel, impl):
+        self.kernel, self.impl = kernel, impl
+
+    def __call__(self, xp, *args, **params):
+        out = self.kernel(args)
+        return out if out is not None else self.impl(xp, *args, **params)
 
 
 def placement_for(xp_module) -> Placement:
@@ -277,7 +290,13 @@ class ProgramWriter:
 
     def _call(self, impl, eqn, operands) -> str:
         """``impl(xp, *operands, **params)`` with the function and its params bound; a loop
-        or branch body in the params is compiled here, with this program's settings."""
+        or branch body in the params is compiled here, with this program's settings. A
+        scan over small values on the host also gets its compiled C loop (cscan.py): the
+        bound function runs it, and ``impl`` when it cannot."""
+        if eqn.prim.name == "scan" and self.bound.namespace["xp"] is np:
+            kernel = cscan.scan_kernel(eqn)
+            if kernel is not None:
+                impl = CompiledScan(kernel, impl)
         fname = self.bound.bind_value(impl, "f")
         params = [f"{k}={self._param(v)}" for k, v in eqn.params.items()]
         return f"{fname}(xp, {', '.join(operands + params)})"
