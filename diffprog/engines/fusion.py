@@ -40,7 +40,7 @@ import os
 
 import numpy as np
 
-from ..ir import Var
+from ..ir import Aval, Lit, Var
 from . import ckernel, fastmath
 from .threads import run_chunks
 
@@ -234,6 +234,19 @@ class BlockKernel:
                 return text, self.c_twin.scalar(text, atom.aval)
             return text, self.c_twin.literal(atom.value)  # a literal number
         key = f"i{len(self.flat_inputs)}"
+        const = atom.value if isinstance(atom, Lit) else None
+        if isinstance(const, np.ndarray) and const.dtype == np.float64 and const.size == self.size \
+                and not any(const.strides) and self.writer.bound.namespace["xp"] is np:
+            # one repeated value (ir.compact_constant): a stride-0 view of its one element
+            # for the NumPy kernel, a scalar for the C twin; never copied to full size
+            element = const[(0,) * const.ndim]
+            bound = self.writer.bound
+            view = bound.bind_value(np.broadcast_to(np.array([element]), (self.size,)), "c")
+            self.flat_inputs.append(f"{key} = {view}")
+            self.block_inputs.append(f"{key}b = {key}[i:j]")
+            scalar = bound.bind_value(np.float64(element), "c")
+            self._parameter(scalar)
+            return f"{key}b", self.c_twin.scalar(scalar, Aval((), np.dtype(np.float64)))
         self._parameter(text)
         self.flat_inputs.append(f"{key} = xp.ravel({text})")
         self.block_inputs.append(f"{key}b = {key}[i:j]")

@@ -189,3 +189,29 @@ def test_float32_sin_and_cos_stay_numpy_calls(rng):
     (fused, src), (plain, _) = _programs(_sincos_chain, x)
     assert "_sincos" not in src
     _assert_same(fused(x), plain(x))
+
+
+def test_repeated_value_constants_are_never_copied_to_full_size():
+    """ir.compact_constant keeps np.ones(n)-like constants as stride-0 broadcasts; a fused
+    block reads them as one element (a view for NumPy, a scalar for C), not xp.ravel."""
+    import tracemalloc
+
+    from diffprog.engines import ckernel
+    n = 1 << 20
+    x = np.linspace(-1.0, 1.0, n)
+
+    def f(x):
+        return np.sum(np.ones(n) * 3.0 * np.sin(x) + np.full(n, 2.0) * x)
+
+    g = dp.value_and_grad(f)
+    first = g(x)
+    ckernel.wait()
+    source = dp.differentiable(f).source(x, kind="grad")
+    assert "xp.ravel(_c" not in source
+    tracemalloc.start()
+    value, grad = g(x)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1.5 * 8 * n  # the gradient itself, no full-size copy of a constant
+    assert value == first[0] and np.array_equal(grad, first[1])
+    assert np.array_equal(grad, 3.0 * np.cos(x) + np.full(n, 2.0))
