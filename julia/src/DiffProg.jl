@@ -25,6 +25,7 @@ using ChainRulesCore:
     unthunk
 using LinearAlgebra: LinearAlgebra
 using PrecompileTools: @compile_workload, @setup_workload
+using SpecialFunctions: SpecialFunctions
 using Zygote: Zygote
 
 export Program, load_program, program_source, clear_programs!, program_count
@@ -58,6 +59,7 @@ include("numpy_shapes.jl")
 include("numpy_linalg.jl")
 include("einsum.jl")
 include("rules.jl")
+include("special.jl")
 include("control.jl")
 include("precompile.jl")
 
