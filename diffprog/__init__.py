@@ -16,6 +16,7 @@ from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, Dif
 from .ir import Graph
 from .numpy_api import stop_gradient
 from .primitives import PRIMITIVES
+from . import scipy_api  # SciPy inside traced functions (imports no SciPy; see its docstring)
 
 __version__ = "0.1.0"
 

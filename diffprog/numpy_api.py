@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .primitives import core, elementwise, linalg, reductions, shapes
+from .primitives import core, elementwise, linalg, reductions, shapes, special
 from .errors import ArgumentError, ShapeError
 from .tracing import Tracer, unsupported
 
@@ -85,8 +85,23 @@ def dtype_of(x) -> np.dtype:
 
 _UFUNC_COMPOSITES: dict[Any, Callable] = {}
 
+#: operands of other libraries: ``hook(func, args, kwargs)`` computes a call holding one of
+#: theirs, or returns NotImplemented (diffprog.scipy_api.sparse: scipy.sparse matrices)
+FOREIGN_OPERANDS: list = []
+
+
+def _foreign(func, args, kwargs):
+    for hook in FOREIGN_OPERANDS:
+        result = hook(func, args, kwargs)
+        if result is not NotImplemented:
+            return result
+    return NotImplemented
+
 
 def dispatch_ufunc(ufunc, method, inputs, kwargs):
+    if FOREIGN_OPERANDS and method == "__call__" and \
+            (result := _foreign(ufunc, inputs, kwargs)) is not NotImplemented:
+        return result
     if kwargs.get("out") is not None:
         raise ArgumentError(
             f"np.{ufunc.__name__}(..., out=...) (or an in-place operator such as `a += x` on a "
@@ -115,7 +130,7 @@ def _apply_ufunc(ufunc, inputs):
         return composite(*inputs)
     binding = core.NUMPY_BINDINGS.get(ufunc)
     if binding is None:
-        raise unsupported(f"np.{ufunc.__name__}")
+        raise unsupported(special.ufunc_name(ufunc))  # np.sin, scipy.special.jv
     return binding.call(*inputs)
 
 
@@ -132,6 +147,8 @@ def _ufunc_reduce(ufunc, x, axis=0, dtype=None, keepdims=False, **rest):
 
 
 def dispatch_function(func, args, kwargs):
+    if FOREIGN_OPERANDS and (result := _foreign(func, args, kwargs)) is not NotImplemented:
+        return result
     handler = HANDLERS.get(func) or _entry_binding(func)
     if handler is None:
         name = getattr(func, "__module__", "numpy") or "numpy"

@@ -85,8 +85,14 @@ class Trace:
         return Lit(x)
 
 
+#: called, without arguments, before each trace opens (diffprog.scipy_api: SciPy dispatch)
+BEFORE_TRACE: list = []
+
+
 @contextlib.contextmanager
 def new_trace(concrete: bool):
+    for hook in BEFORE_TRACE:
+        hook()
     trace = Trace(concrete)
     token = _TRACE_STACK.set(_TRACE_STACK.get() + (trace,))
     try:
