@@ -4,6 +4,7 @@
     python bench/run.py --only W2,W4 --repeats 30
     python -m bench --size tiny      # seconds: a smoke test (what the test suite runs)
     python -m bench --json out.json
+    python -m bench --quick          # under a minute: few short samples, small scaling table
 
 Every ratio is diffprog's time over the hand-written NumPy version's time, measured in
 the same run with interleaved repeats (A, B, A, B, ...) so that load from other
@@ -148,6 +149,68 @@ def chain_compile_seconds(n_ops: int) -> dict:
     return {"equations": n_eqns, "value_s": value_s, "value_and_grad_s": grad_s}
 
 
+def elementwise_chain(groups: int):
+    """x = sin(x) * 0.5 + x repeated ``groups`` times, then sum: 3 equations a group."""
+    def chain(x):
+        for _ in range(groups):
+            x = np.sin(x) * 0.5 + x
+        return np.sum(x)
+    return chain
+
+
+def first_call_scaling(groups_list, memory=True) -> list:
+    """First value_and_grad call of fresh elementwise chains: seconds and us per forward
+    equation, and the peak Python memory of the call (tracemalloc)."""
+    rows = []
+    x = np.linspace(0.1, 1.0, 4)
+    for groups in groups_list:
+        gc.collect()
+        start = time.perf_counter()
+        dp.value_and_grad(elementwise_chain(groups))(x)
+        seconds = time.perf_counter() - start
+        peak = None
+        if memory:  # a second fresh function: tracemalloc slows the call several times
+            gc.collect()
+            tracemalloc.start()
+            dp.value_and_grad(elementwise_chain(groups))(x)
+            peak = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        n_eqns = 3 * groups + 1
+        rows.append({"groups": groups, "forward_equations": n_eqns, "seconds": seconds,
+                     "us_per_equation": seconds / n_eqns * 1e6, "peak_mib": peak})
+    return rows
+
+
+def write_plot(results: dict, path: str) -> str | None:
+    """A PNG of value+grad ratio per workload (diffprog and each peer); None without
+    matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in results["timings"] if r["mode"] == "value+grad"]
+    names = [r["workload"] for r in rows]
+    series = {"diffprog": [r["ratio_median"] for r in rows]}
+    for p in results["peers"]:
+        series[p] = [r["peers"].get(p, float("nan")) for r in rows]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(names), 4))
+    width = 0.8 / max(1, len(series))
+    for k, (label, values) in enumerate(series.items()):
+        ax.bar([i + k * width for i in range(len(names))], values, width, label=label)
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(names))], names)
+    ax.set_yscale("log")
+    ax.set_ylabel("value+grad time / hand-written NumPy")
+    ax.set_title("value+grad / NumPy by hand (lower is better)", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def peak_extra_bytes(fn, args) -> int:
     """Peak bytes allocated during one call, above what was allocated before it."""
     fn(*args)  # warm: compile outside the measurement
@@ -165,7 +228,8 @@ def peak_extra_bytes(fn, args) -> int:
     return peak - before
 
 
-def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=None) -> dict:
+def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=None,
+        scaling=(100, 1000, 3000)) -> dict:
     out = out or sys.stdout
     names = only or list(W.MAKERS)
     found = P.available() if use_peers else {}
@@ -202,6 +266,8 @@ def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=N
                                                         workload.args),
                 "input_bytes": int(workload.args[0].nbytes)}
     results["compile"] = chain_compile_seconds(1000 if size == "full" else 40)
+    results["scaling"] = first_call_scaling(scaling if size == "full" else (10,),
+                                            memory=repeats > 5)
     print_table(results, out)
     return results
 
@@ -228,6 +294,15 @@ def print_table(results: dict, out=None) -> None:
     c = results["compile"]
     print(f"trace+compile, {c['equations']}-equation program: value {c['value_s']:.3f} s, "
           f"value+grad {c['value_and_grad_s']:.3f} s", file=out)
+    if results.get("scaling"):
+        print("first call of value_and_grad, elementwise chain (x = sin(x)*0.5 + x, N times):",
+              file=out)
+        print(f"{'N':>7}{'fwd eqns':>10}{'seconds':>10}{'us/eqn':>9}{'peak MiB':>10}", file=out)
+        for r in results["scaling"]:
+            print(f"{r['groups']:>7}{r['forward_equations']:>10}{r['seconds']:>10.3f}"
+                  f"{r['us_per_equation']:>9.0f}"
+                  + (f"{r['peak_mib']:>10.1f}" if r["peak_mib"] is not None else f"{'-':>10}"),
+                  file=out)
     m = results["memory"]
     if m:
         print(f"W4 peak extra memory (value+grad): diffprog {m['diffprog_bytes'] / 2**20:.1f} MiB, "
@@ -243,9 +318,19 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-ms", type=float, default=20.0, help="length of one timed sample")
     ap.add_argument("--no-peers", action="store_true", help="skip jax/autograd/torch")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--quick", action="store_true",
+                    help="full sizes, few short samples and a small scaling table (< 1 min)")
+    ap.add_argument("--plot", default="bench_ratios.png",
+                    help="PNG of the value+grad ratios ('' for none; needs matplotlib)")
     a = ap.parse_args(argv)
     only = [s.strip().upper().replace("W3S", "W3s") for s in a.only.split(",")] if a.only else None
-    results = run(a.size, only, a.repeats, a.sample_ms / 1e3, not a.no_peers)
+    repeats, sample_s, scaling = a.repeats, a.sample_ms / 1e3, (100, 1000, 3000)
+    if a.quick:
+        repeats, sample_s, scaling = min(repeats, 5), min(sample_s, 0.005), (100, 1000)
+    results = run(a.size, only, repeats, sample_s, not a.no_peers, scaling=scaling)
+    if a.plot:
+        written = write_plot(results, a.plot)
+        print(f"plot: {written}" if written else "plot: matplotlib not installed, none written")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

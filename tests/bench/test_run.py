@@ -45,7 +45,11 @@ def test_check_catches_a_wrong_hand_written_gradient():
         bench_run.check(workload)
 
 
-def test_cli_prints_the_table(capsys):
+def test_cli_prints_the_table(capsys, tmp_path):
+    plot = tmp_path / "ratios.png"
     assert bench_run.main(["--size", "tiny", "--only", "W1", "--repeats", "1", "--sample-ms",
-                           "0.1", "--no-peers"]) == 0
-    assert "W1" in capsys.readouterr().out
+                           "0.1", "--no-peers", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "W1" in out and "first call of value_and_grad" in out
+    pytest.importorskip("matplotlib")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
