@@ -59,6 +59,8 @@ import threading
 import types
 from typing import Callable
 
+import numpy as np
+
 from .. import tracing
 from ..errors import UnsupportedFunctionError
 from ..tracing import Tracer, trace_stack
@@ -86,6 +88,17 @@ def holds_tracer(args, kwargs=None, depth: int = 2) -> bool:
                 holds_tracer(a.values(), None, depth - 1):
             return True
     return bool(kwargs) and holds_tracer(kwargs.values(), None, depth)
+
+
+def operand(x):
+    """An argument as diffprog's implementations take it: a traced value as it is, a list
+    or an array of objects holding traced values as one traced array (NumPy reads a list
+    as an array: ``norm.logpdf([a, b])``), anything else unchanged."""
+    if type(x) in (list, tuple) or type(x) is np.ndarray and x.dtype == object:
+        from ..object_arrays import traced
+        x = traced(x)
+        return np.asarray(x) if type(x) in (list, tuple) else x
+    return x
 
 
 # ====================================================================== diversion

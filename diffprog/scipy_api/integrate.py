@@ -27,7 +27,7 @@ import numpy as np
 from .. import numpy_api as npa
 from ..errors import ArgumentValueError
 from ..tracing import Tracer
-from . import computes_traced, divert, holds_tracer, original, refuse
+from . import computes_traced, divert, holds_tracer, operand, original, refuse
 
 _FIX = ("call diffprog.sciml.odeint(f, y0, t, *params, method='dopri5') directly (f(y, t, "
         "*params), SciPy's odeint order), which returns the solution at the times t")
@@ -36,6 +36,7 @@ _ODEINT_TOL = 1.49012e-8
 
 def _state(y0):
     """SciPy's state: y0 flattened to a float64 vector."""
+    y0 = operand(y0)
     y0 = y0 if isinstance(y0, Tracer) else np.asarray(y0, dtype=np.float64)
     y0 = npa.astype(y0, np.float64) if y0.dtype != np.float64 else y0
     return npa.reshape(y0, (-1,))

@@ -17,12 +17,14 @@ import numpy as np
 from .. import numpy_api as npa
 from ..custom import custom_vjp
 from ..errors import ArgumentError, NotDifferentiableError, ShapeError
-from . import divert, original
+from . import divert, operand, original
 
 _TRANSPOSED = (1, 2, "T", "C")
 
 
 def _inexact(x):
+    x = operand(x)
+    x = x if hasattr(x, "dtype") else np.asarray(x)
     dtype = npa.dtype_of(x)
     return x if np.issubdtype(dtype, np.inexact) else npa.astype(x, np.float64)
 

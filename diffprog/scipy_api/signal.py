@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import numpy_api as npa
 from ..errors import ArgumentError, ShapeError
-from . import divert, refuse
+from . import divert, operand, refuse
 
 #: kernels up to this many elements are summed slice by slice
 _SLICES_MAX = 64
@@ -54,6 +54,7 @@ def _centered(arr, shape):
 
 
 def convolve(in1, in2, mode="full", method="auto"):
+    in1, in2 = operand(in1), operand(in2)
     if npa.ndim(in1) != npa.ndim(in2):
         raise ValueError("in1 and in2 should have the same dimensionality")
     if mode not in ("full", "same", "valid"):
@@ -82,6 +83,7 @@ def convolve(in1, in2, mode="full", method="auto"):
 
 
 def correlate(in1, in2, mode="full", method="auto"):
+    in1, in2 = operand(in1), operand(in2)
     """correlate(in1, in2) = convolve(in1, in2 reversed); in 'valid' mode with in2 the
     larger operand SciPy swaps them, which reverses the result."""
     if npa.ndim(in1) != npa.ndim(in2):

@@ -32,7 +32,7 @@ from .. import numpy_api as npa
 from ..errors import ArgumentError, UnsupportedFunctionError
 from ..primitives.sparse import rows_of, sparse_matmul
 from ..tracing import Tracer
-from . import caller_line, divert
+from . import caller_line, divert, operand
 
 _BASE = None  # scipy.sparse's _spbase, once installed
 
@@ -64,6 +64,7 @@ class _Csr:
 
     def matmul(self, x):
         """``self @ x`` for a vector or matrix ``x``."""
+        x = operand(x)
         if npa.ndim(x) not in (1, 2):
             raise ArgumentError(f"a sparse matrix times an array of shape {npa.shape(x)}: "
                                 f"diffprog multiplies vectors and matrices")
@@ -72,12 +73,14 @@ class _Csr:
 
     def rmatmul(self, x):
         """``x @ self`` = (self.T @ x.T).T."""
+        x = operand(x)
         if npa.ndim(x) == 1:
             return self.T().matmul(x)
         return npa.transpose(self.T().matmul(npa.transpose(x)))
 
     def at_entries(self, x):
         """``x`` (broadcast to the matrix's shape) at the stored entries, in their order."""
+        x = operand(x)
         x = npa.broadcast_to(x, self.shape) if npa.ndim(x) else x
         if npa.ndim(x) == 0:
             return x

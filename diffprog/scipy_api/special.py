@@ -13,13 +13,15 @@ import numpy as np
 
 from .. import numpy_api as npa
 from ..primitives import special as entries
-from . import divert
+from . import divert, operand
 
 _NUMBER = "uses diffprog's implementation"
 
 
 def _float(x):
     """``x`` as a floating array: integers become float64, float32 stays."""
+    x = operand(x)
+    x = x if hasattr(x, "dtype") else np.asarray(x)
     dtype = npa.dtype_of(x)
     return x if np.issubdtype(dtype, np.inexact) else npa.astype(x, np.float64)
 

@@ -31,7 +31,7 @@ from .. import numpy_api as npa
 from ..errors import UnsupportedFunctionError
 from ..primitives import special as sc
 from ..tracing import Tracer
-from . import caller_line, divert
+from . import caller_line, divert, operand
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _LOG_SQRT_2PI = 0.5 * _LOG_2PI
@@ -43,6 +43,7 @@ _NORM_ENTROPY = 0.5 * (_LOG_2PI + 1.0)
 
 def f64(x):
     """``x`` as float64 (SciPy's distributions compute and return float64)."""
+    x = operand(x)
     if isinstance(x, Tracer):
         return x if x.dtype == np.float64 else npa.astype(x, np.float64)
     return np.asarray(x, dtype=np.float64)

@@ -122,3 +122,15 @@ def test_diffprog_works_without_scipy():
             "assert not special.AVAILABLE and 'erf' not in PRIMITIVES\n"
             "assert dp.grad(lambda x: np.sum(np.exp(x)))(np.zeros(2)).tolist() == [1.0, 1.0]\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_lists_holding_traced_values_are_arrays():
+    """NumPy reads a list as an array: so do the diverted functions (norm.logpdf([a, b]))."""
+    import scipy.signal as ss
+    a, b = np.array(0.3), np.array(-1.2)
+    ga, gb = dp.grad(lambda a, b: sc.logsumexp([a, b]), argnums=(0, 1))(a, b)
+    np.testing.assert_allclose([ga, gb], sc.softmax([0.3, -1.2]), rtol=1e-12)
+    ga, gb = dp.grad(lambda a, b: np.sum(st.norm.logpdf([a, b], 0.1, 2.0)), argnums=(0, 1))(a, b)
+    np.testing.assert_allclose([ga, gb], -(np.array([0.3, -1.2]) - 0.1) / 4.0, rtol=1e-12)
+    np.testing.assert_allclose(dp.differentiable(lambda a, b: ss.convolve([a, b, a], [1.0, 2.0]))(a, b),
+                               ss.convolve([0.3, -1.2, 0.3], [1.0, 2.0]), rtol=1e-12)
