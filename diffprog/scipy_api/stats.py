@@ -49,8 +49,40 @@ def f64(x):
     return np.asarray(x, dtype=np.float64)
 
 
+def _plain(x, value: bool) -> bool:
+    """Is ``x`` a plain (not traced) condition that is ``value`` everywhere?"""
+    return not isinstance(x, Tracer) and bool(np.all(np.asarray(x) == value))
+
+
+def _keeps_shape(x, *others) -> bool:
+    return tuple(np.shape(x)) == tuple(np.broadcast_shapes(np.shape(x), *map(np.shape, others)))
+
+
 def _where(cond, x, y):
+    """np.where, or the branch a plain constant condition picks (no equation)."""
+    if _plain(cond, True) and _keeps_shape(x, cond, y):
+        return x
+    if _plain(cond, False) and _keeps_shape(y, cond, x):
+        return y
     return np.where(cond, x, y)
+
+
+def _and(a, b):
+    """np.logical_and without an equation for a plain all-True operand."""
+    if _plain(a, True) and _keeps_shape(b, a):
+        return b
+    if _plain(b, True) and _keeps_shape(a, b):
+        return a
+    return np.logical_and(a, b)
+
+
+def _or(a, b):
+    """np.logical_or without an equation for a plain all-False operand."""
+    if _plain(a, False) and _keeps_shape(b, a):
+        return b
+    if _plain(b, False) and _keeps_shape(a, b):
+        return a
+    return np.logical_or(a, b)
 
 
 # ====================================================================== families
@@ -97,7 +129,7 @@ class Family:
 def _all_positive(*shapes):
     ok = True
     for s in shapes:
-        ok = np.logical_and(ok, s > 0)
+        ok = _and(ok, s > 0)
     return ok
 
 
@@ -250,20 +282,22 @@ def _standardized(dist, family, x, args, kwds):
     x, loc, scale = f64(x), f64(loc), f64(scale)
     shapes = tuple(f64(s) for s in shapes)
     z = (x - loc) / scale
-    ok = np.logical_and(family.argcheck(*shapes), scale > 0)
+    ok = _and(family.argcheck(*shapes), scale > 0)
     return z, shapes, scale, ok
 
 
 def _inside(z, family, ok, closed: bool):
     lo, hi = family.support
-    if closed:
-        return np.logical_and(ok, np.logical_and(z >= lo, z <= hi))
-    return np.logical_and(ok, np.logical_and(z > lo, z < hi))
+    if closed:  # an infinite end excludes only NaN, which _finish makes NaN anyway
+        above = z >= lo if np.isfinite(lo) else True
+        below = z <= hi if np.isfinite(hi) else True
+        return _and(ok, _and(above, below))
+    return _and(ok, _and(z > lo, z < hi))
 
 
 def _finish(value, z, ok):
     """NaN where the parameters are invalid or the input is NaN (SciPy's badvalue)."""
-    return _where(np.logical_or(np.logical_not(ok), np.isnan(z)), np.nan, value)
+    return _where(_or(np.logical_not(ok), np.isnan(z)), np.nan, value)
 
 
 def _density(log: bool):
@@ -292,7 +326,7 @@ def _distribution_function(kind: str):
         lo, hi = family.support
         inside = _inside(z, family, ok, closed=False)
         zs, ss = _where(inside, z, family.safe_z), _safe_shapes(ok, shapes)
-        saturated = np.logical_and(ok, z >= hi if lower_tail else z <= lo)
+        saturated = _and(ok, z >= hi if lower_tail else z <= lo)
         value = _where(inside, getattr(family, kind)(zs, *ss), -np.inf if log else 0.0)
         value = _where(saturated, 0.0 if log else 1.0, value)
         return _finish(value, z, ok)
@@ -306,13 +340,13 @@ def _quantile(kind: str):
         shapes, loc, scale = dist._parse_args(*args, **kwds)
         q, loc, scale = f64(q), f64(loc), f64(scale)
         shapes = tuple(f64(s) for s in shapes)
-        ok = np.logical_and(np.logical_and(family.argcheck(*shapes), scale > 0), loc == loc)
-        inside = np.logical_and(ok, np.logical_and(q > 0, q < 1))
+        ok = _and(_and(family.argcheck(*shapes), scale > 0), loc == loc)
+        inside = _and(ok, _and(q > 0, q < 1))
         lo, hi = family.support
         first, last = (lo, hi) if kind == "ppf" else (hi, lo)
         qs, ss = _where(inside, q, 0.5), _safe_shapes(ok, shapes)
         z = _where(inside, getattr(family, kind)(qs, *ss), np.nan)
-        z = _where(np.logical_and(ok, q == 0), first, _where(np.logical_and(ok, q == 1), last, z))
+        z = _where(_and(ok, q == 0), first, _where(_and(ok, q == 1), last, z))
         return z * scale + loc
     return method
 
@@ -322,7 +356,7 @@ def _entropy(dist, *args, **kwds):
     shapes, loc, scale = dist._parse_args(*args, **kwds)
     loc, scale = f64(loc), f64(scale)
     shapes = tuple(f64(s) for s in shapes)
-    ok = np.logical_and(np.logical_and(family.argcheck(*shapes), scale > 0), loc == loc)
+    ok = _and(_and(family.argcheck(*shapes), scale > 0), loc == loc)
     value = family.entropy(*_safe_shapes(ok, shapes)) + np.log(_where(ok, scale, 1.0))
     return _where(ok, value, np.nan)
 
@@ -341,7 +375,7 @@ def _mass(log: bool):
         family = _family(dist, "logpmf" if log else "pmf")
         k, shapes, ok = _discrete_prepare(dist, family, k, args, kwds)
         lo, hi = family.support
-        inside = np.logical_and(np.logical_and(ok, np.logical_and(k >= lo, k <= hi)),
+        inside = _and(_and(ok, _and(k >= lo, k <= hi)),
                                 np.floor(k) == k)
         ks, ss = _where(inside, k, family.safe_z), _safe_shapes(ok, shapes)
         if log:
@@ -360,15 +394,15 @@ def _discrete_distribution_function(kind: str):
         family = _family(dist, kind)
         k, shapes, ok = _discrete_prepare(dist, family, k, args, kwds)
         lo, hi = family.support
-        inside = np.logical_and(ok, np.logical_and(k >= lo, k < hi))
+        inside = _and(ok, _and(k >= lo, k < hi))
         if not log:
-            inside = np.logical_and(inside, np.isfinite(k))
+            inside = _and(inside, np.isfinite(k))
         ks, ss = _where(inside, k, family.safe_z), _safe_shapes(ok, shapes)
         base = family.cdf if lower_tail else family.sf
         computed = np.log(base(ks, *ss)) if log else np.clip(base(ks, *ss), 0.0, 1.0)
-        saturated = k >= hi if lower_tail else np.logical_or(k < lo, k == -np.inf)
+        saturated = k >= hi if lower_tail else _or(k < lo, k == -np.inf)
         if not lower_tail:
-            saturated = np.logical_and(saturated, ok)
+            saturated = _and(saturated, ok)
         value = _where(inside, computed, -np.inf if log else 0.0)
         value = _where(saturated, 0.0 if log else 1.0, value)
         if kind == "logcdf":  # SciPy sets 0 past the support after the NaN of bad values
@@ -553,7 +587,7 @@ def _dirichlet_x(alpha, x):
     _check(np.min(x) < 0, "Each entry in 'x' must be greater than or equal to zero.")
     _check(np.max(x) > 1, "Each entry in 'x' must be smaller or equal one.")
     a = alpha if npa.ndim(x) == 1 else npa.reshape(alpha, (-1, 1))
-    _check(np.any(np.logical_and(x == 0, a < 1)),
+    _check(np.any(_and(x == 0, a < 1)),
            "Each entry in 'x' must be greater than zero if its alpha is less than one.")
     _check(np.any(np.abs(np.sum(x, axis=0) - 1.0) > 10e-10),
            "The input vector 'x' must lie within the normal simplex.")
