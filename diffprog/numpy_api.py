@@ -825,6 +825,9 @@ def getitem(x, index):
     index = index if isinstance(index, tuple) else (index,)
     items, arrays = [], []
     for item in index:
+        if isinstance(item, list) or type(item) is np.ndarray and item.dtype == object:
+            from .object_arrays import traced  # x[[i, j]] with traced integers i, j
+            item = traced(item)
         if isinstance(item, Tracer):
             if np.issubdtype(item.dtype, np.integer):
                 items.append(shapes.ArraySlot())

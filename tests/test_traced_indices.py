@@ -47,6 +47,10 @@ def take_traced(x, g):
     return np.take(g, np.clip(np.round(x * 2).astype(int), 0, 4), axis=1)
 
 
+def list_of_traced_indices(x):
+    return x[[np.argmax(x), 0, np.argmin(x)]] * x[::-1]
+
+
 def rounded_index_into_itself(x):
     return x[(np.abs(x) > 1).astype(int)] * x
 
@@ -58,6 +62,7 @@ CASES = {
     "searchsorted_as_index": (searchsorted_index, (X, np.array([1.0, -2.0, 3.0, 0.5]))),
     "take_with_traced_indices": (take_traced, (X * 0.9 + 0.1, GRID)),
     "bool_to_int_index": (rounded_index_into_itself, (np.array([0.3, 1.7, -1.2]),)),
+    "list_of_traced_indices": (list_of_traced_indices, (X,)),
 }
 
 
