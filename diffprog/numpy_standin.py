@@ -15,7 +15,7 @@ So the ``np`` a traced function reads (its globals and helpers, through
   ``np.asfortranarray`` of anything holding traced values (a traced value, nested lists
   and tuples mixing traced values, numbers and arrays) give one traced array, with the
   dtype NumPy would give those values (``dtype=`` and ``ndmin=`` honoured); anything
-  else is NumPy's own call.
+  else, and ``dtype=object``, is NumPy's own call.
 * ``np.r_[...]``/``np.c_[...]`` holding traced values give a traced array.
 * every other NumPy function (and those of ``np.linalg``) first turns each list or tuple
   argument that holds traced values and forms a regular array into a traced array (what
@@ -51,6 +51,10 @@ _SEQUENCE_FUNCTIONS = frozenset(
 #: types of NumPy's Python-level API functions (array-function dispatchers, plain functions)
 _FUNCTION_TYPES = (type(np.mean), types.FunctionType)
 
+def _wants_objects(dtype) -> bool:
+    return dtype is not None and np.dtype(dtype) == np.dtype(object)
+
+
 def _traced_array(obj, dtype=None, ndmin: int = 0):
     """The traced array ``np.array(obj)`` stands for (``obj`` holds traced values)."""
     out = traced(obj)
@@ -65,31 +69,31 @@ def _traced_array(obj, dtype=None, ndmin: int = 0):
 # ------------------------------------------------------------------ array constructors
 
 def array(object, dtype=None, *, copy=True, order="K", subok=False, ndmin=0, **kwargs):
-    if holds_tracer(object):
+    if holds_tracer(object) and not _wants_objects(dtype):
         return _traced_array(object, dtype, ndmin)
     return np.array(object, dtype, copy=copy, order=order, subok=subok, ndmin=ndmin, **kwargs)
 
 
 def asarray(a, dtype=None, order=None, **kwargs):
-    if holds_tracer(a):
+    if holds_tracer(a) and not _wants_objects(dtype):
         return _traced_array(a, dtype)
     return np.asarray(a, dtype, order, **kwargs)
 
 
 def asanyarray(a, dtype=None, order=None, **kwargs):
-    if holds_tracer(a):
+    if holds_tracer(a) and not _wants_objects(dtype):
         return _traced_array(a, dtype)
     return np.asanyarray(a, dtype, order, **kwargs)
 
 
 def ascontiguousarray(a, dtype=None, **kwargs):
-    if holds_tracer(a):
+    if holds_tracer(a) and not _wants_objects(dtype):
         return _traced_array(a, dtype, ndmin=1)
     return np.ascontiguousarray(a, dtype, **kwargs)
 
 
 def asfortranarray(a, dtype=None, **kwargs):
-    if holds_tracer(a):
+    if holds_tracer(a) and not _wants_objects(dtype):
         return _traced_array(a, dtype, ndmin=1)
     return np.asfortranarray(a, dtype, **kwargs)
 
