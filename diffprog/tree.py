@@ -23,6 +23,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+_OBJECT = np.dtype(object)  # one instance: checked by identity, per leaf of every call
+
 
 class TreeDef(NamedTuple):
     """Hashable description of a nested structure.
@@ -85,7 +87,7 @@ def _flatten_into(tree: Any, leaves: list) -> TreeDef:
     if isinstance(tree, (tuple, list)):
         kind = "tuple" if isinstance(tree, tuple) else "list"
         return TreeDef(kind, (), tuple(_flatten_into(c, leaves) for c in tree))
-    if type(tree) is np.ndarray and tree.dtype.kind == "O":
+    if type(tree) is np.ndarray and tree.dtype is _OBJECT:
         # np.array([x, y]) of traced values inside a traced function: the traced array it
         # stands for (see diffprog.object_arrays); other object arrays stay as they are
         from .object_arrays import traced
