@@ -37,7 +37,7 @@ from .tracing import Tracer, eval_graph, trace_function, trace_stack, tracing_ac
 from .transforms import jvp_graph, simplify, vjp_graph
 from .transforms.partial_eval import split_known
 from .leaves import is_dynamic
-from .tree import TreeDef, flatten, leaf_paths, unflatten
+from .tree import TreeDef, dict_orders, flatten, leaf_paths, unflatten
 
 _is_dynamic = is_dynamic
 
@@ -120,12 +120,13 @@ class Signature:
     key: tuple
     nested: bool  # some leaf is a Tracer: record into the enclosing trace
     gpu: int | None = None  # the GPU of the first CuPy array leaf (see _engine_name)
+    orders: tuple = ()  # each dict argument's key order (the function sees the caller's)
 
     def build_args(self, dyn_values):
         leaves = list(self.leaves)
         for pos, v in zip(self.dynamic, dyn_values):
             leaves[pos] = v
-        return unflatten(self.treedef, leaves)
+        return unflatten(self.treedef, leaves, self.orders)
 
     @property
     def dyn_leaves(self):
@@ -156,7 +157,13 @@ def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
     # Inside an enclosing trace the function may close over traced values even when its
     # arguments are plain: record into that trace rather than compiling a program.
     nested = nested or tracing_active()
-    return Signature(treedef, leaves, dynamic, (treedef, tuple(keys)), nested, first_gpu)
+    orders = dict_orders(args) if _has_dict(treedef) else ()
+    return Signature(treedef, leaves, dynamic, (treedef, tuple(keys), orders), nested, first_gpu,
+                     orders)
+
+
+def _has_dict(treedef: TreeDef) -> bool:
+    return treedef.kind == "dict" or any(_has_dict(c) for c in treedef.children)
 
 
 def _static_positions(treedef: TreeDef, static_argnums) -> set:
@@ -277,7 +284,7 @@ def _trace_call(fn: Callable, sig: Signature, lift: bool, reads: list,
             leaves[pos] = v
         for pos, v in patched.items():
             leaves[pos] = v
-        return unflatten(sig.treedef, leaves)
+        return unflatten(sig.treedef, leaves, sig.orders)
 
     try:
         graph, out_tree, trace = trace_function(fn, sig.dyn_leaves, build_args,
@@ -527,11 +534,14 @@ WARN_AFTER_VARIANTS = 8
 
 
 def _picked(picks, args) -> list:
-    """The leaves a fast plan passes, after checking the ones it must check."""
+    """The leaves a fast plan passes, after checking every leaf: a trace may depend on
+    the shape, dtype or type of a leaf its program never reads (np.zeros(p["w"].shape))."""
     checks, passes = picks
-    for arg, name, shape, dtype in checks:
-        value = args[arg] if name is None else args[arg][name]
-        if type(value) is not np.ndarray or value.shape != shape or value.dtype != dtype:
+    for arg, types, shapes, dtypes in checks:
+        values = args[arg].values() if type(args[arg]) is dict else (args[arg],)
+        if tuple(map(type, values)) != types or \
+                tuple([v.shape for v in values]) != shapes or \
+                tuple([v.dtype for v in values]) != dtypes:
             raise _NotThisPlan
     return [args[arg] if name is None else args[arg][name] for arg, name in passes]
 
@@ -540,10 +550,9 @@ class _NotThisPlan(Exception):
     """A leaf no longer matches the plan: the full path takes this call."""
 
 
-def _fast_plan(variant, sig, check_all: bool):
+def _fast_plan(variant, sig, args):
     """(program, picks) for calls with dict arguments: the program takes only the leaves
-    its graph uses (others are neither passed nor, for values, checked; a gradient's
-    zeros take the shapes of every leaf, so ``check_all`` checks them all)."""
+    its graph uses; every leaf is checked (type, shape, dtype) at each call."""
     program = variant.programs[0]
     graph = getattr(program, "graph", None)
     where = []  # leaf position -> (argument, dict key or None)
@@ -566,11 +575,13 @@ def _fast_plan(variant, sig, check_all: bool):
         program = _engines.get(program.engine).compile(pruned)
     reader = variant.traced.externals
     run = program if reader is None else (lambda *a, p=program: p(*a, *reader(())))
-    kept = set(keep)
-    checks = tuple((arg, name, sig.leaves[pos].shape, sig.leaves[pos].dtype)
-                   for pos, (arg, name) in enumerate(where) if check_all or pos in kept)
+    checks = []
+    for i, arg in enumerate(args):  # per argument, its leaves in the caller's order
+        values = list(arg.values()) if type(arg) is dict else [arg]
+        checks.append((i, tuple(map(type, values)), tuple(v.shape for v in values),
+                       tuple(v.dtype for v in values)))
     passes = tuple(where[pos] for pos in keep)
-    return run, (checks, passes)
+    return run, (tuple(checks), passes)
 
 
 def _try_variants(cache: FunctionCache, key, leaves, inputs, extra):
@@ -738,6 +749,7 @@ class Transformed:
             elif kind is dict:
                 key.append(dict)
                 key.append(tuple(a))
+                key.append(tuple(map(type, a)))  # {True: ..} and {1: ..} differ
             else:
                 return None
         return tuple(key)
@@ -757,12 +769,12 @@ class Transformed:
             return None
         return (assemble(flat),)
 
-    def _fast_store(self, key, variant, assemble, sig, check_all: bool):
+    def _fast_store(self, key, variant, assemble, sig, args):
         if key is None:
             return
         program, picks = variant.fast_program(), None
         if any(part is dict for part in key):
-            plan = _fast_plan(variant, sig, check_all)
+            plan = _fast_plan(variant, sig, args)
             if plan is None:
                 return
             program, picks = plan
@@ -876,7 +888,9 @@ class Differentiable(Transformed):
         super().__init__(fn, engine, static_argnums)
         functools.update_wrapper(self, self.fn, updated=())
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise _keyword_error(self.fn, kwargs)
         key = self._fast_key(args)
         if key is not None:
             done = self._fast_call(key, args)
@@ -888,7 +902,7 @@ class Differentiable(Transformed):
         flat, variant = self._run(sig, ("value",), lambda t: t.graph)
         out_tree = variant.traced.out_tree
         if variant.traced.reusable:  # guarded programs go through _run's variant checks
-            self._fast_store(key, variant, lambda flat: unflatten(out_tree, flat), sig, False)
+            self._fast_store(key, variant, lambda flat: unflatten(out_tree, flat), sig, args)
         return unflatten(out_tree, flat)
 
     def __get__(self, obj, objtype=None):  # usable as a method
@@ -914,6 +928,15 @@ class Differentiable(Transformed):
 
     def __repr__(self) -> str:
         return f"<diffprog.differentiable {getattr(self.fn, '__qualname__', self.fn)}>"
+
+
+def _keyword_error(fn, kwargs) -> ArgumentError:
+    name = getattr(fn, "__qualname__", repr(fn))
+    return ArgumentError(
+        f"{name} was called with keyword argument(s) {', '.join(sorted(kwargs))}; diffprog's "
+        f"transformed functions take positional arguments (argnums, in_axes and static_argnums "
+        f"count positions). Fix: pass them positionally, or fix them with functools.partial "
+        f"before transforming.")
 
 
 def _graph_for_kind(kind, traced, sig, argnums):
@@ -1098,7 +1121,9 @@ class _GradFunction(Transformed):
         self.with_value = with_value
         functools.update_wrapper(self, self.fn, updated=())
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise _keyword_error(self.fn, kwargs)
         key = self._fast_key(args)
         if key is not None:
             done = self._fast_call(key, args)
@@ -1126,7 +1151,7 @@ class _GradFunction(Transformed):
             traced = variant.traced
         assemble = self._assembler(traced, sig, argnums, wrt, single)
         if not sig.nested and traced.reusable:  # guarded: _run checks the variants
-            self._fast_store(key, variant, assemble, sig, True)
+            self._fast_store(key, variant, assemble, sig, args)
         return assemble(flat)
 
     def _assembler(self, traced, sig, argnums, wrt, single):
@@ -1598,7 +1623,7 @@ class _Batched:
                     example.append(trace.new_input(aval))
             fn = externals.for_nested_call(self.fn, trace_stack())  # its reads: the root's
             with externals.draws_refused_in("the function given to dp.vmap"):
-                out = fn(*unflatten(in_tree, example))
+                out = fn(*unflatten(in_tree, example, dict_orders(args)))
             flat_out, out_tree = flatten(out)
             graph = trace.to_graph(flat_out)
         batched = [leaf for leaf, axis in zip(leaves, axes) if axis is not None]
@@ -1608,6 +1633,9 @@ class _Batched:
                                     dims + [None] * len(captured), size)
         placed = []
         for o, d, axis in zip(outs, out_dims, _out_leaf_axes(self.out_axes, out_tree)):
+            if o is None:  # a None in the output stays None
+                placed.append(o)
+                continue
             if axis is None:
                 if d is not None:
                     raise ArgumentError(
@@ -1711,8 +1739,17 @@ def _batch_size(leaves, axes, in_tree, axis_size) -> int:
     return first
 
 
-def _out_leaf_axes(out_axes, out_tree) -> list:
+def _out_leaf_axes(out_axes, out_tree: TreeDef, where: str = "the output") -> list:
+    """The out_axes entry of every output leaf, from a prefix of the output's structure."""
     if _is_axis(out_axes):
         return [out_axes] * out_tree.num_leaves
-    skeleton = unflatten(out_tree, [0] * out_tree.num_leaves)
-    return _prefix_axes(out_axes, skeleton, "the output")
+    spec_leaves, spec_tree = flatten(out_axes)
+    if out_tree.kind == "leaf" or spec_tree.kind != out_tree.kind or \
+            len(spec_tree.children) != len(out_tree.children) or spec_tree.keys != out_tree.keys:
+        raise ArgumentValueError(f"vmap: out_axes has structure {spec_tree}, which is not a "
+                                 f"prefix of {where}'s structure {out_tree}.")
+    keys = out_tree.keys if out_tree.kind == "dict" else range(len(out_tree.children))
+    out = []
+    for k, child in zip(keys, out_tree.children):
+        out.extend(_out_leaf_axes(out_axes[k], child, f"{where}[{k!r}]"))
+    return out

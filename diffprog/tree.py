@@ -96,22 +96,50 @@ def _flatten_into(tree: Any, leaves: list) -> TreeDef:
     return LEAF
 
 
-def unflatten(treedef: TreeDef, leaves) -> Any:
-    """Inverse of :func:`flatten`.
+def unflatten(treedef: TreeDef, leaves, orders=None) -> Any:
+    """Inverse of :func:`flatten`. Dicts come back with their keys sorted, or in the
+    orders of ``orders`` (from :func:`dict_orders` of the original tree).
 
     >>> leaves, td = flatten([1, {"x": 2}])
     >>> unflatten(td, [10, 20])
     [10, {'x': 20}]
+    >>> tree = {"b": 1.0, "a": 2.0}
+    >>> leaves, td = flatten(tree)
+    >>> unflatten(td, leaves), unflatten(td, leaves, dict_orders(tree))
+    ({'a': 2.0, 'b': 1.0}, {'b': 1.0, 'a': 2.0})
     """
     it = iter(leaves)
-    out = _build(treedef, it)
+    out = _build(treedef, it, iter(orders) if orders is not None else None)
     return out
 
 
-def _build(td: TreeDef, it) -> Any:
+def dict_orders(tree: Any) -> tuple:
+    """The key order of every dict in ``tree`` (in the order :func:`unflatten` meets them),
+    with each key's type: code may depend on a dict's order (``list(p.values())``), and
+    ``{True: x}`` is not ``{1: x}``."""
+    out: list = []
+    _collect_orders(tree, out)
+    return tuple(out)
+
+
+def _collect_orders(tree, out: list) -> None:
+    if isinstance(tree, dict):
+        out.append(tuple((type(k), k) for k in tree))
+        for k in _sorted_keys(tree):
+            _collect_orders(tree[k], out)
+    elif isinstance(tree, (tuple, list)):
+        for c in tree:
+            _collect_orders(c, out)
+
+
+def _build(td: TreeDef, it, orders=None) -> Any:
     if td.kind == "leaf":
         return next(it)
-    children = [_build(c, it) for c in td.children]
+    if td.kind == "dict" and orders is not None:
+        order = next(orders)
+        children = dict(zip(td.keys, [_build(c, it, orders) for c in td.children]))
+        return {k: children[k] for _, k in order}
+    children = [_build(c, it, orders) for c in td.children]
     if td.kind == "dict":
         return dict(zip(td.keys, children))
     if td.kind == "namedtuple":

@@ -47,3 +47,21 @@ def test_dicts_holding_python_floats_take_the_full_path():
     f = dp.differentiable(lambda p: np.sum(p["w"]) + p["b"])
     assert f({"w": np.ones(2), "b": 1.5}) == 3.5 and f({"w": np.ones(2), "b": 2.5}) == 4.5
     assert not f._fast
+
+
+def test_a_value_call_sees_shape_dtype_and_type_changes_of_unused_leaves():
+    f = dp.differentiable(lambda p, x: x * (p["w"].shape[0] + (0 if p["flag"] is None else 1)))
+    x = np.arange(3.0)
+    p = {"w": np.ones(3), "flag": np.ones(1)}
+    np.testing.assert_allclose(f(p, x), 4 * x)
+    np.testing.assert_allclose(f({"w": np.ones(5), "flag": np.ones(1)}, x), 6 * x)
+    np.testing.assert_allclose(f({"w": np.ones(5), "flag": None}, x), 5 * x)
+
+
+def test_dict_arguments_keep_the_callers_key_order_and_key_types():
+    f = dp.differentiable(lambda p: np.concatenate(list(p.values())))
+    p = {"b": np.ones(3), "a": np.zeros(2)}
+    np.testing.assert_array_equal(f(p), np.concatenate(list(p.values())))
+    g = dp.differentiable(lambda p: np.sum(list(p.values())[0]) * 2 +
+                          (1 if type(next(iter(p))) is bool else 0))
+    assert g({1: np.ones(2)}) == 4.0 and g({True: np.ones(2)}) == 5.0

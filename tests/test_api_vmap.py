@@ -170,3 +170,56 @@ def test_a_failing_ensemble_member_is_named():
     with pytest.raises(dp.SolverError, match=r"example 2 of the dp.vmap batch: odeint \(dopri5\) "
                                              r"stopped at t=1"):
         dp.vmap(solve)(np.array([0.1, 0.2, 1.0, 0.3]))
+
+
+# ------------------------------------------------------------------- review regressions
+
+def test_gradients_through_a_batched_predicate_come_from_each_examples_own_branch():
+    """A where on the outputs sent the branch not taken a zero cotangent: 0 * inf = NaN."""
+    f = lambda x: dp.cond(x > 0, lambda v: np.sqrt(v), lambda v: -v, x)  # noqa: E731
+    g = dp.grad(lambda xs: np.sum(dp.vmap(f)(xs)))(np.array([4.0, -1.0]))
+    np.testing.assert_allclose(g, [0.25, -1.0])
+    w = lambda x: dp.while_loop(lambda v: v < 10.0, lambda v: np.sqrt(v - 1.0) + v * 2, x,  # noqa
+                                max_steps=10)
+    xs = np.array([2.0, 12.0])
+    got = dp.grad(lambda xs: np.sum(dp.vmap(w)(xs)))(xs)
+    want = [dp.grad(w)(x) for x in xs]
+    np.testing.assert_allclose(got, want)
+
+
+def test_an_integer_index_beside_an_index_array_keeps_numpys_axis_order():
+    idx = np.array([2, 0, 1])
+    X4 = np.arange(81.0).reshape(3, 3, 3, 3)
+    f = lambda x: x[0, :, idx]  # noqa: E731
+    np.testing.assert_allclose(dp.vmap(f)(X4), np.stack([f(x) for x in X4]))
+    np.testing.assert_allclose(dp.grad(lambda xs: np.sum(dp.vmap(f)(xs) * np.arange(3.0)))(X4),
+                               dp.grad(lambda xs: np.sum(np.stack([f(x) for x in xs])
+                                                         * np.arange(3.0)))(X4))
+
+
+def test_matmul_with_a_batch_on_the_last_axis_of_a_vector():
+    M = np.arange(9.0).reshape(3, 3)
+    V = np.arange(12.0).reshape(3, 4)
+    np.testing.assert_allclose(dp.vmap(lambda v: v @ M, in_axes=1)(V), (V.T @ M))
+    np.testing.assert_allclose(dp.vmap(lambda v: np.dot(v, v), in_axes=1)(V), (V * V).sum(0))
+
+
+def test_out_axes_as_a_pytree_prefix():
+    f = lambda x: (x * 2, np.sum(x))  # noqa: E731
+    a, b = dp.vmap(f, out_axes=(1, 0))(XS)
+    np.testing.assert_allclose(a, (XS * 2).T)
+    np.testing.assert_allclose(b, XS.sum(1))
+    with pytest.raises(dp.ArgumentValueError, match="out_axes has structure"):
+        dp.vmap(f, out_axes={"a": 0})(XS)
+
+
+def test_empty_batches_and_none_outputs():
+    assert dp.vmap(lambda x: dp.while_loop(lambda v: np.sum(v) < 3, lambda v: v * 2, x))(
+        np.zeros((0, 3))).shape == (0, 3)
+    out = dp.vmap(lambda x: (x * 2, None))(XS)
+    assert out[1] is None
+
+
+def test_keyword_arguments_are_refused_with_the_fix():
+    with pytest.raises(dp.ArgumentError, match="keyword argument.*positionally"):
+        dp.vmap(lambda x, scale: x * scale)(XS, scale=2.0)

@@ -259,7 +259,7 @@ def _cond_vjp(gs, pred, *ins, out, true_body, false_body):
     def gradients_of(branch):
         branch_vjp = vjp_graph(branch.graph, wrt, seed="input")
         return close(lambda *a: eval_graph(branch_vjp, list(a))[n_out:], avals + out_avals)
-    res = bind_all(cond, [pred] + list(ins) + gs, true_body=gradients_of(true_body),
+    res = bind_all(_cond_for(pred), [pred] + list(ins) + gs, true_body=gradients_of(true_body),
                    false_body=gradients_of(false_body))
     cts = [None] * (1 + len(ins))
     for j, i in enumerate(wrt):
@@ -277,8 +277,8 @@ def _cond_jvp(ts, pred, *ins, out, true_body, false_body):
         return close(lambda *a: eval_graph(branch_jvp, list(a))[n_out:],
                      avals + [avals[i] for i in wrt])
     tangents = [_or_zeros(ts[1 + i], avals[i]) for i in wrt]
-    res = bind_all(cond, [pred] + list(ins) + tangents, true_body=tangents_of(true_body),
-                   false_body=tangents_of(false_body))
+    res = bind_all(_cond_for(pred), [pred] + list(ins) + tangents,
+                   true_body=tangents_of(true_body), false_body=tangents_of(false_body))
     return [r if _is_float(a) else None for r, a in zip(res, true_body.out_avals)]
 
 
@@ -296,6 +296,47 @@ cond = Primitive(
                 _BRANCHES),
            Case(lambda rng: [np.array(False), rng.standard_normal(3), rng.standard_normal(3)],
                 _BRANCHES)])
+
+
+
+def _cond_for(pred):
+    """The entry whose derivative rules bind again: cond for a scalar predicate, select_cond
+    for a batch of them (so derivatives select per example too)."""
+    return cond if np.ndim(pred) == 0 else select_cond
+
+
+def _select_impl(xp, mask, *args, true_body, false_body):
+    """Both branches for every example (axis 0), each example keeping its own branch's."""
+    taken, other = true_body(*args), false_body(*args)
+    return tuple(xp.where(xp.reshape(mask, mask.shape + (1,) * (xp.ndim(t) - 1)), t, f)
+                 for t, f in zip(taken, other))
+
+
+def _select_shape(mask, *avals, true_body, false_body):
+    if mask.ndim != 1:
+        raise ShapeError(f"select_cond: the predicates must be one per example (1-d), got "
+                         f"shape {mask.shape}")
+    return [strong(a) for a in true_body.out_avals]
+
+
+def _example_selected_branches():
+    rows = Aval((3, 2), np.dtype(float))
+    return {"true_body": close(lambda x, y: [np.sqrt(np.abs(x)) * y], [rows, rows]),
+            "false_body": close(lambda x, y: [x ** 3 - y], [rows, rows])}
+
+
+#: cond of a batch (dp.vmap with a batched predicate): both branches run on every example
+#: and each example keeps its own branch's outputs. Its derivatives are select_conds of the
+#: branches' derivatives, so an example's cotangent comes from its own branch only (a
+#: where on the outputs would send the other branch a zero cotangent, and 0 * inf = NaN
+#: where that branch is singular: sqrt at a negative number, say).
+select_cond = Primitive(
+    "select_cond", _select_impl, _select_shape, vjp=_cond_vjp, jvp=_cond_jvp,
+    julia=Unsupported("select_cond (dp.vmap of a dp.cond or dp.while_loop with a batched "
+                      "predicate) runs on the Python engines"),
+    multiple_results=True,
+    cases=[Case(lambda rng: [np.array([True, False, True]), rng.standard_normal((3, 2)),
+                             rng.standard_normal((3, 2))], _example_selected_branches())])
 
 
 # =============================================================================== error_if

@@ -215,7 +215,10 @@ def _scatter_add(prim):
 def _gather_batch_dim(index, arrays) -> int:
     """Where ``x[(slice(None),) + index]`` puts the batch axis: 0, unless the index arrays
     are separated by slices (NumPy then puts their broadcast axes first)."""
-    slots = [i for i, part in enumerate(index) if _is_array_slot(part)]
+    arrays_in = any(_is_array_slot(part) for part in index)
+    # with an index array present, NumPy counts integers as advanced indices too
+    slots = [i for i, part in enumerate(index) if _is_array_slot(part) or
+             (arrays_in and isinstance(part, (int, np.integer)) and not isinstance(part, bool))]
     if not slots or slots == list(range(slots[0], slots[-1] + 1)):
         return 0
     return max(_ndim(a) for a in arrays)
@@ -231,6 +234,9 @@ def _matmul(prim):
     def rule(values, dims, size):
         (a, b), (da, db) = values, dims
         ra, rb = _example_rank(a, da), _example_rank(b, db)
+        # batch axes first, so the 1-d expansions below touch the example's own axes
+        a, da = (a, da) if da is NOT_BATCHED else (moved(a, da), 0)
+        b, db = (b, db) if db is NOT_BATCHED else (moved(b, db), 0)
         # 1-d operands as matrices (a row, a column), as NumPy does, squeezed after
         if ra == 1:
             a = np.expand_dims(a, -2)
@@ -338,14 +344,19 @@ def _cond(prim):
                       for b in (true_body, false_body)]
             outs = bind(prim, pred, *ops, true_body=bodies[0], false_body=bodies[1])
             return outs, [0 if b else NOT_BATCHED for b in out_b]
-        chosen = moved(pred, dims[0])
-        t_outs, t_dims = batch_eval(true_body.graph, list(ops), list(op_dims), size)
-        f_outs, f_dims = batch_eval(false_body.graph, list(ops), list(op_dims), size)
-        outs = []
-        for t, td, f, fd in zip(t_outs, t_dims, f_outs, f_dims):
-            t, f = with_batch(t, td, size), with_batch(f, fd, size)
-            mask = np.reshape(chosen, (size,) + (1,) * (np.ndim(t) - 1))
-            outs.append(np.where(mask, t, f))
+        # a batched predicate: both branches, each example keeping its own (select_cond,
+        # whose derivatives select per example too, so no 0 * inf from the other branch)
+        # Every operand is batched for it (shared ones broadcast): its derivative selects
+        # each example's cotangent before the broadcast's derivative sums them.
+        from ..primitives.control import select_cond
+        ops = [with_batch(v, d, size) for v, d in zip(ops, op_dims)]
+        in_dims = [0] * len(ops)
+        in_avals = [_batched_aval(a, True, size) for a in true_body.in_avals]
+        every = [True] * len(true_body.out_avals)
+        bodies = [close(_batched_body(b.graph, in_dims, every, size), in_avals)
+                  for b in (true_body, false_body)]
+        outs = bind(select_cond, moved(pred, dims[0]), *ops, true_body=bodies[0],
+                    false_body=bodies[1])
         return outs, [0] * len(outs)
     return rule
 
@@ -364,6 +375,9 @@ def _while(prim):
     loop; a batched one loops while any example's predicate holds, and an example whose
     predicate is false keeps its carry (each runs exactly its own number of steps)."""
     def rule(values, dims, size, *, cond_body, body, n_carry, n_cond_consts):
+        if size == 0:  # no example runs a step: the carries as they came, batched
+            return [with_batch(v, d, 0) for v, d in zip(values[:n_carry], dims[:n_carry])], \
+                [0] * n_carry
         carry_b = [d is not NOT_BATCHED for d in dims[:n_carry]]
         cc_b = [d is not NOT_BATCHED for d in dims[n_carry:n_carry + n_cond_consts]]
         bc_b = [d is not NOT_BATCHED for d in dims[n_carry + n_cond_consts:]]
@@ -395,12 +409,23 @@ def _while(prim):
             def any_running(*args):  # (*carry, *cond consts)
                 return [np.any(still(args))]
 
+            from ..primitives.control import select_cond
+            n_cc = n_cond_consts
+            # select_cond takes every operand batched (see _cond): shared consts broadcast
+            body_consts_avals = [_batched_aval(a, True, size) for a in body.in_avals[n_carry:]]
+            step_avals = body_avals[:n_carry] + body_consts_avals
+            step_dims = [0] * len(step_avals)
+            stepping = close(_batched_body(body.graph, step_dims, [True] * n_carry, size),
+                             step_avals)
+            staying = close(lambda *a: list(a[:n_carry]), step_avals)
+            shared = [not b for b in bc_b]
+
             def masked_step(*args):  # (*carry, *cond consts, *body consts)
-                carry_in = list(args[:n_carry])
-                running = still(args[:n_carry + n_cond_consts])
-                new = step(*carry_in, *args[n_carry + n_cond_consts:])
-                return [np.where(np.reshape(running, (size,) + (1,) * (np.ndim(n) - 1)), n, c)
-                        for n, c in zip(new, carry_in)]
+                running = still(args[:n_carry + n_cc])  # a finished example keeps its carry
+                consts = [with_batch(v, NOT_BATCHED, size) if s else v
+                          for v, s in zip(args[n_carry + n_cc:], shared)]
+                return bind(select_cond, running, *args[:n_carry], *consts,  # and its
+                            true_body=stepping, false_body=staying)  # derivatives their own
             cc_avals = cond_avals[n_carry:]
             new_cond = close(any_running, cond_avals)
             new_body = close(masked_step, body_avals[:n_carry] + cc_avals + body_avals[n_carry:])
@@ -429,10 +454,15 @@ def _error_if(prim):
 
 
 def _shift_fields(message: str, by: int) -> str:
-    """``"t={0:.3g}"`` -> ``"t={1:.3g}"``: room for a new first format field."""
+    """``"t={0:.3g}"`` -> ``"t={1:.3g}"``, ``"{} {}"`` -> ``"{1} {2}"``: room for a new
+    first format field (automatic fields are numbered first)."""
     import re
-    return re.sub(r"\{(\d+)([^{}]*)\}", lambda m: "{" + str(int(m.group(1)) + by) + m.group(2) + "}",
-                  message)
+    counter = iter(range(1000))
+
+    def shift(m):
+        number = m.group(1) if m.group(1) else str(next(counter))
+        return "{" + str(int(number) + by) + (m.group(2) or "") + "}"
+    return re.sub(r"(?<!\{)\{(\d*)([!:][^{}]*)?\}(?!\})", shift, message)
 
 
 def _batched_aval(aval, batched: bool, size: int):
@@ -454,6 +484,8 @@ def _reaches(graph: Graph, batched_inputs: list) -> list:
 def _per_example(prim):
     """Run ``prim`` once per example and stack: correct for any primitive, B equations."""
     def rule(values, dims, size, **params):
+        if size == 0:
+            return _empty_batch(prim, values, dims, params)
         per_example = []
         for b in range(size):
             args = [v if d is NOT_BATCHED else _take(v, d, b) for v, d in zip(values, dims)]
@@ -463,6 +495,22 @@ def _per_example(prim):
         multiple = prim.multiple_results
         return (stacked if multiple else stacked[0]), ([0] * len(stacked) if multiple else 0)
     return rule
+
+
+def _empty_batch(prim, values, dims, params):
+    """A batch of no examples: zeros of the per-example output shapes, batched at 0."""
+    from ..ir import aval_of
+    avals = []
+    for v, d in zip(values, dims):
+        aval = v.aval if hasattr(v, "aval") else aval_of(v)
+        if d is not NOT_BATCHED:
+            aval = type(aval)(aval.shape[:d] + aval.shape[d + 1:], aval.dtype, aval.weak)
+        avals.append(aval)
+    out = prim.abstract_eval(*avals, **params)
+    outs = list(out) if isinstance(out, (list, tuple)) else [out]
+    zeros = [np.zeros((0,) + tuple(a.shape), a.dtype) for a in outs]
+    return (zeros if prim.multiple_results else zeros[0]), \
+        ([0] * len(zeros) if prim.multiple_results else 0)
 
 
 def _take(x, dim, b: int):
