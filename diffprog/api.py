@@ -1084,11 +1084,11 @@ def _check_scalar_output(traced: Traced, what: str, has_aux: bool = False):
             f"{what} needs a function returning one scalar; it returned {traced.out_tree} "
             f"with {len(outs)} array(s). Fix: return a scalar loss, or use dp.vjp / dp.jacobian.")
     out = outs[0]
-    if out.aval.shape != ():
+    if out.aval.size != 1:  # shape (1,) or (1, 1) is a scalar too, as in autograd
         raise NotDifferentiableError(
-            f"{what} needs a scalar output, but the function returned an array of shape "
-            f"{out.aval.shape}. Fix: reduce it (np.sum / np.mean), or use dp.jacobian or dp.vjp "
-            f"for non-scalar outputs.")
+            f"{what} needs a scalar (one-element) output, but the function returned an array "
+            f"of shape {out.aval.shape}. Fix: reduce it (np.sum / np.mean), or use dp.jacobian "
+            f"or dp.vjp for non-scalar outputs.")
     if not np.issubdtype(out.aval.dtype, np.inexact):
         raise NotDifferentiableError(
             f"{what} needs a floating-point output; the function returned dtype {out.aval.dtype}.")
@@ -1138,7 +1138,7 @@ class _GradFunction(Transformed):
         def build(traced):
             _check_scalar_output(traced, self._name(), self.has_aux)
             _refuse_complex(traced.graph, wrt, self._name())
-            if native:
+            if native and traced.graph.outvars[0].aval.shape == ():  # Zygote: a scalar
                 return _engines.Derivative("gradient", traced.graph, tuple(wrt))
             return vjp_graph(_value_only(traced.graph, self.has_aux), wrt, seed="ones") \
                 if not self.has_aux else _aux_grad_graph(traced.graph, wrt)
@@ -1195,7 +1195,8 @@ def _aux_grad_graph(graph: Graph, wrt):
         primals = [trace.new_input(v.aval) for v in graph.invars]
         env, tape = _forward(graph, primals)
         outs = [_read(env, o) for o in graph.outvars]
-        seeds = [np.ones((), graph.outvars[0].aval.dtype)] + [None] * (len(outs) - 1)
+        first = graph.outvars[0].aval
+        seeds = [np.ones(first.shape, first.dtype)] + [None] * (len(outs) - 1)
         grads = backward_pass(graph, env, tape, seeds, [graph.invars[i] for i in wrt])
         result = trace.to_graph(outs + grads)
     return simplify(result)
@@ -1544,6 +1545,8 @@ def _native_derivative(fn, args, nums, kind: str):
         _refuse_complex(traced.graph, wrt, kind)
         if kind == "hessian":
             _check_scalar_output(traced, "hessian")
+            if traced.graph.outvars[0].aval.shape != ():
+                raise _PytreeOutput()  # a one-element array: the transforms' path
         elif traced.out_tree.kind != "leaf":
             raise _PytreeOutput()
         return (_engines.Derivative(kind, traced.graph, tuple(wrt)),)

@@ -46,6 +46,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import numpy_standin
 from .ir import Aval, aval_of
 from .randomness import is_generator
 
@@ -267,6 +268,11 @@ class ExternalReads:
             if self.watch is not None:
                 self.watch.add(value, path.where, _body_purpose())
             return value
+        seen = numpy_standin.standin(value)  # np.array([x, y]) of traced values, np.mean([a, b])
+        if seen is not value:
+            if not isinstance(value, types.ModuleType):
+                self._guard(path, _same_object)  # a rebound name retraces
+            return seen
         if _is_static(value):
             self._guard(path, _same_value)
         elif type(value) is np.ndarray:

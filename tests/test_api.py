@@ -419,3 +419,15 @@ def test_jacobian_of_an_integer_argument_is_refused_in_both_modes(mode):
     # forward mode used to return zeros, reverse mode a raw reshape error
     with pytest.raises(dp.NotDifferentiableError, match=r"argument 0.*int64.*astype\(float\)"):
         dp.jacobian(lambda x: x * 2.0, mode=mode)(np.arange(3))
+
+
+def test_grad_takes_one_element_outputs_as_autograd_does():
+    x = np.array([1.0, 2.0])
+    f = lambda v: np.sum(v ** 2, keepdims=True)  # noqa: E731  shape (1,)
+    np.testing.assert_allclose(dp.grad(f)(x), 2 * x)
+    value, g = dp.value_and_grad(lambda v: np.reshape(np.sum(v ** 3), (1, 1)))(x)
+    assert np.shape(value) == (1, 1) and np.allclose(g, 3 * x ** 2)
+    np.testing.assert_allclose(dp.hessian(f)(x), 2 * np.eye(2))
+    np.testing.assert_allclose(dp.grad(lambda v: dp.grad(f)(v)[0])(x), [2.0, 0.0])
+    with pytest.raises(dp.NotDifferentiableError, match="one-element"):
+        dp.grad(lambda v: v ** 2)(x)

@@ -529,7 +529,7 @@ def _table() -> dict:
     add(["convert", "stop_gradient"], _unary_same)
     add(["reduce_sum", "reduce_max", "reduce_min", "reduce_prod"], _reduce)
     add(["argmax", "argmin", "argsort", "cumsum", "cumprod"], _along_axis)
-    add(["inv", "det", "cholesky", "slogdet", "adjugate"], _stacked_linalg)
+    add(["inv", "det", "cholesky", "slogdet", "adjugate", "eigh", "eigvalsh"], _stacked_linalg)
     add(["reshape"], _reshape)
     add(["transpose"], _transpose)
     add(["broadcast_to"], _broadcast_to)

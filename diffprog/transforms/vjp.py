@@ -30,7 +30,8 @@ def vjp_graph(graph: Graph, wrt: list[int], seed: str = "input") -> Graph:
         env, tape = _forward(graph, primals)
         outs = [_read(env, o) for o in graph.outvars]
         if seed == "ones":
-            cts_out = [np.ones((), graph.outvars[0].aval.dtype)]
+            first = graph.outvars[0].aval  # a scalar, or a one-element array
+            cts_out = [np.ones(first.shape, first.dtype)]
         else:
             cts_out = [trace.new_input(o.aval) for o in graph.outvars]
         grads = backward_pass(graph, env, tape, cts_out, [graph.invars[i] for i in wrt])
