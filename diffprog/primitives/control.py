@@ -17,7 +17,9 @@ import numpy as np
 
 from ..errors import NotDifferentiableError, ShapeError, SolverError
 from ..ir import Aval
-from ..tracing import eval_graph
+from ..tracing import bind, eval_graph
+from ..transforms.batch import (NOT_BATCHED, batch_eval, batched_aval, batched_body, by,
+                               moved, reaches, with_batch)
 from ..transforms.closed import Closed, close
 from ..transforms.jvp import jvp_graph
 from ..transforms.vjp import vjp_graph
@@ -92,6 +94,176 @@ _PYTHON_ONLY = ("{} exists only in derivative programs the Python engines build;
 
 # ================================================================================ scan
 # inputs: (*carry, *xs, *consts); outputs: (*final carry, *stacked ys)
+
+
+# ======================================================= dp.vmap's rules of these entries
+
+def _scan(prim):
+    """A scan over batched values is one scan whose body is batched: carries that any
+    batched value reaches are batched (found by iterating to a fixed point), scanned
+    inputs carry their batch at axis 1 (axis 0 is the loop), stacked outputs come back
+    batched at axis 1."""
+    def rule(values, dims, size, *, body, n_carry, n_x, length, reverse):
+        graph = body.graph
+        carry_b = [d is not NOT_BATCHED for d in dims[:n_carry]]
+        rest_b = [d is not NOT_BATCHED for d in dims[n_carry:]]
+        while True:
+            out_b = reaches(graph, carry_b + rest_b)
+            grown = [c or o for c, o in zip(carry_b, out_b[:n_carry])]
+            if grown == carry_b:
+                break
+            carry_b = grown
+        y_b = out_b[n_carry:]
+        carries = [with_batch(v, d, size) if b else v
+                   for v, d, b in zip(values[:n_carry], dims[:n_carry], carry_b)]
+        xs = [moved(v, d, 1) if d is not NOT_BATCHED else v
+              for v, d in zip(values[n_carry:n_carry + n_x], dims[n_carry:n_carry + n_x])]
+        consts = [moved(v, d) if d is not NOT_BATCHED else v
+                  for v, d in zip(values[n_carry + n_x:], dims[n_carry + n_x:])]
+        in_dims = [0 if b else NOT_BATCHED for b in carry_b + rest_b]
+        in_avals = [batched_aval(a, b, size) for a, b in zip(body.in_avals, carry_b + rest_b)]
+
+        def batched_body(*args):
+            outs, out_dims = batch_eval(graph, list(args), in_dims, size)
+            return [with_batch(o, d, size) if want else o
+                    for o, d, want in zip(outs, out_dims, carry_b + y_b)]
+        new_body = close(batched_body, in_avals)
+        outs = bind(prim, *carries, *xs, *consts, body=new_body, n_carry=n_carry, n_x=n_x,
+                    length=length, reverse=reverse)
+        out_dims = [0 if b else NOT_BATCHED for b in carry_b] + \
+            [1 if b else NOT_BATCHED for b in y_b]
+        return outs, out_dims
+    return rule
+
+
+def _cond(prim):
+    """A shared predicate keeps one cond with batched branches; a batched predicate runs
+    both branches for every example and selects per example (as JAX does: the branch
+    not taken is computed and discarded)."""
+    def rule(values, dims, size, *, true_body, false_body):
+        pred, ops, op_dims = values[0], values[1:], dims[1:]
+        if dims[0] is NOT_BATCHED:
+            flags = [d is not NOT_BATCHED for d in op_dims]
+            out_b = [a or b for a, b in zip(reaches(true_body.graph, flags),
+                                            reaches(false_body.graph, flags))]
+            in_avals = [batched_aval(a, f, size) for a, f in zip(true_body.in_avals, flags)]
+            ops = [moved(v, d) if d is not NOT_BATCHED else v for v, d in zip(ops, op_dims)]
+            in_dims = [0 if f else NOT_BATCHED for f in flags]
+            bodies = [close(batched_body(b.graph, in_dims, out_b, size), in_avals)
+                      for b in (true_body, false_body)]
+            outs = bind(prim, pred, *ops, true_body=bodies[0], false_body=bodies[1])
+            return outs, [0 if b else NOT_BATCHED for b in out_b]
+        # a batched predicate: both branches, each example keeping its own (select_cond,
+        # whose derivatives select per example too, so no 0 * inf from the other branch)
+        # Every operand is batched for it (shared ones broadcast): its derivative selects
+        # each example's cotangent before the broadcast's derivative sums them.
+        ops = [with_batch(v, d, size) for v, d in zip(ops, op_dims)]
+        in_dims = [0] * len(ops)
+        in_avals = [batched_aval(a, True, size) for a in true_body.in_avals]
+        every = [True] * len(true_body.out_avals)
+        bodies = [close(batched_body(b.graph, in_dims, every, size), in_avals)
+                  for b in (true_body, false_body)]
+        outs = bind(select_cond, moved(pred, dims[0]), *ops, true_body=bodies[0],
+                    false_body=bodies[1])
+        return outs, [0] * len(outs)
+    return rule
+
+
+
+
+def _while(prim):
+    """Carries that a batched value reaches are batched. A shared predicate keeps one
+    loop; a batched one loops while any example's predicate holds, and an example whose
+    predicate is false keeps its carry (each runs exactly its own number of steps)."""
+    def rule(values, dims, size, *, cond_body, body, n_carry, n_cond_consts):
+        if size == 0:  # no example runs a step: the carries as they came, batched
+            return [with_batch(v, d, 0) for v, d in zip(values[:n_carry], dims[:n_carry])], \
+                [0] * n_carry
+        carry_b = [d is not NOT_BATCHED for d in dims[:n_carry]]
+        cc_b = [d is not NOT_BATCHED for d in dims[n_carry:n_carry + n_cond_consts]]
+        bc_b = [d is not NOT_BATCHED for d in dims[n_carry + n_cond_consts:]]
+        while True:
+            pred_b = reaches(cond_body.graph, carry_b + cc_b)[0]
+            grown = carry_b if not pred_b else [True] * n_carry
+            grown = [c or o for c, o in zip(grown, reaches(body.graph, grown + bc_b))]
+            if grown == carry_b:
+                break
+            carry_b = grown
+        carry = [with_batch(v, d, size) if b else v
+                 for v, d, b in zip(values[:n_carry], dims[:n_carry], carry_b)]
+        consts = [moved(v, d) if d is not NOT_BATCHED else v
+                  for v, d in zip(values[n_carry:], dims[n_carry:])]
+        cond_dims = [0 if b else NOT_BATCHED for b in carry_b + cc_b]
+        body_dims = [0 if b else NOT_BATCHED for b in carry_b + bc_b]
+        cond_avals = [batched_aval(a, b, size) for a, b in zip(cond_body.in_avals, carry_b + cc_b)]
+        body_avals = [batched_aval(a, b, size) for a, b in zip(body.in_avals, carry_b + bc_b)]
+        step = batched_body(body.graph, body_dims, carry_b, size)
+        if not pred_b:
+            new_cond = close(batched_body(cond_body.graph, cond_dims, [False], size), cond_avals)
+            new_body = close(step, body_avals)
+            cc_avals = cond_avals[n_carry:]
+        else:
+            def still(args):
+                outs, out_dims = batch_eval(cond_body.graph, list(args), cond_dims, size)
+                return with_batch(outs[0], out_dims[0], size)
+
+            def any_running(*args):  # (*carry, *cond consts)
+                return [np.any(still(args))]
+
+            n_cc = n_cond_consts
+            # select_cond takes every operand batched (see _cond): shared consts broadcast
+            body_consts_avals = [batched_aval(a, True, size) for a in body.in_avals[n_carry:]]
+            step_avals = body_avals[:n_carry] + body_consts_avals
+            step_dims = [0] * len(step_avals)
+            stepping = close(batched_body(body.graph, step_dims, [True] * n_carry, size),
+                             step_avals)
+            staying = close(lambda *a: list(a[:n_carry]), step_avals)
+            shared = [not b for b in bc_b]
+
+            def masked_step(*args):  # (*carry, *cond consts, *body consts)
+                running = still(args[:n_carry + n_cc])  # a finished example keeps its carry
+                consts = [with_batch(v, NOT_BATCHED, size) if s else v
+                          for v, s in zip(args[n_carry + n_cc:], shared)]
+                return bind(select_cond, running, *args[:n_carry], *consts,  # and its
+                            true_body=stepping, false_body=staying)  # derivatives their own
+            cc_avals = cond_avals[n_carry:]
+            new_cond = close(any_running, cond_avals)
+            new_body = close(masked_step, body_avals[:n_carry] + cc_avals + body_avals[n_carry:])
+            # the body now also reads the cond consts: pass them twice
+            consts = consts[:n_cond_consts] + consts[:n_cond_consts] + consts[n_cond_consts:]
+        outs = bind(prim, *carry, *consts, cond_body=new_cond, body=new_body, n_carry=n_carry,
+                    n_cond_consts=n_cond_consts)
+        return outs, [0 if b else NOT_BATCHED for b in carry_b]
+    return rule
+
+
+def _error_if(prim):
+    """A run-time check of a batch fails when any example's does; the error names the
+    first failing example (its index in the batch) and that example's values."""
+    def rule(values, dims, size, *, message):
+        x, pred, info = values[0], values[1], values[2:]
+        pred = with_batch(pred, dims[1], size)
+        first = np.argmax(pred)
+        picked = [v if d is NOT_BATCHED else with_batch(v, d, size)[first]
+                  for v, d in zip(info, dims[2:])]
+        renumbered = _shift_fields(message, 1)
+        out = bind(prim, x, np.any(pred), first, *picked,
+                   message="example {0:.0f} of the dp.vmap batch: " + renumbered)
+        return out, dims[0]
+    return rule
+
+
+def _shift_fields(message: str, offset: int) -> str:
+    """``"t={0:.3g}"`` -> ``"t={1:.3g}"``, ``"{} {}"`` -> ``"{1} {2}"``: room for a new
+    first format field (automatic fields are numbered first)."""
+    import re
+    counter = iter(range(1000))
+
+    def shift(m):
+        number = m.group(1) if m.group(1) else str(next(counter))
+        return "{" + str(int(number) + offset) + (m.group(2) or "") + "}"
+    return re.sub(r"(?<!\{)\{(\d*)([!:][^{}]*)?\}(?!\})", shift, message)
+
 
 def _scan_impl(xp, *args, body, n_carry, n_x, length, reverse):
     carry = list(args[:n_carry])
@@ -233,7 +405,7 @@ scan = Primitive(
     cases=[Case(lambda rng: [rng.standard_normal(3) * 0.5, rng.standard_normal((4, 3)) * 0.5,
                              rng.standard_normal(3)],
                 {"body": _example_scan_body(), "n_carry": 1, "n_x": 1, "length": 4,
-                 "reverse": False})])
+                 "reverse": False})], batch=by(_scan, lambda: scan))
 
 
 # ================================================================================ cond
@@ -295,7 +467,7 @@ cond = Primitive(
     cases=[Case(lambda rng: [np.array(True), rng.standard_normal(3), rng.standard_normal(3)],
                 _BRANCHES),
            Case(lambda rng: [np.array(False), rng.standard_normal(3), rng.standard_normal(3)],
-                _BRANCHES)])
+                _BRANCHES)], batch=by(_cond, lambda: cond))
 
 
 
@@ -356,7 +528,7 @@ error_if = Primitive(
     julia=Unsupported("error_if raises a Python exception (diffprog.errors.SolverError) from "
                       "inside a running program; only the Python engines can"),
     cases=[Case(lambda rng: [rng.standard_normal(3), np.array(False), np.array(0.5)],
-                {"message": "solver failed at t={0}"})])
+                {"message": "solver failed at t={0}"})], batch=by(_error_if, lambda: error_if))
 
 
 # =============================================================================== remat
@@ -387,10 +559,25 @@ def _remat_jvp(ts, *ins, out, body):
     return [r if _is_float(a) else None for r, a in zip(res, body.out_avals)]
 
 
+def _remat_batch(prim):
+    """A checkpointed block of a batch is one block whose body is batched."""
+    def rule(values, dims, size, *, body):
+        flags = [d is not NOT_BATCHED for d in dims]
+        out_b = reaches(body.graph, flags)
+        ins = [moved(v, d) if d is not NOT_BATCHED else v for v, d in zip(values, dims)]
+        in_avals = [batched_aval(a, f, size) for a, f in zip(body.in_avals, flags)]
+        in_dims = [0 if f else NOT_BATCHED for f in flags]
+        new_body = close(batched_body(body.graph, in_dims, out_b, size), in_avals)
+        outs = bind(prim, *ins, body=new_body)
+        return outs, [0 if b else NOT_BATCHED for b in out_b]
+    return rule
+
+
 remat = Primitive(
     "remat", lambda xp, *args, body: tuple(body(*args)),
     lambda *avals, body: [strong(a) for a in body.out_avals],
     vjp=_remat_vjp, jvp=_remat_jvp, julia=_remat_julia, multiple_results=True,
+    batch=by(_remat_batch, lambda: remat),
     cases=[Case(lambda rng: [rng.standard_normal(3), rng.standard_normal(3)],
                 {"body": close(lambda x, y: [np.sin(x * y), np.exp(x) * y],
                                [Aval((3,), np.dtype(float))] * 2)})])
@@ -493,7 +680,7 @@ _WHILE = _example_while()
 while_loop = Primitive(
     "while_loop", _while_impl, _while_shape, vjp=_while_vjp, jvp=_while_jvp,
     julia=_while_julia, multiple_results=True,
-    cases=[Case(_example_while_inputs, _WHILE, order=1)])
+    cases=[Case(_example_while_inputs, _WHILE, order=1)], batch=by(_while, lambda: while_loop))
 
 
 def _while_grad_impl(xp, *args, cond_body, body, backward, n_carry, n_cond_consts):

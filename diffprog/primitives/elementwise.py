@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Aval, Eqn, Lit, Var, is_scalar_number
+from ..transforms.batch import by, same_axes
 from .core import Case, Primitive, inside_unit_interval, is_inexact, normal, positive, uniform
 from .rules import add_all, in_dtype_of, sum_to
 
@@ -384,9 +385,10 @@ convert = Primitive(
     jvp=lambda ts, x, *, out, dtype: (None if ts[0] is None or not is_inexact(np.dtype(dtype))
                                       else ts[0].astype(dtype)),
     julia="DiffProg.convert_eltype({jdtype}, {0})",
-    cases=[Case(normal(3), {"dtype": np.dtype("float32")}, rtol=1e-2)])
+    cases=[Case(normal(3), {"dtype": np.dtype("float32")}, rtol=1e-2)],
+    batch=by(same_axes, lambda: convert))
 
 stop_gradient = Primitive(
     "stop_gradient", "{0}", lambda x: x, vjp=lambda g, x, *, out: (None,),
     jvp=lambda ts, x, *, out: None, julia="DiffProg.stop_gradient({0})",
-    differentiable=False, cases=[Case(normal(3))])
+    differentiable=False, cases=[Case(normal(3))], batch=by(same_axes, lambda: stop_gradient))

@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ArgumentError, ArgumentValueError, ShapeError, UnsupportedFunctionError
 from ..ir import Aval
 from ..tracing import unsupported
+from ..transforms.batch import by, einsum_rule, matmul_rule, solve_rule
 from .core import Case, Primitive, Unsupported, broadcast_shapes, is_inexact, normal
 from .rules import (add_all, batch_stacked, in_dtype_of, lower_triangle, onto_lower, sum_to,
                     swap_last_axes, symmetric_from_lower, vjp_by_transposing)
@@ -97,7 +98,8 @@ matmul = Primitive(
            Case(lambda rng: [rng.standard_normal((4,)), rng.standard_normal((4, 2))]),
            Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4,))]),
            Case(lambda rng: [rng.standard_normal((4,)), rng.standard_normal((4,))]),
-           Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5))])])
+           Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5))])],
+    batch=by(matmul_rule, lambda: matmul))
 
 
 def _einsum_parse(subscripts: str):
@@ -276,7 +278,8 @@ einsum = Primitive(
                 {"subscripts": "ij,ij->i", "optimize": False}),
            Case(lambda rng: [rng.standard_normal((3, 4))], {"subscripts": "ij->", "optimize": False}),
            Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((3, 4)),
-                             rng.standard_normal((4,))], {"subscripts": "ij,jk,k->i", "optimize": False})])
+                             rng.standard_normal((4,))], {"subscripts": "ij,jk,k->i", "optimize": False})],
+    batch=by(einsum_rule, lambda: einsum))
 
 
 # ------------------------------------------------------------------ solve, inv
@@ -338,7 +341,8 @@ solve = Primitive(
     cases=[Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal(3)]),
            Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal((3, 2))]),
            Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal((2, 3, 2))]),
-           Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal(3)])])
+           Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal(3)])],
+    batch=by(solve_rule, lambda: solve))
 
 
 def _inv_shape(a):
@@ -351,7 +355,8 @@ inv = Primitive(
     vjp=lambda g, a, *, out: (-(swap_last_axes(out) @ g @ swap_last_axes(out)),),
     jvp=lambda ts, a, *, out: None if ts[0] is None else -(out @ ts[0] @ out),
     julia=_single_matrix_julia("DiffProg.npinv({0})"),
-    cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
+    cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))],
+    batch=batch_stacked(lambda: inv))
 
 
 # ------------------------------------------------------------------ determinants
@@ -418,7 +423,7 @@ adjugate = Primitive(
     jvp=lambda ts, a, *, out: None if ts[0] is None else _adjugate_jvp(a, ts[0]),
     julia=_adjugate_julia,
     cases=[Case(_well_conditioned(3, 3)), Case(_rank(3, 2)), Case(_rank(3, 1)),
-           Case(_rank(4, 3)), Case(normal(1, 1))])
+           Case(_rank(4, 3)), Case(normal(1, 1))], batch=batch_stacked(lambda: adjugate))
 
 
 def _det_shape(a):
@@ -435,7 +440,7 @@ det = Primitive(
                                else np.sum(swap_last_axes(adjugate(a)) * ts[0], axis=(-2, -1))),
     julia=_single_matrix_julia("DiffProg.npdet({0})"),
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3)), Case(_rank(3, 2)),
-           Case(_rank(4, 2)), Case(_rank(3, 2, 2))])
+           Case(_rank(4, 2)), Case(_rank(3, 2, 2))], batch=batch_stacked(lambda: det))
 
 
 def _slogdet_shape(a):
@@ -470,7 +475,8 @@ slogdet = Primitive(
     "slogdet", "tuple(xp.linalg.slogdet({0}))", _slogdet_shape, vjp=_slogdet_vjp,
     numpy={np.linalg.slogdet: lambda a: tuple(slogdet(a))},
     jvp=_slogdet_jvp, julia=_single_matrix_julia("DiffProg.npslogdet({0})"),
-    multiple_results=True, cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))])
+    multiple_results=True, cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))],
+    batch=batch_stacked(lambda: slogdet))
 
 
 # ------------------------------------------------------------------ symmetric matrices
@@ -525,7 +531,8 @@ cholesky = Primitive(
     "cholesky", "xp.linalg.cholesky({0})", _cholesky_shape, vjp=_cholesky_vjp,
     numpy={np.linalg.cholesky: _cholesky_call},
     jvp=_cholesky_jvp, julia=_single_matrix_julia("DiffProg.npcholesky({0})"),
-    cases=[Case(normal(3, 3), wrap=_spd), Case(normal(2, 3, 3), wrap=_spd)])
+    cases=[Case(normal(3, 3), wrap=_spd), Case(normal(2, 3, 3), wrap=_spd)],
+    batch=batch_stacked(lambda: cholesky))
 
 
 # ------------------------------------------------------------------ symmetric eigenproblems
@@ -594,7 +601,7 @@ def _eigh_vjp(gs, a, *, out):
 eigh = Primitive(
     "eigh", _eigh_impl, _eigh_shape, vjp=_eigh_vjp, jvp=_eigh_jvp, multiple_results=True,
     julia=_single_matrix_julia("DiffProg.npeigh({0})"),
-    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3))])
+    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3))], batch=batch_stacked(lambda: eigh))
 
 
 def _eigvalsh_shape(a):
@@ -625,7 +632,8 @@ eigvalsh = Primitive(
     "eigvalsh", "xp.linalg.eigvalsh({0})", _eigvalsh_shape, vjp=_eigvalsh_vjp,
     jvp=_eigvalsh_jvp, numpy={np.linalg.eigvalsh: _eigvalsh_call},
     julia=_single_matrix_julia("DiffProg.npeigvalsh({0})"),
-    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3)), Case(normal(4, 4), wrap=_spd)])
+    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3)), Case(normal(4, 4), wrap=_spd)],
+    batch=batch_stacked(lambda: eigvalsh))
 
 
 # ------------------------------------------------------------------ NumPy's own factorizations

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..ir import Aval
+from ..transforms.batch import along_axis, by, reduce_axes
 from .core import PRIMITIVES, Case, Primitive, Unsupported, dtype_by_example, normal, positive
 from .rules import in_dtype_of, shift_right
 
@@ -44,7 +45,8 @@ reduce_sum = Primitive(
     vjp=_sum_vjp,
     jvp=lambda ts, x, *, out, axes, keepdims: None if ts[0] is None else
     np.sum(ts[0], axis=axes, keepdims=keepdims),
-    julia="DiffProg.npsum({0}; dims = {jaxes}, keepdims = {keepdims})", cases=_reduction_cases())
+    julia="DiffProg.npsum({0}; dims = {jaxes}, keepdims = {keepdims})", cases=_reduction_cases(),
+    batch=by(reduce_axes, lambda: reduce_sum))
 
 
 # max and min share the cotangent between tied elements (the central difference of NumPy's
@@ -70,12 +72,12 @@ reduce_max = Primitive(
     "reduce_max", "xp.max({0}, axis={axes}, keepdims={keepdims})", _reduction_shape("reduce_max"),
     vjp=_extremum_vjp, jvp=_extremum_jvp,
     julia="DiffProg.npmax({0}; dims = {jaxes}, keepdims = {keepdims})",
-    cases=_reduction_cases(order=1))
+    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_max))
 reduce_min = Primitive(
     "reduce_min", "xp.min({0}, axis={axes}, keepdims={keepdims})", _reduction_shape("reduce_min"),
     vjp=_extremum_vjp, jvp=_extremum_jvp,
     julia="DiffProg.npmin({0}; dims = {jaxes}, keepdims = {keepdims})",
-    cases=_reduction_cases(order=1))
+    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_min))
 
 
 def _exclusive_cumprod(x, axis, reverse):
@@ -105,7 +107,8 @@ reduce_prod = Primitive(
     julia="DiffProg.npprod({0}; dims = {jaxes}, keepdims = {keepdims})",
     # exact with zeros, to any order (products of others via cumprod, itself exact there)
     cases=_reduction_cases() + [Case(lambda rng: [np.array([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]])],
-                                     {"axes": (1,), "keepdims": False})])
+                                     {"axes": (1,), "keepdims": False})],
+    batch=by(reduce_axes, lambda: reduce_prod))
 
 
 def _indices_along(name, shape, julia):
@@ -113,7 +116,8 @@ def _indices_along(name, shape, julia):
     return Primitive(
         name, f"xp.{name}({{0}}, axis={{axis}})", shape,
         vjp=lambda g, x, *, out, axis: (None,), jvp=lambda ts, x, *, out, axis: None,
-        julia=julia, differentiable=False, cases=[Case(normal(3, 4), {"axis": 1})])
+        julia=julia, differentiable=False, cases=[Case(normal(3, 4), {"axis": 1})],
+        batch=by(along_axis, lambda: PRIMITIVES[name]))
 
 
 def _axis_removed(x, *, axis):
@@ -138,7 +142,8 @@ cumsum = Primitive(
     vjp=lambda g, x, *, out, axis: (_reversed_cumsum(g, axis),),
     jvp=lambda ts, x, *, out, axis: None if ts[0] is None else np.cumsum(ts[0], axis=axis),
     julia="cumsum({0}; dims = {jaxis})",
-    cases=[Case(normal(3, 4), {"axis": 1}), Case(normal(3, 4), {"axis": 0})])
+    cases=[Case(normal(3, 4), {"axis": 1}), Case(normal(3, 4), {"axis": 0})],
+    batch=by(along_axis, lambda: cumsum))
 
 
 class _ZerosAlong:
@@ -191,7 +196,8 @@ cumprod = Primitive(
     cases=[Case(positive(3, 4), {"axis": 1}), Case(positive(3, 4), {"axis": 0}),
            Case(lambda rng: [np.array([[1.5, 0.0, 2.0, -3.0], [0.0, 0.0, 3.0, 1.0],
                                        [2.0, -1.0, 0.5, 0.0], [0.0, 2.0, 0.0, 0.0]])], {"axis": 1}),
-           Case(lambda rng: [np.array([[0.0, 2.0], [3.0, 0.0], [0.5, 4.0]])], {"axis": 0})])
+           Case(lambda rng: [np.array([[0.0, 2.0], [3.0, 0.0], [0.5, 4.0]])], {"axis": 0})],
+    batch=by(along_axis, lambda: cumprod))
 
 
 def _argpartition_impl(xp, x, *, kth, axis):

@@ -6,6 +6,9 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..ir import Aval
+from ..transforms.batch import (broadcast_to_rule, by, concatenate_rule, gather_rule,
+                               pad_rule, reshape_rule, scatter_add_rule, slice_rule,
+                               transpose_rule)
 from .core import Case, Primitive, Unsupported, broadcast_shapes, is_inexact, normal
 from .rules import slice_axis, sum_to
 
@@ -38,7 +41,8 @@ reshape = Primitive(
     vjp=lambda g, x, *, out, shape: (np.reshape(g, np.shape(x)),),
     jvp=lambda ts, x, *, out, shape: None if ts[0] is None else np.reshape(ts[0], shape),
     julia=_julia_reshape,
-    cases=[Case(normal(3, 4), {"shape": (2, 6)}), Case(normal(3, 4), {"shape": (12,)})])
+    cases=[Case(normal(3, 4), {"shape": (2, 6)}), Case(normal(3, 4), {"shape": (12,)})],
+    batch=by(reshape_rule, lambda: reshape))
 
 transpose = Primitive(
     "transpose", "xp.transpose({0}, {axes})",
@@ -46,7 +50,8 @@ transpose = Primitive(
     vjp=lambda g, x, *, out, axes: (np.transpose(g, tuple(np.argsort(axes))),),
     jvp=lambda ts, x, *, out, axes: None if ts[0] is None else np.transpose(ts[0], axes),
     julia="permutedims({0}, {jperm})",
-    cases=[Case(normal(3, 4), {"axes": (1, 0)}), Case(normal(2, 3, 4), {"axes": (2, 0, 1)})])
+    cases=[Case(normal(3, 4), {"axes": (1, 0)}), Case(normal(2, 3, 4), {"axes": (2, 0, 1)})],
+    batch=by(transpose_rule, lambda: transpose))
 
 
 def _broadcast_to_shape(x, *, shape):
@@ -60,7 +65,8 @@ broadcast_to = Primitive(
     vjp=lambda g, x, *, out, shape: (sum_to(g, np.shape(x)),),
     jvp=lambda ts, x, *, out, shape: None if ts[0] is None else np.broadcast_to(ts[0], shape),
     julia="DiffProg.npbroadcast_to({0}, {jshape})",
-    cases=[Case(normal(4), {"shape": (3, 4)}), Case(normal(3, 1), {"shape": (2, 3, 4)})])
+    cases=[Case(normal(4), {"shape": (3, 4)}), Case(normal(3, 1), {"shape": (2, 3, 4)})],
+    batch=by(broadcast_to_rule, lambda: broadcast_to))
 
 
 def _concatenate_shape(*xs, axis):
@@ -95,7 +101,8 @@ concatenate = Primitive(
     "concatenate", "xp.concatenate(({args},), axis={axis})", _concatenate_shape,
     vjp=_concatenate_vjp, jvp=_concatenate_jvp, julia="cat({args}; dims = {jaxis})",
     cases=[Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((4, 3))], {"axis": 0}),
-           Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((2, 1))], {"axis": 1})])
+           Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((2, 1))], {"axis": 1})],
+    batch=by(concatenate_rule, lambda: concatenate))
 
 
 def _pack_scalars_jvp(ts, *xs, out, dtype):
@@ -133,7 +140,8 @@ pad = Primitive(
     jvp=lambda ts, x, *, out, pad_width, value: None if ts[0] is None else
     np.pad(ts[0], pad_width, constant_values=0.0),
     julia="DiffProg.nppad({0}, {jpad_width}, {value})",
-    cases=[Case(normal(3, 4), {"pad_width": ((1, 2), (0, 3)), "value": 0.0})])
+    cases=[Case(normal(3, 4), {"pad_width": ((1, 2), (0, 3)), "value": 0.0})],
+    batch=by(pad_rule, lambda: pad))
 
 
 # ------------------------------------------------------------------ indexing
@@ -227,7 +235,8 @@ slice_ = Primitive(
     jvp=lambda ts, x, *, out, index: None if ts[0] is None else ts[0][index],
     julia=_julia_slice,
     cases=[Case(normal(5, 4), {"index": (slice(1, 4, None), 2)}),
-           Case(normal(5, 4), {"index": (slice(None, None, -2), None, Ellipsis)})])
+           Case(normal(5, 4), {"index": (slice(None, None, -2), None, Ellipsis)})],
+    batch=by(slice_rule, lambda: slice_))
 
 
 def _gather_impl(xp, x, *arrays, index):
@@ -246,7 +255,8 @@ gather = Primitive(
     jvp=lambda ts, x, *arrays, out, index: None if ts[0] is None else gather(ts[0], *arrays, index=index),
     julia=_julia_gather,
     cases=[Case(lambda rng: [rng.standard_normal((5, 4)), np.array([0, 2, 2, 4])],
-                {"index": (ArraySlot(), slice(None, None, None))})])
+                {"index": (ArraySlot(), slice(None, None, None))})],
+    batch=by(gather_rule, lambda: gather))
 
 
 def _scatter_add_impl(xp, g, *arrays, shape, index):
@@ -269,4 +279,5 @@ scatter_add = Primitive(
     scatter_add(ts[0], *arrays, shape=shape, index=index),
     julia=_julia_scatter_add,
     cases=[Case(lambda rng: [rng.standard_normal((4, 4)), np.array([0, 2, 2, 4])],
-                {"index": (ArraySlot(), slice(None, None, None)), "shape": (5, 4)})])
+                {"index": (ArraySlot(), slice(None, None, None)), "shape": (5, 4)})],
+    batch=by(scatter_add_rule, lambda: scatter_add))

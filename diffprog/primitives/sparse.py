@@ -101,9 +101,9 @@ def _jvp(ts, data, rows, indices, indptr, x, *, out, shape, transpose):
 
 def _batch(values, dims, size, *, shape, transpose):
     """Only the dense operand batched: its examples become more columns of one product."""
-    from ..transforms.batch import _per_example, moved
+    from ..transforms.batch import moved, per_example
     if any(d is not None for d in dims[:4]):
-        return _per_example(sparse_matmul)(values, dims, size, shape=shape, transpose=transpose)
+        return per_example(sparse_matmul)(values, dims, size, shape=shape, transpose=transpose)
     data, rows, indices, indptr, x = values
     x = moved(x, dims[4], len(shape_of(x)) - 1)  # examples last: (n, [k,] B)
     lead = shape_of(x)[:-1]

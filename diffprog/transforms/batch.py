@@ -9,12 +9,12 @@ Because the rules bind primitives, batching records into whatever trace is open:
 compiled program, a derivative, another vmap. So ``vmap(grad(f))``, ``grad(vmap(f))``
 and nested vmaps compose.
 
-Rules: a primitive's own ``batch`` attribute when it has one; else by family
-(elementwise: broadcast the batch axis; reductions, scans and arg-reductions: shift
-their axes; shape ops, indexing, matmul, einsum, linear algebra and ``scan`` have their
-own below). A primitive without any (a custom rule, ``cond``, ``while_loop``, scatters
-with batched indices) runs once per example and the results are stacked: slower, never
-wrong.
+Rules live in the table: each entry's ``batch=`` (see diffprog/primitives/), most made
+from the rule makers below with :func:`by` (``batch=by(reduce_axes, lambda:
+reduce_sum)``); control-flow entries' rules, which batch their bodies, sit beside them
+in primitives/control.py. Elementwise entries need none (the batch axis broadcasts). An
+entry without a rule (a custom rule, the few listed in tests/transforms/test_batch.py)
+runs once per example and the results are stacked: slower, never wrong.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import numpy as np
 
 from ..ir import Graph, Lit
 from ..tracing import bind
-from .closed import Closed, close
 
 NOT_BATCHED = None
 
@@ -58,12 +57,22 @@ def batch_eval(graph: Graph, args: list, dims: list, size: int) -> tuple[list, l
 
 
 def rule_for(prim) -> Callable:
+    """The entry's own rule (``batch=`` in its table entry), the elementwise rule, or
+    (a custom rule, a primitive with none) one run per example."""
     own = getattr(prim, "batch", None)
     if own is not None:
         return own
     if prim.elementwise:
         return _elementwise(prim)
-    return RULES.get(prim.name) or _per_example(prim)
+    return per_example(prim)
+
+
+def by(maker: Callable, prim_of: Callable) -> Callable:
+    """An entry's rule from a rule maker of this module: ``batch=by(reduce_axes, lambda:
+    reduce_sum)`` (the entry is made after its rule, so it is looked up when used)."""
+    def rule(values, dims, size, **params):
+        return maker(prim_of())(values, dims, size, **params)
+    return rule
 
 
 # ------------------------------------------------------------------------ helpers
@@ -110,70 +119,63 @@ def _elementwise(prim):
     return rule
 
 
-def _unary_same(prim):
+def same_axes(prim):
     """Ops that keep every axis where it is (convert, stop_gradient)."""
     def rule(values, dims, size, **params):
         return bind(prim, values[0], **params), dims[0]
     return rule
 
 
-def _reduce(prim):
+def reduce_axes(prim):
     def rule(values, dims, size, *, axes, **params):
         x = moved(values[0], dims[0])
         return bind(prim, x, axes=tuple(a + 1 for a in axes), **params), 0
     return rule
 
 
-def _along_axis(prim):
+def along_axis(prim):
     """argmax/argmin/argsort/cumsum/cumprod: one ``axis`` parameter."""
     def rule(values, dims, size, *, axis, **params):
         if axis is None:
-            return _per_example(prim)(values, dims, size, axis=axis, **params)
+            return per_example(prim)(values, dims, size, axis=axis, **params)
         x = moved(values[0], dims[0])
         return bind(prim, x, axis=axis + 1, **params), 0
     return rule
 
 
-def _stacked_linalg(prim):
-    """NumPy's linalg functions act on stacks of matrices: the batch is one more stack axis."""
-    def rule(values, dims, size, **params):
-        x = moved(values[0], dims[0])
-        out = bind(prim, x, **params)
-        return out, ([0] * len(out) if isinstance(out, (list, tuple)) else 0)
-    return rule
 
 
 # ------------------------------------------------------------------------ shape ops
 
-def _reshape(prim):
+def reshape_rule(prim):
     def rule(values, dims, size, *, shape):
         x = moved(values[0], dims[0])
         return bind(prim, x, shape=(np.shape(x)[0],) + tuple(shape)), 0
     return rule
 
 
-def _transpose(prim):
+def transpose_rule(prim):
     def rule(values, dims, size, *, axes):
         x = moved(values[0], dims[0])
         return bind(prim, x, axes=(0,) + tuple(a + 1 for a in axes)), 0
     return rule
 
 
-def _broadcast_to(prim):
+def broadcast_to_rule(prim):
     def rule(values, dims, size, *, shape):
         x = _aligned(values[0], dims[0], len(shape))
         return bind(prim, x, shape=(np.shape(x)[0],) + tuple(shape)), 0
     return rule
 
 
-def _concatenate(prim):
+def concatenate_rule(prim):
     def rule(values, dims, size, *, axis):
         args = [with_batch(v, d, size) for v, d in zip(values, dims)]
         return bind(prim, *args, axis=axis + 1), 0
     return rule
 
 
-def _pad(prim):
+def pad_rule(prim):
     def rule(values, dims, size, *, pad_width, **params):
         x = moved(values[0], dims[0])
         return bind(prim, x, pad_width=((0, 0),) + tuple(tuple(p) for p in pad_width),
@@ -181,31 +183,31 @@ def _pad(prim):
     return rule
 
 
-def _slice(prim):
+def slice_rule(prim):
     def rule(values, dims, size, *, index):
         x = moved(values[0], dims[0])
         return bind(prim, x, index=(slice(None),) + tuple(index)), 0
     return rule
 
 
-def _gather(prim):
+def gather_rule(prim):
     """``x[index]`` with index arrays: batched ``x`` and shared index arrays keep one
     gather; batched index arrays run per example."""
     def rule(values, dims, size, *, index):
         if any(d is not NOT_BATCHED for d in dims[1:]):
-            return _per_example(prim)(values, dims, size, index=index)
+            return per_example(prim)(values, dims, size, index=index)
         x = moved(values[0], dims[0])
         return bind(prim, x, *values[1:], index=(slice(None),) + tuple(index)), \
             _gather_batch_dim(index, values[1:])
     return rule
 
 
-def _scatter_add(prim):
+def scatter_add_rule(prim):
     """The transpose of slicing and gather: a batched cotangent scatters into a batched
     zero array with the same index (shared index arrays); batched indices run per example."""
     def rule(values, dims, size, *, shape, index):
         if any(d is not NOT_BATCHED for d in dims[1:]):
-            return _per_example(prim)(values, dims, size, shape=shape, index=index)
+            return per_example(prim)(values, dims, size, shape=shape, index=index)
         g = moved(values[0], dims[0], _gather_batch_dim(index, values[1:]))
         return bind(prim, g, *values[1:], shape=(size,) + tuple(shape),
                     index=(slice(None),) + tuple(index)), 0
@@ -230,7 +232,7 @@ def _is_array_slot(part) -> bool:
 
 # ------------------------------------------------------------------------ linear algebra
 
-def _matmul(prim):
+def matmul_rule(prim):
     def rule(values, dims, size):
         (a, b), (da, db) = values, dims
         ra, rb = _example_rank(a, da), _example_rank(b, db)
@@ -254,7 +256,7 @@ def _matmul(prim):
     return rule
 
 
-def _solve(prim):
+def solve_rule(prim):
     def rule(values, dims, size):
         (a, b), (da, db) = values, dims
         vector = _example_rank(b, db) == 1  # NumPy 2: a 1-d b is one vector per matrix
@@ -269,7 +271,7 @@ def _solve(prim):
     return rule
 
 
-def _einsum(prim):
+def einsum_rule(prim):
     def rule(values, dims, size, *, subscripts, **params):
         ins, out = subscripts.split("->")
         terms = ins.split(",")
@@ -286,191 +288,14 @@ def _einsum(prim):
     return rule
 
 
-# ------------------------------------------------------------------------ control flow
+# ------------------------------------------------------------------------ bodies
 
-def _scan(prim):
-    """A scan over batched values is one scan whose body is batched: carries that any
-    batched value reaches are batched (found by iterating to a fixed point), scanned
-    inputs carry their batch at axis 1 (axis 0 is the loop), stacked outputs come back
-    batched at axis 1."""
-    def rule(values, dims, size, *, body, n_carry, n_x, length, reverse):
-        graph = body.graph
-        carry_b = [d is not NOT_BATCHED for d in dims[:n_carry]]
-        rest_b = [d is not NOT_BATCHED for d in dims[n_carry:]]
-        while True:
-            out_b = _reaches(graph, carry_b + rest_b)
-            grown = [c or o for c, o in zip(carry_b, out_b[:n_carry])]
-            if grown == carry_b:
-                break
-            carry_b = grown
-        y_b = out_b[n_carry:]
-        carries = [with_batch(v, d, size) if b else v
-                   for v, d, b in zip(values[:n_carry], dims[:n_carry], carry_b)]
-        xs = [moved(v, d, 1) if d is not NOT_BATCHED else v
-              for v, d in zip(values[n_carry:n_carry + n_x], dims[n_carry:n_carry + n_x])]
-        consts = [moved(v, d) if d is not NOT_BATCHED else v
-                  for v, d in zip(values[n_carry + n_x:], dims[n_carry + n_x:])]
-        in_dims = [0 if b else NOT_BATCHED for b in carry_b + rest_b]
-        in_avals = [_batched_aval(a, b, size) for a, b in zip(body.in_avals, carry_b + rest_b)]
-
-        def batched_body(*args):
-            outs, out_dims = batch_eval(graph, list(args), in_dims, size)
-            return [with_batch(o, d, size) if want else o
-                    for o, d, want in zip(outs, out_dims, carry_b + y_b)]
-        new_body = close(batched_body, in_avals)
-        assert isinstance(new_body, Closed)
-        outs = bind(prim, *carries, *xs, *consts, body=new_body, n_carry=n_carry, n_x=n_x,
-                    length=length, reverse=reverse)
-        out_dims = [0 if b else NOT_BATCHED for b in carry_b] + \
-            [1 if b else NOT_BATCHED for b in y_b]
-        return outs, out_dims
-    return rule
-
-
-def _cond(prim):
-    """A shared predicate keeps one cond with batched branches; a batched predicate runs
-    both branches for every example and selects per example (as JAX does: the branch
-    not taken is computed and discarded)."""
-    def rule(values, dims, size, *, true_body, false_body):
-        pred, ops, op_dims = values[0], values[1:], dims[1:]
-        if dims[0] is NOT_BATCHED:
-            flags = [d is not NOT_BATCHED for d in op_dims]
-            out_b = [a or b for a, b in zip(_reaches(true_body.graph, flags),
-                                            _reaches(false_body.graph, flags))]
-            in_avals = [_batched_aval(a, f, size) for a, f in zip(true_body.in_avals, flags)]
-            ops = [moved(v, d) if d is not NOT_BATCHED else v for v, d in zip(ops, op_dims)]
-            in_dims = [0 if f else NOT_BATCHED for f in flags]
-            bodies = [close(_batched_body(b.graph, in_dims, out_b, size), in_avals)
-                      for b in (true_body, false_body)]
-            outs = bind(prim, pred, *ops, true_body=bodies[0], false_body=bodies[1])
-            return outs, [0 if b else NOT_BATCHED for b in out_b]
-        # a batched predicate: both branches, each example keeping its own (select_cond,
-        # whose derivatives select per example too, so no 0 * inf from the other branch)
-        # Every operand is batched for it (shared ones broadcast): its derivative selects
-        # each example's cotangent before the broadcast's derivative sums them.
-        from ..primitives.control import select_cond
-        ops = [with_batch(v, d, size) for v, d in zip(ops, op_dims)]
-        in_dims = [0] * len(ops)
-        in_avals = [_batched_aval(a, True, size) for a in true_body.in_avals]
-        every = [True] * len(true_body.out_avals)
-        bodies = [close(_batched_body(b.graph, in_dims, every, size), in_avals)
-                  for b in (true_body, false_body)]
-        outs = bind(select_cond, moved(pred, dims[0]), *ops, true_body=bodies[0],
-                    false_body=bodies[1])
-        return outs, [0] * len(outs)
-    return rule
-
-
-def _batched_body(graph: Graph, in_dims: list, want_batched: list, size: int):
-    """A body function running ``graph`` batched, outputs batched at 0 where wanted."""
-    def body(*args):
-        outs, out_dims = batch_eval(graph, list(args), in_dims, size)
-        return [with_batch(o, d, size) if want else o
-                for o, d, want in zip(outs, out_dims, want_batched)]
-    return body
-
-
-def _while(prim):
-    """Carries that a batched value reaches are batched. A shared predicate keeps one
-    loop; a batched one loops while any example's predicate holds, and an example whose
-    predicate is false keeps its carry (each runs exactly its own number of steps)."""
-    def rule(values, dims, size, *, cond_body, body, n_carry, n_cond_consts):
-        if size == 0:  # no example runs a step: the carries as they came, batched
-            return [with_batch(v, d, 0) for v, d in zip(values[:n_carry], dims[:n_carry])], \
-                [0] * n_carry
-        carry_b = [d is not NOT_BATCHED for d in dims[:n_carry]]
-        cc_b = [d is not NOT_BATCHED for d in dims[n_carry:n_carry + n_cond_consts]]
-        bc_b = [d is not NOT_BATCHED for d in dims[n_carry + n_cond_consts:]]
-        while True:
-            pred_b = _reaches(cond_body.graph, carry_b + cc_b)[0]
-            grown = carry_b if not pred_b else [True] * n_carry
-            grown = [c or o for c, o in zip(grown, _reaches(body.graph, grown + bc_b))]
-            if grown == carry_b:
-                break
-            carry_b = grown
-        carry = [with_batch(v, d, size) if b else v
-                 for v, d, b in zip(values[:n_carry], dims[:n_carry], carry_b)]
-        consts = [moved(v, d) if d is not NOT_BATCHED else v
-                  for v, d in zip(values[n_carry:], dims[n_carry:])]
-        cond_dims = [0 if b else NOT_BATCHED for b in carry_b + cc_b]
-        body_dims = [0 if b else NOT_BATCHED for b in carry_b + bc_b]
-        cond_avals = [_batched_aval(a, b, size) for a, b in zip(cond_body.in_avals, carry_b + cc_b)]
-        body_avals = [_batched_aval(a, b, size) for a, b in zip(body.in_avals, carry_b + bc_b)]
-        step = _batched_body(body.graph, body_dims, carry_b, size)
-        if not pred_b:
-            new_cond = close(_batched_body(cond_body.graph, cond_dims, [False], size), cond_avals)
-            new_body = close(step, body_avals)
-            cc_avals = cond_avals[n_carry:]
-        else:
-            def still(args):
-                outs, out_dims = batch_eval(cond_body.graph, list(args), cond_dims, size)
-                return with_batch(outs[0], out_dims[0], size)
-
-            def any_running(*args):  # (*carry, *cond consts)
-                return [np.any(still(args))]
-
-            from ..primitives.control import select_cond
-            n_cc = n_cond_consts
-            # select_cond takes every operand batched (see _cond): shared consts broadcast
-            body_consts_avals = [_batched_aval(a, True, size) for a in body.in_avals[n_carry:]]
-            step_avals = body_avals[:n_carry] + body_consts_avals
-            step_dims = [0] * len(step_avals)
-            stepping = close(_batched_body(body.graph, step_dims, [True] * n_carry, size),
-                             step_avals)
-            staying = close(lambda *a: list(a[:n_carry]), step_avals)
-            shared = [not b for b in bc_b]
-
-            def masked_step(*args):  # (*carry, *cond consts, *body consts)
-                running = still(args[:n_carry + n_cc])  # a finished example keeps its carry
-                consts = [with_batch(v, NOT_BATCHED, size) if s else v
-                          for v, s in zip(args[n_carry + n_cc:], shared)]
-                return bind(select_cond, running, *args[:n_carry], *consts,  # and its
-                            true_body=stepping, false_body=staying)  # derivatives their own
-            cc_avals = cond_avals[n_carry:]
-            new_cond = close(any_running, cond_avals)
-            new_body = close(masked_step, body_avals[:n_carry] + cc_avals + body_avals[n_carry:])
-            # the body now also reads the cond consts: pass them twice
-            consts = consts[:n_cond_consts] + consts[:n_cond_consts] + consts[n_cond_consts:]
-        outs = bind(prim, *carry, *consts, cond_body=new_cond, body=new_body, n_carry=n_carry,
-                    n_cond_consts=n_cond_consts)
-        return outs, [0 if b else NOT_BATCHED for b in carry_b]
-    return rule
-
-
-def _error_if(prim):
-    """A run-time check of a batch fails when any example's does; the error names the
-    first failing example (its index in the batch) and that example's values."""
-    def rule(values, dims, size, *, message):
-        x, pred, info = values[0], values[1], values[2:]
-        pred = with_batch(pred, dims[1], size)
-        first = np.argmax(pred)
-        picked = [v if d is NOT_BATCHED else with_batch(v, d, size)[first]
-                  for v, d in zip(info, dims[2:])]
-        renumbered = _shift_fields(message, 1)
-        out = bind(prim, x, np.any(pred), first, *picked,
-                   message="example {0:.0f} of the dp.vmap batch: " + renumbered)
-        return out, dims[0]
-    return rule
-
-
-def _shift_fields(message: str, by: int) -> str:
-    """``"t={0:.3g}"`` -> ``"t={1:.3g}"``, ``"{} {}"`` -> ``"{1} {2}"``: room for a new
-    first format field (automatic fields are numbered first)."""
-    import re
-    counter = iter(range(1000))
-
-    def shift(m):
-        number = m.group(1) if m.group(1) else str(next(counter))
-        return "{" + str(int(number) + by) + (m.group(2) or "") + "}"
-    return re.sub(r"(?<!\{)\{(\d*)([!:][^{}]*)?\}(?!\})", shift, message)
-
-
-def _batched_aval(aval, batched: bool, size: int):
+def batched_aval(aval, batched: bool, size: int):
     from ..ir import Aval
     return Aval((size,) + aval.shape, aval.dtype) if batched else Aval(aval.shape, aval.dtype)
 
 
-def _reaches(graph: Graph, batched_inputs: list) -> list:
+def reaches(graph: Graph, batched_inputs: list) -> list:
     """Which outputs of ``graph`` depend on the inputs flagged in ``batched_inputs``."""
     live = {id(v) for v, b in zip(graph.invars, batched_inputs) if b}
     for eqn in graph.eqns:
@@ -479,9 +304,21 @@ def _reaches(graph: Graph, batched_inputs: list) -> list:
     return [id(o) in live for o in graph.outvars]
 
 
+
+
+
+def batched_body(graph: Graph, in_dims: list, want_batched: list, size: int):
+    """A body function running ``graph`` batched, outputs batched at 0 where wanted."""
+    def body(*args):
+        outs, out_dims = batch_eval(graph, list(args), in_dims, size)
+        return [with_batch(o, d, size) if want else o
+                for o, d, want in zip(outs, out_dims, want_batched)]
+    return body
+
+
 # ------------------------------------------------------------------------ fallback
 
-def _per_example(prim):
+def per_example(prim):
     """Run ``prim`` once per example and stack: correct for any primitive, B equations."""
     def rule(values, dims, size, **params):
         if size == 0:
@@ -516,46 +353,3 @@ def _empty_batch(prim, values, dims, params):
 def _take(x, dim, b: int):
     index = (slice(None),) * dim + (b,)
     return x[index]
-
-
-def _table() -> dict:
-    from ..primitives import PRIMITIVES as P
-    rules = {}
-
-    def add(names, make):
-        for name in names:
-            if name in P:
-                rules[name] = make(P[name])
-    add(["convert", "stop_gradient"], _unary_same)
-    add(["reduce_sum", "reduce_max", "reduce_min", "reduce_prod"], _reduce)
-    add(["argmax", "argmin", "argsort", "cumsum", "cumprod"], _along_axis)
-    add(["inv", "det", "cholesky", "slogdet", "adjugate", "eigh", "eigvalsh"], _stacked_linalg)
-    add(["reshape"], _reshape)
-    add(["transpose"], _transpose)
-    add(["broadcast_to"], _broadcast_to)
-    add(["concatenate"], _concatenate)
-    add(["pad"], _pad)
-    add(["slice"], _slice)
-    add(["gather"], _gather)
-    add(["scatter_add"], _scatter_add)
-    add(["matmul"], _matmul)
-    add(["solve"], _solve)
-    add(["einsum"], _einsum)
-    add(["scan"], _scan)
-    add(["cond"], _cond)
-    add(["while_loop"], _while)
-    add(["error_if"], _error_if)
-    return rules
-
-
-class _Rules(dict):
-    """Built on first use: the primitive table is complete only once every module that
-    defines entries has been imported."""
-
-    def get(self, name, default=None):
-        if not self:
-            self.update(_table())
-        return super().get(name, default)
-
-
-RULES = _Rules()

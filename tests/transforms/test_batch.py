@@ -91,3 +91,21 @@ def test_gradient_through_vmap_equals_per_example_gradients(prim, case_index):
     for k in range(len(float_pos)):
         assert_close(got[k], np.stack([g[k] for g in per_example]),
                      rtol=max(case.rtol, 1e-8), atol=max(case.rtol, 1e-8))
+
+
+#: entries without a batching rule of their own run once per example under dp.vmap, and why
+PER_EXAMPLE = {
+    "guard": "guards need concrete values; dp.vmap traces without values, so none is recorded",
+    "pack_scalars": "made by the engines' lowering after all transforms, never batched",
+    "refused_derivative": "stands for a derivative that raises when asked; nothing to batch",
+    "select_cond": "itself the batched form of cond; a vmap of a vmap runs it per example",
+    "while_loop_grad": "a derivative program of while_loop; dp.grad of dp.vmap batches first",
+}
+
+
+def test_every_entry_has_a_batching_rule_or_a_reason():
+    missing = sorted(name for name, prim in PRIMITIVES.items()
+                     if not prim.elementwise and prim.batch is None)
+    assert missing == sorted(PER_EXAMPLE), (
+        f"entries without a batch= rule: {missing}; give each a rule in its table entry (see "
+        f"diffprog/transforms/batch.py for the rule makers) or list it here with the reason")
