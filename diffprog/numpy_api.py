@@ -324,6 +324,29 @@ def real(a, *args):
     return a
 
 
+@implements(np.real_if_close)
+def real_if_close(a, tol=100):
+    """A real array is returned as it is (NumPy does the same)."""
+    return real(a)
+
+
+@implements(np.imag)
+def imag(a):
+    """The imaginary part of a real array: zeros (no gradient flows to ``a``)."""
+    real(a)  # complex values are refused there
+    return zeros_like(a)
+
+
+@implements(np.angle)
+def angle(z, deg=False):
+    """The angle of a real number, NumPy's arctan2(0, x): 0 for x >= +0, pi (180 degrees)
+    for x < 0 and for -0.0, NaN for NaN; its derivative is 0 (a step)."""
+    real(z)
+    flat = elementwise.stop_gradient(z)  # a step: NaN at 0 from arctan2's own rule otherwise
+    a = np.arctan2(zeros_like(flat), flat)  # NumPy's value: pi at -0.0, NaN at NaN
+    return a * (180.0 / np.pi) if deg else a
+
+
 @implements(np.stop_gradient if hasattr(np, "stop_gradient") else object())
 def stop_gradient(x):
     return elementwise.stop_gradient(x) if _is_traced(x) else x

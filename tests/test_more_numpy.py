@@ -223,3 +223,14 @@ def test_errors_name_what_numpy_names():
         dp.differentiable(lambda x: np.select([x], [x]))(V3)
     with pytest.raises(dp.UnsupportedFunctionError, match="period"):
         dp.differentiable(lambda x: np.interp(x, XP, FP, period=1.0))(V3)
+
+
+def test_complex_helpers_on_real_arrays_follow_numpy():
+    import diffprog as dp
+    x = np.array([-1.0, -0.0, 0.0, 2.0, np.nan])
+    for f in (np.imag, np.angle, lambda v: np.angle(v, deg=True), np.real_if_close, np.real):
+        np.testing.assert_array_equal(dp.differentiable(f)(x), f(x))
+    g = dp.grad(lambda v: np.sum(np.angle(v) + np.imag(v) + np.real_if_close(v) * 2))(x[:4])
+    np.testing.assert_array_equal(g, [2.0, 2.0, 2.0, 2.0])
+    with pytest.raises(dp.UnsupportedFunctionError):
+        dp.differentiable(np.angle)(np.array([1j]))
