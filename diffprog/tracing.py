@@ -129,21 +129,40 @@ def bind(prim, *args, **params):
         kept = _drop_identity(prim, args)
         if kept is not None:
             return kept
-    atoms = [trace.atom(a) for a in args]
+    atoms = [a._var if isinstance(a, Tracer) and a._trace is trace else trace.atom(a)
+             for a in args]
     out_avals = prim.abstract_eval(*[a.aval for a in atoms], **params)
-    multiple = isinstance(out_avals, (list, tuple))
-    out_avals = list(out_avals) if multiple else [out_avals]
+    if not isinstance(out_avals, (list, tuple)):  # one result: the common case
+        value = None
+        if trace.concrete:
+            concrete_in = _concrete_operands(trace, args)
+            if concrete_in is not None:
+                value = _evaluate(prim, concrete_in, params)
+        outvar = Var(out_avals)
+        trace.eqns.append(Eqn(prim, atoms, [outvar], params))
+        return Tracer(trace, outvar, value)
+    out_avals = list(out_avals)
     values = [None] * len(out_avals)
     if trace.concrete:
-        concrete_in = [a.val if isinstance(a, Tracer) else a for a in
-                       (_as_tracer_in(trace, x) for x in args)]
-        if all(v is not None for v in concrete_in):
-            result = _evaluate(prim, concrete_in, params)
-            values = list(result) if multiple else [result]
+        concrete_in = _concrete_operands(trace, args)
+        if concrete_in is not None:
+            values = list(_evaluate(prim, concrete_in, params))
     outvars = [Var(av) for av in out_avals]
     trace.eqns.append(Eqn(prim, atoms, outvars, params))
-    tracers = [Tracer(trace, v, val) for v, val in zip(outvars, values)]
-    return tracers if multiple else tracers[0]
+    return [Tracer(trace, v, val) for v, val in zip(outvars, values)]
+
+
+def _concrete_operands(trace: Trace, args) -> list | None:
+    """The concrete values of ``args`` in ``trace`` (outer tracers through their capture),
+    or None when one is unknown."""
+    values = []
+    for a in args:
+        if isinstance(a, Tracer):
+            a = (a if a._trace is trace else trace.capture(a)).val
+        if a is None:
+            return None
+        values.append(a)
+    return values
 
 
 def _object_arrays_in(args) -> bool:

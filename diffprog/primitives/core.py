@@ -313,11 +313,31 @@ def params_key(params: dict) -> tuple:
     return tuple(sorted(params.items()))
 
 
+#: ``{(prim, shape, ((dtype, weak), ...), params_key): Aval}``: tracing asks the same
+#: question for almost every elementwise equation of a long program
+_ELEMENTWISE_AVALS: dict = {}
+
+
 def elementwise_aval(prim: Primitive, avals, params: dict) -> Aval:
     """The aval of an elementwise entry: broadcast shape, NumPy's dtype; weak when every
     operand is a Python scalar and the entry is an operator (Python operators on Python
     scalars give Python scalars; NumPy functions give NumPy scalars, which are strong:
     np.sin(0.5) is an np.float64)."""
+    try:
+        key = (prim, tuple([a.shape for a in avals]), tuple([(a.dtype, a.weak) for a in avals]),
+               params_key(params) if params else ())
+        known = _ELEMENTWISE_AVALS.get(key)
+    except TypeError:  # an unhashable param or shape
+        return _elementwise_aval(prim, avals, params)
+    if known is None:
+        known = _elementwise_aval(prim, avals, params)
+        if len(_ELEMENTWISE_AVALS) >= 8192:
+            _ELEMENTWISE_AVALS.clear()
+        _ELEMENTWISE_AVALS[key] = known
+    return known
+
+
+def _elementwise_aval(prim: Primitive, avals, params: dict) -> Aval:
     shape = broadcast_shapes(*[a.shape for a in avals])
     dtype = dtype_by_example(prim, tuple((a.dtype, a.weak) for a in avals), params_key(params))
     weak = prim.operator is not None and all(a.weak for a in avals)

@@ -16,7 +16,7 @@ from .simplify import simplify
 
 
 def _is_float(aval) -> bool:
-    return np.issubdtype(aval.dtype, np.inexact)
+    return aval.dtype.kind in "fc"  # np.issubdtype(dtype, np.inexact), cheaper
 
 
 def vjp_graph(graph: Graph, wrt: list[int], seed: str = "input") -> Graph:
