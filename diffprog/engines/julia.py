@@ -431,8 +431,25 @@ def _juliapkg_meta_files() -> list[str]:
     return [os.path.join(p, "pyjuliapkg", "meta.json") for p in projects if p]
 
 
+def _named_but_missing() -> list[str]:
+    """The Julia environment variables that name a file that is not an executable."""
+    bad = []
+    for var in ("PYTHON_JULIACALL_EXE", "PYTHON_JULIAPKG_EXE"):
+        exe = os.environ.get(var)
+        if exe and not shutil.which(exe):
+            kind = "does not exist" if not os.path.exists(exe) else "is not an executable file"
+            bad.append(f"{var}={exe!r} {kind}")
+    return bad
+
+
 def probe_julia() -> str:
     """Raise :class:`EngineUnavailable` (fast) unless juliacall can start a Julia here."""
+    bad = _named_but_missing()
+    if bad:  # said first: the user pointed at a Julia, and that is what went wrong
+        raise EngineUnavailable(
+            f"the julia engine was pointed at a Julia that is not there: {'; '.join(bad)}: "
+            f"set it to the path of the julia executable (`which julia`, or juliaup's "
+            f"`julia` launcher), or unset it to let diffprog look on PATH. " + _INSTALL_FIX)
     if importlib.util.find_spec("juliacall") is None:
         raise EngineUnavailable(
             "the julia engine needs the juliacall package (not installed here: pip install "

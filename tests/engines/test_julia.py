@@ -1000,3 +1000,15 @@ def test_api_hands_native_engines_the_forward_graph():
         engines._FACTORIES.pop("recording", None)
         engines._DEVICES.pop("recording", None)
         engines._INSTANCES.pop("recording", None)
+
+
+def test_a_julia_path_that_is_not_there_is_named(monkeypatch, tmp_path):
+    from diffprog.engines import julia as julia_engine
+    monkeypatch.setenv("PYTHON_JULIAPKG_EXE", str(tmp_path / "missing" / "julia"))
+    with pytest.raises(dp.EngineUnavailable, match=r"PYTHON_JULIAPKG_EXE=.*missing.*does not exist"):
+        julia_engine.probe_julia()
+    not_executable = tmp_path / "julia"
+    not_executable.write_text("")
+    monkeypatch.setenv("PYTHON_JULIAPKG_EXE", str(not_executable))
+    with pytest.raises(dp.EngineUnavailable, match="is not an executable file"):
+        julia_engine.probe_julia()
