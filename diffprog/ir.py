@@ -44,11 +44,17 @@ class Aval:
 
 def aval_of(value: Any) -> Aval:
     """The Aval of a concrete value (array, NumPy scalar or Python number)."""
+    known = _PYTHON_SCALAR_AVALS.get(type(value))
+    if known is not None:  # an exact bool, int, float or complex: the common constant
+        return known
     if isinstance(value, (bool, int, float, complex)) and not isinstance(value, np.generic):
         return Aval((), np.result_type(type(value)), weak=True)
     value = np.asarray(value) if not hasattr(value, "dtype") else value
     return Aval(tuple(value.shape), np.dtype(value.dtype))
 
+
+_PYTHON_SCALAR_AVALS = {t: Aval((), np.result_type(t), weak=True)
+                        for t in (bool, int, float, complex)}
 
 _var_ids = itertools.count()
 

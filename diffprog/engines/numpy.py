@@ -273,15 +273,14 @@ class ProgramWriter:
         impl = eqn.prim.impl
         if callable(impl):
             return self._call(impl, eqn, operands)
-        fields = {f for _, f, _, _ in string.Formatter().parse(impl) if f is not None}
-        return self._template(impl, eqn, operands, fields)
+        return self._template(impl, eqn, operands, _template_fields(impl))
 
     def _host_fast(self, eqn, operands):
         name, bound = eqn.prim.name, self.bound
         if name in _HOST_FAST:
             bound.namespace.update(_HOST_FAST_NAMES)
-            fields = {f for _, f, _, _ in string.Formatter().parse(_HOST_FAST[name]) if f}
-            return self._template(_HOST_FAST[name], eqn, operands, fields)
+            return self._template(_HOST_FAST[name], eqn, operands,
+                                  _template_fields(_HOST_FAST[name]))
         if name == "scatter_add" and len(eqn.inputs) == 1:
             fname = bound.bind_value(_scatter_static, "f")
             return f"{fname}({operands[0]}, {bound.param_text(tuple(eqn.params['shape']))}, " \
@@ -308,7 +307,8 @@ class ProgramWriter:
         return self.bound.param_text(value)
 
     def _template(self, template, eqn, operands, fields) -> str:
-        params = {k: self.bound.param_text(v) for k, v in eqn.params.items() if k in fields}
+        params = {k: self.bound.param_text(v) for k, v in eqn.params.items() if k in fields} \
+            if eqn.params else {}
         python_floats = _on_python_floats(eqn)
         if python_floats:  # NumPy's rules, not Python's (see tracing.is_operator)
             self.bound.namespace.update(_f64=np.float64, _py=python_scalar)
@@ -497,8 +497,22 @@ def _scatter_static(g, shape, index):
     return out
 
 
+_TEMPLATE_FIELDS: dict = {}
+
+
+def _template_fields(template: str) -> set:
+    """The replacement fields of an impl template (parsed once per template)."""
+    fields = _TEMPLATE_FIELDS.get(template)
+    if fields is None:
+        fields = _TEMPLATE_FIELDS[template] = frozenset(
+            f for _, f, _, _ in string.Formatter().parse(template) if f is not None)
+    return fields
+
+
 def _on_python_floats(eqn) -> bool:
     """Does this operator equation run on Python floats only (weak float scalars)?"""
+    if not is_operator(eqn.prim):
+        return False
     avals = [a.aval for a in eqn.inputs]
     return is_operator(eqn.prim) and any(a.dtype.kind == "f" for a in avals) and all(
         a.weak and a.shape == () and a.dtype.kind in "fi" for a in avals)

@@ -36,6 +36,8 @@ def _unit_slice_index(index, shape):
 
 def lower(graph: Graph) -> Graph:
     """The graph with the patterns above rewritten (unchanged when none occurs)."""
+    if not any(e.prim.name in ("concatenate", "reshape") for e in graph.eqns):
+        return graph  # nothing to look at (the common case): no maps built
     uses = use_counts(graph)
     defined_by = {id(o): e for e in graph.eqns for o in e.outputs}
     outputs = {id(o) for o in graph.outvars if isinstance(o, Var)}

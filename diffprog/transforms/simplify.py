@@ -17,20 +17,32 @@ from ..ir import Eqn, Graph, Lit, Var, is_scalar_number
 
 def simplify(graph: Graph) -> Graph:
     # sign folding counts uses, so dead equations must be gone first
-    graph = dead_code_elimination(common_subexpressions(graph))
-    return dead_code_elimination(merge_extended_loops(fold_negations(graph)))
+    graph, uses = _live_and_uses(common_subexpressions(graph))
+    return dead_code_elimination(merge_extended_loops(fold_negations(graph, uses)))
 
 
 def dead_code_elimination(graph: Graph) -> Graph:
-    live = {id(v) for v in graph.outvars if isinstance(v, Var)}
+    return _live_and_uses(graph)[0]
+
+
+def _live_and_uses(graph: Graph) -> tuple[Graph, dict[int, int]]:
+    """Dead-code elimination, and the kept graph's :func:`use_counts` (one pass)."""
+    uses: dict[int, int] = {}
+    for v in graph.outvars:
+        if isinstance(v, Var):
+            uses[id(v)] = uses.get(id(v), 0) + 1
     kept = []
     for eqn in reversed(graph.eqns):
+        outputs = eqn.outputs
         # effectful equations (guards) have no outputs to keep them alive
-        if any(id(o) in live for o in eqn.outputs) or eqn.prim.effectful:
+        if (id(outputs[0]) in uses if len(outputs) == 1 else
+                any(id(o) in uses for o in outputs)) or eqn.prim.effectful:
             kept.append(eqn)
-            live.update(id(a) for a in eqn.inputs if isinstance(a, Var))
+            for a in eqn.inputs:
+                if isinstance(a, Var):
+                    uses[id(a)] = uses.get(id(a), 0) + 1
     kept.reverse()
-    return Graph(graph.invars, kept, graph.outvars)
+    return Graph(graph.invars, kept, graph.outvars), uses
 
 
 def use_counts(graph: Graph) -> dict[int, int]:
@@ -49,10 +61,12 @@ def use_counts(graph: Graph) -> dict[int, int]:
 def _renamed(eqn: Eqn, rename: dict) -> Eqn:
     """``eqn`` reading ``rename[id(v)]`` for each renamed input Var (a new equation when
     any is; the original is left as it is)."""
-    inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
-    if all(new is old for new, old in zip(inputs, eqn.inputs)):
-        return eqn
-    return Eqn(eqn.prim, inputs, eqn.outputs, eqn.params)
+    if rename:
+        for a in eqn.inputs:
+            if id(a) in rename and isinstance(a, Var):
+                inputs = [rename.get(id(a), a) if isinstance(a, Var) else a for a in eqn.inputs]
+                return Eqn(eqn.prim, inputs, eqn.outputs, eqn.params)
+    return eqn
 
 
 def _renamed_outputs(outvars: list, rename: dict) -> list:
@@ -90,25 +104,26 @@ def common_subexpressions(graph: Graph) -> Graph:
     def ref(a):
         if isinstance(a, Lit):
             return _literal_key(a.value)
-        return id(rename.get(id(a), a))
+        return id(a)  # inputs are renamed already
 
     for eqn in graph.eqns:
         eqn = _renamed(eqn, rename)
         try:
-            refs = tuple(ref(a) for a in eqn.inputs)
+            refs = tuple([ref(a) for a in eqn.inputs])
             if eqn.prim.commutative:  # a*b == b*a exactly (IEEE), so one of them
                 refs = tuple(sorted(refs, key=repr))
             key = (eqn.prim, refs,
-                   tuple((k, _param_key(v)) for k, v in eqn.params.items()))
-            hash(key)
+                   tuple([(k, _param_key(v)) for k, v in eqn.params.items()])
+                   if eqn.params else ())
+            earlier = seen.get(key)
         except TypeError:
-            key = None
-        if key is not None and key in seen:
-            for o, prev in zip(eqn.outputs, seen[key]):
+            eqns.append(eqn)
+            continue
+        if earlier is not None:
+            for o, prev in zip(eqn.outputs, earlier):
                 rename[id(o)] = prev
             continue
-        if key is not None:
-            seen[key] = eqn.outputs
+        seen[key] = eqn.outputs
         eqns.append(eqn)
     return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
 
@@ -159,7 +174,7 @@ def _input_ref(a):
 
 # ============================================================================ signs
 
-def fold_negations(graph: Graph) -> Graph:
+def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     """Move negations into constants and subtractions, where that saves an equation.
 
     Reverse mode writes many: d(cos) = -sin, d(-x) = g * -1.0, so gradients are full
@@ -172,7 +187,7 @@ def fold_negations(graph: Graph) -> Graph:
     A negation is absorbed only when its result has no other use, so the number of
     equations never grows; dead negations are left to dead-code elimination.
     """
-    uses = use_counts(graph)
+    uses = use_counts(graph) if uses is None else uses  # (given by simplify: the same)
     outputs = {id(v) for v in graph.outvars if isinstance(v, Var)}
     negation_of: dict[int, Var] = {}  # id(-a) -> a, for negations of real floats
     rename: dict[int, Var] = {}
@@ -211,7 +226,7 @@ def _sign_rules_apply(eqn) -> bool:
     if not (prim.negation or prim.absorb_negation) or eqn.params or len(eqn.outputs) != 1:
         return False
     out = eqn.outputs[0].aval
-    if not np.issubdtype(out.dtype, np.floating):
+    if out.dtype.kind != "f":  # np.issubdtype(dtype, np.floating), cheaper
         return False
     # every operand already has the result's aval (or is a scalar constant): no rewrite
     # can then change a dtype, a weak type or a broadcast
