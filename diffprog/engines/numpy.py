@@ -14,7 +14,7 @@ import weakref
 
 import numpy as np
 
-from ..ir import Graph, Lit, Var
+from ..ir import Graph, Lit, Var, gc_paused
 from ..tracing import is_operator, python_scalar
 from ..transforms.closed import Closed
 from . import cscan, fusion, peephole
@@ -531,7 +531,8 @@ class NumpyEngine(Engine):
 
     def compile(self, graph: Graph) -> Program:
         fn_name = f"program_{next(_compile_ids)}"
-        source, namespace = self.generate(graph, fn_name)
-        code = compile(source, f"<diffprog {self.name} {fn_name}>", "exec")
+        with gc_paused():
+            source, namespace = self.generate(graph, fn_name)
+            code = compile(source, f"<diffprog {self.name} {fn_name}>", "exec")
         exec(code, namespace)
         return Program(namespace[fn_name], source, self.name, graph)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DiffprogError
-from ..ir import Graph, Lit, Var
+from ..ir import Graph, Lit, Var, gc_paused
 from ..tracing import Tracer, bind, new_trace
 from .simplify import simplify
 
@@ -25,18 +25,19 @@ def vjp_graph(graph: Graph, wrt: list[int], seed: str = "input") -> Graph:
     ``seed="input"``: one cotangent input per output. ``seed="ones"``: the single
     output is a scalar and its cotangent is the constant 1 (plain ``grad``).
     """
-    with new_trace(concrete=False) as trace:
-        primals = [trace.new_input(v.aval) for v in graph.invars]
-        env, tape = _forward(graph, primals)
-        outs = [_read(env, o) for o in graph.outvars]
-        if seed == "ones":
-            first = graph.outvars[0].aval  # a scalar, or a one-element array
-            cts_out = [np.ones(first.shape, first.dtype)]
-        else:
-            cts_out = [trace.new_input(o.aval) for o in graph.outvars]
-        grads = backward_pass(graph, env, tape, cts_out, [graph.invars[i] for i in wrt])
-        result = trace.to_graph(outs + grads)
-    return simplify(result)
+    with gc_paused():
+        with new_trace(concrete=False) as trace:
+            primals = [trace.new_input(v.aval) for v in graph.invars]
+            env, tape = _forward(graph, primals)
+            outs = [_read(env, o) for o in graph.outvars]
+            if seed == "ones":
+                first = graph.outvars[0].aval  # a scalar, or a one-element array
+                cts_out = [np.ones(first.shape, first.dtype)]
+            else:
+                cts_out = [trace.new_input(o.aval) for o in graph.outvars]
+            grads = backward_pass(graph, env, tape, cts_out, [graph.invars[i] for i in wrt])
+            result = trace.to_graph(outs + grads)
+        return simplify(result)
 
 
 def _read(env, atom):
