@@ -13,22 +13,13 @@ read from the enclosing scope). Reported: best-of-N seconds for both and their r
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import scipy.sparse as sp
 
 import diffprog as dp
 
-
-def best_of(f, *args, repeats=7) -> float:
-    f(*args)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(*args)
-        best = min(best, time.perf_counter() - start)
-    return best
+from .timing import best_of
 
 
 def run(size: str = "full", columns: int = 8) -> dict:
@@ -50,7 +41,7 @@ def run(size: str = "full", columns: int = 8) -> dict:
     want_value, want_grad = by_hand(x)
     assert np.isclose(value, want_value, rtol=1e-12)
     assert np.allclose(grad, want_grad, rtol=1e-12, atol=1e-12)
-    t_dp, t_hand = best_of(step, x), best_of(by_hand, x)
+    t_dp, t_hand = best_of(step, x, repeats=7), best_of(by_hand, x, repeats=7)
     return {"nnz": S.nnz, "shape": S.shape, "columns": columns, "diffprog_s": t_dp,
             "scipy_by_hand_s": t_hand, "ratio": t_dp / t_hand}
 

@@ -19,15 +19,7 @@ import numpy as np
 import diffprog as dp
 from diffprog.sciml import odeint
 
-
-def best_of(f, *args, repeats=5) -> float:
-    f(*args)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(*args)
-        best = min(best, time.perf_counter() - start)
-    return best
+from .timing import best_of
 
 
 def mlp_loss(p, x, y):
