@@ -33,7 +33,8 @@ from .display import Source
 from .randomness import RandomWatch
 from .ir import Aval, Graph
 from . import externals
-from .tracing import Tracer, eval_graph, trace_function, trace_stack, tracing_active
+from .tracing import (_TRACE_STACK, Tracer, eval_graph, trace_function, trace_stack,
+                      tracing_active)
 from .transforms import jvp_graph, simplify, vjp_graph
 from .transforms.partial_eval import split_known
 from .leaves import is_dynamic
@@ -197,6 +198,8 @@ class Traced:
     # reads the lifted globals/closure values (inputs after the explicit ones) at call
     # time and checks the guarded ones; None when the function reads none
     externals: Any = None
+    #: explicit inputs whose shape/dtype the code looked at (checked on the fast path)
+    inspected: frozenset = frozenset()
 
     def external_values(self, leaves, check: bool = True) -> list:
         return self.externals(leaves, check) if self.externals is not None else []
@@ -302,9 +305,11 @@ def _trace_call(fn: Callable, sig: Signature, lift: bool, reads: list,
     _refuse_draws_in_bodies(watch.drawn_in_bodies())
     graph = simplify(graph)
     root = reads[0] if reads else None
+    inspected = frozenset(i for i, v in enumerate(trace.invars[:len(sig.dynamic)])
+                          if v in trace.inspected)
     return Traced(graph, out_tree, [o for o, _ in trace.captured],
                   _has_guards(graph), drew=drew, writes=list(root.impure) if root else [],
-                  externals=root.reader(sig.leaves) if root else None)
+                  externals=root.reader(sig.leaves) if root else None, inspected=inspected)
 
 
 def _holds_state(leaf) -> bool:
@@ -523,8 +528,8 @@ class Variant:
         """The first program taking the call's arrays only (reading externals itself):
         for the fast call path, whose arguments are all plain arrays (leaves == args)."""
         program, reader = self.programs[0], self.traced.externals
-        if reader is None:
-            return program
+        if reader is None:  # the generated function itself: one call frame less
+            return getattr(program, "fn", program)
         return lambda *args: program(*args, *reader(args))
 
 
@@ -533,16 +538,23 @@ MAX_VARIANTS = 32
 WARN_AFTER_VARIANTS = 8
 
 
+#: what _fast_call returns when the full path must take the call (None is a valid result)
+_MISS = object()
+
+
 def _picked(picks, args) -> list:
     """The leaves a fast plan passes, after checking every leaf: a trace may depend on
     the shape, dtype or type of a leaf its program never reads (np.zeros(p["w"].shape))."""
     checks, passes = picks
-    for arg, types, shapes, dtypes in checks:
+    for arg, kinds, full in checks:
         values = args[arg].values() if type(args[arg]) is dict else (args[arg],)
-        if tuple(map(type, values)) != types or \
-                tuple([v.shape for v in values]) != shapes or \
-                tuple([v.dtype for v in values]) != dtypes:
-            raise _NotThisPlan
+        if tuple(map(type, values)) != kinds:  # every leaf: still an array (a None, a
+            raise _NotThisPlan                 # list would change what the code does)
+        if full:
+            values = tuple(values)
+            for k, shape, dtype in full:  # shapes and dtypes the program or code relies on
+                if values[k].shape != shape or values[k].dtype != dtype:
+                    raise _NotThisPlan
     return [args[arg] if name is None else args[arg][name] for arg, name in passes]
 
 
@@ -550,7 +562,7 @@ class _NotThisPlan(Exception):
     """A leaf no longer matches the plan: the full path takes this call."""
 
 
-def _fast_plan(variant, sig, args):
+def _fast_plan(variant, sig, args, check_all: bool):
     """(program, picks) for calls with dict arguments: the program takes only the leaves
     its graph uses; every leaf is checked (type, shape, dtype) at each call."""
     program = variant.programs[0]
@@ -566,6 +578,8 @@ def _fast_plan(variant, sig, args):
     if graph is None or len(where) != len(sig.leaves) or len(sig.dynamic) != len(sig.leaves) \
             or any(type(leaf) is not np.ndarray for leaf in sig.leaves):
         return None  # Python floats among the leaves (their type is part of the program)
+    if any(type(k) is not str for a in args if type(a) is dict for k in a):
+        return None  # keys compared by == in the fast key: {True: x} would find {1: x}
     n = len(sig.dynamic)
     used = {id(a) for e in graph.eqns for a in e.inputs} | {id(o) for o in graph.outvars}
     keep = [i for i in range(n) if id(graph.invars[i]) in used]
@@ -575,11 +589,25 @@ def _fast_plan(variant, sig, args):
         program = _engines.get(program.engine).compile(pruned)
     reader = variant.traced.externals
     run = program if reader is None else (lambda *a, p=program: p(*a, *reader(())))
+    # every leaf's type; shape and dtype of the leaves the program reads, the code looked
+    # at (variant.traced.inspected), or, for gradients (whose zeros take every leaf's
+    # shape), all of them
+    relied = set(range(n)) if check_all else set(keep) | set(variant.traced.inspected)
+    position = {}  # leaf position -> (argument, index among its values in caller's order)
+    for i, arg in enumerate(args):
+        if type(arg) is dict:
+            order = {name: k for k, name in enumerate(arg)}
+            for pos, (a, name) in enumerate(where):
+                if a == i:
+                    position[pos] = (i, order[name])
+        else:
+            position[[pos for pos, (a, _) in enumerate(where) if a == i][0]] = (i, 0)
     checks = []
-    for i, arg in enumerate(args):  # per argument, its leaves in the caller's order
+    for i, arg in enumerate(args):
         values = list(arg.values()) if type(arg) is dict else [arg]
-        checks.append((i, tuple(map(type, values)), tuple(v.shape for v in values),
-                       tuple(v.dtype for v in values)))
+        full = tuple((position[pos][1], sig.leaves[pos].shape, sig.leaves[pos].dtype)
+                     for pos in sorted(relied) if position[pos][0] == i)
+        checks.append((i, tuple(map(type, values)), full))
     passes = tuple(where[pos] for pos in keep)
     return run, (tuple(checks), passes)
 
@@ -738,7 +766,7 @@ class Transformed:
         """Arrays by shape and dtype; a dict argument (of parameters, say) by its keys
         only: its leaves are checked by the stored plan, and only those the program uses
         (a dict of 50 arrays whose function reads one costs one check, not 50)."""
-        if self.static_argnums or tracing_active():
+        if self.static_argnums or _TRACE_STACK.get():  # (tracing_active(), inlined: hot)
             return None
         key = [self.engine or _engines.default_engine_name()]
         for a in args:
@@ -746,19 +774,18 @@ class Transformed:
             if kind is np.ndarray:
                 key.append(a.shape)
                 key.append(a.dtype)
-            elif kind is dict:
+            elif kind is dict:  # (plans are stored for string keys only: no True == 1)
                 key.append(dict)
                 key.append(tuple(a))
-                key.append(tuple(map(type, a)))  # {True: ..} and {1: ..} differ
             else:
                 return None
         return tuple(key)
 
     def _fast_call(self, key, args):
-        """The result via the fast path, or None to take the full path."""
+        """The result via the fast path, or _MISS to take the full path."""
         hit = self._fast.get(key)
         if hit is None:
-            return None
+            return _MISS
         program, assemble, picks = hit
         try:
             if picks is None:  # plain array arguments, passed as they are
@@ -766,15 +793,15 @@ class Transformed:
             else:
                 flat = program(*_picked(picks, args))
         except Exception:  # errors (and guard failures) are the full path's business
-            return None
-        return (assemble(flat),)
+            return _MISS
+        return assemble(flat)
 
-    def _fast_store(self, key, variant, assemble, sig, args):
+    def _fast_store(self, key, variant, assemble, sig, args, check_all: bool = False):
         if key is None:
             return
         program, picks = variant.fast_program(), None
         if any(part is dict for part in key):
-            plan = _fast_plan(variant, sig, args)
+            plan = _fast_plan(variant, sig, args, check_all)
             if plan is None:
                 return
             program, picks = plan
@@ -894,8 +921,8 @@ class Differentiable(Transformed):
         key = self._fast_key(args)
         if key is not None:
             done = self._fast_call(key, args)
-            if done is not None:
-                return done[0]
+            if done is not _MISS:
+                return done
         sig = self._signature(args)
         if sig.nested:  # inside another trace: what fn reads is lifted into the root's
             return externals.for_nested_call(self.fn, trace_stack())(*args)
@@ -1127,8 +1154,8 @@ class _GradFunction(Transformed):
         key = self._fast_key(args)
         if key is not None:
             done = self._fast_call(key, args)
-            if done is not None:
-                return done[0]
+            if done is not _MISS:
+                return done
         sig = self._signature(args)
         argnums = _norm_argnums(self.argnums, len(args))
         single = isinstance(self.argnums, (int, np.integer))
@@ -1151,7 +1178,7 @@ class _GradFunction(Transformed):
             traced = variant.traced
         assemble = self._assembler(traced, sig, argnums, wrt, single)
         if not sig.nested and traced.reusable:  # guarded: _run checks the variants
-            self._fast_store(key, variant, assemble, sig, args)
+            self._fast_store(key, variant, assemble, sig, args, check_all=True)
         return assemble(flat)
 
     def _assembler(self, traced, sig, argnums, wrt, single):

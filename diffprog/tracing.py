@@ -52,6 +52,9 @@ class Trace:
         self.invars: list[Var] = []
         self.captured: list[tuple[Any, Var]] = []  # (outer tracer, inner input var)
         self._capture_index: dict[int, Tracer] = {}
+        # inputs whose shape/dtype the traced code looked at (np.zeros(p["w"].shape)): the
+        # fast call path checks those even when the program never reads their values
+        self.inspected: set = set()
         self.active = True
 
     def new_input(self, aval: Aval, value: Any = None) -> "Tracer":
@@ -318,18 +321,22 @@ class Tracer:
 
     @property
     def shape(self) -> tuple:
+        self._trace.inspected.add(self._var)
         return self._var.aval.shape
 
     @property
     def dtype(self) -> np.dtype:
+        self._trace.inspected.add(self._var)
         return self._var.aval.dtype
 
     @property
     def ndim(self) -> int:
+        self._trace.inspected.add(self._var)
         return len(self._var.aval.shape)
 
     @property
     def size(self) -> int:
+        self._trace.inspected.add(self._var)
         return self._var.aval.size
 
     def __len__(self) -> int:

@@ -65,3 +65,14 @@ def test_dict_arguments_keep_the_callers_key_order_and_key_types():
     g = dp.differentiable(lambda p: np.sum(list(p.values())[0]) * 2 +
                           (1 if type(next(iter(p))) is bool else 0))
     assert g({1: np.ones(2)}) == 4.0 and g({True: np.ones(2)}) == 5.0
+
+
+def test_a_leaf_whose_shape_the_code_read_is_checked_and_others_only_by_type():
+    f = dp.differentiable(lambda p, x: x * np.zeros(p["w"].shape).size + np.sum(p["v"]))
+    x = np.ones(2)
+    p = {"w": np.ones(3), "v": np.ones(2), "unused": np.ones(4)}
+    np.testing.assert_allclose(f(p, x), [5.0, 5.0])
+    (_, _, ((_, kinds, full), _)), = [v for v in f._fast.values()]
+    assert len(kinds) == 3 and sorted(k for k, _, _ in full) == [0, 1]  # w (read), v (used)
+    np.testing.assert_allclose(f(dict(p, w=np.ones(5)), x), [7.0, 7.0])
+    np.testing.assert_allclose(f(dict(p, unused=np.ones(9)), x), [5.0, 5.0])
