@@ -72,7 +72,8 @@ def test_a_leaf_whose_shape_the_code_read_is_checked_and_others_only_by_type():
     x = np.ones(2)
     p = {"w": np.ones(3), "v": np.ones(2), "unused": np.ones(4)}
     np.testing.assert_allclose(f(p, x), [5.0, 5.0])
-    (_, _, ((_, kinds, full), _)), = [v for v in f._fast.values()]
+    (_, _, (checks, _)), = f._fast.values()
+    _, kinds, full = checks[0]  # the dict argument
     assert len(kinds) == 3 and sorted(k for k, _, _ in full) == [0, 1]  # w (read), v (used)
     np.testing.assert_allclose(f(dict(p, w=np.ones(5)), x), [7.0, 7.0])
     np.testing.assert_allclose(f(dict(p, unused=np.ones(9)), x), [5.0, 5.0])
