@@ -305,11 +305,24 @@ def _trace_call(fn: Callable, sig: Signature, lift: bool, reads: list,
     _refuse_draws_in_bodies(watch.drawn_in_bodies())
     graph = simplify(graph)
     root = reads[0] if reads else None
-    inspected = frozenset(i for i, v in enumerate(trace.invars[:len(sig.dynamic)])
-                          if v in trace.inspected)
+    inspected = _inspected_inputs(trace, len(sig.dynamic))
     return Traced(graph, out_tree, [o for o, _ in trace.captured],
                   _has_guards(graph), drew=drew, writes=list(root.impure) if root else [],
                   externals=root.reader(sig.leaves) if root else None, inspected=inspected)
+
+
+def _inspected_inputs(trace, n: int) -> frozenset:
+    """The explicit inputs whose shape or dtype the traced code relied on: the values it
+    looked at (Tracer.shape/dtype/ndim/size) and every input they were computed from
+    (``p["w"].T.shape`` relies on ``p["w"]``), over every equation recorded, even those
+    dead code elimination later drops."""
+    wanted = set(trace.inspected)
+    if not wanted:
+        return frozenset()
+    for eqn in reversed(trace.eqns):
+        if any(o in wanted for o in eqn.outputs):
+            wanted.update(a for a in eqn.inputs if not hasattr(a, "value"))
+    return frozenset(i for i, v in enumerate(trace.invars[:n]) if v in wanted)
 
 
 def _holds_state(leaf) -> bool:

@@ -77,3 +77,11 @@ def test_a_leaf_whose_shape_the_code_read_is_checked_and_others_only_by_type():
     assert len(kinds) == 3 and sorted(k for k, _, _ in full) == [0, 1]  # w (read), v (used)
     np.testing.assert_allclose(f(dict(p, w=np.ones(5)), x), [7.0, 7.0])
     np.testing.assert_allclose(f(dict(p, unused=np.ones(9)), x), [5.0, 5.0])
+
+
+def test_a_shape_read_through_a_derived_value_is_checked_too():
+    f = dp.differentiable(lambda p, x: x * p["w"].T.shape[0] + np.sum(p["v"]))
+    x = np.ones(2)
+    p = {"w": np.ones((3, 2)), "v": np.ones(2)}
+    np.testing.assert_allclose(f(p, x), [4.0, 4.0])
+    np.testing.assert_allclose(f(dict(p, w=np.ones((3, 5))), x), [7.0, 7.0])
