@@ -317,6 +317,7 @@ class Tracer:
     # ---- abstract properties
     @property
     def aval(self) -> Aval:
+        self._trace.inspected.add(self._var)  # its shape/dtype may be relied on
         return self._var.aval
 
     @property

@@ -85,3 +85,18 @@ def test_a_shape_read_through_a_derived_value_is_checked_too():
     p = {"w": np.ones((3, 2)), "v": np.ones(2)}
     np.testing.assert_allclose(f(p, x), [4.0, 4.0])
     np.testing.assert_allclose(f(dict(p, w=np.ones((3, 5))), x), [7.0, 7.0])
+
+
+def test_a_shape_read_through_aval_is_checked_too():
+    f = dp.differentiable(lambda p, x: x * p["w"].aval.shape[0] + np.sum(p["v"]))
+    x = np.ones(2)
+    p = {"w": np.ones((2, 3)), "v": np.ones(2)}
+    np.testing.assert_allclose(f(p, x), [4.0, 4.0])
+    np.testing.assert_allclose(f(dict(p, w=np.ones((4, 3))), x), [6.0, 6.0])
+
+
+def test_the_default_engine_follows_a_replaced_environment(monkeypatch):
+    import os
+    from diffprog import engines
+    monkeypatch.setattr(os, "environ", {"DIFFPROG_ENGINE": "julia"})
+    assert engines.default_engine_name() == "julia"

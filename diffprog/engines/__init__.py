@@ -64,12 +64,13 @@ def names() -> list[str]:
 
 # The environment's own bytes mapping (POSIX): read on every call of the fast path, where
 # os.environ.get's key encoding costs about as much as running a tiny program.
+_ENVIRON = os.environ
 _ENVIRON_BYTES = getattr(os.environ, "_data", None) if os.name == "posix" else None
 
 
 def default_engine_name() -> str:
     """$DIFFPROG_ENGINE (read at each call: it may change while the program runs), or numpy."""
-    if _ENVIRON_BYTES is not None:
+    if _ENVIRON_BYTES is not None and os.environ is _ENVIRON:  # (not replaced by a mock)
         raw = _ENVIRON_BYTES.get(b"DIFFPROG_ENGINE")
         return "numpy" if raw is None else os.fsdecode(raw)
     return os.environ.get("DIFFPROG_ENGINE", "numpy")
