@@ -907,6 +907,16 @@ _UNBUILT = "(probe library)"  # the key under which a failed probe build is reco
 
 # ============================================================================ running
 
+def refusal(verdicts: dict, needs) -> str | None:
+    """Why a kernel needing the spellings ``needs`` cannot be built from the probe's
+    ``verdicts`` (a kernel's ``state``), or None when every one of them passed."""
+    if _UNBUILT in verdicts:
+        return f"failed ({verdicts[_UNBUILT]})"
+    bad = sorted(f"{n}: {verdicts.get(n, 'not probed')}" for n in needs
+                 if verdicts.get(n, "not probed") is not None)
+    return "refused (" + "; ".join(bad) + ")" if bad else None
+
+
 class Kernel:
     """A fused block's compiled twin. Calling it runs the block on the given arrays and
     returns its sums as ``[(block sums of reduction 0, ...)]`` (the shape the NumPy kernel's
@@ -929,13 +939,9 @@ class Kernel:
         """Probe, build and load (on the background thread); sets ``state``."""
         try:
             verdicts = probe()
-            if _UNBUILT in verdicts:
-                self.state = f"failed ({verdicts[_UNBUILT]})"
-                return
-            bad = sorted(f"{n}: {verdicts.get(n, 'not probed')}" for n in self.needs
-                         if verdicts.get(n, "not probed") is not None)
-            if bad:
-                self.state = "refused (" + "; ".join(bad) + ")"
+            refused = refusal(verdicts, self.needs)
+            if refused is not None:
+                self.state = refused
                 return
             use_sincos = self.uses_sincos and verdicts.get("sincos") is None
             lib = library(f"#define DP_USE_SINCOS {int(use_sincos)}\n" + self.source)

@@ -187,14 +187,9 @@ class ScanKernel:
 
     def prepare(self) -> None:
         try:
-            verdicts = ckernel.probe()
-            if ckernel._UNBUILT in verdicts:
-                self.state = f"failed ({verdicts[ckernel._UNBUILT]})"
-                return
-            bad = sorted(f"{n}: {verdicts.get(n, 'not probed')}" for n in self.needs
-                         if verdicts.get(n, "not probed") is not None)
-            if bad:
-                self.state = "refused (" + "; ".join(bad) + ")"
+            refused = ckernel.refusal(ckernel.probe(), self.needs)
+            if refused is not None:
+                self.state = refused
                 return
             lib = ckernel.library(self.source, ("dp_scan",))
             fn = lib.dp_scan
