@@ -28,7 +28,7 @@ from diffprog.engines.numpy import NumpyEngine, generate_source
 from diffprog.errors import ArgumentError, EngineUnavailable
 
 from ..helpers import assert_close
-from ..primitives.generated import CASES, projected, setup_case
+from ..primitives.generated import CASES, projected, setup_derivative_case
 
 CUPY_STATUS = engines.available()["cupy"]
 GPU = [pytest.mark.gpu,
@@ -191,11 +191,7 @@ def host_engine(monkeypatch):
 
 @pytest.mark.parametrize("prim,case_index", CASES)
 def test_codegen_every_primitive_value_and_grad_match_numpy_engine(prim, case_index, host_engine):
-    case, inputs, raw, float_pos = setup_case(prim, case_index)
-    if not float_pos:
-        pytest.skip("no floating inputs")
-    if case.order < 1:
-        pytest.skip("its derivatives are refused on purpose (order=0)")
+    case, inputs, raw, float_pos = setup_derivative_case(prim, case_index)
     f = projected(prim, raw, inputs)
     expected = dp.value_and_grad(f, argnums=tuple(float_pos))(*inputs)
     got = dp.value_and_grad(dp.differentiable(f, engine=host_engine.name),
@@ -342,11 +338,7 @@ def _to_gpu(xs):
 @pytest.mark.parametrize("prim,case_index", CASES)
 def test_gpu_every_primitive_value_grad_jvp_match_numpy_engine(prim, case_index):
     import cupy
-    case, inputs, raw, float_pos = setup_case(prim, case_index)
-    if not float_pos:
-        pytest.skip("no floating inputs")
-    if case.order < 1:
-        pytest.skip("its derivatives are refused on purpose (order=0)")
+    case, inputs, raw, float_pos = setup_derivative_case(prim, case_index)
     f = projected(prim, raw, inputs)
     expected = dp.value_and_grad(f, argnums=tuple(float_pos))(*inputs)
     got = dp.value_and_grad(f, argnums=tuple(float_pos))(*_to_gpu(inputs))

@@ -60,6 +60,17 @@ def setup_case(prim, case_index):
     return case, inputs, raw, float_pos
 
 
+def setup_derivative_case(prim, case_index):
+    """:func:`setup_case` for a derivative test: skipped (with the reason) for cases
+    without floating inputs or whose derivatives are refused on purpose."""
+    case, inputs, raw, float_pos = setup_case(prim, case_index)
+    if not float_pos:
+        pytest.skip("no floating inputs")
+    if case.order < 1:
+        pytest.skip("its derivatives are refused on purpose (order=0)")
+    return case, inputs, raw, float_pos
+
+
 def projected(prim, raw, inputs):
     """Scalar test function: a fixed random projection of the primitive's output."""
     out = raw(*inputs)
@@ -91,11 +102,7 @@ def test_shape_rule_matches_impl(prim, case_index):
 
 
 def test_vjp_matches_finite_differences(prim, case_index):
-    case, inputs, raw, float_pos = setup_case(prim, case_index)
-    if not float_pos:
-        pytest.skip("no floating inputs")
-    if case.order < 1:
-        pytest.skip("its derivatives are refused on purpose (order=0)")
+    case, inputs, raw, float_pos = setup_derivative_case(prim, case_index)
     f = projected(prim, raw, inputs)
     grads = dp.grad(f, argnums=tuple(float_pos))(*inputs)
     for k, pos in enumerate(float_pos):
@@ -104,11 +111,7 @@ def test_vjp_matches_finite_differences(prim, case_index):
 
 
 def test_jvp_matches_finite_differences(prim, case_index):
-    case, inputs, raw, float_pos = setup_case(prim, case_index)
-    if not float_pos:
-        pytest.skip("no floating inputs")
-    if case.order < 1:
-        pytest.skip("its derivatives are refused on purpose (order=0)")
+    case, inputs, raw, float_pos = setup_derivative_case(prim, case_index)
     rng = np.random.default_rng(5)
     tangents = [rng.standard_normal(np.shape(x)) if i in float_pos else np.zeros(np.shape(x), np.asarray(x).dtype)
                 for i, x in enumerate(inputs)]

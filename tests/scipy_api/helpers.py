@@ -6,19 +6,12 @@ import numpy as np
 
 import diffprog as dp
 
+from ..helpers import numeric_grad
+
 
 def scipy_grad(fn, args, argnum, eps=1e-6):
     """d sum(fn(*args)) / d args[argnum] by central differences of SciPy's function."""
-    x = np.array(args[argnum], dtype=np.float64)
-    g = np.zeros_like(x)
-    for i in range(x.size):
-        plus, minus = x.copy(), x.copy()
-        plus.flat[i] += eps
-        minus.flat[i] -= eps
-        ap, am = list(args), list(args)
-        ap[argnum], am[argnum] = plus, minus
-        g.flat[i] = (np.sum(fn(*ap)) - np.sum(fn(*am))) / (2 * eps)
-    return g
+    return numeric_grad(lambda *a: np.sum(fn(*a)), args, argnum, eps)
 
 
 def traced_value(fn, *args):
