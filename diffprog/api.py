@@ -40,9 +40,6 @@ from .transforms.partial_eval import split_known
 from .leaves import is_dynamic
 from .tree import TreeDef, dict_orders, flatten, leaf_paths, unflatten
 
-_is_dynamic = is_dynamic
-
-
 def _leaf_key(leaf, gpu: int | None):
     if isinstance(leaf, float):
         return float
@@ -139,7 +136,7 @@ def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
     static_leaf_pos = _static_positions(treedef, static_argnums) if static_argnums else set()
     dynamic, keys, nested, first_gpu = [], [], False, None
     for i, leaf in enumerate(leaves):
-        if i not in static_leaf_pos and _is_dynamic(leaf):
+        if i not in static_leaf_pos and is_dynamic(leaf):
             if isinstance(leaf, float) and type(leaf) is not float and \
                     not isinstance(leaf, np.generic):
                 leaf = leaves[i] = float(leaf)  # a float subclass: the number it holds
@@ -328,18 +325,14 @@ def _inspected_inputs(trace, n: int) -> frozenset:
 def _holds_state(leaf) -> bool:
     """A static argument whose attributes the function may read (a user object), or a
     user function it may call: read through diffprog.externals."""
-    if isinstance(leaf, (type, types.ModuleType)) or _is_dynamic(leaf):
+    if isinstance(leaf, (type, types.ModuleType)) or is_dynamic(leaf):
         return False
     return isinstance(leaf, types.FunctionType) or externals.is_user_code(type(leaf))
 
 
 def _refuse_draws_in_bodies(draws: list) -> None:
-    if draws:
-        raise DiffprogError(
-            f"random numbers are drawn inside a body that is traced once for all its steps "
-            f"or examples ({draws[0]}): the compiled loop would reuse one draw for every "
-            f"step. Fix: draw all the noise before the loop (e.g. noise = rng.normal(size="
-            f"(n_steps, ...))) and pass it in as scanned inputs or vmapped arguments.")
+    if draws:  # (body, generator) pairs from RandomWatch.drawn_in_bodies
+        raise externals.draw_in_body_error(*draws[0])
 
 
 def _list_argument_hint(sig: Signature) -> str | None:
@@ -1433,7 +1426,7 @@ def _check_jacobian_argument(arg, a: int) -> None:
     for leaf, path in zip(leaves, paths):
         if isinstance(leaf, (str, type(None))):
             continue
-        if not _is_dynamic(leaf):
+        if not is_dynamic(leaf):
             raise ArgumentError(
                 f"jacobian: argument {a}{path} is a {type(leaf).__name__}, not a float array. "
                 f"Fix: pass float arrays (np.asarray(..., dtype=float)) or Python floats, or "
@@ -1488,7 +1481,7 @@ def _jac_fwd(fn, args, nums):
     for k, a in enumerate(nums):
         leaves, tree = in_flat[k]
         for j, leaf in enumerate(leaves):
-            if not _is_dynamic(leaf):
+            if not is_dynamic(leaf):
                 continue
             shape = tuple(np.shape(leaf))
             xp = _array_module(leaf)
@@ -1524,7 +1517,7 @@ def _assemble_jacobian(out_leaves, out_tree, in_flat, block):
         per_out = []
         for o, out_leaf in enumerate(out_leaves):
             out_shape = tuple(np.shape(out_leaf))
-            per_in = [block(o, k, j, out_shape, leaf) if _is_dynamic(leaf) else None
+            per_in = [block(o, k, j, out_shape, leaf) if is_dynamic(leaf) else None
                       for j, leaf in enumerate(in_leaves)]
             per_out.append(unflatten(in_tree, per_in))
         results.append(unflatten(out_tree, per_out))
@@ -1535,7 +1528,7 @@ def _zero_tangent(v):
     from .tree import tree_map
     return tree_map(lambda l: _array_module(l).zeros(np.shape(l), l.dtype if hasattr(l, "dtype")
                                                      else float)
-                    if _is_dynamic(l) else l, v)
+                    if is_dynamic(l) else l, v)
 
 
 def _leaf_dtype(leaf) -> np.dtype:
@@ -1749,7 +1742,7 @@ def _child(tree, key):
 
 
 def _leaf_axis(axis, leaf, where: str):
-    if axis is None or not _is_dynamic(leaf):
+    if axis is None or not is_dynamic(leaf):
         return None
     rank = np.ndim(leaf)
     if not -rank <= axis < rank:

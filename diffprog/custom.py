@@ -57,9 +57,6 @@ _ids = itertools.count()
 _UNTRACEABLE = (ConcretizationError, UnsupportedFunctionError)
 
 
-_is_dynamic = is_dynamic
-
-
 def _static_key(value):
     try:
         hash(value)
@@ -184,7 +181,7 @@ class _CustomFunction:
                 f"{self.__name__} is a dp.{self.kind} function without a rule, called on traced "
                 f"values. Fix: define it with @{self.__name__}.def{self.mode} before "
                 f"differentiating.")
-        dynamic = tuple(i for i, l in enumerate(leaves) if _is_dynamic(l))
+        dynamic = tuple(i for i, l in enumerate(leaves) if is_dynamic(l))
         statics = tuple((i, l) for i, l in enumerate(leaves) if i not in dynamic)
         call = _Call(in_tree, statics, dynamic)
         ins = [leaves[i] for i in dynamic]

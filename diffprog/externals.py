@@ -756,13 +756,18 @@ class draws_refused_in:
                 # function is traced per call: slower, never frozen)
                 moved = []
             if moved:
-                from .errors import DiffprogError
-                raise DiffprogError(
-                    f"random numbers are drawn inside {self.what} (from {moved[0]}), which is "
-                    f"traced once for all its steps or examples: one draw would be reused by "
-                    f"every step. Fix: draw all the noise before (e.g. noise = rng.normal(size="
-                    f"(n_steps, ...))) and pass it in as scanned inputs or vmapped arguments.")
+                raise draw_in_body_error(self.what, moved[0])
         return False
+
+
+def draw_in_body_error(body: str, source: str):
+    """A random draw inside a body traced once for all its steps or examples."""
+    from .errors import DiffprogError
+    return DiffprogError(
+        f"random numbers are drawn inside {body} (from {source}), which is traced once for "
+        f"all its steps or examples: one draw would be reused by every step. Fix: draw all "
+        f"the noise before (e.g. noise = rng.normal(size=(n_steps, ...))) and pass it in as "
+        f"scanned inputs or vmapped arguments.")
 
 
 def for_nested_call(fn: Callable, stack: tuple) -> Callable:

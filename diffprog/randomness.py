@@ -80,6 +80,7 @@ class RandomWatch:
         return [name for name, gen, before, body in self.generators.values()
                 if body is None and not _same(before, _state_of(gen))]
 
-    def drawn_in_bodies(self) -> list[str]:
-        return [f"{name}, read inside {body}" for name, gen, before, body in
-                self.generators.values() if body is not None and not _same(before, _state_of(gen))]
+    def drawn_in_bodies(self) -> list[tuple[str, str]]:
+        """(body, generator) for each generator first read inside a body that drew."""
+        return [(body, name) for name, gen, before, body in self.generators.values()
+                if body is not None and not _same(before, _state_of(gen))]

@@ -21,6 +21,7 @@ import numpy as np
 from .. import api
 from .. import engines as _engines
 from ..errors import ArgumentError, ArgumentValueError, GradCheckError, NotDifferentiableError
+from ..leaves import is_dynamic
 from ..tree import TreeDef, flatten, unflatten
 from . import diagnose
 from .report import CheckResult, ElementMismatch, GradCheckReport
@@ -209,7 +210,7 @@ class Derivatives:
     def jvp(self, problem: Problem, i: int, direction) -> list[np.ndarray]:
         tangents = {j: np.zeros(problem.shape(j), problem.dtype(j)) for j in problem.float_idx}
         tangents[i] = np.asarray(direction, problem.dtype(i)).reshape(problem.shape(i))
-        zero_static = [np.zeros(np.shape(l), np.asarray(l).dtype) if api._is_dynamic(l) else l
+        zero_static = [np.zeros(np.shape(l), np.asarray(l).dtype) if is_dynamic(l) else l
                        for l in problem.leaves]
         leaves = [tangents.get(j, z) for j, z in enumerate(zero_static)]
         _, t = api.jvp(self.traced, problem.args, unflatten(problem.treedef, leaves))
@@ -235,7 +236,7 @@ def _forward_function(d: Derivatives, problem: Problem, v: dict) -> Callable:
         leaves, td = flatten(args)
         tangents = [np.asarray(v[j], problem.dtype(j)).reshape(problem.shape(j))
                     if j in v else (np.zeros(np.shape(l), np.asarray(l).dtype)
-                                    if api._is_dynamic(l) else l) for j, l in enumerate(leaves)]
+                                    if is_dynamic(l) else l) for j, l in enumerate(leaves)]
         _, t = api.jvp(d.traced, args, unflatten(td, tangents))
         return t
     return pushed
