@@ -592,16 +592,19 @@ def _mark(key: str) -> str:
     return f"diffprog-kernel-abi{ABI}-{key}"
 
 
-def build(source: str) -> str:
+def build(source: str, optimize: str = "-O3") -> str:
     """Path of a shared library built from ``source`` (PREAMBLE prepended, the marker of
     its key appended), its sha256 recorded beside it (``.sha256``, sha256sum's format):
     from the disk cache when the same source, flags and compiler built it before. The
-    path is not checked here: :func:`library` verifies what it loads."""
+    path is not checked here: :func:`library` verifies what it loads. ``optimize``
+    replaces FLAGS' optimisation level (the arithmetic is the same at every level: no
+    fast-math, no contraction; a lower one compiles a long loop body in half the time)."""
     cc = compiler()
     if cc is None:
         raise BuildError("no C compiler found (set CC, or install gcc)")
+    flags = (optimize,) + tuple(f for f in FLAGS if not f.startswith("-O"))
     text = PREAMBLE + source
-    key = hashlib.sha256("\0".join((text, " ".join(FLAGS), _compiler_identity(cc),
+    key = hashlib.sha256("\0".join((text, " ".join(flags), _compiler_identity(cc),
                                     sys.platform, f"abi{ABI}")).encode()).hexdigest()[:32]
     directory = cache_dir()
     path = os.path.join(directory, f"k{key}.so")
@@ -614,7 +617,7 @@ def build(source: str) -> str:
         with open(src, "w") as fp:
             fp.write(text)
         try:
-            code, out, err = _run_compiler([cc, *FLAGS, "-o", lib, src, "-lm"], 300, tmp)
+            code, out, err = _run_compiler([cc, *flags, "-o", lib, src, "-lm"], 300, tmp)
         except OSError as exc:
             raise BuildError(f"{cc} failed to run: {exc}") from None
         if code != 0 or not os.path.exists(lib):
@@ -741,12 +744,12 @@ def _load_verified(path: str, names) -> "ctypes.CDLL":
     return lib
 
 
-def library(source: str, names=("dp_block",)):
+def library(source: str, names=("dp_block",), optimize: str = "-O3"):
     """The library of ``source`` (see :func:`build`), loaded once verified: its sha256 is
     the one recorded at build time, it carries the marker of this source's key and exports
     ``names``. A cached library that fails is deleted and built again, with a warning."""
     for attempt in (1, 2):
-        path = build(source)
+        path = build(source, optimize)
         try:
             return _load_verified(path, names)
         except _Unverified as exc:

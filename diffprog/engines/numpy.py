@@ -117,15 +117,57 @@ _PLACEMENTS: dict = {}
 
 class CompiledScan:
     """A scan's impl with its compiled C loop in front (:mod:`diffprog.engines.cscan`):
-    ``kernel.source`` is the C; ``impl`` runs whenever the kernel cannot (not built yet,
-    an input of another type, a floating-point flag NumPy would report)."""
+    ``impl`` runs whenever the loop cannot (not built yet, an input of another type, a
+    floating-point flag NumPy would report). A body with products or NumPy's own loops
+    depends on its inputs' memory layouts: its C loop is made for the layouts of the
+    inputs it is called with, one per layout seen (up to 8)."""
 
-    def __init__(self, kernel, impl):
-        self.kernel, self.impl = kernel, impl
+    def __init__(self, eqn, impl, rendered):
+        self.eqn, self.impl, self.rendered = eqn, impl, rendered
+        self.kernel = None if rendered.sensitive else cscan.scan_kernel(eqn, None, rendered)
+        self.by_layout: dict = {}
+        self.last = self.kernel  # the loop used by the latest call
+
+    @property
+    def state(self) -> str:
+        return self.last.state if self.last is not None else "compiling"
 
     def __call__(self, xp, *args, **params):
-        out = self.kernel(args)
+        kernel = self.kernel or self._for_layouts(args)
+        self.last = kernel
+        out = kernel(args)
         return out if out is not None else self.impl(xp, *args, **params)
+
+    def _for_layouts(self, args):
+        key = cscan.layout_key(args)
+        kernel = self.by_layout.get(key)
+        if kernel is None:
+            if len(self.by_layout) < 8:
+                kernel = cscan.scan_kernel(self.eqn, key, self.rendered)
+            self.by_layout[key] = kernel = kernel or cscan.NO_KERNEL
+        return kernel
+
+
+class NestedScan:
+    """A scan inside the body of a scan that has a compiled loop (``outer``, a
+    :class:`CompiledScan`), which computes this one too: its own C loop is made only once
+    the outer one turns out refused or failed (then the Python loop of the outer body
+    calls this one), so a nested loop is not compiled for nothing."""
+
+    def __init__(self, eqn, impl, outer):
+        self.eqn, self.impl, self.outer = eqn, impl, outer
+        self.compiled = None
+
+    def __call__(self, xp, *args, **params):
+        compiled = self.compiled
+        if compiled is None:
+            state = self.outer.state
+            if state == "compiling" or state.startswith("ready"):
+                return self.impl(xp, *args, **params)
+            rendered = cscan.rendered(self.eqn)
+            compiled = self.compiled = self.impl if rendered is None else \
+                CompiledScan(self.eqn, self.impl, rendered)
+        return compiled(xp, *args, **params)
 
 
 def placement_for(xp_module) -> Placement:
@@ -145,26 +187,30 @@ def placement_for(xp_module) -> Placement:
 _BODIES: "weakref.WeakKeyDictionary[Closed, dict]" = weakref.WeakKeyDictionary()
 
 
-def compiled_body(closed: Closed, xp_module, placement: Placement | None = None) -> CompiledBody:
+def compiled_body(closed: Closed, xp_module, placement: Placement | None = None,
+                  outer=None) -> CompiledBody:
     """``closed`` compiled as a function over ``xp_module`` (NumPy bodies get the numpy
-    engine's cheaper small-array spellings, as its programs do)."""
+    engine's cheaper small-array spellings, as its programs do). ``outer``: the compiled
+    loop (cscan) of the scan whose body this is, which computes the scans inside it too
+    (they wait for it: :class:`NestedScan`)."""
     placement = placement or placement_for(xp_module)
     compiled = _BODIES.setdefault(closed, {})
-    hit = compiled.get((xp_module, placement))
+    hit = compiled.get((xp_module, placement, outer))
     if hit is None:
         if xp_module is np and placement is HOST:
             source, namespace = generate_source(peephole.lower(closed.graph), xp_module, "body",
-                                                host_fast=True)
+                                                host_fast=True, outer=outer)
         else:
             source, namespace = generate_source(closed.graph, xp_module, "body",
                                                 placement=placement)
         exec(compile(source, "<diffprog body>", "exec"), namespace)
-        hit = compiled[(xp_module, placement)] = CompiledBody(namespace["body"], closed)
+        hit = compiled[(xp_module, placement, outer)] = CompiledBody(namespace["body"], closed)
     return hit
 
 
 def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Placement = HOST,
-                    fuse=None, blocks: int = 0, host_fast: bool = False) -> tuple[str, dict]:
+                    fuse=None, blocks: int = 0, host_fast: bool = False,
+                    outer=None) -> tuple[str, dict]:
     """Python source of ``graph`` over ``xp_module``, and the namespace to exec it in.
 
     ``fuse``: a decorator (``cupy.fuse``) applied to each run of two or more consecutive
@@ -172,12 +218,13 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     ``blocks``: (NumPy only) elementwise runs over arrays of at least this many elements
     become blocked multi-threaded kernels (:mod:`diffprog.engines.fusion`); 0: off.
     ``host_fast`` (implied by ``blocks``): NumPy-only spellings with less call overhead
-    (see ``_HOST_FAST``).
+    (see ``_HOST_FAST``). ``outer``: see :func:`compiled_body`.
     """
     blocked = blocks > 0 and fuse is None
     if blocked:
         graph = fusion.sink_small_work(graph, blocks)
-    writer = ProgramWriter(graph, xp_module, placement, host_fast=blocks > 0 or host_fast)
+    writer = ProgramWriter(graph, xp_module, placement, host_fast=blocks > 0 or host_fast,
+                           outer=outer)
     segments = fusion.block_segments(graph, blocks) if blocked else _segments(graph, fuse is not None)
     helpers: list[list[str]] = []  # functions defined before the program: fused runs, kernels
     body: list[str] = []
@@ -202,8 +249,10 @@ class ProgramWriter:
     (never pasted as text), spells each equation and frees values after their last use.
     Fused runs and block kernels write their parts through it."""
 
-    def __init__(self, graph: Graph, xp_module, placement: Placement = HOST, host_fast=False):
+    def __init__(self, graph: Graph, xp_module, placement: Placement = HOST, host_fast=False,
+                 outer=None):
         self.graph = graph
+        self.outer = outer  # the compiled loop computing this body's scans, if any
         self.bound = SourceBuilder(xp_module)
         self.placement = placement
         self.host_fast = host_fast
@@ -292,18 +341,22 @@ class ProgramWriter:
         or branch body in the params is compiled here, with this program's settings. A
         scan over small values on the host also gets its compiled C loop (cscan.py): the
         bound function runs it, and ``impl`` when it cannot."""
+        outer = self.outer
         if eqn.prim.name == "scan" and self.bound.namespace["xp"] is np:
-            kernel = cscan.scan_kernel(eqn)
-            if kernel is not None:
-                impl = CompiledScan(kernel, impl)
+            if outer is not None:
+                impl = NestedScan(eqn, impl, outer)
+            else:
+                rendered = cscan.rendered(eqn)
+                if rendered is not None:
+                    impl = outer = CompiledScan(eqn, impl, rendered)
         fname = self.bound.bind_value(impl, "f")
-        params = [f"{k}={self._param(v)}" for k, v in eqn.params.items()]
+        params = [f"{k}={self._param(v, outer)}" for k, v in eqn.params.items()]
         return f"{fname}(xp, {', '.join(operands + params)})"
 
-    def _param(self, value) -> str:
+    def _param(self, value, outer=None) -> str:
         if isinstance(value, Closed):
             return self.bound.bind_value(compiled_body(value, self.bound.namespace["xp"],
-                                                       self.placement), "k")
+                                                       self.placement, outer), "k")
         return self.bound.param_text(value)
 
     def _template(self, template, eqn, operands, fields) -> str:

@@ -130,3 +130,244 @@ def test_pairwise_matches_numpy_sum():
         # evaluate the C expression in Python: same IEEE double arithmetic, same order
         got = eval("0.0 + " + expr, {}, {k: float(v) for k, v in names.items()})  # noqa: S307
         assert got == np.sum(a), n
+
+
+# ---------------------------------------------------------------- products, NumPy's loops,
+# nested loops (cextern.py): the neural ODE's scan
+
+def _state(kernel_source_part):
+    return [k.state for k in ckernel.kernels()
+            if isinstance(k, cscan.ScanKernel) and kernel_source_part in k.source]
+
+
+@pytest.mark.parametrize("n,h", [(2, 16), (1, 3), (3, 1), (5, 7)])
+def test_mlp_vector_field_bit_identical(n, h):
+    """vector @ matrix (gemv, both BLAS orders through the transposes of the gradient),
+    vector @ (n, 1) (ddot), (1,) @ (1, h) and the outer products (NumPy's own loop)."""
+    rng = np.random.default_rng(10 * n + h)
+    W1, b1 = rng.standard_normal((n, h)) * 0.5, rng.standard_normal(h) * 0.1
+    W2, y0 = rng.standard_normal((h, n)) * 0.3, rng.standard_normal(n)
+
+    def f(W1, b1, W2, y0):
+        def step(y, _):
+            k = np.tanh(y @ W1 + b1) @ W2
+            return y + 0.1 * k, np.sum(k * k)
+        y, ks = dp.scan(step, y0, length=7)
+        return np.sum(y * y) + np.sum(ks)
+
+    g = dp.value_and_grad(f, argnums=(0, 1, 2, 3))
+    (v1, g1), (v2, g2) = _twice(g, W1, b1, W2, y0)
+    _same(v1, v2)
+    for a, b in zip(g1, g2):
+        _same(a, b)
+
+
+def test_matrix_vector_transposed_and_dot():
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((4, 4)), rng.standard_normal((3, 4))
+    x0 = rng.standard_normal(4)
+
+    def f(A, B, x0):
+        def step(x, _):
+            y = A @ x + A.T @ x * 0.5      # C and F matrices: RowMajor and ColMajor gemv
+            z = B.T @ (B @ x)              # (4, 3) F times a fresh vector
+            return np.sin(y - 0.1 * z) + (x @ x) * 0.01, x @ A  # x @ x: ddot
+        x, ys = dp.scan(step, x0, length=5)
+        return np.sum(x) + np.sum(ys)
+
+    g = dp.value_and_grad(f, argnums=(0, 1, 2))
+    (v1, g1), (v2, g2) = _twice(g, A, B, x0)
+    _same(v1, v2)
+    for a, b in zip(g1, g2):
+        _same(a, b)
+
+
+def _neural_ode_loss():
+    from diffprog.sciml import odeint
+    rng = np.random.default_rng(1)
+    params = {"W1": rng.standard_normal((2, 16)) * 0.5, "b1": np.zeros(16),
+              "W2": rng.standard_normal((16, 2)) * 0.1, "b2": np.zeros(2)}
+    y0, t = np.array([2.0, 0.0]), np.linspace(0.0, 1.0, 9)
+    target = np.stack([np.cos(2 * t), -np.sin(2 * t)], axis=1) * 2.0
+
+    def field(y, t, p):
+        return np.tanh(y @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
+
+    def loss(p):
+        return np.mean((odeint(field, y0, t, p, steps_per_interval=2) - target) ** 2)
+    return loss, params
+
+
+def test_neural_ode_nested_loops_bit_identical():
+    """notebooks/03-neural-ode: odeint's checkpointed scan holds a scan over intervals,
+    which holds the RK4 steps (a fori_loop whose int counter the body does not read): one
+    C loop each for the value and for the gradient, nested loops inside, and no C loop of
+    their own for the scans inside them."""
+    loss, params = _neural_ode_loss()
+    g = dp.value_and_grad(loss)
+    (v1, g1), (v2, g2) = _twice(g, params)
+    _same(v1, v2)
+    for k in g1:
+        _same(g1[k], g2[k])
+    made = len(ckernel.kernels())
+    for _ in range(2):
+        _same(g(params)[0], v1)
+    assert len(ckernel.kernels()) == made
+    # each top-level scan of the gradient program has its loop (nothing refused)
+    from diffprog.api import _graph_for_kind
+    f = dp.differentiable(loss)
+    sig = f._signature((params,))
+    graph = _graph_for_kind("grad", f._traced(sig), sig, 0)
+    scans = [e for e in graph.eqns if e.prim.name == "scan"]
+    assert scans and all(cscan.why_not(e) is None for e in scans)
+
+
+def test_matrix_matrix_keeps_python_loop():
+    m = np.eye(2) * 0.5
+
+    def f(x):
+        def step(c, _):
+            return c @ m, None             # (2, 2) @ (2, 2): BLAS gemm, not called from C
+        c, _ = dp.scan(step, x, length=3)
+        return np.sum(c)
+
+    g = dp.grad(f)
+    x = np.arange(4.0).reshape(2, 2)
+    assert np.allclose(g(x), np.full((2, 2), 0.125))
+    ckernel.wait()
+    assert np.allclose(g(x), np.full((2, 2), 0.125))
+    from diffprog.api import _graph_for_kind
+    d = dp.differentiable(f)
+    sig = d._signature((x,))
+    scan = next(e for e in d._traced(sig).graph.eqns if e.prim.name == "scan")
+    assert "gemm" in cscan.why_not(scan)
+
+
+@pytest.mark.parametrize("layout", ["F", "reversed", "every other column", "broadcast"])
+def test_inputs_of_other_layouts(layout):
+    """NumPy calls BLAS differently (or not at all) for a Fortran-ordered, reversed,
+    strided or broadcast weight: the loop is made for the layouts it is called with."""
+    rng = np.random.default_rng(5)
+    W = {"F": np.asfortranarray(rng.standard_normal((3, 3))),
+         "reversed": rng.standard_normal((3, 3))[::-1],
+         "every other column": rng.standard_normal((3, 6))[:, ::2],
+         "broadcast": np.broadcast_to(rng.standard_normal(3), (3, 3))}[layout]
+    y0 = rng.standard_normal(3)
+
+    def f(W, y0):
+        def step(y, _):
+            return np.sin(y @ W + W @ y), None
+        y, _ = dp.scan(step, y0, length=4)
+        return y
+
+    g = dp.differentiable(f)
+    first, second = _twice(g, W, y0)
+    _same(first, second)
+    _same(g(np.ascontiguousarray(W), y0), first) if layout == "broadcast" else None
+
+
+def test_carry_changing_layout_is_refused():
+    """A carry that leaves the step transposed (F order) would meet the product in another
+    layout from the second step on: such a loop is refused, the Python loop runs."""
+    def f(c0, w):
+        def step(c, _):
+            return (c * 0.5).T + np.outer(c[0] @ w, w), None
+        c, _ = dp.scan(step, c0, length=3)
+        return c
+
+    rng = np.random.default_rng(6)
+    c0, w = rng.standard_normal((2, 2)), rng.standard_normal(2)
+    g = dp.differentiable(f)
+    first = g(c0, w)
+    ckernel.wait()
+    before = _kernels_used()
+    second = g(c0, w)
+    assert _kernels_used() == before
+    _same(first, second)
+
+
+def test_floating_point_errors_of_products_reported_as_numpy_does():
+    """inf * 0 inside BLAS: the flag NumPy reports (or not) for matmul is reported alike."""
+    W = np.array([[0.0, 1.0], [1.0, 0.0]])
+
+    def f(y0):
+        def step(y, _):
+            return y @ W, None
+        y, _ = dp.scan(step, y0, length=2)
+        return y
+
+    g = dp.differentiable(f)
+    y0 = np.array([np.inf, 1.0])
+    with np.errstate(all="ignore"):
+        g(y0)
+        ckernel.wait()
+        before = _kernels_used()
+        assert np.isnan(g(y0)).all()
+        assert _kernels_used() > before    # no flag wanted: the compiled loop's result
+
+    def outcome(run):
+        with np.errstate(invalid="raise"):
+            try:
+                return np.asarray(run()).tobytes()
+            except FloatingPointError:
+                return "raised"
+
+    assert outcome(lambda: g(y0)) == outcome(lambda: y0 @ W @ W)
+
+
+def test_numpy_loop_stands_in_for_a_spelling(monkeypatch):
+    """Where a C spelling differs from NumPy (tanh on AVX-512 machines), the loop calls
+    NumPy's own float64 loop; forced here, whatever this machine's probe says."""
+    ckernel.probe()
+    monkeypatch.setitem(ckernel._PROBED, "tanh", "forced by the test")
+    monkeypatch.setitem(ckernel._PROBED, "exp", "forced by the test")
+    rng = np.random.default_rng(8)
+    a, x0 = rng.standard_normal((2, 3)), rng.standard_normal(3) + 0.123456
+
+    def f(a, x0):
+        def step(x, _):
+            t = np.tanh(a.T * x[:, None])   # (3, 2) in F order: NumPy's loop walks it so
+            return np.tanh(x) + (t[:, 0] - t[:, 1]) * np.exp(-x * x), None
+        x, _ = dp.scan(step, x0, length=4)
+        return np.sum(x)
+
+    g = dp.value_and_grad(f, argnums=(0, 1))
+    (v1, g1), (v2, g2) = _twice(g, a, x0)
+    _same(v1, v2)
+    for p, q in zip(g1, g2):
+        _same(p, q)
+
+
+def test_plans_follow_numpy_matmul():
+    """cextern's plan of a product (NumPy's DOUBLE_matmul choices), run through the BLAS
+    and loop NumPy uses, gives NumPy's bits for random shapes and layouts."""
+    from diffprog.engines import cextern
+    rng = np.random.default_rng(0)
+
+    def operand(shape):
+        kind = rng.integers(4)
+        if len(shape) == 1:
+            return [rng.standard_normal(shape), rng.standard_normal(2 * shape[0])[::2],
+                    np.broadcast_to(rng.standard_normal(1), shape), rng.standard_normal(shape)][kind]
+        return [rng.standard_normal(shape), rng.standard_normal(shape[::-1]).T,
+                rng.standard_normal((shape[0], 2 * shape[1]))[:, ::2],
+                np.broadcast_to(rng.standard_normal((1, shape[1])), shape)][kind]
+
+    kinds = set()
+    for _ in range(600):
+        m, n, p = rng.integers(1, 6, 3)
+        a = operand((n,) if rng.random() < 0.4 else (m, n))
+        b = operand((n,) if rng.random() < 0.4 else (n, p))
+        plan = cextern.matmul_plan(a.shape, a.strides, b.shape, b.strides)
+        if isinstance(plan, str):
+            assert a.ndim == b.ndim == 2 and min(a.shape + b.shape) > 1
+            continue
+        kinds.add(plan.kind)
+        if plan.kind != "loop" and cextern.blas() is None:
+            continue
+        got, expect = cextern.run_plan(plan, a, b), a @ b
+        assert got.tobytes() == expect.tobytes(), (plan.kind, plan.args, a.shape, a.strides,
+                                                   b.shape, b.strides, got, expect)
+    assert "loop" in kinds and ("gemv" in kinds or cextern.blas() is None)
+    assert cextern.loop_refusal(np.tanh) is None
+    assert cextern.ufunc_loop(np.add) is None  # two operands: not called
