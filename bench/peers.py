@@ -25,8 +25,8 @@ def available() -> dict:
 
 
 def build(peer: str, workload: W.Workload):
-    if workload.name == "W3s":  # the peers' W3 already is their idiomatic version
-        return None
+    if workload.name in ("W3s", "W5"):  # W3s: the peers' W3 already is their idiomatic
+        return None                      # version; W5 needs an ODE solver of each peer's
     return {"jax": _jax, "autograd": _autograd, "torch": _torch}[peer](workload)
 
 

@@ -13,6 +13,9 @@ W3  100-step RK4 Lotka-Volterra trajectory loss, grad w.r.t. its 4 parameters, w
     as a plain Python loop (the trace is unrolled: about 3,000 equations forward).
 W3s W3 written with dp.scan (one loop equation: fast to trace and compile).
 W4  sum(exp(-x**2) * cos(3x)) over 1e6 elements.
+W5  the neural ODE of notebooks/03-neural-ode: dy/dt = tanh(y @ W1 + b1) @ W2 + b2 (2 -> 16
+    -> 2), odeint RK4 over 30 intervals of 2 steps, mean squared error against a damped
+    oscillator, grads w.r.t. the four weights (products and nested loops in dp.scan).
 """
 from __future__ import annotations
 
@@ -215,7 +218,89 @@ def make_w4(size="full"):
                     w4_fn, w4_value_and_grad_by_hand)
 
 
-MAKERS = {"W1": make_w1, "W2": make_w2, "W3": make_w3, "W3s": make_w3s, "W4": make_w4}
+# ======================================================================== W5
+
+def _node_field(y, W1, b1, W2, b2):
+    return np.tanh(y @ W1 + b1) @ W2 + b2
+
+
+def _rk4_by_hand(f, y0, t, n):
+    """RK4 with n steps per interval, as odeint(method="rk4") takes them; every stage."""
+    ys, steps, y = [y0], [], y0
+    for t0, t1 in zip(t[:-1], t[1:]):
+        h = (t1 - t0) / n
+        for _ in range(n):
+            u2 = y + h / 2 * f(y)
+            u3 = y + h / 2 * f(u2)
+            u4 = y + h * f(u3)
+            steps.append((h, y, u2, u3, u4))
+            y = y + h / 6 * (f(y) + 2 * f(u2) + 2 * f(u3) + f(u4))
+        ys.append(y)
+    return np.stack(ys), steps
+
+
+def make_w5_fn(y0, t, target, n):
+    from diffprog.sciml import odeint
+
+    def field(y, s, W1, b1, W2, b2):
+        return _node_field(y, W1, b1, W2, b2)
+
+    def w5_fn(W1, b1, W2, b2):
+        ys = odeint(field, y0, t, W1, b1, W2, b2, steps_per_interval=n)
+        return np.mean((ys - target) ** 2)
+    return w5_fn
+
+
+def make_w5_by_hand(y0, t, target, n):
+    def value(W1, b1, W2, b2):
+        ys, _ = _rk4_by_hand(lambda y: _node_field(y, W1, b1, W2, b2), y0, t, n)
+        return np.mean((ys - target) ** 2)
+
+    def value_and_grad(W1, b1, W2, b2):
+        """The discrete adjoint of the RK4 steps, stage by stage."""
+        ys, steps = _rk4_by_hand(lambda y: _node_field(y, W1, b1, W2, b2), y0, t, n)
+        diff = ys - target
+        gys = 2.0 * diff / diff.size
+        gW1, gb1, gW2, gb2 = (np.zeros_like(w) for w in (W1, b1, W2, b2))
+
+        def field_vjp(u, g):  # adds the weights' cotangents, returns u's
+            a = np.tanh(u @ W1 + b1)
+            gz = (W2 @ g) * (1.0 - a * a)
+            gW2[...] += np.outer(a, g)
+            gb2[...] += g
+            gW1[...] += np.outer(u, gz)
+            gb1[...] += gz
+            return W1 @ gz
+
+        ybar = np.zeros_like(y0)
+        for k in range(len(steps) - 1, -1, -1):
+            if (k + 1) % n == 0:
+                ybar = ybar + gys[(k + 1) // n]
+            h, y, u2, u3, u4 = steps[k]
+            du4 = field_vjp(u4, h / 6 * ybar)
+            du3 = field_vjp(u3, h / 3 * ybar + h * du4)
+            du2 = field_vjp(u2, h / 3 * ybar + h / 2 * du3)
+            du1 = field_vjp(y, h / 6 * ybar + h / 2 * du2)
+            ybar = ybar + du4 + du3 + du2 + du1
+        return np.mean(diff ** 2), (gW1, gb1, gW2, gb2)
+    return value, value_and_grad
+
+
+def make_w5(size="full"):
+    intervals, n = (30, 2) if size == "full" else (4, 2)
+    A = np.array([[-0.1, 2.0], [-2.0, -0.1]])
+    y0, t = np.array([2.0, 0.0]), np.linspace(0.0, 0.1 * intervals, intervals + 1)
+    target, _ = _rk4_by_hand(lambda y: A @ y, y0, t, 10)
+    rng = np.random.default_rng(1)
+    args = (rng.standard_normal((2, 16)) * 0.5, np.zeros(16),
+            rng.standard_normal((16, 2)) * 0.1, np.zeros(2))
+    value, value_and_grad = make_w5_by_hand(y0, t, target, n)
+    return Workload("W5", f"neural ODE (notebook 03), {intervals} x {n} RK4 steps",
+                    make_w5_fn(y0, t, target, n), args, (0, 1, 2, 3), value, value_and_grad)
+
+
+MAKERS = {"W1": make_w1, "W2": make_w2, "W3": make_w3, "W3s": make_w3s, "W4": make_w4,
+          "W5": make_w5}
 
 
 # ================================================================== a big program
