@@ -89,6 +89,31 @@ def _ok_input(aval) -> bool:
     return aval.dtype == _F64 or (aval.weak and aval.dtype.kind in "iuf")
 
 
+def _integer(aval) -> bool:
+    """An array of integers (a loop counter, say): its elements are C doubles, which is
+    what NumPy casts them to wherever they meet floats; integer arithmetic is refused."""
+    return aval.dtype.kind in "iu" and not aval.weak
+
+
+# elementwise equations that may take integers: NumPy casts them to float64 for these when
+# the result is float64 (the float64 loop), as the C double arithmetic does
+_ON_FLOATS = {"add", "sub", "mul", "div", "maximum", "minimum", "where"}
+
+
+def _integer_refusal(eqn) -> str | None:
+    name = eqn.prim.name
+    avals = [a.aval for a in eqn.inputs]
+    if name not in _ON_FLOATS or eqn.outputs[0].aval.dtype != _F64:
+        return f"{name} on {', '.join(str(a) for a in avals)}"
+    if name == "where" and (avals[0].dtype != _BOOL or avals[0].weak):
+        return f"where on {', '.join(str(a) for a in avals)}"
+    start = 1 if name == "where" else 0
+    if not all(a.dtype == _F64 or a.dtype.kind in "iu" or (a.weak and a.dtype.kind == "f")
+               for a in avals[start:]):
+        return f"{name} on {', '.join(str(a) for a in avals)}"
+    return None
+
+
 # ---------------------------------------------------------------- memory layouts
 #
 # A layout is a NumPy array ("dummy") with the shape, dtype and strides the value has in
@@ -253,7 +278,9 @@ class _Body:
     def equation(self, eqn, ins: list[np.ndarray], lays: list) -> tuple[list, list]:
         name, p = eqn.prim.name, eqn.params
         for v in eqn.outputs:
-            if v.aval.dtype not in (_F64, _BOOL) or int(np.prod(v.aval.shape)) > MAX_ELEMENTS:
+            shape_op = name in _VIEWS or name == "concatenate"
+            if not (v.aval.dtype in (_F64, _BOOL) or (shape_op and _integer(v.aval))) \
+                    or int(np.prod(v.aval.shape)) > MAX_ELEMENTS:
                 raise Refused(f"{name} gives {v.aval}")
         if name == "scan":
             return self.scan(eqn, ins, lays)
@@ -274,7 +301,8 @@ class _Body:
 
     def elementwise(self, eqn, ins, lays) -> np.ndarray:
         name, p = eqn.prim.name, eqn.params
-        why = dtype_refusal(eqn)
+        integers = any(_integer(a.aval) for a in eqn.inputs)
+        why = _integer_refusal(eqn) if integers else dtype_refusal(eqn)
         if why:
             raise Refused(why)
         self.needs.add(name)
@@ -292,7 +320,7 @@ class _Body:
                                   for o in values[first:]]
             out[idx] = self.fresh(ctype)
             spelled.append(f"const {ctype} {out[idx]} = {eqn.prim.c.format(*values, **p)};")
-        ufunc = _loop_ufunc(eqn)
+        ufunc = None if integers else _loop_ufunc(eqn)
         if ufunc is None:
             self.emit(*spelled)
             return out
@@ -422,7 +450,8 @@ class _Body:
 
     # ------------------------------------------------------------ loops in the loop
 
-    def steps(self, graph, env: dict, lays: dict, n_carry: int, finish, first: str):
+    def steps(self, graph, env: dict, lays: dict, n_carry: int, finish, first: str,
+              length: int):
         """The C lines of one step of a loop over ``graph`` (``finish(outputs)``: the
         lines storing its ys and new carries), and the layouts of its outputs on the last
         step. The body is rendered for the layouts of its inputs on the first step; when
@@ -451,7 +480,7 @@ class _Body:
             self.lines.extend(once)  # the same code for every step
         else:
             self.emit(f"if ({first}) {{", *once, "} else {", *again, "}")
-        return steady
+        return steady if length > 1 else out_lays
 
     def scan(self, eqn, ins, lays) -> tuple[list, list]:
         """A scan in the body: a C loop here (carries in variables of their own, xs in an
@@ -462,8 +491,9 @@ class _Body:
             raise Refused("a nested scan of length 0")
         used = _used(graph)
         for k, var in enumerate(graph.invars):
+            ok = _ok_input(var.aval) or (k >= n_carry and _integer(var.aval))
             if (id(var) in used or k < n_carry) and (
-                    not _ok_input(var.aval) or any(self.ctype.get(e) == "int" for e in ins[k].flat)):
+                    not ok or any(self.ctype.get(e) == "int" for e in ins[k].flat)):
                 raise Refused(f"a nested scan's input {var.aval}")
         self.count += 1
         tag = self.count
@@ -502,9 +532,9 @@ class _Body:
             self.emit(f"double y{self.count}[{length * size}];")
 
         def finish(outs):
-            for o in outs:
-                if any(self.ctype.get(e) == "int" for e in o.flat):
-                    raise Refused("a bool output of a nested scan")
+            for o, v in zip(outs, graph.outvars):
+                if any(self.ctype.get(e) == "int" for e in o.flat) or _integer(v.aval):
+                    raise Refused(f"a nested scan's output {v.aval}")
             lines = [f"{y}[{i} * {size} + {j}] = {e};"
                      for (y, size), o in zip(ys, outs[n_carry:]) for j, e in enumerate(o.flat)]
             new = [(old, self.fresh(), e) for mine, o in zip(carries, outs[:n_carry])
@@ -515,7 +545,7 @@ class _Body:
         self.emit(f"for (int64_t {s} = 0; {s} < {length}; {s}++) {{",
                   f"const int64_t {i} = {f'{length - 1} - {s}' if p['reverse'] else s};",
                   f"(void){i};", *reads)
-        out_lays = self.steps(graph, env, envl, n_carry, finish, f"{s} == 0")
+        out_lays = self.steps(graph, env, envl, n_carry, finish, f"{s} == 0", length)
         self.emit("}")
         results = list(carries) + [
             np.array([f"{y}[{j}]" for j in range(length * size)], dtype=object).reshape(v.aval.shape)
@@ -639,11 +669,16 @@ class ScanKernel:
                 if k in skip:
                     continue
                 if isinstance(a, np.ndarray):
-                    if a.dtype != _F64 or a.shape != aval.shape:
+                    if a.shape != aval.shape:
                         return None
-                    values.append(a.ravel())
-                elif aval.shape == () and isinstance(a, (float, int, np.float64)) \
-                        and not isinstance(a, bool):
+                    if a.dtype == _F64:
+                        values.append(a.ravel())
+                    elif a.dtype == aval.dtype and _integer(aval):
+                        values.append(a.ravel().astype(_F64))  # NumPy's cast
+                    else:
+                        return None
+                elif aval.shape == () and isinstance(a, (float, int, np.float64, np.integer)) \
+                        and not isinstance(a, (bool, np.bool_)):
                     values.append((float(a),))
                 else:
                     return None
@@ -754,7 +789,9 @@ def render(eqn, layouts=None) -> Rendered:
     used = _used(graph)
     skip = set()
     for k, (a, v) in enumerate(zip(eqn.inputs, graph.invars)):
-        if not (_ok_input(a.aval) and _ok_input(v.aval)):
+        if k >= n_carry and _integer(a.aval) and a.aval.dtype == v.aval.dtype:
+            pass  # packed as float64 (NumPy's cast where they meet floats)
+        elif not (_ok_input(a.aval) and _ok_input(v.aval)):
             if id(v) in used or k < n_carry:
                 raise Refused(f"an operand {a.aval}" if not _ok_input(a.aval)
                               else f"a body input {v.aval}")
@@ -808,9 +845,9 @@ def render(eqn, layouts=None) -> Rendered:
     carry_at = starts[:n_carry]
 
     def finish(outs):
-        for o in outs:
-            if any(b.ctype.get(e) == "int" for e in o.flat):
-                raise Refused("a bool output")
+        for o, v in zip(outs, graph.outvars):
+            if any(b.ctype.get(e) == "int" for e in o.flat) or _integer(v.aval):
+                raise Refused(f"an output {v.aval}")
         y_lines = [f"out[{starts[n_carry + m]} + i * {o.size} + {j}] = {e};"
                    for m, o in enumerate(outs[n_carry:]) for j, e in enumerate(o.reshape(-1))]
         new_lines, assign = [], []
@@ -820,7 +857,7 @@ def render(eqn, layouts=None) -> Rendered:
                 assign.append(f"{old} = n{k}_{j};")
         return y_lines + new_lines + assign
 
-    b.steps(graph, env, lays, n_carry, finish, "s == 0")
+    b.steps(graph, env, lays, n_carry, finish, "s == 0", length)
     final = [f"out[{carry_at[k] + j}] = {nm};" for k in range(n_carry)
              for j, nm in enumerate(carry_names[k].reshape(-1))]
     step = "(int64_t)" + (f"{length - 1} - s" if reverse else "s")

@@ -266,6 +266,28 @@ def test_inputs_of_other_layouts(layout):
     _same(g(np.ascontiguousarray(W), y0), first) if layout == "broadcast" else None
 
 
+def test_strided_first_carry_peels_the_first_step():
+    """A carry that comes in as a strided view (x[::2]) meets the product with another
+    BLAS increment on the first step than on the later ones: the first step is its own
+    code."""
+    rng = np.random.default_rng(3)
+    x, W = rng.standard_normal(6), rng.standard_normal((3, 3))
+
+    def f(x, W):
+        def step(c, _):
+            return np.sin(c @ W) + c, c @ c
+        c, ys = dp.scan(step, x[::2], length=3)
+        return np.sum(c) + np.sum(ys)
+
+    g = dp.value_and_grad(f, argnums=(0, 1))
+    (v1, g1), (v2, g2) = _twice(g, x, W)
+    _same(v1, v2)
+    for a, b in zip(g1, g2):
+        _same(a, b)
+    assert any("if (s == 0)" in k.source for k in ckernel.kernels()
+               if isinstance(k, cscan.ScanKernel) and k.runs)
+
+
 def test_carry_changing_layout_is_refused():
     """A carry that leaves the step transposed (F order) would meet the product in another
     layout from the second step on: such a loop is refused, the Python loop runs."""
@@ -371,3 +393,34 @@ def test_plans_follow_numpy_matmul():
     assert "loop" in kinds and ("gemv" in kinds or cextern.blas() is None)
     assert cextern.loop_refusal(np.tanh) is None
     assert cextern.ufunc_loop(np.add) is None  # two operands: not called
+
+
+def test_loop_counter_read_as_float():
+    """A time-dependent field reads odeint's step counter (int64): C doubles, as NumPy
+    casts it where it meets the step size; integer arithmetic keeps the Python loop."""
+    from diffprog.sciml import odeint
+    rng = np.random.default_rng(1)
+    W1, W2 = rng.standard_normal((3, 8)), rng.standard_normal((8, 2)) * 0.3
+    y0, t = np.array([1.0, 0.5]), np.linspace(0.0, 1.0, 6)
+
+    def field(y, s, W1, W2):
+        return np.tanh(np.concatenate([y, np.reshape(s, (1,))]) @ W1) @ W2 - 0.1 * np.sin(s) * y
+
+    def loss(W1, W2):
+        return np.sum(odeint(field, y0, t, W1, W2, steps_per_interval=3) ** 2)
+
+    g = dp.value_and_grad(loss, argnums=(0, 1))
+    (v1, g1), (v2, g2) = _twice(g, W1, W2)
+    _same(v1, v2)
+    for a, b in zip(g1, g2):
+        _same(a, b)
+
+    def counting(x):
+        def step(i, c):
+            return c * 0.5 + (i + 1) // 2    # integer arithmetic: no C form here
+        return dp.fori_loop(0, 4, step, x)
+
+    x = np.array([1.0, 2.0])
+    first = dp.differentiable(counting)(x)
+    ckernel.wait()
+    _same(dp.differentiable(counting)(x), first)
