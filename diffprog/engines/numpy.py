@@ -127,6 +127,7 @@ class CompiledScan:
         self.kernel = None if rendered.sensitive else cscan.scan_kernel(eqn, None, rendered)
         self.by_layout: dict = {}
         self.last = self.kernel  # the loop used by the latest call
+        self.outer = Outer(self)
 
     @property
     def state(self) -> str:
@@ -148,11 +149,27 @@ class CompiledScan:
         return kernel
 
 
+class Outer:
+    """Stands for a :class:`CompiledScan` in the bodies inside it (and in the cache key
+    of their compiled code) without holding it: it holds the scan equation, whose body is
+    a key of that weak cache, which a strong reference would keep alive for good."""
+
+    __slots__ = ("ref", "__weakref__")
+
+    def __init__(self, scan):
+        self.ref = weakref.ref(scan)
+
+    @property
+    def state(self) -> str:
+        scan = self.ref()
+        return scan.state if scan is not None else "gone"
+
+
 class NestedScan:
-    """A scan inside the body of a scan that has a compiled loop (``outer``, a
-    :class:`CompiledScan`), which computes this one too: its own C loop is made only once
-    the outer one turns out refused or failed (then the Python loop of the outer body
-    calls this one), so a nested loop is not compiled for nothing."""
+    """A scan inside the body of a scan that has a compiled loop (``outer``, its
+    :class:`Outer`), which computes this one too: its own C loop is made only once the
+    outer one turns out refused or failed (then the Python loop of the outer body calls
+    this one), so a nested loop is not compiled for nothing."""
 
     def __init__(self, eqn, impl, outer):
         self.eqn, self.impl, self.outer = eqn, impl, outer
@@ -190,9 +207,9 @@ _BODIES: "weakref.WeakKeyDictionary[Closed, dict]" = weakref.WeakKeyDictionary()
 def compiled_body(closed: Closed, xp_module, placement: Placement | None = None,
                   outer=None) -> CompiledBody:
     """``closed`` compiled as a function over ``xp_module`` (NumPy bodies get the numpy
-    engine's cheaper small-array spellings, as its programs do). ``outer``: the compiled
-    loop (cscan) of the scan whose body this is, which computes the scans inside it too
-    (they wait for it: :class:`NestedScan`)."""
+    engine's cheaper small-array spellings, as its programs do). ``outer``: the
+    :class:`Outer` of the compiled loop (cscan) of the scan whose body this is, which
+    computes the scans inside it too (they wait for it: :class:`NestedScan`)."""
     placement = placement or placement_for(xp_module)
     compiled = _BODIES.setdefault(closed, {})
     hit = compiled.get((xp_module, placement, outer))
@@ -348,7 +365,8 @@ class ProgramWriter:
             else:
                 rendered = cscan.rendered(eqn)
                 if rendered is not None:
-                    impl = outer = CompiledScan(eqn, impl, rendered)
+                    impl = CompiledScan(eqn, impl, rendered)
+                    outer = impl.outer
         fname = self.bound.bind_value(impl, "f")
         params = [f"{k}={self._param(v, outer)}" for k, v in eqn.params.items()]
         return f"{fname}(xp, {', '.join(operands + params)})"
