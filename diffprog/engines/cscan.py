@@ -16,20 +16,29 @@ What NumPy computes in routines of its own is computed by those routines
 (:mod:`diffprog.engines.cextern`): a ``matmul`` of vectors and matrices calls the BLAS
 function NumPy calls for it (``dgemv``/``ddot``, same arguments) or NumPy's own loop, and
 a ufunc whose C spelling differs from NumPy here (``tanh``, ``exp``... where NumPy has
-SIMD loops) calls NumPy's inner loop for float64. Both depend on the memory layout the
-Python loop would see, so each body value carries a model of it (a NumPy array of the
-same shape and strides, transformed as the Python loop transforms the value), and such a
-loop runs only on C-contiguous inputs.
+SIMD loops) calls NumPy's inner loop for float64. Both depend on the memory layouts the
+Python loop would see (a transposed matrix is another BLAS call), so each body value
+carries a model of its layout: a NumPy array of the same shape and strides, made from its
+operands' models by the NumPy operation the Python loop runs (views stay views, a reshape
+copies where NumPy's does, ufunc outputs follow NumPy's order). Such a loop is made for
+the layouts of the inputs it is called with (the numpy engine's CompiledScan keeps one
+per layout seen), and when the carries leave a step in other layouts than they came in
+with (an init that is a strided view) and that changes the code, the first step is
+peeled. Integer xs and constants (odeint's step counter) are C doubles, which is what
+NumPy casts them to where they meet floats; integer arithmetic is refused.
 
 Results are bit-identical to the Python loop: the same probes as the fused kernels
 (:mod:`diffprog.engines.ckernel`) decide which C spellings reproduce NumPy here, each
 product and called loop is compared with NumPy once per process (cextern's probes), the
 compiler runs without fast-math or contraction, and when a step raises a floating-point
 flag that ``np.errstate`` wants reported the loop runs again in Python (which reports it
-as NumPy does). A body holding anything else (products of two matrices, gathers with
-index arrays, other dtypes, values over ``MAX_ELEMENTS``) keeps the Python loop; so does
-every call until the library is built on the background compile thread. ``status()`` in
-ckernel lists these loops beside the block kernels; ``DIFFPROG_CKERNELS=0`` turns them off.
+as NumPy does; a called routine's flags are collected before the next call, which may
+clear them). A body holding anything else (products of two matrices, gathers with index
+arrays, other dtypes, values over ``MAX_ELEMENTS``) keeps the Python loop; so does every
+call until the library is built on the background compile thread. The scans inside a
+compiled one get no loop of their own unless it is refused (numpy.NestedScan).
+``status()`` in ckernel lists these loops beside the block kernels; ``DIFFPROG_CKERNELS=0``
+turns them off.
 """
 from __future__ import annotations
 

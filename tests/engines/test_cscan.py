@@ -135,9 +135,13 @@ def test_pairwise_matches_numpy_sum():
 # ---------------------------------------------------------------- products, NumPy's loops,
 # nested loops (cextern.py): the neural ODE's scan
 
-def _state(kernel_source_part):
-    return [k.state for k in ckernel.kernels()
-            if isinstance(k, cscan.ScanKernel) and kernel_source_part in k.source]
+def _scans(fn, *args, kind="value"):
+    """The scan equations of fn's program (kind "value" or "grad" w.r.t. argument 0)."""
+    from diffprog.api import _graph_for_kind
+    f = dp.differentiable(fn)
+    sig = f._signature(args)
+    return [e for e in _graph_for_kind(kind, f._traced(sig), sig, 0).eqns
+            if e.prim.name == "scan"]
 
 
 @pytest.mark.parametrize("n,h", [(2, 16), (1, 3), (3, 1), (5, 7)])
@@ -214,11 +218,7 @@ def test_neural_ode_nested_loops_bit_identical():
         _same(g(params)[0], v1)
     assert len(ckernel.kernels()) == made
     # each top-level scan of the gradient program has its loop (nothing refused)
-    from diffprog.api import _graph_for_kind
-    f = dp.differentiable(loss)
-    sig = f._signature((params,))
-    graph = _graph_for_kind("grad", f._traced(sig), sig, 0)
-    scans = [e for e in graph.eqns if e.prim.name == "scan"]
+    scans = _scans(loss, params, kind="grad")
     assert scans and all(cscan.why_not(e) is None for e in scans)
 
 
@@ -236,11 +236,7 @@ def test_matrix_matrix_keeps_python_loop():
     assert np.allclose(g(x), np.full((2, 2), 0.125))
     ckernel.wait()
     assert np.allclose(g(x), np.full((2, 2), 0.125))
-    from diffprog.api import _graph_for_kind
-    d = dp.differentiable(f)
-    sig = d._signature((x,))
-    scan = next(e for e in d._traced(sig).graph.eqns if e.prim.name == "scan")
-    assert "gemm" in cscan.why_not(scan)
+    assert all("gemm" in cscan.why_not(e) for e in _scans(f, x))
 
 
 @pytest.mark.parametrize("layout", ["F", "reversed", "every other column", "broadcast"])
