@@ -94,10 +94,13 @@ def _find_blas():
     """The CBLAS functions NumPy's own extension resolves: looked up through its handle,
     which searches it and the libraries it links (another BLAS loaded in this process,
     such as SciPy's, is not the one NumPy calls)."""
-    from numpy._core import _multiarray_umath
+    try:
+        from numpy._core import _multiarray_umath
+    except ImportError:  # NumPy 1.x
+        from numpy.core import _multiarray_umath
     try:
         lib = ctypes.CDLL(_multiarray_umath.__file__)  # loaded: one more reference
-    except OSError as exc:
+    except (OSError, AttributeError) as exc:
         return [None, f"NumPy's extension cannot be opened ({exc}); products keep the "
                       f"Python loop"]
     for prefix, suffix, width in _SYMBOLS:
