@@ -4,11 +4,13 @@ The cells are read from notebooks/build.py (the notebook's source), so this time
 the notebook runs: its setup cells, then the Adam loop (400 value-and-gradient steps of
 an odeint over an MLP vector field), timed from its first line to its last. The
 compiled loops build in the background while the first steps run in Python, so the
-time depends on whether they are in the disk cache: ``--cold`` uses a fresh empty cache
-(everything compiled during the loop, as on a first run), else the usual one.
+time depends on what the disk cache holds (``--cache``): "warm", the usual cache (a
+second run of the notebook); "fresh", a new cache holding only the library that probes
+the C spellings, built once per machine (a first run of this notebook); "empty", a new
+empty cache (diffprog's first compile on a machine).
 
-    python -m bench.neural_ode            # as a second run of the notebook finds it
-    python -m bench.neural_ode --cold     # as a first run on a machine does
+    python -m bench.neural_ode                   # as a second run of the notebook finds it
+    python -m bench.neural_ode --cache fresh     # as its first run finds it
 
 Results do not depend on it: the loss history (its digest is printed) is the same bits
 with or without compiled loops.
@@ -22,6 +24,7 @@ import importlib.util
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,12 +41,16 @@ def cells() -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cold", action="store_true", help="a fresh, empty kernel cache")
+    ap.add_argument("--cache", choices=("warm", "fresh", "empty"), default="warm",
+                    help="what the kernel cache holds when the loop starts (see above)")
     a = ap.parse_args(argv)
-    if a.cold:  # before diffprog is imported (the setup cell imports it)
-        cache = tempfile.mkdtemp(prefix="diffprog-bench-cold-")
+    if a.cache != "warm":  # before diffprog is imported (the setup cell imports it)
+        cache = tempfile.mkdtemp(prefix="diffprog-bench-cache-")
         atexit.register(shutil.rmtree, cache, True)
         os.environ["DIFFPROG_CACHE_DIR"] = cache
+        if a.cache == "fresh":
+            subprocess.run([sys.executable, "-c", "from diffprog.engines import ckernel; "
+                            "ckernel.probe()"], check=True)
     setup, model, training = cells()[:3]
     namespace: dict = {}
     exec(compile(setup, "<setup cell>", "exec"), namespace)  # noqa: S102 - our notebook
