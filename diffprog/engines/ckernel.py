@@ -43,6 +43,7 @@ import atexit
 import collections
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import re
@@ -804,7 +805,9 @@ _INTEGER_POWERS = (2, -1, 1, 0, 3, -2, 4, 5, -3, 7, 10)
 
 
 def _probe_cases():
-    """``(primitive name, builder, inputs, params)`` for every C spelling in the table."""
+    """``(primitive name, builder, inputs, numpy)`` for every C spelling in the table;
+    ``numpy()`` gives NumPy's result on the inputs and the flags it reported (computed
+    when that primitive is probed: most of the probe's time)."""
     rng = np.random.default_rng(20261201)
     cases = []
     for name, prim in sorted(PRIMITIVES.items()):
@@ -814,26 +817,28 @@ def _probe_cases():
             param_sets = [{"n": n} for n in _INTEGER_POWERS] if name == "integer_pow" else [{}]
             for params in param_sets:
                 ins = [Var(Aval(a.shape, a.dtype)) for a in inputs]
-                try:
-                    expect, flags = _with_numpy_flags(lambda: prim.evaluate(np, *inputs, **params))
+                try:  # the result's dtype, from one element of each input
+                    with np.errstate(all="ignore"):
+                        dtype = np.asarray(prim.evaluate(np, *[a[:1] for a in inputs],
+                                                         **params)).dtype
                 except TypeError:  # NumPy has no such loop (bitwise ops on floats)
                     continue
-                expect = np.asarray(expect)
-                out = Var(Aval(expect.shape, expect.dtype))
+                out = Var(Aval(np.broadcast_shapes(*[a.shape for a in inputs]), dtype))
                 eqn = Eqn(prim, ins, [out], dict(params))
                 b = BlockBuilder(block=max(1, inputs[0].size))
                 ops = [b.array(f"in{k}", v.aval) for k, v in enumerate(ins)]
                 b.op(eqn, ops, "t0")
-                b.export("t0", expect.dtype)
+                b.export("t0", dtype)
                 if b.refused is None:
-                    cases.append((name, b, inputs, expect, flags))
+                    cases.append((name, b, inputs, functools.partial(
+                        _with_numpy_flags, functools.partial(prim.evaluate, np, *inputs, **params))))
     x = np.concatenate([probe_values(), np.linspace(-50, 50, 1001)])
     b = BlockBuilder(block=x.size)
     b.sin_cos(b.array("in0", Aval(x.shape, _F64)), "t0", "t1")
     b.export("t0", _F64)
     b.export("t1", _F64)
-    expect, flags = _with_numpy_flags(lambda: (np.sin(x), np.cos(x)))
-    cases.append(("sincos", b, [x], expect, flags))
+    cases.append(("sincos", b, [x], functools.partial(_with_numpy_flags,
+                                                      lambda: (np.sin(x), np.cos(x)))))
     return cases
 
 
@@ -872,24 +877,36 @@ def _run_probe(fn, builder, inputs) -> list[np.ndarray]:
     return outs, raised
 
 
-def probe() -> dict[str, str | None]:
+def probe(names=None) -> dict[str, str | None]:
     """``{primitive name or "sincos": None if its C spelling reproduces NumPy here, else
-    why not}``; computed once per process (compiling the probe library once per machine)."""
+    why not}``; each computed once per process (compiling the probe library once per
+    machine). ``names``: probe only these (a compiled scan asks for the few it spells;
+    a name probed before is not probed again), else all of them."""
     with _LOCK:
-        if _PROBED:
+        if _UNBUILT in _PROBED:
             return _PROBED
-        cases = _probe_cases()
+        wanted = None if names is None else set(names)
+        if (wanted is None and _PROBE_STATE.get("all")) or \
+                (wanted is not None and wanted <= set(_PROBED)):
+            return _PROBED
+        if "lib" not in _PROBE_STATE:
+            cases = _probe_cases()
+            sources = [b.function(f"dp_probe{k}") for k, (_, b, _, _) in enumerate(cases)]
+            try:
+                lib = library("#define DP_USE_SINCOS 1\n" + "".join(sources),
+                              [f"dp_probe{k}" for k in range(len(cases))])
+            except BuildError as exc:
+                _PROBED[_UNBUILT] = f"probe library not built: {exc}"
+                return _PROBED
+            _PROBE_STATE.update(lib=lib, cases=cases)
+        lib, cases = _PROBE_STATE["lib"], _PROBE_STATE["cases"]
         verdicts: dict[str, str | None] = {}
-        sources = [b.function(f"dp_probe{k}") for k, (_, b, _, _, _) in enumerate(cases)]
-        try:
-            lib = library("#define DP_USE_SINCOS 1\n" + "".join(sources),
-                          [f"dp_probe{k}" for k in range(len(cases))])
-        except BuildError as exc:
-            _PROBED[_UNBUILT] = f"probe library not built: {exc}"
-            return _PROBED
-        for k, (name, b, inputs, expect, numpy_flags) in enumerate(cases):
+        for k, (name, b, inputs, numpy) in enumerate(cases):
+            if name in _PROBED or (wanted is not None and name not in wanted):
+                continue
+            expect, numpy_flags = numpy()
             got, raised = _run_probe(load(lib, f"dp_probe{k}"), b, inputs)
-            expected = expect if isinstance(expect, tuple) else (expect,)
+            expected = expect if isinstance(expect, tuple) else (np.asarray(expect),)
             # flags NumPy reports that C would not raise: a warning the user would miss
             missed = [n for n, bit in FLAG_BITS.items() if numpy_flags & bit and not raised & bit]
             problem = None
@@ -900,11 +917,14 @@ def probe() -> dict[str, str | None]:
             if verdicts.get(name) is None:  # the first problem of any input set stands
                 verdicts[name] = problem
         _PROBED.update(verdicts)
+        if wanted is None:
+            _PROBE_STATE["all"] = True
         return _PROBED
 
 
 _LOCK = threading.RLock()
 _PROBED: dict[str, str | None] = {}
+_PROBE_STATE: dict = {}  # the probe library and its cases, once built; "all": all probed
 _UNBUILT = "(probe library)"  # the key under which a failed probe build is recorded
 
 
@@ -1127,6 +1147,7 @@ def reset() -> None:
     wait()
     with _LOCK:
         _PROBED.clear()
+        _PROBE_STATE.clear()
         _IDENTITY.clear()
     with _QUEUE_READY:
         _KERNELS.clear()

@@ -608,7 +608,7 @@ class ScanKernel:
         """The #defines choosing each primitive's C spelling or NumPy's loop, or why the
         loop cannot be used (its ``state``)."""
         r = self.rendered
-        verdicts = ckernel.probe()
+        verdicts = ckernel.probe(r.needs)
         if ckernel._UNBUILT in verdicts:
             return ckernel.refusal(verdicts, ())
         defines, bad = [], []
