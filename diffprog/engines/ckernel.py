@@ -593,13 +593,8 @@ def _mark(key: str) -> str:
     return f"diffprog-kernel-abi{ABI}-{key}"
 
 
-def build(source: str, optimize: str = "-O3") -> str:
-    """Path of a shared library built from ``source`` (PREAMBLE prepended, the marker of
-    its key appended), its sha256 recorded beside it (``.sha256``, sha256sum's format):
-    from the disk cache when the same source, flags and compiler built it before. The
-    path is not checked here: :func:`library` verifies what it loads. ``optimize``
-    replaces FLAGS' optimisation level (the arithmetic is the same at every level: no
-    fast-math, no contraction; a lower one compiles a long loop body in half the time)."""
+def _where(source: str, optimize: str):
+    """(compiler, flags, text, key, cache folder, library path) of a build."""
     cc = compiler()
     if cc is None:
         raise BuildError("no C compiler found (set CC, or install gcc)")
@@ -608,7 +603,22 @@ def build(source: str, optimize: str = "-O3") -> str:
     key = hashlib.sha256("\0".join((text, " ".join(flags), _compiler_identity(cc),
                                     sys.platform, f"abi{ABI}")).encode()).hexdigest()[:32]
     directory = cache_dir()
-    path = os.path.join(directory, f"k{key}.so")
+    return cc, flags, text, key, directory, os.path.join(directory, f"k{key}.so")
+
+
+def cached(source: str, optimize: str = "-O3") -> bool:
+    """Whether the disk cache holds a library of ``source`` built at ``optimize``."""
+    return os.path.lexists(_where(source, optimize)[-1])
+
+
+def build(source: str, optimize: str = "-O3") -> str:
+    """Path of a shared library built from ``source`` (PREAMBLE prepended, the marker of
+    its key appended), its sha256 recorded beside it (``.sha256``, sha256sum's format):
+    from the disk cache when the same source, flags and compiler built it before. The
+    path is not checked here: :func:`library` verifies what it loads. ``optimize``
+    replaces FLAGS' optimisation level (the arithmetic is the same at every level: no
+    fast-math, no contraction; a lower one compiles a long loop body in half the time)."""
+    cc, flags, text, key, directory, path = _where(source, optimize)
     if os.path.lexists(path):
         BUILDS["cached"] += 1
         return path
