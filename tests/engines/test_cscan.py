@@ -420,3 +420,26 @@ def test_loop_counter_read_as_float():
     first = dp.differentiable(counting)(x)
     ckernel.wait()
     _same(dp.differentiable(counting)(x), first)
+
+
+def test_long_loop_built_at_O0_first_then_O1(monkeypatch):
+    """A long loop not in the disk cache is built at -O0 (ready sooner), then at -O1,
+    which takes over: the same bits from both, and from the Python loop."""
+    monkeypatch.setattr(cscan, "LONG_LINES", 10)
+    rng = np.random.default_rng(11)
+    W, y0 = rng.standard_normal((3, 3)), rng.standard_normal(3) + 0.0123
+
+    def f(W, y0):
+        def step(y, _):
+            return np.cos(y @ W) * 0.9 + y * 0.1, None
+        y, _ = dp.scan(step, y0, length=6)
+        return np.sum(y)
+
+    g = dp.value_and_grad(f, argnums=(0, 1))
+    (v1, g1), (v2, g2) = _twice(g, W, y0)
+    ckernel.wait()  # the -O1 build, queued behind
+    assert any(k.state.startswith("ready (-O1") for k in ckernel.kernels())
+    v3, g3 = g(W, y0)
+    for a, b, c in zip((v1, *g1), (v2, *g2), (v3, *g3)):
+        _same(a, b)
+        _same(a, c)
