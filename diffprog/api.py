@@ -41,8 +41,8 @@ from .leaves import is_dynamic
 from .tree import TreeDef, dict_orders, flatten, leaf_paths, unflatten
 
 def _leaf_key(leaf, gpu: int | None):
-    if isinstance(leaf, float):
-        return float
+    if isinstance(leaf, (float, complex)):
+        return complex if isinstance(leaf, complex) else float
     if isinstance(leaf, Tracer):
         return (leaf.shape, leaf.dtype, leaf.aval.weak)
     if gpu is not None:  # a program's constants live on one GPU: one program per GPU
@@ -137,13 +137,14 @@ def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
     dynamic, keys, nested, first_gpu = [], [], False, None
     for i, leaf in enumerate(leaves):
         if i not in static_leaf_pos and is_dynamic(leaf):
-            if isinstance(leaf, float) and type(leaf) is not float and \
+            if isinstance(leaf, (float, complex)) and type(leaf) not in (float, complex) and \
                     not isinstance(leaf, np.generic):
-                leaf = leaves[i] = float(leaf)  # a float subclass: the number it holds
+                # a float (complex) subclass: the number it holds
+                leaf = leaves[i] = (complex if isinstance(leaf, complex) else float)(leaf)
             if type(leaf) is np.ndarray:
                 if leaf.dtype.kind not in "biufc":
                     _check_array_leaf(leaf, lambda: f"args{leaf_paths(treedef)[i]}")
-            elif not isinstance(leaf, (float, Tracer)):
+            elif not isinstance(leaf, (float, complex, Tracer)):
                 _check_array_leaf(leaf, lambda: f"args{leaf_paths(treedef)[i]}")
             dynamic.append(i)
             gpu = _gpu_id(leaf)
@@ -1038,12 +1039,6 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
                     f"(e.g. {float(leaf) if isinstance(leaf, (int, bool)) else 'np.asarray(...)'}) "
                     f"or leave this argument out of argnums.")
             dt = _leaf_dtype(leaf)
-            if np.issubdtype(dt, np.complexfloating):
-                raise NotDifferentiableError(
-                    f"cannot differentiate with respect to {where}: its dtype is {dt}. diffprog "
-                    f"differentiates real floating-point values only (complex derivatives need a "
-                    f"convention it does not pick for you). Fix: pass the real and imaginary parts "
-                    f"as separate float arguments and build the complex value inside the function.")
             if not np.issubdtype(dt, np.inexact):
                 raise NotDifferentiableError(
                     f"cannot differentiate with respect to {where}: its dtype is {dt}, not a "
@@ -1059,39 +1054,54 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
 
 
 def _refuse_complex(graph: Graph, wrt: list[int], what: str) -> None:
-    """Derivatives through complex values are refused until diffprog picks a complex
-    convention: the rules are written for real values, and a complex input or
-    intermediate would otherwise give a silently wrong (or missing) derivative."""
-    def complex_(v):
-        return v.aval.dtype.kind == "c"
-    for i, v in enumerate(graph.invars):
-        if complex_(v):
-            raise NotDifferentiableError(
-                f"{what}: input {i} of the traced function is complex ({v.aval}). diffprog "
-                f"differentiates real floating-point values only (complex derivatives need a "
-                f"convention it does not pick for you). Fix: pass the real and imaginary parts "
-                f"as separate float arguments, or keep complex inputs out of the transformed "
-                f"function (close over them or pass them to dp.differentiable for values only).")
+    """Refuse derivatives that would flow through complex values of an entry whose rules
+    are written for real values only (``Primitive.complex`` unset): they would be
+    silently wrong. Bodies of loops and branches are checked too."""
     live = {id(graph.invars[i]) for i in wrt}
+    _check_complex_flow(graph, live, what)
+
+
+def _check_complex_flow(graph: Graph, live: set, what: str) -> None:
     for eqn in graph.eqns:
         if not any(id(a) in live for a in eqn.inputs):
             continue
-        for o in eqn.outputs:
-            if complex_(o):
+        if eqn.prim.differentiable:
+            if not eqn.prim.complex and any(
+                    _is_complex_atom(a) for a in list(eqn.inputs) + list(eqn.outputs)):
                 raise NotDifferentiableError(
-                    f"{what}: the derivative would flow through a complex value ({o.aval}, "
-                    f"computed by {eqn.prim.name}). diffprog "
-                    f"differentiates real values only. Fix: write the computation with real "
-                    f"arrays (real and imaginary parts separately), or wrap it in dp.custom_vjp "
-                    f"with a real-valued rule.")
-            live.add(id(o))
+                    f"{what}: the derivative would flow through complex values in "
+                    f"{_entry_words(eqn.prim.name)}, whose derivative rules are written for "
+                    f"real values only. Fix: write that step with real arrays (real and "
+                    f"imaginary parts separately), or wrap it in dp.custom_vjp with a rule in "
+                    f"JAX's complex convention.")
+            for body in _bodies(eqn.params):
+                _check_complex_flow(body, {id(v) for v in body.invars}, what)
+        live.update(id(o) for o in eqn.outputs)
+
+
+def _is_complex_atom(atom) -> bool:
+    aval = getattr(atom, "aval", None)
+    return aval is not None and aval.dtype.kind == "c"
+
+
+def _bodies(params: dict):
+    """The sub-programs (loop and branch bodies) an equation holds in its params."""
+    for value in params.values():
+        for item in (value if isinstance(value, (tuple, list)) else (value,)):
+            graph = getattr(item, "graph", None)
+            if isinstance(graph, Graph):
+                yield graph
+
+
+def _entry_words(name: str) -> str:
+    return f"the primitive {name!r}"
 
 
 def _float_positions(sig: Signature, indices) -> list[int]:
     out = []
     for i in indices:
         leaf = sig.leaves[sig.dynamic[i]]
-        if np.issubdtype(_leaf_dtype(leaf), np.floating):
+        if np.issubdtype(_leaf_dtype(leaf), np.inexact):
             out.append(i)
     return out
 
@@ -1104,7 +1114,8 @@ def _describe_tree(tree: TreeDef) -> str:
     return f"a {tree.kind}, structure {tree}"
 
 
-def _check_scalar_output(traced: Traced, what: str, has_aux: bool = False):
+def _check_scalar_output(traced: Traced, what: str, has_aux: bool = False,
+                         holomorphic: bool = False):
     outs = traced.graph.outvars
     if has_aux:
         if traced.out_tree.kind not in ("tuple", "list") or len(traced.out_tree.children) != 2:
@@ -1125,6 +1136,35 @@ def _check_scalar_output(traced: Traced, what: str, has_aux: bool = False):
     if not np.issubdtype(out.aval.dtype, np.inexact):
         raise NotDifferentiableError(
             f"{what} needs a floating-point output; the function returned dtype {out.aval.dtype}.")
+    _check_output_kind(out.aval.dtype, what, holomorphic)
+
+
+def _check_output_kind(dtype, what: str, holomorphic: bool) -> None:
+    """JAX's rule: a gradient (reverse-mode Jacobian) needs real outputs, except for a
+    holomorphic function, declared with ``holomorphic=True``, whose outputs are complex."""
+    is_complex = np.issubdtype(dtype, np.complexfloating)
+    if is_complex and not holomorphic:
+        raise NotDifferentiableError(
+            f"{what} needs a real-valued output; the function returned {dtype}. Fix: for a "
+            f"holomorphic function pass holomorphic=True (the result is the complex "
+            f"derivative f'(z)); otherwise differentiate a real quantity (np.abs(z) ** 2, "
+            f"np.real(z)), or use dp.vjp / dp.jvp directly.")
+    if holomorphic and not is_complex:
+        raise NotDifferentiableError(
+            f"{what}(holomorphic=True) needs a complex output; the function returned {dtype}. "
+            f"Fix: drop holomorphic=True for a real-valued function.")
+
+
+def _check_holomorphic_inputs(sig: Signature, wrt: list[int], what: str) -> None:
+    """holomorphic=True differentiates with respect to complex arguments only (as JAX)."""
+    paths = leaf_paths(sig.treedef)
+    for i in wrt:
+        pos = sig.dynamic[i]
+        dt = _leaf_dtype(sig.leaves[pos])
+        if not np.issubdtype(dt, np.complexfloating):
+            raise NotDifferentiableError(
+                f"{what}(holomorphic=True): argument {paths[pos]} is {dt}, not complex. Fix: "
+                f"pass it as a complex array (x.astype(complex)), or drop holomorphic=True.")
 
 
 def _grads_tree(sig: Signature, argnums: tuple, wrt: list[int], grads, single: bool):
@@ -1147,10 +1187,12 @@ def _run_nested(graph: Graph, traced: Traced, dyn_values: list) -> list:
 # =============================================================================== grad
 
 class _GradFunction(Transformed):
-    def __init__(self, fn, argnums=0, has_aux=False, with_value=False, engine=None):
+    def __init__(self, fn, argnums=0, has_aux=False, with_value=False, engine=None,
+                 holomorphic=False):
         super().__init__(fn, engine)
         self.argnums = argnums
         self.has_aux = has_aux
+        self.holomorphic = bool(holomorphic)
         self.with_value = with_value
         functools.update_wrapper(self, self.fn, updated=())
 
@@ -1166,10 +1208,12 @@ class _GradFunction(Transformed):
         argnums = _norm_argnums(self.argnums, len(args))
         single = isinstance(self.argnums, (int, np.integer))
         wrt = _wrt_positions(sig, argnums)
+        if self.holomorphic:
+            _check_holomorphic_inputs(sig, wrt, self._name())
         native = self._native(sig)
 
         def build(traced):
-            _check_scalar_output(traced, self._name(), self.has_aux)
+            _check_scalar_output(traced, self._name(), self.has_aux, self.holomorphic)
             _refuse_complex(traced.graph, wrt, self._name())
             if native and traced.graph.outvars[0].aval.shape == ():  # Zygote: a scalar
                 return _engines.Derivative("gradient", traced.graph, tuple(wrt))
@@ -1180,7 +1224,8 @@ class _GradFunction(Transformed):
             traced = self._traced(sig)
             flat = _run_nested(build(traced), traced, sig.dyn_leaves)
         else:
-            flat, variant = self._run(sig, ("grad", argnums, self.has_aux), build)
+            flat, variant = self._run(sig, ("grad", argnums, self.has_aux, self.holomorphic),
+                                      build)
             traced = variant.traced
         assemble = self._assembler(traced, sig, argnums, wrt, single)
         if not sig.nested and traced.reusable:  # guarded: _run checks the variants
@@ -1235,7 +1280,8 @@ def _aux_grad_graph(graph: Graph, wrt):
     return simplify(result)
 
 
-def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
+         holomorphic: bool = False):
     """Gradient of a scalar function with respect to argument(s) ``argnums``.
 
     Returns a function with the same arguments returning the gradient, shaped like the
@@ -1243,17 +1289,28 @@ def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
     argnums it returns a tuple of gradients. ``has_aux=True``: ``fn`` returns
     ``(value, aux)`` and the result is ``(grad, aux)``.
 
+    Complex arguments follow JAX's convention: for a real ``f`` of ``z = x + iy`` the
+    gradient is ``df/dx - i df/dy`` (its conjugate is the direction of steepest ascent).
+    ``holomorphic=True`` differentiates a holomorphic ``f`` of complex arguments with a
+    complex output and returns ``f'(z)``.
+
+
     >>> import numpy as np, diffprog as dp
     >>> dp.grad(lambda x: np.sum(x ** 2))(np.array([1.0, 2.0]))
     array([2., 4.])
     >>> g = dp.grad(lambda p, x: np.sum(p["w"] * x), argnums=(0, 1))
     >>> g({"w": np.array([1.0, 2.0])}, np.array([3.0, 4.0]))
     ({'w': array([3., 4.])}, array([1., 2.]))
+    >>> dp.grad(lambda z: np.real(z) ** 2 + np.imag(z) ** 2)(3.0 + 4.0j)
+    np.complex128(6-8j)
+    >>> dp.grad(lambda z: z ** 2, holomorphic=True)(1.0 + 1.0j)
+    np.complex128(2+2j)
     """
-    return _GradFunction(fn, argnums, has_aux=has_aux)
+    return _GradFunction(fn, argnums, has_aux=has_aux, holomorphic=holomorphic)
 
 
-def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
+                   holomorphic: bool = False):
     """Like :func:`grad` but returns ``(value, gradient)`` from one compiled program.
 
     >>> import numpy as np, diffprog as dp
@@ -1261,7 +1318,8 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
     >>> float(value), gradient
     (9.0, array([ 3., 12.]))
     """
-    return _GradFunction(fn, argnums, has_aux=has_aux, with_value=True)
+    return _GradFunction(fn, argnums, has_aux=has_aux, with_value=True,
+                         holomorphic=holomorphic)
 
 
 # ================================================================================ vjp
@@ -1375,6 +1433,12 @@ def _as_tangent(tangent, primal, where: str):
             f"jvp: tangent {where} is a {_DEVICE_WORDS[t_dev]} array but its primal is a "
             f"{_DEVICE_WORDS[p_dev]} array. Fix: put both on one device (cupy.asarray / .get()).")
     dtype = primal.dtype if p_dev == "gpu" else np.result_type(primal)
+    if np.issubdtype(_leaf_dtype(tangent), np.complexfloating) and \
+            not np.issubdtype(dtype, np.complexfloating):
+        raise ArgumentError(
+            f"jvp: tangent {where} is complex but its primal is {np.dtype(dtype)}: a real "
+            f"value moves along real directions only. Fix: pass a real tangent, or make the "
+            f"primal complex (x.astype(complex)) to move it off the real line.")
     if t_dev == "gpu":
         return tangent.astype(dtype, copy=False)
     return np.asarray(tangent, dtype=dtype)
@@ -1382,7 +1446,8 @@ def _as_tangent(tangent, primal, where: str):
 
 # =========================================================================== jacobian
 
-def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
+def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev",
+             holomorphic: bool = False):
     """Jacobian of ``fn`` w.r.t. argument(s) ``argnums``: shape ``out.shape + x.shape``.
 
     Arguments and outputs may be pytrees (dicts, lists, tuples), as in JAX: the result
@@ -1390,6 +1455,11 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
     leaves of shape ``out_leaf.shape + x_leaf.shape``. ``mode="rev"`` runs one pullback
     per output element; ``"fwd"`` one tangent per input element. Pick the one with fewer
     runs.
+
+    Complex values follow JAX's ``jacrev``/``jacfwd``: reverse mode needs real outputs
+    (its rows are gradients, in :func:`grad`'s convention), forward mode real arguments
+    (its columns are complex tangents); ``holomorphic=True`` takes complex arguments and
+    outputs and gives the complex derivative ``df_i/dz_j``.
 
     >>> import numpy as np, diffprog as dp
     >>> dp.jacobian(lambda x: x ** 2)(np.array([1.0, 2.0]))
@@ -1406,12 +1476,12 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
         nums = _norm_argnums(argnums, len(args))
         single = isinstance(argnums, (int, np.integer))
         for a in nums:
-            _check_jacobian_argument(args[a], a)
+            _check_jacobian_argument(args[a], a, mode, holomorphic)
         token = _IN_JACOBIAN.set(True)
         try:
             result = _native_derivative(fn, args, nums, "jacobian") if mode == "rev" else None
             if result is None:
-                result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums)
+                result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums, holomorphic)
         finally:
             _IN_JACOBIAN.reset(token)
         return result[0] if single else tuple(result)
@@ -1419,7 +1489,7 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
     return functools.wraps(fn)(jac) if hasattr(fn, "__name__") else jac
 
 
-def _check_jacobian_argument(arg, a: int) -> None:
+def _check_jacobian_argument(arg, a: int, mode: str = "rev", holomorphic: bool = False) -> None:
     leaves, _ = flatten(arg)
     paths = leaf_paths(flatten(arg)[1])
     floats = 0
@@ -1432,11 +1502,22 @@ def _check_jacobian_argument(arg, a: int) -> None:
                 f"Fix: pass float arrays (np.asarray(..., dtype=float)) or Python floats, or "
                 f"leave argument {a} out of argnums.")
         dtype = _leaf_dtype(leaf)
-        if not np.issubdtype(dtype, np.floating):
+        if not np.issubdtype(dtype, np.inexact):
             raise NotDifferentiableError(
                 f"jacobian: cannot differentiate with respect to argument {a}{path}: its dtype "
-                f"is {dtype}, not a real floating type. Fix: convert it with .astype(float) or "
+                f"is {dtype}, not a floating type. Fix: convert it with .astype(float) or "
                 f"leave it out of argnums.")
+        is_complex = np.issubdtype(dtype, np.complexfloating)
+        if holomorphic and not is_complex:
+            raise NotDifferentiableError(
+                f"jacobian(holomorphic=True): argument {a}{path} is {dtype}, not complex. Fix: "
+                f"pass it as a complex array (x.astype(complex)), or drop holomorphic=True.")
+        if is_complex and mode == "fwd" and not holomorphic:
+            raise NotDifferentiableError(
+                f"jacobian(mode='fwd') needs real arguments (its columns are tangents along "
+                f"real unit directions); argument {a}{path} is {dtype}. Fix: mode='rev' for a "
+                f"real-valued function, holomorphic=True for a holomorphic one, or pass the "
+                f"real and imaginary parts as separate real arguments.")
         floats += 1
     if not floats:
         raise NotDifferentiableError(
@@ -1450,10 +1531,12 @@ def _stack(rows, out_shape, in_shape, dtype):
     return numpy_api.reshape(stacked, tuple(out_shape) + tuple(in_shape))
 
 
-def _jac_rev(fn, args, nums):
+def _jac_rev(fn, args, nums, holomorphic=False):
     """One pullback per output element; the result as out structure of args structures."""
     out, pullback = vjp(fn, *args)
     out_leaves, out_tree = flatten(out)
+    for leaf in out_leaves:
+        _check_output_kind(_leaf_dtype(leaf), "jacobian", holomorphic)
     in_flat = [flatten(args[a]) for a in nums]
     rows = [[[[] for _ in leaves] for leaves, _ in in_flat] for _ in out_leaves]
     for o, leaf in enumerate(out_leaves):
@@ -1473,7 +1556,7 @@ def _jac_rev(fn, args, nums):
                                      _leaf_dtype(out_leaves[o])))
 
 
-def _jac_fwd(fn, args, nums):
+def _jac_fwd(fn, args, nums, holomorphic=False):
     """One tangent per input element; the same structure as :func:`_jac_rev`."""
     in_flat = [flatten(args[a]) for a in nums]
     columns: dict = {}  # (k, j) -> list of output tangent leaves, one per input element
@@ -1498,6 +1581,9 @@ def _jac_fwd(fn, args, nums):
     if out is None:
         out = fn(*args)
     out_leaves, out_tree = flatten(out)
+    if holomorphic:
+        for leaf in out_leaves:
+            _check_output_kind(_leaf_dtype(leaf), "jacobian", holomorphic)
 
     def block(o, k, j, out_shape, in_leaf):
         from . import numpy_api
@@ -1541,18 +1627,32 @@ def _array_module(x):
     return sys.modules["cupy"] if _device_of(x) == "gpu" else np
 
 
-def hessian(fn: Callable, argnums: int = 0):
+def hessian(fn: Callable, argnums: int = 0, holomorphic: bool = False):
     """Hessian of a scalar function: forward-mode Jacobian of the reverse-mode gradient.
+
+    Real arguments, or complex ones with ``holomorphic=True`` (then ``f''(z)``); as in
+    JAX, a real function of complex arguments has no complex Hessian here: pass the real
+    and imaginary parts as real arguments.
 
     >>> import numpy as np, diffprog as dp
     >>> dp.hessian(lambda x: np.sum(x ** 3))(np.array([1.0, 2.0]))
     array([[ 6.,  0.],
            [ 0., 12.]])
     """
-    by_transforms = jacobian(grad(fn, argnums), argnums, mode="fwd")
+    by_transforms = jacobian(grad(fn, argnums, holomorphic=holomorphic), argnums, mode="fwd",
+                             holomorphic=holomorphic)
 
     def hess(*args):
         nums = _norm_argnums(argnums, len(args))
+        if not holomorphic:
+            for a in nums:
+                if any(is_dynamic(l) and np.issubdtype(_leaf_dtype(l), np.complexfloating)
+                       for l in flatten(args[a])[0]):
+                    raise NotDifferentiableError(
+                        f"hessian: argument {a} is complex. A real function of complex "
+                        f"values has no complex Hessian (JAX refuses it too). Fix: pass the "
+                        f"real and imaginary parts as real arguments, or holomorphic=True "
+                        f"for a holomorphic function (then f''(z)).")
         token = _IN_JACOBIAN.set(True)
         try:
             native = _native_derivative(fn, args, nums, "hessian")

@@ -250,7 +250,7 @@ def rad2deg(x):
     return x * (180.0 / np.pi)
 
 
-@_ufunc_composite(np.positive, np.conjugate)
+@_ufunc_composite(np.positive)
 def positive(x):
     return x
 
@@ -317,31 +317,53 @@ def copy(a, *args, **kwargs):
     return a
 
 
-@implements(np.real, method="conj,conjugate")
-def real(a, *args):
-    if np.issubdtype(dtype_of(a), np.complexfloating):
-        raise unsupported("complex arithmetic (np.real)")
-    return a
+def _is_complex(a) -> bool:
+    return np.issubdtype(dtype_of(a), np.complexfloating)
+
+
+@implements(np.real)
+def real(a):
+    """The real part; a real array is itself (NumPy returns it unchanged)."""
+    return elementwise.real(a) if _is_complex(a) else a
+
+
+@implements(method="conj,conjugate")
+def conj(a, *args):
+    """The complex conjugate (np.conj is the ufunc np.conjugate); a real array is itself."""
+    return elementwise.conj(a) if _is_complex(a) else a
+
+
+_UFUNC_COMPOSITES[np.conjugate] = conj
+
+
+TRACER_METHODS["real"] = property(lambda self: real(self))
+TRACER_METHODS["imag"] = property(lambda self: imag(self))
 
 
 @implements(np.real_if_close)
 def real_if_close(a, tol=100):
-    """A real array is returned as it is (NumPy does the same)."""
-    return real(a)
+    """A real array is returned as it is (NumPy does the same); a complex one would need
+    its values to decide the result's dtype, which tracing does not know."""
+    if _is_complex(a):
+        raise unsupported("np.real_if_close of a complex traced array (its result's dtype "
+                          "depends on the values; use np.real)")
+    return a
 
 
 @implements(np.imag)
 def imag(a):
-    """The imaginary part of a real array: zeros (no gradient flows to ``a``)."""
-    real(a)  # complex values are refused there
-    return zeros_like(a)
+    """The imaginary part; of a real array: zeros (no gradient flows to ``a``)."""
+    return elementwise.imag(a) if _is_complex(a) else zeros_like(a)
 
 
 @implements(np.angle)
 def angle(z, deg=False):
-    """The angle of a real number, NumPy's arctan2(0, x): 0 for x >= +0, pi (180 degrees)
-    for x < 0 and for -0.0, NaN for NaN; its derivative is 0 (a step)."""
-    real(z)
+    """The angle: arctan2(imag, real) of a complex value; of a real number NumPy's
+    arctan2(0, x): 0 for x >= +0, pi (180 degrees) for x < 0 and for -0.0, NaN for NaN,
+    with derivative 0 (a step)."""
+    if _is_complex(z):
+        a = elementwise.arctan2(elementwise.imag(z), elementwise.real(z))
+        return a * (180.0 / np.pi) if deg else a
     flat = elementwise.stop_gradient(z)  # a step: NaN at 0 from arctan2's own rule otherwise
     a = np.arctan2(zeros_like(flat), flat)  # NumPy's value: pi at -0.0, NaN at NaN
     return a * (180.0 / np.pi) if deg else a

@@ -99,7 +99,7 @@ matmul = Primitive(
            Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4,))]),
            Case(lambda rng: [rng.standard_normal((4,)), rng.standard_normal((4,))]),
            Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5))])],
-    batch=by(matmul_rule, lambda: matmul))
+    batch=by(matmul_rule, lambda: matmul), complex=True)
 
 
 def _einsum_parse(subscripts: str):
@@ -279,7 +279,7 @@ einsum = Primitive(
            Case(lambda rng: [rng.standard_normal((3, 4))], {"subscripts": "ij->", "optimize": False}),
            Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((3, 4)),
                              rng.standard_normal((4,))], {"subscripts": "ij,jk,k->i", "optimize": False})],
-    batch=by(einsum_rule, lambda: einsum))
+    batch=by(einsum_rule, lambda: einsum), complex=True)
 
 
 # ------------------------------------------------------------------ solve, inv
@@ -342,7 +342,7 @@ solve = Primitive(
            Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal((3, 2))]),
            Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal((2, 3, 2))]),
            Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal(3)])],
-    batch=by(solve_rule, lambda: solve))
+    batch=by(solve_rule, lambda: solve), complex=True)
 
 
 def _inv_shape(a):
@@ -356,14 +356,15 @@ inv = Primitive(
     jvp=lambda ts, a, *, out: None if ts[0] is None else -(out @ ts[0] @ out),
     julia=_single_matrix_julia("DiffProg.npinv({0})"),
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))],
-    batch=batch_stacked(lambda: inv))
+    batch=batch_stacked(lambda: inv), complex=True)
 
 
 # ------------------------------------------------------------------ determinants
 
 def _adjugate_impl(xp, a):
     """adj(a) = det(a) inv(a), without the inverse: from the SVD a = U diag(s) V^T,
-    adj(a) = det(U) det(V) V diag(prod of the s_j but s_i) U^T. The products leaving one
+    adj(a) = det(U) det(V) V diag(prod of the s_j but s_i) U^T (conjugate transposes and
+    det(U) conj(det(V)) for complex a, a = U diag(s) V^H). The products leaving one
     singular value out are prefix times suffix products, not det / s_i, so a rank n-1
     matrix (one s_i = 0) gets its exact, nonzero adjugate and lower ranks get zero."""
     if a.shape[-1] == 0:
@@ -373,8 +374,12 @@ def _adjugate_impl(xp, a):
     before = xp.cumprod(xp.concatenate([one, s[..., :-1]], axis=-1), axis=-1)
     after = xp.flip(xp.cumprod(xp.concatenate([one, xp.flip(s[..., 1:], axis=-1)], axis=-1),
                                axis=-1), axis=-1)
-    sign = xp.sign(xp.linalg.det(u) * xp.linalg.det(vh))  # +-1: U and V are orthogonal
-    adj = (xp.swapaxes(vh, -1, -2) * (before * after)[..., None, :]) @ xp.swapaxes(u, -1, -2)
+    # +-1 (U and V orthogonal); a unit phase for complex a (U, V unitary: a = U S V^H)
+    sign = xp.sign(xp.linalg.det(u) * xp.linalg.det(vh))
+    v, u_h = xp.swapaxes(vh, -1, -2), xp.swapaxes(u, -1, -2)
+    if xp.iscomplexobj(a):
+        v, u_h = v.conj(), u_h.conj()
+    adj = (v * (before * after)[..., None, :]) @ u_h
     return adj * sign[..., None, None]
 
 
@@ -423,7 +428,7 @@ adjugate = Primitive(
     jvp=lambda ts, a, *, out: None if ts[0] is None else _adjugate_jvp(a, ts[0]),
     julia=_adjugate_julia,
     cases=[Case(_well_conditioned(3, 3)), Case(_rank(3, 2)), Case(_rank(3, 1)),
-           Case(_rank(4, 3)), Case(normal(1, 1))], batch=batch_stacked(lambda: adjugate))
+           Case(_rank(4, 3)), Case(normal(1, 1))], batch=batch_stacked(lambda: adjugate), complex=True)
 
 
 def _det_shape(a):
@@ -440,12 +445,13 @@ det = Primitive(
                                else np.sum(swap_last_axes(adjugate(a)) * ts[0], axis=(-2, -1))),
     julia=_single_matrix_julia("DiffProg.npdet({0})"),
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3)), Case(_rank(3, 2)),
-           Case(_rank(4, 2)), Case(_rank(3, 2, 2))], batch=batch_stacked(lambda: det))
+           Case(_rank(4, 2)), Case(_rank(3, 2, 2))], batch=batch_stacked(lambda: det), complex=True)
 
 
 def _slogdet_shape(a):
     _square(a, "linalg.slogdet")
-    return [Aval(a.shape[:-2], a.dtype), Aval(a.shape[:-2], a.dtype)]
+    real = np.empty((), a.dtype).real.dtype  # log|det| is real for complex a too
+    return [Aval(a.shape[:-2], a.dtype), Aval(a.shape[:-2], real)]
 
 
 def _inverse_or_nan(a, sign):
@@ -458,17 +464,29 @@ def _inverse_or_nan(a, sign):
     return np.where(singular, np.nan, inv(safe))
 
 
+# With t = tr(inv(a) da) (d log det, holomorphic): d log|det| = Re(t), and for complex a
+# the sign (det / |det|) moves too, d sign = sign * i Im(t); for real a it is a step.
+# In JAX's convention the cotangent of t is then g_logabs + i Im(g_sign sign), and that
+# of a is it times inv(a)^T.
+
 def _slogdet_vjp(gs, a, *, out):
-    g_logdet = gs[1]
-    if g_logdet is None:
+    g_sign, g_logdet = gs
+    complex_a = np.issubdtype(np.result_type(a), np.complexfloating)
+    g_t = g_logdet
+    if complex_a and g_sign is not None:
+        g_t = add_all([g_t, 1j * np.imag(g_sign * out[0])])
+    if g_t is None:
         return (None,)
-    return (np.expand_dims(g_logdet, (-1, -2)) * swap_last_axes(_inverse_or_nan(a, out[0])),)
+    return (np.expand_dims(g_t, (-1, -2)) * swap_last_axes(_inverse_or_nan(a, out[0])),)
 
 
 def _slogdet_jvp(ts, a, *, out):
     if ts[0] is None:
         return [None, None]
-    return [None, np.sum(swap_last_axes(_inverse_or_nan(a, out[0])) * ts[0], axis=(-2, -1))]
+    t = np.sum(swap_last_axes(_inverse_or_nan(a, out[0])) * ts[0], axis=(-2, -1))
+    if not np.issubdtype(np.result_type(a), np.complexfloating):
+        return [None, t]
+    return [out[0] * (1j * np.imag(t)), np.real(t)]
 
 
 slogdet = Primitive(
@@ -476,7 +494,7 @@ slogdet = Primitive(
     numpy={np.linalg.slogdet: lambda a: tuple(slogdet(a))},
     jvp=_slogdet_jvp, julia=_single_matrix_julia("DiffProg.npslogdet({0})"),
     multiple_results=True, cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))],
-    batch=batch_stacked(lambda: slogdet))
+    batch=batch_stacked(lambda: slogdet), complex=True)
 
 
 # ------------------------------------------------------------------ symmetric matrices

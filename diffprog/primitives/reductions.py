@@ -46,7 +46,7 @@ reduce_sum = Primitive(
     jvp=lambda ts, x, *, out, axes, keepdims: None if ts[0] is None else
     np.sum(ts[0], axis=axes, keepdims=keepdims),
     julia="DiffProg.npsum({0}; dims = {jaxes}, keepdims = {keepdims})", cases=_reduction_cases(),
-    batch=by(reduce_axes, lambda: reduce_sum))
+    batch=by(reduce_axes, lambda: reduce_sum), complex=True)
 
 
 # max and min share the cotangent between tied elements (the central difference of NumPy's
@@ -108,7 +108,7 @@ reduce_prod = Primitive(
     # exact with zeros, to any order (products of others via cumprod, itself exact there)
     cases=_reduction_cases() + [Case(lambda rng: [np.array([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]])],
                                      {"axes": (1,), "keepdims": False})],
-    batch=by(reduce_axes, lambda: reduce_prod))
+    batch=by(reduce_axes, lambda: reduce_prod), complex=True)
 
 
 def _indices_along(name, shape, julia):
@@ -143,7 +143,7 @@ cumsum = Primitive(
     jvp=lambda ts, x, *, out, axis: None if ts[0] is None else np.cumsum(ts[0], axis=axis),
     julia="cumsum({0}; dims = {jaxis})",
     cases=[Case(normal(3, 4), {"axis": 1}), Case(normal(3, 4), {"axis": 0})],
-    batch=by(along_axis, lambda: cumsum))
+    batch=by(along_axis, lambda: cumsum), complex=True)
 
 
 class _ZerosAlong:
@@ -197,7 +197,7 @@ cumprod = Primitive(
            Case(lambda rng: [np.array([[1.5, 0.0, 2.0, -3.0], [0.0, 0.0, 3.0, 1.0],
                                        [2.0, -1.0, 0.5, 0.0], [0.0, 2.0, 0.0, 0.0]])], {"axis": 1}),
            Case(lambda rng: [np.array([[0.0, 2.0], [3.0, 0.0], [0.5, 4.0]])], {"axis": 0})],
-    batch=by(along_axis, lambda: cumprod))
+    batch=by(along_axis, lambda: cumprod), complex=True)
 
 
 def _argpartition_impl(xp, x, *, kth, axis):
