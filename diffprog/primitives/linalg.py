@@ -1035,3 +1035,135 @@ qr = Primitive(
     julia=Unsupported(f"np.linalg.qr: {_LAPACK_SIGNS}"),
     cases=[Case(normal(4, 3), {"complete": False}), Case(normal(3, 3), {"complete": False}),
            Case(normal(3, 5), {"complete": False}), Case(normal(2, 4, 3), {"complete": False})])
+
+
+# ------------------------------------------------------------------ general eigenproblems
+# np.linalg.eig(a) and eigvals(a) of a square (real or complex) matrix. NumPy returns a
+# real array where every eigenvalue of a real matrix happens to be real and a complex one
+# otherwise: a dtype that depends on the values, which tracing cannot know. These entries
+# always give complex results (as JAX does), with NumPy's values (bit for bit: its own
+# call, the real results converted to complex exactly). So `w.real`, `np.abs(w)` and
+# friends agree with NumPy; code that relies on the dtype (np.sort(w) sorts complex
+# values lexicographically, w.dtype) sees complex values where NumPy might give real ones.
+#
+# Rules (nondegenerate perturbation theory, JAX's eig rule): with P = V^-1 dA V,
+#   dw = diag(P),  dV = U + V diag(c),  U = V (F * P),  F_ij = 1 / (w_j - w_i) (0 on the
+# diagonal). The eigenvalue equation leaves each dv_j free along v_j (c_j); LAPACK's geev
+# fixes v_j by a unit 2-norm and a real largest-magnitude component v_kj, and these rules
+# differentiate through that choice:
+#   c_j = -Re(v_j^H u_j) - i Im(u_kj) / v_kj,   k = argmax_i |v_ij|
+# (the first keeps |v_j| = 1, the second keeps v_kj real). So the derivatives of V are
+# those of NumPy's own eigenvectors (what finite differences of np.linalg.eig see), not
+# merely of some gauge: any function of V has the derivative NumPy's values imply.
+# At a repeated eigenvalue (and close to one) there is no derivative: F holds 1/0, and
+# dV comes out inf/NaN (dw, from an ill-conditioned V, is unreliable there too).
+
+def _eig_dtype(dtype) -> np.dtype:
+    """The complex dtype of eigenvalues and eigenvectors of a matrix of ``dtype``
+    (LAPACK's: complex64 for float32, complex128 for float64 and integers)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        return dtype
+    return np.dtype(np.complex64) if dtype == np.float32 else np.dtype(np.complex128)
+
+
+def _eig_shape(a):
+    _square(a, "linalg.eig")
+    c = _eig_dtype(a.dtype)
+    return [Aval(a.shape[:-1], c), Aval(a.shape, c)]
+
+
+def _eig_impl(xp, a):
+    w, v = _numpy_on_host(xp, lambda m: tuple(np.linalg.eig(m)), a)
+    c = _eig_dtype(a.dtype)
+    return w.astype(c, copy=False), v.astype(c, copy=False)
+
+
+def _eig_vectors_jvp(da, w, v):
+    """(dw, dV) of NumPy's eig along da (see above)."""
+    p = solve(v, da) @ v
+    n = np.shape(w)[-1]
+    dw = np.sum(p * np.eye(n), axis=-1)
+    u = v @ (_inverse_gaps(w) * p)
+    largest = np.expand_dims(np.argmax(np.abs(v), axis=-2), -2) == np.arange(n)[:, None]
+    v_k = np.real(np.sum(np.where(largest, v, 0.0), axis=-2))  # real (LAPACK's choice)
+    u_k = np.sum(np.where(largest, u, 0.0), axis=-2)
+    c = -np.real(np.sum(np.conj(v) * u, axis=-2)) - 1j * (np.imag(u_k) / v_k)
+    return dw, u + v * np.expand_dims(c, -2)
+
+
+def _eig_jvp(ts, a, *, out):
+    if ts[0] is None:
+        return [None, None]
+    w, v = out
+    dw, dv = _eig_vectors_jvp(ts[0], w, v)
+    return [in_dtype_of(dw, w), in_dtype_of(dv, v)]
+
+
+def _eig_call(a):
+    return _result("EigResult", *eig(a))
+
+
+eig = Primitive(
+    "eig", _eig_impl, _eig_shape, jvp=_eig_jvp, vjp=vjp_by_transposing(_eig_jvp),
+    multiple_results=True, numpy={np.linalg.eig: _eig_call}, batch=batch_stacked(lambda: eig),
+    julia=Unsupported("np.linalg.eig: the order of the eigenvalues and the phases of the "
+                      "eigenvectors are LAPACK's choices on the row-major matrix, which the "
+                      "julia engine (holding the transpose; Julia's eigen also sorts) cannot "
+                      "promise to reproduce"),
+    cases=[Case(normal(3, 3)), Case(normal(4, 4)), Case(normal(2, 3, 3)),
+           Case(lambda rng: [_real_spectrum(rng, 3)])], complex=True)
+
+
+def _real_spectrum(rng, n):
+    """A nonsymmetric matrix with distinct real eigenvalues (real eigenvectors)."""
+    x = rng.standard_normal((n, n)) + n * np.eye(n)
+    return x @ np.diag(np.arange(1.0, n + 1.0)) @ np.linalg.inv(x)
+
+
+def _eigvals_shape(a):
+    _square(a, "linalg.eigvals")
+    return Aval(a.shape[:-1], _eig_dtype(a.dtype))
+
+
+def _eigvals_impl(xp, a):
+    w = _numpy_on_host(xp, np.linalg.eigvals, a)
+    return w.astype(_eig_dtype(a.dtype), copy=False)
+
+
+def _eigvals_pairing(a, w):
+    """``(V, M)``: eig's eigenvectors of ``a`` and the 0/1 matrix M[..., i, j] pairing
+    eigenvalue i of eigvals (``w``) with eigenvalue j of eig (the nearest: LAPACK computes
+    the two separately, in the same order in practice, but nothing promises it)."""
+    w_eig, v = eig(a)
+    n = np.shape(w)[-1]
+    gaps = np.abs(np.expand_dims(w, -1) - np.expand_dims(w_eig, -2))
+    nearest = np.expand_dims(np.argmin(gaps, axis=-1), -1) == np.arange(n)
+    return v, np.where(nearest, 1.0, 0.0)
+
+
+def _eigvals_jvp(ts, a, *, out):
+    """dw_i = (V^-1 dA V)_ii."""
+    if ts[0] is None:
+        return None
+    v, pairing = _eigvals_pairing(a, out)
+    dw = np.sum(solve(v, ts[0]) * swap_last_axes(v), axis=-1)
+    return in_dtype_of(np.sum(pairing * np.expand_dims(dw, -2), axis=-1), out)
+
+
+def _eigvals_vjp(g, a, *, out):
+    """The transpose of the JVP: V^-T diag(g) V^T (JAX's convention: no conjugates)."""
+    v, pairing = _eigvals_pairing(a, out)
+    g_eig = np.sum(pairing * np.expand_dims(g, -1), axis=-2)
+    vt = swap_last_axes(v)
+    return (in_dtype_of(solve(vt, np.expand_dims(g_eig, -1) * vt), a),)
+
+
+eigvals = Primitive(
+    "eigvals", _eigvals_impl, _eigvals_shape, jvp=_eigvals_jvp, vjp=_eigvals_vjp,
+    numpy=np.linalg.eigvals, batch=batch_stacked(lambda: eigvals),
+    julia=Unsupported("np.linalg.eigvals: the order of the eigenvalues is LAPACK's choice on "
+                      "the row-major matrix (Julia's eigvals sorts them, and the julia engine "
+                      "holds the transpose), which it cannot promise to reproduce"),
+    cases=[Case(normal(3, 3)), Case(normal(2, 4, 4)),
+           Case(lambda rng: [_real_spectrum(rng, 3)])], complex=True)
