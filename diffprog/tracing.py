@@ -243,6 +243,11 @@ def _drop_identity(prim, args):
     for pos, neutral in prim.identity.items():
         if _is_constant_equal(args[pos], neutral):
             other = args[1 - pos]
+            if isinstance(other, Tracer) and other.aval.dtype.kind == "c" \
+                    and prim.name in ("mul", "div"):
+                # complex x * 1 is a complex product in NumPy: inf parts give NaN there
+                # ((inf+0j) * 1 is inf+nanj), so x itself would not be NumPy's result
+                return None
             if isinstance(other, Tracer):
                 avals = [a.aval if isinstance(a, Tracer) else aval_of(a) for a in args]
                 if prim.abstract_eval(*avals) == other.aval:

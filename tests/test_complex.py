@@ -208,3 +208,12 @@ def test_odeint_of_a_complex_state(method):
     rtol = 1e-6 if method == "rk4" else 1e-5  # dopri5: the step controller is held fixed
     assert_close(gy, numeric_grad(loss, [y0, w], 0), rtol=rtol, atol=1e-8)
     assert gw == pytest.approx(float(numeric_grad(loss, [y0, w], 1)), rel=rtol)
+
+
+def test_complex_products_by_one_are_numpys():
+    # x * 1 is no identity on complex values: NumPy multiplies by 1+0j, so an infinite
+    # part gives a NaN part ((inf+0j) * 1 is inf+nanj); tracing must not drop the product
+    z = np.array([np.inf + 0j, 1.0 - 0.0j, complex(np.nan, np.inf)])
+    with np.errstate(invalid="ignore"):
+        for f in (lambda z: z * 1, lambda z: 1.0 * z, lambda z: z / 1):
+            np.testing.assert_array_equal(dp.differentiable(f)(z), f(z))
