@@ -500,16 +500,61 @@ slogdet = Primitive(
 # ------------------------------------------------------------------ symmetric matrices
 
 def _half_diagonal_lower(x):
-    """The lower triangle with the diagonal halved (the cholesky rule's projection)."""
-    return lower_triangle(x, 0.5)
+    """The lower triangle with the diagonal halved (the cholesky rule's projection); for
+    complex x the real part of the diagonal (that of a Hermitian matrix's projection)."""
+    if not _is_complex(x):
+        return lower_triangle(x, 0.5)
+    n = np.shape(x)[-1]
+    return lower_triangle(x, 0.0) + np.real(x) * (0.5 * np.eye(n))
+
+
+def _is_complex(x) -> bool:
+    return np.result_type(x).kind == "c"
+
+
+def _h(x):
+    """The conjugate transpose of (a stack of) matrices: the transpose for real x."""
+    return np.conj(swap_last_axes(x))
+
+
+def hermitian_from_lower(x):
+    """The Hermitian matrix LAPACK's Hermitian routines (cholesky, eigh, eigvalsh) read
+    from ``x``'s lower triangle: ``tril(x, -1) + tril(x, -1)^H`` plus the real part of
+    the diagonal (its imaginary part is never read); for real x the symmetric one."""
+    if not _is_complex(x):
+        return symmetric_from_lower(x)
+    strict = lower_triangle(x, 0.0)
+    return strict + _h(strict) + np.real(x) * np.eye(np.shape(x)[-1])
+
+
+def _hermitian_from_upper(x):
+    """The Hermitian matrix read from ``x``'s upper triangle (UPLO="U"): the transpose of
+    the one read from the lower triangle of x^T."""
+    return swap_last_axes(hermitian_from_lower(swap_last_axes(x)))
+
+
+def _real_rule_or_transposed(real_vjp, jvp):
+    """A VJP: ``real_vjp`` (a cotangent formula written for real values) where every
+    operand and output is real, and the JVP ``jvp`` transposed (rules.vjp_by_transposing,
+    JAX's complex convention through the conj/real/imag entries) where one is complex."""
+    transposed = vjp_by_transposing(jvp)
+
+    def vjp(gs, *xs, out, **params):
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        if any(_is_complex(x) for x in list(xs) + list(outs)):
+            return transposed(gs, *xs, out=out, **params)
+        return real_vjp(gs, *xs, out=out, **params)
+    return vjp
 
 
 # NumPy's cholesky reads only the lower triangle of `a`: it factors the symmetric
-# A = tril(a) + tril(a, -1)^T, whatever is above the diagonal. The rules are those of
-# that function of `a` (what finite differences of NumPy see), not of a symmetric input:
-# the JVP symmetrises the tangent's lower triangle, and the VJP takes the cotangent of A
-# back through that map (onto_lower). On symmetric perturbations this agrees with the
-# usual symmetric rule.
+# A = tril(a) + tril(a, -1)^T, whatever is above the diagonal (Hermitian for complex a:
+# tril(a, -1)^H above and the real part of the diagonal, hermitian_from_lower). The rules
+# are those of that function of `a` (what finite differences of NumPy see), not of a
+# symmetric input: the JVP symmetrises the tangent's lower triangle, and the VJP takes
+# the cotangent of A back through that map (onto_lower). On symmetric perturbations this
+# agrees with the usual symmetric rule. Complex a: dL = L Phi(L^-1 dA L^-H), Phi the lower
+# triangle with the (real) diagonal halved; the VJP is that JVP transposed.
 def _cholesky_vjp(g, a, *, out):
     L = out
     L_inv = inv(L)
@@ -522,7 +567,7 @@ def _cholesky_jvp(ts, a, *, out):
         return None
     L = out
     L_inv = inv(L)
-    return L @ _half_diagonal_lower(L_inv @ symmetric_from_lower(ts[0]) @ swap_last_axes(L_inv))
+    return L @ _half_diagonal_lower(L_inv @ hermitian_from_lower(ts[0]) @ _h(L_inv))
 
 
 def _cholesky_shape(a):
@@ -531,26 +576,30 @@ def _cholesky_shape(a):
 
 
 def _spd(x):
-    """A positive definite lower triangle, and noise above it that NumPy never reads
-    (so the generated tests see the rules on non-symmetric perturbations too)."""
+    """A positive definite lower triangle (Hermitian for complex x), and noise above it
+    that NumPy never reads (so the generated tests see the rules on non-symmetric
+    perturbations too)."""
     n = np.shape(x)[-1]
-    return x @ swap_last_axes(x) + n * np.eye(n) + np.triu(x, 1)
+    return x @ _h(x) + n * np.eye(n) + np.triu(x, 1)
 
 
 def _cholesky_call(a, upper=False):
     """np.linalg.cholesky; with ``upper=True`` NumPy reads the upper triangle of ``a`` and
-    returns the upper factor: chol_upper(a) = chol(a^T)^T."""
+    returns the upper factor: chol_upper(a) = chol(a^T)^T (for complex a too: the
+    Hermitian matrix read from the lower triangle of a^T is the conjugate of the one read
+    from the upper triangle of a, and so is its factor)."""
     if upper:
         return swap_last_axes(cholesky(swap_last_axes(a)))
     return cholesky(a)
 
 
 cholesky = Primitive(
-    "cholesky", "xp.linalg.cholesky({0})", _cholesky_shape, vjp=_cholesky_vjp,
+    "cholesky", "xp.linalg.cholesky({0})", _cholesky_shape,
+    vjp=_real_rule_or_transposed(_cholesky_vjp, _cholesky_jvp),
     numpy={np.linalg.cholesky: _cholesky_call},
     jvp=_cholesky_jvp, julia=_single_matrix_julia("DiffProg.npcholesky({0})"),
     cases=[Case(normal(3, 3), wrap=_spd), Case(normal(2, 3, 3), wrap=_spd)],
-    batch=batch_stacked(lambda: cholesky))
+    batch=batch_stacked(lambda: cholesky), complex=True)
 
 
 # ------------------------------------------------------------------ symmetric eigenproblems
@@ -561,6 +610,12 @@ cholesky = Primitive(
 # cotangent of A goes back through onto_lower. dw_i = v_i^T dA v_i needs the eigenvectors
 # as traced values: the eigh entry, whose own rules make every order exact wherever the
 # eigenvalues are distinct (at a repeated eigenvalue there is no derivative).
+# Complex a: the Hermitian A of hermitian_from_lower (the diagonal's imaginary part is
+# never read), dw_i = Re(v_i^H dA v_i), dV = V (F * V^H dA V) + the phase each eigenvector
+# keeps: the eigh entry makes its largest-magnitude component real and positive, NumPy's
+# zheevd (through its tridiagonal reduction) the first component (UPLO="L") or the last
+# (UPLO="U") real; dv_j gets i theta_j v_j keeping that component real, so the derivatives
+# are those of the vectors the impl returns (as eig's, below).
 
 def _real_dtype(dtype) -> np.dtype:
     """The dtype of eigenvalues of a Hermitian matrix of ``dtype`` (LAPACK's: float64 for
@@ -572,12 +627,16 @@ def _real_dtype(dtype) -> np.dtype:
 
 
 def _eigh_impl(xp, a):
-    """Eigenvalues (ascending) and eigenvectors of the symmetric matrix read from the lower
-    triangle of ``a``, each eigenvector with its largest-magnitude component positive (a
-    choice of sign NumPy leaves to LAPACK: fixed here so every engine gives the same)."""
+    """Eigenvalues (ascending) and eigenvectors of the symmetric (Hermitian) matrix read
+    from the lower triangle of ``a``, each eigenvector with its largest-magnitude component
+    positive (a choice of sign, or of phase, NumPy leaves to LAPACK: fixed here so every
+    engine gives the same)."""
     w, v = xp.linalg.eigh(a)
     largest = xp.argmax(xp.abs(v), axis=-2)[..., None, :]
-    return w, v * xp.sign(xp.take_along_axis(v, largest, axis=-2))
+    top = xp.take_along_axis(v, largest, axis=-2)
+    if xp.iscomplexobj(v):  # the unit phase that makes it real and positive
+        return w, v * (xp.conj(top) / xp.abs(top))
+    return w, v * xp.sign(top)
 
 
 def _eigh_shape(a):
@@ -594,14 +653,33 @@ def _inverse_gaps(w):
     return np.where(diagonal, 0.0, 1.0 / np.where(diagonal, 1.0, gaps))
 
 
+def _hermitian_eig_jvp(da, w, v, real_row):
+    """(dw, dV) for the symmetric (Hermitian) tangent ``da``: dw = Re diag(M),
+    dV = V (F * M), M = V^H dA V; for complex V plus i theta_j v_j keeping the component
+    that the impl makes real real: row ``real_row`` of V, or the largest-magnitude one
+    (``"largest"``)."""
+    m = _h(v) @ da @ v
+    n = np.shape(w)[-1]
+    dw = np.real(np.sum(np.eye(n) * m, axis=-1))
+    dv = v @ (_inverse_gaps(w) * m)
+    if not _is_complex(v):
+        return dw, dv
+    if real_row == "largest":
+        row = np.expand_dims(np.argmax(np.abs(v), axis=-2), -2) == np.arange(n)[:, None]
+        v_r = np.real(np.sum(np.where(row, v, 0.0), axis=-2))
+        dv_r = np.sum(np.where(row, dv, 0.0), axis=-2)
+    else:
+        v_r, dv_r = np.real(v[..., real_row, :]), dv[..., real_row, :]
+    theta = -np.imag(dv_r) / v_r
+    return dw, dv + v * np.expand_dims(1j * theta, -2)
+
+
 def _eigh_jvp(ts, a, *, out):
-    """dw = diag(M), dV = V (F * M), M = V^T dA V."""
     if ts[0] is None:
         return [None, None]
     w, v = out
-    m = swap_last_axes(v) @ symmetric_from_lower(ts[0]) @ v
-    dw = np.sum(np.eye(np.shape(w)[-1]) * m, axis=-1)
-    return [in_dtype_of(dw, w), in_dtype_of(v @ (_inverse_gaps(w) * m), v)]
+    dw, dv = _hermitian_eig_jvp(hermitian_from_lower(ts[0]), w, v, "largest")
+    return [in_dtype_of(dw, w), in_dtype_of(dv, v)]
 
 
 def _eigh_vjp(gs, a, *, out):
@@ -617,9 +695,10 @@ def _eigh_vjp(gs, a, *, out):
 
 # not bound to np.linalg.eigh: NumPy leaves the eigenvectors' signs to LAPACK
 eigh = Primitive(
-    "eigh", _eigh_impl, _eigh_shape, vjp=_eigh_vjp, jvp=_eigh_jvp, multiple_results=True,
-    julia=_single_matrix_julia("DiffProg.npeigh({0})"),
-    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3))], batch=batch_stacked(lambda: eigh))
+    "eigh", _eigh_impl, _eigh_shape, vjp=_real_rule_or_transposed(_eigh_vjp, _eigh_jvp),
+    jvp=_eigh_jvp, multiple_results=True, julia=_single_matrix_julia("DiffProg.npeigh({0})"),
+    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3))], batch=batch_stacked(lambda: eigh),
+    complex=True)
 
 
 def _eigvalsh_shape(a):
@@ -636,22 +715,24 @@ def _eigvalsh_jvp(ts, a, *, out):
     if ts[0] is None:
         return None
     v = eigh(a)[1]
-    return in_dtype_of(np.sum(v * (symmetric_from_lower(ts[0]) @ v), axis=-2), out)
+    return in_dtype_of(np.real(np.sum(np.conj(v) * (hermitian_from_lower(ts[0]) @ v), axis=-2)), out)
 
 
 def _eigvalsh_call(a, UPLO="L"):  # noqa: N803 (NumPy's keyword)
-    """np.linalg.eigvalsh; ``UPLO="U"`` reads the upper triangle: the lower one of a^T."""
+    """np.linalg.eigvalsh; ``UPLO="U"`` reads the upper triangle: the lower one of a^T
+    (for complex a that matrix is the conjugate, with the same eigenvalues)."""
     if UPLO not in ("L", "U"):
         raise ArgumentValueError(f"np.linalg.eigvalsh: UPLO must be 'L' or 'U', got {UPLO!r}")
     return eigvalsh(swap_last_axes(a) if UPLO == "U" else a)
 
 
 eigvalsh = Primitive(
-    "eigvalsh", "xp.linalg.eigvalsh({0})", _eigvalsh_shape, vjp=_eigvalsh_vjp,
+    "eigvalsh", "xp.linalg.eigvalsh({0})", _eigvalsh_shape,
+    vjp=_real_rule_or_transposed(_eigvalsh_vjp, _eigvalsh_jvp),
     jvp=_eigvalsh_jvp, numpy={np.linalg.eigvalsh: _eigvalsh_call},
     julia=_single_matrix_julia("DiffProg.npeigvalsh({0})"),
     cases=[Case(normal(3, 3)), Case(normal(2, 3, 3)), Case(normal(4, 4), wrap=_spd)],
-    batch=batch_stacked(lambda: eigvalsh))
+    batch=batch_stacked(lambda: eigvalsh), complex=True)
 
 
 # ------------------------------------------------------------------ NumPy's own factorizations
@@ -709,9 +790,14 @@ def _eigh_lapack_impl(xp, a, *, uplo):
 
 
 def _eigh_lapack_jvp(ts, a, *, out, uplo):
-    """The eigh entry's rule; UPLO="U" reads the upper triangle, the lower one of a^T."""
-    t = ts[0] if ts[0] is None or uplo == "L" else swap_last_axes(ts[0])
-    return _eigh_jvp([t], a, out=out)
+    """The eigh entry's rule on the matrix NumPy reads (UPLO="U": the upper triangle),
+    with zheevd's phases (the first or the last component real)."""
+    if ts[0] is None:
+        return [None, None]
+    w, v = out
+    read = hermitian_from_lower if uplo == "L" else _hermitian_from_upper
+    dw, dv = _hermitian_eig_jvp(read(ts[0]), w, v, 0 if uplo == "L" else -1)
+    return [in_dtype_of(dw, w), in_dtype_of(dv, v)]
 
 
 def _eigh_lapack_vjp(gs, a, *, out, uplo):
@@ -728,11 +814,13 @@ def _eigh_call(a, UPLO="L"):  # noqa: N803 (NumPy's keyword)
 # np.linalg.eigh: the eigh entry's rules (written in w and V, so sign-agnostic), NumPy's
 # signs (the eigh entry fixes its own so that engines agree; this one is NumPy's function)
 eigh_lapack = Primitive(
-    "eigh_lapack", _eigh_lapack_impl, lambda a, *, uplo: _eigh_shape(a), vjp=_eigh_lapack_vjp,
+    "eigh_lapack", _eigh_lapack_impl, lambda a, *, uplo: _eigh_shape(a),
+    vjp=_real_rule_or_transposed(_eigh_lapack_vjp, _eigh_lapack_jvp),
     jvp=_eigh_lapack_jvp, multiple_results=True, batch=batch_stacked(lambda: eigh_lapack),
     julia=Unsupported(f"np.linalg.eigh: {_LAPACK_SIGNS}"), numpy={np.linalg.eigh: _eigh_call},
     cases=[Case(normal(3, 3), {"uplo": "L"}), Case(normal(2, 4, 4), {"uplo": "L"}),
-           Case(normal(4, 4), {"uplo": "U"}), Case(normal(4, 4), {"uplo": "L"}, wrap=_spd)])
+           Case(normal(4, 4), {"uplo": "U"}), Case(normal(4, 4), {"uplo": "L"}, wrap=_spd)],
+    complex=True)
 
 
 # ------------------------------------------------------------------ SVD
@@ -746,10 +834,16 @@ def _svd_shape(a, *, full_matrices):
     _at_least_matrix(a, "linalg.svd")
     m, n = a.shape[-2:]
     k = min(m, n)
-    dtype = _real_dtype(a.dtype)
+    dtype = _vectors_dtype(a.dtype)
     return [Aval(a.shape[:-2] + (m, m if full_matrices else k), dtype),
-            Aval(a.shape[:-2] + (k,), dtype),
+            Aval(a.shape[:-2] + (k,), _real_dtype(a.dtype)),
             Aval(a.shape[:-2] + (n if full_matrices else k, n), dtype)]
+
+
+def _vectors_dtype(dtype) -> np.dtype:
+    """The dtype of LAPACK's factors of a matrix of ``dtype``: complex stays complex."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind == "c" else _real_dtype(dtype)
 
 
 def _svd_impl(xp, a, *, full_matrices):
@@ -766,27 +860,37 @@ def _inverse_square_gaps(s):
 
 
 def _reduced_svd_jvp(da, u, s, vh):
-    """Tangents of the reduced SVD a = U diag(s) Vh along da (JAX's rule, real case):
-    dS = U^T da V, ds = diag(dS), dU = U (F * (dS S + S dS^T)) (+ the part of da V outside
-    U's span / s for tall a), dV likewise. Distinct nonzero singular values needed."""
+    """Tangents of the reduced SVD a = U diag(s) Vh along da (JAX's rule):
+    dS = U^H da V, ds = Re diag(dS), dU = U (F * (dS S + S dS^H)) (+ the part of da V
+    outside U's span / s for tall a), dV likewise. Distinct nonzero singular values needed.
+    Complex a: a pair (u_j, v_j) is fixed only up to a common phase. JAX's rule gives dU
+    the imaginary diagonal i Im(dS_jj) / s_j and v_j^H dv_j = 0; then both get
+    i theta_j (u_j, v_j) keeping real the component LAPACK's zgesdd (through its real
+    bidiagonal) returns real: the first of each v_j for m >= n, of each u_j for m < n. So
+    the derivatives are those of NumPy's own vectors (as eig's and eigh's)."""
     m, n = np.shape(da)[-2:]
-    v = swap_last_axes(vh)
-    ds_full = swap_last_axes(u) @ da @ v
+    v = _h(vh)
+    ds_full = _h(u) @ da @ v
     k = np.shape(s)[-1]
-    ds = np.sum(ds_full * np.eye(k), axis=-1)
+    ds = np.real(np.sum(ds_full * np.eye(k), axis=-1))
     f = _inverse_square_gaps(s)
     row = np.expand_dims(s, -2)
     col = np.expand_dims(s, -1)
     dss, sds = ds_full * row, col * ds_full
-    du = u @ (f * (dss + swap_last_axes(dss)))
-    dv = v @ (f * (sds + swap_last_axes(sds)))
+    du = u @ (f * (dss + _h(dss)))
+    dv = v @ (f * (sds + _h(sds)))
     if m > n:
         dav = da @ v
-        du = du + (dav - u @ (swap_last_axes(u) @ dav)) / row
+        du = du + (dav - u @ (_h(u) @ dav)) / row
     if n > m:
-        dau = swap_last_axes(da) @ u
-        dv = dv + (dau - v @ (swap_last_axes(v) @ dau)) / row
-    return du, ds, swap_last_axes(dv)
+        dau = _h(da) @ u
+        dv = dv + (dau - v @ (_h(v) @ dau)) / row
+    if _is_complex(u):
+        du = du + u * (1j * np.imag(np.expand_dims(np.sum(ds_full * np.eye(k), axis=-1), -2)) / row)
+        kept, d_kept = (v, dv) if m >= n else (u, du)
+        theta = np.expand_dims(-np.imag(d_kept[..., 0, :]) / np.real(kept[..., 0, :]), -2)
+        du, dv = du + u * (1j * theta), dv + v * (1j * theta)
+    return du, ds, _h(dv)
 
 
 def _svd_reduced_parts(a, out, full_matrices):
@@ -843,7 +947,10 @@ svd = Primitive(
     numpy={np.linalg.svd: lambda *args, **kwargs: _svd_call(*args, **kwargs)},
     batch=batch_stacked(lambda: svd), julia=Unsupported(f"np.linalg.svd: {_LAPACK_SIGNS}"),
     cases=[Case(normal(4, 3), {"full_matrices": False}), Case(normal(3, 5), {"full_matrices": False}),
-           Case(normal(2, 3, 3), {"full_matrices": False}), Case(normal(3, 3), {"full_matrices": True})])
+           Case(normal(2, 3, 3), {"full_matrices": False}), Case(normal(3, 3), {"full_matrices": True}),
+           Case(normal(3, 4), {"full_matrices": False}), Case(normal(9, 4), {"full_matrices": False}),
+           Case(normal(4, 9), {"full_matrices": False})],
+    complex=True)
 
 
 def _svdvals_shape(a):
@@ -852,15 +959,17 @@ def _svdvals_shape(a):
 
 
 def _svdvals_jvp(ts, a, *, out):
+    """ds_j = Re(u_j^H da v_j)."""
     if ts[0] is None:
         return None
     u, _, vh = svd(a, full_matrices=False)
-    return in_dtype_of(np.sum(u * (ts[0] @ swap_last_axes(vh)), axis=-2), out)
+    return in_dtype_of(np.real(np.sum(np.conj(u) * (ts[0] @ _h(vh)), axis=-2)), out)
 
 
 def _svdvals_vjp(g, a, *, out):
+    """conj(U) diag(g) conj(Vh) (JAX's convention: the transpose of the JVP)."""
     u, _, vh = svd(a, full_matrices=False)
-    return (in_dtype_of((u * np.expand_dims(g, -2)) @ vh, a),)
+    return (in_dtype_of(np.conj((u * np.expand_dims(g, -2)) @ vh), a),)
 
 
 # singular values only (np.linalg.svd(a, compute_uv=False), the SVD norms): no signs
@@ -868,7 +977,7 @@ svdvals = Primitive(
     "svdvals", "xp.linalg.svd({0}, compute_uv=False)", _svdvals_shape, vjp=_svdvals_vjp,
     jvp=_svdvals_jvp, batch=batch_stacked(lambda: svdvals),
     julia=_single_matrix_julia("LinearAlgebra.svdvals({0})"),
-    cases=_tall_wide_and_stacked((4, 3), (3, 5), (2, 3, 3)))
+    cases=_tall_wide_and_stacked((4, 3), (3, 5), (2, 3, 3)), complex=True)
 
 
 def _svd_call(a, full_matrices=True, compute_uv=True, hermitian=False):
@@ -887,15 +996,16 @@ def _svd_call(a, full_matrices=True, compute_uv=True, hermitian=False):
 
 def _pinv_shape(a, *, rcond):
     _at_least_matrix(a, "linalg.pinv")
-    return Aval(a.shape[:-2] + (a.shape[-1], a.shape[-2]), _real_dtype(a.dtype))
+    return Aval(a.shape[:-2] + (a.shape[-1], a.shape[-2]), _vectors_dtype(a.dtype))
 
 
 def _pinv_jvp(ts, a, *, out, rcond):
-    """Golub and Pereyra's derivative of the pseudo-inverse (constant rank), as in JAX."""
+    """Golub and Pereyra's derivative of the pseudo-inverse (constant rank), as in JAX
+    (conjugate transposes for complex a)."""
     if ts[0] is None:
         return None
     p, da = out, ts[0]
-    dah, ph = swap_last_axes(da), swap_last_axes(out)
+    dah, ph = _h(da), _h(out)
     m, n = np.shape(a)[-2:]
     if m >= n:
         s = (p @ ph) @ dah
@@ -912,7 +1022,7 @@ def _pinv_impl(xp, a, *, rcond):
 
 def _pinv_call(a, rcond=None, hermitian=False, **kwargs):
     """np.linalg.pinv (``rtol=`` as NumPy reads it); hermitian=True: NumPy reads the lower
-    triangle (the symmetric matrix it stands for is pseudo-inverted here)."""
+    triangle (the symmetric, or Hermitian, matrix it stands for is pseudo-inverted here)."""
     m, n = np.shape(a)[-2:]
     dtype = _real_dtype(np.result_type(a))
     rtol = kwargs.pop("rtol", None) if "rtol" in kwargs else "unset"
@@ -924,7 +1034,7 @@ def _pinv_call(a, rcond=None, hermitian=False, **kwargs):
     if np.ndim(rcond) != 0:
         raise unsupported("np.linalg.pinv with one rcond per matrix")
     if hermitian:
-        a = symmetric_from_lower(a)
+        a = hermitian_from_lower(a)
     return pinv(a, rcond=float(rcond))
 
 
@@ -933,7 +1043,7 @@ pinv = Primitive(
     numpy={np.linalg.pinv: _pinv_call}, batch=batch_stacked(lambda: pinv),
     julia=_single_matrix_julia("LinearAlgebra.pinv({0}; rtol = {rcond})"),
     cases=[Case(normal(4, 3), {"rcond": 1e-15}), Case(normal(3, 5), {"rcond": 1e-15}),
-           Case(normal(2, 3, 3), {"rcond": 1e-15})])
+           Case(normal(2, 3, 3), {"rcond": 1e-15})], complex=True)
 
 
 # ------------------------------------------------------------------ QR
@@ -942,7 +1052,7 @@ def _qr_shape(a, *, complete):
     _at_least_matrix(a, "linalg.qr")
     m, n = a.shape[-2:]
     k = m if complete else min(m, n)
-    dtype = _real_dtype(a.dtype)
+    dtype = _vectors_dtype(a.dtype)
     return [Aval(a.shape[:-2] + (m, k), dtype), Aval(a.shape[:-2] + (k, n), dtype)]
 
 
@@ -957,14 +1067,16 @@ def _right_solve_upper(b, r):
 
 
 def _square_or_tall_qr_jvp(da, q, r):
-    """The reduced QR of a (m >= n) along da (JAX's rule, real case): with
-    X = Q^T da R^{-1}, dO = tril(X, -1) - tril(X, -1)^T, dQ = Q (dO - X) + da R^{-1},
-    dR = (X - dO) R."""
+    """The reduced QR of a (m >= n) along da (JAX's rule): with X = Q^H da R^{-1},
+    dO = tril(X, -1) - tril(X, -1)^H (+ i Im diag(X) for complex a, so that the diagonal
+    of R stays real, as LAPACK's is), dQ = Q (dO - X) + da R^{-1}, dR = (X - dO) R."""
     da_rinv = _right_solve_upper(da, r)
-    x = swap_last_axes(q) @ da_rinv
+    x = _h(q) @ da_rinv
     n = np.shape(x)[-1]
     low = x * np.tril(np.ones((n, n)), -1)
-    do = low - swap_last_axes(low)
+    do = low - _h(low)
+    if _is_complex(x):
+        do = do + 1j * np.imag(x * np.eye(n))
     return q @ (do - x) + da_rinv, (x - do) @ r
 
 
@@ -973,9 +1085,9 @@ def _reduced_qr_jvp(da, q, r):
     if m >= n:
         return _square_or_tall_qr_jvp(da, q, r)
     # wide: Q and the first m columns of R come from the square block a[:, :m]; the rest
-    # of R is Q^T a[:, m:]
+    # of R is Q^H a[:, m:]
     dq, dr_left = _square_or_tall_qr_jvp(da[..., :, :m], q, r[..., :, :m])
-    dr_right = swap_last_axes(dq) @ _wide_rest(r, q) + swap_last_axes(q) @ da[..., :, m:]
+    dr_right = _h(dq) @ _wide_rest(r, q) + _h(q) @ da[..., :, m:]
     return dq, np.concatenate([dr_left, dr_right], axis=-1)
 
 
@@ -1034,7 +1146,8 @@ qr = Primitive(
     numpy={np.linalg.qr: _qr_call}, batch=batch_stacked(lambda: qr),
     julia=Unsupported(f"np.linalg.qr: {_LAPACK_SIGNS}"),
     cases=[Case(normal(4, 3), {"complete": False}), Case(normal(3, 3), {"complete": False}),
-           Case(normal(3, 5), {"complete": False}), Case(normal(2, 4, 3), {"complete": False})])
+           Case(normal(3, 5), {"complete": False}), Case(normal(2, 4, 3), {"complete": False})],
+    complex=True)
 
 
 # ------------------------------------------------------------------ general eigenproblems
