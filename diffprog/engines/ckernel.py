@@ -8,7 +8,8 @@ registers, each equation spelled as its primitive's ``c`` entry in the primitive
 and the NumPy block kernel stays as the fallback.
 
 Results are bit-identical to the NumPy block kernel (which is bit-identical to the
-unfused program for elementwise values):
+unfused program for elementwise values), unless the program opted in to fast math
+(below):
 
 * the compiler runs without fast-math, FP contraction or builtins (``FLAGS``): arithmetic
   is IEEE round-to-nearest like NumPy's loops, and each libm function is a call into the
@@ -31,6 +32,14 @@ compiler, so a later process loads them in about a millisecond; the cache direct
 private to the user, and a library is loaded only if its bytes match the sha256 recorded
 when it was built (see "building" below, and docs/threat-model.md). :func:`status` says
 what is in use, and why not; :func:`wait` blocks until pending compiles are done.
+
+Fast math (opt-in: ``dp.differentiable(fn, fast_math=True)``, ``dp.set_fast_math``,
+``DIFFPROG_FAST_MATH=1``): a fast-math program's kernels call glibc's libmvec for exp, log,
+sin, cos, tanh, pow and the other transcendental functions, several elements per call;
+each result within ``ULP_BOUND`` (4) ulp of NumPy's, NaN/inf/zero results and reported
+flags unchanged, checked by a probe of its own (see "fast math" below,
+:func:`fast_math_state`). Where that cannot work, fast-math programs run these exact
+kernels.
 
 Settings (environment): ``DIFFPROG_CKERNELS=0`` turns compiled kernels off; ``CC`` the C
 compiler (default: ``cc``, then ``gcc``); ``DIFFPROG_CACHE_DIR`` where libraries are kept
@@ -974,7 +983,11 @@ def wide_values() -> np.ndarray:
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """How many float64 values lie between ``a`` and ``b``, elementwise (uint64; 0 when
     equal, +0.0 and -0.0 count as equal): the error in units in the last place. For
-    finite values; an infinity counts as the value after the largest finite one."""
+    finite values; an infinity counts as the value after the largest finite one.
+
+    >>> ulp_distance(np.array([1.0, 0.0]), np.array([np.nextafter(1.0, 2.0), -5e-324]))
+    array([1, 1], dtype=uint64)
+    """
     ia, ib = a.view(np.int64), b.view(np.int64)
     low = np.int64(-2 ** 63)
     with np.errstate(over="ignore"):  # map the sign-magnitude bits to an ordered scale
