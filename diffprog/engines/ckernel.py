@@ -1027,8 +1027,9 @@ def _libmvec():
 
 
 def _fast_math_setup():
-    """``(ISA name, compiler flags, functions libmvec provides)`` for fast-math kernels
-    here, or ``(None, why not)``."""
+    """``([(ISA name, compiler flags, functions libmvec provides), ...], None)``: the ways
+    fast-math kernels may be built here, best first (a compiler that refuses the first
+    ISA's flag gets the next), or ``(None, why not)``."""
     import platform
     if not enabled():
         return None, "compiled kernels are off (DIFFPROG_CKERNELS=0 or not a POSIX system)"
@@ -1041,16 +1042,19 @@ def _fast_math_setup():
     if mvec is None:
         return None, "glibc's libmvec (libmvec.so.1) is not installed"
     features = _cpu_features()
-    _, isa, isa_flags, variants = next(i for i in _ISAS if i[0] in features)
-    functions = tuple(f for f, arity in VECTOR_FUNCTIONS.items()
-                      if all(hasattr(mvec, f"_ZGV{letter}N{lanes}{'v' * arity}_{f}")
-                             for letter, lanes in variants))
-    if not functions:
-        return None, f"libmvec here has no {isa} variant of any function the kernels call"
     # no builtin forms of libm's functions: calls stay the libm (or libmvec) calls probed,
     # never merged (sin + cos into sincos) or folded; sqrt, fabs, floor... stay builtins
     no_builtin = tuple(f"-fno-builtin-{f}" for f in (*VECTOR_FUNCTIONS, "sincos"))
-    return (isa, FAST_FLAGS + isa_flags + no_builtin, functions), None
+    setups = []
+    for feature, isa, isa_flags, variants in _ISAS:
+        functions = tuple(f for f, arity in VECTOR_FUNCTIONS.items()
+                          if all(hasattr(mvec, f"_ZGV{letter}N{lanes}{'v' * arity}_{f}")
+                                 for letter, lanes in variants))
+        if feature in features and functions:
+            setups.append((isa, FAST_FLAGS + isa_flags + no_builtin, functions))
+    if not setups:
+        return None, "libmvec here has no vector variant of the functions the kernels call"
+    return setups, None
 
 
 def _simd_header(functions) -> str:
@@ -1103,20 +1107,26 @@ _FAST: list = []
 
 
 def _probe_fast_math() -> FastMath:
-    setup, why = _fast_math_setup()
-    if setup is None:
+    setups, why = _fast_math_setup()
+    if setups is None:
         return FastMath(why=f"unavailable ({why})")
-    isa, flags, functions = setup
     cases = _probe_cases(fast=True)
     names = [f"dp_probe{k}" for k in range(len(cases))]
     sources = "".join(b.function(n, fast=True) for n, (_, b, _, _, _) in zip(names, cases))
+    for isa, flags, functions in setups:
+        try:
+            return _probe_fast_setup(cases, names, sources, isa, flags, functions)
+        except BuildError as exc:
+            why = f"unavailable (its probe library was not built: {exc})"
+    return FastMath(why=why)
+
+
+def _probe_fast_setup(cases, names, sources, isa, flags, functions) -> FastMath:
+    """The fast-math probe with one ISA's flags (raises BuildError)."""
     while True:
         header = _simd_header(functions)
-        try:
-            lib = library(header + sources, names, flags, FAST_LIBS)
-            path = build(header + sources, flags, FAST_LIBS)  # (cached: where lib came from)
-        except BuildError as exc:
-            return FastMath(why=f"unavailable (its probe library was not built: {exc})")
+        lib = library(header + sources, names, flags, FAST_LIBS)
+        path = build(header + sources, flags, FAST_LIBS)  # (cached: where lib came from)
         verdicts: dict[str, str | None] = {}
         ulps: dict[str, int] = {}
         for k, (name, b, inputs, expect, numpy_flags) in enumerate(cases):

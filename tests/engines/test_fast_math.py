@@ -219,6 +219,22 @@ def test_a_vector_function_beyond_the_bound_falls_back_to_its_exact_call(monkeyp
         ckernel.reset()
 
 
+def test_a_compiler_refusing_an_isa_flag_gets_the_next_isa(monkeypatch):
+    state = _fast_state_or_skip()
+    original = ckernel._probe_cases
+    monkeypatch.setattr(ckernel, "_probe_cases", lambda fast=False: [
+        c for c in original(fast) if c[0] in ("exp", "mul")])
+    bogus = ("sse2", "bogus", ("-mno-such-vector-extension",), (("b", 2),))
+    monkeypatch.setattr(ckernel, "_ISAS", (bogus,) + ckernel._ISAS)
+    ckernel.reset()
+    try:
+        again = ckernel.fast_math_state()
+        assert again.isa == state.isa and again.verdicts["exp"] is None
+    finally:
+        monkeypatch.undo()
+        ckernel.reset()
+
+
 # ---------------------------------------------------------------- whole programs
 
 def test_fast_math_gradients_agree_with_the_default_within_the_bound(rng):
