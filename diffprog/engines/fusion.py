@@ -204,7 +204,7 @@ class BlockKernel:
         self.size = math.prod(self.shape)
         self.name = f"_block{index}"
         self.index = index
-        self.c_twin = ckernel.BlockBuilder(BLOCK)
+        self.c_twin = ckernel.BlockBuilder(BLOCK, fast_math=writer.fast_math)
         self.local: dict[int, str] = {}   # var id -> its name in the NumPy block loop
         self.c_value: dict[int, str] = {}  # var id -> its C value
         self.params: list[str] = []       # kernel parameters (program names of outside values)
@@ -391,7 +391,9 @@ class BlockKernel:
         arrays = "".join(name + ", " for name, _ in self.c_twin.arrays)
         outputs = "".join(full + ", " for full, _ in self.exports)
         scalars = "".join(name + ", " for name in self.c_twin.scalars)
-        return [f"    parts = _ck{self.index}(({arrays}), ({outputs}), ({scalars}))",
+        fast = [f"    # fast math: its compiled twin may differ from NumPy by {ckernel.ULP_BOUND} "
+                "ulp per libm call"] if compiled.fast_source is not None else []
+        return fast + [f"    parts = _ck{self.index}(({arrays}), ({outputs}), ({scalars}))",
                 "    if parts is None:", f"        parts = {numpy_kernel}"]
 
     def _results(self) -> list[str]:
