@@ -3,6 +3,10 @@
 # of an `n`-d array is Julia dim `n - k`). None of these functions mutate their inputs or
 # index GPU arrays element by element. Derivative rules are in rules.jl.
 
+# The values that carry derivatives: real or complex floating point. (Integers and Bools
+# get none; rules.jl and control.jl dispatch on this.)
+const FloatLike = Union{AbstractFloat, Complex{<:AbstractFloat}}
+
 # ---------------------------------------------------------------------------------------
 # Reductions
 
@@ -201,16 +205,20 @@ end
 """
     npslogdet(A::AbstractMatrix) -> (sign, logabsdet)
 
-`numpy.linalg.slogdet` for one real square matrix (in NumPy order: sign first). Julia
-receives the transpose of the NumPy matrix, which has the same determinant. Singular
-matrices give `(0, -Inf)`. Computed from an LU factorization by reductions over its
-diagonal, so it also runs on GPU matrices (`LinearAlgebra.logabsdet` loops over elements).
+`numpy.linalg.slogdet` for one square matrix (in NumPy order: sign first). Julia receives
+the transpose of the NumPy matrix, which has the same determinant. For a real matrix the
+sign is ±1; for a complex one it is the phase `det / |det|` (a complex number of modulus 1,
+as NumPy's), and `logabsdet` is real for both. Singular matrices give `(0, -Inf)`.
+Computed from an LU factorization by reductions over its diagonal, so it also runs on GPU
+matrices (`LinearAlgebra.logabsdet` loops over elements).
 """
-function npslogdet(A::AbstractMatrix{<:Real})
+function npslogdet(A::AbstractMatrix{<:Number})
     F = LinearAlgebra.lu(A; check = false)
     diagonal = F.factors[LinearAlgebra.diagind(F.factors)]
-    logabs = sum(v -> log(abs(v)), diagonal; init = zero(float(eltype(A))))
-    sign_ = prod(sign, diagonal; init = one(float(eltype(A)))) * permutation_sign(F.ipiv)
+    T = float(eltype(A))
+    logabs = sum(v -> log(abs(v)), diagonal; init = zero(real(T)))
+    # `sign(v)` is v / |v| for complex v (and 0 at 0), as NumPy's phase
+    sign_ = prod(sign, diagonal; init = one(T)) * permutation_sign(F.ipiv)
     # A zero pivot times an odd permutation gives -0.0; NumPy reports 0.0.
     return (iszero(sign_) ? zero(sign_) : sign_, logabs)
 end

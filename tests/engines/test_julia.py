@@ -504,7 +504,7 @@ def test_reshape_to_zero_d_is_spelled_as_a_sum():
     assert_julia_code("src/numpy_shapes.jl",
                       "npreshape(x::AbstractArray, ::Tuple{}) = npscalar(x)",
                       "npreshape(x::Number, ::Tuple{}) = x",
-                      "npscalar(x::AbstractArray{<:AbstractFloat}) = (check_one_element(x); sum(x))")
+                      "npscalar(x::AbstractArray{<:FloatLike}) = (check_one_element(x); sum(x))")
     assert_julia_code("src/exchange.jl", "shape == () && return only_element(a)")
     assert_julia_code("src/derivatives.jl",
                       "gradient_like(g::AbstractArray{<:Number, 0}, x::Number) =",
