@@ -15,6 +15,7 @@ from .elementwise import (abs_, add, arccos, arcsin, arctan, arctan2, bitwise_an
                           logical_xor, maximum, minimum, mul, neg, not_equal, pow_, remainder,
                           round_, sign, sin, sinh, sqrt, stop_gradient, sub, tan, tanh, trunc,
                           where)
+from .fft import fftn, ifftn, irfftn, rfftn
 from .linalg import adjugate, cholesky, det, einsum, inv, matmul, slogdet, solve
 from .reductions import (argmax, argmin, argsort, cumprod, cumsum, reduce_max, reduce_min,
                          reduce_prod, reduce_sum)
