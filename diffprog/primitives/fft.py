@@ -104,6 +104,21 @@ def _check_params(ndim, s, axes, norm):
             raise ArgumentValueError(f"Invalid number of FFT data points ({n}) specified.")
 
 
+def _impl(name: str, kind: str, inverse: bool):
+    """``xp.fft.<name>(x, s, axes, norm)``: NumPy's function itself (its bits). Another
+    array library (CuPy) gets an axis transformed twice as NumPy's 1-D stages, one call
+    each (CuPy's n-d transforms want distinct axes)."""
+    def impl(xp, x, *, s, axes, norm):
+        if xp is np or len(set(axes)) == len(axes):
+            return getattr(xp.fft, name)(x, s=s, axes=axes, norm=norm)
+        one_d = {"c2c": xp.fft.ifft if inverse else xp.fft.fft, "r2c": xp.fft.rfft,
+                 "c2r": xp.fft.irfft}
+        for a, n, what in _stages(kind, s, axes):
+            x = one_d[what](x, n=n, axis=a, norm=norm)
+        return x
+    return impl
+
+
 # ------------------------------------------------------------------ rules
 
 def _fit(x, axis: int, n: int):
@@ -392,7 +407,7 @@ def _complex(*shape):
 
 
 fftn = Primitive(
-    "fftn", lambda xp, x, *, s, axes, norm: xp.fft.fftn(x, s=s, axes=axes, norm=norm),
+    "fftn", _impl("fftn", "c2c", inverse=False),
     _fft_shape("c2c"), vjp=_c2c_vjp(inverse=False), jvp=_same_transform(lambda: fftn),
     batch=by(reduce_axes, lambda: fftn), julia=_julia("npfftn", inverse=False),
     numpy={np.fft.fft: _fft_call, np.fft.fftn: _nd(lambda: fftn, "c2c", "fftn"),
@@ -402,7 +417,7 @@ fftn = Primitive(
     cases=_cases_c2c(), complex=True)
 
 ifftn = Primitive(
-    "ifftn", lambda xp, x, *, s, axes, norm: xp.fft.ifftn(x, s=s, axes=axes, norm=norm),
+    "ifftn", _impl("ifftn", "c2c", inverse=True),
     _fft_shape("c2c"), vjp=_c2c_vjp(inverse=True), jvp=_same_transform(lambda: ifftn),
     batch=by(reduce_axes, lambda: ifftn), julia=_julia("npifftn", inverse=True),
     numpy={np.fft.ifft: _ifft_call, np.fft.ifftn: _nd(lambda: ifftn, "c2c", "ifftn"),
@@ -410,7 +425,7 @@ ifftn = Primitive(
     cases=_cases_c2c(), complex=True)
 
 rfftn = Primitive(
-    "rfftn", lambda xp, x, *, s, axes, norm: xp.fft.rfftn(x, s=s, axes=axes, norm=norm),
+    "rfftn", _impl("rfftn", "r2c", inverse=False),
     _fft_shape("r2c"), vjp=_rfftn_vjp, jvp=_same_transform(lambda: rfftn),
     batch=by(reduce_axes, lambda: rfftn), julia=_julia("nprfftn", inverse=False),
     numpy={np.fft.rfft: _rfft_call, np.fft.rfftn: _nd(lambda: rfftn, "r2c", "rfftn"),
@@ -427,7 +442,7 @@ rfftn = Primitive(
     complex=True)
 
 irfftn = Primitive(
-    "irfftn", lambda xp, x, *, s, axes, norm: xp.fft.irfftn(x, s=s, axes=axes, norm=norm),
+    "irfftn", _impl("irfftn", "c2r", inverse=True),
     _fft_shape("c2r"), vjp=_irfftn_vjp, jvp=_same_transform(lambda: irfftn),
     batch=by(reduce_axes, lambda: irfftn), julia=_julia("npirfftn", inverse=True),
     numpy={np.fft.irfft: _irfft_call, np.fft.irfftn: _nd(lambda: irfftn, "c2r", "irfftn"),
