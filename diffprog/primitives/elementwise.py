@@ -11,11 +11,12 @@ from .rules import add_all, as_dtype, in_dtype_of, sum_to
 
 
 def unary(name, ufunc, derivative, julia, *, operator=None, impl=None, numpy=None,
-          domain=normal(3, 4), order=2, c=None, negation=False, holomorphic=False):
+          domain=normal(3, 4), order=2, c=None, negation=False, complex_rules=False):
     """An elementwise function of one operand with derivative ``derivative(x, out)``
-    (None: zero almost everywhere, as for floor). ``holomorphic``: NumPy extends it to
-    complex values as a holomorphic function whose complex derivative ``derivative``
-    also spells, so its rules hold there as written (JAX's convention)."""
+    (None: zero almost everywhere, as for floor). ``complex_rules``: the rules hold on
+    complex values as written (JAX's convention): NumPy extends the function to complex
+    values as a holomorphic one whose complex derivative ``derivative`` also spells (or,
+    for round, as a piecewise constant one)."""
     def vjp(g, x, *, out):
         return (in_dtype_of(g * derivative(x, out), x),)
 
@@ -32,15 +33,17 @@ def unary(name, ufunc, derivative, julia, *, operator=None, impl=None, numpy=Non
     return Primitive(name, impl, ufunc=ufunc, operator=operator, numpy=numpy,
                      vjp=vjp if smooth else zero_vjp, jvp=jvp if smooth else zero_jvp,
                      julia=julia, elementwise=True, cases=[Case(domain, order=order)], c=c,
-                     negation=negation, complex=holomorphic)
+                     negation=negation, complex=complex_rules)
 
 
 def binary(name, ufunc, partials, julia, *, operator=None, numpy=None, domain=None, order=2,
            identity=None, commutative=False, c=None, boundary=None, absorb_negation=None,
-           holomorphic=False):
+           complex_rules=False):
     """A broadcasting elementwise function of two operands with partial derivatives
     ``partials(x, y, out) -> (d/dx, d/dy)``; ``boundary`` (optional) makes inputs at its
-    kinks, for a first-order test case; ``holomorphic`` as for :func:`unary`."""
+    kinks, for a first-order test case; ``complex_rules`` as for :func:`unary` (for
+    maximum and minimum: NumPy orders complex values lexicographically, and the rule
+    selects the operand NumPy picks)."""
     def vjp(g, x, y, *, out):
         px, py = partials(x, y, out)
         return (_cotangent(g, px, x), _cotangent(g, py, y))
@@ -52,10 +55,12 @@ def binary(name, ufunc, partials, julia, *, operator=None, numpy=None, domain=No
         return in_dtype_of(add_all([tx, ty]), out)
 
     domain = domain or (lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4,))])
-    cases = [Case(domain, order=order)] + ([Case(boundary, order=1)] if boundary else [])
+    # (a boundary is a real one: moved off the real line, a tie of maximum becomes a jump)
+    cases = [Case(domain, order=order)] + ([Case(boundary, order=1, complex=False)]
+                                           if boundary else [])
     return Primitive(name, ufunc=ufunc, operator=operator, numpy=numpy, vjp=vjp, jvp=jvp,
                      julia=julia, elementwise=True, identity=identity, commutative=commutative,
-                     cases=cases, c=c, absorb_negation=absorb_negation, complex=holomorphic)
+                     cases=cases, c=c, absorb_negation=absorb_negation, complex=complex_rules)
 
 
 def _cotangent(g, partial, x):
@@ -79,46 +84,46 @@ def nondiff(name, ufunc, julia, *, operator=None, nargs=2, domain=None, c=None):
 # ------------------------------------------------------------------ one operand
 
 neg = unary("neg", np.negative, lambda x, y: -1.0, "-{0}", operator="-", c="(-{0})",
-            negation=True, holomorphic=True)
-exp = unary("exp", np.exp, lambda x, y: y, "exp.({0})", c="exp({0})", holomorphic=True)
+            negation=True, complex_rules=True)
+exp = unary("exp", np.exp, lambda x, y: y, "exp.({0})", c="exp({0})", complex_rules=True)
 log = unary("log", np.log, lambda x, y: 1.0 / x, "log.({0})", domain=positive(3, 4),
-            c="log({0})", holomorphic=True)
+            c="log({0})", complex_rules=True)
 log1p = unary("log1p", np.log1p, lambda x, y: 1.0 / (1.0 + x), "log1p.({0})",
-              domain=positive(3, 4), c="log1p({0})", holomorphic=True)
-expm1 = unary("expm1", np.expm1, lambda x, y: y + 1.0, "expm1.({0})", c="expm1({0})", holomorphic=True)
+              domain=positive(3, 4), c="log1p({0})", complex_rules=True)
+expm1 = unary("expm1", np.expm1, lambda x, y: y + 1.0, "expm1.({0})", c="expm1({0})", complex_rules=True)
 sqrt = unary("sqrt", np.sqrt, lambda x, y: 0.5 / y, "sqrt.({0})", domain=positive(3, 4),
-             c="sqrt({0})", holomorphic=True)
+             c="sqrt({0})", complex_rules=True)
 # NumPy's own exp2/log2/log10/cbrt, not compositions of exp, log and pow: those are off by
 # a few ulps where NumPy is exact (log10(1000) came out 2.9999999999999996, floor 2).
 _LN2, _LN10 = float(np.log(2.0)), float(np.log(10.0))
-exp2 = unary("exp2", np.exp2, lambda x, y: y * _LN2, "exp2.({0})", c="exp2({0})", holomorphic=True)
+exp2 = unary("exp2", np.exp2, lambda x, y: y * _LN2, "exp2.({0})", c="exp2({0})", complex_rules=True)
 log2 = unary("log2", np.log2, lambda x, y: 1.0 / (x * _LN2), "log2.({0})",
-             domain=positive(3, 4), c="log2({0})", holomorphic=True)
+             domain=positive(3, 4), c="log2({0})", complex_rules=True)
 log10 = unary("log10", np.log10, lambda x, y: 1.0 / (x * _LN10), "log10.({0})",
-              domain=positive(3, 4), c="log10({0})", holomorphic=True)
+              domain=positive(3, 4), c="log10({0})", complex_rules=True)
 cbrt = unary("cbrt", np.cbrt, lambda x, y: 1.0 / (3.0 * y * y), "cbrt.({0})", c="cbrt({0})")
-sin = unary("sin", np.sin, lambda x, y: np.cos(x), "sin.({0})", c="sin({0})", holomorphic=True)
-cos = unary("cos", np.cos, lambda x, y: -np.sin(x), "cos.({0})", c="cos({0})", holomorphic=True)
+sin = unary("sin", np.sin, lambda x, y: np.cos(x), "sin.({0})", c="sin({0})", complex_rules=True)
+cos = unary("cos", np.cos, lambda x, y: -np.sin(x), "cos.({0})", c="cos({0})", complex_rules=True)
 tan = unary("tan", np.tan, lambda x, y: 1.0 + y * y, "tan.({0})",
-            domain=inside_unit_interval(3, 4), c="tan({0})", holomorphic=True)
+            domain=inside_unit_interval(3, 4), c="tan({0})", complex_rules=True)
 arcsin = unary("arcsin", np.arcsin, lambda x, y: 1.0 / np.sqrt(1.0 - x * x), "asin.({0})",
-               domain=inside_unit_interval(3, 4), c="asin({0})", holomorphic=True)
+               domain=inside_unit_interval(3, 4), c="asin({0})", complex_rules=True)
 arccos = unary("arccos", np.arccos, lambda x, y: -1.0 / np.sqrt(1.0 - x * x), "acos.({0})",
-               domain=inside_unit_interval(3, 4), c="acos({0})", holomorphic=True)
+               domain=inside_unit_interval(3, 4), c="acos({0})", complex_rules=True)
 arctan = unary("arctan", np.arctan, lambda x, y: 1.0 / (1.0 + x * x), "atan.({0})",
-               c="atan({0})", holomorphic=True)
-sinh = unary("sinh", np.sinh, lambda x, y: np.cosh(x), "sinh.({0})", c="sinh({0})", holomorphic=True)
-cosh = unary("cosh", np.cosh, lambda x, y: np.sinh(x), "cosh.({0})", c="cosh({0})", holomorphic=True)
-tanh = unary("tanh", np.tanh, lambda x, y: 1.0 - y * y, "tanh.({0})", c="tanh({0})", holomorphic=True)
+               c="atan({0})", complex_rules=True)
+sinh = unary("sinh", np.sinh, lambda x, y: np.cosh(x), "sinh.({0})", c="sinh({0})", complex_rules=True)
+cosh = unary("cosh", np.cosh, lambda x, y: np.sinh(x), "cosh.({0})", c="cosh({0})", complex_rules=True)
+tanh = unary("tanh", np.tanh, lambda x, y: 1.0 - y * y, "tanh.({0})", c="tanh({0})", complex_rules=True)
 arcsinh = unary("arcsinh", np.arcsinh, lambda x, y: 1.0 / np.sqrt(x * x + 1.0), "asinh.({0})",
-                c="asinh({0})", holomorphic=True)
+                c="asinh({0})", complex_rules=True)
 # 1 / (sqrt(x - 1) sqrt(x + 1)), not 1 / sqrt(x^2 - 1): the two differ in sign off the
 # real axis (Re x < 0), where the principal arccosh follows the product
 arccosh = unary("arccosh", np.arccosh, lambda x, y: 1.0 / (np.sqrt(x - 1.0) * np.sqrt(x + 1.0)),
                 "acosh.({0})",
-                domain=uniform(1.2, 3.0, 3, 4), c="acosh({0})", holomorphic=True)
+                domain=uniform(1.2, 3.0, 3, 4), c="acosh({0})", complex_rules=True)
 arctanh = unary("arctanh", np.arctanh, lambda x, y: 1.0 / (1.0 - x * x), "atanh.({0})",
-                domain=inside_unit_interval(3, 4), c="atanh({0})", holomorphic=True)
+                domain=inside_unit_interval(3, 4), c="atanh({0})", complex_rules=True)
 
 # |x| below this: sinc' from its Taylor series (the quotient cancels catastrophically and
 # is 0/0 at 0); the series' terms left out are below 1e-19 there
@@ -137,7 +142,7 @@ def _sinc_derivative(x, y):
 
 
 # np.sinc(x) = sin(pi x) / (pi x), 1 at 0 (not a ufunc; Julia's sinc is the same function)
-sinc = unary("sinc", None, _sinc_derivative, "sinc.({0})", impl="xp.sinc({0})", numpy=np.sinc, holomorphic=True)
+sinc = unary("sinc", None, _sinc_derivative, "sinc.({0})", impl="xp.sinc({0})", numpy=np.sinc, complex_rules=True)
 sinc.cases += (Case(lambda rng: [np.array([0.0, 1e-4, -5e-4, 2e-3, -0.5, 1.0, 1.5])]),)
 def _abs_vjp(g, x, *, out):
     return (in_dtype_of(g * _abs_derivative(x, out), x),)
@@ -159,11 +164,34 @@ def _abs_derivative(x, out):
 abs_ = Primitive("abs", ufunc=np.absolute, numpy=(np.absolute, np.fabs), vjp=_abs_vjp,
                  jvp=_abs_jvp, julia="abs.({0})", elementwise=True, c="fabs({0})",
                  complex=True, cases=[Case(normal(3, 4), order=1)])
-sign = unary("sign", np.sign, None, "sign.({0})", order=1, c="dp_sign({0})")
+def _sign_vjp(g, x, *, out):
+    if not np.issubdtype(np.result_type(x), np.complexfloating):
+        return (None,)  # a step on real values
+    r = np.abs(x)
+    safe = np.where(r == 0, 1.0, r)
+    # sign(z) = z / |z|: d sign = (dz - s Re(conj(s) dz)) / |z|, so in JAX's convention
+    # the cotangent is (g - Re(g s) conj(s)) / |z|; 0 at z = 0 (sign(0) is 0 there)
+    return (np.where(r == 0, 0.0, (g - np.real(g * out) * np.conj(out)) / safe),)
+
+
+def _sign_jvp(ts, x, *, out):
+    if ts[0] is None or not np.issubdtype(np.result_type(x), np.complexfloating):
+        return None
+    r = np.abs(x)
+    safe = np.where(r == 0, 1.0, r)
+    t = ts[0]
+    return np.where(r == 0, 0.0, (t - out * np.real(np.conj(out) * t)) / safe)
+
+
+# sign: a step on real values; on complex values NumPy 2's z / |z|, smooth away from 0
+sign = Primitive("sign", ufunc=np.sign, vjp=_sign_vjp, jvp=_sign_jvp, julia="sign.({0})",
+                 elementwise=True, c="dp_sign({0})", complex=True,
+                 cases=[Case(normal(3, 4), order=1)])
 floor = unary("floor", np.floor, None, "floor.({0})", order=1, c="floor({0})")
 ceil = unary("ceil", np.ceil, None, "ceil.({0})", order=1, c="ceil({0})")
 # np.round is no ufunc; np.rint is the ufunc that rounds the same way (half to even)
-round_ = unary("round", None, None, "round.({0})", impl="xp.round({0})", numpy=np.rint, order=1)
+round_ = unary("round", None, None, "round.({0})", impl="xp.round({0})", numpy=np.rint, order=1,
+               complex_rules=True)  # piecewise constant on complex values too: zero
 trunc = unary("trunc", np.trunc, None, "trunc.({0})", order=1, c="trunc({0})")
 
 
@@ -245,16 +273,16 @@ def _negatable(atom) -> bool:
 
 add = binary("add", np.add, lambda x, y, o: (1.0, 1.0), "{0} .+ {1}", operator="+",
              identity={0: 0, 1: 0}, commutative=True, c="({0} + {1})",
-             absorb_negation=_absorb_in_sum, holomorphic=True)
+             absorb_negation=_absorb_in_sum, complex_rules=True)
 sub = binary("sub", np.subtract, lambda x, y, o: (1.0, -1.0), "{0} .- {1}", operator="-",
-             identity={1: 0}, c="({0} - {1})", absorb_negation=_absorb_in_difference, holomorphic=True)
+             identity={1: 0}, c="({0} - {1})", absorb_negation=_absorb_in_difference, complex_rules=True)
 mul = binary("mul", np.multiply, lambda x, y, o: (y, x), "{0} .* {1}", operator="*",
              identity={0: 1, 1: 1}, commutative=True, c="({0} * {1})",
-             absorb_negation=_absorb_in_product, holomorphic=True)
+             absorb_negation=_absorb_in_product, complex_rules=True)
 div = binary("div", np.true_divide, lambda x, y, o: (1.0 / y, -o / y), "{0} ./ {1}",
              operator="/", identity={1: 1},
              domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))],
-             c="({0} / {1})", holomorphic=True)
+             c="({0} / {1})", complex_rules=True)
 
 
 def _pow_partials(x, y, out):
@@ -265,7 +293,7 @@ def _pow_partials(x, y, out):
 # np.power itself reaches the front end's power(), which picks integer_pow or this
 pow_ = binary("pow", np.power, _pow_partials, "{0} .^ {1}", operator="**", numpy=(),
               domain=lambda rng: [rng.uniform(0.5, 2, (3, 4)), rng.uniform(-1, 2, (4,))],
-              c="pow({0}, {1})", holomorphic=True)
+              c="pow({0}, {1})", complex_rules=True)
 
 
 def _chosen(wins, ties):
@@ -283,11 +311,11 @@ def _ties(rng):
 maximum = binary("maximum", np.maximum,
                  lambda x, y, o: (_chosen(x > y, x == y), _chosen(x < y, x == y)),
                  "DiffProg.npmaximum({0}, {1})", order=1, c="dp_maximum({0}, {1})",
-                 boundary=_ties)
+                 boundary=_ties, complex_rules=True)
 minimum = binary("minimum", np.minimum,
                  lambda x, y, o: (_chosen(x < y, x == y), _chosen(x > y, x == y)),
                  "DiffProg.npminimum({0}, {1})", order=1, c="dp_minimum({0}, {1})",
-                 boundary=_ties)
+                 boundary=_ties, complex_rules=True)
 arctan2 = binary("arctan2", np.arctan2,
                  lambda y, x, o: (x / (x * x + y * y), -y / (x * x + y * y)),
                  "atan.({0}, {1})",
