@@ -109,6 +109,11 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
             f"use the returned value, e.g. `a = a + x`, instead of out= or +=.")
     dtype = kwargs.pop("dtype", None)
     kwargs.pop("out", None)
+    if _complex_without_loop(ufunc, inputs):
+        raise ArgumentError(
+            f"np.{ufunc.__name__} of complex values: NumPy has no complex loop for it (it "
+            f"raises 'ufunc {ufunc.__name__!r} not supported for the input types'), so "
+            f"diffprog computes none either" + _COMPLEX_INSTEAD.get(ufunc.__name__, ""))
     if method == "reduce":
         return _ufunc_reduce(ufunc, *inputs, dtype=dtype, **kwargs)
     if method == "accumulate" and ufunc in (np.add, np.multiply) and set(kwargs) <= {"axis"}:
@@ -122,6 +127,30 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
         raise unsupported(f"np.{ufunc.__name__}.{method}")
     result = _apply_ufunc(ufunc, inputs)
     return astype(result, dtype) if dtype is not None else result
+
+
+#: ufunc -> whether NumPy has a loop taking complex operands (its type table says)
+_COMPLEX_LOOPS: dict = {}
+_COMPLEX_INSTEAD = {"fabs": "; np.abs gives the modulus",
+                    "deg2rad": "; np.deg2rad(np.angle(z)) converts an angle",
+                    "rad2deg": "; np.angle(z, deg=True) gives the angle in degrees"}
+
+
+def _complex_without_loop(ufunc, inputs) -> bool:
+    """A complex operand of a ufunc that has no complex loop (np.fabs, np.deg2rad,
+    np.floor, np.arctan2): NumPy refuses it, and a composite or an entry must not compute
+    a value of its own (np.deg2rad(z) was z * pi / 180, np.fabs(z) was |z|)."""
+    for x in inputs:
+        dtype = getattr(x, "dtype", None)
+        if isinstance(x, complex) or dtype is not None and np.dtype(dtype).kind == "c":
+            break
+    else:
+        return False
+    known = _COMPLEX_LOOPS.get(ufunc)
+    if known is None:
+        known = _COMPLEX_LOOPS[ufunc] = builtins.any(
+            c in "FDG" for t in ufunc.types for c in t.split("->")[0])
+    return not known
 
 
 def _apply_ufunc(ufunc, inputs):
@@ -462,8 +491,17 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None, 
     axes = _axes(axis, ndim(x))
     centred = x - globals()["mean"](x, axis=axes, keepdims=True)
     dof = _count(x, axes) - ddof  # NumPy divides by max(dof, 0): inf (or nan for 0 / 0)
-    squares = sum(centred * centred, axis=axes, keepdims=keepdims)
+    squares = sum(_abs_squared(centred), axis=axes, keepdims=keepdims)
     return squares / dof if dof > 0 else squares * np.inf
+
+
+def _abs_squared(x):
+    """|x|^2 as NumPy's var and norm compute it: x * x, and re^2 + im^2 (real) for
+    complex x (x * x would be the complex square)."""
+    if not _is_complex(x):
+        return x * x
+    re, im = elementwise.real(x), elementwise.imag(x)
+    return re * re + im * im
 
 
 @implements(np.std, method="std")
@@ -861,7 +899,17 @@ def pad(x, pad_width, mode="constant", constant_values=0, **kwargs):
         raise ArgumentError("np.pad: constant_values must be a plain number, not a traced value")
     widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (ndim(x), 2))
     widths = tuple((int(lo), int(hi)) for lo, hi in widths)
-    return shapes.pad(x, pad_width=widths, value=float(constant_values))
+    if np.ndim(constant_values) != 0:
+        raise unsupported("np.pad with one constant per axis or side")
+    value = complex(constant_values) if np.iscomplexobj(constant_values) else None
+    if value is not None and _is_complex(x) and value.imag != 0:
+        # the pad entry's constant is real: the imaginary part joins on the border
+        border = shapes.pad(zeros_like(x, dtype=linalg._real_dtype(dtype_of(x))),
+                            pad_width=widths, value=1.0)
+        return shapes.pad(x, pad_width=widths, value=value.real) + border * (1j * value.imag)
+    # a real array keeps the real part of a complex constant, as NumPy's cast does
+    return shapes.pad(x, pad_width=widths,
+                      value=value.real if value is not None else float(constant_values))
 
 
 # =========================================================== indexing
@@ -1017,7 +1065,8 @@ def dot(a, b, out=None):
 
 @implements(np.vdot)
 def vdot(a, b):
-    return sum(ravel(a) * ravel(b))
+    """sum(conj(a) * b), both flattened: NumPy conjugates the first operand."""
+    return sum(conj(ravel(a)) * ravel(b))
 
 
 @implements(np.inner)
@@ -1080,7 +1129,7 @@ def norm(x, ord=None, axis=None, keepdims=False):
     if axis is None and ndim(x) == 1:
         return _vector_norm(x, ord, 0, keepdims)
     if axis is None:
-        return _root_of_squares(sum(x * x, keepdims=keepdims))
+        return _root_of_squares(sum(_abs_squared(x), keepdims=keepdims))
     if isinstance(axis, (int, np.integer)) or len(axis) == 1:
         ax = axis if isinstance(axis, (int, np.integer)) else axis[0]
         return _vector_norm(x, ord, ax, keepdims)
@@ -1089,7 +1138,7 @@ def norm(x, ord=None, axis=None, keepdims=False):
 
 def _vector_norm(x, ord, axis, keepdims):
     if ord in (None, 2):
-        return _root_of_squares(sum(x * x, axis=axis, keepdims=keepdims))
+        return _root_of_squares(sum(_abs_squared(x), axis=axis, keepdims=keepdims))
     if ord == np.inf:
         return amax(elementwise.abs_(x), axis=axis, keepdims=keepdims)
     if ord == -np.inf:
@@ -1097,7 +1146,7 @@ def _vector_norm(x, ord, axis, keepdims):
     if ord == 1:
         return sum(elementwise.abs_(x), axis=axis, keepdims=keepdims)
     if ord == 0:
-        return sum(astype(x != 0, dtype_of(x)), axis=axis, keepdims=keepdims)
+        return sum(astype(x != 0, linalg._real_dtype(dtype_of(x))), axis=axis, keepdims=keepdims)
     if ord < 0:  # |0| ** ord is inf, and the norm 0: NumPy's values, no kink to smooth
         return power(sum(power(elementwise.abs_(x), float(ord)), axis=axis, keepdims=keepdims), 1.0 / ord)
     return _even_power(sum(_even_power(elementwise.abs_(x), float(ord)), axis=axis, keepdims=keepdims),
@@ -1107,7 +1156,7 @@ def _vector_norm(x, ord, axis, keepdims):
 def _matrix_norm(x, ord, axes, keepdims):
     r, c = (a % ndim(x) for a in axes)
     if ord in (None, "fro"):
-        return _root_of_squares(sum(x * x, axis=(r, c), keepdims=keepdims))
+        return _root_of_squares(sum(_abs_squared(x), axis=(r, c), keepdims=keepdims))
     if ord in (1, -1, np.inf, -np.inf):
         inner_ax, outer_ax = (r, c) if ord in (1, -1) else (c, r)
         col = sum(elementwise.abs_(x), axis=inner_ax, keepdims=True)
@@ -1151,8 +1200,10 @@ def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     dtype = np.dtype(dtype_of(x))
     if not np.issubdtype(dtype, np.inexact):
         return x
-    if np.issubdtype(dtype, np.complexfloating):
-        raise unsupported("np.nan_to_num of complex values")
+    if np.issubdtype(dtype, np.complexfloating):  # NumPy: the real and imaginary parts
+        parts = [nan_to_num(part(x), nan=nan, posinf=posinf, neginf=neginf)
+                 for part in (elementwise.real, elementwise.imag)]
+        return parts[0] + parts[1] * 1j
     info = np.finfo(dtype)
     out = elementwise.where(elementwise.isnan(x), nan, x)
     out = elementwise.where(x == np.inf, info.max if posinf is None else posinf, out)
@@ -1435,6 +1486,20 @@ def interp(x, xp, fp, left=None, right=None, period=None):
         raise ValueError("fp and xp are not of the same length.")
     if n == 0:
         raise ValueError("array of sample points is empty")
+    for name, v in (("x", x), ("xp", xp)):
+        if _is_complex(v):
+            raise ArgumentError(f"np.interp: {name} must be real (NumPy cannot cast complex "
+                                f"values to float64 according to the rule 'safe')")
+    if _is_complex(fp):
+        # NumPy's complex interpolation: the real and the imaginary parts, each as a real fp
+        def parts(v, part):
+            return None if v is None else (part(v) if _is_traced(v) else getattr(np, part.__name__)(v))
+        re, im = (interp(x, xp, parts(fp, part), parts(left, part), parts(right, part))
+                  for part in (real, imag))
+        return re + im * 1j
+    if builtins.any(_is_complex(v) for v in (left, right) if v is not None):
+        raise ArgumentError("np.interp: left and right must be real for a real fp (NumPy: "
+                            "must be real number, not complex)")
     x, xp, fp = (_as_dtype(v, np.float64) for v in (x, xp, fp))  # NumPy computes in double
     first, last = getitem(fp, 0), getitem(fp, -1)
     if n == 1:
@@ -1595,7 +1660,7 @@ def cov(m, y=None, rowvar=True, bias=False, ddof=None, fweights=None, aweights=N
         fact = 0.0
     X = X - reshape(avg, (-1, 1))
     X_T = transpose(X) if w is None else transpose(X * w)
-    c = dot(X, X_T)
+    c = dot(X, conj(X_T))  # NumPy conjugates (complex values: the Hermitian covariance)
     c = c * (np.true_divide(1, fact) if not _is_traced(fact) else 1 / fact)
     return squeeze(c)
 
@@ -1606,9 +1671,11 @@ def corrcoef(x, y=None, rowvar=True, bias=np._NoValue, ddof=np._NoValue, *, dtyp
     if ndim(c) != 2:
         return c / c
     d = diagonal(c)
-    stddev = elementwise.sqrt(d)
+    stddev = elementwise.sqrt(real(d))
     c = c / reshape(stddev, (-1, 1))
     c = c / reshape(stddev, (1, -1))
+    if _is_complex(c):  # NumPy clips the real and the imaginary parts to [-1, 1]
+        return clip(real(c), -1, 1) + clip(imag(c), -1, 1) * 1j
     return clip(c, -1, 1)
 
 
@@ -1653,29 +1720,30 @@ def lstsq(a, b, rcond=None):
     if shape(b)[0] != m:
         raise ShapeError(f"lstsq: a has shape {shape(a)} but b has shape {shape(b)}")
     dt = _inexact_result_type(a, b)
+    real_dt = linalg._real_dtype(dt)  # residuals are real for complex a and b too
     a, b = _as_dtype(a, dt), _as_dtype(b, dt)
     if rcond is None:
         rcond = np.finfo(dt).eps * max(m, n)
     s = linalg.svdvals(a)
     x = linalg.pinv(a, rcond=float(rcond)) @ b
     if not min(m, n):
-        return x, np.empty((0,), dtype=dt), 0, s
+        return x, np.empty((0,), dtype=real_dt), 0, s
     rank = sum(astype(s > rcond * amax(s), np.intp))
     if isinstance(rank, Tracer) and rank.val is None:
         # no values (inside dp.vmap): the rank stays a traced integer, and the residuals
         # take the full-rank shape, NaN where the rank is lower (NumPy gives none there)
         if m <= n:
-            return x, np.empty((0,), dtype=dt), rank, s
+            return x, np.empty((0,), dtype=real_dt), rank, s
         r = b - a @ x
-        residuals = reshape(sum(r * r, axis=0), (1,) if vector else (shape(b)[1],))
+        residuals = reshape(sum(_abs_squared(r), axis=0), (1,) if vector else (shape(b)[1],))
         return x, elementwise.where(rank == n, residuals, np.nan), rank, s
     rank = int(rank)  # guarded: a new rank retraces
     if rank == n and m > n:
         r = b - a @ x
-        residuals = sum(r * r, axis=0)
+        residuals = sum(_abs_squared(r), axis=0)
         residuals = reshape(residuals, (1,)) if vector else residuals
     else:
-        residuals = np.empty((0,), dtype=dt)
+        residuals = np.empty((0,), dtype=real_dt)
     return x, residuals, rank, s
 
 
