@@ -1,5 +1,9 @@
 """Linear algebra: matmul, einsum, and the np.linalg functions (solve, inv, det, slogdet,
-cholesky), on single matrices and on stacks of them as NumPy does."""
+cholesky, eigh, eigvalsh, eig, eigvals, svd, pinv, qr), on single matrices and on stacks
+of them as NumPy does, real and complex. Every entry has complex rules (JAX's convention,
+see core.py): the Hermitian functions read a Hermitian matrix from one triangle, and the
+derivatives of NumPy's eigenvectors and singular vectors follow the norm and phase LAPACK
+gives them (see each section)."""
 from __future__ import annotations
 
 import string
@@ -739,7 +743,9 @@ eigvalsh = Primitive(
 # np.linalg.eigh, svd and qr return vectors whose signs LAPACK chooses. The rules below are
 # written in the factors themselves, so they hold for whichever signs the impl returns, and
 # the impl returns NumPy's: the gradients are those of NumPy's own functions (finite
-# differences of NumPy see the same signs, locally constant). Other array libraries would
+# differences of NumPy see the same signs, locally constant). Complex vectors have a phase
+# instead of a sign, which moves with the matrix: the rules differentiate the phase LAPACK
+# fixes (eigh: _hermitian_eig_jvp, svd: _reduced_svd_jvp, qr: R's real diagonal). Other array libraries would
 # choose other signs: their impl runs NumPy's function on the host. The Julia engine has no
 # spelling (Julia's LAPACK calls see the transposed matrix and may choose other signs);
 # the sign-free functions (eigvalsh, svdvals, pinv, norms) have one.
