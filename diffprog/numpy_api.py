@@ -385,6 +385,29 @@ def imag(a):
     return elementwise.imag(a) if _is_complex(a) else zeros_like(a)
 
 
+@implements(np.isreal)
+def isreal(x):
+    """NumPy's imag(x) == 0 (True everywhere for a real array)."""
+    return imag(x) == 0
+
+
+@implements(np.iscomplex)
+def iscomplex(x):
+    """imag(x) != 0 for a complex array; False everywhere for a real one."""
+    return imag(x) != 0
+
+
+@implements(np.iscomplexobj)
+def iscomplexobj(x):
+    """Whether x has a complex dtype (a Python bool: the dtype is known when tracing)."""
+    return bool(_is_complex(x))
+
+
+@implements(np.isrealobj)
+def isrealobj(x):
+    return not _is_complex(x)
+
+
 @implements(np.angle)
 def angle(z, deg=False):
     """The angle: arctan2(imag, real) of a complex value; of a real number NumPy's
@@ -573,6 +596,17 @@ def sort(x, axis=-1, kind=None, order=None, stable=None):
     if axis is None:
         x, axis = ravel(x), 0
     return take_along_axis(x, argsort(x, axis=axis), axis)
+
+
+@implements(np.sort_complex)
+def sort_complex(a):
+    """np.sort along the last axis (lexicographic for complex values), as a complex array
+    (complex64 for small integer and float32 kinds NumPy makes so, complex128 otherwise)."""
+    s = sort(a, axis=-1)
+    if _is_complex(s):
+        return s
+    dtype = np.complex64 if np.dtype(dtype_of(a)).char in "bhBH" else np.complex128
+    return astype(s, dtype)
 
 
 @implements(np.median)
