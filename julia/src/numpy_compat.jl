@@ -129,17 +129,49 @@ end
 
 `numpy.maximum` (broadcasting, NaN propagates). At ties the gradient is split 1/2 each:
 the central difference of NumPy's function there, and diffprog's Python rule (one
-convention on every engine).
+convention on every engine). Complex values are ordered as NumPy orders them
+(lexicographically, real part first; see [`numpy_max`](@ref)); Julia's `max` has no
+method for them.
 """
-npmaximum(x, y) = max.(x, y)
+npmaximum(x, y) = numpy_max.(x, y)
 
 """
     npminimum(x, y)
 
 `numpy.minimum` (broadcasting, NaN propagates). At ties the gradient is split 1/2 each, as
-for [`npmaximum`](@ref).
+for [`npmaximum`](@ref); complex values in NumPy's order.
 """
-npminimum(x, y) = min.(x, y)
+npminimum(x, y) = numpy_min.(x, y)
+
+"""
+    numpy_max(a, b), numpy_min(a, b), numpy_greater(a, b), numpy_less(a, b)
+
+NumPy's `maximum`, `minimum`, `>` and `<` of two numbers. Real numbers as Julia's `max`,
+`min`, `>`, `<`. Complex numbers (a real operand is promoted) in NumPy's lexicographic
+order, with NumPy's NaN handling (numpy/_core/src/umath/loops.c.src, `CGE`/`CGT`):
+`a ≥ b` when `re(a) > re(b)` and neither imaginary part is NaN, or `re(a) == re(b)` and
+`im(a) ≥ im(b)`; `maximum` keeps `a` when `a` has a NaN part or `a ≥ b`, else `b` (so a NaN
+in either operand propagates).
+"""
+numpy_max(a::Real, b::Real) = max(a, b)
+numpy_max(a::Number, b::Number) = numpy_max(promote(a, b)...)
+numpy_max(a::Complex, b::Complex) = has_nan(a) || complex_ge(a, b) ? a : b
+numpy_min(a::Real, b::Real) = min(a, b)
+numpy_min(a::Number, b::Number) = numpy_min(promote(a, b)...)
+numpy_min(a::Complex, b::Complex) = has_nan(a) || complex_ge(b, a) ? a : b
+numpy_greater(a::Real, b::Real) = a > b
+numpy_greater(a::Number, b::Number) = numpy_greater(promote(a, b)...)
+function numpy_greater(a::Complex, b::Complex)
+    return (real(a) > real(b) && !isnan(imag(a)) && !isnan(imag(b))) ||
+        (real(a) == real(b) && imag(a) > imag(b))
+end
+numpy_less(a::Number, b::Number) = numpy_greater(b, a)
+
+has_nan(z::Complex) = isnan(real(z)) || isnan(imag(z))
+function complex_ge(a::Complex, b::Complex)
+    return (real(a) > real(b) && !isnan(imag(a)) && !isnan(imag(b))) ||
+        (real(a) == real(b) && imag(a) >= imag(b))
+end
 
 """
     npclip(x, lo, hi)

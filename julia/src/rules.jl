@@ -53,16 +53,18 @@ choice_weight(a_wins::Bool, tie::Bool, ::Type{T}) where {T} = ifelse(
     ifelse(a_wins, one(T), zero(T)),
 )
 
-weight_type(args...) = float(promote_type(map(eltype, args)...))
+weight_type(args...) = real(float(promote_type(map(eltype, args)...)))
 
 # --- npmaximum / npminimum (and so npclip): ties split 1/2 each ------------------------------------------
+# The weights are real (0, 1/2, 1), so the rule is the same in ChainRules' convention and
+# JAX's, for complex operands too (NumPy's order, numpy_greater).
 
 function ChainRulesCore.rrule(::typeof(npmaximum), x, y)
-    return elementwise_choice_rrule(npmaximum(x, y), x, y, >)
+    return elementwise_choice_rrule(npmaximum(x, y), x, y, numpy_greater)
 end
 
 function ChainRulesCore.rrule(::typeof(npminimum), x, y)
-    return elementwise_choice_rrule(npminimum(x, y), x, y, <)
+    return elementwise_choice_rrule(npminimum(x, y), x, y, numpy_less)
 end
 
 function elementwise_choice_rrule(out, x, y, x_wins)
