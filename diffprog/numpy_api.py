@@ -617,7 +617,13 @@ def median(x, axis=None, out=None, overwrite_input=False, keepdims=False):
     n = shape(x)[axis]
     s = sort(x, axis=axis)
     mid = slice_axis(s, axis, (n - 1) // 2, n // 2 + 1)
-    return mean(mid, axis=axis, keepdims=keepdims)
+    out = mean(mid, axis=axis, keepdims=keepdims)
+    if n and np.issubdtype(dtype_of(x), np.inexact):
+        # NumPy's NaN check: a NaN sorts last, and the median of a slice holding one is it
+        last = slice_axis(s, axis, n - 1, n)
+        last = last if keepdims else squeeze(last, axis=axis)
+        out = elementwise.where(elementwise.isnan(last), last, out)
+    return out
 
 
 @implements(np.cumsum, method="cumsum")
@@ -1031,16 +1037,19 @@ def round_(a, decimals=0, out=None):
     return elementwise.round_(a * scale) / scale
 
 
+# Masks select with where, never multiply: inf * 0 is NaN, and a complex product with 1
+# turns an infinite or NaN part into NaN parts (NumPy's triu, diag and diagonal copy).
+
 @implements(np.triu)
 def triu(m, k=0):
     n, mm = shape(m)[-2:]
-    return m * np.triu(np.ones((n, mm), dtype=dtype_of(m)), k)
+    return elementwise.where(np.triu(np.ones((n, mm), dtype=bool), k), m, zeros_like(m))
 
 
 @implements(np.tril)
 def tril(m, k=0):
     n, mm = shape(m)[-2:]
-    return m * np.tril(np.ones((n, mm), dtype=dtype_of(m)), k)
+    return elementwise.where(np.tril(np.ones((n, mm), dtype=bool), k), m, zeros_like(m))
 
 
 @implements(np.diag)
@@ -1050,7 +1059,8 @@ def diag(v, k=0):
     k = int(k)
     if ndim(v) == 1:
         n = shape(v)[0]
-        square = reshape(v, (n, 1)) * np.eye(n, dtype=dtype_of(v))
+        square = elementwise.where(np.eye(n, dtype=bool), reshape(v, (n, 1)),
+                                   np.zeros((n, n), dtype_of(v)))
         if k == 0:
             return square
         return pad(square, ((0, k), (k, 0)) if k > 0 else ((-k, 0), (0, -k)))
@@ -1062,7 +1072,8 @@ def diag(v, k=0):
 @implements(np.diagonal, method="diagonal")
 def diagonal(a, offset=0, axis1=0, axis2=1):
     """The ``offset``-th diagonal of the planes (axis1, axis2), as the last axis: the
-    (shifted) square block times the identity, summed (no gather; every engine spells it)."""
+    (shifted) square block where the identity is, zeros elsewhere, summed (no gather;
+    every engine spells it)."""
     a = moveaxis(a, (axis1, axis2), (-2, -1))
     offset = int(offset)
     if offset > 0:
@@ -1071,7 +1082,8 @@ def diagonal(a, offset=0, axis1=0, axis2=1):
         a = getitem(a, (Ellipsis, slice(-offset, None), slice(None)))
     n, m = shape(a)[-2:]
     k = max(min(n, m), 0)
-    return sum(slice_last2(a, k) * np.eye(k, dtype=dtype_of(a)), axis=-1)
+    block = slice_last2(a, k)
+    return sum(elementwise.where(np.eye(k, dtype=bool), block, zeros_like(block)), axis=-1)
 
 
 def slice_last2(a, k):

@@ -49,8 +49,8 @@ M2 = _complex(3, 3, ties=False)
 WIDE = _complex(3, 5, ties=False)
 _X = _complex(3, 3, ties=False)
 HPD = _X @ _X.conj().T + 3.0 * np.eye(3) + np.triu(_complex(3, 3), 1)  # lower triangle read
-NAN = np.array([1.0 + 2.0j, np.nan + 1.0j, 3.0 + np.nan * 1j, np.inf - 1.0j,
-                -np.inf + np.inf * 1j, 2.0 - 0.5j])
+NAN = np.array([complex(1.0, 2.0), complex(np.nan, 1.0), complex(3.0, np.nan),
+                complex(np.inf, -1.0), complex(-np.inf, np.inf), complex(2.0, -0.5)])
 
 
 @dataclass
@@ -363,6 +363,15 @@ RECIPES += [  # operators
 ]
 
 
+#: Z with NaN and infinite parts: every recipe on Z alone runs on it too (NumPy's complex
+#: NaN sorts last, isnan sees either part, products of infinities give NaN parts)
+ZN = Z.copy()
+ZN[0, 1], ZN[1, 2] = complex(np.nan, 1.0), complex(1.0, np.inf)
+ZN[2, 0], ZN[2, 3] = complex(-np.inf, 0.5), complex(0.5, np.nan)
+RECIPES += [Recipe(r.key, r.traced, (ZN,), r.numpy, r.id + "-nan", r.dtype, r.rtol)
+            for r in list(RECIPES) if len(r.inputs) == 1 and r.inputs[0] is Z]
+
+
 # ------------------------------------------------------------------------------- the sweep
 
 def _numpy_value(recipe):
@@ -461,3 +470,41 @@ def test_lstsq_residuals_and_their_gradient():
     f = lambda a: np.sum(np.linalg.lstsq(a, b)[1])  # noqa: E731
     assert_close(dp.differentiable(f)(a), f(a), rtol=1e-10)
     _grad_check(f, a, rtol=1e-5)
+
+
+# ------------------------------------------- non-finite values (found by the sweep's ZN)
+
+@pytest.mark.parametrize("name,f", [
+    ("median", lambda x: np.median(x, axis=1)),
+    ("median-all", lambda x: np.median(x)),
+    ("median-keepdims", lambda x: np.median(x, axis=0, keepdims=True)),
+    ("triu", lambda x: np.triu(x)), ("tril", lambda x: np.tril(x, 1)),
+    ("diagonal", lambda x: np.diagonal(x)), ("trace", lambda x: np.trace(x)),
+    ("diag", lambda x: np.diag(x[0])),
+    ("einsum-diagonal", lambda x: np.einsum("ii->i", x[:, :3])),
+    ("einsum-trace", lambda x: np.einsum("ii", x[:, :3])),
+    ("einsum-repeat", lambda x: np.einsum("iij->ji", np.stack([x[:, :3]] * 3))),
+])
+@pytest.mark.parametrize("kind", ["real", "complex"])
+def test_non_finite_entries_stay_where_numpy_puts_them(name, f, kind):
+    """inf * 0 is NaN, and a complex product with 1 turns an infinite or NaN part into NaN
+    parts: masks select (np.where), a NaN makes the median NaN, as in NumPy."""
+    x = np.array([[1.0, np.inf, 2.0, 3.0], [np.nan, 4.0, -np.inf, 5.0], [6.0, 7.0, 8.0, 9.0]])
+    if kind == "complex":
+        x = x.astype(complex)  # parts set one by one (1j * inf has a NaN real part)
+        x.imag = [[1.0, 0.5, np.inf, 0.0], [2.0, -1.0, 3.0, np.nan], [0.0, 1.0, 2.0, -3.0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = f(x)
+        got = dp.differentiable(f)(x)
+    np.testing.assert_array_equal(got, expected)
+    assert np.result_type(got) == np.result_type(expected)
+
+
+def test_gradients_through_the_selecting_masks():
+    z = _complex(3, 3, ties=False)
+    for f in (lambda z: np.real(np.sum(np.triu(z) * (1 + 2j))),
+              lambda z: np.abs(np.trace(z)) + np.sum(np.abs(np.diag(np.diagonal(z, 1)))),
+              lambda z: np.real(np.einsum("ii->", z * z)),
+              lambda z: np.sum(np.abs(np.median(z, axis=0)))):
+        _grad_check(f, z)

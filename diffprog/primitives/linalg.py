@@ -181,7 +181,7 @@ def _julia_einsum(eqn, jl):
 def _einsum_call(subscripts, *operands, optimize=False, **kwargs):
     """np.einsum: the sublist form as subscripts (:func:`_from_sublists`), the subscripts
     made explicit (:func:`_explicit_subscripts`), an index repeated within one operand (a
-    diagonal, a trace) as a product with the identity (:func:`_without_repeats`); a
+    diagonal, a trace) read as that diagonal first (:func:`_without_repeats`); a
     contraction of several large operands gets NumPy's optimized order."""
     if not isinstance(subscripts, str):
         subscripts, operands = _from_sublists((subscripts,) + operands)
@@ -219,27 +219,25 @@ def _from_sublists(args):
 
 
 def _without_repeats(spec: str, operands: list):
-    """An operand whose subscripts repeat an index (``'ii->i'``) reads a diagonal: the
-    same contraction with the repeat renamed and an identity operand joining the two
-    (``'ij,ij->i'`` with np.eye), so every rule, batching and spelling of einsum holds."""
+    """An operand whose subscripts repeat an index (``'ii->i'``) reads a diagonal: that
+    diagonal is taken first (np.diagonal, the repeated index last), and the contraction
+    goes on without the repeat (``'i->i'``), so every rule, batching and spelling of
+    einsum holds. (A product with the identity, ``'ij,ij->i'``, made inf * 0 = NaN of an
+    infinite entry off the diagonal, and NaN parts of a complex one on it.)"""
     ins, out = _einsum_parse(spec)
     if all(len(set(sub)) == len(sub) for sub in ins):
         return spec, operands
-    spare = iter(c for c in reversed(_LETTERS) if c not in spec)
-    new_ins, extra = [], []
+    new_ins, new_ops = [], []
     for sub, op in zip(ins, operands):
-        seen, renamed = set(), []
-        for axis, c in enumerate(sub):
-            if c in seen:
-                fresh = next(spare)
-                n = np.shape(op)[axis]
-                extra.append((c + fresh, np.eye(n, dtype=np.result_type(op))))
-                c = fresh
-            seen.add(c)
-            renamed.append(c)
-        new_ins.append("".join(renamed))
-    subs = new_ins + [s for s, _ in extra]
-    return ",".join(subs) + "->" + out, operands + [e for _, e in extra]
+        while len(set(sub)) != len(sub):
+            c = next(c for c in sub if sub.count(c) > 1)
+            first = sub.index(c)
+            second = sub.index(c, first + 1)
+            op = np.diagonal(op, axis1=first, axis2=second)  # the diagonal axis goes last
+            sub = "".join(ch for i, ch in enumerate(sub) if i not in (first, second)) + c
+        new_ins.append(sub)
+        new_ops.append(op)
+    return ",".join(new_ins) + "->" + out, new_ops
 
 
 _LETTERS = string.ascii_letters
