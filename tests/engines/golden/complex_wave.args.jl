@@ -9,7 +9,7 @@
         reshape(Float64[3.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 3.0], 3, 3),
         Float64[0.0, 1.0, 2.0],
         Int64[0, 1],
-        reshape(ComplexF64[ComplexF64(1.0, 0.0), ComplexF64(0.0, 0.0), ComplexF64(0.0, 0.0), ComplexF64(0.0, 0.0), ComplexF64(1.0, 0.0), ComplexF64(0.0, 0.0), ComplexF64(0.0, 0.0), ComplexF64(0.0, 0.0), ComplexF64(1.0, 0.0)], 3, 3),
+        reshape(Float64[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], 3, 3),
     ),
     wrt = (1, 2),
     value = 61.825123157091205,

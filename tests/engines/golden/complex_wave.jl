@@ -16,9 +16,9 @@ function program(a1, a2, c1, c2, c3, c4)
         return (v16,)
     end
     (v17,) = DiffProg.npscan(f10, (v9,), (c3,), (), 2, false, Val(1))
-    v18 = DiffProg.npreshape(v17, (1, 3))
-    v19 = v18 .* c4
-    v20 = ComplexF64(0.0, 0.5) .* v19
+    v18 = DiffProg.npreshape(v17[1:3], (1, 3))
+    v19 = ComplexF64(0.0, 0.5) .* v18
+    v20 = v19 .* c4
     v21 = v5 .+ v20
     v22, v23 = DiffProg.npslogdet(v21)
     v24 = DiffProg.npmatmul(v17, v5)
