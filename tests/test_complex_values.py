@@ -368,8 +368,15 @@ RECIPES += [  # operators
 ZN = Z.copy()
 ZN[0, 1], ZN[1, 2] = complex(np.nan, 1.0), complex(1.0, np.inf)
 ZN[2, 0], ZN[2, 3] = complex(-np.inf, 0.5), complex(0.5, np.nan)
+_ON_Z = [r for r in RECIPES if len(r.inputs) == 1 and r.inputs[0] is Z]
 RECIPES += [Recipe(r.key, r.traced, (ZN,), r.numpy, r.id + "-nan", r.dtype, r.rtol)
-            for r in list(RECIPES) if len(r.inputs) == 1 and r.inputs[0] is Z]
+            for r in _ON_Z]
+#: and in single precision (complex64: real results in float32)
+RECIPES += [Recipe(r.key, r.traced, (Z.astype(np.complex64),), r.numpy, r.id + "-complex64",
+                   r.dtype, max(r.rtol, 2e-6)) for r in _ON_Z]
+RECIPES += [Recipe(r.key, r.traced, (M.astype(np.complex64),), r.numpy, r.id + "-complex64",
+                   r.dtype, max(r.rtol, 1e-4))
+            for r in RECIPES if len(r.inputs) == 1 and r.inputs[0] is M]
 
 
 # ------------------------------------------------------------------------------- the sweep
