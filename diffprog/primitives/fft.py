@@ -207,7 +207,7 @@ def _irfftn_vjp(g, x, *, out, s, axes, norm):
 
 
 def _same_transform(prim_of):
-    """The JVP of a linear entry: the same transform of the tangent."""
+    """The JVP of a linear entry (``prim_of()``): the same transform of the tangent."""
     def jvp(ts, x, *, out, **params):
         return None if ts[0] is None else prim_of()(ts[0], **params)
     return jvp
@@ -372,10 +372,10 @@ def _ihfft_call(a, n=None, axis=-1, norm=None, out=None):
     return np.conj(_one_axis(rfftn, "r2c", "ihfft", a, n, axis, norm, swap=True))
 
 
-def _nd(prim_of, kind: str, name: str, default_axes=None):
-    """The binding of np.fft.<name>(a, s, axes, norm): ``prim_of()`` is its entry."""
+def _nd(entry: str, kind: str, name: str, default_axes=None):
+    """The binding of np.fft.<name>(a, s, axes, norm) to the entry named ``entry``."""
     def call(a, s=None, axes=default_axes, norm=None, out=None):
-        return _several_axes(prim_of(), kind, name, a, s, axes, norm)
+        return _several_axes(_ENTRIES[entry], kind, name, a, s, axes, norm)
     return call
 
 
@@ -395,64 +395,65 @@ def _shift_call(sign: int, name: str):
 
 # ------------------------------------------------------------------ the entries
 
-def _cases_c2c():
-    return [Case(normal(8), {"s": (8,), "axes": (0,), "norm": "backward"}),
-            Case(normal(3, 5), {"s": (2, 7), "axes": (0, 1), "norm": "ortho"}),
-            Case(normal(2, 3, 4), {"s": (3, 1), "axes": (2, 0), "norm": "forward"}),
-            Case(normal(4, 3), {"s": (5, 6), "axes": (0, 0), "norm": "ortho"})]
+#: the entries by name (their rules and bindings look them up when called)
+_ENTRIES: dict = {}
+
+
+def _transform(name: str, kind: str, inverse: bool, vjp, numpy: dict, cases: list):
+    """The entry for NumPy's ``name`` (``fftn``, ...) with its ``s``, ``axes`` and ``norm``:
+    its stages ``kind``, direction, VJP, NumPy bindings and cases; the rest follows."""
+    def this():
+        return _ENTRIES[name]
+    prim = Primitive(name, _impl(name, kind, inverse), _fft_shape(kind), vjp=vjp,
+                     jvp=_same_transform(this), batch=by(reduce_axes, this),
+                     julia=_julia("np" + name, inverse), numpy=numpy, cases=cases,
+                     complex=True)
+    _ENTRIES[name] = prim
+    return prim
+
+
+def _cases(make, specs, **options):
+    """Cases ``(shape, s, axes, norm)`` with inputs ``make(*shape)``."""
+    return [Case(make(*shape), {"s": s, "axes": axes, "norm": norm}, **options)
+            for shape, s, axes, norm in specs]
 
 
 def _complex(*shape):
     return lambda rng: [rng.standard_normal(shape) + 1j * rng.standard_normal(shape)]
 
 
-fftn = Primitive(
-    "fftn", _impl("fftn", "c2c", inverse=False),
-    _fft_shape("c2c"), vjp=_c2c_vjp(inverse=False), jvp=_same_transform(lambda: fftn),
-    batch=by(reduce_axes, lambda: fftn), julia=_julia("npfftn", inverse=False),
-    numpy={np.fft.fft: _fft_call, np.fft.fftn: _nd(lambda: fftn, "c2c", "fftn"),
-           np.fft.fft2: _nd(lambda: fftn, "c2c", "fft2", (-2, -1)),
-           np.fft.fftshift: _shift_call(1, "fftshift"),
-           np.fft.ifftshift: _shift_call(-1, "ifftshift")},
-    cases=_cases_c2c(), complex=True)
+# padding, truncation, both at once, axes out of order, an axis transformed twice
+_C2C_CASES = [((8,), (8,), (0,), "backward"), ((3, 5), (2, 7), (0, 1), "ortho"),
+              ((2, 3, 4), (3, 1), (2, 0), "forward"), ((4, 3), (5, 6), (0, 0), "ortho")]
 
-ifftn = Primitive(
-    "ifftn", _impl("ifftn", "c2c", inverse=True),
-    _fft_shape("c2c"), vjp=_c2c_vjp(inverse=True), jvp=_same_transform(lambda: ifftn),
-    batch=by(reduce_axes, lambda: ifftn), julia=_julia("npifftn", inverse=True),
-    numpy={np.fft.ifft: _ifft_call, np.fft.ifftn: _nd(lambda: ifftn, "c2c", "ifftn"),
-           np.fft.ifft2: _nd(lambda: ifftn, "c2c", "ifft2", (-2, -1))},
-    cases=_cases_c2c(), complex=True)
+fftn = _transform(
+    "fftn", "c2c", False, _c2c_vjp(inverse=False),
+    {np.fft.fft: _fft_call, np.fft.fftn: _nd("fftn", "c2c", "fftn"),
+     np.fft.fft2: _nd("fftn", "c2c", "fft2", (-2, -1)),
+     np.fft.fftshift: _shift_call(1, "fftshift"), np.fft.ifftshift: _shift_call(-1, "ifftshift")},
+    _cases(normal, _C2C_CASES))
 
-rfftn = Primitive(
-    "rfftn", _impl("rfftn", "r2c", inverse=False),
-    _fft_shape("r2c"), vjp=_rfftn_vjp, jvp=_same_transform(lambda: rfftn),
-    batch=by(reduce_axes, lambda: rfftn), julia=_julia("nprfftn", inverse=False),
-    numpy={np.fft.rfft: _rfft_call, np.fft.rfftn: _nd(lambda: rfftn, "r2c", "rfftn"),
-           np.fft.rfft2: _nd(lambda: rfftn, "r2c", "rfft2", (-2, -1)),
-           np.fft.ihfft: _ihfft_call},
-    # real input only (NumPy refuses complex input), complex cotangents
-    cases=[Case(normal(8), {"s": (8,), "axes": (0,), "norm": "backward"}, complex=False),
-           Case(normal(7), {"s": (7,), "axes": (0,), "norm": "ortho"}, complex=False),
-           Case(normal(3, 6), {"s": (4, 5), "axes": (0, 1), "norm": "ortho"}, complex=False),
-           Case(normal(2, 5, 4), {"s": (6, 2), "axes": (2, 0), "norm": "forward"},
-                complex=False),
-           Case(normal(6, 3), {"s": (4, 6), "axes": (0, 0), "norm": "backward"},
-                complex=False)],
-    complex=True)
+ifftn = _transform(
+    "ifftn", "c2c", True, _c2c_vjp(inverse=True),
+    {np.fft.ifft: _ifft_call, np.fft.ifftn: _nd("ifftn", "c2c", "ifftn"),
+     np.fft.ifft2: _nd("ifftn", "c2c", "ifft2", (-2, -1))},
+    _cases(normal, _C2C_CASES))
 
-irfftn = Primitive(
-    "irfftn", _impl("irfftn", "c2r", inverse=True),
-    _fft_shape("c2r"), vjp=_irfftn_vjp, jvp=_same_transform(lambda: irfftn),
-    batch=by(reduce_axes, lambda: irfftn), julia=_julia("npirfftn", inverse=True),
-    numpy={np.fft.irfft: _irfft_call, np.fft.irfftn: _nd(lambda: irfftn, "c2r", "irfftn"),
-           np.fft.irfft2: _nd(lambda: irfftn, "c2r", "irfft2", (-2, -1)),
-           np.fft.hfft: _hfft_call},
-    cases=[Case(_complex(5), {"s": (8,), "axes": (0,), "norm": "backward"}),
-           Case(_complex(5), {"s": (9,), "axes": (0,), "norm": "ortho"}),
-           Case(_complex(3), {"s": (8,), "axes": (0,), "norm": "forward"}),
-           Case(_complex(3, 4), {"s": (5, 4), "axes": (0, 1), "norm": "forward"}),
-           Case(_complex(4, 3), {"s": (6,), "axes": (0,), "norm": "backward"}),
-           Case(_complex(3, 4), {"s": (5, 6), "axes": (1, 1), "norm": "ortho"}),
-           Case(normal(5), {"s": (8,), "axes": (0,), "norm": "backward"})],
-    complex=True)
+rfftn = _transform(
+    "rfftn", "r2c", False, _rfftn_vjp,
+    {np.fft.rfft: _rfft_call, np.fft.rfftn: _nd("rfftn", "r2c", "rfftn"),
+     np.fft.rfft2: _nd("rfftn", "r2c", "rfft2", (-2, -1)), np.fft.ihfft: _ihfft_call},
+    # real inputs only (NumPy refuses complex ones); even and odd lengths
+    _cases(normal, [((8,), (8,), (0,), "backward"), ((7,), (7,), (0,), "ortho"),
+                    ((3, 6), (4, 5), (0, 1), "ortho"), ((2, 5, 4), (6, 2), (2, 0), "forward"),
+                    ((6, 3), (4, 6), (0, 0), "backward")], complex=False))
+
+irfftn = _transform(
+    "irfftn", "c2r", True, _irfftn_vjp,
+    {np.fft.irfft: _irfft_call, np.fft.irfftn: _nd("irfftn", "c2r", "irfftn"),
+     np.fft.irfft2: _nd("irfftn", "c2r", "irfft2", (-2, -1)), np.fft.hfft: _hfft_call},
+    # as many entries as read, more (ignored), fewer (zero-padded); a real input
+    _cases(_complex, [((5,), (8,), (0,), "backward"), ((5,), (9,), (0,), "ortho"),
+                      ((3,), (8,), (0,), "forward"), ((3, 4), (5, 4), (0, 1), "forward"),
+                      ((4, 3), (6,), (0,), "backward"), ((3, 4), (5, 6), (1, 1), "ortho")])
+    + _cases(normal, [((5,), (8,), (0,), "backward")]))

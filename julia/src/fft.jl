@@ -21,11 +21,7 @@ using FFTW: FFTW
 `dims`, the last first as NumPy runs them, over `sizes[k]` points each.
 """
 function npfftn(x::AbstractArray, dims::Tuple, sizes::Tuple, halves::Integer)
-    y = x
-    for k in length(dims):-1:1
-        y = stage(AbstractFFTs.fft, y, dims[k], sizes[k], halves)
-    end
-    return y
+    return c2c_stages(AbstractFFTs.fft, x, dims, sizes, halves)
 end
 
 """
@@ -35,9 +31,14 @@ end
 backward transforms (`bfft`, scaled by `halves`: 2 is NumPy's default `norm`).
 """
 function npifftn(x::AbstractArray, dims::Tuple, sizes::Tuple, halves::Integer)
+    return c2c_stages(AbstractFFTs.bfft, x, dims, sizes, halves)
+end
+
+# `transform` (`fft` or `bfft`) along each of `dims`, the last first (NumPy's order).
+function c2c_stages(transform, x::AbstractArray, dims::Tuple, sizes::Tuple, halves::Integer)
     y = x
     for k in length(dims):-1:1
-        y = stage(AbstractFFTs.bfft, y, dims[k], sizes[k], halves)
+        y = stage(transform, y, dims[k], sizes[k], halves)
     end
     return y
 end
@@ -52,10 +53,7 @@ frequencies), then complex transforms along the others, from the back.
 function nprfftn(x::AbstractArray{<:Real}, dims::Tuple, sizes::Tuple, halves::Integer)
     d, n = dims[end], sizes[end]
     y = stage(AbstractFFTs.rfft, x, d, n, halves)
-    for k in (length(dims) - 1):-1:1
-        y = stage(AbstractFFTs.fft, y, dims[k], sizes[k], halves)
-    end
-    return y
+    return c2c_stages(AbstractFFTs.fft, y, Base.front(dims), Base.front(sizes), halves)
 end
 
 """
