@@ -140,14 +140,14 @@ argument_cotangent(grads::Tuple, k) = grads[k + 1] # grads[1] is the body's own 
 cotangent_buffer(x) = differentiable_value(x) ? zero_like(x) : NoTangent()
 cotangent_start(c) = differentiable_value(c) ? ZeroTangent() : NoTangent()
 
-# `real_if`: a step's complex cotangent of a real scanned input keeps its real part (the
+# `real_values`: a step's complex cotangent of a real scanned input keeps its real part (the
 # body's pullback from `rrule_via_ad` is not projected onto the arguments).
 function add_step!(dx::AbstractVector, i, d)
-    view(dx, i:i) .+= real_if.(eltype(dx), d)
+    view(dx, i:i) .+= real_values(dx, d)
     return dx
 end
 function add_step!(dx::AbstractArray, i, d)
-    selectdim(dx, ndims(dx), i) .+= real_if.(eltype(dx), d)
+    selectdim(dx, ndims(dx), i) .+= real_values(dx, d)
     return dx
 end
 

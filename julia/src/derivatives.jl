@@ -308,7 +308,7 @@ function gradient_like(g::AbstractArray, x::AbstractArray)
     # (a complex cotangent of a real argument keeps its real part); hand Python a dense
     # array of the argument's own kind (Array or CuArray).
     dense = similar(x, T)
-    dense .= real_if.(T, g)
+    dense .= real_values(dense, g)
     return dense
 end
 gradient_like(g, x) = g

@@ -34,7 +34,9 @@ function unbroadcast_to(x::AbstractArray, g::AbstractArray)
     return reshape(summed, size(x))
 end
 
+# `g` (an array or a number) as a cotangent of the array `x`: its real part for a real `x`
 real_values(x::AbstractArray{<:Real}, g::AbstractArray{<:Complex}) = real.(g)
+real_values(x::AbstractArray{<:Real}, g::Complex) = real(g)
 real_values(x, g) = g
 
 """
