@@ -420,21 +420,22 @@ class _JuliaWriter:
         def operand(atom, dtype, out_dtype=None) -> str:
             """A Var's name, a literal's text, or a constant's argument name. ``out_dtype``:
             the result dtype of an elementwise equation, in which NumPy converts a Python
-            scalar operand: to a float for a float result (`np.where(c, 1, x)` is float;
-            in Julia `ifelse.(c, 1, x)` would have eltype Union{Int64, Float64}, and
-            `false * NaN` is 0.0), to a complex number for a complex result (a real
-            literal in `ifelse` would make a Union again, and NumPy's complex product
-            with (2+0j) is not Julia's product with the real 2.0 at infinite parts)."""
+            number operand: to a float for a float result (`np.where(c, 1, x)` is float;
+            in Julia `ifelse.(c, 1, x)` would have eltype Union{Int64, Float64}), to a
+            complex number for a complex result (a real literal in `ifelse` would make a
+            Union again, and NumPy's complex product with (2+0j) is not Julia's product
+            with the real 2.0 at infinite parts). Booleans stay Booleans (a condition)."""
             if isinstance(atom, Var):
                 return names[id(atom)]
             value = atom.value
             scalar = isinstance(value, (bool, int, float, complex, np.generic)) \
                 and not isinstance(value, np.ndarray)
-            if scalar and out_dtype is not None and out_dtype.kind == "c" \
-                    and isinstance(value, (bool, int, float, complex, np.bool_, np.number)):
+            number = scalar and not isinstance(value, (bool, np.bool_))
+            if number and out_dtype is not None and out_dtype.kind == "c" \
+                    and isinstance(value, (int, float, complex, np.number)):
                 return jl_complex(value, out_dtype)
-            if scalar and out_dtype is not None and out_dtype.kind == "f" \
-                    and isinstance(value, (bool, int, np.bool_, np.integer)):
+            if number and out_dtype is not None and out_dtype.kind == "f" \
+                    and isinstance(value, (int, np.integer)):
                 value = float(value)
             if scalar:
                 text = jl_literal(value, dtype)

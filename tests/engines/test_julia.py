@@ -768,6 +768,12 @@ def test_where_operands_take_the_result_dtype():
     assert "ifelse.(a1, Float64.(a2), a3)" in src
     src = dp.differentiable(lambda c, x: np.where(c, x, x)).source(c, x, engine="julia")
     assert "ifelse.(a1, a2, a2)" in src
+    # a literal condition stays a Bool (Julia's ifelse takes nothing else)
+    where = PRIMITIVES["where"]
+    src = dp.differentiable(lambda x, z: where.bind(True, x, z)).source(x, z, engine="julia")
+    assert "ifelse.(true, ComplexF64.(a1), a2)" in src
+    src = dp.differentiable(lambda x: where.bind(False, 1, x)).source(x, engine="julia")
+    assert "ifelse.(false, 1.0, a1)" in src
 
 
 def test_complex_operands_of_real_only_entries_are_refused_by_name():
