@@ -182,8 +182,12 @@ end
 # conj(f'(z)) (Zygote's `gradient` refuses complex outputs, `sensitivity(y::Complex)`).
 function holomorphic_gradient(f, xs::Tuple, k::Int)
     y, back = Zygote.pullback(f, xs...)
-    return conj_tangent(gradient_or_zero(back(one(y))[k], xs[k]))
+    return conj_tangent(gradient_or_zero(nth_gradient(back(one(y)), k), xs[k]))
 end
+
+# Zygote's pullback returns `nothing` instead of a tuple when no argument has a gradient.
+nth_gradient(::Nothing, k::Int) = nothing
+nth_gradient(gradients::Tuple, k::Int) = gradients[k]
 
 # ---------------------------------------------------------------------------------------
 # Helpers shared by the workers.
