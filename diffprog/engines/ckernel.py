@@ -18,8 +18,9 @@ unfused program for elementwise values), unless the program opted in to fast mat
   on values across every range libm treats differently (once per process; a NumPy whose
   loop is its own SIMD code, such as exp/log on AVX-512 machines, differs and its
   primitive stays on the NumPy path);
-* sums use NumPy's pairwise summation over the same blocks, so fused reductions match
-  the NumPy block kernel exactly too;
+* sums use NumPy's pairwise summation over the same blocks (each a subtree of NumPy's
+  own summation of the whole array: :func:`diffprog.engines.fusion.sum_plan`), so fused
+  reductions match the NumPy block kernel, and ``np.sum``, exactly too;
 * each call reports the floating-point flags it raised; where ``np.errstate`` would warn,
   raise or call on one of them, the NumPy kernel computes the block again and reports
   it as NumPy does.
@@ -101,17 +102,18 @@ static inline double dp_logaddexp(double x, double y)
     if (d <= 0) return y + log1p(exp(d));
     return d; /* a NaN */
 }
-#if DP_USE_SINCOS
-#define DP_SINCOS(x, s, c) sincos((x), (s), (c))
-#else
-#define DP_SINCOS(x, s, c) (*(s) = sin(x), *(c) = cos(x))
-#endif
+/* DP_USE_SINCOS is defined by each source, after this preamble: the macro reads it
+ * where it is used (an #if here would see it undefined, and never call sincos). */
+#define DP_SINCOS(x, s, c) \
+    (DP_USE_SINCOS ? sincos((x), (s), (c)) : (void)(*(s) = sin(x), *(c) = cos(x)))
 
-/* NumPy's pairwise summation (DOUBLE_pairwise_sum), so a block sums to the same bits. */
+/* NumPy's pairwise summation (DOUBLE_pairwise_sum), so a block sums to the same bits
+ * (a block is a subtree of NumPy's summation of the whole array). It starts from -0.0,
+ * as NumPy's does, so that a sum of negative zeros stays -0.0. */
 static double dp_pairwise(const double *a, int64_t n)
 {
     if (n < 8) {
-        double res = 0.0;
+        double res = -0.0;
         for (int64_t i = 0; i < n; i++) res += a[i];
         return res;
     }
@@ -331,9 +333,10 @@ class BlockBuilder:
 
     def function(self, name: str, fast: bool = False) -> str:
         """The C source of this block as function ``name``. Threads call it together: each
-        takes the next block from the shared counter ``*next`` until none is left, and
-        stores each fused sum of block ``b`` in ``sums[r * n_blocks + b]`` (so the caller
-        adds them up in block order, whichever thread ran which block). ``fast``: each
+        takes the next block from the shared counter ``*next`` until none is left (block
+        ``b`` is elements ``starts[b]`` to ``starts[b + 1]``, at most ``self.block`` of them),
+        and stores each fused sum of block ``b`` in ``sums[r * n_blocks + b]`` (so the caller
+        adds them up in NumPy's order, whichever thread ran which block). ``fast``: each
         inner loop is marked ``#pragma omp simd``, so that the compiler calls libmvec's
         vector functions there (fast math: see :func:`fast_math_state`)."""
         ptr = {_F64: "double", _BOOL: "unsigned char"}
@@ -341,7 +344,7 @@ class BlockBuilder:
         crossing = self._crossing(loops)
         tile = {u: q for q, u in enumerate(crossing)}
         block = self.block
-        lines = [f"int {name}(int64_t *next, int64_t n_blocks, int64_t size, void *const *arrays,",
+        lines = [f"int {name}(int64_t *next, int64_t n_blocks, const int64_t *starts, void *const *arrays,",
                  "         const double *scalars, double *sums, double *scratch)", "{"]
         lines += [f"    const {ptr[dt]} *restrict a{k} = (const {ptr[dt]} *)arrays[{k}];"
                   for k, (_, dt) in enumerate(self.arrays)]
@@ -358,8 +361,7 @@ class BlockBuilder:
                   "    for (;;) {",
                   "        const int64_t b = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);",
                   "        if (b >= n_blocks) break;",
-                  f"        const int64_t i = b * {block};",
-                  f"        const int64_t j = size - i > {block} ? i + {block} : size;",
+                  "        const int64_t i = starts[b], j = starts[b + 1];",
                   f"        for (int64_t s = i; s < j; s += {TILE}) {{",
                   f"            const int64_t m = j - s > {TILE} ? {TILE} : j - s;"]
         defined: set[str] = set()
@@ -393,10 +395,12 @@ class BlockBuilder:
                   "    return raised;", "}"]
         return "\n".join(lines) + "\n"
 
-    def kernel(self, size: int) -> "Kernel | None":
+    def kernel(self, spans) -> "Kernel | None":
+        """The compiled twin walking the blocks ``spans`` (``[(start, stop), ...]``, each at
+        most ``self.block`` elements), or None when some step has no C form."""
         if self.refused is not None or not self.stmts:
             return None
-        return Kernel(self.function("dp_block"), size=size, block=self.block,
+        return Kernel(self.function("dp_block"), spans=spans, block=self.block,
                       n_arrays=len(self.arrays) + len(self.exports), n_scalars=len(self.scalars),
                       n_sums=self.n_sums, n_tiles=self.n_tiles(), needs=frozenset(self.needs),
                       sincos=self.sincos,
@@ -413,7 +417,7 @@ class BlockBuilder:
 # the check and dlopen), and only if it carries the marker of the kernel asked for. A
 # library that fails a check is deleted and built again, with a warning: never a crash.
 
-ABI = 1  # kernels' calling convention; part of every key, so a change never loads old ones
+ABI = 2  # kernels' calling convention; part of every key, so a change never loads old ones
 MARK_SYMBOL = "dp_kernel_mark"  # a string each library exports: the ABI and its key
 
 
@@ -788,7 +792,8 @@ def load(lib, name: str):
     the GIL for the call, so worker threads run kernels in parallel)."""
     fn = getattr(lib, name)
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+    # (next, n_blocks, starts, arrays, scalars, sums, scratch): see BlockBuilder.function
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return fn
 
@@ -885,7 +890,8 @@ def _run_probe(fn, builder, inputs) -> list[np.ndarray]:
     arrays = [np.ascontiguousarray(a) for a in inputs] + outs
     ptrs = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
     counter, scratch = np.zeros(1, np.int64), np.empty(max(1, builder.n_tiles() * TILE))
-    raised = fn(counter.ctypes.data, 1, n, ptrs, None, None, scratch.ctypes.data)
+    starts = np.array([0, n], np.int64)
+    raised = fn(counter.ctypes.data, 1, starts.ctypes.data, ptrs, None, None, scratch.ctypes.data)
     return outs, raised
 
 
@@ -1212,9 +1218,12 @@ class Kernel:
     NumPy's errstate wants reported): the caller then runs the NumPy block kernel, whose
     results are the same."""
 
-    def __init__(self, source: str, *, size, block, n_arrays, n_scalars, n_sums, n_tiles,
+    def __init__(self, source: str, *, spans, block, n_arrays, n_scalars, n_sums, n_tiles,
                  needs, sincos, fast_source: str | None = None):
-        self.source, self.size, self.block = source, size, block
+        self.source, self.block = source, block
+        self.spans = tuple(spans)  # the blocks: [(start, stop), ...], in order
+        self.size = self.spans[-1][1] if self.spans else 0
+        self.starts = np.array([i for i, _ in self.spans] + [self.size], np.int64)
         self.fast_source = fast_source  # a fast-math program's kernel: its libmvec twin
         self.n_arrays, self.n_scalars, self.n_sums, self.n_tiles = n_arrays, n_scalars, n_sums, n_tiles
         self.needs, self.uses_sincos = needs, sincos
@@ -1265,16 +1274,15 @@ class Kernel:
             return None
         all_arrays = list(arrays) + list(outputs)
         ptrs = (ctypes.c_void_p * len(all_arrays))(*[a.ctypes.data for a in all_arrays])
-        size, block = self.size, self.block
-        n_blocks = -(-size // block)
+        n_blocks, starts = len(self.spans), self.starts
         counter = np.zeros(1, np.int64)
         sums = np.empty((self.n_sums, n_blocks))
-        scratch_size = max(1, self.n_sums * block + self.n_tiles * TILE)
+        scratch_size = max(1, self.n_sums * self.block + self.n_tiles * TILE)
 
         def work():
             scratch = np.empty(scratch_size)
-            return fn(counter.ctypes.data, n_blocks, size, ptrs, values, sums.ctypes.data,
-                      scratch.ctypes.data)
+            return fn(counter.ctypes.data, n_blocks, starts.ctypes.data, ptrs, values,
+                      sums.ctypes.data, scratch.ctypes.data)
 
         raised = 0
         for flags in run_parallel([work] * min(num_threads(), n_blocks)):
