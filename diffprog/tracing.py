@@ -296,6 +296,19 @@ def user_frame_line() -> str:
     return "<unknown location>"
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` called by this function's caller that
+    points at the innermost frame outside diffprog and NumPy (however many wrappers,
+    stand-ins and dispatch layers lie between)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None:
+        fname = os.path.abspath(frame.f_code.co_filename)
+        if not fname.startswith(_OWN_DIRS) and not fname.startswith("<frozen"):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
 def _escape_error(tracer, what: str, fix: str) -> ConcretizationError:
     error = ConcretizationError(
         f"{what} on a traced value at {user_frame_line()}\n"

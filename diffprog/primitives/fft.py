@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import ArgumentError, ArgumentValueError, ShapeError
 from ..ir import Aval
+from ..tracing import user_stacklevel
 from ..transforms.batch import by, reduce_axes
 from .core import Case, Primitive, is_inexact, normal
 from .rules import in_dtype_of, shape_of, slice_axis
@@ -292,11 +293,6 @@ _NONE_IN_S = ("Passing an array containing `None` values to `s` is deprecated in
               "the corresponding 1-D transform, pass the value matching the default for its `n` "
               "parameter. To use the default behaviour for every axis, the `s` argument can be "
               "omitted.")
-#: the frame of the user's np.fft call, seen from _several_axes (its binding, the front
-#: end's wrapper refusing out=, dispatch_function, Tracer.__array_function__)
-_USER_FRAME = 6
-
-
 def _several_axes(prim, kind: str, name: str, a, s, axes, norm):
     """NumPy's n-d functions (its ``_cook_nd_args``): the ``s`` and ``axes`` defaults, -1
     and None in ``s`` (NumPy's deprecated spellings, with its warnings), every check."""
@@ -314,7 +310,7 @@ def _several_axes(prim, kind: str, name: str, a, s, axes, norm):
     s = list(s)
     if axes is None:
         if not shapeless:
-            warnings.warn(_AXES_NONE, DeprecationWarning, stacklevel=_USER_FRAME)
+            warnings.warn(_AXES_NONE, DeprecationWarning, stacklevel=user_stacklevel())
         axes = list(range(-len(s), 0))
     if len(s) != len(axes):
         raise ArgumentValueError("Shape and axes have different lengths.")
@@ -326,7 +322,7 @@ def _several_axes(prim, kind: str, name: str, a, s, axes, norm):
     if kind == "c2r" and shapeless:
         s[-1] = (shape[axes[-1]] - 1) * 2
     if any(n is None for n in s):
-        warnings.warn(_NONE_IN_S, DeprecationWarning, stacklevel=_USER_FRAME)
+        warnings.warn(_NONE_IN_S, DeprecationWarning, stacklevel=user_stacklevel())
     s = [shape[ax] if isinstance(n, (int, np.integer)) and n == -1 else n
          for n, ax in zip(s, axes)]
     s = tuple(_points(n, name) for n in _defaults_in_order(kind, s, axes, shape))
