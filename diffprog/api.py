@@ -1562,7 +1562,8 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev",
             _check_jacobian_argument(args[a], a, mode, holomorphic)
         token = _IN_JACOBIAN.set(True)
         try:
-            result = _native_derivative(fn, args, nums, "jacobian") if mode == "rev" else None
+            result = (_native_derivative(fn, args, nums, "jacobian", holomorphic)
+                      if mode == "rev" else None)
             if result is None:
                 result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums, holomorphic)
         finally:
@@ -1738,7 +1739,7 @@ def hessian(fn: Callable, argnums: int = 0, holomorphic: bool = False):
                         f"for a holomorphic function (then f''(z)).")
         token = _IN_JACOBIAN.set(True)
         try:
-            native = _native_derivative(fn, args, nums, "hessian")
+            native = _native_derivative(fn, args, nums, "hessian", holomorphic)
             return by_transforms(*args) if native is None else native[0]
         finally:
             _IN_JACOBIAN.reset(token)
@@ -1746,9 +1747,10 @@ def hessian(fn: Callable, argnums: int = 0, holomorphic: bool = False):
     return functools.wraps(fn)(hess) if hasattr(fn, "__name__") else hess
 
 
-def _native_derivative(fn, args, nums, kind: str):
+def _native_derivative(fn, args, nums, kind: str, holomorphic: bool = False):
     """Jacobians/Hessians from an engine that differentiates natively (julia: Zygote), or
-    None where the engine does not (or the call is nested in a trace)."""
+    None where the engine does not (or the call is nested in a trace). The checks of
+    complex outputs are the transforms' own (JAX's jacrev/hessian rules)."""
     t = Transformed(fn)
     sig = t._signature(args)
     if not t._native(sig) or (kind == "hessian" and len(nums) != 1):
@@ -1756,19 +1758,23 @@ def _native_derivative(fn, args, nums, kind: str):
     if any(sig.treedef.children[a].kind != "leaf" for a in nums):
         return None  # pytree arguments: the transforms path builds their structure
     wrt = _wrt_positions(sig, nums)
+    if holomorphic:
+        _check_holomorphic_inputs(sig, wrt, kind)
 
     def build(traced):
         _refuse_complex(traced.graph, wrt, kind)
         if kind == "hessian":
-            _check_scalar_output(traced, "hessian")
+            _check_scalar_output(traced, "hessian", holomorphic=holomorphic)
             if traced.graph.outvars[0].aval.shape != ():
                 raise _PytreeOutput()  # a one-element array: the transforms' path
         elif traced.out_tree.kind != "leaf":
             raise _PytreeOutput()
+        else:
+            _check_output_kind(traced.graph.outvars[0].aval.dtype, "jacobian", holomorphic)
         return (_engines.Derivative(kind, traced.graph, tuple(wrt)),)
 
     try:
-        flat, _ = t._run(sig, (kind, nums), build)
+        flat, _ = t._run(sig, (kind, nums, holomorphic), build)
     except _PytreeOutput:
         return None
     return list(flat[1:]) if kind == "jacobian" else list(flat)

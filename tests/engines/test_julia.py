@@ -1284,6 +1284,32 @@ def test_api_hands_native_engines_the_forward_graph():
         engines._INSTANCES.pop("recording", None)
 
 
+def test_native_jacobians_and_hessians_keep_jaxs_complex_rules():
+    # the engine cannot tell holomorphic=True from False: the API checks, as for the
+    # transforms (a complex output's jacobian needs holomorphic=True; a holomorphic
+    # Hessian is asked of the engine, not refused as a complex output)
+    engine = _RecordingNativeEngine()
+    engines.register("recording", lambda: engine, devices=("cpu",))
+    engines._INSTANCES["recording"] = engine
+    try:
+        z = np.array([1.0 + 1.0j, 0.5 - 2.0j])
+        square = dp.differentiable(lambda z: z ** 2, engine="recording")
+        with pytest.raises(dp.NotDifferentiableError, match="holomorphic=True"):
+            dp.jacobian(square)(z)
+        with pytest.raises(NotImplementedError, match="jacobian"):  # reached the engine
+            dp.jacobian(square, holomorphic=True)(z)
+        cube_sum = dp.differentiable(lambda z: np.sum(z ** 3), engine="recording")
+        with pytest.raises(NotImplementedError, match="hessian"):
+            dp.hessian(cube_sum, holomorphic=True)(z)
+        with pytest.raises(dp.NotDifferentiableError, match="not complex"):
+            dp.hessian(dp.differentiable(lambda x: np.sum(x ** 3) + 0j, engine="recording"),
+                       holomorphic=True)(np.ones(2))
+    finally:
+        engines._FACTORIES.pop("recording", None)
+        engines._DEVICES.pop("recording", None)
+        engines._INSTANCES.pop("recording", None)
+
+
 def test_a_julia_path_that_is_not_there_is_named(monkeypatch, tmp_path):
     from diffprog.engines import julia as julia_engine
     monkeypatch.setenv("PYTHON_JULIAPKG_EXE", str(tmp_path / "missing" / "julia"))
