@@ -29,6 +29,11 @@ from diffprog.primitives import core
 
 from .helpers import assert_close, numeric_grad
 
+# scipy.special's ufuncs join the table's bindings once SciPy is loaded: sweep them too
+from diffprog.primitives import special as _special  # noqa: E402
+
+_special.bind_scipy_ufuncs()  # nothing without SciPy
+
 RNG = np.random.default_rng(16)
 
 
@@ -340,6 +345,8 @@ def _ufunc_recipes() -> list:
         elif u.nin == 2:
             out.append(_r(u, lambda z, w, u=u: u(z, w), Z, Z2))
             out.append(_r(u, lambda z, x, u=u: u(z, x), Z, R, name=f"{u.__name__}-mixed"))
+        elif u.nin == 3:
+            out.append(_r(u, lambda z, w, x, u=u: u(z, w, x), Z, Z2, R))
     for name in sorted(_UFUNC_METHODS):
         u = getattr(np, name)
         out.append(Recipe(f"method:{name}", lambda z, name=name: getattr(z, name)(), (Z,),
