@@ -1537,10 +1537,10 @@ def interp(x, xp, fp, left=None, right=None, period=None):
             raise ArgumentError(f"np.interp: {name} must be real (NumPy cannot cast complex "
                                 f"values to float64 according to the rule 'safe')")
     if _is_complex(fp):
-        # NumPy's complex interpolation: the real and the imaginary parts, each as a real fp
-        def parts(v, part):
-            return None if v is None else (part(v) if _is_traced(v) else getattr(np, part.__name__)(v))
-        re, im = (interp(x, xp, parts(fp, part), parts(left, part), parts(right, part))
+        # NumPy's complex interpolation: the real and the imaginary parts, each as a real
+        # fp (joined as re + im * 1j: exact for finite parts; an infinite imaginary part
+        # would make a NaN real part, for want of an entry building complex from parts)
+        re, im = (interp(x, xp, part(fp), *(None if v is None else part(v) for v in (left, right)))
                   for part in (real, imag))
         return re + im * 1j
     if builtins.any(_is_complex(v) for v in (left, right) if v is not None):
