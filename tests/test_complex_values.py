@@ -16,7 +16,7 @@ JAX's convention (tests/helpers.numeric_grad).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -72,7 +72,6 @@ class Recipe:
     #: entry is); the values still agree
     dtype: Any = None
     rtol: float = 1e-10
-    kw: dict = field(default_factory=dict)
 
     @property
     def id(self) -> str:
