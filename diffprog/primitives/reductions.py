@@ -50,7 +50,8 @@ reduce_sum = Primitive(
 
 
 # max and min share the cotangent between tied elements (the central difference of NumPy's
-# function there), as maximum/minimum split it between tied operands
+# function there), as maximum/minimum split it between tied operands; on complex values
+# NumPy's order is lexicographic and the rule follows the element it picks
 def _extremum_vjp(g, x, *, out, axes, keepdims):
     shape = np.shape(x)
     y = _kept(out, shape, axes, keepdims)
@@ -68,16 +69,27 @@ def _extremum_jvp(ts, x, *, out, axes, keepdims):
     return in_dtype_of(picked / np.sum(mask, axis=axes, keepdims=keepdims), x)
 
 
+def _real_order_julia(template: str):
+    """A Julia spelling for real operands only: Julia's max/min have no methods for
+    complex numbers (NumPy orders them lexicographically)."""
+    def spell(eqn, jl):
+        if any(np.dtype(a.aval.dtype).kind == "c" for a in eqn.inputs if hasattr(a, "aval")):
+            return Unsupported("Julia's maximum/minimum do not order complex numbers (NumPy "
+                               "orders them lexicographically); run it on engine='numpy'")
+        return template
+    return spell
+
+
 reduce_max = Primitive(
     "reduce_max", "xp.max({0}, axis={axes}, keepdims={keepdims})", _reduction_shape("reduce_max"),
     vjp=_extremum_vjp, jvp=_extremum_jvp,
-    julia="DiffProg.npmax({0}; dims = {jaxes}, keepdims = {keepdims})",
-    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_max))
+    julia=_real_order_julia("DiffProg.npmax({0}; dims = {jaxes}, keepdims = {keepdims})"),
+    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_max), complex=True)
 reduce_min = Primitive(
     "reduce_min", "xp.min({0}, axis={axes}, keepdims={keepdims})", _reduction_shape("reduce_min"),
     vjp=_extremum_vjp, jvp=_extremum_jvp,
-    julia="DiffProg.npmin({0}; dims = {jaxes}, keepdims = {keepdims})",
-    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_min))
+    julia=_real_order_julia("DiffProg.npmin({0}; dims = {jaxes}, keepdims = {keepdims})"),
+    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_min), complex=True)
 
 
 def _exclusive_cumprod(x, axis, reverse):
