@@ -41,8 +41,11 @@ from .leaves import is_dynamic
 from .tree import TreeDef, dict_orders, flatten, leaf_paths, unflatten
 
 def _leaf_key(leaf, gpu: int | None):
-    if isinstance(leaf, (float, complex)):
-        return complex if isinstance(leaf, complex) else float
+    if type(leaf) is float or type(leaf) is complex:
+        # Python's own numbers are weakly typed; NumPy scalars (np.float64 subclasses
+        # float, np.complex128 complex) are strong and keyed by dtype below: float32 * 2.0
+        # is float32, float32 * np.float64(2.0) float64, so they cannot share a program
+        return type(leaf)
     if isinstance(leaf, Tracer):
         return (leaf.shape, leaf.dtype, leaf.aval.weak)
     if gpu is not None:  # a program's constants live on one GPU: one program per GPU
@@ -1454,6 +1457,11 @@ def vjp(fn: Callable, *primals):
             if tuple(np.shape(c)) != o.aval.shape:
                 raise ShapeError(f"pullback: cotangent of shape {tuple(np.shape(c))} for an "
                                  f"output of shape {o.aval.shape}; they must match")
+            if np.issubdtype(_leaf_dtype(c), np.complexfloating) and o.aval.dtype.kind != "c":
+                raise ArgumentError(
+                    f"pullback: a complex cotangent for a real output ({o.aval}): a real "
+                    f"output's cotangent is real (JAX refuses it too). Fix: pass its real "
+                    f"part (np.real(c)), or make the output complex.")
         if backward is None or any(isinstance(c, Tracer) for c in cts):
             # vjp graph inputs: primals (explicit, then captured), then cotangents
             graph = vjp_graph(traced.graph, wrt, seed="input")

@@ -216,7 +216,9 @@ def power(x, y):
         x, n = _promoted_for_power(x, y), int(y)
         if n == 0:
             return ones_like(x)
-        return x if n == 1 else elementwise.integer_pow(x, n=n)
+        if n == 1 and not _is_complex(x):  # a real x ** 1 is x, bit for bit
+            return x
+        return elementwise.integer_pow(x, n=n)
     if isinstance(y, float) and y.is_integer() and abs(y) <= 64 and not _is_traced(y):
         return elementwise.integer_pow(_promoted_for_power(x, y), n=int(y))
     if isinstance(y, float) and y == 0.5:
@@ -262,6 +264,8 @@ def square(x):
 
 @_ufunc_composite(np.reciprocal)
 def reciprocal(x):
+    if _is_complex(x):  # NumPy's complex reciprocal is its own loop (x ** -1), not 1 / x
+        return elementwise.integer_pow(x, n=-1)
     if np.issubdtype(dtype_of(x), np.inexact):
         return 1.0 / x
     # integers: 1 / x truncated toward zero, as C and NumPy do (floor_divide gave -1 for
@@ -943,10 +947,9 @@ def pad(x, pad_width, mode="constant", constant_values=0, **kwargs):
         raise unsupported("np.pad with one constant per axis or side")
     value = complex(constant_values) if np.iscomplexobj(constant_values) else None
     if value is not None and _is_complex(x) and value.imag != 0:
-        # the pad entry's constant is real: the imaginary part joins on the border
-        border = shapes.pad(zeros_like(x, dtype=linalg._real_dtype(dtype_of(x))),
-                            pad_width=widths, value=1.0)
-        return shapes.pad(x, pad_width=widths, value=value.real) + border * (1j * value.imag)
+        # the pad entry's constant is real: each part padded with its own, joined exactly
+        return elementwise.from_parts(shapes.pad(real(x), pad_width=widths, value=value.real),
+                                      shapes.pad(imag(x), pad_width=widths, value=value.imag))
     # a real array keeps the real part of a complex constant, as NumPy's cast does
     return shapes.pad(x, pad_width=widths,
                       value=value.real if value is not None else float(constant_values))
@@ -1072,8 +1075,9 @@ def diag(v, k=0):
 @implements(np.diagonal, method="diagonal")
 def diagonal(a, offset=0, axis1=0, axis2=1):
     """The ``offset``-th diagonal of the planes (axis1, axis2), as the last axis: the
-    (shifted) square block where the identity is, zeros elsewhere, summed (no gather;
-    every engine spells it)."""
+    (shifted) square block's elements (i, i): every (k+1)-th element of the flattened
+    block, a strided slice every engine spells (a sum of the block masked by the identity
+    lost signed zeros: NumPy's sum of -0.0 entries is +0.0)."""
     a = moveaxis(a, (axis1, axis2), (-2, -1))
     offset = int(offset)
     if offset > 0:
@@ -1083,7 +1087,8 @@ def diagonal(a, offset=0, axis1=0, axis2=1):
     n, m = shape(a)[-2:]
     k = max(min(n, m), 0)
     block = slice_last2(a, k)
-    return sum(elementwise.where(np.eye(k, dtype=bool), block, zeros_like(block)), axis=-1)
+    flat = reshape(block, tuple(shape(block)[:-2]) + (k * k,))
+    return getitem(flat, (Ellipsis, slice(None, None, k + 1)))
 
 
 def slice_last2(a, k):
@@ -1249,7 +1254,7 @@ def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     if np.issubdtype(dtype, np.complexfloating):  # NumPy: the real and imaginary parts
         parts = [nan_to_num(part(x), nan=nan, posinf=posinf, neginf=neginf)
                  for part in (elementwise.real, elementwise.imag)]
-        return parts[0] + parts[1] * 1j
+        return elementwise.from_parts(parts[0], parts[1])
     info = np.finfo(dtype)
     out = elementwise.where(elementwise.isnan(x), nan, x)
     out = elementwise.where(x == np.inf, info.max if posinf is None else posinf, out)
@@ -1538,11 +1543,10 @@ def interp(x, xp, fp, left=None, right=None, period=None):
                                 f"values to float64 according to the rule 'safe')")
     if _is_complex(fp):
         # NumPy's complex interpolation: the real and the imaginary parts, each as a real
-        # fp (joined as re + im * 1j: exact for finite parts; an infinite imaginary part
-        # would make a NaN real part, for want of an entry building complex from parts)
+        # fp, joined exactly (complex from parts)
         re, im = (interp(x, xp, part(fp), *(None if v is None else part(v) for v in (left, right)))
                   for part in (real, imag))
-        return re + im * 1j
+        return elementwise.from_parts(re, im)
     if builtins.any(_is_complex(v) for v in (left, right) if v is not None):
         raise ArgumentError("np.interp: left and right must be real for a real fp (NumPy: "
                             "must be real number, not complex)")
@@ -1721,7 +1725,7 @@ def corrcoef(x, y=None, rowvar=True, bias=np._NoValue, ddof=np._NoValue, *, dtyp
     c = c / reshape(stddev, (-1, 1))
     c = c / reshape(stddev, (1, -1))
     if _is_complex(c):  # NumPy clips the real and the imaginary parts to [-1, 1]
-        return clip(real(c), -1, 1) + clip(imag(c), -1, 1) * 1j
+        return elementwise.from_parts(clip(real(c), -1, 1), clip(imag(c), -1, 1))
     return clip(c, -1, 1)
 
 

@@ -9,6 +9,8 @@ kernels, check_grads.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -217,3 +219,66 @@ def test_complex_products_by_one_are_numpys():
     with np.errstate(invalid="ignore"):
         for f in (lambda z: z * 1, lambda z: 1.0 * z, lambda z: z / 1):
             np.testing.assert_array_equal(dp.differentiable(f)(z), f(z))
+
+
+# ------------------------------------------------------------------ review findings
+
+def test_a_complex_cotangent_for_a_real_output_is_refused():
+    _, pullback = dp.vjp(lambda x: x ** 2, X[:2])
+    with pytest.raises(dp.ArgumentError, match="complex cotangent for a real output"):
+        pullback(np.array([1j, 2 + 1j]))
+
+
+def test_parts_of_a_complex_scalar_with_constant_cotangents():
+    assert dp.grad(lambda z: np.imag(z) * 2.0)(1 + 2j) == -2j
+    assert dp.grad(lambda z: np.real(z) + np.imag(z))(1 + 2j) == 1 - 1j
+    g = dp.grad(lambda z: np.imag(np.sum(z)) + np.real(np.sum(z)))(np.array([1 + 2j, 3j]))
+    np.testing.assert_array_equal(g, [1 - 1j, 1 - 1j])
+
+
+def test_a_negative_real_base_with_a_complex_exponent():
+    b, e = np.array([-2.0, 1.5]), np.array([0.3 + 0.2j, 1.1 - 0.4j])
+    g = dp.grad(lambda e: np.real(np.sum(b ** e)))(e)
+    assert_close(g, b ** e * np.log(b + 0j), rtol=1e-12)  # JAX's value
+    _, t = dp.jvp(lambda b, e: b ** e, (b, e), (np.ones(2), np.zeros(2, complex)))
+    assert np.all(np.isfinite(t))
+
+
+def test_python_and_numpy_scalars_do_not_share_a_program():
+    # a Python complex is weakly typed (float32 * 1j is complex64), np.complex128 is not
+    def f(x, c):
+        y = x * c
+        return np.sum(y) if y.dtype == np.complex64 else -np.sum(y)
+    F = dp.differentiable(f)
+    x32 = np.array([1.0, 2.0], np.float32)
+    for c in (1j, np.complex128(1j), 1j, 2.0, np.float64(2.0)):
+        assert F(x32, c) == f(x32, c)
+
+
+def _same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    if not np.array_equal(a, b, equal_nan=True):
+        return False
+    parts = (np.real, np.imag) if np.iscomplexobj(a) else (np.real,)
+    return all(np.array_equal(np.signbit(p(a)), np.signbit(p(b))) for p in parts)
+
+
+SIGNED = np.array([complex(-0.0, -0.0), complex(np.inf, 0.0), complex(np.nan, -np.inf),
+                   complex(1.0, -0.0), 3 - 4j])
+
+
+@pytest.mark.parametrize("f", [
+    lambda v: v + 0, lambda v: v + 0.0, lambda v: v + (-0.0), lambda v: v - 0.0, lambda v: v * 1,
+    lambda v: v / 1, lambda v: v ** 1, np.reciprocal, np.nan_to_num,
+    lambda v: np.pad(v, 1, constant_values=1 + 2j),
+    lambda v: np.interp(np.array([0.5, 2.5]), np.arange(5.0), v),
+    lambda v: np.diagonal(np.outer(v, v)), lambda v: np.diag(np.diag(v)),
+], ids=["+0", "+0.0", "+-0.0", "-0.0", "*1", "/1", "**1", "reciprocal", "nan_to_num", "pad",
+        "interp", "diagonal", "diag"])
+def test_signed_zeros_and_special_parts_are_numpys(f):
+    for v in (SIGNED, SIGNED.real.copy()):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", np.exceptions.ComplexWarning)  # pad of a real v
+            expected = f(v)
+            got = dp.differentiable(f)(v)
+        assert _same_bits(got, expected), (got, expected)

@@ -199,8 +199,11 @@ def _integer_pow_derivative(x, n):
     return n * x ** (n - 1) if n != 1 else 1.0
 
 
-# NumPy's ``x ** n`` for an array x takes these shortcuts (fast_scalar_power)
-_POWER_SHORTCUTS = {2: np.square, -1: np.reciprocal, 1: np.positive}
+# NumPy's ``x ** n`` for an array x takes these shortcuts (fast_scalar_power). x ** 1
+# reaches integer_pow only for complex x (the front end returns a real x itself), where
+# NumPy computes the power: np.power(x, 1), whose -0-0j ** 1 is 0+0j (np.positive keeps
+# the signs)
+_POWER_SHORTCUTS = {2: np.square, -1: np.reciprocal}
 
 
 def _power_as_ufunc(n):
@@ -286,7 +289,14 @@ div = binary("div", np.true_divide, lambda x, y, o: (1.0 / y, -o / y), "{0} ./ {
 
 
 def _pow_partials(x, y, out):
-    safe_log = np.where(x == 0, 0.0, np.log(np.where(x == 0, 1.0, x)))
+    if np.issubdtype(np.result_type(out), np.complexfloating) and \
+            not np.issubdtype(np.result_type(x), np.complexfloating):
+        # a real base with a complex exponent: d/dy is out * log(x) with log taken in the
+        # complex result type (log(-2) is log 2 + i pi there, NaN in the real one)
+        x_log = x * np.ones((), np.result_type(out))
+    else:
+        x_log = x
+    safe_log = np.where(x_log == 0, 0.0, np.log(np.where(x_log == 0, 1.0, x_log)))
     return (y * x ** (y - 1.0), out * safe_log)
 
 
@@ -455,6 +465,12 @@ def _real_dtype(dtype) -> np.dtype:
     return np.empty((), dtype).real.dtype
 
 
+def _as_array_of(value, dtype):
+    """``value`` in ``dtype``: a traced or NumPy value by astype, a Python number (a
+    folded constant cotangent) as a NumPy scalar."""
+    return value.astype(dtype) if hasattr(value, "astype") else np.asarray(value, dtype)[()]
+
+
 def _complex_cases(rng):
     return [rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4))]
 
@@ -466,7 +482,7 @@ def _part(name, impl, cotangent, tangent, julia, numpy):
     imag -> -i g), ``tangent(t)`` the part of a complex tangent."""
     return Primitive(
         name, impl, lambda x: Aval(x.shape, _real_dtype(x.dtype), x.weak), numpy=numpy,
-        vjp=lambda g, x, *, out: (cotangent(g).astype(x.dtype),),
+        vjp=lambda g, x, *, out: (_as_array_of(cotangent(g), x.dtype),),
         jvp=lambda ts, x, *, out: None if ts[0] is None else tangent(ts[0]),
         julia=julia, complex=True, cases=[Case(_complex_cases)],
         batch=by(same_axes, lambda: PRIMITIVES_BY_PART[name]))
@@ -482,3 +498,33 @@ conj = Primitive(
     vjp=lambda g, x, *, out: (np.conj(g),),
     jvp=lambda ts, x, *, out: None if ts[0] is None else np.conj(ts[0]),
     julia="conj.({0})", complex=True, cases=[Case(_complex_cases)])
+
+
+def _from_parts_impl(xp, re, im):
+    """``re + i im`` exactly: the parts written into a complex array (``re + im * 1j``
+    would multiply: an infinite imaginary part makes a NaN real part)."""
+    re, im = xp.asarray(re), xp.asarray(im)
+    dtype = xp.result_type(re.dtype, im.dtype, xp.complex64)
+    out = xp.empty(xp.broadcast_shapes(re.shape, im.shape), dtype)
+    out.real, out.imag = re, im
+    return out if out.ndim else out[()]
+
+
+def _from_parts_shape(re, im):
+    from .core import broadcast_shapes
+    dtype = np.result_type(re.dtype, im.dtype, np.complex64)
+    return Aval(broadcast_shapes(re.shape, im.shape), dtype)
+
+
+# complex(re, im) (JAX's lax.complex): for composites that build complex values from
+# parts (np.nan_to_num, np.interp, np.pad of complex values). In JAX's convention the
+# cotangent c of re + i im gives re Re(c) and im -Im(c); its tangent is t_re + i t_im.
+from_parts = Primitive(
+    "complex", _from_parts_impl, _from_parts_shape, numpy=(),
+    vjp=lambda g, re, im, *, out: (_cotangent(np.real(g), 1.0, re), _cotangent(-np.imag(g), 1.0, im)),
+    jvp=lambda ts, re, im, *, out: add_all([
+        None if ts[0] is None else as_dtype(ts[0], out.dtype),
+        None if ts[1] is None else 1j * ts[1]]),
+    julia="complex.({0}, {1})", complex=True, elementwise=True,
+    cases=[Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4,))],
+                complex=False)])
