@@ -505,8 +505,21 @@ def mean(x, axis=None, dtype=None, out=None, keepdims=False, where=None):
     x = astype(x, dtype) if dtype is not None else _float_of(x)
     axes = _axes(axis, ndim(x))
     count = _count(x, axes)  # an empty mean is NaN, as in NumPy (0 * nan)
+    if dtype is None and dtype_of(x) == np.float16:
+        # NumPy sums float16 in float32, divides there and rounds to float16 once
+        return astype(mean(astype(x, np.float32), axis=axes, keepdims=keepdims), np.float16)
     total = sum(x, axis=axes, keepdims=keepdims)
-    return total / count if count else total * np.nan  # divided, as NumPy does: bit for bit
+    return _by_count(total, count) if count else total * np.nan
+
+
+def _by_count(total, count: int):
+    """``total / count`` as NumPy's mean and var divide: by an intp count (a strong int64),
+    so complex64 divides in the complex128 loop and is cast back (complex division is not
+    correctly rounded; for float16/float32 the float64 quotient rounds to the same value
+    as their own division)."""
+    if dtype_of(total) == np.complex64:
+        return astype(astype(total, np.complex128) / count, np.complex64)
+    return total / count
 
 
 @implements(np.var, method="var")
@@ -516,7 +529,8 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None, 
     ddof = correction if correction is not None else ddof
     x = astype(x, dtype) if dtype is not None else _float_of(x)
     axes = _axes(axis, ndim(x))
-    centred = x - globals()["mean"](x, axis=axes, keepdims=True)
+    # NumPy's var: its own mean, summed in x's dtype (float16 too, unlike np.mean)
+    centred = x - _by_count(sum(x, axis=axes, keepdims=True), _count(x, axes))
     dof = _count(x, axes) - ddof  # NumPy divides by max(dof, 0): inf (or nan for 0 / 0)
     squares = sum(_abs_squared(centred), axis=axes, keepdims=keepdims)
     return squares / dof if dof > 0 else squares * np.inf

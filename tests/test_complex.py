@@ -282,3 +282,19 @@ def test_signed_zeros_and_special_parts_are_numpys(f):
             expected = f(v)
             got = dp.differentiable(f)(v)
         assert _same_bits(got, expected), (got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128, np.float16, np.float32])
+@pytest.mark.parametrize("name", ["mean", "var", "std"])
+def test_mean_and_var_divide_as_numpy_does(dtype, name):
+    # NumPy divides by an intp count: complex64 in the complex128 loop; np.mean sums
+    # float16 in float32, np.var does not
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        x = rng.standard_normal((7, 13)) + (1j * rng.standard_normal((7, 13))
+                                            if np.dtype(dtype).kind == "c" else 0)
+        x = x.astype(dtype)
+        f = getattr(np, name)
+        for axis in (None, 0, 1):
+            got, expected = dp.differentiable(lambda v: f(v, axis=axis))(x), f(x, axis=axis)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected)
