@@ -1741,10 +1741,10 @@ def hessian(fn: Callable, argnums: int = 0, holomorphic: bool = False):
                 if any(is_dynamic(l) and np.issubdtype(_leaf_dtype(l), np.complexfloating)
                        for l in flatten(args[a])[0]):
                     raise NotDifferentiableError(
-                        f"hessian: argument {a} is complex. A real function of complex "
-                        f"values has no complex Hessian (JAX refuses it too). Fix: pass the "
-                        f"real and imaginary parts as real arguments, or holomorphic=True "
-                        f"for a holomorphic function (then f''(z)).")
+                        f"hessian: argument {a} is complex. A holomorphic function needs "
+                        f"holomorphic=True (the result is f''(z)); a real function of complex "
+                        f"values has no complex Hessian (JAX refuses it too): pass the real "
+                        f"and imaginary parts as separate real arguments.")
         token = _IN_JACOBIAN.set(True)
         try:
             native = _native_derivative(fn, args, nums, "hessian", holomorphic)

@@ -1050,6 +1050,8 @@ def clip(a, a_min=None, a_max=None, out=None, *, min=None, max=None, **kwargs):
 def round_(a, decimals=0, out=None):
     if decimals == 0:
         return elementwise.round_(a)
+    if _is_complex(a):  # NumPy rounds the real and the imaginary part, each as a real
+        return elementwise.from_parts(round_(real(a), decimals), round_(imag(a), decimals))
     scale = 10.0 ** decimals
     return elementwise.round_(a * scale) / scale
 

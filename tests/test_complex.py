@@ -298,3 +298,10 @@ def test_mean_and_var_divide_as_numpy_does(dtype, name):
         for axis in (None, 0, 1):
             got, expected = dp.differentiable(lambda v: f(v, axis=axis))(x), f(x, axis=axis)
             assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_round_of_complex_values_rounds_each_part():
+    z = np.random.default_rng(0).standard_normal(500) * 100 * (1 + 1j)
+    for decimals in (0, 1, 3, -1):
+        np.testing.assert_array_equal(dp.differentiable(lambda v: np.round(v, decimals))(z),
+                                      np.round(z, decimals))
