@@ -1810,7 +1810,7 @@ def lstsq(a, b, rcond=None):
         residuals = reshape(residuals, (1,)) if vector else residuals
     else:
         residuals = np.empty((0,), dtype=real_dt)
-    return x, residuals, rank, s
+    return x, residuals, np.int32(rank), s  # LAPACK's rank: NumPy returns an int32
 
 
 def _ufunc_methods() -> None:
