@@ -15,6 +15,10 @@ of the unrolled loop did not finish compiling in 200 s on our 2-core machine.
 Before timing, each workload's diffprog result is checked against the hand-written one.
 Peers (jax, autograd, torch) are timed the same way when they are installed.
 
+W2 and W4 are also timed with fast math (rows "value FM", "value+grad FM": the same
+function as ``dp.differentiable(fn, fast_math=True)``, in the same interleaved pass, against
+the same baseline); ``--no-fast-math`` skips them.
+
 Also measured: the first call of a fresh function (trace + transform + compile + one
 run), the trace + compile time of a ~1,000-equation program, and W4's peak extra memory
 (tracemalloc: NumPy reports its array allocations to it).
@@ -86,9 +90,14 @@ def _close(a, b, rtol=1e-9) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=rtol * scale))
 
 
-def check(workload: W.Workload) -> None:
+#: workloads also timed with fast math (issue 19's targets: elementwise chains, the MLP)
+FAST_MATH_WORKLOADS = ("W2", "W4")
+
+
+def check(workload: W.Workload, fast_math: bool = False) -> None:
     """diffprog's value and gradients agree with the hand-written ones (else: no timing)."""
-    value, grads = dp.value_and_grad(workload.fn, argnums=workload.argnums)(*workload.args)
+    fn = dp.differentiable(workload.fn, fast_math=True) if fast_math else workload.fn
+    value, grads = dp.value_and_grad(fn, argnums=workload.argnums)(*workload.args)
     ref_value, ref_grads = workload.value_and_grad_by_hand(*workload.args)
     grads = grads if isinstance(grads, tuple) else (grads,)
     ok = _close(value, ref_value) and len(grads) == len(ref_grads) and \
@@ -97,30 +106,43 @@ def check(workload: W.Workload) -> None:
         raise AssertionError(f"{workload.name}: diffprog and the hand-written gradient disagree")
 
 
-def time_workload(workload: W.Workload, repeats: int, target_s: float, peers: dict) -> list:
-    ours_value = dp.differentiable(workload.fn)
-    ours_vg = dp.value_and_grad(workload.fn, argnums=workload.argnums)
-    for fn in (ours_value, ours_vg):
-        fn(*workload.args)
+def time_workload(workload: W.Workload, repeats: int, target_s: float, peers: dict,
+                  fast_math: bool = False) -> list:
+    """Rows of ratios: value and value+grad, and with ``fast_math`` the same function with
+    fast math too (timed in the same interleaved pass, against the same baseline)."""
+    fm = dp.differentiable(workload.fn, fast_math=True)
+    ours = {"value": (dp.differentiable(workload.fn), fm),
+            "value+grad": (dp.value_and_grad(workload.fn, argnums=workload.argnums),
+                           dp.value_and_grad(fm, argnums=workload.argnums))}
+    for exact, fast in ours.values():
+        for fn in (exact, fast) if fast_math else (exact,):
+            fn(*workload.args)
     ckernel.wait()  # compiled kernels build in the background: time the steady state
     rows = []
-    for mode, ours, hand, pick in (("value", ours_value, workload.value_by_hand, 0),
-                                   ("value+grad", ours_vg, workload.value_and_grad_by_hand, 1)):
+    for mode, hand, pick in (("value", workload.value_by_hand, 0),
+                             ("value+grad", workload.value_and_grad_by_hand, 1)):
         # diffprog against the baseline first, then each peer against the baseline in its
         # own pass: peers' thread pools (OpenMP spin-waits, XLA) must not run beside ours
-        samples = interleaved({"diffprog": ours, "hand": hand},
-                              {"diffprog": workload.args, "hand": workload.args}, repeats, target_s)
+        candidates = {"diffprog": ours[mode][0], "hand": hand}
+        if fast_math:
+            candidates["fast math"] = ours[mode][1]
+        samples = interleaved(candidates, dict.fromkeys(candidates, workload.args), repeats,
+                              target_s)
         base_med = statistics.median(samples["hand"])
         base_min = min(samples["hand"])
-        row = {"workload": workload.name, "what": workload.description, "mode": mode,
-               "hand_ms": 1e3 * base_med, "ours_ms": 1e3 * statistics.median(samples["diffprog"]),
-               "ratio_median": statistics.median(samples["diffprog"]) / base_med,
-               "ratio_min": min(samples["diffprog"]) / base_min, "peers": {}}
+        for who, label in (("diffprog", mode), ("fast math", f"{mode} FM")):
+            if who not in samples:
+                continue
+            rows.append({"workload": workload.name, "what": workload.description, "mode": label,
+                         "hand_ms": 1e3 * base_med,
+                         "ours_ms": 1e3 * statistics.median(samples[who]),
+                         "ratio_median": statistics.median(samples[who]) / base_med,
+                         "ratio_min": min(samples[who]) / base_min, "peers": {}})
+        row = rows[-2 if fast_math else -1]
         for name, built in peers.items():
             s = interleaved({name: built[pick], "hand": hand}, {name: built[2], "hand": workload.args},
                             repeats, target_s)
             row["peers"][name] = statistics.median(s[name]) / statistics.median(s["hand"])
-        rows.append(row)
     return rows
 
 
@@ -229,7 +251,9 @@ def peak_extra_bytes(fn, args) -> int:
 
 
 def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=None,
-        scaling=(100, 1000, 3000)) -> dict:
+        scaling=(100, 1000, 3000), fast_math=FAST_MATH_WORKLOADS) -> dict:
+    """Time the workloads (``only``: their names); those in ``fast_math`` with fast math
+    too."""
     out = out or sys.stdout
     names = only or list(W.MAKERS)
     found = P.available() if use_peers else {}
@@ -238,6 +262,8 @@ def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=N
     for name in names:
         workload = W.MAKERS[name](size)
         check(workload)
+        if name in fast_math:
+            check(workload, fast_math=True)
         built = {}
         for peer in found:
             try:
@@ -253,7 +279,8 @@ def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=N
                 print(f"# {peer} skipped on {name}: {type(e).__name__}: {e}", file=out)
         print(f"# {name}: timing diffprog, numpy by hand{''.join(', ' + p for p in built)}",
               file=sys.stderr, flush=True)
-        results["timings"] += time_workload(workload, repeats, target_s, built)
+        results["timings"] += time_workload(workload, repeats, target_s, built,
+                                            fast_math=name in fast_math)
         if name != "W1":
             first, ready = first_call_seconds(workload)
             results["first_call_s"][name] = first
@@ -268,6 +295,7 @@ def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=N
     results["compile"] = chain_compile_seconds(1000 if size == "full" else 40)
     results["scaling"] = first_call_scaling(scaling if size == "full" else (10,),
                                             memory=repeats > 5)
+    results["fast_math"] = ckernel.fast_math_status()
     print_table(results, out)
     return results
 
@@ -275,17 +303,20 @@ def run(size="full", only=None, repeats=21, target_s=0.02, use_peers=True, out=N
 def print_table(results: dict, out=None) -> None:
     out = out or sys.stdout
     peers = results["peers"]
-    head = f"{'workload':<9}{'mode':<12}{'by hand ms':>11}{'ours ms':>10}{'ratio med':>10}{'ratio min':>10}"
+    head = f"{'workload':<9}{'mode':<15}{'by hand ms':>11}{'ours ms':>10}{'ratio med':>10}{'ratio min':>10}"
     head += "".join(f"{p:>10}" for p in peers)
     print(f"diffprog CPU benchmark (size={results['size']}); ratio = diffprog / hand-written "
           f"NumPy, same run; peers: ratio of medians vs the same baseline", file=out)
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in results["timings"]:
-        line = (f"{r['workload']:<9}{r['mode']:<12}{r['hand_ms']:>11.4f}{r['ours_ms']:>10.4f}"
+        line = (f"{r['workload']:<9}{r['mode']:<15}{r['hand_ms']:>11.4f}{r['ours_ms']:>10.4f}"
                 f"{r['ratio_median']:>10.2f}{r['ratio_min']:>10.2f}")
         line += "".join(f"{r['peers'][p]:>10.2f}" if p in r["peers"] else f"{'-':>10}" for p in peers)
         print(line, file=out)
+    if any(r["mode"].endswith(" FM") for r in results["timings"]):
+        print(f"FM: fast math (dp.differentiable(fn, fast_math=True)), timed in the same pass; "
+              f"{results.get('fast_math', '')}", file=out)
     ready = results.get("kernels_ready_s", {})
     for name, s in results["first_call_s"].items():
         print(f"first call (trace+compile+run) {name}: {s:.3f} s"
@@ -317,6 +348,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--sample-ms", type=float, default=20.0, help="length of one timed sample")
     ap.add_argument("--no-peers", action="store_true", help="skip jax/autograd/torch")
+    ap.add_argument("--no-fast-math", action="store_true",
+                    help=f"skip the fast-math rows (of {', '.join(FAST_MATH_WORKLOADS)})")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--quick", action="store_true",
                     help="full sizes, few short samples and a small scaling table (< 1 min)")
@@ -327,7 +360,8 @@ def main(argv=None) -> int:
     repeats, sample_s, scaling = a.repeats, a.sample_ms / 1e3, (100, 1000, 3000)
     if a.quick:
         repeats, sample_s, scaling = min(repeats, 5), min(sample_s, 0.005), (100, 1000)
-    results = run(a.size, only, repeats, sample_s, not a.no_peers, scaling=scaling)
+    results = run(a.size, only, repeats, sample_s, not a.no_peers, scaling=scaling,
+                  fast_math=() if a.no_fast_math else FAST_MATH_WORKLOADS)
     if a.plot:
         written = write_plot(results, a.plot)
         print(f"plot: {written}" if written else "plot: matplotlib not installed, none written")

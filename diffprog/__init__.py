@@ -8,7 +8,7 @@ from . import engines, guards, optim
 from .control import checkpoint, cond, fori_loop, scan, while_loop
 from .custom import custom_jvp, custom_vjp
 from .api import (cache_info, differentiable, grad, hessian, jacobian, jvp, set_cache_size,
-                  value_and_grad, vjp, vmap)
+                  set_fast_math, value_and_grad, vjp, vmap)
 from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
                      DiffprogWarning,
                      EngineError, EngineUnavailable, NotDifferentiableError, ShapeError,
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "differentiable", "grad", "value_and_grad", "vjp", "jvp", "jacobian", "hessian", "vmap",
-    "custom_vjp", "custom_jvp", "stop_gradient", "set_cache_size", "cache_info",
+    "custom_vjp", "custom_jvp", "stop_gradient", "set_cache_size", "cache_info", "set_fast_math",
     "cond", "scan", "fori_loop", "while_loop", "checkpoint", "optim", "engines", "Graph", "PRIMITIVES",
     "DiffprogError", "ArgumentError", "ArgumentValueError", "ShapeError",
     "UnsupportedFunctionError", "ConcretizationError", "NotDifferentiableError",

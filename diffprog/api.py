@@ -41,8 +41,11 @@ from .leaves import is_dynamic
 from .tree import TreeDef, dict_orders, flatten, leaf_paths, unflatten
 
 def _leaf_key(leaf, gpu: int | None):
-    if isinstance(leaf, float):
-        return float
+    if type(leaf) is float or type(leaf) is complex:
+        # Python's own numbers are weakly typed; NumPy scalars (np.float64 subclasses
+        # float, np.complex128 complex) are strong and keyed by dtype below: float32 * 2.0
+        # is float32, float32 * np.float64(2.0) float64, so they cannot share a program
+        return type(leaf)
     if isinstance(leaf, Tracer):
         return (leaf.shape, leaf.dtype, leaf.aval.weak)
     if gpu is not None:  # a program's constants live on one GPU: one program per GPU
@@ -137,13 +140,14 @@ def make_signature(args: tuple, static_argnums: tuple = ()) -> Signature:
     dynamic, keys, nested, first_gpu = [], [], False, None
     for i, leaf in enumerate(leaves):
         if i not in static_leaf_pos and is_dynamic(leaf):
-            if isinstance(leaf, float) and type(leaf) is not float and \
+            if isinstance(leaf, (float, complex)) and type(leaf) not in (float, complex) and \
                     not isinstance(leaf, np.generic):
-                leaf = leaves[i] = float(leaf)  # a float subclass: the number it holds
+                # a float (complex) subclass: the number it holds
+                leaf = leaves[i] = (complex if isinstance(leaf, complex) else float)(leaf)
             if type(leaf) is np.ndarray:
                 if leaf.dtype.kind not in "biufc":
                     _check_array_leaf(leaf, lambda: f"args{leaf_paths(treedef)[i]}")
-            elif not isinstance(leaf, (float, Tracer)):
+            elif not isinstance(leaf, (float, complex, Tracer)):
                 _check_array_leaf(leaf, lambda: f"args{leaf_paths(treedef)[i]}")
             dynamic.append(i)
             gpu = _gpu_id(leaf)
@@ -506,6 +510,58 @@ def set_cache_size(size: int) -> int:
     return previous
 
 
+def _fast_math_from_env() -> bool:
+    raw = os.environ.get("DIFFPROG_FAST_MATH", "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    warnings.warn(f"DIFFPROG_FAST_MATH={raw!r} is neither 1 nor 0; fast math stays off. Fix: "
+                  f"set DIFFPROG_FAST_MATH=1 to turn it on.", DiffprogWarning, stacklevel=2)
+    return False
+
+
+#: fast math for functions that do not choose (fast_math=None): dp.set_fast_math
+_FAST_MATH = [_fast_math_from_env()]
+
+
+def _check_fast_math(value, where: str, allow_none: bool):
+    """``value`` as a bool (or None), else an ArgumentValueError naming ``where``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    choices = "True, False or None (None: follow dp.set_fast_math)" if allow_none else \
+        "True or False"
+    raise ArgumentValueError(f"{where}: fast_math must be {choices}, got {value!r}. Fix: pass "
+                             f"fast_math=True to opt in to fast math, or leave it out.")
+
+
+def set_fast_math(on: bool) -> bool:
+    """Turn fast math on or off for every function that does not choose for itself (with
+    ``dp.differentiable(fn, fast_math=...)``); returns the previous setting. The default
+    is off, or on where the environment variable ``DIFFPROG_FAST_MATH=1`` is set when
+    diffprog is imported.
+
+    Fast math: the numpy engine's compiled kernels for large elementwise work call glibc's
+    vector math library (libmvec) for exp, log, sin, cos, tanh, pow and the other
+    transcendental functions, several elements per call. Each such result is within
+    4 ulp (units in the last place) of NumPy's; NaN, infinities and signed zeros come out
+    as in NumPy, and floating-point warnings are reported as before. Arithmetic is
+    unchanged. Off (the default), results are bit-identical to NumPy. Where there is no C
+    compiler or no libmvec (not glibc on x86-64), fast math changes nothing;
+    ``dp.engines.ckernel.status()`` says what is in use.
+
+    >>> import diffprog as dp
+    >>> previous = dp.set_fast_math(True)
+    >>> dp.set_fast_math(previous)
+    True
+    """
+    on = _check_fast_math(on, "set_fast_math", allow_none=False)
+    previous, _FAST_MATH[0] = _FAST_MATH[0], on
+    return previous
+
+
 def cache_info() -> dict:
     """Counters of the program caches of every function: ``hits`` and ``misses`` (calls
     through the full path that found / did not find a program), ``evictions`` (programs
@@ -592,7 +648,8 @@ def _fast_plan(variant, sig, args, check_all: bool):
     if len(keep) < n:  # compile once more, taking only the used leaves
         pruned = Graph([graph.invars[i] for i in keep] + list(graph.invars[n:]), graph.eqns,
                        graph.outvars)
-        program = _engines.get(program.engine).compile(pruned)
+        program = _engines.get(program.engine,
+                               fast_math=getattr(program, "fast_math", False)).compile(pruned)
     reader = variant.traced.externals
     run = program if reader is None else (lambda *a, p=program: p(*a, *reader(())))
     # every leaf's type; shape and dtype of the leaves the program reads, the code looked
@@ -746,7 +803,11 @@ def _wrong_device_message(engine: str, origin: str, device: str, found: list) ->
 class Transformed:
     """Shared machinery of every transformed function: tracing, caching, engines."""
 
-    def __init__(self, fn: Callable, engine: str | None = None, static_argnums: Sequence[int] = ()):
+    def __init__(self, fn: Callable, engine: str | None = None, static_argnums: Sequence[int] = (),
+                 fast_math: bool | None = None):
+        fast_math = _check_fast_math(fast_math, "differentiable", allow_none=True)
+        if fast_math is None and isinstance(fn, Transformed):
+            fast_math = fn.fast_math  # grad(grad(f)) of a fast-math f is fast math too
         base = fn
         while isinstance(base, Differentiable):
             engine = engine or base.engine
@@ -754,6 +815,7 @@ class Transformed:
             base = base.fn
         self.fn = base
         self.engine = engine
+        self.fast_math = fast_math  # None: follow dp.set_fast_math at each call
         self.static_argnums = tuple(static_argnums)
         self._fast: dict = {}  # see _fast_key
         if engine is not None and engine not in _engines.names():
@@ -774,7 +836,9 @@ class Transformed:
         (a dict of 50 arrays whose function reads one costs one check, not 50)."""
         if self.static_argnums or _TRACE_STACK.get():  # (tracing_active(), inlined: hot)
             return None
-        key = [self.engine or _engines.default_engine_name()]
+        fast = self.fast_math
+        key = [self.engine or _engines.default_engine_name(),
+               _FAST_MATH[0] if fast is None else fast]
         for a in args:
             kind = type(a)
             if kind is np.ndarray:
@@ -845,14 +909,20 @@ class Transformed:
         function is traced again for these inputs and the new variant kept.
         """
         engine_name = _engine_name(sig, self.engine)
+        fast = self.fast_math_now()
         if sig.gpu is None:
-            return self._run_on(sig, kind, build, extra, engine_name)
+            return self._run_on(sig, kind, build, extra, engine_name, fast)
         with _on_gpu(sig.gpu):
-            return self._run_on(sig, kind, build, extra, engine_name)
+            return self._run_on(sig, kind, build, extra, engine_name, fast)
 
-    def _run_on(self, sig, kind, build, extra, engine_name):
+    def fast_math_now(self) -> bool:
+        """Does a call now run fast-math programs (this function's choice, else the
+        global setting, :func:`set_fast_math`)?"""
+        return _FAST_MATH[0] if self.fast_math is None else self.fast_math
+
+    def _run_on(self, sig, kind, build, extra, engine_name, fast=False):
         cache = cache_for(self.fn)
-        key = (sig.key, kind, engine_name)
+        key = (sig.key, kind, engine_name, fast)  # fast-math programs never serve exact calls
         inputs = sig.dyn_leaves
         done, failed = _try_variants(cache, key, sig.leaves, inputs, extra)
         if done is not None:
@@ -866,7 +936,8 @@ class Transformed:
                 return done
             failed = failed_again or failed
             _STATS["misses"] += 1
-            variant = self._new_variant(sig, build, engine_name, fresh=failed is not None)
+            variant = self._new_variant(sig, build, engine_name, fresh=failed is not None,
+                                        fast=fast)
             if variant.traced.per_call:  # effects at every call: run once, keep nothing
                 if variant.traced.drew and _IN_JACOBIAN.get():
                     raise _random_jacobian_error(self.fn, variant.traced.drew)
@@ -889,7 +960,7 @@ class Transformed:
                 f"internal: a program traced for these inputs failed its own guard at {e.line} "
                 f"(is the function non-deterministic?)") from None
 
-    def _new_variant(self, sig, build, engine_name, fresh: bool) -> Variant:
+    def _new_variant(self, sig, build, engine_name, fresh: bool, fast: bool = False) -> Variant:
         if fresh:
             traced = trace_call(self.fn, sig)
             if not traced.per_call:
@@ -898,7 +969,7 @@ class Transformed:
             traced = self._traced(sig)
         graphs = build(traced)
         graphs = graphs if isinstance(graphs, tuple) else (graphs,)
-        engine = _engines.get(engine_name)
+        engine = _engines.get(engine_name, fast_math=fast)
         programs = []
         for g in graphs:  # a Derivative asks a native_gradients engine for its programs
             programs.extend(engine.compile_native(g) if isinstance(g, _engines.Derivative)
@@ -917,8 +988,8 @@ class Transformed:
 class Differentiable(Transformed):
     """A function traced and compiled on first call; see :func:`differentiable`."""
 
-    def __init__(self, fn, engine=None, static_argnums=()):
-        super().__init__(fn, engine, static_argnums)
+    def __init__(self, fn, engine=None, static_argnums=(), fast_math=None):
+        super().__init__(fn, engine, static_argnums, fast_math)
         functools.update_wrapper(self, self.fn, updated=())
 
     def __call__(self, *args, **kwargs):
@@ -954,7 +1025,8 @@ class Differentiable(Transformed):
         sig = self._signature(args)
         traced = self._traced(sig)
         graph = _graph_for_kind(kind, traced, sig, argnums)
-        eng = _engines.get(engine or _engine_name(sig, self.engine), check=False)
+        eng = _engines.get(engine or _engine_name(sig, self.engine), check=False,
+                           fast_math=self.fast_math_now())
         text = eng.render_source(graph) if hasattr(eng, "render_source") \
             else eng.compile(graph).source
         return Source(text, language="julia" if eng.name == "julia" else "python")
@@ -988,7 +1060,7 @@ def _graph_for_kind(kind, traced, sig, argnums):
 
 
 def differentiable(fn: Callable | None = None, *, engine: str | None = None,
-                   static_argnums: Sequence[int] = ()):
+                   static_argnums: Sequence[int] = (), fast_math: bool | None = None):
     """Decorate an ordinary NumPy function so diffprog traces, compiles and differentiates it.
 
     >>> import numpy as np, diffprog as dp
@@ -999,10 +1071,25 @@ def differentiable(fn: Callable | None = None, *, engine: str | None = None,
     4.47...
     >>> dp.grad(f)(np.array([0.0, 1.0]))  # doctest: +ELLIPSIS
     array([0.        , 2.2232...])
+
+    ``fast_math=True`` opts this function (and ``grad``, ``value_and_grad``, ``vjp``,
+    ``jvp``, ``jacobian``, ``hessian`` and ``vmap`` of it) in to fast math: compiled
+    kernels for large elementwise work call glibc's vector math library (libmvec) for
+    exp, log, sin, cos, tanh, pow and the other transcendental functions. Each such
+    result is within 4 ulp of NumPy's (checked on this machine before a kernel is used);
+    NaN, infinities and signed zeros are as in NumPy. ``False`` keeps results
+    bit-identical to NumPy whatever the global setting; ``None`` (the default) follows
+    :func:`set_fast_math` (off unless ``DIFFPROG_FAST_MATH=1``). Where no C compiler or no
+    libmvec exists, fast math changes nothing.
+
+    >>> g = dp.differentiable(lambda x: np.sum(np.tanh(x) ** 2), fast_math=True)
+    >>> x = np.linspace(-3.0, 3.0, 1_000_000)
+    >>> bool(np.isclose(g(x), np.sum(np.tanh(x) ** 2), rtol=1e-13))
+    True
     """
     if fn is None:
-        return lambda f: Differentiable(f, engine, static_argnums)
-    return Differentiable(fn, engine, static_argnums)
+        return lambda f: Differentiable(f, engine, static_argnums, fast_math)
+    return Differentiable(fn, engine, static_argnums, fast_math)
 
 
 # ============================================================================ helpers
@@ -1038,12 +1125,6 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
                     f"(e.g. {float(leaf) if isinstance(leaf, (int, bool)) else 'np.asarray(...)'}) "
                     f"or leave this argument out of argnums.")
             dt = _leaf_dtype(leaf)
-            if np.issubdtype(dt, np.complexfloating):
-                raise NotDifferentiableError(
-                    f"cannot differentiate with respect to {where}: its dtype is {dt}. diffprog "
-                    f"differentiates real floating-point values only (complex derivatives need a "
-                    f"convention it does not pick for you). Fix: pass the real and imaginary parts "
-                    f"as separate float arguments and build the complex value inside the function.")
             if not np.issubdtype(dt, np.inexact):
                 raise NotDifferentiableError(
                     f"cannot differentiate with respect to {where}: its dtype is {dt}, not a "
@@ -1059,39 +1140,54 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
 
 
 def _refuse_complex(graph: Graph, wrt: list[int], what: str) -> None:
-    """Derivatives through complex values are refused until diffprog picks a complex
-    convention: the rules are written for real values, and a complex input or
-    intermediate would otherwise give a silently wrong (or missing) derivative."""
-    def complex_(v):
-        return v.aval.dtype.kind == "c"
-    for i, v in enumerate(graph.invars):
-        if complex_(v):
-            raise NotDifferentiableError(
-                f"{what}: input {i} of the traced function is complex ({v.aval}). diffprog "
-                f"differentiates real floating-point values only (complex derivatives need a "
-                f"convention it does not pick for you). Fix: pass the real and imaginary parts "
-                f"as separate float arguments, or keep complex inputs out of the transformed "
-                f"function (close over them or pass them to dp.differentiable for values only).")
+    """Refuse derivatives that would flow through complex values of an entry whose rules
+    are written for real values only (``Primitive.complex`` unset): they would be
+    silently wrong. Bodies of loops and branches are checked too."""
     live = {id(graph.invars[i]) for i in wrt}
+    _check_complex_flow(graph, live, what)
+
+
+def _check_complex_flow(graph: Graph, live: set, what: str) -> None:
     for eqn in graph.eqns:
         if not any(id(a) in live for a in eqn.inputs):
             continue
-        for o in eqn.outputs:
-            if complex_(o):
+        if eqn.prim.differentiable:
+            if not eqn.prim.complex and any(
+                    _is_complex_atom(a) for a in list(eqn.inputs) + list(eqn.outputs)):
                 raise NotDifferentiableError(
-                    f"{what}: the derivative would flow through a complex value ({o.aval}, "
-                    f"computed by {eqn.prim.name}). diffprog "
-                    f"differentiates real values only. Fix: write the computation with real "
-                    f"arrays (real and imaginary parts separately), or wrap it in dp.custom_vjp "
-                    f"with a real-valued rule.")
-            live.add(id(o))
+                    f"{what}: the derivative would flow through complex values in "
+                    f"{_entry_words(eqn.prim.name)}, whose derivative rules are written for "
+                    f"real values only. Fix: write that step with real arrays (real and "
+                    f"imaginary parts separately), or wrap it in dp.custom_vjp with a rule in "
+                    f"JAX's complex convention.")
+            for body in _bodies(eqn.params):
+                _check_complex_flow(body, {id(v) for v in body.invars}, what)
+        live.update(id(o) for o in eqn.outputs)
+
+
+def _is_complex_atom(atom) -> bool:
+    aval = getattr(atom, "aval", None)
+    return aval is not None and aval.dtype.kind == "c"
+
+
+def _bodies(params: dict):
+    """The sub-programs (loop and branch bodies) an equation holds in its params."""
+    for value in params.values():
+        for item in (value if isinstance(value, (tuple, list)) else (value,)):
+            graph = getattr(item, "graph", None)
+            if isinstance(graph, Graph):
+                yield graph
+
+
+def _entry_words(name: str) -> str:
+    return f"the primitive {name!r}"
 
 
 def _float_positions(sig: Signature, indices) -> list[int]:
     out = []
     for i in indices:
         leaf = sig.leaves[sig.dynamic[i]]
-        if np.issubdtype(_leaf_dtype(leaf), np.floating):
+        if np.issubdtype(_leaf_dtype(leaf), np.inexact):
             out.append(i)
     return out
 
@@ -1104,7 +1200,8 @@ def _describe_tree(tree: TreeDef) -> str:
     return f"a {tree.kind}, structure {tree}"
 
 
-def _check_scalar_output(traced: Traced, what: str, has_aux: bool = False):
+def _check_scalar_output(traced: Traced, what: str, has_aux: bool = False,
+                         holomorphic: bool = False):
     outs = traced.graph.outvars
     if has_aux:
         if traced.out_tree.kind not in ("tuple", "list") or len(traced.out_tree.children) != 2:
@@ -1125,6 +1222,35 @@ def _check_scalar_output(traced: Traced, what: str, has_aux: bool = False):
     if not np.issubdtype(out.aval.dtype, np.inexact):
         raise NotDifferentiableError(
             f"{what} needs a floating-point output; the function returned dtype {out.aval.dtype}.")
+    _check_output_kind(out.aval.dtype, what, holomorphic)
+
+
+def _check_output_kind(dtype, what: str, holomorphic: bool) -> None:
+    """JAX's rule: a gradient (reverse-mode Jacobian) needs real outputs, except for a
+    holomorphic function, declared with ``holomorphic=True``, whose outputs are complex."""
+    is_complex = np.issubdtype(dtype, np.complexfloating)
+    if is_complex and not holomorphic:
+        raise NotDifferentiableError(
+            f"{what} needs a real-valued output; the function returned {dtype}. Fix: for a "
+            f"holomorphic function pass holomorphic=True (the result is the complex "
+            f"derivative f'(z)); otherwise differentiate a real quantity (np.abs(z) ** 2, "
+            f"np.real(z)), or use dp.vjp / dp.jvp directly.")
+    if holomorphic and not is_complex:
+        raise NotDifferentiableError(
+            f"{what}(holomorphic=True) needs a complex output; the function returned {dtype}. "
+            f"Fix: drop holomorphic=True for a real-valued function.")
+
+
+def _check_holomorphic_inputs(sig: Signature, wrt: list[int], what: str) -> None:
+    """holomorphic=True differentiates with respect to complex arguments only (as JAX)."""
+    paths = leaf_paths(sig.treedef)
+    for i in wrt:
+        pos = sig.dynamic[i]
+        dt = _leaf_dtype(sig.leaves[pos])
+        if not np.issubdtype(dt, np.complexfloating):
+            raise NotDifferentiableError(
+                f"{what}(holomorphic=True): argument {paths[pos]} is {dt}, not complex. Fix: "
+                f"pass it as a complex array (x.astype(complex)), or drop holomorphic=True.")
 
 
 def _grads_tree(sig: Signature, argnums: tuple, wrt: list[int], grads, single: bool):
@@ -1147,10 +1273,12 @@ def _run_nested(graph: Graph, traced: Traced, dyn_values: list) -> list:
 # =============================================================================== grad
 
 class _GradFunction(Transformed):
-    def __init__(self, fn, argnums=0, has_aux=False, with_value=False, engine=None):
+    def __init__(self, fn, argnums=0, has_aux=False, with_value=False, engine=None,
+                 holomorphic=False):
         super().__init__(fn, engine)
         self.argnums = argnums
         self.has_aux = has_aux
+        self.holomorphic = bool(holomorphic)
         self.with_value = with_value
         functools.update_wrapper(self, self.fn, updated=())
 
@@ -1166,10 +1294,12 @@ class _GradFunction(Transformed):
         argnums = _norm_argnums(self.argnums, len(args))
         single = isinstance(self.argnums, (int, np.integer))
         wrt = _wrt_positions(sig, argnums)
+        if self.holomorphic:
+            _check_holomorphic_inputs(sig, wrt, self._name())
         native = self._native(sig)
 
         def build(traced):
-            _check_scalar_output(traced, self._name(), self.has_aux)
+            _check_scalar_output(traced, self._name(), self.has_aux, self.holomorphic)
             _refuse_complex(traced.graph, wrt, self._name())
             if native and traced.graph.outvars[0].aval.shape == ():  # Zygote: a scalar
                 return _engines.Derivative("gradient", traced.graph, tuple(wrt))
@@ -1180,7 +1310,8 @@ class _GradFunction(Transformed):
             traced = self._traced(sig)
             flat = _run_nested(build(traced), traced, sig.dyn_leaves)
         else:
-            flat, variant = self._run(sig, ("grad", argnums, self.has_aux), build)
+            flat, variant = self._run(sig, ("grad", argnums, self.has_aux, self.holomorphic),
+                                      build)
             traced = variant.traced
         assemble = self._assembler(traced, sig, argnums, wrt, single)
         if not sig.nested and traced.reusable:  # guarded: _run checks the variants
@@ -1235,7 +1366,8 @@ def _aux_grad_graph(graph: Graph, wrt):
     return simplify(result)
 
 
-def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
+         holomorphic: bool = False):
     """Gradient of a scalar function with respect to argument(s) ``argnums``.
 
     Returns a function with the same arguments returning the gradient, shaped like the
@@ -1243,17 +1375,28 @@ def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
     argnums it returns a tuple of gradients. ``has_aux=True``: ``fn`` returns
     ``(value, aux)`` and the result is ``(grad, aux)``.
 
+    Complex arguments follow JAX's convention: for a real ``f`` of ``z = x + iy`` the
+    gradient is ``df/dx - i df/dy`` (its conjugate is the direction of steepest ascent).
+    ``holomorphic=True`` differentiates a holomorphic ``f`` of complex arguments with a
+    complex output and returns ``f'(z)``.
+
+
     >>> import numpy as np, diffprog as dp
     >>> dp.grad(lambda x: np.sum(x ** 2))(np.array([1.0, 2.0]))
     array([2., 4.])
     >>> g = dp.grad(lambda p, x: np.sum(p["w"] * x), argnums=(0, 1))
     >>> g({"w": np.array([1.0, 2.0])}, np.array([3.0, 4.0]))
     ({'w': array([3., 4.])}, array([1., 2.]))
+    >>> dp.grad(lambda z: np.real(z) ** 2 + np.imag(z) ** 2)(3.0 + 4.0j)
+    np.complex128(6-8j)
+    >>> dp.grad(lambda z: z ** 2, holomorphic=True)(1.0 + 1.0j)
+    np.complex128(2+2j)
     """
-    return _GradFunction(fn, argnums, has_aux=has_aux)
+    return _GradFunction(fn, argnums, has_aux=has_aux, holomorphic=holomorphic)
 
 
-def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
+                   holomorphic: bool = False):
     """Like :func:`grad` but returns ``(value, gradient)`` from one compiled program.
 
     >>> import numpy as np, diffprog as dp
@@ -1261,7 +1404,8 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
     >>> float(value), gradient
     (9.0, array([ 3., 12.]))
     """
-    return _GradFunction(fn, argnums, has_aux=has_aux, with_value=True)
+    return _GradFunction(fn, argnums, has_aux=has_aux, with_value=True,
+                         holomorphic=holomorphic)
 
 
 # ================================================================================ vjp
@@ -1313,6 +1457,11 @@ def vjp(fn: Callable, *primals):
             if tuple(np.shape(c)) != o.aval.shape:
                 raise ShapeError(f"pullback: cotangent of shape {tuple(np.shape(c))} for an "
                                  f"output of shape {o.aval.shape}; they must match")
+            if np.issubdtype(_leaf_dtype(c), np.complexfloating) and o.aval.dtype.kind != "c":
+                raise ArgumentError(
+                    f"pullback: a complex cotangent for a real output ({o.aval}): a real "
+                    f"output's cotangent is real (JAX refuses it too). Fix: pass its real "
+                    f"part (np.real(c)), or make the output complex.")
         if backward is None or any(isinstance(c, Tracer) for c in cts):
             # vjp graph inputs: primals (explicit, then captured), then cotangents
             graph = vjp_graph(traced.graph, wrt, seed="input")
@@ -1375,6 +1524,12 @@ def _as_tangent(tangent, primal, where: str):
             f"jvp: tangent {where} is a {_DEVICE_WORDS[t_dev]} array but its primal is a "
             f"{_DEVICE_WORDS[p_dev]} array. Fix: put both on one device (cupy.asarray / .get()).")
     dtype = primal.dtype if p_dev == "gpu" else np.result_type(primal)
+    if np.issubdtype(_leaf_dtype(tangent), np.complexfloating) and \
+            not np.issubdtype(dtype, np.complexfloating):
+        raise ArgumentError(
+            f"jvp: tangent {where} is complex but its primal is {np.dtype(dtype)}: a real "
+            f"value moves along real directions only. Fix: pass a real tangent, or make the "
+            f"primal complex (x.astype(complex)) to move it off the real line.")
     if t_dev == "gpu":
         return tangent.astype(dtype, copy=False)
     return np.asarray(tangent, dtype=dtype)
@@ -1382,7 +1537,8 @@ def _as_tangent(tangent, primal, where: str):
 
 # =========================================================================== jacobian
 
-def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
+def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev",
+             holomorphic: bool = False):
     """Jacobian of ``fn`` w.r.t. argument(s) ``argnums``: shape ``out.shape + x.shape``.
 
     Arguments and outputs may be pytrees (dicts, lists, tuples), as in JAX: the result
@@ -1390,6 +1546,11 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
     leaves of shape ``out_leaf.shape + x_leaf.shape``. ``mode="rev"`` runs one pullback
     per output element; ``"fwd"`` one tangent per input element. Pick the one with fewer
     runs.
+
+    Complex values follow JAX's ``jacrev``/``jacfwd``: reverse mode needs real outputs
+    (its rows are gradients, in :func:`grad`'s convention), forward mode real arguments
+    (its columns are complex tangents); ``holomorphic=True`` takes complex arguments and
+    outputs and gives the complex derivative ``df_i/dz_j``.
 
     >>> import numpy as np, diffprog as dp
     >>> dp.jacobian(lambda x: x ** 2)(np.array([1.0, 2.0]))
@@ -1406,12 +1567,13 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
         nums = _norm_argnums(argnums, len(args))
         single = isinstance(argnums, (int, np.integer))
         for a in nums:
-            _check_jacobian_argument(args[a], a)
+            _check_jacobian_argument(args[a], a, mode, holomorphic)
         token = _IN_JACOBIAN.set(True)
         try:
-            result = _native_derivative(fn, args, nums, "jacobian") if mode == "rev" else None
+            result = (_native_derivative(fn, args, nums, "jacobian", holomorphic)
+                      if mode == "rev" else None)
             if result is None:
-                result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums)
+                result = (_jac_rev if mode == "rev" else _jac_fwd)(fn, args, nums, holomorphic)
         finally:
             _IN_JACOBIAN.reset(token)
         return result[0] if single else tuple(result)
@@ -1419,7 +1581,7 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev"):
     return functools.wraps(fn)(jac) if hasattr(fn, "__name__") else jac
 
 
-def _check_jacobian_argument(arg, a: int) -> None:
+def _check_jacobian_argument(arg, a: int, mode: str = "rev", holomorphic: bool = False) -> None:
     leaves, _ = flatten(arg)
     paths = leaf_paths(flatten(arg)[1])
     floats = 0
@@ -1432,11 +1594,22 @@ def _check_jacobian_argument(arg, a: int) -> None:
                 f"Fix: pass float arrays (np.asarray(..., dtype=float)) or Python floats, or "
                 f"leave argument {a} out of argnums.")
         dtype = _leaf_dtype(leaf)
-        if not np.issubdtype(dtype, np.floating):
+        if not np.issubdtype(dtype, np.inexact):
             raise NotDifferentiableError(
                 f"jacobian: cannot differentiate with respect to argument {a}{path}: its dtype "
-                f"is {dtype}, not a real floating type. Fix: convert it with .astype(float) or "
+                f"is {dtype}, not a floating type. Fix: convert it with .astype(float) or "
                 f"leave it out of argnums.")
+        is_complex = np.issubdtype(dtype, np.complexfloating)
+        if holomorphic and not is_complex:
+            raise NotDifferentiableError(
+                f"jacobian(holomorphic=True): argument {a}{path} is {dtype}, not complex. Fix: "
+                f"pass it as a complex array (x.astype(complex)), or drop holomorphic=True.")
+        if is_complex and mode == "fwd" and not holomorphic:
+            raise NotDifferentiableError(
+                f"jacobian(mode='fwd') needs real arguments (its columns are tangents along "
+                f"real unit directions); argument {a}{path} is {dtype}. Fix: mode='rev' for a "
+                f"real-valued function, holomorphic=True for a holomorphic one, or pass the "
+                f"real and imaginary parts as separate real arguments.")
         floats += 1
     if not floats:
         raise NotDifferentiableError(
@@ -1450,10 +1623,12 @@ def _stack(rows, out_shape, in_shape, dtype):
     return numpy_api.reshape(stacked, tuple(out_shape) + tuple(in_shape))
 
 
-def _jac_rev(fn, args, nums):
+def _jac_rev(fn, args, nums, holomorphic=False):
     """One pullback per output element; the result as out structure of args structures."""
     out, pullback = vjp(fn, *args)
     out_leaves, out_tree = flatten(out)
+    for leaf in out_leaves:
+        _check_output_kind(_leaf_dtype(leaf), "jacobian", holomorphic)
     in_flat = [flatten(args[a]) for a in nums]
     rows = [[[[] for _ in leaves] for leaves, _ in in_flat] for _ in out_leaves]
     for o, leaf in enumerate(out_leaves):
@@ -1473,7 +1648,7 @@ def _jac_rev(fn, args, nums):
                                      _leaf_dtype(out_leaves[o])))
 
 
-def _jac_fwd(fn, args, nums):
+def _jac_fwd(fn, args, nums, holomorphic=False):
     """One tangent per input element; the same structure as :func:`_jac_rev`."""
     in_flat = [flatten(args[a]) for a in nums]
     columns: dict = {}  # (k, j) -> list of output tangent leaves, one per input element
@@ -1498,6 +1673,9 @@ def _jac_fwd(fn, args, nums):
     if out is None:
         out = fn(*args)
     out_leaves, out_tree = flatten(out)
+    if holomorphic:
+        for leaf in out_leaves:
+            _check_output_kind(_leaf_dtype(leaf), "jacobian", holomorphic)
 
     def block(o, k, j, out_shape, in_leaf):
         from . import numpy_api
@@ -1541,21 +1719,35 @@ def _array_module(x):
     return sys.modules["cupy"] if _device_of(x) == "gpu" else np
 
 
-def hessian(fn: Callable, argnums: int = 0):
+def hessian(fn: Callable, argnums: int = 0, holomorphic: bool = False):
     """Hessian of a scalar function: forward-mode Jacobian of the reverse-mode gradient.
+
+    Real arguments, or complex ones with ``holomorphic=True`` (then ``f''(z)``); as in
+    JAX, a real function of complex arguments has no complex Hessian here: pass the real
+    and imaginary parts as real arguments.
 
     >>> import numpy as np, diffprog as dp
     >>> dp.hessian(lambda x: np.sum(x ** 3))(np.array([1.0, 2.0]))
     array([[ 6.,  0.],
            [ 0., 12.]])
     """
-    by_transforms = jacobian(grad(fn, argnums), argnums, mode="fwd")
+    by_transforms = jacobian(grad(fn, argnums, holomorphic=holomorphic), argnums, mode="fwd",
+                             holomorphic=holomorphic)
 
     def hess(*args):
         nums = _norm_argnums(argnums, len(args))
+        if not holomorphic:
+            for a in nums:
+                if any(is_dynamic(l) and np.issubdtype(_leaf_dtype(l), np.complexfloating)
+                       for l in flatten(args[a])[0]):
+                    raise NotDifferentiableError(
+                        f"hessian: argument {a} is complex. A holomorphic function needs "
+                        f"holomorphic=True (the result is f''(z)); a real function of complex "
+                        f"values has no complex Hessian (JAX refuses it too): pass the real "
+                        f"and imaginary parts as separate real arguments.")
         token = _IN_JACOBIAN.set(True)
         try:
-            native = _native_derivative(fn, args, nums, "hessian")
+            native = _native_derivative(fn, args, nums, "hessian", holomorphic)
             return by_transforms(*args) if native is None else native[0]
         finally:
             _IN_JACOBIAN.reset(token)
@@ -1563,9 +1755,10 @@ def hessian(fn: Callable, argnums: int = 0):
     return functools.wraps(fn)(hess) if hasattr(fn, "__name__") else hess
 
 
-def _native_derivative(fn, args, nums, kind: str):
+def _native_derivative(fn, args, nums, kind: str, holomorphic: bool = False):
     """Jacobians/Hessians from an engine that differentiates natively (julia: Zygote), or
-    None where the engine does not (or the call is nested in a trace)."""
+    None where the engine does not (or the call is nested in a trace). The checks of
+    complex outputs are the transforms' own (JAX's jacrev/hessian rules)."""
     t = Transformed(fn)
     sig = t._signature(args)
     if not t._native(sig) or (kind == "hessian" and len(nums) != 1):
@@ -1573,19 +1766,23 @@ def _native_derivative(fn, args, nums, kind: str):
     if any(sig.treedef.children[a].kind != "leaf" for a in nums):
         return None  # pytree arguments: the transforms path builds their structure
     wrt = _wrt_positions(sig, nums)
+    if holomorphic:
+        _check_holomorphic_inputs(sig, wrt, kind)
 
     def build(traced):
         _refuse_complex(traced.graph, wrt, kind)
         if kind == "hessian":
-            _check_scalar_output(traced, "hessian")
+            _check_scalar_output(traced, "hessian", holomorphic=holomorphic)
             if traced.graph.outvars[0].aval.shape != ():
                 raise _PytreeOutput()  # a one-element array: the transforms' path
         elif traced.out_tree.kind != "leaf":
             raise _PytreeOutput()
+        else:
+            _check_output_kind(traced.graph.outvars[0].aval.dtype, "jacobian", holomorphic)
         return (_engines.Derivative(kind, traced.graph, tuple(wrt)),)
 
     try:
-        flat, _ = t._run(sig, (kind, nums), build)
+        flat, _ = t._run(sig, (kind, nums, holomorphic), build)
     except _PytreeOutput:
         return None
     return list(flat[1:]) if kind == "jacobian" else list(flat)
@@ -1621,7 +1818,8 @@ def vmap(fn: Callable, in_axes=0, out_axes=0, axis_size: int | None = None):
            [0., 8.]])
     """
     batched = _Batched(fn, in_axes, out_axes, axis_size)
-    wrapped = Differentiable(batched)
+    wrapped = Differentiable(batched, fast_math=fn.fast_math if isinstance(fn, Transformed)
+                             else None)
     functools.update_wrapper(wrapped, fn, updated=()) if hasattr(fn, "__name__") else None
     return wrapped
 

@@ -143,7 +143,7 @@ class _CustomFunction:
         self.prim = Primitive(
             self.name, self._impl, self._shape, vjp=self._vjp, jvp=self._jvp,
             julia=Unsupported(f"{self.name} runs Python code (a dp.{self.kind} function)"),
-            multiple_results=True, register=False)
+            multiple_results=True, register=False, complex=True)
         self._opaque_prim = None
 
     def __repr__(self) -> str:
@@ -339,7 +339,7 @@ class _CustomFunction:
             self._opaque_prim = Primitive(
                 f"{self.name}.{self.mode}", impl, shape, vjp=no_derivative, jvp=no_derivative,
                 julia=Unsupported(f"{self.name} runs Python code"), multiple_results=True,
-                register=False)
+                register=False, complex=True)
         return self._opaque_prim
 
     def _rule_flat(self, first, ins, outs, call):

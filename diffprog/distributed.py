@@ -173,10 +173,10 @@ def _threads(client) -> int:
     return max(1, sum(client.nthreads().values()))
 
 
-def _function_token(fn, kind: str, engine) -> str:
+def _function_token(fn, kind: str, engine, fast_math: bool = False) -> str:
     """A name for ``fn`` made from its pickled bytes: the same function sent twice gets the
     same name, so workers find the program they compiled for it (never keyed by id())."""
-    digest = hashlib.sha256(cloudpickle.dumps((fn, kind, engine))).hexdigest()[:24]
+    digest = hashlib.sha256(cloudpickle.dumps((fn, kind, engine, fast_math))).hexdigest()[:24]
     return f"diffprog-fn-{digest}"
 
 
@@ -209,15 +209,17 @@ def _scatter(client, data, **where):
 
 
 def _plain(fn):
-    """The user's function and engine, unwrapped from ``dp.differentiable`` (whose program
-    cache belongs to this process and is not sent to the workers)."""
-    from .api import Differentiable
+    """The user's function, engine and fast-math mode, unwrapped from ``dp.differentiable``
+    (whose program cache belongs to this process and is not sent to the workers). The
+    mode is the function's own choice, else this process's :func:`diffprog.set_fast_math`
+    setting now: the workers compile with it, whatever their own setting."""
+    from .api import Differentiable, _FAST_MATH
     if isinstance(fn, Differentiable):
-        return fn.fn, fn.engine
+        return fn.fn, fn.engine, fn.fast_math_now()
     if not callable(fn):
         raise ArgumentError(f"diffprog.distributed: expected a function, got {type(fn).__name__}. "
                             f"Fix: pass the function itself, e.g. loss(params, shard, *args).")
-    return fn, None
+    return fn, None, _FAST_MATH[0]
 
 
 # ===================================================================== worker side
@@ -229,7 +231,7 @@ _PROGRAMS_LOCK = threading.Lock()
 _MAX_PROGRAMS = 64
 
 
-def _worker_program(token: str, fn, kind: str, engine):
+def _worker_program(token: str, fn, kind: str, engine, fast_math: bool = False):
     """The transformed ``fn`` this worker keeps for ``token`` (built on first use)."""
     with _PROGRAMS_LOCK:
         hit = _PROGRAMS.get(token)
@@ -240,11 +242,11 @@ def _worker_program(token: str, fn, kind: str, engine):
     if kind == "plain":
         built = fn
     elif kind == "value":
-        built = api.differentiable(fn, engine=engine)
+        built = api.differentiable(fn, engine=engine, fast_math=fast_math)
     elif kind == "batched":
-        built = api.vmap(api.differentiable(fn, engine=engine))
+        built = api.vmap(api.differentiable(fn, engine=engine, fast_math=fast_math))
     else:
-        built = api.value_and_grad(api.differentiable(fn, engine=engine))
+        built = api.value_and_grad(api.differentiable(fn, engine=engine, fast_math=fast_math))
     with _PROGRAMS_LOCK:
         built = _PROGRAMS.setdefault(token, built)
         while len(_PROGRAMS) > _MAX_PROGRAMS:
@@ -318,11 +320,12 @@ def _pairwise(lo: int, hi: int, leaf: Callable[[int], Partial]) -> Partial:
     return _combine(_pairwise(lo, mid, leaf), _pairwise(mid, hi, leaf))
 
 
-def _shard_range_task(token, fn, engine, broadcast, lo, hi, shard_leaves, treedefs) -> Partial:
+def _shard_range_task(token, fn, engine, broadcast, lo, hi, shard_leaves, treedefs,
+                      fast_math=False) -> Partial:
     """Leaf task: value and gradient of shards lo..hi-1 (on the worker holding them),
     summed in the tree's order."""
     params, args = broadcast
-    value_and_grad = _worker_program(token, fn, "value_and_grad", engine)
+    value_and_grad = _worker_program(token, fn, "value_and_grad", engine, fast_math)
     params = _params_on_device_of([x for leaves in shard_leaves for x in leaves], params)
 
     def one_shard(i: int) -> Partial:
@@ -519,11 +522,11 @@ class DistributedValueAndGrad:
         if leaf_tasks is not None and (not isinstance(leaf_tasks, int) or leaf_tasks < 1):
             raise ArgumentValueError(f"diffprog.distributed: leaf_tasks must be a positive "
                                      f"int or None, got {leaf_tasks!r}.")
-        self.fn, own_engine = _plain(fn)
+        self.fn, own_engine, self.fast_math = _plain(fn)
         self.engine = engine or own_engine
         self.client = _client(client)
         self.reduce, self.leaf_tasks = reduce, leaf_tasks
-        self.token = _function_token(self.fn, "value_and_grad", self.engine)
+        self.token = _function_token(self.fn, "value_and_grad", self.engine, self.fast_math)
         self._fn_future = None
         self._params_future = None  # this step's parameters (to tell whether they were lost)
 
@@ -570,7 +573,7 @@ class DistributedValueAndGrad:
         step = uuid.uuid4().hex[:12]
         self._params_future = _send(self.client, (params, args), "diffprog-params")
         task = _StepTask(self.token, self._function_future(), self.engine,
-                         self._params_future, shards, step)
+                         self._params_future, shards, step, self.fast_math)
         leaves = self.leaf_tasks or LEAF_TASKS_PER_THREAD * _threads(self.client)
         depth = math.ceil(math.log2(max(1, min(leaves, n))))
         total = _submit_tree(self.client, task, 0, n, depth).result()
@@ -592,6 +595,7 @@ class _StepTask:
     broadcast: Future
     shards: Shards
     step: str
+    fast_math: bool = False
 
 
 def _submit_tree(client, task: _StepTask, lo: int, hi: int, depth: int) -> Future:
@@ -601,7 +605,8 @@ def _submit_tree(client, task: _StepTask, lo: int, hi: int, depth: int) -> Futur
     if hi - lo == 1 or depth == 0:
         return client.submit(_shard_range_task, task.token, task.fn, task.engine,
                              task.broadcast, lo, hi, task.shards.futures[lo:hi],
-                             task.shards.treedefs[lo:hi], key=f"diffprog-grad-{name}")
+                             task.shards.treedefs[lo:hi], task.fast_math,
+                             key=f"diffprog-grad-{name}")
     mid = _midpoint(lo, hi)
     return client.submit(_combine, _submit_tree(client, task, lo, mid, depth - 1),
                          _submit_tree(client, task, mid, hi, depth - 1),
@@ -742,8 +747,8 @@ def _call_chunk(call: Callable, chunk, lo: int, how: str):
     return unflatten(flatten(outs[0])[1], stacked)
 
 
-def _map_chunk_task(token, fn, how, engine, lo, chunk):
-    call = _worker_program(token, fn, HOW[how], engine)
+def _map_chunk_task(token, fn, how, engine, lo, chunk, fast_math=False):
+    call = _worker_program(token, fn, HOW[how], engine, fast_math)
     return _call_chunk(call, chunk, lo, how)
 
 
@@ -777,14 +782,14 @@ def map(fn: Callable, P, client=None, chunk: int = 100, how: str = "vmap",
     if how not in HOW:
         raise ArgumentValueError(f"diffprog.distributed.map: how must be one of "
                                  f"{sorted(HOW)}, got {how!r}.")
-    fn, own_engine = _plain(fn)
+    fn, own_engine, fast_math = _plain(fn)
     engine = engine or own_engine
     leaves, treedef, n = _members(P)
-    token = _function_token(fn, HOW[how], engine)
+    token = _function_token(fn, HOW[how], engine, fast_math)
     fn_future = _send(client, fn, token)
     run = uuid.uuid4().hex[:12]
     futures = [client.submit(_map_chunk_task, token, fn_future, how, engine, lo,
-                             unflatten(treedef, [x[lo:lo + chunk] for x in leaves]),
+                             unflatten(treedef, [x[lo:lo + chunk] for x in leaves]), fast_math,
                              key=f"diffprog-map-{run}-members-{lo}-{min(lo + chunk, n) - 1}")
                for lo in range(0, n, chunk)]
     results = client.gather(futures)

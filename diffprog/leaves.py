@@ -2,7 +2,7 @@
 
 A leaf is *dynamic* (a traced input of the program) when it is an array (NumPy, CuPy, or
 anything with ``__cuda_array_interface__``/``__dlpack__``), a NumPy scalar, a Python
-float or a traced value; everything else (ints, strings, None, objects) is *static*: part
+float or complex, or a traced value; everything else (ints, strings, None, objects) is *static*: part
 of the cache key, passed through as it is.
 """
 from __future__ import annotations
@@ -21,6 +21,6 @@ def is_dynamic(leaf) -> bool:
     """
     if isinstance(leaf, (np.ndarray, Tracer, np.generic)):
         return True
-    if isinstance(leaf, float):
+    if isinstance(leaf, (float, complex)):  # bool and int are not complex
         return True
     return hasattr(leaf, "__cuda_array_interface__") or hasattr(leaf, "__dlpack__")

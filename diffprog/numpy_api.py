@@ -109,6 +109,11 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
             f"use the returned value, e.g. `a = a + x`, instead of out= or +=.")
     dtype = kwargs.pop("dtype", None)
     kwargs.pop("out", None)
+    if _complex_without_loop(ufunc, inputs):
+        raise ArgumentError(
+            f"np.{ufunc.__name__} of complex values: NumPy has no complex loop for it (it "
+            f"raises 'ufunc {ufunc.__name__!r} not supported for the input types'), so "
+            f"diffprog computes none either" + _COMPLEX_INSTEAD.get(ufunc.__name__, ""))
     if method == "reduce":
         return _ufunc_reduce(ufunc, *inputs, dtype=dtype, **kwargs)
     if method == "accumulate" and ufunc in (np.add, np.multiply) and set(kwargs) <= {"axis"}:
@@ -122,6 +127,30 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
         raise unsupported(f"np.{ufunc.__name__}.{method}")
     result = _apply_ufunc(ufunc, inputs)
     return astype(result, dtype) if dtype is not None else result
+
+
+#: ufunc -> whether NumPy has a loop taking complex operands (its type table says)
+_COMPLEX_LOOPS: dict = {}
+_COMPLEX_INSTEAD = {"fabs": "; np.abs gives the modulus",
+                    "deg2rad": "; np.deg2rad(np.angle(z)) converts an angle",
+                    "rad2deg": "; np.angle(z, deg=True) gives the angle in degrees"}
+
+
+def _complex_without_loop(ufunc, inputs) -> bool:
+    """A complex operand of a ufunc that has no complex loop (np.fabs, np.deg2rad,
+    np.floor, np.arctan2): NumPy refuses it, and a composite or an entry must not compute
+    a value of its own (np.deg2rad(z) was z * pi / 180, np.fabs(z) was |z|)."""
+    for x in inputs:
+        dtype = getattr(x, "dtype", None)
+        if isinstance(x, complex) or dtype is not None and np.dtype(dtype).kind == "c":
+            break
+    else:
+        return False
+    known = _COMPLEX_LOOPS.get(ufunc)
+    if known is None:
+        known = _COMPLEX_LOOPS[ufunc] = builtins.any(
+            c in "FDG" for t in ufunc.types for c in t.split("->")[0])
+    return not known
 
 
 def _apply_ufunc(ufunc, inputs):
@@ -187,7 +216,9 @@ def power(x, y):
         x, n = _promoted_for_power(x, y), int(y)
         if n == 0:
             return ones_like(x)
-        return x if n == 1 else elementwise.integer_pow(x, n=n)
+        if n == 1 and not _is_complex(x):  # a real x ** 1 is x, bit for bit
+            return x
+        return elementwise.integer_pow(x, n=n)
     if isinstance(y, float) and y.is_integer() and abs(y) <= 64 and not _is_traced(y):
         return elementwise.integer_pow(_promoted_for_power(x, y), n=int(y))
     if isinstance(y, float) and y == 0.5:
@@ -233,6 +264,8 @@ def square(x):
 
 @_ufunc_composite(np.reciprocal)
 def reciprocal(x):
+    if _is_complex(x):  # NumPy's complex reciprocal is its own loop (x ** -1), not 1 / x
+        return elementwise.integer_pow(x, n=-1)
     if np.issubdtype(dtype_of(x), np.inexact):
         return 1.0 / x
     # integers: 1 / x truncated toward zero, as C and NumPy do (floor_divide gave -1 for
@@ -250,7 +283,7 @@ def rad2deg(x):
     return x * (180.0 / np.pi)
 
 
-@_ufunc_composite(np.positive, np.conjugate)
+@_ufunc_composite(np.positive)
 def positive(x):
     return x
 
@@ -317,31 +350,76 @@ def copy(a, *args, **kwargs):
     return a
 
 
-@implements(np.real, method="conj,conjugate")
-def real(a, *args):
-    if np.issubdtype(dtype_of(a), np.complexfloating):
-        raise unsupported("complex arithmetic (np.real)")
-    return a
+def _is_complex(a) -> bool:
+    return np.issubdtype(dtype_of(a), np.complexfloating)
+
+
+@implements(np.real)
+def real(a):
+    """The real part; a real array is itself (NumPy returns it unchanged)."""
+    return elementwise.real(a) if _is_complex(a) else a
+
+
+@implements(method="conj,conjugate")
+def conj(a, *args):
+    """The complex conjugate (np.conj is the ufunc np.conjugate); a real array is itself."""
+    return elementwise.conj(a) if _is_complex(a) else a
+
+
+_UFUNC_COMPOSITES[np.conjugate] = conj
+
+
+TRACER_METHODS["real"] = property(lambda self: real(self))
+TRACER_METHODS["imag"] = property(lambda self: imag(self))
 
 
 @implements(np.real_if_close)
 def real_if_close(a, tol=100):
-    """A real array is returned as it is (NumPy does the same)."""
-    return real(a)
+    """A real array is returned as it is (NumPy does the same); a complex one would need
+    its values to decide the result's dtype, which tracing does not know."""
+    if _is_complex(a):
+        raise unsupported("np.real_if_close of a complex traced array (its result's dtype "
+                          "depends on the values; use np.real)")
+    return a
 
 
 @implements(np.imag)
 def imag(a):
-    """The imaginary part of a real array: zeros (no gradient flows to ``a``)."""
-    real(a)  # complex values are refused there
-    return zeros_like(a)
+    """The imaginary part; of a real array: zeros (no gradient flows to ``a``)."""
+    return elementwise.imag(a) if _is_complex(a) else zeros_like(a)
+
+
+@implements(np.isreal)
+def isreal(x):
+    """NumPy's imag(x) == 0 (True everywhere for a real array)."""
+    return imag(x) == 0
+
+
+@implements(np.iscomplex)
+def iscomplex(x):
+    """imag(x) != 0 for a complex array; False everywhere for a real one."""
+    return imag(x) != 0
+
+
+@implements(np.iscomplexobj)
+def iscomplexobj(x):
+    """Whether x has a complex dtype (a Python bool: the dtype is known when tracing)."""
+    return bool(_is_complex(x))
+
+
+@implements(np.isrealobj)
+def isrealobj(x):
+    return not _is_complex(x)
 
 
 @implements(np.angle)
 def angle(z, deg=False):
-    """The angle of a real number, NumPy's arctan2(0, x): 0 for x >= +0, pi (180 degrees)
-    for x < 0 and for -0.0, NaN for NaN; its derivative is 0 (a step)."""
-    real(z)
+    """The angle: arctan2(imag, real) of a complex value; of a real number NumPy's
+    arctan2(0, x): 0 for x >= +0, pi (180 degrees) for x < 0 and for -0.0, NaN for NaN,
+    with derivative 0 (a step)."""
+    if _is_complex(z):
+        a = elementwise.arctan2(elementwise.imag(z), elementwise.real(z))
+        return a * (180.0 / np.pi) if deg else a
     flat = elementwise.stop_gradient(z)  # a step: NaN at 0 from arctan2's own rule otherwise
     a = np.arctan2(zeros_like(flat), flat)  # NumPy's value: pi at -0.0, NaN at NaN
     return a * (180.0 / np.pi) if deg else a
@@ -427,8 +505,21 @@ def mean(x, axis=None, dtype=None, out=None, keepdims=False, where=None):
     x = astype(x, dtype) if dtype is not None else _float_of(x)
     axes = _axes(axis, ndim(x))
     count = _count(x, axes)  # an empty mean is NaN, as in NumPy (0 * nan)
+    if dtype is None and dtype_of(x) == np.float16:
+        # NumPy sums float16 in float32, divides there and rounds to float16 once
+        return astype(mean(astype(x, np.float32), axis=axes, keepdims=keepdims), np.float16)
     total = sum(x, axis=axes, keepdims=keepdims)
-    return total / count if count else total * np.nan  # divided, as NumPy does: bit for bit
+    return _by_count(total, count) if count else total * np.nan
+
+
+def _by_count(total, count: int):
+    """``total / count`` as NumPy's mean and var divide: by an intp count (a strong int64),
+    so complex64 divides in the complex128 loop and is cast back (complex division is not
+    correctly rounded; for float16/float32 the float64 quotient rounds to the same value
+    as their own division)."""
+    if dtype_of(total) == np.complex64:
+        return astype(astype(total, np.complex128) / count, np.complex64)
+    return total / count
 
 
 @implements(np.var, method="var")
@@ -438,10 +529,20 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None, 
     ddof = correction if correction is not None else ddof
     x = astype(x, dtype) if dtype is not None else _float_of(x)
     axes = _axes(axis, ndim(x))
-    centred = x - globals()["mean"](x, axis=axes, keepdims=True)
+    # NumPy's var: its own mean, summed in x's dtype (float16 too, unlike np.mean)
+    centred = x - _by_count(sum(x, axis=axes, keepdims=True), _count(x, axes))
     dof = _count(x, axes) - ddof  # NumPy divides by max(dof, 0): inf (or nan for 0 / 0)
-    squares = sum(centred * centred, axis=axes, keepdims=keepdims)
+    squares = sum(_abs_squared(centred), axis=axes, keepdims=keepdims)
     return squares / dof if dof > 0 else squares * np.inf
+
+
+def _abs_squared(x):
+    """|x|^2 as NumPy's var and norm compute it: x * x, and re^2 + im^2 (real) for
+    complex x (x * x would be the complex square)."""
+    if not _is_complex(x):
+        return x * x
+    re, im = elementwise.real(x), elementwise.imag(x)
+    return re * re + im * im
 
 
 @implements(np.std, method="std")
@@ -515,6 +616,17 @@ def sort(x, axis=-1, kind=None, order=None, stable=None):
     return take_along_axis(x, argsort(x, axis=axis), axis)
 
 
+@implements(np.sort_complex)
+def sort_complex(a):
+    """np.sort along the last axis (lexicographic for complex values), as a complex array
+    (complex64 for small integer and float32 kinds NumPy makes so, complex128 otherwise)."""
+    s = sort(a, axis=-1)
+    if _is_complex(s):
+        return s
+    dtype = np.complex64 if np.dtype(dtype_of(a)).char in "bhBH" else np.complex128
+    return astype(s, dtype)
+
+
 @implements(np.median)
 def median(x, axis=None, out=None, overwrite_input=False, keepdims=False):
     if axis is None:
@@ -523,7 +635,13 @@ def median(x, axis=None, out=None, overwrite_input=False, keepdims=False):
     n = shape(x)[axis]
     s = sort(x, axis=axis)
     mid = slice_axis(s, axis, (n - 1) // 2, n // 2 + 1)
-    return mean(mid, axis=axis, keepdims=keepdims)
+    out = mean(mid, axis=axis, keepdims=keepdims)
+    if n and np.issubdtype(dtype_of(x), np.inexact):
+        # NumPy's NaN check: a NaN sorts last, and the median of a slice holding one is it
+        last = slice_axis(s, axis, n - 1, n)
+        last = last if keepdims else squeeze(last, axis=axis)
+        out = elementwise.where(elementwise.isnan(last), last, out)
+    return out
 
 
 @implements(np.cumsum, method="cumsum")
@@ -839,7 +957,16 @@ def pad(x, pad_width, mode="constant", constant_values=0, **kwargs):
         raise ArgumentError("np.pad: constant_values must be a plain number, not a traced value")
     widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (ndim(x), 2))
     widths = tuple((int(lo), int(hi)) for lo, hi in widths)
-    return shapes.pad(x, pad_width=widths, value=float(constant_values))
+    if np.ndim(constant_values) != 0:
+        raise unsupported("np.pad with one constant per axis or side")
+    value = complex(constant_values) if np.iscomplexobj(constant_values) else None
+    if value is not None and _is_complex(x) and value.imag != 0:
+        # the pad entry's constant is real: each part padded with its own, joined exactly
+        return elementwise.from_parts(shapes.pad(real(x), pad_width=widths, value=value.real),
+                                      shapes.pad(imag(x), pad_width=widths, value=value.imag))
+    # a real array keeps the real part of a complex constant, as NumPy's cast does
+    return shapes.pad(x, pad_width=widths,
+                      value=value.real if value is not None else float(constant_values))
 
 
 # =========================================================== indexing
@@ -923,20 +1050,25 @@ def clip(a, a_min=None, a_max=None, out=None, *, min=None, max=None, **kwargs):
 def round_(a, decimals=0, out=None):
     if decimals == 0:
         return elementwise.round_(a)
+    if _is_complex(a):  # NumPy rounds the real and the imaginary part, each as a real
+        return elementwise.from_parts(round_(real(a), decimals), round_(imag(a), decimals))
     scale = 10.0 ** decimals
     return elementwise.round_(a * scale) / scale
 
 
+# Masks select with where, never multiply: inf * 0 is NaN, and a complex product with 1
+# turns an infinite or NaN part into NaN parts (NumPy's triu, diag and diagonal copy).
+
 @implements(np.triu)
 def triu(m, k=0):
     n, mm = shape(m)[-2:]
-    return m * np.triu(np.ones((n, mm), dtype=dtype_of(m)), k)
+    return elementwise.where(np.triu(np.ones((n, mm), dtype=bool), k), m, zeros_like(m))
 
 
 @implements(np.tril)
 def tril(m, k=0):
     n, mm = shape(m)[-2:]
-    return m * np.tril(np.ones((n, mm), dtype=dtype_of(m)), k)
+    return elementwise.where(np.tril(np.ones((n, mm), dtype=bool), k), m, zeros_like(m))
 
 
 @implements(np.diag)
@@ -946,7 +1078,8 @@ def diag(v, k=0):
     k = int(k)
     if ndim(v) == 1:
         n = shape(v)[0]
-        square = reshape(v, (n, 1)) * np.eye(n, dtype=dtype_of(v))
+        square = elementwise.where(np.eye(n, dtype=bool), reshape(v, (n, 1)),
+                                   np.zeros((n, n), dtype_of(v)))
         if k == 0:
             return square
         return pad(square, ((0, k), (k, 0)) if k > 0 else ((-k, 0), (0, -k)))
@@ -958,7 +1091,9 @@ def diag(v, k=0):
 @implements(np.diagonal, method="diagonal")
 def diagonal(a, offset=0, axis1=0, axis2=1):
     """The ``offset``-th diagonal of the planes (axis1, axis2), as the last axis: the
-    (shifted) square block times the identity, summed (no gather; every engine spells it)."""
+    (shifted) square block's elements (i, i): every (k+1)-th element of the flattened
+    block, a strided slice every engine spells (a sum of the block masked by the identity
+    lost signed zeros: NumPy's sum of -0.0 entries is +0.0)."""
     a = moveaxis(a, (axis1, axis2), (-2, -1))
     offset = int(offset)
     if offset > 0:
@@ -967,7 +1102,9 @@ def diagonal(a, offset=0, axis1=0, axis2=1):
         a = getitem(a, (Ellipsis, slice(-offset, None), slice(None)))
     n, m = shape(a)[-2:]
     k = max(min(n, m), 0)
-    return sum(slice_last2(a, k) * np.eye(k, dtype=dtype_of(a)), axis=-1)
+    block = slice_last2(a, k)
+    flat = reshape(block, tuple(shape(block)[:-2]) + (k * k,))
+    return getitem(flat, (Ellipsis, slice(None, None, k + 1)))
 
 
 def slice_last2(a, k):
@@ -995,7 +1132,8 @@ def dot(a, b, out=None):
 
 @implements(np.vdot)
 def vdot(a, b):
-    return sum(ravel(a) * ravel(b))
+    """sum(conj(a) * b), both flattened: NumPy conjugates the first operand."""
+    return sum(conj(ravel(a)) * ravel(b))
 
 
 @implements(np.inner)
@@ -1058,7 +1196,7 @@ def norm(x, ord=None, axis=None, keepdims=False):
     if axis is None and ndim(x) == 1:
         return _vector_norm(x, ord, 0, keepdims)
     if axis is None:
-        return _root_of_squares(sum(x * x, keepdims=keepdims))
+        return _root_of_squares(sum(_abs_squared(x), keepdims=keepdims))
     if isinstance(axis, (int, np.integer)) or len(axis) == 1:
         ax = axis if isinstance(axis, (int, np.integer)) else axis[0]
         return _vector_norm(x, ord, ax, keepdims)
@@ -1067,7 +1205,7 @@ def norm(x, ord=None, axis=None, keepdims=False):
 
 def _vector_norm(x, ord, axis, keepdims):
     if ord in (None, 2):
-        return _root_of_squares(sum(x * x, axis=axis, keepdims=keepdims))
+        return _root_of_squares(sum(_abs_squared(x), axis=axis, keepdims=keepdims))
     if ord == np.inf:
         return amax(elementwise.abs_(x), axis=axis, keepdims=keepdims)
     if ord == -np.inf:
@@ -1075,7 +1213,7 @@ def _vector_norm(x, ord, axis, keepdims):
     if ord == 1:
         return sum(elementwise.abs_(x), axis=axis, keepdims=keepdims)
     if ord == 0:
-        return sum(astype(x != 0, dtype_of(x)), axis=axis, keepdims=keepdims)
+        return sum(astype(x != 0, linalg._real_dtype(dtype_of(x))), axis=axis, keepdims=keepdims)
     if ord < 0:  # |0| ** ord is inf, and the norm 0: NumPy's values, no kink to smooth
         return power(sum(power(elementwise.abs_(x), float(ord)), axis=axis, keepdims=keepdims), 1.0 / ord)
     return _even_power(sum(_even_power(elementwise.abs_(x), float(ord)), axis=axis, keepdims=keepdims),
@@ -1085,7 +1223,7 @@ def _vector_norm(x, ord, axis, keepdims):
 def _matrix_norm(x, ord, axes, keepdims):
     r, c = (a % ndim(x) for a in axes)
     if ord in (None, "fro"):
-        return _root_of_squares(sum(x * x, axis=(r, c), keepdims=keepdims))
+        return _root_of_squares(sum(_abs_squared(x), axis=(r, c), keepdims=keepdims))
     if ord in (1, -1, np.inf, -np.inf):
         inner_ax, outer_ax = (r, c) if ord in (1, -1) else (c, r)
         col = sum(elementwise.abs_(x), axis=inner_ax, keepdims=True)
@@ -1129,8 +1267,10 @@ def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     dtype = np.dtype(dtype_of(x))
     if not np.issubdtype(dtype, np.inexact):
         return x
-    if np.issubdtype(dtype, np.complexfloating):
-        raise unsupported("np.nan_to_num of complex values")
+    if np.issubdtype(dtype, np.complexfloating):  # NumPy: the real and imaginary parts
+        parts = [nan_to_num(part(x), nan=nan, posinf=posinf, neginf=neginf)
+                 for part in (elementwise.real, elementwise.imag)]
+        return elementwise.from_parts(parts[0], parts[1])
     info = np.finfo(dtype)
     out = elementwise.where(elementwise.isnan(x), nan, x)
     out = elementwise.where(x == np.inf, info.max if posinf is None else posinf, out)
@@ -1413,6 +1553,19 @@ def interp(x, xp, fp, left=None, right=None, period=None):
         raise ValueError("fp and xp are not of the same length.")
     if n == 0:
         raise ValueError("array of sample points is empty")
+    for name, v in (("x", x), ("xp", xp)):
+        if _is_complex(v):
+            raise ArgumentError(f"np.interp: {name} must be real (NumPy cannot cast complex "
+                                f"values to float64 according to the rule 'safe')")
+    if _is_complex(fp):
+        # NumPy's complex interpolation: the real and the imaginary parts, each as a real
+        # fp, joined exactly (complex from parts)
+        re, im = (interp(x, xp, part(fp), *(None if v is None else part(v) for v in (left, right)))
+                  for part in (real, imag))
+        return elementwise.from_parts(re, im)
+    if builtins.any(_is_complex(v) for v in (left, right) if v is not None):
+        raise ArgumentError("np.interp: left and right must be real for a real fp (NumPy: "
+                            "must be real number, not complex)")
     x, xp, fp = (_as_dtype(v, np.float64) for v in (x, xp, fp))  # NumPy computes in double
     first, last = getitem(fp, 0), getitem(fp, -1)
     if n == 1:
@@ -1573,7 +1726,7 @@ def cov(m, y=None, rowvar=True, bias=False, ddof=None, fweights=None, aweights=N
         fact = 0.0
     X = X - reshape(avg, (-1, 1))
     X_T = transpose(X) if w is None else transpose(X * w)
-    c = dot(X, X_T)
+    c = dot(X, conj(X_T))  # NumPy conjugates (complex values: the Hermitian covariance)
     c = c * (np.true_divide(1, fact) if not _is_traced(fact) else 1 / fact)
     return squeeze(c)
 
@@ -1584,9 +1737,11 @@ def corrcoef(x, y=None, rowvar=True, bias=np._NoValue, ddof=np._NoValue, *, dtyp
     if ndim(c) != 2:
         return c / c
     d = diagonal(c)
-    stddev = elementwise.sqrt(d)
+    stddev = elementwise.sqrt(real(d))
     c = c / reshape(stddev, (-1, 1))
     c = c / reshape(stddev, (1, -1))
+    if _is_complex(c):  # NumPy clips the real and the imaginary parts to [-1, 1]
+        return elementwise.from_parts(clip(real(c), -1, 1), clip(imag(c), -1, 1))
     return clip(c, -1, 1)
 
 
@@ -1631,30 +1786,31 @@ def lstsq(a, b, rcond=None):
     if shape(b)[0] != m:
         raise ShapeError(f"lstsq: a has shape {shape(a)} but b has shape {shape(b)}")
     dt = _inexact_result_type(a, b)
+    real_dt = linalg._real_dtype(dt)  # residuals are real for complex a and b too
     a, b = _as_dtype(a, dt), _as_dtype(b, dt)
     if rcond is None:
         rcond = np.finfo(dt).eps * max(m, n)
     s = linalg.svdvals(a)
     x = linalg.pinv(a, rcond=float(rcond)) @ b
     if not min(m, n):
-        return x, np.empty((0,), dtype=dt), 0, s
+        return x, np.empty((0,), dtype=real_dt), 0, s
     rank = sum(astype(s > rcond * amax(s), np.intp))
     if isinstance(rank, Tracer) and rank.val is None:
         # no values (inside dp.vmap): the rank stays a traced integer, and the residuals
         # take the full-rank shape, NaN where the rank is lower (NumPy gives none there)
         if m <= n:
-            return x, np.empty((0,), dtype=dt), rank, s
+            return x, np.empty((0,), dtype=real_dt), rank, s
         r = b - a @ x
-        residuals = reshape(sum(r * r, axis=0), (1,) if vector else (shape(b)[1],))
+        residuals = reshape(sum(_abs_squared(r), axis=0), (1,) if vector else (shape(b)[1],))
         return x, elementwise.where(rank == n, residuals, np.nan), rank, s
     rank = int(rank)  # guarded: a new rank retraces
     if rank == n and m > n:
         r = b - a @ x
-        residuals = sum(r * r, axis=0)
+        residuals = sum(_abs_squared(r), axis=0)
         residuals = reshape(residuals, (1,)) if vector else residuals
     else:
-        residuals = np.empty((0,), dtype=dt)
-    return x, residuals, rank, s
+        residuals = np.empty((0,), dtype=real_dt)
+    return x, residuals, np.int32(rank), s  # LAPACK's rank: NumPy returns an int32
 
 
 def _ufunc_methods() -> None:

@@ -17,7 +17,7 @@ So the ``np`` a traced function reads (its globals and helpers, through
   dtype NumPy would give those values (``dtype=`` and ``ndmin=`` honoured); anything
   else, and ``dtype=object``, is NumPy's own call.
 * ``np.r_[...]``/``np.c_[...]`` holding traced values give a traced array.
-* every other NumPy function (and those of ``np.linalg``) first turns each list or tuple
+* every other NumPy function (and those of ``np.linalg`` and ``np.fft``) first turns each list or tuple
   argument that holds traced values and forms a regular array into a traced array (what
   NumPy itself does with an ``array_like`` argument), then calls NumPy's function, which
   dispatches to diffprog. Functions whose argument is a *sequence of arrays*
@@ -157,8 +157,9 @@ def function(fn):
 
 
 class _Namespace(types.ModuleType):
-    """A stand-in for ``numpy`` or ``numpy.linalg``: attributes read from the real module,
-    functions through :func:`function`, ``r_``/``c_`` and ``linalg`` replaced."""
+    """A stand-in for ``numpy``, ``numpy.linalg`` or ``numpy.fft``: attributes read from
+    the real module, functions through :func:`function`, ``r_``/``c_``, ``linalg`` and
+    ``fft`` replaced."""
 
     def __init__(self, real):
         super().__init__(real.__name__, real.__doc__)
@@ -179,13 +180,15 @@ class _Namespace(types.ModuleType):
 
 def standin(value):
     """What a traced function should see instead of ``value``: the stand-in of the numpy
-    module, of ``numpy.linalg``, of a NumPy function or of ``np.r_``/``np.c_``; any other
+    module, of ``numpy.linalg`` or ``numpy.fft``, of a NumPy function or of ``np.r_``/``np.c_``; any other
     value unchanged."""
     if isinstance(value, types.ModuleType):
         if value is np:
             return NUMPY
         if value is np.linalg:
             return LINALG
+        if value is np.fft:
+            return FFT
         return value
     if value is np.r_ or value is np.c_:
         return _R if value is np.r_ else _C
@@ -200,3 +203,4 @@ def standin(value):
 _R, _C = _Concatenator(np.r_), _Concatenator(np.c_)
 NUMPY = _Namespace(np)
 LINALG = _Namespace(np.linalg)
+FFT = _Namespace(np.fft)

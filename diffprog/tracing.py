@@ -223,6 +223,20 @@ def _device_module(values):
     return None
 
 
+def _is_identity_bitwise(name: str, constant, other) -> bool:
+    """Is ``other op constant`` (a neutral constant) ``other`` itself, bit for bit? Signed
+    zeros decide for sums: x + 0.0 is +0.0 at x = -0.0 (so only -0.0 is neutral), x - 0.0
+    is x. Complex x: NumPy promotes the constant to a complex one, and a complex product
+    turns infinite parts into NaN parts ((inf+0j) * 1 is inf+nanj), a complex sum a -0.0
+    imaginary part into +0.0; only x - 0 stays x."""
+    is_complex = isinstance(other, Tracer) and other.aval.dtype.kind == "c"
+    if name == "add":
+        return not is_complex and bool(np.all(np.signbit(constant)))
+    if name == "sub":
+        return not bool(np.any(np.signbit(constant)))
+    return not is_complex
+
+
 def _is_constant_equal(x, value) -> bool:
     """True when ``x`` is a plain constant whose every element equals ``value``."""
     if isinstance(x, Tracer):
@@ -238,11 +252,14 @@ def _is_constant_equal(x, value) -> bool:
 
 
 def _drop_identity(prim, args):
-    """``x * 1``, ``x + 0``, ``x / 1``: return x when the result would have exactly x's
-    aval (shape, dtype, weak type). ``uint8 * 1.0`` is float64 in NumPy: kept."""
+    """``x * 1``, ``x + (-0.0)``, ``x - 0``, ``x / 1``: return x when the result is x bit
+    for bit and would have exactly x's aval (shape, dtype, weak type). ``uint8 * 1.0`` is
+    float64 in NumPy: kept."""
     for pos, neutral in prim.identity.items():
         if _is_constant_equal(args[pos], neutral):
             other = args[1 - pos]
+            if not _is_identity_bitwise(prim.name, args[pos], other):
+                return None
             if isinstance(other, Tracer):
                 avals = [a.aval if isinstance(a, Tracer) else aval_of(a) for a in args]
                 if prim.abstract_eval(*avals) == other.aval:
@@ -289,6 +306,19 @@ def user_frame_line() -> str:
             return f"{where}: {src}" if src else where
         frame = frame.f_back
     return "<unknown location>"
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` called by this function's caller that
+    points at the innermost frame outside diffprog and NumPy (however many wrappers,
+    stand-ins and dispatch layers lie between)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None:
+        fname = os.path.abspath(frame.f_code.co_filename)
+        if not fname.startswith(_OWN_DIRS) and not fname.startswith("<frozen"):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
 
 
 def _escape_error(tracer, what: str, fix: str) -> ConcretizationError:

@@ -259,8 +259,8 @@ def test_shape_mismatch_names_both_shapes():
 def test_function_without_rule_names_it_and_the_fix():
     with pytest.raises(dp.UnsupportedFunctionError, match=r"(?s)np.convolve.*custom_vjp.*diffprog/primitives/"):
         dp.grad(lambda x: np.sum(np.convolve(x, x)))(np.ones(3))
-    with pytest.raises(dp.UnsupportedFunctionError, match=r"linalg.eigvals"):
-        dp.grad(lambda x: np.sum(np.linalg.eigvals(x)))(np.eye(2))
+    with pytest.raises(dp.UnsupportedFunctionError, match=r"np.polyfit"):
+        dp.grad(lambda x: np.sum(np.polyfit(x[0], x[1], 1)))(np.eye(2))
 
 
 def test_np_asarray_of_a_traced_value_keeps_it_traced():
@@ -409,9 +409,11 @@ def test_results_never_alias_arguments_or_each_other():
 
 
 @pytest.mark.parametrize("z", [np.array([1 + 1j]), np.array([1 + 1j], np.complex64)])
-def test_grad_refuses_complex_inputs(z):
-    with pytest.raises(dp.NotDifferentiableError, match="complex"):
-        dp.grad(lambda z: np.sum(np.abs(z * z)))(z)
+def test_grad_of_complex_inputs_keeps_their_dtype(z):
+    # JAX's convention: d|z^2|/dx - i d|z^2|/dy = 2 |z| conj(z) for |z^2| = |z|^2
+    g = dp.grad(lambda z: np.sum(np.abs(z * z)))(z)
+    assert g.dtype == z.dtype
+    np.testing.assert_allclose(g, 2 * np.conj(z), rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["rev", "fwd"])

@@ -211,3 +211,12 @@ def test_mean_of_a_list_without_the_standin_is_refused_with_the_fix():
         pytest.skip("diffprog.externals hands out the stand-in: np.mean([a, b]) works")
     with pytest.raises(dp.ConcretizationError, match=r"(?s)np.mean\(\[a, b\]\).*np.stack"):
         dp.grad(lambda x: np.mean([x, x + 2.0]))(X3)
+
+
+def test_np_fft_of_a_list_of_traced_scalars():
+    # np.fft's functions see lists of traced values as arrays, as np.linalg's do
+    f = lambda a, b: np.real(np.sum(np.fft.fft([a, b, a * b]) * np.arange(1, 4)))  # noqa: E731
+    assert dp.differentiable(f)(1.5, 2.0) == f(1.5, 2.0)
+    g = dp.grad(f, argnums=(0, 1))(1.5, 2.0)
+    eps = 1e-6
+    assert g[0] == pytest.approx((f(1.5 + eps, 2.0) - f(1.5 - eps, 2.0)) / (2 * eps), rel=1e-6)

@@ -177,6 +177,26 @@ def test_fit_sends_data_once_and_workers_compile_once(client, monkeypatch):
     assert all(len(set(v)) == len(v) for v in programs.values())
 
 
+def test_a_fast_math_function_is_compiled_with_fast_math_on_the_workers(client):
+    params, x, y, shards = make_data(n_shards=4)
+    fast = dpd.value_and_grad(dp.differentiable(mlp_loss, fast_math=True), client=client,
+                              reduce="mean")
+    exact = dpd.value_and_grad(mlp_loss, client=client, reduce="mean")
+    assert fast.fast_math is True and exact.fast_math is False and fast.token != exact.token
+    value, grads = fast(params, shards)
+    modes = client.run(lambda: {k: p.fast_math_now() for k, p in dpd._PROGRAMS.items()})
+    assert any(m.get(fast.token) for m in modes.values())
+    assert not any(m.get(exact.token, False) for m in modes.values())
+    ref_value, ref_grads = dp.value_and_grad(mlp_loss)(params, (x, y))
+    assert value == pytest.approx(ref_value, rel=1e-12)
+    assert_tree_close(grads, ref_grads, rtol=1e-10)
+    previous = dp.set_fast_math(True)  # a function that does not choose: this setting
+    try:
+        assert dpd.value_and_grad(mlp_loss, client=client).fast_math is True
+    finally:
+        dp.set_fast_math(previous)
+
+
 def test_fit_matches_training_in_one_process(client):
     params, x, y, shards = make_data(n_shards=8)
     opt = dp.optim.Adam(5e-2)

@@ -232,5 +232,7 @@ def test_complex_helpers_on_real_arrays_follow_numpy():
         np.testing.assert_array_equal(dp.differentiable(f)(x), f(x))
     g = dp.grad(lambda v: np.sum(np.angle(v) + np.imag(v) + np.real_if_close(v) * 2))(x[:4])
     np.testing.assert_array_equal(g, [2.0, 2.0, 2.0, 2.0])
-    with pytest.raises(dp.UnsupportedFunctionError):
-        dp.differentiable(np.angle)(np.array([1j]))
+    z = np.array([1j, -1.0 - 0.0j, 2.0 + 3.0j])  # complex values: tests/test_complex.py
+    np.testing.assert_array_equal(dp.differentiable(np.angle)(z), np.angle(z))
+    with pytest.raises(dp.UnsupportedFunctionError, match="real_if_close"):
+        dp.differentiable(np.real_if_close)(z)

@@ -76,11 +76,17 @@ def default_engine_name() -> str:
     return os.environ.get("DIFFPROG_ENGINE", "numpy")
 
 
-def get(name: str | None = None, check: bool = True) -> Engine:
+def get(name: str | None = None, check: bool = True, fast_math: bool = False) -> Engine:
     """The engine called ``name`` (default: $DIFFPROG_ENGINE or "numpy"), checked usable.
 
     ``check=False`` gives an unchecked instance, for work that needs no runtime (showing
-    the generated source of an engine that is not installed here)."""
+    the generated source of an engine that is not installed here). ``fast_math``: its
+    twin compiling fast-math programs (:meth:`Engine.with_fast_math`)."""
+    engine = _get(name, check)
+    return engine.with_fast_math() if fast_math else engine
+
+
+def _get(name: str | None, check: bool) -> Engine:
     name = name or default_engine_name()
     if name not in _FACTORIES:
         status = available()

@@ -15,6 +15,7 @@ class Program:
     source: str
     engine: str
     graph: Graph
+    fast_math: bool = False  # compiled by the engine's fast-math twin (Engine.with_fast_math)
 
     def __call__(self, *args: Any):
         return self.fn(*args)
@@ -39,6 +40,15 @@ class Engine:
     """Base class. Subclasses set ``name`` and implement ``compile``."""
 
     name = "base"
+    #: True for the twin that compiles fast-math programs (see :meth:`with_fast_math`)
+    fast_math = False
+
+    def with_fast_math(self) -> "Engine":
+        """The engine compiling fast-math programs (``dp.differentiable(fn,
+        fast_math=True)``): the numpy engine's twin whose compiled kernels call libmvec;
+        engines with nothing faster to offer return themselves (fast math changes
+        nothing there)."""
+        return self
 
     def check_available(self) -> None:
         """Raise :class:`~diffprog.errors.EngineUnavailable` (with the fix) if it cannot run."""

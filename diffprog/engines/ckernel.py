@@ -8,7 +8,8 @@ registers, each equation spelled as its primitive's ``c`` entry in the primitive
 and the NumPy block kernel stays as the fallback.
 
 Results are bit-identical to the NumPy block kernel (which is bit-identical to the
-unfused program for elementwise values):
+unfused program for elementwise values), unless the program opted in to fast math
+(below):
 
 * the compiler runs without fast-math, FP contraction or builtins (``FLAGS``): arithmetic
   is IEEE round-to-nearest like NumPy's loops, and each libm function is a call into the
@@ -17,8 +18,9 @@ unfused program for elementwise values):
   on values across every range libm treats differently (once per process; a NumPy whose
   loop is its own SIMD code, such as exp/log on AVX-512 machines, differs and its
   primitive stays on the NumPy path);
-* sums use NumPy's pairwise summation over the same blocks, so fused reductions match
-  the NumPy block kernel exactly too;
+* sums use NumPy's pairwise summation over the same blocks (each a subtree of NumPy's
+  own summation of the whole array: :func:`diffprog.engines.fusion.sum_plan`), so fused
+  reductions match the NumPy block kernel, and ``np.sum``, exactly too;
 * each call reports the floating-point flags it raised; where ``np.errstate`` would warn,
   raise or call on one of them, the NumPy kernel computes the block again and reports
   it as NumPy does.
@@ -31,6 +33,14 @@ compiler, so a later process loads them in about a millisecond; the cache direct
 private to the user, and a library is loaded only if its bytes match the sha256 recorded
 when it was built (see "building" below, and docs/threat-model.md). :func:`status` says
 what is in use, and why not; :func:`wait` blocks until pending compiles are done.
+
+Fast math (opt-in: ``dp.differentiable(fn, fast_math=True)``, ``dp.set_fast_math``,
+``DIFFPROG_FAST_MATH=1``): a fast-math program's kernels call glibc's libmvec for exp, log,
+sin, cos, tanh, pow and the other transcendental functions, several elements per call;
+each result within ``ULP_BOUND`` (4) ulp of NumPy's, NaN/inf/zero results and reported
+flags unchanged, checked by a probe of its own (see "fast math" below,
+:func:`fast_math_state`). Where that cannot work, fast-math programs run these exact
+kernels.
 
 Settings (environment): ``DIFFPROG_CKERNELS=0`` turns compiled kernels off; ``CC`` the C
 compiler (default: ``cc``, then ``gcc``); ``DIFFPROG_CACHE_DIR`` where libraries are kept
@@ -93,17 +103,18 @@ static inline double dp_logaddexp(double x, double y)
     if (d <= 0) return y + log1p(exp(d));
     return d; /* a NaN */
 }
-#if DP_USE_SINCOS
-#define DP_SINCOS(x, s, c) sincos((x), (s), (c))
-#else
-#define DP_SINCOS(x, s, c) (*(s) = sin(x), *(c) = cos(x))
-#endif
+/* DP_USE_SINCOS is defined by each source, after this preamble: the macro reads it
+ * where it is used (an #if here would see it undefined, and never call sincos). */
+#define DP_SINCOS(x, s, c) \
+    (DP_USE_SINCOS ? sincos((x), (s), (c)) : (void)(*(s) = sin(x), *(c) = cos(x)))
 
-/* NumPy's pairwise summation (DOUBLE_pairwise_sum), so a block sums to the same bits. */
+/* NumPy's pairwise summation (DOUBLE_pairwise_sum), so a block sums to the same bits
+ * (a block is a subtree of NumPy's summation of the whole array). It starts from -0.0,
+ * as NumPy's does, so that a sum of negative zeros stays -0.0. */
 static double dp_pairwise(const double *a, int64_t n)
 {
     if (n < 8) {
-        double res = 0.0;
+        double res = -0.0;
         for (int64_t i = 0; i < n; i++) res += a[i];
         return res;
     }
@@ -203,8 +214,9 @@ class BlockBuilder:
     twin; :meth:`kernel` gives the :class:`Kernel`, or None when some step has no C form
     (``refused`` says which)."""
 
-    def __init__(self, block: int):
+    def __init__(self, block: int, fast_math: bool = False):
         self.block = block
+        self.fast_math = fast_math  # also build the fast-math source (see fast_math_state)
         self.arrays: list[tuple[str, np.dtype]] = []   # (program name, dtype) of inputs
         self.scalars: list[str] = []                    # program names of 0-d inputs
         self.exports: list[np.dtype] = []               # dtype of each full-size result
@@ -320,17 +332,20 @@ class BlockBuilder:
                         crossing.append(u)
         return crossing
 
-    def function(self, name: str) -> str:
+    def function(self, name: str, fast: bool = False) -> str:
         """The C source of this block as function ``name``. Threads call it together: each
-        takes the next block from the shared counter ``*next`` until none is left, and
-        stores each fused sum of block ``b`` in ``sums[r * n_blocks + b]`` (so the caller
-        adds them up in block order, whichever thread ran which block)."""
+        takes the next block from the shared counter ``*next`` until none is left (block
+        ``b`` is elements ``starts[b]`` to ``starts[b + 1]``, at most ``self.block`` of them),
+        and stores each fused sum of block ``b`` in ``sums[r * n_blocks + b]`` (so the caller
+        adds them up in NumPy's order, whichever thread ran which block). ``fast``: each
+        inner loop is marked ``#pragma omp simd``, so that the compiler calls libmvec's
+        vector functions there (fast math: see :func:`fast_math_state`)."""
         ptr = {_F64: "double", _BOOL: "unsigned char"}
         loops = self._loops()
         crossing = self._crossing(loops)
         tile = {u: q for q, u in enumerate(crossing)}
         block = self.block
-        lines = [f"int {name}(int64_t *next, int64_t n_blocks, int64_t size, void *const *arrays,",
+        lines = [f"int {name}(int64_t *next, int64_t n_blocks, const int64_t *starts, void *const *arrays,",
                  "         const double *scalars, double *sums, double *scratch)", "{"]
         lines += [f"    const {ptr[dt]} *restrict a{k} = (const {ptr[dt]} *)arrays[{k}];"
                   for k, (_, dt) in enumerate(self.arrays)]
@@ -347,14 +362,15 @@ class BlockBuilder:
                   "    for (;;) {",
                   "        const int64_t b = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);",
                   "        if (b >= n_blocks) break;",
-                  f"        const int64_t i = b * {block};",
-                  f"        const int64_t j = size - i > {block} ? i + {block} : size;",
+                  "        const int64_t i = starts[b], j = starts[b + 1];",
                   f"        for (int64_t s = i; s < j; s += {TILE}) {{",
                   f"            const int64_t m = j - s > {TILE} ? {TILE} : j - s;"]
         defined: set[str] = set()
         for loop in loops:
             used = [u for st in loop for u in st.uses]
             here = {d for st in loop for d in st.defines}
+            if fast:
+                lines.append("            #pragma omp simd")
             lines.append("            for (int64_t k = 0; k < m; k++) {")
             lines.append("                const int64_t e = s + k;")
             for u in dict.fromkeys(used):
@@ -380,13 +396,16 @@ class BlockBuilder:
                   "    return raised;", "}"]
         return "\n".join(lines) + "\n"
 
-    def kernel(self, size: int) -> "Kernel | None":
+    def kernel(self, spans) -> "Kernel | None":
+        """The compiled twin walking the blocks ``spans`` (``[(start, stop), ...]``, each at
+        most ``self.block`` elements), or None when some step has no C form."""
         if self.refused is not None or not self.stmts:
             return None
-        return Kernel(self.function("dp_block"), size=size, block=self.block,
+        return Kernel(self.function("dp_block"), spans=spans, block=self.block,
                       n_arrays=len(self.arrays) + len(self.exports), n_scalars=len(self.scalars),
                       n_sums=self.n_sums, n_tiles=self.n_tiles(), needs=frozenset(self.needs),
-                      sincos=self.sincos)
+                      sincos=self.sincos,
+                      fast_source=self.function("dp_block", fast=True) if self.fast_math else None)
 
 
 # ============================================================================ building
@@ -399,7 +418,8 @@ class BlockBuilder:
 # the check and dlopen), and only if it carries the marker of the kernel asked for. A
 # library that fails a check is deleted and built again, with a warning: never a crash.
 
-ABI = 1  # kernels' calling convention; part of every key, so a change never loads old ones
+ABI = 3  # kernels' calling convention; part of every key, so a change never loads old ones
+# (2: fused blocks take a starts array; 3: and scan loops take a table of external loops)
 MARK_SYMBOL = "dp_kernel_mark"  # a string each library exports: the ABI and its key
 
 
@@ -593,32 +613,38 @@ def _mark(key: str) -> str:
     return f"diffprog-kernel-abi{ABI}-{key}"
 
 
-def _where(source: str, optimize: str):
-    """(compiler, flags, text, key, cache folder, library path) of a build."""
+def _where(source: str, flags: tuple = FLAGS, libs: tuple = ("-lm",), optimize: str | None = None):
+    """(compiler, flags, text, key, cache folder, library path) of a build (see
+    :func:`build` for the arguments)."""
     cc = compiler()
     if cc is None:
         raise BuildError("no C compiler found (set CC, or install gcc)")
-    flags = (optimize,) + tuple(f for f in FLAGS if not f.startswith("-O"))
+    if optimize is not None:
+        flags = (optimize,) + tuple(f for f in flags if not f.startswith("-O"))
     text = PREAMBLE + source
-    key = hashlib.sha256("\0".join((text, " ".join(flags), _compiler_identity(cc),
+    options = " ".join(flags) + "".join(f" {lib}" for lib in libs if lib != "-lm")
+    key = hashlib.sha256("\0".join((text, options, _compiler_identity(cc),
                                     sys.platform, f"abi{ABI}")).encode()).hexdigest()[:32]
     directory = cache_dir()
     return cc, flags, text, key, directory, os.path.join(directory, f"k{key}.so")
 
 
-def cached(source: str, optimize: str = "-O3") -> bool:
-    """Whether the disk cache holds a library of ``source`` built at ``optimize``."""
-    return os.path.lexists(_where(source, optimize)[-1])
+def cached(source: str, flags: tuple = FLAGS, libs: tuple = ("-lm",),
+           optimize: str | None = None) -> bool:
+    """Whether the disk cache holds a library of ``source`` built so (see :func:`build`)."""
+    return os.path.lexists(_where(source, flags, libs, optimize)[-1])
 
 
-def build(source: str, optimize: str = "-O3") -> str:
+def build(source: str, flags: tuple = FLAGS, libs: tuple = ("-lm",),
+          optimize: str | None = None) -> str:
     """Path of a shared library built from ``source`` (PREAMBLE prepended, the marker of
-    its key appended), its sha256 recorded beside it (``.sha256``, sha256sum's format):
-    from the disk cache when the same source, flags and compiler built it before. The
-    path is not checked here: :func:`library` verifies what it loads. ``optimize``
-    replaces FLAGS' optimisation level (the arithmetic is the same at every level: no
+    its key appended) with compiler ``flags``, linked with ``libs``, its sha256 recorded
+    beside it (``.sha256``, sha256sum's format): from the disk cache when the same source,
+    flags, libraries and compiler built it before. The path is not checked here:
+    :func:`library` verifies what it loads. ``optimize`` (say ``"-O1"``), when given,
+    replaces the flags' optimisation level (the arithmetic is the same at every level: no
     fast-math, no contraction; a lower one compiles a long loop body in half the time)."""
-    cc, flags, text, key, directory, path = _where(source, optimize)
+    cc, flags, text, key, directory, path = _where(source, flags, libs, optimize)
     if os.path.lexists(path):
         BUILDS["cached"] += 1
         return path
@@ -628,7 +654,7 @@ def build(source: str, optimize: str = "-O3") -> str:
         with open(src, "w") as fp:
             fp.write(text)
         try:
-            code, out, err = _run_compiler([cc, *flags, "-o", lib, src, "-lm"], 300, tmp)
+            code, out, err = _run_compiler([cc, *flags, "-o", lib, src, *libs], 300, tmp)
         except OSError as exc:
             raise BuildError(f"{cc} failed to run: {exc}") from None
         if code != 0 or not os.path.exists(lib):
@@ -755,12 +781,13 @@ def _load_verified(path: str, names) -> "ctypes.CDLL":
     return lib
 
 
-def library(source: str, names=("dp_block",), optimize: str = "-O3"):
+def library(source: str, names=("dp_block",), flags: tuple = FLAGS, libs: tuple = ("-lm",),
+            optimize: str | None = None):
     """The library of ``source`` (see :func:`build`), loaded once verified: its sha256 is
     the one recorded at build time, it carries the marker of this source's key and exports
     ``names``. A cached library that fails is deleted and built again, with a warning."""
     for attempt in (1, 2):
-        path = build(source, optimize)
+        path = build(source, flags, libs, optimize)
         try:
             return _load_verified(path, names)
         except _Unverified as exc:
@@ -785,16 +812,17 @@ def load(lib, name: str):
     the GIL for the call, so worker threads run kernels in parallel)."""
     fn = getattr(lib, name)
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+    # (next, n_blocks, starts, arrays, scalars, sums, scratch): see BlockBuilder.function
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return fn
 
 
 # ============================================================================ probing
 
-def _probe_inputs(prim, rng) -> list[list[np.ndarray]]:
-    """Input sets on which a primitive's C spelling must reproduce NumPy."""
-    x = probe_values()
+def _probe_inputs(prim, rng, x) -> list[list[np.ndarray]]:
+    """Input sets (built around the values ``x``) on which a primitive's C spelling must
+    reproduce NumPy."""
     special = np.array([0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 3.0, -2.5, np.inf, -np.inf, np.nan,
                         1e308, 5e-324])
     gx, gy = (g.ravel() for g in np.meshgrid(special, special))
@@ -814,16 +842,18 @@ def _probe_inputs(prim, rng) -> list[list[np.ndarray]]:
 _INTEGER_POWERS = (2, -1, 1, 0, 3, -2, 4, 5, -3, 7, 10)
 
 
-def _probe_cases():
+def _probe_cases(fast: bool = False):
     """``(primitive name, builder, inputs, numpy)`` for every C spelling in the table;
     ``numpy()`` gives NumPy's result on the inputs and the flags it reported (computed
-    when that primitive is probed: most of the probe's time)."""
+    when that primitive is probed: most of the probe's time). ``fast``: on more values
+    (:func:`wide_values`), for the fast-math probe."""
     rng = np.random.default_rng(20261201)
+    values = np.concatenate([probe_values(), wide_values()]) if fast else probe_values()
     cases = []
     for name, prim in sorted(PRIMITIVES.items()):
         if prim.c is None or not prim.elementwise:
             continue
-        for inputs in _probe_inputs(prim, rng):
+        for inputs in _probe_inputs(prim, rng, values):
             param_sets = [{"n": n} for n in _INTEGER_POWERS] if name == "integer_pow" else [{}]
             for params in param_sets:
                 ins = [Var(Aval(a.shape, a.dtype)) for a in inputs]
@@ -842,7 +872,7 @@ def _probe_cases():
                 if b.refused is None:
                     cases.append((name, b, inputs, functools.partial(
                         _with_numpy_flags, functools.partial(prim.evaluate, np, *inputs, **params))))
-    x = np.concatenate([probe_values(), np.linspace(-50, 50, 1001)])
+    x = np.concatenate([values, np.linspace(-50, 50, 1001)])
     b = BlockBuilder(block=x.size)
     b.sin_cos(b.array("in0", Aval(x.shape, _F64)), "t0", "t1")
     b.export("t0", _F64)
@@ -883,7 +913,8 @@ def _run_probe(fn, builder, inputs) -> list[np.ndarray]:
     arrays = [np.ascontiguousarray(a) for a in inputs] + outs
     ptrs = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
     counter, scratch = np.zeros(1, np.int64), np.empty(max(1, builder.n_tiles() * TILE))
-    raised = fn(counter.ctypes.data, 1, n, ptrs, None, None, scratch.ctypes.data)
+    starts = np.array([0, n], np.int64)
+    raised = fn(counter.ctypes.data, 1, starts.ctypes.data, ptrs, None, None, scratch.ctypes.data)
     return outs, raised
 
 
@@ -938,6 +969,277 @@ _PROBE_STATE: dict = {}  # the probe library and its cases, once built; "all": a
 _UNBUILT = "(probe library)"  # the key under which a failed probe build is recorded
 
 
+# ============================================================================ fast math
+#
+# Opt-in (``dp.differentiable(fn, fast_math=True)``, ``dp.set_fast_math(True)`` or
+# ``DIFFPROG_FAST_MATH=1``): a fast-math program's fused blocks get a second C source whose
+# inner loops are ``#pragma omp simd`` loops, and the libm functions libmvec provides are
+# declared ``omp declare simd``, so the compiler calls glibc's vector variants there
+# (``_ZGVeN8v_exp`` computes 8 exps per call on AVX-512) instead of one scalar libm call
+# per element. Everything else stays as in the exact kernels: no -ffast-math (so NaN,
+# infinities and signed zeros keep their IEEE meaning, -ffinite-math-only is never on),
+# no FP contraction, arithmetic in IEEE round-to-nearest; only -fno-math-errno is added
+# (libm's errno, which nothing reads, would forbid vector calls), and the ISA flag of the
+# vector variants this CPU runs. Each spelling is probed as the exact ones are, with a
+# tolerance: on the probe values (every range libm treats differently, plus the wide
+# ranges of :func:`wide_values`), NaN results must stay NaN (and no NaN may appear),
+# infinite and zero results must be the same (sign included), every other result within
+# ``ULP_BOUND`` units in the last place of NumPy's, and every floating-point flag NumPy
+# raises must still be raised. A vector function whose spelling fails is not declared
+# ``simd`` (its scalar libm call, the exact spelling, is probed in its place); a spelling
+# that still fails keeps its block on the exact or NumPy kernel. Where fast math cannot
+# work (no libmvec, not x86-64, no compiler, the probe library fails to build), fast-math
+# programs run the exact kernels: :func:`status` says why.
+
+ULP_BOUND = 4  # libmvec's documented accuracy (glibc manual, "Errors in Math Functions")
+FAST_FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off",
+              "-fno-math-errno", "-fopenmp-simd")
+FAST_LIBS = ("-lmvec", "-lm")
+# the libm functions of the table's C spellings that libmvec may provide (and their arity)
+VECTOR_FUNCTIONS = {"exp": 1, "expm1": 1, "exp2": 1, "log": 1, "log1p": 1, "log2": 1,
+                    "log10": 1, "cbrt": 1, "sin": 1, "cos": 1, "tan": 1, "asin": 1, "acos": 1,
+                    "atan": 1, "sinh": 1, "cosh": 1, "tanh": 1, "asinh": 1, "acosh": 1,
+                    "atanh": 1, "atan2": 2, "pow": 2, "hypot": 2}
+_HELPER_CALLS = {"dp_ipow": ("pow",), "dp_logaddexp": ("exp", "log1p"),
+                 "DP_SINCOS": ("sin", "cos")}
+# x86-64 vector ISAs, best first: (CPU feature, name, compiler flags, the libmvec variants
+# (ISA letter, lanes) its loops call: the widest for the loop, narrower for its remainder)
+_ISAS = (("avx512f", "AVX-512", ("-mavx512f",), (("e", 8), ("d", 4), ("b", 2))),
+         ("avx2", "AVX2", ("-mavx2",), (("d", 4), ("b", 2))),
+         ("sse2", "SSE2", (), (("b", 2),)))
+
+
+def wide_values() -> np.ndarray:
+    """Values the fast-math probe adds to :func:`~diffprog.engines.fastmath.probe_values`:
+    dense samples of the ranges where vector implementations switch paths (exp's overflow
+    and subnormal results, arguments of every magnitude, logs near 1) and their edges."""
+    rng = np.random.default_rng(20261202)
+    sign = rng.choice([-1.0, 1.0], 6000)
+    edges = [709.782712893384, 709.7827128933841, -708.3964185322641, -745.1332191019411,
+             -745.1332191019412, 1.0 - 2.0 ** -53, 1.0 + 2.0 ** -52, 2.0 ** -1022,
+             -(2.0 ** -1022), 2.0 ** -1074, 1e-300, 1e300, 2.0 ** 1023, 0.5, 1.5, 2.0 ** 60]
+    return np.concatenate([rng.uniform(-750.0, 750.0, 4000), rng.uniform(-40.0, 40.0, 4000),
+                           rng.uniform(-1.0, 1.0, 2000), rng.uniform(0.0, 2.0, 2000),
+                           sign * 10.0 ** rng.uniform(-324.0, 308.0, 6000), edges,
+                           np.negative(edges)])
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How many float64 values lie between ``a`` and ``b``, elementwise (uint64; 0 when
+    equal, +0.0 and -0.0 count as equal): the error in units in the last place. For
+    finite values; an infinity counts as the value after the largest finite one.
+
+    >>> ulp_distance(np.array([1.0, 0.0]), np.array([np.nextafter(1.0, 2.0), -5e-324]))
+    array([1, 1], dtype=uint64)
+    """
+    ia, ib = a.view(np.int64), b.view(np.int64)
+    low = np.int64(-2 ** 63)
+    with np.errstate(over="ignore"):  # map the sign-magnitude bits to an ordered scale
+        ia = np.where(ia < 0, low - ia, ia)
+        ib = np.where(ib < 0, low - ib, ib)
+        same = (ia < 0) == (ib < 0)
+        near = np.abs(np.where(same, ia - ib, 0)).astype(np.uint64)
+        far = np.abs(ia).astype(np.uint64) + np.abs(ib).astype(np.uint64)
+    return np.where(same, near, far)
+
+
+def _cpu_features() -> set:
+    """Lower-case names of the vector extensions this CPU and OS run (NumPy's own dispatch
+    table, which checks the OS saves the registers; else /proc/cpuinfo)."""
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            table = getattr(__import__(module, fromlist=["_"]), "__cpu_features__")
+            return {name.lower() for name, on in table.items() if on} | {"sse2"}
+        except (ImportError, AttributeError):
+            continue
+    try:
+        with open("/proc/cpuinfo") as fp:
+            for line in fp:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split()) | {"sse2"}
+    except OSError:
+        pass
+    return {"sse2"}
+
+
+def _libmvec():
+    """glibc's vector math library, loaded, or None where it is not installed."""
+    try:
+        return ctypes.CDLL("libmvec.so.1")
+    except OSError:
+        return None
+
+
+def _fast_math_setup():
+    """``([(ISA name, compiler flags, functions libmvec provides), ...], None)``: the ways
+    fast-math kernels may be built here, best first (a compiler that refuses the first
+    ISA's flag gets the next), or ``(None, why not)``."""
+    import platform
+    if not enabled():
+        return None, "compiled kernels are off (DIFFPROG_CKERNELS=0 or not a POSIX system)"
+    if compiler() is None:
+        return None, "no C compiler found (set CC, or install gcc)"
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return None, f"libmvec's vector functions are used on x86-64 only, not {machine}"
+    mvec = _libmvec()
+    if mvec is None:
+        return None, "glibc's libmvec (libmvec.so.1) is not installed"
+    features = _cpu_features()
+    # no builtin forms of libm's functions: calls stay the libm (or libmvec) calls probed,
+    # never merged (sin + cos into sincos) or folded; sqrt, fabs, floor... stay builtins
+    no_builtin = tuple(f"-fno-builtin-{f}" for f in (*VECTOR_FUNCTIONS, "sincos"))
+    setups = []
+    for feature, isa, isa_flags, variants in _ISAS:
+        functions = tuple(f for f, arity in VECTOR_FUNCTIONS.items()
+                          if all(hasattr(mvec, f"_ZGV{letter}N{lanes}{'v' * arity}_{f}")
+                                 for letter, lanes in variants))
+        if feature in features and functions:
+            setups.append((isa, FAST_FLAGS + isa_flags + no_builtin, functions))
+    if not setups:
+        return None, "libmvec here has no vector variant of the functions the kernels call"
+    return setups, None
+
+
+def _simd_header(functions) -> str:
+    """The declarations making ``functions`` vector functions (before a fast kernel)."""
+    lines = ["#define DP_USE_SINCOS 0"]
+    for f in functions:
+        lines += ["#pragma omp declare simd notinbranch",
+                  f"double {f}({', '.join(['double'] * VECTOR_FUNCTIONS[f])});"]
+    return "\n".join(lines) + "\n"
+
+
+def _calls(name: str) -> set:
+    """The vector-capable libm functions primitive ``name``'s spelling calls (``sincos``:
+    the fused pair)."""
+    spelling = "DP_SINCOS(" if name == "sincos" else PRIMITIVES[name].c
+    words = set(re.findall(r"\b(\w+)\(", spelling))
+    found = {w for w in words if w in VECTOR_FUNCTIONS}
+    for helper, functions in _HELPER_CALLS.items():
+        if helper in words:
+            found.update(functions)
+    return found
+
+
+class FastMath:
+    """What fast math does here (from :func:`fast_math_state`): ``flags`` the compiler
+    flags of fast-math kernels (None where fast math runs the exact kernels: ``why``
+    says why), ``isa`` the vector extension, ``functions`` the libm functions called
+    through libmvec, ``header`` their declarations, ``verdicts`` per spelling (None:
+    within the bound, else why not), ``ulps`` the largest distance from NumPy per
+    spelling on the probe values, ``vector_calls`` whether the compiler made libmvec
+    calls at all (it may not: then fast kernels are scalar, and no faster)."""
+
+    def __init__(self, flags=None, isa="", functions=(), header="", verdicts=None, ulps=None,
+                 why=None, vector_calls=False):
+        self.flags, self.isa, self.functions, self.header = flags, isa, tuple(functions), header
+        self.verdicts, self.ulps = dict(verdicts or {}), dict(ulps or {})
+        self.why, self.vector_calls = why, vector_calls
+
+
+def fast_math_state() -> FastMath:
+    """Fast math on this machine: probed once per process (building the probe library
+    once per machine), on the compile thread when a fast-math kernel first needs it."""
+    with _LOCK:
+        if not _FAST:
+            _FAST.append(_probe_fast_math())
+        return _FAST[0]
+
+
+_FAST: list = []
+
+
+def _probe_fast_math() -> FastMath:
+    setups, why = _fast_math_setup()
+    if setups is None:
+        return FastMath(why=f"unavailable ({why})")
+    # the whole table (a fast kernel is built for a whole program's needs); NumPy's
+    # results computed once, when the first library is built, for every setup and retry
+    cases = [(name, b, inputs, functools.lru_cache(maxsize=None)(numpy))
+             for name, b, inputs, numpy in _probe_cases(fast=True)]
+    names = [f"dp_probe{k}" for k in range(len(cases))]
+    sources = "".join(b.function(n, fast=True) for n, (_, b, _, _) in zip(names, cases))
+    for isa, flags, functions in setups:
+        try:
+            return _probe_fast_setup(cases, names, sources, isa, flags, functions)
+        except BuildError as exc:
+            why = f"unavailable (its probe library was not built: {exc})"
+    return FastMath(why=why)
+
+
+def _probe_fast_setup(cases, names, sources, isa, flags, functions) -> FastMath:
+    """The fast-math probe with one ISA's flags (raises BuildError)."""
+    while True:
+        header = _simd_header(functions)
+        lib = library(header + sources, names, flags, FAST_LIBS)
+        path = build(header + sources, flags, FAST_LIBS)  # (cached: where lib came from)
+        verdicts: dict[str, str | None] = {}
+        ulps: dict[str, int] = {}
+        for k, (name, b, inputs, numpy) in enumerate(cases):
+            expect, numpy_flags = numpy()
+            got, raised = _run_probe(load(lib, names[k]), b, inputs)
+            problem, worst = _within_bound(got, expect, numpy_flags, raised)
+            ulps[name] = max(ulps.get(name, 0), worst)
+            if verdicts.get(name) is None:
+                verdicts[name] = problem
+        failing = {f for n, v in verdicts.items() if v is not None for f in _calls(n)}
+        if not failing & set(functions):
+            break
+        functions = tuple(f for f in functions if f not in failing)  # their scalar calls
+    try:
+        vector_calls = b"_ZGV" in _read_private(path)  # libmvec's names among its imports
+    except _Unverified:
+        vector_calls = False
+    return FastMath(flags, isa, functions, header, verdicts, ulps, None, vector_calls)
+
+
+def _within_bound(got, expect, numpy_flags: int, raised: int) -> tuple[str | None, int]:
+    """(why a fast spelling's results ``got`` are not within the bound of NumPy's, or None;
+    the largest ulp distance among finite results)."""
+    expected = expect if isinstance(expect, tuple) else (expect,)
+    worst, problem = 0, None
+    for g, e in zip(got, expected):
+        e = np.asarray(e)
+        if g.dtype != e.dtype or g.shape != e.shape:
+            return f"gives {g.dtype} {g.shape}, NumPy {e.dtype} {e.shape}", 0
+        if g.dtype != _F64:
+            if not np.array_equal(g, e):
+                problem = problem or "its C spelling differs from NumPy on this machine"
+            continue
+        nan_e, nan_g = np.isnan(e), np.isnan(g)
+        exact = ~nan_e & (np.isinf(e) | (e == 0))  # results that must keep their bits
+        if np.any(nan_e != nan_g):
+            problem = problem or "gives NaN where NumPy does not, or a number where it gives NaN"
+        elif np.any(g[exact].view(np.int64) != e[exact].view(np.int64)):
+            problem = problem or "changes an infinite or zero result (or its sign)"
+        rest = ~nan_e & ~exact & ~nan_g
+        if np.any(rest):
+            worst = max(worst, int(ulp_distance(g[rest], e[rest]).max()))
+    if problem is None and worst > ULP_BOUND:
+        problem = f"differs from NumPy by {worst} ulp (more than {ULP_BOUND})"
+    missed = [n for n, bit in FLAG_BITS.items() if numpy_flags & bit and not raised & bit]
+    if problem is None and missed:
+        problem = f"NumPy reports floating-point errors it does not raise ({', '.join(missed)})"
+    return problem, worst
+
+
+def fast_math_status() -> str:
+    """One line: what fast math does here (for :func:`status`)."""
+    fast = _FAST[0] if _FAST else None  # (no lock: the compile thread holds it while probing)
+    if fast is None:
+        return "fast math: not requested in this process yet"
+    if fast.flags is None:
+        return f"fast math: {fast.why}; fast-math programs run the exact kernels"
+    used = sorted(n for n, v in fast.verdicts.items() if v is None and _calls(n) & set(fast.functions))
+    bad = sorted(n for n, v in fast.verdicts.items() if v is not None)
+    how = (f"libmvec {fast.isa} vector calls for {', '.join(fast.functions)}" if fast.vector_calls
+           else "the compiler made no libmvec calls (scalar libm: no faster)")
+    line = (f"fast math: {how}; within {ULP_BOUND} ulp of NumPy on the probe: "
+            + ", ".join(f"{n} {fast.ulps[n]}" for n in used))
+    return line + (f"; not used: {', '.join(bad)}" if bad else "")
+
+
 # ============================================================================ running
 
 def refusal(verdicts: dict, needs) -> str | None:
@@ -958,9 +1260,13 @@ class Kernel:
     NumPy's errstate wants reported): the caller then runs the NumPy block kernel, whose
     results are the same."""
 
-    def __init__(self, source: str, *, size, block, n_arrays, n_scalars, n_sums, n_tiles,
-                 needs, sincos):
-        self.source, self.size, self.block = source, size, block
+    def __init__(self, source: str, *, spans, block, n_arrays, n_scalars, n_sums, n_tiles,
+                 needs, sincos, fast_source: str | None = None):
+        self.source, self.block = source, block
+        self.spans = tuple(spans)  # the blocks: [(start, stop), ...], in order
+        self.size = self.spans[-1][1] if self.spans else 0
+        self.starts = np.array([i for i, _ in self.spans] + [self.size], np.int64)
+        self.fast_source = fast_source  # a fast-math program's kernel: its libmvec twin
         self.n_arrays, self.n_scalars, self.n_sums, self.n_tiles = n_arrays, n_scalars, n_sums, n_tiles
         self.needs, self.uses_sincos = needs, sincos
         self.state = "compiling"
@@ -969,17 +1275,31 @@ class Kernel:
         _submit(self)
 
     def prepare(self) -> None:
-        """Probe, build and load (on the background thread); sets ``state``."""
+        """Probe, build and load (on the background thread); sets ``state``. A fast-math
+        kernel is built from ``fast_source`` when fast math works here and every spelling
+        it needs stays within the bound (:func:`fast_math_state`), else as the exact
+        kernel (its state says why)."""
         try:
+            note = ""
+            if self.fast_source is not None:
+                fast = fast_math_state()
+                why = fast.why if fast.flags is None else refusal(fast.verdicts, self.needs)
+                if why is None:
+                    lib = library(fast.header + self.fast_source, ("dp_block",), fast.flags,
+                                  FAST_LIBS)
+                    self._fn = load(lib, "dp_block")
+                    self.state = "ready (fast math)"
+                    return
+                note = f" (exact kernel: fast math {why})"
             verdicts = probe()
             refused = refusal(verdicts, self.needs)
             if refused is not None:
-                self.state = refused
+                self.state = refused + note
                 return
             use_sincos = self.uses_sincos and verdicts.get("sincos") is None
             lib = library(f"#define DP_USE_SINCOS {int(use_sincos)}\n" + self.source)
             self._fn = load(lib, "dp_block")
-            self.state = "ready"
+            self.state = "ready" + note
         except Exception as exc:  # noqa: BLE001 - any failure leaves the NumPy kernel in charge
             self.state = f"failed ({type(exc).__name__}: {exc})"
 
@@ -996,16 +1316,15 @@ class Kernel:
             return None
         all_arrays = list(arrays) + list(outputs)
         ptrs = (ctypes.c_void_p * len(all_arrays))(*[a.ctypes.data for a in all_arrays])
-        size, block = self.size, self.block
-        n_blocks = -(-size // block)
+        n_blocks, starts = len(self.spans), self.starts
         counter = np.zeros(1, np.int64)
         sums = np.empty((self.n_sums, n_blocks))
-        scratch_size = max(1, self.n_sums * block + self.n_tiles * TILE)
+        scratch_size = max(1, self.n_sums * self.block + self.n_tiles * TILE)
 
         def work():
             scratch = np.empty(scratch_size)
-            return fn(counter.ctypes.data, n_blocks, size, ptrs, values, sums.ctypes.data,
-                      scratch.ctypes.data)
+            return fn(counter.ctypes.data, n_blocks, starts.ctypes.data, ptrs, values,
+                      sums.ctypes.data, scratch.ctypes.data)
 
         raised = 0
         for flags in run_parallel([work] * min(num_threads(), n_blocks)):
@@ -1148,6 +1467,7 @@ def status() -> str:
         bad = sorted(n for n, v in probed.items() if v is not None)
         lines.append(f"probe: {len(probed) - len(bad)} spellings match NumPy"
                      + (f"; not used: {', '.join(bad)}" if bad else ""))
+    lines.append(fast_math_status())
     lines += [f"kernel {k}: {s}" for k, s in enumerate(states)]
     return "\n".join(lines)
 
@@ -1158,6 +1478,7 @@ def reset() -> None:
     with _LOCK:
         _PROBED.clear()
         _PROBE_STATE.clear()
+        _FAST.clear()
         _IDENTITY.clear()
     with _QUEUE_READY:
         _KERNELS.clear()

@@ -644,7 +644,7 @@ class ScanKernel:
             self._text = "".join(d + "\n" for d in choices) + self.source
             if self.source.count("\n") <= LONG_LINES:
                 self._load("-O3")
-            elif ckernel.cached(self._text, "-O1"):
+            elif ckernel.cached(self._text, optimize="-O1"):
                 self._load("-O1")
             else:  # built at -O0 first (a third of the time), then at -O1 (_Faster)
                 self._load("-O0")
@@ -654,7 +654,7 @@ class ScanKernel:
             self.state = f"failed ({type(exc).__name__}: {exc})"
 
     def _load(self, optimize: str) -> None:
-        fn = ckernel.library(self._text, ("dp_scan",), optimize).dp_scan
+        fn = ckernel.library(self._text, ("dp_scan",), optimize=optimize).dp_scan
         fn.restype = ctypes.c_int
         if self.rendered.externals:
             if self._ext is None:

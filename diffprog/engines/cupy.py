@@ -122,6 +122,11 @@ class CupyEngine(NumpyEngine):
         self.xp = import_cupy()
         self.placement = DevicePlacement(self.xp.asarray)
 
+    def with_fast_math(self) -> "CupyEngine":
+        """Itself: fast math is about the numpy engine's compiled C kernels (libmvec);
+        CuPy's kernels are the same either way."""
+        return self
+
     def compile(self, graph: Graph):
         """As the numpy engine, plus: host scalars handed in where the graph has a 0-d
         array (a NumPy scalar argument, a cotangent ``1.0`` given to a pullback) become

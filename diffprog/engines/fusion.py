@@ -9,9 +9,23 @@ between threads (NumPy releases the GIL inside ufunc loops).
 
 Why this rather than numexpr: on W4 (bench/) numexpr took 23 ms where this takes 18 ms
 (hand-written NumPy: 37-42 ms), because NumPy's own SIMD ``exp``/``log`` loops are kept;
-and elementwise results are *bit-identical* to the unfused program (same ufunc loops on
-the same values). Only fused sums change, by reassociation (blockwise partial sums).
+and results are *bit-identical* to the unfused program: elementwise values are the same
+ufunc loops on the same values, and fused sums add up in NumPy's own order (below).
 Intermediates never exist at full size, so peak memory drops too.
+
+Fused sums, bit for bit: ``np.sum`` of a contiguous array is one pairwise summation
+over the whole array (loops_utils.h.src in NumPy: ``n < 8`` sequential, ``n <= 128``
+eight accumulators, else split at ``n2 = n // 2 - (n // 2) % 8`` and recurse; complex
+values count as two doubles there). So blocks are not fixed-size: they are the leaves of
+that recursion tree, cut where a segment has at most ``BLOCK`` elements
+(:func:`sum_plan`). A block summed by ``np.add.reduce`` (or the C twin's ``dp_pairwise``)
+is then exactly NumPy's subtree, and :func:`combine` adds the block sums back up in the
+tree's order, then adds them to NumPy's identity as ``np.add.reduce`` does. Real and
+complex trees differ, so one kernel's sums are all real or all complex (a sum of the
+other kind ends the run: it is summed unfused); float16 sums (NumPy accumulates them in
+float32) are never fused. Where the unfused program would lay out or walk its values
+in another order than C order (inputs of two or more dimensions that are not C-ordered),
+a kernel with sums runs the unfused equations instead (:meth:`BlockKernel._unfused_lines`).
 
 Sin and cos of one float64 operand in a run share one call of the ``sincos`` ufunc
 (:mod:`diffprog.engines.fastmath`, used only where it is bit-identical to np.sin/np.cos):
@@ -22,7 +36,7 @@ so a gradient's elementwise work stays one kernel.
 Each block kernel also gets a compiled C twin (:mod:`diffprog.engines.ckernel`) that
 computes all equations of an element in registers; it runs once built and checked, with
 the same results. Blocks are the unit of work for both, and fused sums are added up per
-block in block order, so results do not depend on the thread count.
+block in the tree's order, so results do not depend on the thread count.
 
 Arrays smaller than ``min_size()`` elements are left alone: there the per-block Python
 overhead and thread hand-off cost more than they save. Measured on W2 (a 256x256 run of
@@ -35,6 +49,7 @@ Settings (environment, read when a program is compiled):
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -42,7 +57,7 @@ import numpy as np
 
 from ..ir import Aval, Lit, Var
 from . import ckernel, fastmath
-from .threads import run_chunks
+from .threads import run_blocks
 
 BLOCK = 16384
 DEFAULT_MIN_SIZE = 262144
@@ -72,8 +87,55 @@ def _elementwise_in_block(eqn, shape) -> bool:
 def _full_sum(eqn, shape) -> bool:
     return (eqn.prim.name == "reduce_sum" and len(eqn.inputs) == 1
             and eqn.inputs[0].aval.shape == shape
-            and np.issubdtype(eqn.inputs[0].aval.dtype, np.inexact)
+            and sum_kind(eqn.inputs[0].aval.dtype) is not None
+            and eqn.outputs[0].aval.dtype == eqn.inputs[0].aval.dtype
             and tuple(eqn.params.get("axes", ())) == tuple(range(len(shape))))
+
+
+def sum_kind(dtype) -> str | None:
+    """Which of NumPy's pairwise trees sums ``dtype`` ("real", "complex"), or None when a
+    fused sum could not reproduce NumPy's bits (float16: NumPy adds its halves up in float32
+    and rounds once at the end; anything not floating)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        return "complex"
+    if dtype.kind == "f" and dtype.itemsize > 2:
+        return "real"
+    return None
+
+
+PW_BLOCKSIZE = 128  # NumPy's: segments up to this many (doubles, for complex) are not split
+
+
+@functools.lru_cache(maxsize=256)
+def sum_plan(size: int, kind: str = "real", block: int = BLOCK) -> tuple[tuple, object]:
+    """``(spans, tree)``: the blocks ``[(start, stop), ...]`` of an array of ``size``
+    elements, in order, and how their sums add up: ``tree`` is a block index or a pair
+    ``(left, right)`` of trees, added left + right.
+
+    They are NumPy's own pairwise summation of the whole array (``DOUBLE_pairwise_sum``,
+    ``CDOUBLE_pairwise_sum`` over interleaved doubles for "complex") cut where a
+    segment has at most ``block`` elements: each block is a subtree NumPy sums on its own,
+    so ``np.add.reduce`` of the block gives its bits, and adding the block sums as the
+    tree says gives ``np.sum``'s (before its identity: see :func:`combine`).
+
+    >>> sum_plan(40000)
+    (((0, 10000), (10000, 20000), (20000, 30000), (30000, 40000)), ((0, 1), (2, 3)))
+    """
+    unit = 2 if kind == "complex" else 1  # NumPy's recursion counts doubles for complex
+    leaf = max(block * unit, PW_BLOCKSIZE)
+    spans: list[tuple[int, int]] = []
+
+    def split(lo: int, n: int):
+        if n <= leaf:
+            spans.append((lo // unit, (lo + n) // unit))
+            return len(spans) - 1
+        n2 = n // 2
+        n2 -= n2 % 8
+        return (split(lo, n2), split(lo + n2, n - n2))
+
+    tree = split(0, size * unit)
+    return tuple(spans), tree
 
 
 def sink_small_work(graph, threshold: int):
@@ -132,9 +194,10 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
     segments: list[list[int]] = []
     run: list[int] = []
     shape = None
+    kind = None  # the run's sums' kind (sum_kind): one pairwise tree, so one kind per run
 
     def close():
-        nonlocal run, shape
+        nonlocal run, shape, kind
         if not run:
             return
         elementwise = [i for i in run if not _full_sum(graph.eqns[i], shape)]
@@ -142,7 +205,7 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
             segments.append(run)
         else:
             segments.extend([i] for i in run)
-        run, shape = [], None
+        run, shape, kind = [], None, None
 
     for idx, eqn in enumerate(graph.eqns):
         out_shape = eqn.outputs[0].aval.shape if eqn.outputs else None
@@ -152,9 +215,15 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
         if big and (_elementwise_in_block(eqn, candidate) or _full_sum(eqn, candidate)):
             if shape is not None and candidate != shape:
                 close()
-            if not run and _full_sum(eqn, candidate):  # a run starts with elementwise work
-                segments.append([idx])
-                continue
+            is_sum = _full_sum(eqn, candidate)
+            if is_sum:
+                this_kind = sum_kind(eqn.inputs[0].aval.dtype)
+                if kind is not None and this_kind != kind:
+                    close()  # its operand leaves the run; it is summed unfused
+                if not run:  # a run starts with elementwise work
+                    segments.append([idx])
+                    continue
+                kind = this_kind
             shape = candidate
             run.append(idx)
             continue
@@ -188,10 +257,11 @@ class _Buffers:
 
 class BlockKernel:
     """One block kernel: a run of elementwise equations (and full sums) over arrays of one
-    shape, walked in blocks of ``BLOCK`` elements, as a NumPy function and its compiled C
-    twin (:class:`diffprog.engines.ckernel.BlockBuilder`, built alongside), and the
-    program's lines calling it. Values computed inside stay block-sized; those read after
-    the run are written to full-size results.
+    shape, walked in blocks of at most ``BLOCK`` elements (the leaves of NumPy's pairwise
+    tree: :func:`sum_plan`), as a NumPy function and its compiled C twin
+    (:class:`diffprog.engines.ckernel.BlockBuilder`, built alongside), and the program's
+    lines calling it. Values computed inside stay block-sized; those read after the run
+    are written to full-size results.
     """
 
     def __init__(self, writer, segment: list[int], index: int):
@@ -204,7 +274,13 @@ class BlockKernel:
         self.size = math.prod(self.shape)
         self.name = f"_block{index}"
         self.index = index
-        self.c_twin = ckernel.BlockBuilder(BLOCK)
+        kinds = {sum_kind(e.inputs[0].aval.dtype) for e in self.eqns if e.prim.name == "reduce_sum"}
+        self.spans, self.tree = sum_plan(self.size, kinds.pop() if len(kinds) == 1 else "real")
+        self.max_block = max(j - i for i, j in self.spans)  # at most BLOCK
+        # (the C twin's source does not depend on the size: one library serves every size)
+        self.c_twin = ckernel.BlockBuilder(BLOCK, fast_math=writer.fast_math)
+        self.full_params: list[str] = []   # full-size arrays read (C order checked, with sums)
+        self.summed_params: list[str] = []  # those of them summed as they are
         self.local: dict[int, str] = {}   # var id -> its name in the NumPy block loop
         self.c_value: dict[int, str] = {}  # var id -> its C value
         self.params: list[str] = []       # kernel parameters (program names of outside values)
@@ -248,6 +324,8 @@ class BlockKernel:
             self._parameter(scalar)
             return f"{key}b", self.c_twin.scalar(scalar, Aval((), np.dtype(np.float64)))
         self._parameter(text)
+        if text not in self.full_params:
+            self.full_params.append(text)
         self.flat_inputs.append(f"{key} = xp.ravel({text})")
         self.block_inputs.append(f"{key}b = {key}[i:j]")
         c_value = self.c_twin.array(key, atom.aval)
@@ -310,6 +388,13 @@ class BlockKernel:
 
     def full_sum(self, pos: int, operand: tuple[str, str]) -> None:
         eqn = self.eqns[pos]
+        summed = eqn.inputs[0]
+        if not (isinstance(summed, Var) and any(id(o) == id(summed) for e in self.eqns[:pos]
+                                                for o in e.outputs)):
+            # a value from outside, summed as it is: NumPy walks it in its memory order
+            text = self.writer.operand(summed)
+            if text not in self.summed_params:
+                self.summed_params.append(text)
         acc = f"r{len(self.reductions)}"
         self.reductions.append((acc, eqn.outputs[0]))
         self.body.append(f"{acc}.append(_add_reduce({operand[0]}))")
@@ -318,9 +403,16 @@ class BlockKernel:
 
     def elementwise(self, pos: int, operands: list[tuple[str, str]]) -> None:
         eqn = self.eqns[pos]
-        self.release(eqn, pos)  # an input dying here may be overwritten in place
         out = eqn.outputs[0]
+        # An input dying here may be overwritten in place, except by a complex result:
+        # NumPy's complex loops are not always the same in place (a one-element complex
+        # multiply in place rounds differently from the same multiply into a new array).
+        in_place = out.aval.dtype.kind != "c"
+        if in_place:
+            self.release(eqn, pos)
         target, local = self.target(out), f"t{pos}"
+        if not in_place:
+            self.release(eqn, pos)
         self._define_local(out, local)
         self.c_twin.op(eqn, [c for _, c in operands], local)
         self._store_c_exports()
@@ -367,23 +459,54 @@ class BlockKernel:
         namespace = self.writer.bound.namespace
         for _, dtype in self.buffers.allocs:
             namespace[f"_dt_{dtype}"] = np.dtype(dtype)
-        namespace.update(_run_chunks=run_chunks, _combine=combine, _add_reduce=np.add.reduce)
+        namespace.update(_run_blocks=run_blocks, _combine=combine, _add_reduce=np.add.reduce)
+        self.spans_name = self.writer.bound.bind_value(self.spans, "spans")
         lines = [f"def {self.name}({', '.join(self.params)}):"]
+        lines += [f"    {line}" for line in self._layout_guard()]
         lines += [f"    {line}" for line in self.flat_inputs + self.export_lines]
         lines += ["    def chunk(lo, hi):"]
-        lines += [f"        {name} = xp.empty({BLOCK}, _dt_{dtype})" for name, dtype in self.buffers.allocs]
+        lines += [f"        {name} = xp.empty({self.max_block}, _dt_{dtype})"
+                  for name, dtype in self.buffers.allocs]
         lines += [f"        {acc} = []" for acc, _ in self.reductions]
-        lines += [f"        for i in range(lo, hi, {BLOCK}):",
-                  f"            j = i + {BLOCK} if i + {BLOCK} < hi else hi",
+        lines += [f"        for i, j in {self.spans_name}[lo:hi]:",
                   "            n = j - i"]
         lines += [f"            {line}" for line in self.block_inputs + self.body]
         lines.append(f"        return ({''.join(acc + ', ' for acc, _ in self.reductions)})")
         return lines + self._run_lines() + [f"    return ({', '.join(self._results())},)"]
 
+    def _layout_guard(self) -> list[str]:
+        """Lines running the unfused equations instead when the kernel's C-order walk would
+        not sum in NumPy's order: with sums, over two or more dimensions, when an input is
+        not C-ordered (NumPy's results then follow the inputs' layout, and its sums walk
+        memory order) or an input summed as it is is not C-contiguous (NumPy sums each of
+        its contiguous stretches on its own). One-dimensional values always sum in order."""
+        if not self.reductions or len(self.shape) < 2:
+            return []
+        namespace = self.writer.bound.namespace
+        namespace.update(_c_ordered=c_ordered, _c_contiguous=c_contiguous)
+        tests = [f"_c_ordered({t})" for t in self.full_params if t not in self.summed_params]
+        tests += [f"_c_contiguous({t})" for t in self.summed_params]
+        if not tests:
+            return []
+        return [f"if not ({' and '.join(tests)}):"] + [f"    {line}" for line in self._unfused_lines()]
+
+    def _unfused_lines(self) -> list[str]:
+        """The run's equations one by one on full-size values, as the unfused program spells
+        them, returning what the kernel returns."""
+        names: dict[int, str] = {}
+        lines = []
+        for pos, eqn in enumerate(self.eqns):
+            ops = [names[id(a)] if isinstance(a, Var) and id(a) in names else self.writer.operand(a)
+                   for a in eqn.inputs]
+            out = names[id(eqn.outputs[0])] = f"u{pos}"
+            lines.append(f"{out} = {self.writer.expression(eqn, ops)}")
+        results = [names[id(v)] for _, v in self.exports] + [names[id(v)] for _, v in self.reductions]
+        return lines + [f"return ({', '.join(results)},)"]
+
     def _run_lines(self) -> list[str]:
         """Run the C twin when it is ready (and the inputs suit it), else the NumPy kernel."""
-        numpy_kernel = f"_run_chunks(chunk, {self.size}, {BLOCK})"
-        compiled = self.c_twin.kernel(self.size)
+        numpy_kernel = f"_run_blocks(chunk, {self.spans_name})"
+        compiled = self.c_twin.kernel(self.spans)
         if compiled is None:
             why = [f"    # no compiled twin: {self.c_twin.refused}"] if self.c_twin.refused else []
             return why + [f"    parts = {numpy_kernel}"]
@@ -391,13 +514,16 @@ class BlockKernel:
         arrays = "".join(name + ", " for name, _ in self.c_twin.arrays)
         outputs = "".join(full + ", " for full, _ in self.exports)
         scalars = "".join(name + ", " for name in self.c_twin.scalars)
-        return [f"    parts = _ck{self.index}(({arrays}), ({outputs}), ({scalars}))",
+        fast = [f"    # fast math: its compiled twin may differ from NumPy by {ckernel.ULP_BOUND} "
+                "ulp per libm call"] if compiled.fast_source is not None else []
+        return fast + [f"    parts = _ck{self.index}(({arrays}), ({outputs}), ({scalars}))",
                 "    if parts is None:", f"        parts = {numpy_kernel}"]
 
     def _results(self) -> list[str]:
         texts = [f"{full}.reshape({v.aval.shape!r})" for full, v in self.exports]
+        tree = self.writer.bound.bind_value(self.tree, "tree") if self.reductions else None
         for i, (acc, v) in enumerate(self.reductions):
-            total = f"_combine(parts, {i}, _dt_{v.aval.dtype.name})"
+            total = f"_combine(parts, {i}, _dt_{v.aval.dtype.name}, {tree})"
             self.writer.bound.namespace[f"_dt_{v.aval.dtype.name}"] = v.aval.dtype
             texts.append(total if v.aval.shape == () else f"xp.reshape({total}, {v.aval.shape!r})")
         return texts
@@ -427,9 +553,32 @@ def sincos_pairs(eqns) -> dict[int, int]:
 
 # ============================================================================ running
 
-def combine(parts: list, index: int, dtype):
-    """Reduction ``index`` of a block kernel (a NumPy scalar of dtype): NumPy's pairwise sum
-    of its per-block sums in block order. Why in block order: the result is then the same
-    for every thread count, and the same for the NumPy kernel and its compiled twin."""
+def combine(parts: list, index: int, dtype, tree):
+    """Reduction ``index`` of a block kernel (a NumPy scalar of dtype): its per-block sums
+    (``parts``: each thread's, in block order) added up as ``tree`` says (:func:`sum_plan`:
+    NumPy's pairwise tree above the blocks), in ``dtype``, then added to NumPy's identity
+    by ``np.add.reduce`` itself (it turns a -0.0 total into 0.0, as ``np.sum`` does). So
+    the result is ``np.sum``'s, bit for bit, for every thread count, from the NumPy kernel
+    and its compiled twin alike."""
     block_sums = [s for part in parts for s in part[index]]
-    return dtype.type(np.add.reduce(np.asarray(block_sums, dtype)))
+    to = dtype.type
+
+    def add(t):
+        return to(block_sums[t]) if type(t) is int else add(t[0]) + add(t[1])
+
+    return to(np.add.reduce(np.array([add(tree)], dtype)))
+
+
+def c_ordered(a) -> bool:
+    """Would NumPy lay out a ufunc's result on ``a`` (and on other C-ordered operands) in
+    C order? Its axes of more than one element have non-increasing stride sizes."""
+    flags = getattr(a, "flags", None)
+    if flags is None or flags.c_contiguous:
+        return True  # (not an array: NumPy makes a C-ordered one of it)
+    sizes = [abs(st) for st, n in zip(a.strides, a.shape) if n > 1]
+    return all(p >= q for p, q in zip(sizes, sizes[1:]))
+
+
+def c_contiguous(a) -> bool:
+    flags = getattr(a, "flags", None)
+    return flags is None or flags.c_contiguous

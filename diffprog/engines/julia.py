@@ -20,6 +20,17 @@ numbers of their dtype (:func:`julia_number`), and a reshape to ``()`` is spelle
 ``sum(x)``. A 0-dim Julia array would meet the numbers Base makes of 0-dim broadcasts, and
 Zygote cannot add those two kinds of cotangent.
 
+Complex values: dtypes complex64/complex128 are ComplexF32/ComplexF64; complex literals
+are written ``ComplexF64(re, im)`` (never a product with ``im``, which turns an infinite
+part into NaN), and real literals of an elementwise equation with a complex result are
+written as complex ones, as NumPy converts them. Python complex scalars and 0-d complex
+arrays cross as Julia numbers (PythonCall converts ``complex`` and ``numpy.complex128`` to
+``ComplexF64``, ``numpy.complex64`` to ``ComplexF32``), arrays through DLPack (kDLComplex
+64/128 are ComplexF32/ComplexF64 in DLPack.jl) and back through the array interface
+(``<c8``/``<c16``). Entries without complex rules run on complex values only where their
+Julia spelling computes NumPy's values (:data:`_COMPLEX_VALUES_SPELLED`); the others are
+refused by name when the source is written (Julia does not order complex numbers).
+
 Running (needs Julia): juliacall is imported only when this engine is asked for, after
 a probe that finds no Julia in milliseconds instead of letting juliapkg try to download
 one. Gradients come from Zygote (``native_gradients``: the API hands this engine the
@@ -27,6 +38,13 @@ forward graph for grad/value_and_grad/vjp instead of Python-side transformed gra
 Hessians of programs with structured control flow are the exception: Zygote cannot
 differentiate DiffProg.npscan's rule twice, so they are built by diffprog's transforms
 and run forward (:meth:`JuliaEngine.compile_hessian_by_transforms`).
+
+Zygote's complex convention is the conjugate of JAX's (diffprog's): the Julia side
+(julia/src/derivatives.jl) returns ``conj(Zygote pullback(conj(c)))``, which is JAX's
+pullback, so every engine gives the same complex derivatives. Jacobians and Hessians
+follow JAX's rules for complex values (:func:`_check_jacobian_fields`,
+:func:`_check_hessian_fields`); programs with complex values are differentiated only
+with Zygote >= 0.7.11 (:meth:`_Bridge.require_complex_derivatives`).
 """
 from __future__ import annotations
 
@@ -42,7 +60,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DiffprogError, EngineError, EngineUnavailable, UnsupportedFunctionError
+from ..errors import (DiffprogError, EngineError, EngineUnavailable, NotDifferentiableError,
+                      UnsupportedFunctionError)
 from ..ir import Aval, Graph, Var
 from ..primitives import Unsupported
 from ..transforms.closed import Closed, holds_body
@@ -59,6 +78,13 @@ CUDA_COMPAT = "5.4"
 #: the one command that adds CUDA.jl to diffprog's Julia environment (juliapkg)
 CUDA_INSTALL = (f"python -c \"import juliapkg; juliapkg.add('CUDA', '{CUDA_UUID}', "
                 f"version='{CUDA_COMPAT}'); juliapkg.resolve()\"")
+#: Zygote's package UUID and the first version whose broadcasts differentiate complex values
+#: correctly (FluxML/Zygote.jl#1601 mixed real/complex operands, #1529 abs at 0; both fixed
+#: in 0.7.11); julia/src/derivatives.jl checks the loaded version (complex_derivative_problem)
+ZYGOTE_UUID = "e88e6eb3-aa80-5325-afca-941959d7151f"
+ZYGOTE_COMPLEX = "0.7.11"
+ZYGOTE_COMPLEX_INSTALL = (f"python -c \"import juliapkg; juliapkg.add('Zygote', '{ZYGOTE_UUID}', "
+                          f"version='{ZYGOTE_COMPLEX}'); juliapkg.resolve()\"")
 
 # =============================================================== Julia spelling helpers
 
@@ -136,8 +162,20 @@ def jl_float(value: float, dtype=np.float64) -> str:
     return text
 
 
+def jl_complex(value, dtype=np.complex128) -> str:
+    """A complex literal of the right Julia type, never a juxtaposition with ``im`` (whose
+    products would turn an infinite part into NaN): ``ComplexF64(1.5, (-2.0))``,
+    ``ComplexF32(0.0f0, 1.0f0)`` for complex64 (or float32) ``dtype``."""
+    value = complex(value)
+    single = np.dtype(dtype) in (np.dtype(np.complex64), np.dtype(np.float32))
+    part = np.float32 if single else np.float64
+    name = "ComplexF32" if single else "ComplexF64"
+    return f"{name}({jl_float(value.real, part)}, {jl_float(value.imag, part)})"
+
+
 def jl_literal(value, dtype=np.float64) -> str | None:
-    """Julia text for a number/bool/None (floats in ``dtype``), or None if not a literal."""
+    """Julia text for a number/bool/None (floats in ``dtype``, complex numbers in its
+    complex counterpart), or None if not a literal."""
     if value is None:
         return "nothing"
     if isinstance(value, (bool, np.bool_)):
@@ -148,6 +186,10 @@ def jl_literal(value, dtype=np.float64) -> str | None:
         if not np.issubdtype(np.dtype(dtype), np.floating):  # e.g. a comparison's bool output
             dtype = type(value) if isinstance(value, np.floating) else np.float64
         return jl_float(value, dtype)
+    if isinstance(value, (complex, np.complexfloating)):
+        if not np.issubdtype(np.dtype(dtype), np.inexact):
+            dtype = type(value) if isinstance(value, np.complexfloating) else np.complex128
+        return jl_complex(value, dtype)
     if isinstance(value, tuple):
         parts = [jl_literal(v, dtype) for v in value]
         return None if any(p is None for p in parts) else jl_tuple(parts)
@@ -204,19 +246,26 @@ class JuliaSpelling:
     dims = staticmethod(jl_dims)
     ranges = staticmethod(jl_ranges)
     literal = staticmethod(jl_literal)
+    type = staticmethod(jl_type)
 
 
 JL = JuliaSpelling()
 
 
+def real_dtype(dtype) -> np.dtype:
+    """float32 for complex64, float64 for complex128; other dtypes unchanged."""
+    dtype = np.dtype(dtype)
+    return np.finfo(dtype).dtype if dtype.kind == "c" else dtype
+
+
 def eqn_float_dtype(eqn) -> np.dtype:
     """The float dtype numbers in this equation are written in: the output's if it is a
-    float, else that of the float array operands, else float64. (A Python float meeting a
-    float32 array stays float32 in NumPy; ``2.0`` would promote it in Julia, ``2.0f0``
-    does not.)"""
+    float (the real counterpart of a complex one), else that of the float (complex) array
+    operands, else float64. (A Python float meeting a float32 or complex64 array stays
+    single precision in NumPy; ``2.0`` would promote it in Julia, ``2.0f0`` does not.)"""
     for atom in list(eqn.outputs) + [a for a in eqn.inputs if isinstance(a, Var)]:
-        if np.issubdtype(atom.aval.dtype, np.floating):
-            return np.dtype(atom.aval.dtype)
+        if np.issubdtype(atom.aval.dtype, np.inexact):
+            return real_dtype(atom.aval.dtype)
     return np.dtype(np.float64)
 
 
@@ -245,6 +294,7 @@ def derived_placeholders(eqn) -> dict:
 def julia_template(eqn) -> str:
     """The Julia template of ``eqn``'s primitive, or raise naming the primitive."""
     prim = eqn.prim
+    _check_complex_operands(eqn)
     spelling = getattr(prim, "julia", None)
     if callable(spelling) and not isinstance(spelling, Unsupported):
         spelling = spelling(eqn, JL)
@@ -258,14 +308,54 @@ def julia_template(eqn) -> str:
     return spelling
 
 
+#: entries spelled with Julia's ``ifelse``, which keeps each operand's type: NumPy's
+#: ``where`` converts both to the result dtype, and Julia's broadcast would otherwise make
+#: an array of a Union type (an ``Array{Number}`` for real and complex operands)
+_SELECTIONS = frozenset({"where"})
+
+
+def _in_eltype(text: str, atom, dtype) -> str:
+    """``text`` (an operand) converted to ``dtype`` where it is a value of another dtype."""
+    if isinstance(atom, Var) and np.dtype(atom.aval.dtype) != dtype:
+        return f"{jl_type(dtype)}.({text})"
+    return text
+
+
+#: entries without complex rules whose Julia spelling computes NumPy's values on complex
+#: operands too (values only: the API refuses derivatives through complex values of them).
+#: Any other such entry meeting a complex value is refused when the source is written:
+#: Julia's ordering functions (max, <, sortperm, argmax) have no methods for complex
+#: numbers, where NumPy orders them lexicographically.
+_COMPLEX_VALUES_SPELLED = frozenset({
+    "equal", "not_equal", "isnan", "isinf", "isfinite", "logical_and", "logical_or",
+    "logical_not", "logical_xor",
+})
+
+
+def _check_complex_operands(eqn) -> None:
+    prim = eqn.prim
+    if prim.complex or prim.name in _COMPLEX_VALUES_SPELLED:
+        return
+    atoms = [a for a in eqn.inputs if isinstance(a, Var)] + list(eqn.outputs)
+    if any(np.dtype(a.aval.dtype).kind == "c" for a in atoms):
+        raise UnsupportedFunctionError(
+            f"the julia engine cannot run primitive {prim.name!r} on complex values: its "
+            f"Julia spelling is for real numbers (Julia has no ordering of complex numbers, "
+            f"where NumPy orders them lexicographically). Fix: use engine='numpy' for this "
+            f"function, or apply it to real values (np.real(z), np.abs(z)).")
+
+
 def _render_eqn(eqn, operand, subprogram=None) -> str:
     """One equation's right-hand side. ``subprogram(closed) -> name`` writes a body held in
     the params (a loop or branch body) as a local Julia function and names it."""
     template = julia_template(eqn)
     dtype = eqn_float_dtype(eqn)
-    promote = eqn.prim.elementwise and not eqn.prim.multiple_results and \
-        np.issubdtype(eqn.outputs[0].aval.dtype, np.floating)
-    ops = [operand(a, dtype, promote) for a in eqn.inputs]
+    # an elementwise result's dtype: literals are written in it (see _JuliaWriter.operand)
+    out_dtype = np.dtype(eqn.outputs[0].aval.dtype) \
+        if eqn.prim.elementwise and not eqn.prim.multiple_results else None
+    ops = [operand(a, dtype, out_dtype) for a in eqn.inputs]
+    if eqn.prim.name in _SELECTIONS:
+        ops = [ops[0]] + [_in_eltype(op, a, out_dtype) for op, a in zip(ops[1:], eqn.inputs[1:])]
     derived = derived_placeholders(eqn)
     # in template order (not a set): bodies are written, and named, in this order
     fields = list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
@@ -327,16 +417,27 @@ class _JuliaWriter:
     def function_lines(self, graph: Graph, header: str, arg_names: list[str], indent: str) -> list[str]:
         names = {id(v): n for v, n in zip(graph.invars, arg_names)}
 
-        def operand(atom, dtype, promote_ints=False) -> str:
+        def operand(atom, dtype, out_dtype=None) -> str:
+            """A Var's name, a literal's text, or a constant's argument name. ``out_dtype``:
+            the result dtype of an elementwise equation, in which NumPy converts a Python
+            number operand: to a float for a float result (`np.where(c, 1, x)` is float;
+            in Julia `ifelse.(c, 1, x)` would have eltype Union{Int64, Float64}), to a
+            complex number for a complex result (a real literal in `ifelse` would make a
+            Union again, and NumPy's complex product with (2+0j) is not Julia's product
+            with the real 2.0 at infinite parts). Booleans stay Booleans (a condition)."""
             if isinstance(atom, Var):
                 return names[id(atom)]
             value = atom.value
-            if promote_ints and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                # NumPy promotes an int operand to the float result (`np.where(c, 1, x)` is
-                # float); in Julia `ifelse.(c, 1, x)` would have eltype Union{Int64, Float64}
+            scalar = isinstance(value, (bool, int, float, complex, np.generic)) \
+                and not isinstance(value, np.ndarray)
+            number = scalar and not isinstance(value, (bool, np.bool_))
+            if number and out_dtype is not None and out_dtype.kind == "c" \
+                    and isinstance(value, (int, float, complex, np.number)):
+                return jl_complex(value, out_dtype)
+            if number and out_dtype is not None and out_dtype.kind == "f" \
+                    and isinstance(value, (int, np.integer)):
                 value = float(value)
-            if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)) \
-                    and not isinstance(value, np.ndarray):
+            if scalar:
                 text = jl_literal(value, dtype)
                 if text is not None:
                     return text
@@ -370,7 +471,7 @@ class _JuliaWriter:
             else:
                 body.append(f"{indent}    ({', '.join(outs)},) = {rhs}" if len(outs) == 1
                             else f"{indent}    {', '.join(outs)} = {rhs}")
-        results = [operand(o, o.aval.dtype if np.issubdtype(o.aval.dtype, np.floating)
+        results = [operand(o, real_dtype(o.aval.dtype) if np.issubdtype(o.aval.dtype, np.inexact)
                            else np.float64) for o in graph.outvars]
         return ([f"{indent}{header}"] + body
                 + [f"{indent}    return {jl_tuple(results) if results else '()'}", f"{indent}end"])
@@ -527,6 +628,18 @@ class _Bridge:
             exported = self.dp.export_outputs(result)
         return [_to_python(v, aval, device) for v, aval in zip(_flatten(exported), avals)]
 
+    def require_complex_derivatives(self) -> None:
+        """Refuse derivatives of programs with complex values when the Julia side says it
+        cannot take them soundly (``DiffProg.complex_derivative_problem``: an old Zygote).
+        Asked once per session."""
+        if not hasattr(self, "complex_problem"):
+            self.complex_problem = self.dp.complex_derivative_problem()
+        if self.complex_problem is not None:
+            raise NotDifferentiableError(
+                f"the julia engine cannot differentiate this program's complex values: "
+                f"{self.complex_problem}. Fix: update Zygote in diffprog's Julia environment "
+                f"({ZYGOTE_COMPLEX_INSTALL}), or use engine='numpy' for this function.")
+
     def notice(self, kind: str):
         if not self.noticed:
             self.noticed = True
@@ -640,6 +753,7 @@ class JuliaProgram:
     def __init__(self, source: JuliaSource, graph: Graph):
         self.source = source
         self.graph = graph
+        self.complex_values = graph is not None and has_complex_values(graph)
         self._loaded = None
         self._constants: dict[str, tuple] = {}
         self._constant_owners: dict[str, list] = {}
@@ -657,12 +771,14 @@ class JuliaProgram:
         keep.extend(self._constant_owners[device])
         return tuple(b.to_julia(x, device, keep) for x in inputs) + self._constants[device]
 
-    def call(self, kind: str, inputs, run, avals) -> list:
+    def call(self, kind: str, inputs, run, avals, zygote: bool = False) -> list:
         """Run ``run(dp, program, args, keep)`` in Julia and return NumPy/CuPy outputs;
         ``keep`` lists the Python arrays Julia reads in this call (``run`` adds the ones it
-        passes itself)."""
+        passes itself). ``zygote``: ``run`` differentiates with Zygote."""
         b = bridge()
         device = _device_of(inputs)
+        if zygote and self.complex_values:
+            b.require_complex_derivatives()
         with b.lock:
             key = (kind, device, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in inputs))
             if key not in self._seen:
@@ -743,7 +859,7 @@ class JuliaEngine(Engine):
         def run(*inputs):
             return prog.call("gradient", inputs,
                              lambda dp, p, args, keep: dp.value_and_gradient(p, args, positions),
-                             avals)
+                             avals, zygote=True)
         return Program(run, prog.source.text, self.name, graph)
 
     def compile_pullback(self, graph: Graph, wrt: list[int]) -> tuple[Program, Program]:
@@ -764,38 +880,42 @@ class JuliaEngine(Engine):
             cts = tuple(_cotangent(c, a) for c, a in zip(cts, out_avals))
             grads = prog.call("pullback", inputs,
                               lambda dp, p, args, keep: dp.pullback(p, args, _julia_cts(cts, keep)),
-                              out_avals + in_avals)
+                              out_avals + in_avals, zygote=True)
             return [grads[len(out_avals) + i] for i in wrt]
         return (Program(forward, prog.source.text, self.name, graph),
                 Program(backward, prog.source.text, self.name, graph))
 
     def compile_jacobian(self, graph: Graph, wrt: list[int]) -> Program:
         """``fn(*inputs) -> (output, *jacobians)`` of the single output, NumPy shapes
-        ``out.shape + x.shape``."""
-        prog = JuliaProgram(generate_julia(graph), graph)
+        ``out.shape + x.shape``; complex values as JAX's ``jacrev`` (rows are gradients of
+        a real output; a complex output is holomorphic in complex arguments)."""
         y = graph.outvars[0].aval
+        _check_jacobian_fields(y, [graph.invars[i].aval for i in wrt], "jacobian")
+        prog = JuliaProgram(generate_julia(graph), graph)
         avals = [y] + [_jac_aval(y, graph.invars[i].aval) for i in wrt]
         positions = tuple(i + 1 for i in wrt)
 
         def run(*inputs):
             return prog.call("jacobian", inputs,
                              lambda dp, p, args, keep: dp.jacobian(p, args, output=1, wrt=positions),
-                             avals)
+                             avals, zygote=True)
         return Program(run, prog.source.text, self.name, graph)
 
     def compile_hessian(self, graph: Graph, wrt: int) -> Program:
         """``fn(*inputs) -> (hessian,)`` of the scalar first output w.r.t. input ``wrt``:
         Zygote reverse-over-reverse, except for programs with structured control flow
         (:meth:`compile_hessian_by_transforms`)."""
+        x = graph.invars[wrt].aval
+        _check_hessian_fields(graph.outvars[0].aval, x)
         if has_control_flow(graph):
             return self.compile_hessian_by_transforms(graph, wrt)
         prog = JuliaProgram(generate_julia(graph), graph)
-        x = graph.invars[wrt].aval
         avals = [_jac_aval(x, x)]
 
         def run(*inputs):
             return prog.call("hessian", inputs,
-                             lambda dp, p, args, keep: (dp.hessian(p, args, wrt + 1),), avals)
+                             lambda dp, p, args, keep: (dp.hessian(p, args, wrt + 1),), avals,
+                             zygote=True)
         return Program(run, prog.source.text, self.name, graph)
 
     def compile_hessian_by_transforms(self, graph: Graph, wrt: int) -> Program:
@@ -826,6 +946,46 @@ class JuliaEngine(Engine):
 
 def _jac_aval(y, x):
     return Aval(tuple(y.shape) + tuple(x.shape), np.result_type(y.dtype, x.dtype))
+
+
+def _is_complex(aval) -> bool:
+    return np.dtype(aval.dtype).kind == "c"
+
+
+def _check_jacobian_fields(y, xs, what: str) -> None:
+    """JAX's rule for reverse-mode Jacobians, also in julia/src/derivatives.jl: a complex
+    output needs complex arguments (a holomorphic function). diffprog's API checks the
+    outputs of jacobian(holomorphic=False) before the engine sees them; this is the same
+    refusal for a request that reaches the engine."""
+    if _is_complex(y) and not all(_is_complex(x) for x in xs):
+        raise NotDifferentiableError(
+            f"{what}: the function returned {np.dtype(y.dtype)} for a real argument; a "
+            f"reverse-mode Jacobian needs a real output, or complex arguments of a "
+            f"holomorphic function (JAX's jacrev refuses it too). Fix: differentiate a real "
+            f"quantity (np.real(y), np.abs(y) ** 2), or use dp.vjp / dp.jvp directly.")
+
+
+def _check_hessian_fields(y, x) -> None:
+    """JAX's rule for Hessians: complex only for a holomorphic function (complex output of
+    a complex argument, then f''(z)); a real function of complex values has none."""
+    if _is_complex(y) != _is_complex(x):
+        raise NotDifferentiableError(
+            f"hessian: the function maps {np.dtype(x.dtype)} to {np.dtype(y.dtype)}; a "
+            f"complex Hessian exists only for a holomorphic function (complex argument and "
+            f"output, holomorphic=True). Fix: pass the real and imaginary parts as real "
+            f"arguments, or differentiate a real quantity.")
+
+
+def has_complex_values(graph: Graph) -> bool:
+    """Whether any value of ``graph`` (bodies of loops and branches included) is complex."""
+    atoms = list(graph.invars) + list(graph.outvars)
+    for eqn in graph.eqns:
+        atoms += list(eqn.inputs) + list(eqn.outputs)
+        for value in eqn.params.values():
+            for item in (value if isinstance(value, (tuple, list)) else (value,)):
+                if isinstance(item, Closed) and has_complex_values(item.graph):
+                    return True
+    return any(getattr(a, "aval", None) is not None and _is_complex(a.aval) for a in atoms)
 
 
 def _cotangent(c, aval):
@@ -870,4 +1030,4 @@ def _array_module(device: str):
 
 __all__ = ["JuliaEngine", "generate_julia", "find_julia", "probe_julia", "julia_template",
            "derived_placeholders", "JuliaSource", "julia_number", "has_control_flow",
-           "hessian_vjp_graph", "CUDA_COMPAT"]
+           "has_complex_values", "hessian_vjp_graph", "CUDA_COMPAT", "ZYGOTE_COMPLEX"]

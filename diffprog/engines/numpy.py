@@ -8,6 +8,7 @@ made, numbers and our own templates.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import string
 import weakref
@@ -227,7 +228,7 @@ def compiled_body(closed: Closed, xp_module, placement: Placement | None = None,
 
 def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Placement = HOST,
                     fuse=None, blocks: int = 0, host_fast: bool = False,
-                    outer=None) -> tuple[str, dict]:
+                    outer=None, fast_math: bool = False) -> tuple[str, dict]:
     """Python source of ``graph`` over ``xp_module``, and the namespace to exec it in.
 
     ``fuse``: a decorator (``cupy.fuse``) applied to each run of two or more consecutive
@@ -236,12 +237,14 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     become blocked multi-threaded kernels (:mod:`diffprog.engines.fusion`); 0: off.
     ``host_fast`` (implied by ``blocks``): NumPy-only spellings with less call overhead
     (see ``_HOST_FAST``). ``outer``: see :func:`compiled_body`.
+    ``fast_math``: the blocks' compiled C twins call libmvec's vector functions, within
+    :data:`~diffprog.engines.ckernel.ULP_BOUND` ulp of NumPy (see ckernel's fast math).
     """
     blocked = blocks > 0 and fuse is None
     if blocked:
         graph = fusion.sink_small_work(graph, blocks)
     writer = ProgramWriter(graph, xp_module, placement, host_fast=blocks > 0 or host_fast,
-                           outer=outer)
+                           outer=outer, fast_math=fast_math)
     segments = fusion.block_segments(graph, blocks) if blocked else _segments(graph, fuse is not None)
     helpers: list[list[str]] = []  # functions defined before the program: fused runs, kernels
     body: list[str] = []
@@ -267,12 +270,13 @@ class ProgramWriter:
     Fused runs and block kernels write their parts through it."""
 
     def __init__(self, graph: Graph, xp_module, placement: Placement = HOST, host_fast=False,
-                 outer=None):
+                 outer=None, fast_math=False):
         self.graph = graph
         self.outer = outer  # the compiled loop computing this body's scans, if any
         self.bound = SourceBuilder(xp_module)
         self.placement = placement
         self.host_fast = host_fast
+        self.fast_math = fast_math  # block kernels' C twins may call libmvec (ckernel)
         self.names = {id(v): f"a{i}" for i, v in enumerate(graph.invars)}
         self._values = itertools.count()
         self._constants: dict = {}
@@ -590,15 +594,26 @@ def _on_python_floats(eqn) -> bool:
 
 
 class NumpyEngine(Engine):
-    """Runs generated Python source with ``xp = numpy``."""
+    """Runs generated Python source with ``xp = numpy``. Its fast-math twin
+    (:meth:`with_fast_math`) gives fused blocks compiled C twins that call libmvec."""
 
     name = "numpy"
 
-    def __init__(self, xp_module=np):
+    def __init__(self, xp_module=np, fast_math: bool = False):
         self.xp = xp_module
+        self.fast_math = fast_math
+        self._fast_twin = self if fast_math else None
+
+    def with_fast_math(self) -> "NumpyEngine":
+        if self._fast_twin is None:
+            twin = copy.copy(self)
+            twin.fast_math, twin._fast_twin = True, twin
+            self._fast_twin = twin
+        return self._fast_twin
 
     def generate(self, graph: Graph, fn_name: str) -> tuple[str, dict]:
-        return generate_source(peephole.lower(graph), self.xp, fn_name, blocks=fusion.min_size())
+        return generate_source(peephole.lower(graph), self.xp, fn_name, blocks=fusion.min_size(),
+                               fast_math=self.fast_math)
 
     def compile(self, graph: Graph) -> Program:
         fn_name = f"program_{next(_compile_ids)}"
@@ -606,4 +621,4 @@ class NumpyEngine(Engine):
             source, namespace = self.generate(graph, fn_name)
             code = compile(source, f"<diffprog {self.name} {fn_name}>", "exec")
         exec(code, namespace)
-        return Program(namespace[fn_name], source, self.name, graph)
+        return Program(namespace[fn_name], source, self.name, graph, self.fast_math)

@@ -6,6 +6,7 @@ threads (NumPy and the kernels release the GIL), sharing one pool.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import threading
@@ -68,18 +69,33 @@ def _with_errstate(fn, err):
     return run
 
 
-def run_chunks(chunk, size: int, block: int) -> list:
-    """Run ``chunk(lo, hi)`` over ``range(size)`` split (on block boundaries) between threads;
-    the partial results in order. The calling thread takes the first part itself."""
-    n_blocks = -(-size // block)
+def run_blocks(chunk, spans) -> list:
+    """Run ``chunk(lo, hi)`` (blocks ``lo..hi-1`` of ``spans``, ``[(start, stop), ...]`` in
+    order) over all the blocks, split between threads in runs of whole blocks holding
+    about as many elements each; the partial results in block order. The calling thread
+    takes the first part itself. Blocks are never split (fused sums are per block)."""
+    n_blocks = len(spans)
     threads = min(num_threads(), n_blocks)
     if threads <= 1:
-        return [chunk(0, size)]
-    cuts = [min(size, (n_blocks * t // threads) * block) for t in range(threads + 1)]
+        return [chunk(0, n_blocks)]
+    starts = [i for i, _ in spans]
+    first, size = spans[0][0], spans[-1][1] - spans[0][0]
+    cuts = [0] + [bisect.bisect_left(starts, first + size * t // threads)
+                  for t in range(1, threads)] + [n_blocks]
+    cuts = sorted(set(cuts))
     work = _with_errstate(chunk, np.geterr())
     calls = [functools.partial(chunk, 0, cuts[1])]  # the calling thread keeps its errstate
-    calls += [functools.partial(work, cuts[t], cuts[t + 1]) for t in range(1, threads)]
+    calls += [functools.partial(work, lo, hi) for lo, hi in zip(cuts[1:-1], cuts[2:])]
     return run_parallel(calls)
+
+
+def run_chunks(chunk, size: int, block: int) -> list:
+    """Run ``chunk(lo, hi)`` over ``range(size)`` split on multiples of ``block`` between
+    threads (:func:`run_blocks` over fixed-size blocks); the partial results in order."""
+    spans = [(i, min(i + block, size)) for i in range(0, size, block)]
+    if not spans:
+        return [chunk(0, size)]
+    return run_blocks(lambda lo, hi: chunk(spans[lo][0], spans[hi - 1][1]), spans)
 
 
 def run_parallel(calls: list) -> list:

@@ -15,7 +15,9 @@ from .elementwise import (abs_, add, arccos, arcsin, arctan, arctan2, bitwise_an
                           logical_xor, maximum, minimum, mul, neg, not_equal, pow_, remainder,
                           round_, sign, sin, sinh, sqrt, stop_gradient, sub, tan, tanh, trunc,
                           where)
-from .linalg import adjugate, cholesky, det, einsum, inv, matmul, slogdet, solve
+from .fft import fftn, ifftn, irfftn, rfftn
+from .linalg import (adjugate, cholesky, det, eig, eigvals, einsum, inv, matmul, slogdet,
+                     solve)
 from .reductions import (argmax, argmin, argsort, cumprod, cumsum, reduce_max, reduce_min,
                          reduce_prod, reduce_sum)
 from .shapes import (ArraySlot, broadcast_to, concatenate, gather, pack_scalars, pad, reshape,

@@ -23,6 +23,9 @@ from ..transforms.batch import (NOT_BATCHED, batch_eval, batched_aval, batched_b
 from ..transforms.closed import Closed, close
 from ..transforms.jvp import jvp_graph
 from ..transforms.vjp import vjp_graph
+# The example cases hold bodies traced on real values, so the generated tests do not
+# complexify them (complex=False); tests/test_complex.py runs complex loops and branches
+# through the public API.
 from .core import Case, Primitive, Unsupported
 
 
@@ -405,7 +408,7 @@ scan = Primitive(
     cases=[Case(lambda rng: [rng.standard_normal(3) * 0.5, rng.standard_normal((4, 3)) * 0.5,
                              rng.standard_normal(3)],
                 {"body": _example_scan_body(), "n_carry": 1, "n_x": 1, "length": 4,
-                 "reverse": False})], batch=by(_scan, lambda: scan))
+                 "reverse": False}, complex=False)], batch=by(_scan, lambda: scan), complex=True)
 
 
 # ================================================================================ cond
@@ -465,9 +468,9 @@ cond = Primitive(
     "cond", _cond_impl, _cond_shape, vjp=_cond_vjp, jvp=_cond_jvp,
     julia=_cond_julia, multiple_results=True,
     cases=[Case(lambda rng: [np.array(True), rng.standard_normal(3), rng.standard_normal(3)],
-                _BRANCHES),
+                _BRANCHES, complex=False),
            Case(lambda rng: [np.array(False), rng.standard_normal(3), rng.standard_normal(3)],
-                _BRANCHES)], batch=by(_cond, lambda: cond))
+                _BRANCHES, complex=False)], batch=by(_cond, lambda: cond), complex=True)
 
 
 
@@ -508,7 +511,7 @@ select_cond = Primitive(
                       "predicate) runs on the Python engines"),
     multiple_results=True,
     cases=[Case(lambda rng: [np.array([True, False, True]), rng.standard_normal((3, 2)),
-                             rng.standard_normal((3, 2))], _example_selected_branches())])
+                             rng.standard_normal((3, 2))], _example_selected_branches(), complex=False)], complex=True)
 
 
 # =============================================================================== error_if
@@ -528,7 +531,7 @@ error_if = Primitive(
     julia=Unsupported("error_if raises a Python exception (diffprog.errors.SolverError) from "
                       "inside a running program; only the Python engines can"),
     cases=[Case(lambda rng: [rng.standard_normal(3), np.array(False), np.array(0.5)],
-                {"message": "solver failed at t={0}"})], batch=by(_error_if, lambda: error_if))
+                {"message": "solver failed at t={0}"}, complex=False)], batch=by(_error_if, lambda: error_if), complex=True)
 
 
 # =============================================================================== remat
@@ -580,7 +583,7 @@ remat = Primitive(
     batch=by(_remat_batch, lambda: remat),
     cases=[Case(lambda rng: [rng.standard_normal(3), rng.standard_normal(3)],
                 {"body": close(lambda x, y: [np.sin(x * y), np.exp(x) * y],
-                               [Aval((3,), np.dtype(float))] * 2)})])
+                               [Aval((3,), np.dtype(float))] * 2)}, complex=False)], complex=True)
 
 
 # =============================================================================== while
@@ -680,7 +683,7 @@ _WHILE = _example_while()
 while_loop = Primitive(
     "while_loop", _while_impl, _while_shape, vjp=_while_vjp, jvp=_while_jvp,
     julia=_while_julia, multiple_results=True,
-    cases=[Case(_example_while_inputs, _WHILE, order=1)], batch=by(_while, lambda: while_loop))
+    cases=[Case(_example_while_inputs, _WHILE, order=1, complex=False)], batch=by(_while, lambda: while_loop), complex=True)
 
 
 def _while_grad_impl(xp, *args, cond_body, body, backward, n_carry, n_cond_consts):
@@ -727,7 +730,7 @@ while_loop_grad = Primitive(
     julia=Unsupported(_PYTHON_ONLY.format("the reverse-mode while_loop_grad")),
     multiple_results=True,
     cases=[Case(lambda rng: _example_while_inputs(rng) + [rng.standard_normal(2)],
-                _example_while_grad(), order=0)])
+                _example_while_grad(), order=0, complex=False)], complex=True)
 
 
 # =============================================================================== guard
@@ -766,4 +769,4 @@ guard = Primitive(
                       "Python engines; use dp.cond / dp.scan / dp.while_loop for Julia"),
     differentiable=False, multiple_results=True, effectful=True,
     cases=[Case(lambda rng: [np.array(1.5)], {"kind": "bool", "expected": True,
-                                              "line": "example.py:1: if x:"})])
+                                              "line": "example.py:1: if x:"}, complex=False)], complex=True)

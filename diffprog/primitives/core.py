@@ -42,6 +42,15 @@ A :class:`Primitive` is one entry: everything about one operation, in one place.
               ``{1}``..., params by name; ``dp_*`` helpers live in that module's C preamble.
               Used only after a check at run time that it reproduces ``impl`` bit for bit.
 ``cases``     example inputs on the entry's domain, from which tests are generated.
+``complex``   its rules hold on complex values too, in JAX's convention (below); the
+              generated tests then also run each case with complex inputs. Derivatives
+              through complex values of an entry without it are refused by name.
+
+Complex values follow JAX's convention: a cotangent ``c`` of a complex value ``z`` is
+the covector ``dz -> Re(sum(c * dz))`` (no conjugate). So the VJP of a C-linear map is
+its plain transpose, and a holomorphic function's rule is the real one unchanged
+(``g * f'(z)``); ``grad`` of a real ``f(x + iy)`` is ``df/dx - i df/dy``. The cotangent
+of a real value that met complex ones is the real part (:func:`rules.in_dtype_of`).
 
 Rules are written with NumPy calls on traced values (and with other entries): they trace
 into IR, so every derivative is itself differentiable and runs on every engine.
@@ -92,7 +101,9 @@ class Case:
     ``wrap`` (optional) maps the test's free inputs to the entry's inputs, for entries
     whose domain is a manifold. ``order``: the highest derivative order the generated
     tests check: 2 (default), 1 at kinks and for piecewise rules, 0 for entries whose
-    derivatives are refused on purpose.
+    derivatives are refused on purpose. ``complex``: for an entry with complex rules, the
+    generated tests also run this case with its floating inputs moved off the real line
+    (all of them, and only the first); False where that leaves the entry's domain.
     """
 
     make: Callable
@@ -100,6 +111,7 @@ class Case:
     wrap: Callable | None = None
     order: int = 2
     rtol: float = 1e-5
+    complex: bool = True
 
     @property
     def smooth(self) -> bool:
@@ -136,7 +148,7 @@ class Primitive:
                  jvp=None, batch=None, julia=None, numpy=None, ufunc=None, ufunc_call=None,
                  operator=None, c=None, cases=(), differentiable=True, elementwise=False,
                  multiple_results=False, identity=None, commutative=False, effectful=False,
-                 negation=False, absorb_negation=None, register=True):
+                 negation=False, absorb_negation=None, register=True, complex=False):
         self.name = name
         self.ufunc = ufunc
         self.ufunc_call = ufunc_call
@@ -151,6 +163,8 @@ class Primitive:
         self.c = c
         self.cases = tuple(cases)
         self.differentiable = differentiable
+        #: its rules hold on complex values (JAX's convention; see the module docstring)
+        self.complex = complex
         self.elementwise = elementwise
         self.multiple_results = multiple_results
         #: {operand position: neutral constant}: bind drops the equation when that operand

@@ -7,13 +7,16 @@ import numpy as np
 from ..ir import Aval, Eqn, Lit, Var, is_scalar_number
 from ..transforms.batch import by, same_axes
 from .core import Case, Primitive, inside_unit_interval, is_inexact, normal, positive, uniform
-from .rules import add_all, in_dtype_of, sum_to
+from .rules import add_all, as_dtype, in_dtype_of, sum_to
 
 
 def unary(name, ufunc, derivative, julia, *, operator=None, impl=None, numpy=None,
-          domain=normal(3, 4), order=2, c=None, negation=False):
+          domain=normal(3, 4), order=2, c=None, negation=False, complex_rules=False):
     """An elementwise function of one operand with derivative ``derivative(x, out)``
-    (None: zero almost everywhere, as for floor)."""
+    (None: zero almost everywhere, as for floor). ``complex_rules``: the rules hold on
+    complex values as written (JAX's convention): NumPy extends the function to complex
+    values as a holomorphic one whose complex derivative ``derivative`` also spells (or,
+    for round, as a piecewise constant one)."""
     def vjp(g, x, *, out):
         return (in_dtype_of(g * derivative(x, out), x),)
 
@@ -30,14 +33,17 @@ def unary(name, ufunc, derivative, julia, *, operator=None, impl=None, numpy=Non
     return Primitive(name, impl, ufunc=ufunc, operator=operator, numpy=numpy,
                      vjp=vjp if smooth else zero_vjp, jvp=jvp if smooth else zero_jvp,
                      julia=julia, elementwise=True, cases=[Case(domain, order=order)], c=c,
-                     negation=negation)
+                     negation=negation, complex=complex_rules)
 
 
 def binary(name, ufunc, partials, julia, *, operator=None, numpy=None, domain=None, order=2,
-           identity=None, commutative=False, c=None, boundary=None, absorb_negation=None):
+           identity=None, commutative=False, c=None, boundary=None, absorb_negation=None,
+           complex_rules=False):
     """A broadcasting elementwise function of two operands with partial derivatives
     ``partials(x, y, out) -> (d/dx, d/dy)``; ``boundary`` (optional) makes inputs at its
-    kinks, for a first-order test case."""
+    kinks, for a first-order test case; ``complex_rules`` as for :func:`unary` (for
+    maximum and minimum: NumPy orders complex values lexicographically, and the rule
+    selects the operand NumPy picks)."""
     def vjp(g, x, y, *, out):
         px, py = partials(x, y, out)
         return (_cotangent(g, px, x), _cotangent(g, py, y))
@@ -49,10 +55,12 @@ def binary(name, ufunc, partials, julia, *, operator=None, numpy=None, domain=No
         return in_dtype_of(add_all([tx, ty]), out)
 
     domain = domain or (lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4,))])
-    cases = [Case(domain, order=order)] + ([Case(boundary, order=1)] if boundary else [])
+    # (a boundary is a real one: moved off the real line, a tie of maximum becomes a jump)
+    cases = [Case(domain, order=order)] + ([Case(boundary, order=1, complex=False)]
+                                           if boundary else [])
     return Primitive(name, ufunc=ufunc, operator=operator, numpy=numpy, vjp=vjp, jvp=jvp,
                      julia=julia, elementwise=True, identity=identity, commutative=commutative,
-                     cases=cases, c=c, absorb_negation=absorb_negation)
+                     cases=cases, c=c, absorb_negation=absorb_negation, complex=complex_rules)
 
 
 def _cotangent(g, partial, x):
@@ -76,43 +84,46 @@ def nondiff(name, ufunc, julia, *, operator=None, nargs=2, domain=None, c=None):
 # ------------------------------------------------------------------ one operand
 
 neg = unary("neg", np.negative, lambda x, y: -1.0, "-{0}", operator="-", c="(-{0})",
-            negation=True)
-exp = unary("exp", np.exp, lambda x, y: y, "exp.({0})", c="exp({0})")
+            negation=True, complex_rules=True)
+exp = unary("exp", np.exp, lambda x, y: y, "exp.({0})", c="exp({0})", complex_rules=True)
 log = unary("log", np.log, lambda x, y: 1.0 / x, "log.({0})", domain=positive(3, 4),
-            c="log({0})")
+            c="log({0})", complex_rules=True)
 log1p = unary("log1p", np.log1p, lambda x, y: 1.0 / (1.0 + x), "log1p.({0})",
-              domain=positive(3, 4), c="log1p({0})")
-expm1 = unary("expm1", np.expm1, lambda x, y: y + 1.0, "expm1.({0})", c="expm1({0})")
+              domain=positive(3, 4), c="log1p({0})", complex_rules=True)
+expm1 = unary("expm1", np.expm1, lambda x, y: y + 1.0, "expm1.({0})", c="expm1({0})", complex_rules=True)
 sqrt = unary("sqrt", np.sqrt, lambda x, y: 0.5 / y, "sqrt.({0})", domain=positive(3, 4),
-             c="sqrt({0})")
+             c="sqrt({0})", complex_rules=True)
 # NumPy's own exp2/log2/log10/cbrt, not compositions of exp, log and pow: those are off by
 # a few ulps where NumPy is exact (log10(1000) came out 2.9999999999999996, floor 2).
 _LN2, _LN10 = float(np.log(2.0)), float(np.log(10.0))
-exp2 = unary("exp2", np.exp2, lambda x, y: y * _LN2, "exp2.({0})", c="exp2({0})")
+exp2 = unary("exp2", np.exp2, lambda x, y: y * _LN2, "exp2.({0})", c="exp2({0})", complex_rules=True)
 log2 = unary("log2", np.log2, lambda x, y: 1.0 / (x * _LN2), "log2.({0})",
-             domain=positive(3, 4), c="log2({0})")
+             domain=positive(3, 4), c="log2({0})", complex_rules=True)
 log10 = unary("log10", np.log10, lambda x, y: 1.0 / (x * _LN10), "log10.({0})",
-              domain=positive(3, 4), c="log10({0})")
+              domain=positive(3, 4), c="log10({0})", complex_rules=True)
 cbrt = unary("cbrt", np.cbrt, lambda x, y: 1.0 / (3.0 * y * y), "cbrt.({0})", c="cbrt({0})")
-sin = unary("sin", np.sin, lambda x, y: np.cos(x), "sin.({0})", c="sin({0})")
-cos = unary("cos", np.cos, lambda x, y: -np.sin(x), "cos.({0})", c="cos({0})")
+sin = unary("sin", np.sin, lambda x, y: np.cos(x), "sin.({0})", c="sin({0})", complex_rules=True)
+cos = unary("cos", np.cos, lambda x, y: -np.sin(x), "cos.({0})", c="cos({0})", complex_rules=True)
 tan = unary("tan", np.tan, lambda x, y: 1.0 + y * y, "tan.({0})",
-            domain=inside_unit_interval(3, 4), c="tan({0})")
+            domain=inside_unit_interval(3, 4), c="tan({0})", complex_rules=True)
 arcsin = unary("arcsin", np.arcsin, lambda x, y: 1.0 / np.sqrt(1.0 - x * x), "asin.({0})",
-               domain=inside_unit_interval(3, 4), c="asin({0})")
+               domain=inside_unit_interval(3, 4), c="asin({0})", complex_rules=True)
 arccos = unary("arccos", np.arccos, lambda x, y: -1.0 / np.sqrt(1.0 - x * x), "acos.({0})",
-               domain=inside_unit_interval(3, 4), c="acos({0})")
+               domain=inside_unit_interval(3, 4), c="acos({0})", complex_rules=True)
 arctan = unary("arctan", np.arctan, lambda x, y: 1.0 / (1.0 + x * x), "atan.({0})",
-               c="atan({0})")
-sinh = unary("sinh", np.sinh, lambda x, y: np.cosh(x), "sinh.({0})", c="sinh({0})")
-cosh = unary("cosh", np.cosh, lambda x, y: np.sinh(x), "cosh.({0})", c="cosh({0})")
-tanh = unary("tanh", np.tanh, lambda x, y: 1.0 - y * y, "tanh.({0})", c="tanh({0})")
+               c="atan({0})", complex_rules=True)
+sinh = unary("sinh", np.sinh, lambda x, y: np.cosh(x), "sinh.({0})", c="sinh({0})", complex_rules=True)
+cosh = unary("cosh", np.cosh, lambda x, y: np.sinh(x), "cosh.({0})", c="cosh({0})", complex_rules=True)
+tanh = unary("tanh", np.tanh, lambda x, y: 1.0 - y * y, "tanh.({0})", c="tanh({0})", complex_rules=True)
 arcsinh = unary("arcsinh", np.arcsinh, lambda x, y: 1.0 / np.sqrt(x * x + 1.0), "asinh.({0})",
-                c="asinh({0})")
-arccosh = unary("arccosh", np.arccosh, lambda x, y: 1.0 / np.sqrt(x * x - 1.0), "acosh.({0})",
-                domain=uniform(1.2, 3.0, 3, 4), c="acosh({0})")
+                c="asinh({0})", complex_rules=True)
+# 1 / (sqrt(x - 1) sqrt(x + 1)), not 1 / sqrt(x^2 - 1): the two differ in sign off the
+# real axis (Re x < 0), where the principal arccosh follows the product
+arccosh = unary("arccosh", np.arccosh, lambda x, y: 1.0 / (np.sqrt(x - 1.0) * np.sqrt(x + 1.0)),
+                "acosh.({0})",
+                domain=uniform(1.2, 3.0, 3, 4), c="acosh({0})", complex_rules=True)
 arctanh = unary("arctanh", np.arctanh, lambda x, y: 1.0 / (1.0 - x * x), "atanh.({0})",
-                domain=inside_unit_interval(3, 4), c="atanh({0})")
+                domain=inside_unit_interval(3, 4), c="atanh({0})", complex_rules=True)
 
 # |x| below this: sinc' from its Taylor series (the quotient cancels catastrophically and
 # is 0/0 at 0); the series' terms left out are below 1e-19 there
@@ -131,15 +142,56 @@ def _sinc_derivative(x, y):
 
 
 # np.sinc(x) = sin(pi x) / (pi x), 1 at 0 (not a ufunc; Julia's sinc is the same function)
-sinc = unary("sinc", None, _sinc_derivative, "sinc.({0})", impl="xp.sinc({0})", numpy=np.sinc)
+sinc = unary("sinc", None, _sinc_derivative, "sinc.({0})", impl="xp.sinc({0})", numpy=np.sinc, complex_rules=True)
 sinc.cases += (Case(lambda rng: [np.array([0.0, 1e-4, -5e-4, 2e-3, -0.5, 1.0, 1.5])]),)
-abs_ = unary("abs", np.absolute, lambda x, y: np.sign(x), "abs.({0})",
-             numpy=(np.absolute, np.fabs), order=1, c="fabs({0})")
-sign = unary("sign", np.sign, None, "sign.({0})", order=1, c="dp_sign({0})")
+def _abs_vjp(g, x, *, out):
+    return (in_dtype_of(g * _abs_derivative(x, out), x),)
+
+
+def _abs_jvp(ts, x, *, out):
+    return None if ts[0] is None else in_dtype_of(ts[0] * _abs_derivative(x, out), out)
+
+
+def _abs_derivative(x, out):
+    """sign(x) on reals; on complex z, |z| is not holomorphic: d|z| = Re(conj(z) dz) / |z|,
+    so the cotangent is g conj(z) / |z| (JAX's convention) and the tangent its real part
+    (in_dtype_of); 0 at z = 0, where |z| is a cone, as sign(0) is."""
+    if not np.issubdtype(np.result_type(x), np.complexfloating):
+        return np.sign(x)
+    return np.conj(x) / np.where(out == 0, 1.0, out)
+
+
+abs_ = Primitive("abs", ufunc=np.absolute, numpy=(np.absolute, np.fabs), vjp=_abs_vjp,
+                 jvp=_abs_jvp, julia="abs.({0})", elementwise=True, c="fabs({0})",
+                 complex=True, cases=[Case(normal(3, 4), order=1)])
+def _sign_vjp(g, x, *, out):
+    if not np.issubdtype(np.result_type(x), np.complexfloating):
+        return (None,)  # a step on real values
+    r = np.abs(x)
+    safe = np.where(r == 0, 1.0, r)
+    # sign(z) = z / |z|: d sign = (dz - s Re(conj(s) dz)) / |z|, so in JAX's convention
+    # the cotangent is (g - Re(g s) conj(s)) / |z|; 0 at z = 0 (sign(0) is 0 there)
+    return (np.where(r == 0, 0.0, (g - np.real(g * out) * np.conj(out)) / safe),)
+
+
+def _sign_jvp(ts, x, *, out):
+    if ts[0] is None or not np.issubdtype(np.result_type(x), np.complexfloating):
+        return None
+    r = np.abs(x)
+    safe = np.where(r == 0, 1.0, r)
+    t = ts[0]
+    return np.where(r == 0, 0.0, (t - out * np.real(np.conj(out) * t)) / safe)
+
+
+# sign: a step on real values; on complex values NumPy 2's z / |z|, smooth away from 0
+sign = Primitive("sign", ufunc=np.sign, vjp=_sign_vjp, jvp=_sign_jvp, julia="sign.({0})",
+                 elementwise=True, c="dp_sign({0})", complex=True,
+                 cases=[Case(normal(3, 4), order=1)])
 floor = unary("floor", np.floor, None, "floor.({0})", order=1, c="floor({0})")
 ceil = unary("ceil", np.ceil, None, "ceil.({0})", order=1, c="ceil({0})")
 # np.round is no ufunc; np.rint is the ufunc that rounds the same way (half to even)
-round_ = unary("round", None, None, "round.({0})", impl="xp.round({0})", numpy=np.rint, order=1)
+round_ = unary("round", None, None, "round.({0})", impl="xp.round({0})", numpy=np.rint, order=1,
+               complex_rules=True)  # piecewise constant on complex values too: zero
 trunc = unary("trunc", np.trunc, None, "trunc.({0})", order=1, c="trunc({0})")
 
 
@@ -147,8 +199,11 @@ def _integer_pow_derivative(x, n):
     return n * x ** (n - 1) if n != 1 else 1.0
 
 
-# NumPy's ``x ** n`` for an array x takes these shortcuts (fast_scalar_power)
-_POWER_SHORTCUTS = {2: np.square, -1: np.reciprocal, 1: np.positive}
+# NumPy's ``x ** n`` for an array x takes these shortcuts (fast_scalar_power). x ** 1
+# reaches integer_pow only for complex x (the front end returns a real x itself), where
+# NumPy computes the power: np.power(x, 1), whose -0-0j ** 1 is 0+0j (np.positive keeps
+# the signs)
+_POWER_SHORTCUTS = {2: np.square, -1: np.reciprocal}
 
 
 def _power_as_ufunc(n):
@@ -161,7 +216,7 @@ integer_pow = Primitive(
     vjp=lambda g, x, *, out, n: (in_dtype_of(g * _integer_pow_derivative(x, n), x),),
     jvp=lambda ts, x, *, out, n: None if ts[0] is None else in_dtype_of(
         ts[0] * _integer_pow_derivative(x, n), x),
-    julia="{0} .^ {n}", c="dp_ipow({0}, {n})",
+    julia="{0} .^ {n}", c="dp_ipow({0}, {n})", complex=True,
     cases=[Case(normal(3, 4), {"n": 2}), Case(normal(3, 4), {"n": 3}),
            Case(positive(3, 4), {"n": -2})])
 
@@ -221,27 +276,34 @@ def _negatable(atom) -> bool:
 
 add = binary("add", np.add, lambda x, y, o: (1.0, 1.0), "{0} .+ {1}", operator="+",
              identity={0: 0, 1: 0}, commutative=True, c="({0} + {1})",
-             absorb_negation=_absorb_in_sum)
+             absorb_negation=_absorb_in_sum, complex_rules=True)
 sub = binary("sub", np.subtract, lambda x, y, o: (1.0, -1.0), "{0} .- {1}", operator="-",
-             identity={1: 0}, c="({0} - {1})", absorb_negation=_absorb_in_difference)
+             identity={1: 0}, c="({0} - {1})", absorb_negation=_absorb_in_difference, complex_rules=True)
 mul = binary("mul", np.multiply, lambda x, y, o: (y, x), "{0} .* {1}", operator="*",
              identity={0: 1, 1: 1}, commutative=True, c="({0} * {1})",
-             absorb_negation=_absorb_in_product)
+             absorb_negation=_absorb_in_product, complex_rules=True)
 div = binary("div", np.true_divide, lambda x, y, o: (1.0 / y, -o / y), "{0} ./ {1}",
              operator="/", identity={1: 1},
              domain=lambda rng: [rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))],
-             c="({0} / {1})")
+             c="({0} / {1})", complex_rules=True)
 
 
 def _pow_partials(x, y, out):
-    safe_log = np.where(x == 0, 0.0, np.log(np.where(x == 0, 1.0, x)))
+    if np.issubdtype(np.result_type(out), np.complexfloating) and \
+            not np.issubdtype(np.result_type(x), np.complexfloating):
+        # a real base with a complex exponent: d/dy is out * log(x) with log taken in the
+        # complex result type (log(-2) is log 2 + i pi there, NaN in the real one)
+        x_log = x * np.ones((), np.result_type(out))
+    else:
+        x_log = x
+    safe_log = np.where(x_log == 0, 0.0, np.log(np.where(x_log == 0, 1.0, x_log)))
     return (y * x ** (y - 1.0), out * safe_log)
 
 
 # np.power itself reaches the front end's power(), which picks integer_pow or this
 pow_ = binary("pow", np.power, _pow_partials, "{0} .^ {1}", operator="**", numpy=(),
               domain=lambda rng: [rng.uniform(0.5, 2, (3, 4)), rng.uniform(-1, 2, (4,))],
-              c="pow({0}, {1})")
+              c="pow({0}, {1})", complex_rules=True)
 
 
 def _chosen(wins, ties):
@@ -259,11 +321,11 @@ def _ties(rng):
 maximum = binary("maximum", np.maximum,
                  lambda x, y, o: (_chosen(x > y, x == y), _chosen(x < y, x == y)),
                  "DiffProg.npmaximum({0}, {1})", order=1, c="dp_maximum({0}, {1})",
-                 boundary=_ties)
+                 boundary=_ties, complex_rules=True)
 minimum = binary("minimum", np.minimum,
                  lambda x, y, o: (_chosen(x < y, x == y), _chosen(x > y, x == y)),
                  "DiffProg.npminimum({0}, {1})", order=1, c="dp_minimum({0}, {1})",
-                 boundary=_ties)
+                 boundary=_ties, complex_rules=True)
 arctan2 = binary("arctan2", np.arctan2,
                  lambda y, x, o: (x / (x * x + y * y), -y / (x * x + y * y)),
                  "atan.({0}, {1})",
@@ -375,20 +437,94 @@ def _where_jvp(ts, c, x, y, *, out):
 
 where = Primitive(
     "where", "xp.where({0}, {1}, {2})", elementwise=True, vjp=_where_vjp, jvp=_where_jvp,
-    julia="ifelse.({0}, {1}, {2})", c="({0} ? {1} : {2})",
+    julia="ifelse.({0}, {1}, {2})", c="({0} ? {1} : {2})", complex=True,
     cases=[Case(lambda rng: [rng.standard_normal((3, 4)) > 0, rng.standard_normal((3, 4)),
                              rng.standard_normal((4,))], order=1)])
 
+# complex -> real keeps the real part (NumPy warns): its rules are those of np.real
 convert = Primitive(
     "convert", "xp.asarray({0}, dtype={dtype})", lambda x, *, dtype: Aval(x.shape, np.dtype(dtype)),
-    vjp=lambda g, x, *, out, dtype: ((g.astype(x.dtype) if is_inexact(np.result_type(x)) else None),),
+    vjp=lambda g, x, *, out, dtype: ((as_dtype(g, x.dtype) if is_inexact(np.result_type(x)) else None),),
     jvp=lambda ts, x, *, out, dtype: (None if ts[0] is None or not is_inexact(np.dtype(dtype))
-                                      else ts[0].astype(dtype)),
-    julia="DiffProg.convert_eltype({jdtype}, {0})",
-    cases=[Case(normal(3), {"dtype": np.dtype("float32")}, rtol=1e-2)],
+                                      else as_dtype(ts[0], dtype)),
+    julia="DiffProg.convert_eltype({jdtype}, {0})", complex=True,
+    cases=[Case(normal(3), {"dtype": np.dtype("float32")}, rtol=1e-2, complex=False),
+           Case(normal(3), {"dtype": np.dtype("complex128")})],
     batch=by(same_axes, lambda: convert))
 
 stop_gradient = Primitive(
     "stop_gradient", "{0}", lambda x: x, vjp=lambda g, x, *, out: (None,),
-    jvp=lambda ts, x, *, out: None, julia="DiffProg.stop_gradient({0})",
+    jvp=lambda ts, x, *, out: None, julia="DiffProg.stop_gradient({0})", complex=True,
     differentiable=False, cases=[Case(normal(3))], batch=by(same_axes, lambda: stop_gradient))
+
+
+# ------------------------------------------------------------------ complex parts
+
+def _real_dtype(dtype) -> np.dtype:
+    """float64 for complex128, float32 for complex64; a real dtype unchanged."""
+    return np.empty((), dtype).real.dtype
+
+
+def _as_array_of(value, dtype):
+    """``value`` in ``dtype``: a traced or NumPy value by astype, a Python number (a
+    folded constant cotangent) as a NumPy scalar."""
+    return value.astype(dtype) if hasattr(value, "astype") else np.asarray(value, dtype)[()]
+
+
+def _complex_cases(rng):
+    return [rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4))]
+
+
+def _part(name, impl, cotangent, tangent, julia, numpy):
+    """np.real / np.imag of a complex array (a real array takes the front end's
+    shortcuts, numpy_api.real/imag): real-linear, not holomorphic. ``cotangent(g)`` is
+    the complex cotangent of the input for a real cotangent g (JAX: real -> g,
+    imag -> -i g), ``tangent(t)`` the part of a complex tangent."""
+    return Primitive(
+        name, impl, lambda x: Aval(x.shape, _real_dtype(x.dtype), x.weak), numpy=numpy,
+        vjp=lambda g, x, *, out: (_as_array_of(cotangent(g), x.dtype),),
+        jvp=lambda ts, x, *, out: None if ts[0] is None else tangent(ts[0]),
+        julia=julia, complex=True, cases=[Case(_complex_cases)],
+        batch=by(same_axes, lambda: PRIMITIVES_BY_PART[name]))
+
+
+real = _part("real", "xp.real({0})", lambda g: g, np.real, "real.({0})", ())
+imag = _part("imag", "xp.imag({0})", lambda g: -1j * g, np.imag, "imag.({0})", ())
+PRIMITIVES_BY_PART = {"real": real, "imag": imag}
+
+# conj is its own transpose: d conj(z) = conj(dz), and Re(c conj(dz)) = Re(conj(c) dz)
+conj = Primitive(
+    "conj", ufunc=np.conjugate, numpy=(), elementwise=True,
+    vjp=lambda g, x, *, out: (np.conj(g),),
+    jvp=lambda ts, x, *, out: None if ts[0] is None else np.conj(ts[0]),
+    julia="conj.({0})", complex=True, cases=[Case(_complex_cases)])
+
+
+def _from_parts_impl(xp, re, im):
+    """``re + i im`` exactly: the parts written into a complex array (``re + im * 1j``
+    would multiply: an infinite imaginary part makes a NaN real part)."""
+    re, im = xp.asarray(re), xp.asarray(im)
+    dtype = xp.result_type(re.dtype, im.dtype, xp.complex64)
+    out = xp.empty(xp.broadcast_shapes(re.shape, im.shape), dtype)
+    out.real, out.imag = re, im
+    return out if out.ndim else out[()]
+
+
+def _from_parts_shape(re, im):
+    from .core import broadcast_shapes
+    dtype = np.result_type(re.dtype, im.dtype, np.complex64)
+    return Aval(broadcast_shapes(re.shape, im.shape), dtype)
+
+
+# complex(re, im) (JAX's lax.complex): for composites that build complex values from
+# parts (np.nan_to_num, np.interp, np.pad of complex values). In JAX's convention the
+# cotangent c of re + i im gives re Re(c) and im -Im(c); its tangent is t_re + i t_im.
+from_parts = Primitive(
+    "complex", _from_parts_impl, _from_parts_shape, numpy=(),
+    vjp=lambda g, re, im, *, out: (_cotangent(np.real(g), 1.0, re), _cotangent(-np.imag(g), 1.0, im)),
+    jvp=lambda ts, re, im, *, out: add_all([
+        None if ts[0] is None else as_dtype(ts[0], out.dtype),
+        None if ts[1] is None else 1j * ts[1]]),
+    julia="complex.({0}, {1})", complex=True, elementwise=True,
+    cases=[Case(lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((4,))],
+                complex=False)])

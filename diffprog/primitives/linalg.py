@@ -1,5 +1,9 @@
 """Linear algebra: matmul, einsum, and the np.linalg functions (solve, inv, det, slogdet,
-cholesky), on single matrices and on stacks of them as NumPy does."""
+cholesky, eigh, eigvalsh, eig, eigvals, svd, pinv, qr), on single matrices and on stacks
+of them as NumPy does, real and complex. Every entry has complex rules (JAX's convention,
+see core.py): the Hermitian functions read a Hermitian matrix from one triangle, and the
+derivatives of NumPy's eigenvectors and singular vectors follow the norm and phase LAPACK
+gives them (see each section)."""
 from __future__ import annotations
 
 import string
@@ -99,7 +103,7 @@ matmul = Primitive(
            Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4,))]),
            Case(lambda rng: [rng.standard_normal((4,)), rng.standard_normal((4,))]),
            Case(lambda rng: [rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5))])],
-    batch=by(matmul_rule, lambda: matmul))
+    batch=by(matmul_rule, lambda: matmul), complex=True)
 
 
 def _einsum_parse(subscripts: str):
@@ -177,7 +181,7 @@ def _julia_einsum(eqn, jl):
 def _einsum_call(subscripts, *operands, optimize=False, **kwargs):
     """np.einsum: the sublist form as subscripts (:func:`_from_sublists`), the subscripts
     made explicit (:func:`_explicit_subscripts`), an index repeated within one operand (a
-    diagonal, a trace) as a product with the identity (:func:`_without_repeats`); a
+    diagonal, a trace) read as that diagonal first (:func:`_without_repeats`); a
     contraction of several large operands gets NumPy's optimized order."""
     if not isinstance(subscripts, str):
         subscripts, operands = _from_sublists((subscripts,) + operands)
@@ -215,27 +219,25 @@ def _from_sublists(args):
 
 
 def _without_repeats(spec: str, operands: list):
-    """An operand whose subscripts repeat an index (``'ii->i'``) reads a diagonal: the
-    same contraction with the repeat renamed and an identity operand joining the two
-    (``'ij,ij->i'`` with np.eye), so every rule, batching and spelling of einsum holds."""
+    """An operand whose subscripts repeat an index (``'ii->i'``) reads a diagonal: that
+    diagonal is taken first (np.diagonal, the repeated index last), and the contraction
+    goes on without the repeat (``'i->i'``), so every rule, batching and spelling of
+    einsum holds. (A product with the identity, ``'ij,ij->i'``, made inf * 0 = NaN of an
+    infinite entry off the diagonal, and NaN parts of a complex one on it.)"""
     ins, out = _einsum_parse(spec)
     if all(len(set(sub)) == len(sub) for sub in ins):
         return spec, operands
-    spare = iter(c for c in reversed(_LETTERS) if c not in spec)
-    new_ins, extra = [], []
+    new_ins, new_ops = [], []
     for sub, op in zip(ins, operands):
-        seen, renamed = set(), []
-        for axis, c in enumerate(sub):
-            if c in seen:
-                fresh = next(spare)
-                n = np.shape(op)[axis]
-                extra.append((c + fresh, np.eye(n, dtype=np.result_type(op))))
-                c = fresh
-            seen.add(c)
-            renamed.append(c)
-        new_ins.append("".join(renamed))
-    subs = new_ins + [s for s, _ in extra]
-    return ",".join(subs) + "->" + out, operands + [e for _, e in extra]
+        while len(set(sub)) != len(sub):
+            c = next(c for c in sub if sub.count(c) > 1)
+            first = sub.index(c)
+            second = sub.index(c, first + 1)
+            op = np.diagonal(op, axis1=first, axis2=second)  # the diagonal axis goes last
+            sub = "".join(ch for i, ch in enumerate(sub) if i not in (first, second)) + c
+        new_ins.append(sub)
+        new_ops.append(op)
+    return ",".join(new_ins) + "->" + out, new_ops
 
 
 _LETTERS = string.ascii_letters
@@ -279,7 +281,7 @@ einsum = Primitive(
            Case(lambda rng: [rng.standard_normal((3, 4))], {"subscripts": "ij->", "optimize": False}),
            Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((3, 4)),
                              rng.standard_normal((4,))], {"subscripts": "ij,jk,k->i", "optimize": False})],
-    batch=by(einsum_rule, lambda: einsum))
+    batch=by(einsum_rule, lambda: einsum), complex=True)
 
 
 # ------------------------------------------------------------------ solve, inv
@@ -342,7 +344,7 @@ solve = Primitive(
            Case(lambda rng: _well_conditioned(3, 3)(rng) + [rng.standard_normal((3, 2))]),
            Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal((2, 3, 2))]),
            Case(lambda rng: _well_conditioned(2, 3, 3)(rng) + [rng.standard_normal(3)])],
-    batch=by(solve_rule, lambda: solve))
+    batch=by(solve_rule, lambda: solve), complex=True)
 
 
 def _inv_shape(a):
@@ -356,14 +358,15 @@ inv = Primitive(
     jvp=lambda ts, a, *, out: None if ts[0] is None else -(out @ ts[0] @ out),
     julia=_single_matrix_julia("DiffProg.npinv({0})"),
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))],
-    batch=batch_stacked(lambda: inv))
+    batch=batch_stacked(lambda: inv), complex=True)
 
 
 # ------------------------------------------------------------------ determinants
 
 def _adjugate_impl(xp, a):
     """adj(a) = det(a) inv(a), without the inverse: from the SVD a = U diag(s) V^T,
-    adj(a) = det(U) det(V) V diag(prod of the s_j but s_i) U^T. The products leaving one
+    adj(a) = det(U) det(V) V diag(prod of the s_j but s_i) U^T (conjugate transposes and
+    det(U) conj(det(V)) for complex a, a = U diag(s) V^H). The products leaving one
     singular value out are prefix times suffix products, not det / s_i, so a rank n-1
     matrix (one s_i = 0) gets its exact, nonzero adjugate and lower ranks get zero."""
     if a.shape[-1] == 0:
@@ -373,8 +376,12 @@ def _adjugate_impl(xp, a):
     before = xp.cumprod(xp.concatenate([one, s[..., :-1]], axis=-1), axis=-1)
     after = xp.flip(xp.cumprod(xp.concatenate([one, xp.flip(s[..., 1:], axis=-1)], axis=-1),
                                axis=-1), axis=-1)
-    sign = xp.sign(xp.linalg.det(u) * xp.linalg.det(vh))  # +-1: U and V are orthogonal
-    adj = (xp.swapaxes(vh, -1, -2) * (before * after)[..., None, :]) @ xp.swapaxes(u, -1, -2)
+    # +-1 (U and V orthogonal); a unit phase for complex a (U, V unitary: a = U S V^H)
+    sign = xp.sign(xp.linalg.det(u) * xp.linalg.det(vh))
+    v, u_h = xp.swapaxes(vh, -1, -2), xp.swapaxes(u, -1, -2)
+    if xp.iscomplexobj(a):
+        v, u_h = v.conj(), u_h.conj()
+    adj = (v * (before * after)[..., None, :]) @ u_h
     return adj * sign[..., None, None]
 
 
@@ -423,7 +430,7 @@ adjugate = Primitive(
     jvp=lambda ts, a, *, out: None if ts[0] is None else _adjugate_jvp(a, ts[0]),
     julia=_adjugate_julia,
     cases=[Case(_well_conditioned(3, 3)), Case(_rank(3, 2)), Case(_rank(3, 1)),
-           Case(_rank(4, 3)), Case(normal(1, 1))], batch=batch_stacked(lambda: adjugate))
+           Case(_rank(4, 3)), Case(normal(1, 1))], batch=batch_stacked(lambda: adjugate), complex=True)
 
 
 def _det_shape(a):
@@ -440,12 +447,13 @@ det = Primitive(
                                else np.sum(swap_last_axes(adjugate(a)) * ts[0], axis=(-2, -1))),
     julia=_single_matrix_julia("DiffProg.npdet({0})"),
     cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3)), Case(_rank(3, 2)),
-           Case(_rank(4, 2)), Case(_rank(3, 2, 2))], batch=batch_stacked(lambda: det))
+           Case(_rank(4, 2)), Case(_rank(3, 2, 2))], batch=batch_stacked(lambda: det), complex=True)
 
 
 def _slogdet_shape(a):
     _square(a, "linalg.slogdet")
-    return [Aval(a.shape[:-2], a.dtype), Aval(a.shape[:-2], a.dtype)]
+    real = np.empty((), a.dtype).real.dtype  # log|det| is real for complex a too
+    return [Aval(a.shape[:-2], a.dtype), Aval(a.shape[:-2], real)]
 
 
 def _inverse_or_nan(a, sign):
@@ -458,17 +466,29 @@ def _inverse_or_nan(a, sign):
     return np.where(singular, np.nan, inv(safe))
 
 
+# With t = tr(inv(a) da) (d log det, holomorphic): d log|det| = Re(t), and for complex a
+# the sign (det / |det|) moves too, d sign = sign * i Im(t); for real a it is a step.
+# In JAX's convention the cotangent of t is then g_logabs + i Im(g_sign sign), and that
+# of a is it times inv(a)^T.
+
 def _slogdet_vjp(gs, a, *, out):
-    g_logdet = gs[1]
-    if g_logdet is None:
+    g_sign, g_logdet = gs
+    complex_a = np.issubdtype(np.result_type(a), np.complexfloating)
+    g_t = g_logdet
+    if complex_a and g_sign is not None:
+        g_t = add_all([g_t, 1j * np.imag(g_sign * out[0])])
+    if g_t is None:
         return (None,)
-    return (np.expand_dims(g_logdet, (-1, -2)) * swap_last_axes(_inverse_or_nan(a, out[0])),)
+    return (np.expand_dims(g_t, (-1, -2)) * swap_last_axes(_inverse_or_nan(a, out[0])),)
 
 
 def _slogdet_jvp(ts, a, *, out):
     if ts[0] is None:
         return [None, None]
-    return [None, np.sum(swap_last_axes(_inverse_or_nan(a, out[0])) * ts[0], axis=(-2, -1))]
+    t = np.sum(swap_last_axes(_inverse_or_nan(a, out[0])) * ts[0], axis=(-2, -1))
+    if not np.issubdtype(np.result_type(a), np.complexfloating):
+        return [None, t]
+    return [out[0] * (1j * np.imag(t)), np.real(t)]
 
 
 slogdet = Primitive(
@@ -476,22 +496,67 @@ slogdet = Primitive(
     numpy={np.linalg.slogdet: lambda a: tuple(slogdet(a))},
     jvp=_slogdet_jvp, julia=_single_matrix_julia("DiffProg.npslogdet({0})"),
     multiple_results=True, cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))],
-    batch=batch_stacked(lambda: slogdet))
+    batch=batch_stacked(lambda: slogdet), complex=True)
 
 
 # ------------------------------------------------------------------ symmetric matrices
 
 def _half_diagonal_lower(x):
-    """The lower triangle with the diagonal halved (the cholesky rule's projection)."""
-    return lower_triangle(x, 0.5)
+    """The lower triangle with the diagonal halved (the cholesky rule's projection); for
+    complex x the real part of the diagonal (that of a Hermitian matrix's projection)."""
+    if not _is_complex(x):
+        return lower_triangle(x, 0.5)
+    n = np.shape(x)[-1]
+    return lower_triangle(x, 0.0) + np.real(x) * (0.5 * np.eye(n))
+
+
+def _is_complex(x) -> bool:
+    return np.result_type(x).kind == "c"
+
+
+def _h(x):
+    """The conjugate transpose of (a stack of) matrices: the transpose for real x."""
+    return np.conj(swap_last_axes(x))
+
+
+def hermitian_from_lower(x):
+    """The Hermitian matrix LAPACK's Hermitian routines (cholesky, eigh, eigvalsh) read
+    from ``x``'s lower triangle: ``tril(x, -1) + tril(x, -1)^H`` plus the real part of
+    the diagonal (its imaginary part is never read); for real x the symmetric one."""
+    if not _is_complex(x):
+        return symmetric_from_lower(x)
+    strict = lower_triangle(x, 0.0)
+    return strict + _h(strict) + np.real(x) * np.eye(np.shape(x)[-1])
+
+
+def _hermitian_from_upper(x):
+    """The Hermitian matrix read from ``x``'s upper triangle (UPLO="U"): the transpose of
+    the one read from the lower triangle of x^T."""
+    return swap_last_axes(hermitian_from_lower(swap_last_axes(x)))
+
+
+def _real_rule_or_transposed(real_vjp, jvp):
+    """A VJP: ``real_vjp`` (a cotangent formula written for real values) where every
+    operand and output is real, and the JVP ``jvp`` transposed (rules.vjp_by_transposing,
+    JAX's complex convention through the conj/real/imag entries) where one is complex."""
+    transposed = vjp_by_transposing(jvp)
+
+    def vjp(gs, *xs, out, **params):
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        if any(_is_complex(x) for x in list(xs) + list(outs)):
+            return transposed(gs, *xs, out=out, **params)
+        return real_vjp(gs, *xs, out=out, **params)
+    return vjp
 
 
 # NumPy's cholesky reads only the lower triangle of `a`: it factors the symmetric
-# A = tril(a) + tril(a, -1)^T, whatever is above the diagonal. The rules are those of
-# that function of `a` (what finite differences of NumPy see), not of a symmetric input:
-# the JVP symmetrises the tangent's lower triangle, and the VJP takes the cotangent of A
-# back through that map (onto_lower). On symmetric perturbations this agrees with the
-# usual symmetric rule.
+# A = tril(a) + tril(a, -1)^T, whatever is above the diagonal (Hermitian for complex a:
+# tril(a, -1)^H above and the real part of the diagonal, hermitian_from_lower). The rules
+# are those of that function of `a` (what finite differences of NumPy see), not of a
+# symmetric input: the JVP symmetrises the tangent's lower triangle, and the VJP takes
+# the cotangent of A back through that map (onto_lower). On symmetric perturbations this
+# agrees with the usual symmetric rule. Complex a: dL = L Phi(L^-1 dA L^-H), Phi the lower
+# triangle with the (real) diagonal halved; the VJP is that JVP transposed.
 def _cholesky_vjp(g, a, *, out):
     L = out
     L_inv = inv(L)
@@ -504,7 +569,7 @@ def _cholesky_jvp(ts, a, *, out):
         return None
     L = out
     L_inv = inv(L)
-    return L @ _half_diagonal_lower(L_inv @ symmetric_from_lower(ts[0]) @ swap_last_axes(L_inv))
+    return L @ _half_diagonal_lower(L_inv @ hermitian_from_lower(ts[0]) @ _h(L_inv))
 
 
 def _cholesky_shape(a):
@@ -513,26 +578,30 @@ def _cholesky_shape(a):
 
 
 def _spd(x):
-    """A positive definite lower triangle, and noise above it that NumPy never reads
-    (so the generated tests see the rules on non-symmetric perturbations too)."""
+    """A positive definite lower triangle (Hermitian for complex x), and noise above it
+    that NumPy never reads (so the generated tests see the rules on non-symmetric
+    perturbations too)."""
     n = np.shape(x)[-1]
-    return x @ swap_last_axes(x) + n * np.eye(n) + np.triu(x, 1)
+    return x @ _h(x) + n * np.eye(n) + np.triu(x, 1)
 
 
 def _cholesky_call(a, upper=False):
     """np.linalg.cholesky; with ``upper=True`` NumPy reads the upper triangle of ``a`` and
-    returns the upper factor: chol_upper(a) = chol(a^T)^T."""
+    returns the upper factor: chol_upper(a) = chol(a^T)^T (for complex a too: the
+    Hermitian matrix read from the lower triangle of a^T is the conjugate of the one read
+    from the upper triangle of a, and so is its factor)."""
     if upper:
         return swap_last_axes(cholesky(swap_last_axes(a)))
     return cholesky(a)
 
 
 cholesky = Primitive(
-    "cholesky", "xp.linalg.cholesky({0})", _cholesky_shape, vjp=_cholesky_vjp,
+    "cholesky", "xp.linalg.cholesky({0})", _cholesky_shape,
+    vjp=_real_rule_or_transposed(_cholesky_vjp, _cholesky_jvp),
     numpy={np.linalg.cholesky: _cholesky_call},
     jvp=_cholesky_jvp, julia=_single_matrix_julia("DiffProg.npcholesky({0})"),
     cases=[Case(normal(3, 3), wrap=_spd), Case(normal(2, 3, 3), wrap=_spd)],
-    batch=batch_stacked(lambda: cholesky))
+    batch=batch_stacked(lambda: cholesky), complex=True)
 
 
 # ------------------------------------------------------------------ symmetric eigenproblems
@@ -543,6 +612,12 @@ cholesky = Primitive(
 # cotangent of A goes back through onto_lower. dw_i = v_i^T dA v_i needs the eigenvectors
 # as traced values: the eigh entry, whose own rules make every order exact wherever the
 # eigenvalues are distinct (at a repeated eigenvalue there is no derivative).
+# Complex a: the Hermitian A of hermitian_from_lower (the diagonal's imaginary part is
+# never read), dw_i = Re(v_i^H dA v_i), dV = V (F * V^H dA V) + the phase each eigenvector
+# keeps: the eigh entry makes its largest-magnitude component real and positive, NumPy's
+# zheevd (through its tridiagonal reduction) the first component (UPLO="L") or the last
+# (UPLO="U") real; dv_j gets i theta_j v_j keeping that component real, so the derivatives
+# are those of the vectors the impl returns (as eig's, below).
 
 def _real_dtype(dtype) -> np.dtype:
     """The dtype of eigenvalues of a Hermitian matrix of ``dtype`` (LAPACK's: float64 for
@@ -554,12 +629,16 @@ def _real_dtype(dtype) -> np.dtype:
 
 
 def _eigh_impl(xp, a):
-    """Eigenvalues (ascending) and eigenvectors of the symmetric matrix read from the lower
-    triangle of ``a``, each eigenvector with its largest-magnitude component positive (a
-    choice of sign NumPy leaves to LAPACK: fixed here so every engine gives the same)."""
+    """Eigenvalues (ascending) and eigenvectors of the symmetric (Hermitian) matrix read
+    from the lower triangle of ``a``, each eigenvector with its largest-magnitude component
+    positive (a choice of sign, or of phase, NumPy leaves to LAPACK: fixed here so every
+    engine gives the same)."""
     w, v = xp.linalg.eigh(a)
     largest = xp.argmax(xp.abs(v), axis=-2)[..., None, :]
-    return w, v * xp.sign(xp.take_along_axis(v, largest, axis=-2))
+    top = xp.take_along_axis(v, largest, axis=-2)
+    if xp.iscomplexobj(v):  # the unit phase that makes it real and positive
+        return w, v * (xp.conj(top) / xp.abs(top))
+    return w, v * xp.sign(top)
 
 
 def _eigh_shape(a):
@@ -576,14 +655,33 @@ def _inverse_gaps(w):
     return np.where(diagonal, 0.0, 1.0 / np.where(diagonal, 1.0, gaps))
 
 
+def _hermitian_eig_jvp(da, w, v, real_row):
+    """(dw, dV) for the symmetric (Hermitian) tangent ``da``: dw = Re diag(M),
+    dV = V (F * M), M = V^H dA V; for complex V plus i theta_j v_j keeping the component
+    that the impl makes real real: row ``real_row`` of V, or the largest-magnitude one
+    (``"largest"``)."""
+    m = _h(v) @ da @ v
+    n = np.shape(w)[-1]
+    dw = np.real(np.sum(np.eye(n) * m, axis=-1))
+    dv = v @ (_inverse_gaps(w) * m)
+    if not _is_complex(v):
+        return dw, dv
+    if real_row == "largest":
+        row = np.expand_dims(np.argmax(np.abs(v), axis=-2), -2) == np.arange(n)[:, None]
+        v_r = np.real(np.sum(np.where(row, v, 0.0), axis=-2))
+        dv_r = np.sum(np.where(row, dv, 0.0), axis=-2)
+    else:
+        v_r, dv_r = np.real(v[..., real_row, :]), dv[..., real_row, :]
+    theta = -np.imag(dv_r) / v_r
+    return dw, dv + v * np.expand_dims(1j * theta, -2)
+
+
 def _eigh_jvp(ts, a, *, out):
-    """dw = diag(M), dV = V (F * M), M = V^T dA V."""
     if ts[0] is None:
         return [None, None]
     w, v = out
-    m = swap_last_axes(v) @ symmetric_from_lower(ts[0]) @ v
-    dw = np.sum(np.eye(np.shape(w)[-1]) * m, axis=-1)
-    return [in_dtype_of(dw, w), in_dtype_of(v @ (_inverse_gaps(w) * m), v)]
+    dw, dv = _hermitian_eig_jvp(hermitian_from_lower(ts[0]), w, v, "largest")
+    return [in_dtype_of(dw, w), in_dtype_of(dv, v)]
 
 
 def _eigh_vjp(gs, a, *, out):
@@ -599,9 +697,10 @@ def _eigh_vjp(gs, a, *, out):
 
 # not bound to np.linalg.eigh: NumPy leaves the eigenvectors' signs to LAPACK
 eigh = Primitive(
-    "eigh", _eigh_impl, _eigh_shape, vjp=_eigh_vjp, jvp=_eigh_jvp, multiple_results=True,
-    julia=_single_matrix_julia("DiffProg.npeigh({0})"),
-    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3))], batch=batch_stacked(lambda: eigh))
+    "eigh", _eigh_impl, _eigh_shape, vjp=_real_rule_or_transposed(_eigh_vjp, _eigh_jvp),
+    jvp=_eigh_jvp, multiple_results=True, julia=_single_matrix_julia("DiffProg.npeigh({0})"),
+    cases=[Case(normal(3, 3)), Case(normal(2, 3, 3))], batch=batch_stacked(lambda: eigh),
+    complex=True)
 
 
 def _eigvalsh_shape(a):
@@ -618,29 +717,33 @@ def _eigvalsh_jvp(ts, a, *, out):
     if ts[0] is None:
         return None
     v = eigh(a)[1]
-    return in_dtype_of(np.sum(v * (symmetric_from_lower(ts[0]) @ v), axis=-2), out)
+    return in_dtype_of(np.real(np.sum(np.conj(v) * (hermitian_from_lower(ts[0]) @ v), axis=-2)), out)
 
 
 def _eigvalsh_call(a, UPLO="L"):  # noqa: N803 (NumPy's keyword)
-    """np.linalg.eigvalsh; ``UPLO="U"`` reads the upper triangle: the lower one of a^T."""
+    """np.linalg.eigvalsh; ``UPLO="U"`` reads the upper triangle: the lower one of a^T
+    (for complex a that matrix is the conjugate, with the same eigenvalues)."""
     if UPLO not in ("L", "U"):
         raise ArgumentValueError(f"np.linalg.eigvalsh: UPLO must be 'L' or 'U', got {UPLO!r}")
     return eigvalsh(swap_last_axes(a) if UPLO == "U" else a)
 
 
 eigvalsh = Primitive(
-    "eigvalsh", "xp.linalg.eigvalsh({0})", _eigvalsh_shape, vjp=_eigvalsh_vjp,
+    "eigvalsh", "xp.linalg.eigvalsh({0})", _eigvalsh_shape,
+    vjp=_real_rule_or_transposed(_eigvalsh_vjp, _eigvalsh_jvp),
     jvp=_eigvalsh_jvp, numpy={np.linalg.eigvalsh: _eigvalsh_call},
     julia=_single_matrix_julia("DiffProg.npeigvalsh({0})"),
     cases=[Case(normal(3, 3)), Case(normal(2, 3, 3)), Case(normal(4, 4), wrap=_spd)],
-    batch=batch_stacked(lambda: eigvalsh))
+    batch=batch_stacked(lambda: eigvalsh), complex=True)
 
 
 # ------------------------------------------------------------------ NumPy's own factorizations
 # np.linalg.eigh, svd and qr return vectors whose signs LAPACK chooses. The rules below are
 # written in the factors themselves, so they hold for whichever signs the impl returns, and
 # the impl returns NumPy's: the gradients are those of NumPy's own functions (finite
-# differences of NumPy see the same signs, locally constant). Other array libraries would
+# differences of NumPy see the same signs, locally constant). Complex vectors have a phase
+# instead of a sign, which moves with the matrix: the rules differentiate the phase LAPACK
+# fixes (eigh: _hermitian_eig_jvp, svd: _reduced_svd_jvp, qr: R's real diagonal). Other array libraries would
 # choose other signs: their impl runs NumPy's function on the host. The Julia engine has no
 # spelling (Julia's LAPACK calls see the transposed matrix and may choose other signs);
 # the sign-free functions (eigvalsh, svdvals, pinv, norms) have one.
@@ -691,9 +794,14 @@ def _eigh_lapack_impl(xp, a, *, uplo):
 
 
 def _eigh_lapack_jvp(ts, a, *, out, uplo):
-    """The eigh entry's rule; UPLO="U" reads the upper triangle, the lower one of a^T."""
-    t = ts[0] if ts[0] is None or uplo == "L" else swap_last_axes(ts[0])
-    return _eigh_jvp([t], a, out=out)
+    """The eigh entry's rule on the matrix NumPy reads (UPLO="U": the upper triangle),
+    with zheevd's phases (the first or the last component real)."""
+    if ts[0] is None:
+        return [None, None]
+    w, v = out
+    read = hermitian_from_lower if uplo == "L" else _hermitian_from_upper
+    dw, dv = _hermitian_eig_jvp(read(ts[0]), w, v, 0 if uplo == "L" else -1)
+    return [in_dtype_of(dw, w), in_dtype_of(dv, v)]
 
 
 def _eigh_lapack_vjp(gs, a, *, out, uplo):
@@ -710,11 +818,13 @@ def _eigh_call(a, UPLO="L"):  # noqa: N803 (NumPy's keyword)
 # np.linalg.eigh: the eigh entry's rules (written in w and V, so sign-agnostic), NumPy's
 # signs (the eigh entry fixes its own so that engines agree; this one is NumPy's function)
 eigh_lapack = Primitive(
-    "eigh_lapack", _eigh_lapack_impl, lambda a, *, uplo: _eigh_shape(a), vjp=_eigh_lapack_vjp,
+    "eigh_lapack", _eigh_lapack_impl, lambda a, *, uplo: _eigh_shape(a),
+    vjp=_real_rule_or_transposed(_eigh_lapack_vjp, _eigh_lapack_jvp),
     jvp=_eigh_lapack_jvp, multiple_results=True, batch=batch_stacked(lambda: eigh_lapack),
     julia=Unsupported(f"np.linalg.eigh: {_LAPACK_SIGNS}"), numpy={np.linalg.eigh: _eigh_call},
     cases=[Case(normal(3, 3), {"uplo": "L"}), Case(normal(2, 4, 4), {"uplo": "L"}),
-           Case(normal(4, 4), {"uplo": "U"}), Case(normal(4, 4), {"uplo": "L"}, wrap=_spd)])
+           Case(normal(4, 4), {"uplo": "U"}), Case(normal(4, 4), {"uplo": "L"}, wrap=_spd)],
+    complex=True)
 
 
 # ------------------------------------------------------------------ SVD
@@ -728,10 +838,16 @@ def _svd_shape(a, *, full_matrices):
     _at_least_matrix(a, "linalg.svd")
     m, n = a.shape[-2:]
     k = min(m, n)
-    dtype = _real_dtype(a.dtype)
+    dtype = _vectors_dtype(a.dtype)
     return [Aval(a.shape[:-2] + (m, m if full_matrices else k), dtype),
-            Aval(a.shape[:-2] + (k,), dtype),
+            Aval(a.shape[:-2] + (k,), _real_dtype(a.dtype)),
             Aval(a.shape[:-2] + (n if full_matrices else k, n), dtype)]
+
+
+def _vectors_dtype(dtype) -> np.dtype:
+    """The dtype of LAPACK's factors of a matrix of ``dtype``: complex stays complex."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind == "c" else _real_dtype(dtype)
 
 
 def _svd_impl(xp, a, *, full_matrices):
@@ -748,27 +864,37 @@ def _inverse_square_gaps(s):
 
 
 def _reduced_svd_jvp(da, u, s, vh):
-    """Tangents of the reduced SVD a = U diag(s) Vh along da (JAX's rule, real case):
-    dS = U^T da V, ds = diag(dS), dU = U (F * (dS S + S dS^T)) (+ the part of da V outside
-    U's span / s for tall a), dV likewise. Distinct nonzero singular values needed."""
+    """Tangents of the reduced SVD a = U diag(s) Vh along da (JAX's rule):
+    dS = U^H da V, ds = Re diag(dS), dU = U (F * (dS S + S dS^H)) (+ the part of da V
+    outside U's span / s for tall a), dV likewise. Distinct nonzero singular values needed.
+    Complex a: a pair (u_j, v_j) is fixed only up to a common phase. JAX's rule gives dU
+    the imaginary diagonal i Im(dS_jj) / s_j and v_j^H dv_j = 0; then both get
+    i theta_j (u_j, v_j) keeping real the component LAPACK's zgesdd (through its real
+    bidiagonal) returns real: the first of each v_j for m >= n, of each u_j for m < n. So
+    the derivatives are those of NumPy's own vectors (as eig's and eigh's)."""
     m, n = np.shape(da)[-2:]
-    v = swap_last_axes(vh)
-    ds_full = swap_last_axes(u) @ da @ v
+    v = _h(vh)
+    ds_full = _h(u) @ da @ v
     k = np.shape(s)[-1]
-    ds = np.sum(ds_full * np.eye(k), axis=-1)
+    ds = np.real(np.sum(ds_full * np.eye(k), axis=-1))
     f = _inverse_square_gaps(s)
     row = np.expand_dims(s, -2)
     col = np.expand_dims(s, -1)
     dss, sds = ds_full * row, col * ds_full
-    du = u @ (f * (dss + swap_last_axes(dss)))
-    dv = v @ (f * (sds + swap_last_axes(sds)))
+    du = u @ (f * (dss + _h(dss)))
+    dv = v @ (f * (sds + _h(sds)))
     if m > n:
         dav = da @ v
-        du = du + (dav - u @ (swap_last_axes(u) @ dav)) / row
+        du = du + (dav - u @ (_h(u) @ dav)) / row
     if n > m:
-        dau = swap_last_axes(da) @ u
-        dv = dv + (dau - v @ (swap_last_axes(v) @ dau)) / row
-    return du, ds, swap_last_axes(dv)
+        dau = _h(da) @ u
+        dv = dv + (dau - v @ (_h(v) @ dau)) / row
+    if _is_complex(u):
+        du = du + u * (1j * np.imag(np.expand_dims(np.sum(ds_full * np.eye(k), axis=-1), -2)) / row)
+        kept, d_kept = (v, dv) if m >= n else (u, du)
+        theta = np.expand_dims(-np.imag(d_kept[..., 0, :]) / np.real(kept[..., 0, :]), -2)
+        du, dv = du + u * (1j * theta), dv + v * (1j * theta)
+    return du, ds, _h(dv)
 
 
 def _svd_reduced_parts(a, out, full_matrices):
@@ -825,7 +951,10 @@ svd = Primitive(
     numpy={np.linalg.svd: lambda *args, **kwargs: _svd_call(*args, **kwargs)},
     batch=batch_stacked(lambda: svd), julia=Unsupported(f"np.linalg.svd: {_LAPACK_SIGNS}"),
     cases=[Case(normal(4, 3), {"full_matrices": False}), Case(normal(3, 5), {"full_matrices": False}),
-           Case(normal(2, 3, 3), {"full_matrices": False}), Case(normal(3, 3), {"full_matrices": True})])
+           Case(normal(2, 3, 3), {"full_matrices": False}), Case(normal(3, 3), {"full_matrices": True}),
+           Case(normal(3, 4), {"full_matrices": False}), Case(normal(9, 4), {"full_matrices": False}),
+           Case(normal(4, 9), {"full_matrices": False})],
+    complex=True)
 
 
 def _svdvals_shape(a):
@@ -834,15 +963,17 @@ def _svdvals_shape(a):
 
 
 def _svdvals_jvp(ts, a, *, out):
+    """ds_j = Re(u_j^H da v_j)."""
     if ts[0] is None:
         return None
     u, _, vh = svd(a, full_matrices=False)
-    return in_dtype_of(np.sum(u * (ts[0] @ swap_last_axes(vh)), axis=-2), out)
+    return in_dtype_of(np.real(np.sum(np.conj(u) * (ts[0] @ _h(vh)), axis=-2)), out)
 
 
 def _svdvals_vjp(g, a, *, out):
+    """conj(U) diag(g) conj(Vh) (JAX's convention: the transpose of the JVP)."""
     u, _, vh = svd(a, full_matrices=False)
-    return (in_dtype_of((u * np.expand_dims(g, -2)) @ vh, a),)
+    return (in_dtype_of(np.conj((u * np.expand_dims(g, -2)) @ vh), a),)
 
 
 # singular values only (np.linalg.svd(a, compute_uv=False), the SVD norms): no signs
@@ -850,7 +981,7 @@ svdvals = Primitive(
     "svdvals", "xp.linalg.svd({0}, compute_uv=False)", _svdvals_shape, vjp=_svdvals_vjp,
     jvp=_svdvals_jvp, batch=batch_stacked(lambda: svdvals),
     julia=_single_matrix_julia("LinearAlgebra.svdvals({0})"),
-    cases=_tall_wide_and_stacked((4, 3), (3, 5), (2, 3, 3)))
+    cases=_tall_wide_and_stacked((4, 3), (3, 5), (2, 3, 3)), complex=True)
 
 
 def _svd_call(a, full_matrices=True, compute_uv=True, hermitian=False):
@@ -869,15 +1000,16 @@ def _svd_call(a, full_matrices=True, compute_uv=True, hermitian=False):
 
 def _pinv_shape(a, *, rcond):
     _at_least_matrix(a, "linalg.pinv")
-    return Aval(a.shape[:-2] + (a.shape[-1], a.shape[-2]), _real_dtype(a.dtype))
+    return Aval(a.shape[:-2] + (a.shape[-1], a.shape[-2]), _vectors_dtype(a.dtype))
 
 
 def _pinv_jvp(ts, a, *, out, rcond):
-    """Golub and Pereyra's derivative of the pseudo-inverse (constant rank), as in JAX."""
+    """Golub and Pereyra's derivative of the pseudo-inverse (constant rank), as in JAX
+    (conjugate transposes for complex a)."""
     if ts[0] is None:
         return None
     p, da = out, ts[0]
-    dah, ph = swap_last_axes(da), swap_last_axes(out)
+    dah, ph = _h(da), _h(out)
     m, n = np.shape(a)[-2:]
     if m >= n:
         s = (p @ ph) @ dah
@@ -894,7 +1026,7 @@ def _pinv_impl(xp, a, *, rcond):
 
 def _pinv_call(a, rcond=None, hermitian=False, **kwargs):
     """np.linalg.pinv (``rtol=`` as NumPy reads it); hermitian=True: NumPy reads the lower
-    triangle (the symmetric matrix it stands for is pseudo-inverted here)."""
+    triangle (the symmetric, or Hermitian, matrix it stands for is pseudo-inverted here)."""
     m, n = np.shape(a)[-2:]
     dtype = _real_dtype(np.result_type(a))
     rtol = kwargs.pop("rtol", None) if "rtol" in kwargs else "unset"
@@ -906,7 +1038,7 @@ def _pinv_call(a, rcond=None, hermitian=False, **kwargs):
     if np.ndim(rcond) != 0:
         raise unsupported("np.linalg.pinv with one rcond per matrix")
     if hermitian:
-        a = symmetric_from_lower(a)
+        a = hermitian_from_lower(a)
     return pinv(a, rcond=float(rcond))
 
 
@@ -915,7 +1047,7 @@ pinv = Primitive(
     numpy={np.linalg.pinv: _pinv_call}, batch=batch_stacked(lambda: pinv),
     julia=_single_matrix_julia("LinearAlgebra.pinv({0}; rtol = {rcond})"),
     cases=[Case(normal(4, 3), {"rcond": 1e-15}), Case(normal(3, 5), {"rcond": 1e-15}),
-           Case(normal(2, 3, 3), {"rcond": 1e-15})])
+           Case(normal(2, 3, 3), {"rcond": 1e-15})], complex=True)
 
 
 # ------------------------------------------------------------------ QR
@@ -924,7 +1056,7 @@ def _qr_shape(a, *, complete):
     _at_least_matrix(a, "linalg.qr")
     m, n = a.shape[-2:]
     k = m if complete else min(m, n)
-    dtype = _real_dtype(a.dtype)
+    dtype = _vectors_dtype(a.dtype)
     return [Aval(a.shape[:-2] + (m, k), dtype), Aval(a.shape[:-2] + (k, n), dtype)]
 
 
@@ -939,14 +1071,16 @@ def _right_solve_upper(b, r):
 
 
 def _square_or_tall_qr_jvp(da, q, r):
-    """The reduced QR of a (m >= n) along da (JAX's rule, real case): with
-    X = Q^T da R^{-1}, dO = tril(X, -1) - tril(X, -1)^T, dQ = Q (dO - X) + da R^{-1},
-    dR = (X - dO) R."""
+    """The reduced QR of a (m >= n) along da (JAX's rule): with X = Q^H da R^{-1},
+    dO = tril(X, -1) - tril(X, -1)^H (+ i Im diag(X) for complex a, so that the diagonal
+    of R stays real, as LAPACK's is), dQ = Q (dO - X) + da R^{-1}, dR = (X - dO) R."""
     da_rinv = _right_solve_upper(da, r)
-    x = swap_last_axes(q) @ da_rinv
+    x = _h(q) @ da_rinv
     n = np.shape(x)[-1]
     low = x * np.tril(np.ones((n, n)), -1)
-    do = low - swap_last_axes(low)
+    do = low - _h(low)
+    if _is_complex(x):
+        do = do + 1j * np.imag(x * np.eye(n))
     return q @ (do - x) + da_rinv, (x - do) @ r
 
 
@@ -955,9 +1089,9 @@ def _reduced_qr_jvp(da, q, r):
     if m >= n:
         return _square_or_tall_qr_jvp(da, q, r)
     # wide: Q and the first m columns of R come from the square block a[:, :m]; the rest
-    # of R is Q^T a[:, m:]
+    # of R is Q^H a[:, m:]
     dq, dr_left = _square_or_tall_qr_jvp(da[..., :, :m], q, r[..., :, :m])
-    dr_right = swap_last_axes(dq) @ _wide_rest(r, q) + swap_last_axes(q) @ da[..., :, m:]
+    dr_right = _h(dq) @ _wide_rest(r, q) + _h(q) @ da[..., :, m:]
     return dq, np.concatenate([dr_left, dr_right], axis=-1)
 
 
@@ -1016,4 +1150,137 @@ qr = Primitive(
     numpy={np.linalg.qr: _qr_call}, batch=batch_stacked(lambda: qr),
     julia=Unsupported(f"np.linalg.qr: {_LAPACK_SIGNS}"),
     cases=[Case(normal(4, 3), {"complete": False}), Case(normal(3, 3), {"complete": False}),
-           Case(normal(3, 5), {"complete": False}), Case(normal(2, 4, 3), {"complete": False})])
+           Case(normal(3, 5), {"complete": False}), Case(normal(2, 4, 3), {"complete": False})],
+    complex=True)
+
+
+# ------------------------------------------------------------------ general eigenproblems
+# np.linalg.eig(a) and eigvals(a) of a square (real or complex) matrix. NumPy returns a
+# real array where every eigenvalue of a real matrix happens to be real and a complex one
+# otherwise: a dtype that depends on the values, which tracing cannot know. These entries
+# always give complex results (as JAX does), with NumPy's values (bit for bit: its own
+# call, the real results converted to complex exactly). So `w.real`, `np.abs(w)` and
+# friends agree with NumPy; code that relies on the dtype (np.sort(w) sorts complex
+# values lexicographically, w.dtype) sees complex values where NumPy might give real ones.
+#
+# Rules (nondegenerate perturbation theory, JAX's eig rule): with P = V^-1 dA V,
+#   dw = diag(P),  dV = U + V diag(c),  U = V (F * P),  F_ij = 1 / (w_j - w_i) (0 on the
+# diagonal). The eigenvalue equation leaves each dv_j free along v_j (c_j); LAPACK's geev
+# fixes v_j by a unit 2-norm and a real largest-magnitude component v_kj, and these rules
+# differentiate through that choice:
+#   c_j = -Re(v_j^H u_j) - i Im(u_kj) / v_kj,   k = argmax_i |v_ij|
+# (the first keeps |v_j| = 1, the second keeps v_kj real). So the derivatives of V are
+# those of NumPy's own eigenvectors (what finite differences of np.linalg.eig see), not
+# merely of some gauge: any function of V has the derivative NumPy's values imply.
+# At a repeated eigenvalue (and close to one) there is no derivative: F holds 1/0, and
+# dV comes out inf/NaN (dw, from an ill-conditioned V, is unreliable there too).
+
+def _eig_dtype(dtype) -> np.dtype:
+    """The complex dtype of eigenvalues and eigenvectors of a matrix of ``dtype``
+    (LAPACK's: complex64 for float32, complex128 for float64 and integers)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        return dtype
+    return np.dtype(np.complex64) if dtype == np.float32 else np.dtype(np.complex128)
+
+
+def _eig_shape(a):
+    _square(a, "linalg.eig")
+    c = _eig_dtype(a.dtype)
+    return [Aval(a.shape[:-1], c), Aval(a.shape, c)]
+
+
+def _eig_impl(xp, a):
+    w, v = _numpy_on_host(xp, lambda m: tuple(np.linalg.eig(m)), a)
+    c = _eig_dtype(a.dtype)
+    return w.astype(c, copy=False), v.astype(c, copy=False)
+
+
+def _eig_vectors_jvp(da, w, v):
+    """(dw, dV) of NumPy's eig along da (see above)."""
+    p = solve(v, da) @ v
+    n = np.shape(w)[-1]
+    dw = np.sum(p * np.eye(n), axis=-1)
+    u = v @ (_inverse_gaps(w) * p)
+    largest = np.expand_dims(np.argmax(np.abs(v), axis=-2), -2) == np.arange(n)[:, None]
+    v_k = np.real(np.sum(np.where(largest, v, 0.0), axis=-2))  # real (LAPACK's choice)
+    u_k = np.sum(np.where(largest, u, 0.0), axis=-2)
+    c = -np.real(np.sum(np.conj(v) * u, axis=-2)) - 1j * (np.imag(u_k) / v_k)
+    return dw, u + v * np.expand_dims(c, -2)
+
+
+def _eig_jvp(ts, a, *, out):
+    if ts[0] is None:
+        return [None, None]
+    w, v = out
+    dw, dv = _eig_vectors_jvp(ts[0], w, v)
+    return [in_dtype_of(dw, w), in_dtype_of(dv, v)]
+
+
+def _eig_call(a):
+    return _result("EigResult", *eig(a))
+
+
+eig = Primitive(
+    "eig", _eig_impl, _eig_shape, jvp=_eig_jvp, vjp=vjp_by_transposing(_eig_jvp),
+    multiple_results=True, numpy={np.linalg.eig: _eig_call}, batch=batch_stacked(lambda: eig),
+    julia=Unsupported("np.linalg.eig: the order of the eigenvalues and the phases of the "
+                      "eigenvectors are LAPACK's choices on the row-major matrix, which the "
+                      "julia engine (holding the transpose; Julia's eigen also sorts) cannot "
+                      "promise to reproduce"),
+    cases=[Case(normal(3, 3)), Case(normal(4, 4)), Case(normal(2, 3, 3)),
+           Case(lambda rng: [_real_spectrum(rng, 3)])], complex=True)
+
+
+def _real_spectrum(rng, n):
+    """A nonsymmetric matrix with distinct real eigenvalues (real eigenvectors)."""
+    x = rng.standard_normal((n, n)) + n * np.eye(n)
+    return x @ np.diag(np.arange(1.0, n + 1.0)) @ np.linalg.inv(x)
+
+
+def _eigvals_shape(a):
+    _square(a, "linalg.eigvals")
+    return Aval(a.shape[:-1], _eig_dtype(a.dtype))
+
+
+def _eigvals_impl(xp, a):
+    w = _numpy_on_host(xp, np.linalg.eigvals, a)
+    return w.astype(_eig_dtype(a.dtype), copy=False)
+
+
+def _eigvals_pairing(a, w):
+    """``(V, M)``: eig's eigenvectors of ``a`` and the 0/1 matrix M[..., i, j] pairing
+    eigenvalue i of eigvals (``w``) with eigenvalue j of eig (the nearest: LAPACK computes
+    the two separately, in the same order in practice, but nothing promises it)."""
+    w_eig, v = eig(a)
+    n = np.shape(w)[-1]
+    gaps = np.abs(np.expand_dims(w, -1) - np.expand_dims(w_eig, -2))
+    nearest = np.expand_dims(np.argmin(gaps, axis=-1), -1) == np.arange(n)
+    return v, np.where(nearest, 1.0, 0.0)
+
+
+def _eigvals_jvp(ts, a, *, out):
+    """dw_i = (V^-1 dA V)_ii."""
+    if ts[0] is None:
+        return None
+    v, pairing = _eigvals_pairing(a, out)
+    dw = np.sum(solve(v, ts[0]) * swap_last_axes(v), axis=-1)
+    return in_dtype_of(np.sum(pairing * np.expand_dims(dw, -2), axis=-1), out)
+
+
+def _eigvals_vjp(g, a, *, out):
+    """The transpose of the JVP: V^-T diag(g) V^T (JAX's convention: no conjugates)."""
+    v, pairing = _eigvals_pairing(a, out)
+    g_eig = np.sum(pairing * np.expand_dims(g, -1), axis=-2)
+    vt = swap_last_axes(v)
+    return (in_dtype_of(solve(vt, np.expand_dims(g_eig, -1) * vt), a),)
+
+
+eigvals = Primitive(
+    "eigvals", _eigvals_impl, _eigvals_shape, jvp=_eigvals_jvp, vjp=_eigvals_vjp,
+    numpy=np.linalg.eigvals, batch=batch_stacked(lambda: eigvals),
+    julia=Unsupported("np.linalg.eigvals: the order of the eigenvalues is LAPACK's choice on "
+                      "the row-major matrix (Julia's eigvals sorts them, and the julia engine "
+                      "holds the transpose), which it cannot promise to reproduce"),
+    cases=[Case(normal(3, 3)), Case(normal(2, 4, 4)),
+           Case(lambda rng: [_real_spectrum(rng, 3)])], complex=True)

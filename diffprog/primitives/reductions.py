@@ -46,11 +46,12 @@ reduce_sum = Primitive(
     jvp=lambda ts, x, *, out, axes, keepdims: None if ts[0] is None else
     np.sum(ts[0], axis=axes, keepdims=keepdims),
     julia="DiffProg.npsum({0}; dims = {jaxes}, keepdims = {keepdims})", cases=_reduction_cases(),
-    batch=by(reduce_axes, lambda: reduce_sum))
+    batch=by(reduce_axes, lambda: reduce_sum), complex=True)
 
 
 # max and min share the cotangent between tied elements (the central difference of NumPy's
-# function there), as maximum/minimum split it between tied operands
+# function there), as maximum/minimum split it between tied operands; on complex values
+# NumPy's order is lexicographic and the rule follows the element it picks
 def _extremum_vjp(g, x, *, out, axes, keepdims):
     shape = np.shape(x)
     y = _kept(out, shape, axes, keepdims)
@@ -68,16 +69,27 @@ def _extremum_jvp(ts, x, *, out, axes, keepdims):
     return in_dtype_of(picked / np.sum(mask, axis=axes, keepdims=keepdims), x)
 
 
+def _real_order_julia(template: str):
+    """A Julia spelling for real operands only: Julia's max/min have no methods for
+    complex numbers (NumPy orders them lexicographically)."""
+    def spell(eqn, jl):
+        if any(np.dtype(a.aval.dtype).kind == "c" for a in eqn.inputs if hasattr(a, "aval")):
+            return Unsupported("Julia's maximum/minimum do not order complex numbers (NumPy "
+                               "orders them lexicographically); run it on engine='numpy'")
+        return template
+    return spell
+
+
 reduce_max = Primitive(
     "reduce_max", "xp.max({0}, axis={axes}, keepdims={keepdims})", _reduction_shape("reduce_max"),
     vjp=_extremum_vjp, jvp=_extremum_jvp,
-    julia="DiffProg.npmax({0}; dims = {jaxes}, keepdims = {keepdims})",
-    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_max))
+    julia=_real_order_julia("DiffProg.npmax({0}; dims = {jaxes}, keepdims = {keepdims})"),
+    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_max), complex=True)
 reduce_min = Primitive(
     "reduce_min", "xp.min({0}, axis={axes}, keepdims={keepdims})", _reduction_shape("reduce_min"),
     vjp=_extremum_vjp, jvp=_extremum_jvp,
-    julia="DiffProg.npmin({0}; dims = {jaxes}, keepdims = {keepdims})",
-    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_min))
+    julia=_real_order_julia("DiffProg.npmin({0}; dims = {jaxes}, keepdims = {keepdims})"),
+    cases=_reduction_cases(order=1), batch=by(reduce_axes, lambda: reduce_min), complex=True)
 
 
 def _exclusive_cumprod(x, axis, reverse):
@@ -108,7 +120,7 @@ reduce_prod = Primitive(
     # exact with zeros, to any order (products of others via cumprod, itself exact there)
     cases=_reduction_cases() + [Case(lambda rng: [np.array([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]])],
                                      {"axes": (1,), "keepdims": False})],
-    batch=by(reduce_axes, lambda: reduce_prod))
+    batch=by(reduce_axes, lambda: reduce_prod), complex=True)
 
 
 def _indices_along(name, shape, julia):
@@ -143,7 +155,7 @@ cumsum = Primitive(
     jvp=lambda ts, x, *, out, axis: None if ts[0] is None else np.cumsum(ts[0], axis=axis),
     julia="cumsum({0}; dims = {jaxis})",
     cases=[Case(normal(3, 4), {"axis": 1}), Case(normal(3, 4), {"axis": 0})],
-    batch=by(along_axis, lambda: cumsum))
+    batch=by(along_axis, lambda: cumsum), complex=True)
 
 
 class _ZerosAlong:
@@ -197,7 +209,7 @@ cumprod = Primitive(
            Case(lambda rng: [np.array([[1.5, 0.0, 2.0, -3.0], [0.0, 0.0, 3.0, 1.0],
                                        [2.0, -1.0, 0.5, 0.0], [0.0, 2.0, 0.0, 0.0]])], {"axis": 1}),
            Case(lambda rng: [np.array([[0.0, 2.0], [3.0, 0.0], [0.5, 4.0]])], {"axis": 0})],
-    batch=by(along_axis, lambda: cumprod))
+    batch=by(along_axis, lambda: cumprod), complex=True)
 
 
 def _argpartition_impl(xp, x, *, kth, axis):

@@ -64,11 +64,24 @@ def add_all(terms):
 
 def in_dtype_of(x, like):
     """``x`` in ``like``'s float dtype: derivatives keep the primal's dtype (float32
-    stays float32)."""
+    stays float32). A complex derivative of a real value is its real part: in JAX's
+    convention the covector ``dx -> Re(c dx)`` restricted to real ``dx`` is ``Re(c)``
+    (a real input promoted to complex gets the real part of the complex cotangent)."""
     dtype = getattr(like, "dtype", None)
     if dtype is not None and hasattr(x, "dtype") and x.dtype != dtype and is_inexact(dtype):
-        return x.astype(dtype)
+        return as_dtype(x, dtype)
     return x
+
+
+def as_dtype(x, dtype):
+    """``x.astype(dtype)``, taking the real part where a complex value becomes real
+    (astype would warn and drop it the same way; saying so keeps the intent visible)."""
+    dtype = np.dtype(dtype)
+    if np.dtype(x.dtype).kind == "c" and dtype.kind != "c":
+        x = np.real(x)
+        if x.dtype == dtype:
+            return x
+    return x.astype(dtype)
 
 
 def lower_triangle(x, diagonal: float):

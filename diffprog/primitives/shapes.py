@@ -42,7 +42,7 @@ reshape = Primitive(
     jvp=lambda ts, x, *, out, shape: None if ts[0] is None else np.reshape(ts[0], shape),
     julia=_julia_reshape,
     cases=[Case(normal(3, 4), {"shape": (2, 6)}), Case(normal(3, 4), {"shape": (12,)})],
-    batch=by(reshape_rule, lambda: reshape))
+    batch=by(reshape_rule, lambda: reshape), complex=True)
 
 transpose = Primitive(
     "transpose", "xp.transpose({0}, {axes})",
@@ -51,7 +51,7 @@ transpose = Primitive(
     jvp=lambda ts, x, *, out, axes: None if ts[0] is None else np.transpose(ts[0], axes),
     julia="permutedims({0}, {jperm})",
     cases=[Case(normal(3, 4), {"axes": (1, 0)}), Case(normal(2, 3, 4), {"axes": (2, 0, 1)})],
-    batch=by(transpose_rule, lambda: transpose))
+    batch=by(transpose_rule, lambda: transpose), complex=True)
 
 
 def _broadcast_to_shape(x, *, shape):
@@ -66,7 +66,7 @@ broadcast_to = Primitive(
     jvp=lambda ts, x, *, out, shape: None if ts[0] is None else np.broadcast_to(ts[0], shape),
     julia="DiffProg.npbroadcast_to({0}, {jshape})",
     cases=[Case(normal(4), {"shape": (3, 4)}), Case(normal(3, 1), {"shape": (2, 3, 4)})],
-    batch=by(broadcast_to_rule, lambda: broadcast_to))
+    batch=by(broadcast_to_rule, lambda: broadcast_to), complex=True)
 
 
 def _concatenate_shape(*xs, axis):
@@ -102,7 +102,7 @@ concatenate = Primitive(
     vjp=_concatenate_vjp, jvp=_concatenate_jvp, julia="cat({args}; dims = {jaxis})",
     cases=[Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((4, 3))], {"axis": 0}),
            Case(lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((2, 1))], {"axis": 1})],
-    batch=by(concatenate_rule, lambda: concatenate))
+    batch=by(concatenate_rule, lambda: concatenate), complex=True)
 
 
 def _pack_scalars_jvp(ts, *xs, out, dtype):
@@ -123,7 +123,11 @@ pack_scalars = Primitive(
                       "(diffprog.engines.peephole); other engines run the concatenate it "
                       "replaces"),
     cases=[Case(lambda rng: [rng.standard_normal(()), rng.standard_normal(()),
-                             rng.standard_normal(())], {"dtype": np.dtype(np.float64)})])
+                             rng.standard_normal(())], {"dtype": np.dtype(np.float64)},
+                complex=False),
+           Case(lambda rng: [rng.standard_normal(()) + 1j * rng.standard_normal(()),
+                             rng.standard_normal(())], {"dtype": np.dtype(np.complex128)})],
+    complex=True)
 
 
 def _pad_shape(x, *, pad_width, value):
@@ -141,7 +145,7 @@ pad = Primitive(
     np.pad(ts[0], pad_width, constant_values=0.0),
     julia="DiffProg.nppad({0}, {jpad_width}, {value})",
     cases=[Case(normal(3, 4), {"pad_width": ((1, 2), (0, 3)), "value": 0.0})],
-    batch=by(pad_rule, lambda: pad))
+    batch=by(pad_rule, lambda: pad), complex=True)
 
 
 # ------------------------------------------------------------------ indexing
@@ -236,7 +240,7 @@ slice_ = Primitive(
     julia=_julia_slice,
     cases=[Case(normal(5, 4), {"index": (slice(1, 4, None), 2)}),
            Case(normal(5, 4), {"index": (slice(None, None, -2), None, Ellipsis)})],
-    batch=by(slice_rule, lambda: slice_))
+    batch=by(slice_rule, lambda: slice_), complex=True)
 
 
 def _gather_impl(xp, x, *arrays, index):
@@ -256,7 +260,7 @@ gather = Primitive(
     julia=_julia_gather,
     cases=[Case(lambda rng: [rng.standard_normal((5, 4)), np.array([0, 2, 2, 4])],
                 {"index": (ArraySlot(), slice(None, None, None))})],
-    batch=by(gather_rule, lambda: gather))
+    batch=by(gather_rule, lambda: gather), complex=True)
 
 
 def _scatter_add_impl(xp, g, *arrays, shape, index):
@@ -280,4 +284,4 @@ scatter_add = Primitive(
     julia=_julia_scatter_add,
     cases=[Case(lambda rng: [rng.standard_normal((4, 4)), np.array([0, 2, 2, 4])],
                 {"index": (ArraySlot(), slice(None, None, None)), "shape": (5, 4)})],
-    batch=by(scatter_add_rule, lambda: scatter_add))
+    batch=by(scatter_add_rule, lambda: scatter_add), complex=True)

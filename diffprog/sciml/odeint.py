@@ -194,7 +194,9 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
             y5 = y + h * sum(b * k for b, k in zip(_B5, ks) if b != 0.0)
             err = h * sum(e * k for e, k in zip(_E, ks) if e != 0.0)
             scale = atol + rtol * np.maximum(np.abs(y), np.abs(y5))
-            norm = stop_gradient(np.sqrt(np.mean((err / scale) ** 2)))
+            # |.|^2: a complex state's error has a size, not a sign (|x|^2 is x^2 bit for
+            # bit on real values)
+            norm = stop_gradient(np.sqrt(np.mean(np.abs(err / scale) ** 2)))
             accept = norm <= 1.0
             factor = np.clip(0.9 * (np.maximum(norm, 1e-10) ** -0.2), 0.2, 5.0)
             return (np.where(accept, tau + dtau, tau), np.where(accept, y5, y),

@@ -47,9 +47,23 @@ def default_seed() -> int:
 # ============================================================================ setup
 
 def _is_float_leaf(leaf) -> bool:
-    if isinstance(leaf, float):
+    """A real or complex floating leaf: the values check_grads differentiates."""
+    if isinstance(leaf, (float, complex)):
         return True
-    return isinstance(leaf, (np.ndarray, np.floating)) and np.issubdtype(leaf.dtype, np.floating)
+    return isinstance(leaf, (np.ndarray, np.inexact)) and np.issubdtype(leaf.dtype, np.inexact)
+
+
+def _fd_dtype(dtype) -> np.dtype:
+    """Where finite differences run: float64, or complex128 for complex values."""
+    return np.dtype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64)
+
+
+def _random_like(rng: np.random.Generator, shape, dtype):
+    """A standard-normal direction; complex for complex values, so one random direction
+    moves every element along both its real and its imaginary axis."""
+    if np.dtype(dtype).kind == "c":
+        return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    return rng.standard_normal(shape)
 
 
 def _param_names(f, n_args: int) -> list[str]:
@@ -114,7 +128,9 @@ class Problem:
 
     def dtype(self, i) -> np.dtype:
         leaf = self.leaves[i]
-        return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.dtype(np.float64)
+        if hasattr(leaf, "dtype"):
+            return np.dtype(leaf.dtype)
+        return np.dtype(np.complex128 if isinstance(leaf, complex) else np.float64)
 
     def args_with(self, values: dict) -> tuple:
         leaves = list(self.leaves)
@@ -123,13 +139,15 @@ class Problem:
         return unflatten(self.treedef, leaves)
 
     def analytic_dtype(self) -> np.dtype:
-        return np.result_type(*[self.dtype(i) for i in self.float_idx])
+        """The real precision the derivatives are computed in (float32 for complex64)."""
+        dtype = np.result_type(*[self.dtype(i) for i in self.float_idx])
+        return np.empty((), dtype).real.dtype
 
 
 def _flat_outputs(out) -> list[np.ndarray]:
     leaves, _ = flatten(out)
     return [np.asarray(l) for l in leaves if _is_float_leaf(l) or
-            (hasattr(l, "dtype") and np.issubdtype(np.asarray(l).dtype, np.floating))]
+            (hasattr(l, "dtype") and np.issubdtype(np.asarray(l).dtype, np.inexact))]
 
 
 # ============================================================ finite differences
@@ -139,12 +157,14 @@ class FiniteDifferences:
 
     def __init__(self, problem: Problem, eps: float | None):
         self.p = problem
-        self.base = {i: self._as_fd(problem.leaves[i], np.float64) for i in problem.float_idx}
+        self.base = {i: self._as_fd(problem.leaves[i], _fd_dtype(problem.dtype(i)))
+                     for i in problem.float_idx}
         self.dtype = np.dtype(np.float64)
         try:
             outs = _flat_outputs(problem.f(*problem.args_with(self.base)))
-            if any(o.dtype != np.float64 for o in outs):  # f casts internally: FD inherits it
-                self.dtype = np.result_type(*[o.dtype for o in outs])
+            reals = [np.empty((), o.dtype).real.dtype for o in outs]
+            if any(r != np.float64 for r in reals):  # f casts internally: FD inherits it
+                self.dtype = np.result_type(*reals)
         except Exception:  # f does not accept float64 inputs: stay in its own dtype
             self.base = {i: problem.leaves[i] for i in problem.float_idx}
             self.dtype = problem.analytic_dtype()
@@ -153,20 +173,26 @@ class FiniteDifferences:
 
     @staticmethod
     def _as_fd(leaf, dtype):
-        return float(leaf) if isinstance(leaf, float) else np.asarray(leaf, dtype=dtype)
+        if isinstance(leaf, (float, complex)):
+            return complex(leaf) if isinstance(leaf, complex) else float(leaf)
+        return np.asarray(leaf, dtype=dtype)
 
     def step(self, i) -> float:
-        x = np.asarray(self.base[i], dtype=np.float64)
+        x = np.asarray(self.base[i])
         return self.eps * max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
 
     def evaluate(self, i, direction, t) -> list[np.ndarray]:
-        """f with argument leaf i moved to x_i + t * direction (float64 outputs)."""
+        """f with argument leaf i moved to x_i + t * direction (float64 or complex128
+        outputs)."""
         x = self.base[i]
-        moved = np.asarray(x, dtype=np.float64) + t * direction
-        moved = float(moved) if isinstance(x, float) else moved.astype(np.asarray(x).dtype)
+        moved = np.asarray(x, dtype=_fd_dtype(np.result_type(x))) + t * direction
+        if isinstance(x, (float, complex)):
+            moved = type(x)(moved)
+        else:
+            moved = moved.astype(np.asarray(x).dtype)
         self.evaluations += 1
         out = self.p.f(*self.p.args_with({**self.base, i: moved}))
-        return [np.asarray(o, dtype=np.float64) for o in _flat_outputs(out)]
+        return [np.asarray(o, dtype=_fd_dtype(o.dtype)) for o in _flat_outputs(out)]
 
     def directional(self, i, direction, h=None) -> list[np.ndarray]:
         """(f(x + h v) - f(x - h v)) / 2h, one array per float output."""
@@ -176,12 +202,13 @@ class FiniteDifferences:
 
 
 def _dot(us, vs) -> float:
-    return float(sum(np.sum(np.asarray(u, np.float64) * np.asarray(v, np.float64))
-                     for u, v in zip(us, vs)))
+    """The pairing of cotangents and tangents: sum(u * v), of complex values its real part
+    (no conjugate: JAX's convention, under which <J^T u, v> = <u, J v>)."""
+    return float(sum(np.real(np.sum(np.asarray(u) * np.asarray(v))) for u, v in zip(us, vs)))
 
 
 def _norm(vs) -> float:
-    return float(np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in vs)))
+    return float(np.sqrt(sum(np.sum(np.abs(np.asarray(v)) ** 2) for v in vs)))
 
 
 # ================================================================ analytic sides
@@ -200,12 +227,12 @@ class Derivatives:
         out_leaves, out_tree = flatten(out)
         ct_leaves, it = [], iter(u)
         for leaf in out_leaves:
-            is_float = hasattr(leaf, "dtype") and np.issubdtype(np.asarray(leaf).dtype, np.floating)
+            is_float = hasattr(leaf, "dtype") and np.issubdtype(np.asarray(leaf).dtype, np.inexact)
             ct_leaves.append(next(it).astype(np.asarray(leaf).dtype) if is_float
                              else np.zeros(np.shape(leaf), np.asarray(leaf).dtype))
         grads = pullback(unflatten(out_tree, ct_leaves))
         flat, _ = flatten(tuple(grads))
-        return {i: np.asarray(flat[i], np.float64) for i in problem.float_idx}
+        return {i: np.asarray(flat[i], _fd_dtype(problem.dtype(i))) for i in problem.float_idx}
 
     def jvp(self, problem: Problem, i: int, direction) -> list[np.ndarray]:
         tangents = {j: np.zeros(problem.shape(j), problem.dtype(j)) for j in problem.float_idx}
@@ -214,7 +241,7 @@ class Derivatives:
                        for l in problem.leaves]
         leaves = [tangents.get(j, z) for j, z in enumerate(zero_static)]
         _, t = api.jvp(self.traced, problem.args, unflatten(problem.treedef, leaves))
-        return [np.asarray(o, np.float64) for o in _flat_outputs(t)]
+        return [np.asarray(o, _fd_dtype(o.dtype)) for o in _flat_outputs(t)]
 
 
 def _reverse_function(d: Derivatives, problem: Problem, u: list) -> Callable:
@@ -223,7 +250,7 @@ def _reverse_function(d: Derivatives, problem: Problem, u: list) -> Callable:
         out, pullback = api.vjp(d.traced, *args)
         out_leaves, out_tree = flatten(out)
         it = iter(u)
-        cts = [next(it).astype(l.dtype) if np.issubdtype(l.dtype, np.floating)
+        cts = [next(it).astype(l.dtype) if np.issubdtype(l.dtype, np.inexact)
                else np.zeros(l.shape, l.dtype) for l in out_leaves]
         grads, _ = flatten(tuple(pullback(unflatten(out_tree, cts))))
         return [grads[i] for i in problem.float_idx]
@@ -259,13 +286,13 @@ class Checker:
         self.notes: list[str] = []  # checks that could not run, for the report
 
     def _direction(self, i):
-        return self.rng.standard_normal(self.p.shape(i))
+        return _random_like(self.rng, self.p.shape(i), self.p.dtype(i))
 
     def tolerance(self, scale: float) -> float:
         return self.atol + self.rtol * scale
 
     def check(self, d: Derivatives, modes: Sequence[str]) -> list[CheckResult]:
-        u = [self.rng.standard_normal(o.shape) for o in
+        u = [_random_like(self.rng, o.shape, o.dtype) for o in
              _flat_outputs(d.fn(*self.p.args_with(self.fd.base)))]
         if not u:
             raise ArgumentError(f"check_grads: {d.label} returned no floating-point output")
@@ -317,8 +344,8 @@ class Checker:
         k = int(np.argmax(errs[worst])) if errs[worst].size else 0
         scale = max(max((float(np.max(np.abs(n))) for n in numeric if n.size), default=0.0),
                     max((float(np.max(np.abs(x))) for x in t if x.size), default=0.0))
-        a_k = float(t[worst].reshape(-1)[k]) if t[worst].size else 0.0
-        n_k = float(numeric[worst].reshape(-1)[k]) if numeric[worst].size else 0.0
+        a_k = t[worst].reshape(-1)[k].item() if t[worst].size else 0.0
+        n_k = numeric[worst].reshape(-1)[k].item() if numeric[worst].size else 0.0
         where = f"output[{worst}]" if len(t) > 1 else "output"
         r = self._result(d, "fwd", i, a_k, n_k, abs(a_k - n_k), scale,
                          f"J v for a random input direction v, elementwise; worst at "
@@ -346,7 +373,9 @@ def check_grads(f: Callable, args, order: int = 1, modes: Sequence[str] = ("rev"
     of 2, a sign flip, a transposed or swapped gradient). Finite differences run in
     float64 where ``f`` allows, and tolerances default by dtype (float32: rtol 2e-3).
     ``seed`` (default $DIFFPROG_TEST_SEED or 0) fixes the random directions; it is
-    printed in the report. ``engine`` picks the engine that computes the analytic side.
+    printed in the report. Complex arguments and outputs are checked in JAX's convention
+    (``<J^T u, v> = Re(sum(u * J v))``, no conjugate), with complex random directions, so
+    every element moves along its real and its imaginary axis. ``engine`` picks the engine that computes the analytic side.
 
     Returns a :class:`GradCheckReport`; raises :class:`~diffprog.errors.GradCheckError`
     (an ``AssertionError``) on failure unless ``raise_=False``.
@@ -391,7 +420,7 @@ def check_grads(f: Callable, args, order: int = 1, modes: Sequence[str] = ("rev"
 
 def _check_second_order(checker: Checker, first: Derivatives, modes, engine, report):
     p = checker.p
-    u = [checker.rng.standard_normal(o.shape) for o in
+    u = [_random_like(checker.rng, o.shape, o.dtype) for o in
          _flat_outputs(first.fn(*p.args_with(checker.fd.base)))]
     derived = []
     if "rev" in modes:
@@ -458,10 +487,11 @@ def _compare_leaf(path, ref, got, rtol, atol) -> list[str]:
     if ref.shape != got.shape:
         return [f"  {path}: shape {got.shape}, expected {ref.shape}"]
     dt = np.result_type(ref.dtype, got.dtype)
-    r_default, a_default = DEFAULT_TOLERANCES.get(np.dtype(dt), (1e-5, 1e-8))
+    r_default, a_default = DEFAULT_TOLERANCES.get(np.empty((), dt).real.dtype, (1e-5, 1e-8))
     rtol = r_default if rtol is None else rtol
     atol = a_default if atol is None else atol
-    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    wide = _fd_dtype(dt)  # complex gradients are compared as complex numbers
+    ref64, got64 = ref.astype(wide), got.astype(wide)
     scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
     err = np.abs(ref64 - got64)
     bad = err > atol + rtol * np.maximum(np.abs(ref64), scale)
@@ -472,7 +502,16 @@ def _compare_leaf(path, ref, got, rtol, atol) -> list[str]:
              f"{element_path(path, ref.shape, k)}: yours {got64.reshape(-1)[k]:.8g}, expected "
              f"{ref64.reshape(-1)[k]:.8g}, abs err {err.reshape(-1)[k]:.3g} (rtol {rtol:g}, "
              f"atol {atol:g})"]
-    pattern = diagnose.patterns(got64, ref64, {}, rtol)
+    if wide.kind == "c" and np.allclose(got64, np.conj(ref64), rtol=rtol, atol=atol) \
+            and not np.allclose(got64, ref64, rtol=rtol, atol=atol):
+        pattern = diagnose.conjugated(np.concatenate([got64.real, -got64.imag]).ravel(),
+                                      np.concatenate([ref64.real, -ref64.imag]).ravel(), 0.0) \
+            or "the conjugate of the expected gradient (PyTorch's convention, not JAX's)"
+    elif wide.kind == "c":  # real and imaginary parts side by side (no transpose test)
+        pattern = diagnose.patterns(np.stack([got64.real, got64.imag]),
+                                    np.stack([ref64.real, ref64.imag]), {}, rtol, full=False)
+    else:
+        pattern = diagnose.patterns(got64, ref64, {}, rtol)
     if pattern:
         lines.append(f"  diagnosis: {pattern}")
     return lines

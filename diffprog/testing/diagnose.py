@@ -38,8 +38,10 @@ def explain(checker, d, mode: str, i: int, u: list, result: CheckResult, dense_a
     result.dense = dense.summary
     result.diagnosis += lines
     if verdict == "bug":
-        found = patterns(dense.analytic, dense.numeric, _others(checker, i, u, dense), checker.rtol,
-                         full=dense.full)
+        complex_arg = np.dtype(p.dtype(i)).kind == "c"
+        found = (conjugated(dense.analytic, dense.numeric, checker.rtol) if complex_arg else "") \
+            or patterns(dense.analytic, dense.numeric, _others(checker, i, u, dense), checker.rtol,
+                        full=dense.full)
         result.diagnosis.append(found or "no simple pattern (constant factor, sign, transpose, "
                                          "swapped arguments) explains the difference")
 
@@ -98,14 +100,16 @@ class _Dense:
         self.full, self.indices = full, indices
 
 
-def _numeric_elements(checker, i, u, indices):
+def _numeric_elements(checker, i, u, indices, unit=1.0):
+    """<u, J e_k> by finite differences, e_k along element k's real axis (``unit`` 1j:
+    its imaginary axis, for complex arguments)."""
     from .checks import _dot
     shape = checker.p.shape(i)
     out = np.empty(len(indices))
     h = checker.fd.step(i)
     for n, k in enumerate(indices):
-        e = np.zeros(int(np.prod(shape, dtype=np.int64)))
-        e[k] = 1.0
+        e = np.zeros(int(np.prod(shape, dtype=np.int64)), type(unit))
+        e[k] = unit
         out[n] = _dot(u, checker.fd.directional(i, e.reshape(shape), h))
     return out
 
@@ -119,15 +123,21 @@ def _dense(checker, d, mode, i, u, dense_analytic) -> _Dense:
     limit = DENSE_LIMIT if mode == "rev" else DENSE_LIMIT // 8  # forward: one jvp per element
     full = size <= limit
     indices = np.arange(size) if full else np.sort(checker.rng.choice(size, limit, replace=False))
-    numeric = _numeric_elements(checker, i, u, indices)
+    units = (1.0, 1j) if np.dtype(p.dtype(i)).kind == "c" else (1.0,)
+    numeric = np.concatenate([_numeric_elements(checker, i, u, indices, unit) for unit in units])
     if mode == "rev":
-        analytic = np.asarray(dense_analytic, np.float64).reshape(-1)[indices]
+        # <J^T u, unit e_k> = Re(grad_k * unit) (JAX's convention): Re(g), then -Im(g)
+        g = np.asarray(dense_analytic).reshape(-1)[indices]
+        analytic = np.concatenate([np.real(g * unit) for unit in units]).astype(np.float64)
     else:
-        analytic = np.empty(len(indices))
-        for n, k in enumerate(indices):
-            e = np.zeros(size)
-            e[k] = 1.0
-            analytic[n] = _dot(u, d.jvp(p, i, e.reshape(shape)))
+        analytic = np.empty(len(numeric))
+        for m, unit in enumerate(units):
+            for n, k in enumerate(indices):
+                e = np.zeros(size, type(unit))
+                e[k] = unit
+                analytic[m * len(indices) + n] = _dot(u, d.jvp(p, i, e.reshape(shape)))
+    if len(units) == 2:
+        return _complex_dense(checker, p, i, shape, size, indices, analytic, numeric, full)
     err = np.abs(analytic - numeric)
     scale = float(np.max(np.abs(numeric))) if numeric.size else 0.0
     bad = err > checker.atol + checker.rtol * np.maximum(np.abs(numeric), scale)
@@ -142,6 +152,42 @@ def _dense(checker, d, mode, i, u, dense_analytic) -> _Dense:
     if full:
         analytic, numeric = analytic.reshape(shape), numeric.reshape(shape)
     return _Dense(analytic, numeric, summary, full, indices)
+
+
+def _complex_dense(checker, p, i, shape, size, indices, analytic, numeric, full) -> _Dense:
+    """The per-element check of a complex argument: each element along its real axis,
+    then along its imaginary axis; a conjugated gradient (PyTorch's convention instead
+    of JAX's) agrees on the first and flips sign on the second."""
+    from .checks import element_path
+    err = np.abs(analytic - numeric)
+    scale = float(np.max(np.abs(numeric))) if numeric.size else 0.0
+    bad = err > checker.atol + checker.rtol * np.maximum(np.abs(numeric), scale)
+    k = int(np.argmax(err)) if err.size else 0
+    n = len(indices)
+    axis = "real" if k < n else "imaginary"
+    rel = err[k] / max(abs(numeric[k]), abs(analytic[k]), 1e-300) if err.size else 0.0
+    summary = ElementMismatch(
+        checked=len(analytic), size=2 * size, mismatched=int(bad.sum()),
+        worst_path=element_path(p.paths[i], shape, int(indices[k % n]) if n else 0)
+        + f" ({axis} axis)",
+        analytic=float(analytic[k]) if err.size else 0.0,
+        numeric=float(numeric[k]) if err.size else 0.0,
+        abs_err=float(err[k]) if err.size else 0.0, rel_err=float(rel))
+    return _Dense(analytic, numeric, summary, False, indices)
+
+
+def conjugated(analytic, numeric, rtol: float) -> str:
+    """'' unless ``analytic`` is the conjugate of ``numeric`` (real axes first, then
+    imaginary axes, as _complex_dense orders them)."""
+    a, n = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
+    half = len(n) // 2
+    flipped = np.concatenate([n[:half], -n[half:]])
+    tol = max(10 * rtol, 1e-3) * max(float(np.linalg.norm(n)), 1e-300)
+    if half and np.linalg.norm(n[half:]) > tol and np.linalg.norm(a - flipped) <= tol:
+        return ("the conjugate of the expected gradient: diffprog uses JAX's convention "
+                "(grad of a real f(x + iy) is df/dx - i df/dy); the rule returns df/dx + i "
+                "df/dy (PyTorch's). Fix: conjugate the cotangents the rule returns.")
+    return ""
 
 
 def _others(checker, i, u, dense: _Dense) -> dict:

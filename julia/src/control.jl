@@ -103,7 +103,7 @@ zero_like(x::AbstractArray) = zero(x)
 # while_loop's "still running" flag, index arrays) get none: Zygote returns float cotangents
 # for integer scalars (its broadcast `unbroadcast(x::Number, x̄)` does no projection), which
 # an integer buffer cannot hold.
-const FloatLike = Union{AbstractFloat, Complex{<:AbstractFloat}}
+# (`FloatLike` is defined in numpy_compat.jl.)
 differentiable_value(x::Number) = x isa FloatLike
 differentiable_value(x::AbstractArray) = eltype(x) <: FloatLike
 differentiable_value(x) = false
@@ -140,12 +140,14 @@ argument_cotangent(grads::Tuple, k) = grads[k + 1] # grads[1] is the body's own 
 cotangent_buffer(x) = differentiable_value(x) ? zero_like(x) : NoTangent()
 cotangent_start(c) = differentiable_value(c) ? ZeroTangent() : NoTangent()
 
+# `real_values`: a step's complex cotangent of a real scanned input keeps its real part (the
+# body's pullback from `rrule_via_ad` is not projected onto the arguments).
 function add_step!(dx::AbstractVector, i, d)
-    view(dx, i:i) .+= d
+    view(dx, i:i) .+= real_values(dx, d)
     return dx
 end
 function add_step!(dx::AbstractArray, i, d)
-    selectdim(dx, ndims(dx), i) .+= d
+    selectdim(dx, ndims(dx), i) .+= real_values(dx, d)
     return dx
 end
 

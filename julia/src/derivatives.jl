@@ -5,6 +5,22 @@
 # the program) in the latest world lets Zygote's generated pullbacks see that method too.
 # It does so inside `with_array_template(args)` (devices.jl), so that arrays the program makes
 # from numbers alone live on the arguments' device.
+#
+# Complex values: every derivative this file returns, and every cotangent it takes, is in
+# JAX's convention (diffprog's): the cotangent `c` of a complex `z` is the covector
+# `dz -> Re(sum(c .* dz))`. Zygote and ChainRules use `dz -> Re(sum(conj(c̄) .* dz))`, the
+# real inner product of C as R² (ChainRulesCore docs/src/maths/complex.md: the pullback of
+# `f(x + iy) = u + iv` maps `Δu + iΔv` to `Δu ∂u/∂x + Δv ∂v/∂x + i(Δu ∂u/∂y + Δv ∂v/∂y)`;
+# Zygote docs/src/complex.md: the gradient of a real `f` is `∂f/∂x + i ∂f/∂y`). So
+# `c = conj(c̄)` for the same covector, and
+#
+#     JAX pullback(c) = conj(Zygote pullback(conj(c)))
+#
+# (the identity on real values). Hence `grad` of a real `f(x + iy)` is `∂f/∂x - i ∂f/∂y`, and
+# a holomorphic `f` seeded with 1 gives `f'(z)`: Zygote's `back(1)` is `conj(f'(z))` (its
+# docs: holomorphic derivatives "are the conjugate of the gradients for the real part").
+# The cotangent of a real argument is the real part (ChainRulesCore's `ProjectTo{<:Real}`
+# of a `Complex`, src/projection.jl), the same in both conventions.
 
 """
     value(p::Program, args::Tuple) -> Tuple
@@ -21,12 +37,17 @@ end
 """
     value_and_gradient(p::Program, args::Tuple, wrt = 1:length(args)) -> (outputs, gradients)
 
-Run the program and differentiate its FIRST output, which must be a real scalar (a
-`Real`, or an array holding exactly one element), with respect to the arguments at the
-1-based positions `wrt` (an integer or a tuple of integers). `outputs` is the tuple of all
+Run the program and differentiate its FIRST output, which must be a scalar (a number, or
+an array holding exactly one element), with respect to the arguments at the 1-based
+positions `wrt` (an integer or a tuple of integers). `outputs` is the tuple of all
 outputs; `gradients` holds one gradient per position in `wrt`, in that order, each shaped
 and typed like its argument (a `nothing` gradient from Zygote becomes zeros; integer
 arguments get floating-point gradients).
+
+Complex values follow JAX's convention (see the top of this file): for a real output and a
+complex argument `z = x + iy` the gradient is `∂f/∂x - i ∂f/∂y`; a complex output is
+differentiated as a holomorphic function, seeded with 1, and the gradient is `f'(z)` (JAX's
+`grad(f, holomorphic=True)`).
 """
 function value_and_gradient(p::Program, args::Tuple, wrt = all_positions(args))
     positions = checked_positions(wrt, args)
@@ -41,7 +62,7 @@ function value_and_gradient_worker(f, args::Tuple, positions::Tuple)
     isempty(outputs) &&
         throw(ArgumentError("the program returns no outputs to differentiate"))
     seed = (unit_seed(first(outputs)), map(_ -> nothing, Base.tail(outputs))...)
-    gradients = gradients_or_zeros(back(seed), args)
+    gradients = jax_gradients(back(seed), args)
     return outputs, map(k -> gradients[k], positions)
 end
 
@@ -50,7 +71,8 @@ end
 
 Reverse mode with a cotangent for every output (`nothing` means zero; a cotangent has the
 shape of its output). Returns all outputs and one gradient per argument (zeros where Zygote
-returns `nothing`), each shaped and typed like its argument.
+returns `nothing`), each shaped and typed like its argument. Cotangents and gradients of
+complex values are in JAX's convention (see the top of this file): this is JAX's `vjp`.
 """
 function pullback(p::Program, args::Tuple, cotangents::Tuple)
     note_compilation!(p, :pullback, args)
@@ -66,8 +88,8 @@ function pullback_worker(f, args::Tuple, cotangents::Tuple)
             "got $(length(cotangents)) cotangents for $(length(outputs)) outputs",
         ))
     end
-    seed = map(cotangent_for, cotangents, outputs)
-    return outputs, gradients_or_zeros(back(seed), args)
+    seed = map((c, y) -> cotangent_for(conj_tangent(c), y), cotangents, outputs)
+    return outputs, jax_gradients(back(seed), args)
 end
 
 """
@@ -83,6 +105,12 @@ Built from one Zygote pullback per element of `y` with one-hot cotangents, rathe
 `Zygote.jacobian`, because the program returns a tuple (Zygote.jacobian wants one array)
 and because this keeps the argument shapes. The one-hot basis is made with `similar` and a
 broadcast over the diagonal, as Zygote's own `_eyelike`, so it works on GPU arrays.
+
+Complex values as JAX's `jacrev`: each row is a pullback in JAX's convention, so a real `y`
+gives rows that are gradients (`∂yᵢ/∂a - i ∂yᵢ/∂b` for a complex argument `a + ib`), and a
+complex `y` of complex arguments the holomorphic Jacobian `∂yᵢ/∂xⱼ`
+(`jacrev(holomorphic=True)`). A complex `y` of a real argument has no such Jacobian (JAX
+refuses it too): `ArgumentError`.
 """
 function jacobian(p::Program, args::Tuple; output::Integer = 1, wrt = all_positions(args))
     positions = checked_positions(wrt, args)
@@ -95,11 +123,10 @@ end
 function jacobian_worker(f, args::Tuple, output::Int, positions::Tuple)
     selected = (xs...) -> select_output(tupled(f)(xs...), output)
     y, back = Zygote.pullback(selected, args...)
+    check_jacobian_fields(y, args, positions)
     basis = identity_like(y)
-    rows = [
-        gradients_or_zeros(back(basis_cotangent(basis, y, k)), args)
-        for k in 1:length(y)
-    ]
+    # the basis is real, so conj(e_k) = e_k: JAX's row k is conj(Zygote's pullback of e_k)
+    rows = [jax_gradients(back(basis_cotangent(basis, y, k)), args) for k in 1:length(y)]
     jacobians = map(j -> assemble_jacobian(args[j], y, [row[j] for row in rows]), positions)
     return y, jacobians
 end
@@ -107,8 +134,11 @@ end
 """
     hessian(p::Program, args::Tuple, wrt::Integer) -> H
 
-Hessian of the first output (a real scalar) with respect to the argument at position `wrt`.
-`H` has Julia dims `(size(x)..., size(x)...)` (NumPy sees `x.shape + x.shape`).
+Hessian of the first output (a scalar) with respect to the argument at position `wrt`.
+`H` has Julia dims `(size(x)..., size(x)...)` (NumPy sees `x.shape + x.shape`). A complex
+first output is a holomorphic function of a complex argument, and `H` is `f''(z)` (JAX's
+`hessian(holomorphic=True)`); a real function of a complex argument has no complex Hessian
+(JAX refuses it too): `ArgumentError`.
 
 Reverse-over-reverse: the Jacobian of the Zygote gradient, one outer pullback per element.
 `Zygote.hessian` (ForwardDiff over Zygote) is faster on the CPU, but its `extract` step
@@ -131,15 +161,33 @@ end
 
 function hessian_worker(f, args::Tuple, k::Int)
     scalar = (xs...) -> scalar_output(tupled(f)(xs...))
-    gradient_k = (xs...) -> gradient_or_zero(Zygote.gradient(scalar, xs...)[k], xs[k])
+    holomorphic = check_hessian_fields(scalar(args...), args[k])
+    gradient_k = if holomorphic
+        (xs...) -> holomorphic_gradient(scalar, xs, k)
+    else
+        (xs...) -> gradient_or_zero(Zygote.gradient(scalar, xs...)[k], xs[k])
+    end
     g, back = Zygote.pullback(gradient_k, args...)
     basis = identity_like(g)
+    # JAX's convention on both levels: `gradient_k` returns f'(z), and each row of its
+    # Jacobian is conj(Zygote's pullback of a real basis vector)
     columns = [
-        gradients_or_zeros(back(basis_cotangent(basis, g, j)), args)[k]
+        jax_gradients(back(basis_cotangent(basis, g, j)), args)[k]
         for j in 1:length(g)
     ]
     return assemble_jacobian(args[k], g, columns)
 end
+
+# f'(z) of a holomorphic scalar `f` w.r.t. argument `k`: Zygote's pullback seeded with 1 is
+# conj(f'(z)) (Zygote's `gradient` refuses complex outputs, `sensitivity(y::Complex)`).
+function holomorphic_gradient(f, xs::Tuple, k::Int)
+    y, back = Zygote.pullback(f, xs...)
+    return conj_tangent(gradient_or_zero(nth_gradient(back(one(y)), k), xs[k]))
+end
+
+# Zygote's pullback returns `nothing` instead of a tuple when no argument has a gradient.
+nth_gradient(::Nothing, k::Int) = nothing
+nth_gradient(gradients::Tuple, k::Int) = gradients[k]
 
 # ---------------------------------------------------------------------------------------
 # Helpers shared by the workers.
@@ -181,23 +229,24 @@ function scalar_output(outputs::Tuple)
     return y isa Number ? y : sum(y)
 end
 
-check_scalar(y::Real) = nothing
-function check_scalar(y::AbstractArray{<:Real})
+# A complex scalar is a holomorphic function's output (diffprog's holomorphic=True).
+check_scalar(y::Number) = nothing
+function check_scalar(y::AbstractArray{<:Number})
     length(y) == 1 && return nothing
     throw(ArgumentError(
         "the first output must be a scalar to take its gradient; it has size $(size(y))",
     ))
 end
 check_scalar(y) = throw(ArgumentError(
-    "the first output must be a real scalar; got a $(typeof(y))",
+    "the first output must be a real or complex scalar; got a $(typeof(y))",
 ))
 
-unit_seed(y::Real) = one(y)
-unit_seed(y::AbstractArray{<:Real}) = (check_scalar(y); fill!(similar(y), one(eltype(y))))
+unit_seed(y::Number) = one(y)
+unit_seed(y::AbstractArray{<:Number}) = (check_scalar(y); fill!(similar(y), one(eltype(y))))
 unit_seed(y) = check_scalar(y)
 
 cotangent_for(::Nothing, y) = nothing
-cotangent_for(c::Number, y::AbstractFloat) = convert(typeof(y), c)
+cotangent_for(c::Number, y::AbstractFloat) = convert(typeof(y), real_if(typeof(y), c))
 cotangent_for(c::Number, y::Number) = c
 cotangent_for(c::Number, y::AbstractArray) = fill!(similar(y), c)
 # A 0-d array cotangent for a scalar output: `sum` reads it without scalar GPU indexing.
@@ -208,6 +257,28 @@ function cotangent_for(c::AbstractArray, y::AbstractArray)
         "cotangent of size $(size(c)) for an output of size $(size(y))",
     ))
 end
+
+# Zygote's gradients as JAX's: dense, shaped and typed like the arguments, conjugated.
+function jax_gradients(gradients, args::Tuple)
+    return map(conj_tangent, gradients_or_zeros(gradients, args))
+end
+
+"""
+    conj_tangent(x)
+
+A tangent or cotangent between Zygote's complex convention and JAX's (either way): the
+complex conjugate of complex numbers and arrays, real values unchanged (see the top of
+derivatives.jl).
+"""
+conj_tangent(x::Union{Nothing, Real, AbstractZero}) = x
+conj_tangent(x::Number) = conj(x)
+conj_tangent(x::AbstractArray{<:Real}) = x
+conj_tangent(x::AbstractArray{<:Number}) = conj.(x)
+
+# The real part of a cotangent of a real value (ChainRulesCore's `ProjectTo{<:Real}` of a
+# `Complex`); cotangents of complex values as they are.
+real_if(::Type{<:Real}, g::Number) = real(g)
+real_if(::Type, g::Number) = g
 
 # Zygote may return `nothing` for all arguments at once, or per argument.
 gradients_or_zeros(::Nothing, args::Tuple) = map(zero_gradient, args)
@@ -224,20 +295,24 @@ zero_gradient(x) = nothing
 
 gradient_like(::Nothing, x) = zero_gradient(x)
 gradient_like(::AbstractZero, x) = zero_gradient(x)
-gradient_like(g::Number, x::Number) = convert(gradient_eltype(typeof(x)), g)
+function gradient_like(g::Number, x::Number)
+    T = gradient_eltype(typeof(x))
+    return convert(T, real_if(T, g))
+end
 # Number and 0-dim array cotangents are two forms of one value (Zygote produces both).
 gradient_like(g::AbstractArray{<:Number, 0}, x::Number) = gradient_like(only_element(g), x)
 function gradient_like(g::Number, x::AbstractArray{<:Any, 0})
     T = gradient_eltype(eltype(x))
-    return fill!(similar(x, T), convert(T, g))
+    return fill!(similar(x, T), convert(T, real_if(T, g)))
 end
 function gradient_like(g::AbstractArray, x::AbstractArray)
     T = gradient_eltype(eltype(x))
     typeof(g) === typeof(x) && eltype(x) === T && return g
-    # Zygote can return lazy or wrapped arrays (Fill, Transpose, ...) or a promoted eltype;
-    # hand Python a dense array of the argument's own kind (Array or CuArray).
+    # Zygote can return lazy or wrapped arrays (Fill, Transpose, ...) or a promoted eltype
+    # (a complex cotangent of a real argument keeps its real part); hand Python a dense
+    # array of the argument's own kind (Array or CuArray).
     dense = similar(x, T)
-    dense .= g
+    dense .= real_values(dense, g)
     return dense
 end
 gradient_like(g, x) = g
@@ -276,3 +351,62 @@ function assemble_jacobian(x::Number, y::AbstractArray, rows::Vector)
     return reshape(device_vector(rows; like = y), size(y))
 end
 assemble_jacobian(x, y, rows::Vector) = nothing
+
+# JAX's complex rules for Jacobians and Hessians (diffprog's Python side refuses the same
+# combinations before calling): `jacrev` needs a real output unless the function is
+# holomorphic, and a holomorphic Jacobian needs complex arguments; `hessian` of a complex
+# argument only for a holomorphic function (complex output).
+function check_jacobian_fields(y, args::Tuple, positions::Tuple)
+    is_complex(y) || return nothing
+    for k in positions
+        is_complex(args[k]) && continue
+        throw(ArgumentError(
+            "the Jacobian of a complex output with respect to the real argument $k is not " *
+                "defined here (JAX's jacrev refuses it too): differentiate a real quantity " *
+                "(real.(y), abs2.(y)), or make the argument complex for a holomorphic function",
+        ))
+    end
+    return nothing
+end
+
+function check_hessian_fields(y, x)
+    if is_complex(y) && !is_complex(x)
+        throw(ArgumentError(
+            "the Hessian of a complex output needs a complex argument (a holomorphic " *
+                "function); differentiate a real quantity instead",
+        ))
+    end
+    if !is_complex(y) && is_complex(x)
+        throw(ArgumentError(
+            "a real function of a complex argument has no complex Hessian (JAX refuses it " *
+                "too): pass the real and imaginary parts as real arguments",
+        ))
+    end
+    return is_complex(y)
+end
+
+is_complex(x::Number) = x isa Complex
+is_complex(x::AbstractArray) = eltype(x) <: Complex
+is_complex(x) = false
+
+@non_differentiable is_complex(::Any)
+
+"""
+    complex_derivative_problem() -> Union{Nothing, String}
+
+`nothing` when the loaded Zygote differentiates complex programs correctly, else why not
+(the Python side asks once before the first derivative of a program with complex values).
+Zygote 0.7.11 fixed two bugs in the broadcasts generated code is made of: mixed real and
+complex operands in one broadcast gave wrong gradients (FluxML/Zygote.jl#1601, fixed by
+#1606), and `abs.(z)` had a `NaN` gradient at `z == 0` (#1529, fixed by #1632).
+"""
+function complex_derivative_problem()
+    version = pkgversion(Zygote)
+    version === nothing && return nothing # a development checkout: trust it
+    version >= COMPLEX_ZYGOTE && return nothing
+    return "Zygote $version is loaded; derivatives of complex values need Zygote " *
+        "$COMPLEX_ZYGOTE or later (earlier versions differentiate broadcasts that mix " *
+        "real and complex operands wrongly, FluxML/Zygote.jl#1601)"
+end
+
+const COMPLEX_ZYGOTE = v"0.7.11"

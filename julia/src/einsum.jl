@@ -33,14 +33,18 @@ convert_eltype_if(::Type{T}, x::AbstractArray) where {T} = T.(x)
 
 batched_transpose(a::AbstractArray{<:Any, 3}) = permutedims(a, (2, 1, 3))
 
+# The conjugate transpose of each matrix: ChainRules' cotangents of `C = A * B` are
+# `C̄ * Bᴴ` and `Aᴴ * C̄` (its `*` rule); for real matrices the transpose.
+batched_adjoint(a::AbstractArray{<:Any, 3}) = conj_values(batched_transpose(a))
+
 function ChainRulesCore.rrule(::typeof(batched_product), a::AbstractArray, b::AbstractArray)
     project_a, project_b = ProjectTo(a), ProjectTo(b)
     function batched_product_pullback(Δ)
         ḡ = unthunk(Δ)
         ḡ isa AbstractZero && return (NoTangent(), ZeroTangent(), ZeroTangent())
         ḡ = dense_cotangent(ḡ)
-        da = project_a(batched_product(ḡ, batched_transpose(b)))
-        db = project_b(batched_product(batched_transpose(a), ḡ))
+        da = project_a(batched_product(ḡ, batched_adjoint(b)))
+        db = project_b(batched_product(batched_adjoint(a), ḡ))
         return (NoTangent(), da, db)
     end
     return batched_product(a, b), batched_product_pullback

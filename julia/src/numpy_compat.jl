@@ -3,6 +3,10 @@
 # of an `n`-d array is Julia dim `n - k`). None of these functions mutate their inputs or
 # index GPU arrays element by element. Derivative rules are in rules.jl.
 
+# The values that carry derivatives: real or complex floating point. (Integers and Bools
+# get none; rules.jl and control.jl dispatch on this.)
+const FloatLike = Union{AbstractFloat, Complex{<:AbstractFloat}}
+
 # ---------------------------------------------------------------------------------------
 # Reductions
 
@@ -125,17 +129,49 @@ end
 
 `numpy.maximum` (broadcasting, NaN propagates). At ties the gradient is split 1/2 each:
 the central difference of NumPy's function there, and diffprog's Python rule (one
-convention on every engine).
+convention on every engine). Complex values are ordered as NumPy orders them
+(lexicographically, real part first; see [`numpy_max`](@ref)); Julia's `max` has no
+method for them.
 """
-npmaximum(x, y) = max.(x, y)
+npmaximum(x, y) = numpy_max.(x, y)
 
 """
     npminimum(x, y)
 
 `numpy.minimum` (broadcasting, NaN propagates). At ties the gradient is split 1/2 each, as
-for [`npmaximum`](@ref).
+for [`npmaximum`](@ref); complex values in NumPy's order.
 """
-npminimum(x, y) = min.(x, y)
+npminimum(x, y) = numpy_min.(x, y)
+
+"""
+    numpy_max(a, b), numpy_min(a, b), numpy_greater(a, b), numpy_less(a, b)
+
+NumPy's `maximum`, `minimum`, `>` and `<` of two numbers. Real numbers as Julia's `max`,
+`min`, `>`, `<`. Complex numbers (a real operand is promoted) in NumPy's lexicographic
+order, with NumPy's NaN handling (numpy/_core/src/umath/loops.c.src, `CGE`/`CGT`):
+`a ≥ b` when `re(a) > re(b)` and neither imaginary part is NaN, or `re(a) == re(b)` and
+`im(a) ≥ im(b)`; `maximum` keeps `a` when `a` has a NaN part or `a ≥ b`, else `b` (so a NaN
+in either operand propagates).
+"""
+numpy_max(a::Real, b::Real) = max(a, b)
+numpy_max(a::Number, b::Number) = numpy_max(promote(a, b)...)
+numpy_max(a::Complex, b::Complex) = has_nan(a) || complex_ge(a, b) ? a : b
+numpy_min(a::Real, b::Real) = min(a, b)
+numpy_min(a::Number, b::Number) = numpy_min(promote(a, b)...)
+numpy_min(a::Complex, b::Complex) = has_nan(a) || complex_ge(b, a) ? a : b
+numpy_greater(a::Real, b::Real) = a > b
+numpy_greater(a::Number, b::Number) = numpy_greater(promote(a, b)...)
+function numpy_greater(a::Complex, b::Complex)
+    return (real(a) > real(b) && !isnan(imag(a)) && !isnan(imag(b))) ||
+        (real(a) == real(b) && imag(a) > imag(b))
+end
+numpy_less(a::Number, b::Number) = numpy_greater(b, a)
+
+has_nan(z::Complex) = isnan(real(z)) || isnan(imag(z))
+function complex_ge(a::Complex, b::Complex)
+    return (real(a) > real(b) && !isnan(imag(a)) && !isnan(imag(b))) ||
+        (real(a) == real(b) && imag(a) >= imag(b))
+end
 
 """
     npclip(x, lo, hi)
@@ -201,16 +237,20 @@ end
 """
     npslogdet(A::AbstractMatrix) -> (sign, logabsdet)
 
-`numpy.linalg.slogdet` for one real square matrix (in NumPy order: sign first). Julia
-receives the transpose of the NumPy matrix, which has the same determinant. Singular
-matrices give `(0, -Inf)`. Computed from an LU factorization by reductions over its
-diagonal, so it also runs on GPU matrices (`LinearAlgebra.logabsdet` loops over elements).
+`numpy.linalg.slogdet` for one square matrix (in NumPy order: sign first). Julia receives
+the transpose of the NumPy matrix, which has the same determinant. For a real matrix the
+sign is ±1; for a complex one it is the phase `det / |det|` (a complex number of modulus 1,
+as NumPy's), and `logabsdet` is real for both. Singular matrices give `(0, -Inf)`.
+Computed from an LU factorization by reductions over its diagonal, so it also runs on GPU
+matrices (`LinearAlgebra.logabsdet` loops over elements).
 """
-function npslogdet(A::AbstractMatrix{<:Real})
+function npslogdet(A::AbstractMatrix{<:Number})
     F = LinearAlgebra.lu(A; check = false)
     diagonal = F.factors[LinearAlgebra.diagind(F.factors)]
-    logabs = sum(v -> log(abs(v)), diagonal; init = zero(float(eltype(A))))
-    sign_ = prod(sign, diagonal; init = one(float(eltype(A)))) * permutation_sign(F.ipiv)
+    T = float(eltype(A))
+    logabs = sum(v -> log(abs(v)), diagonal; init = zero(real(T)))
+    # `sign(v)` is v / |v| for complex v (and 0 at 0), as NumPy's phase
+    sign_ = prod(sign, diagonal; init = one(T)) * permutation_sign(F.ipiv)
     # A zero pivot times an odd permutation gives -0.0; NumPy reports 0.0.
     return (iszero(sign_) ? zero(sign_) : sign_, logabs)
 end

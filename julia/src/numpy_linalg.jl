@@ -35,32 +35,42 @@ end
     npcholesky(At)
 
 `numpy.linalg.cholesky(A)`: reads the lower triangle of `A` (the upper triangle of `At`)
-and returns the lower factor `L` in Julia layout, i.e. the dense upper factor `Lᵀ`. The
-gradient is NumPy's convention in diffprog (symmetric: `(S + Sᵀ) / 2`).
+and returns the lower factor `L` in Julia layout, i.e. the dense upper factor `Lᵀ`. A
+complex `A` is read as the Hermitian matrix `M` NumPy builds from its lower triangle (the
+diagonal's imaginary part unread); `Hermitian(At, :U)` is then `conj(M) = Uᴴ U` with
+`U = Lᵀ`, so the result is `Lᵀ` for complex matrices too.
+
+The gradient is that of NumPy's function of `A` (diffprog's Python rule): only the triangle
+NumPy reads gets a cotangent, each entry below the diagonal standing for itself and its
+mirror image.
 """
 function npcholesky(At::AbstractMatrix)
     F = LinearAlgebra.cholesky(LinearAlgebra.Hermitian(At, :U))
     return LinearAlgebra.triu(F.factors)
 end
 
-# Lower triangle with the diagonal halved.
+# Lower triangle with the (real part of the) diagonal halved.
 function lower_half_diagonal(X::AbstractMatrix)
-    diagonal = LinearAlgebra.tril(LinearAlgebra.triu(X))
+    diagonal = real_part(LinearAlgebra.tril(LinearAlgebra.triu(X)))
     return LinearAlgebra.tril(X, -1) .+ diagonal ./ 2
 end
+
+adjoint_dense(A::AbstractMatrix) = conj_values(transpose_dense(A))
 
 function ChainRulesCore.rrule(::typeof(npcholesky), At::AbstractMatrix)
     U = npcholesky(At)
     function npcholesky_pullback(Δ)
         ḡ = unthunk(Δ)
         ḡ isa AbstractZero && return (NoTangent(), ZeroTangent())
-        # In NumPy terms: L = Uᵀ, g = ḡᵀ, P = Φ(Lᵀ g), S = L⁻ᵀ P L⁻¹, dA = (S + Sᵀ) / 2,
-        # which is symmetric, so it is its own Julia layout.
+        # In NumPy terms, with L = Uᵀ and its cotangent L̄ = ḡᵀ (ChainRules' convention):
+        # R = Φ(Lᴴ L̄) (lower triangle, real diagonal halved), S = L⁻ᴴ R L⁻¹ and the
+        # cotangent of A is Φ(S + Sᴴ): the adjoint of dA ↦ L Φ(L⁻¹ M(dA) L⁻ᴴ), M(dA) the
+        # Hermitian matrix read from dA's lower triangle. Back to Julia layout: transposed.
         L = transpose_dense(U)
-        P = lower_half_diagonal(U * transpose_dense(ḡ))
+        R = lower_half_diagonal(conj_values(U) * transpose_dense(ḡ))
         Linv = inv(L)
-        S = transpose_dense(Linv) * P * Linv
-        return (NoTangent(), (S .+ transpose_dense(S)) ./ 2)
+        S = adjoint_dense(Linv) * R * Linv
+        return (NoTangent(), transpose_dense(lower_half_diagonal(S .+ adjoint_dense(S))))
     end
     return U, npcholesky_pullback
 end
@@ -75,6 +85,11 @@ rule takes the cotangent onto the triangle it reads: the gradient of NumPy's fun
 diffprog's Python rule (`primitives/linalg.py`).
 """
 npeigvalsh(At::AbstractMatrix) = LinearAlgebra.eigvals(LinearAlgebra.Symmetric(At, :U))
+# A complex A is read as the Hermitian matrix M that NumPy builds from its lower triangle;
+# `Hermitian(At, :U)` is then conj(M), whose eigenvalues are M's (real).
+function npeigvalsh(At::AbstractMatrix{<:Complex})
+    return LinearAlgebra.eigvals(LinearAlgebra.Hermitian(At, :U))
+end
 
 """
     npeigh(At)
@@ -83,15 +98,37 @@ The eigenvalues (ascending) and eigenvectors of the symmetric matrix NumPy's `ei
 from the lower triangle of `A` (the upper triangle of `At`), each eigenvector with its
 largest-magnitude component positive (diffprog's choice of sign, the same on every engine);
 the eigenvectors are the columns of NumPy's result, returned in Julia layout.
+
+A complex `A` is read as the Hermitian matrix `M` of its lower triangle; `Hermitian(At, :U)`
+is `conj(M)`, whose eigenvectors `W` are the conjugates of `M`'s. Each is multiplied by the
+unit phase that makes its largest-magnitude component real and positive (diffprog's choice,
+as for the sign). That phase moves with `A`, so it is differentiated (ChainRules' `eigen`
+rule returns LAPACK's phase, and the result does not depend on it).
 """
 function npeigh(At::AbstractMatrix)
     F = LinearAlgebra.eigen(LinearAlgebra.Symmetric(At, :U))
     return F.values, transpose_dense(F.vectors .* eigenvector_signs(F.vectors))
 end
+function npeigh(At::AbstractMatrix{<:Complex})
+    F = LinearAlgebra.eigen(LinearAlgebra.Hermitian(At, :U))
+    W = F.vectors
+    top = sum(W .* largest_component_mask(W); dims = 1)
+    # conj(W ⋅ phase) are NumPy's columns, made positive at the largest component; Julia
+    # layout is their transpose, i.e. the adjoint of W ⋅ phase
+    return F.values, adjoint_dense(W .* (conj.(top) ./ abs.(top)))
+end
 
 # the sign of the largest-magnitude component of each column (the first of equal ones)
 eigenvector_signs(V::AbstractMatrix) = sign.(V[argmax(abs.(V); dims = 1)])
 @non_differentiable eigenvector_signs(::Any)
+
+# true at the largest-magnitude component of each column (the first of equal ones)
+function largest_component_mask(V::AbstractMatrix)
+    mask = fill!(similar(V, Bool), false)
+    mask[argmax(abs.(V); dims = 1)] .= true
+    return mask
+end
+@non_differentiable largest_component_mask(::Any)
 
 """
     npmatmul_stacked(a, b)

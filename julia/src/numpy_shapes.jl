@@ -20,12 +20,12 @@ npreshape(x::Number, ::Tuple{}) = x
     npscalar(x)
 
 The single element of `x` (a one-element array, e.g. `x[2:2]`) as a number: NumPy's
-reshape to `()`. `sum` for floats, which is differentiable (ChainRules' `sum` rule, itself
-differentiable) and reads GPU arrays without scalar indexing; other eltypes keep their type
-(`sum` would turn `Bool`s and small integers into `Int`).
+reshape to `()`. `sum` for real and complex floats, which is differentiable (ChainRules'
+`sum` rule, itself differentiable) and reads GPU arrays without scalar indexing; other
+eltypes keep their type (`sum` would turn `Bool`s and small integers into `Int`).
 """
 npscalar(x::Number) = x
-npscalar(x::AbstractArray{<:AbstractFloat}) = (check_one_element(x); sum(x))
+npscalar(x::AbstractArray{<:FloatLike}) = (check_one_element(x); sum(x))
 npscalar(x::AbstractArray{T}) where {T} = (check_one_element(x); convert(T, sum(x)))
 
 function check_one_element(x::AbstractArray)
@@ -52,12 +52,19 @@ falses_like(::Bool, shape) = fill!(new_array(Bool, Tuple(shape)), false)
 """
     convert_eltype(T, x)
 
-`x.astype(T)`: floats convert (and carry gradients back), integers truncate toward zero
-as NumPy does, `Bool` tests for nonzero.
+`x.astype(T)`: floats and complex numbers convert (and carry gradients back), integers
+truncate toward zero as NumPy does, `Bool` tests for nonzero. From complex to a real type
+NumPy keeps the real part (with a `ComplexWarning`), where Julia's `convert` would throw an
+`InexactError` for a nonzero imaginary part: so the real part is taken first (its cotangent
+is the real cotangent, as np.real's).
 """
-convert_eltype(::Type{T}, x) where {T <: AbstractFloat} = T.(x)
-convert_eltype(::Type{T}, x) where {T <: Integer} = to_integer(T, x)
-convert_eltype(::Type{Bool}, x) = nonzero(x)
+convert_eltype(::Type{T}, x) where {T <: AbstractFloat} = T.(real_part(x))
+convert_eltype(::Type{T}, x) where {T <: Complex} = T.(x)
+convert_eltype(::Type{T}, x) where {T <: Integer} = to_integer(T, real_part(x))
+convert_eltype(::Type{Bool}, x) = nonzero(x) # a complex value is true when either part is
+
+real_part(x::Union{Real, AbstractArray{<:Real}}) = x
+real_part(x) = real.(x)
 
 to_integer(::Type{T}, x) where {T} = trunc.(T, x)
 nonzero(x) = x .!= 0

@@ -2,6 +2,11 @@
 # would pick an inconvenient subgradient, or would mutate/scalar-index (slow or broken on
 # GPU). Every pullback is written with broadcasts, reductions and products only, so Zygote
 # can differentiate it again (hessians) and it runs on GPU arrays.
+#
+# Cotangents here are ChainRules' (Zygote's), not JAX's: for `y = f(x)` with complex values
+# the pullback is `x̄ = conj(∂y/∂x) ȳ` for holomorphic `f`, i.e. the adjoint, not the
+# transpose (ChainRulesCore docs/src/maths/complex.md). derivatives.jl converts at the
+# boundary. `conj_values` is the identity on real arrays, so the real rules are unchanged.
 
 # Integer bookkeeping: no derivative, and keeps Zygote from tracing into mutation.
 @non_differentiable reduced_dims(::Any, ::Any)
@@ -18,15 +23,30 @@
 Sum the cotangent `g` of a broadcast result down to the shape of the operand `x` (a number
 or an array), the reverse of broadcasting's expansion of length-1 and missing dims.
 """
-unbroadcast_to(x::Number, g::Number) = g
-unbroadcast_to(x::Number, g::AbstractArray) = sum(g)
-unbroadcast_to(x::AbstractArray, g::Number) = zero(x) .+ g
+unbroadcast_to(x::Number, g::Number) = real_if(typeof(x), g)
+unbroadcast_to(x::Number, g::AbstractArray) = real_if(typeof(x), sum(g))
+unbroadcast_to(x::AbstractArray, g::Number) = zero(x) .+ real_if(eltype(x), g)
 function unbroadcast_to(x::AbstractArray, g::AbstractArray)
+    g = real_values(x, g) # a real operand's cotangent is real (ProjectTo{<:Real})
     size(g) == size(x) && return g
     expanded = Tuple(d for d in 1:ndims(g) if size(x, d) == 1 && size(g, d) != 1)
     summed = isempty(expanded) ? g : sum(g; dims = expanded)
     return reshape(summed, size(x))
 end
+
+# `g` (an array or a number) as a cotangent of the array `x`: its real part for a real `x`
+real_values(x::AbstractArray{<:Real}, g::AbstractArray{<:Complex}) = real.(g)
+real_values(x::AbstractArray{<:Real}, g::Complex) = real(g)
+real_values(x, g) = g
+
+"""
+    conj_values(x)
+
+`conj.(x)` for complex arrays and numbers, `x` itself for real ones (no copy).
+"""
+conj_values(x::Union{Real, AbstractArray{<:Real}}) = x
+conj_values(x::Number) = conj(x)
+conj_values(x::AbstractArray) = conj.(x)
 
 # 1 where `a` was chosen, 0 where the other operand was, 1/2 at a tie.
 choice_weight(a_wins::Bool, tie::Bool, ::Type{T}) where {T} = ifelse(
@@ -35,16 +55,18 @@ choice_weight(a_wins::Bool, tie::Bool, ::Type{T}) where {T} = ifelse(
     ifelse(a_wins, one(T), zero(T)),
 )
 
-weight_type(args...) = float(promote_type(map(eltype, args)...))
+weight_type(args...) = real(float(promote_type(map(eltype, args)...)))
 
 # --- npmaximum / npminimum (and so npclip): ties split 1/2 each ------------------------------------------
+# The weights are real (0, 1/2, 1), so the rule is the same in ChainRules' convention and
+# JAX's, for complex operands too (NumPy's order, numpy_greater).
 
 function ChainRulesCore.rrule(::typeof(npmaximum), x, y)
-    return elementwise_choice_rrule(npmaximum(x, y), x, y, >)
+    return elementwise_choice_rrule(npmaximum(x, y), x, y, numpy_greater)
 end
 
 function ChainRulesCore.rrule(::typeof(npminimum), x, y)
-    return elementwise_choice_rrule(npminimum(x, y), x, y, <)
+    return elementwise_choice_rrule(npminimum(x, y), x, y, numpy_less)
 end
 
 function elementwise_choice_rrule(out, x, y, x_wins)
@@ -96,13 +118,14 @@ end
 
 function ChainRulesCore.rrule(
     ::typeof(prod_kept),
-    x::AbstractArray{<:AbstractFloat},
+    x::AbstractArray{<:FloatLike},
     dims::Tuple,
 )
     function prod_kept_pullback(Δ)
         ḡ = unthunk(Δ)
         ḡ isa AbstractZero && return (NoTangent(), ZeroTangent(), NoTangent())
-        return (NoTangent(), ḡ .* prod_partials(x, dims), NoTangent())
+        # complex x: the product is holomorphic, so its pullback conjugates the partials
+        return (NoTangent(), ḡ .* conj_values(prod_partials(x, dims)), NoTangent())
     end
     return prod_kept(x, dims), prod_kept_pullback
 end
@@ -139,7 +162,7 @@ end
 
 function ChainRulesCore.rrule(
     ::typeof(npcumprod),
-    x::AbstractArray{<:AbstractFloat};
+    x::AbstractArray{<:FloatLike};
     dims::Integer,
 )
     # `npcumprod`, not `cumprod`: differentiating this rule again must meet this rule
@@ -147,7 +170,10 @@ function ChainRulesCore.rrule(
     function npcumprod_pullback(Δ)
         ḡ = unthunk(Δ)
         ḡ isa AbstractZero && return (NoTangent(), ZeroTangent())
-        return (NoTangent(), cumprod_cotangent(dense_cotangent(ḡ), x, y, Int(dims)))
+        # every partial is a product of elements of x, so conj(partial) is the same
+        # product of the conjugates: the rule of conj.(x) (holomorphic, as for npprod)
+        d = cumprod_cotangent(dense_cotangent(ḡ), conj_values(x), conj_values(y), Int(dims))
+        return (NoTangent(), d)
     end
     return y, npcumprod_pullback
 end
@@ -230,18 +256,31 @@ function ChainRulesCore.rrule(::typeof(npwhere), cond, x, y)
 end
 
 # --- npslogdet -------------------------------------------------------------------------------
-# d logabsdet(A) / dA = inv(A)ᵀ; the sign is piecewise constant.
+# With t = tr(A⁻¹ dA) (d log det A, holomorphic): d logabsdet = Re(t). For real A the sign is
+# piecewise constant; for complex A the phase s = det / |det| moves too, ds = s i Im(t).
+# In ChainRules' convention the cotangent (s̄, l̄) is the covector
+# Re(conj(s̄) ds) + l̄ Re(t) = Re(conj(c̄) t) with c̄ = l̄ + i Im(s̄ conj(s)), and the cotangent
+# of A is c̄ (A⁻¹)ᴴ (for real A: l̄ (A⁻¹)ᵀ). The same rule as diffprog's Python slogdet rule,
+# whose JAX-convention cotangent is the conjugate of this one.
 
-function ChainRulesCore.rrule(::typeof(npslogdet), A::AbstractMatrix{<:Real})
+function ChainRulesCore.rrule(::typeof(npslogdet), A::AbstractMatrix{<:Number})
     out = npslogdet(A)
     function npslogdet_pullback(Δ)
         ḡ = unthunk(Δ)
         ḡ isa AbstractZero && return (NoTangent(), ZeroTangent())
-        ḡ_logabs = unthunk(ḡ[2])
-        ḡ_logabs isa AbstractZero && return (NoTangent(), ZeroTangent())
-        return (NoTangent(), ḡ_logabs .* permutedims(inv(A), (2, 1)))
+        c̄ = logdet_cotangent(out[1], unthunk(ḡ[1]), unthunk(ḡ[2]))
+        c̄ isa AbstractZero && return (NoTangent(), ZeroTangent())
+        return (NoTangent(), c̄ .* conj_values(permutedims(inv(A), (2, 1))))
     end
     return out, npslogdet_pullback
+end
+
+# c̄ above: the real sign takes no cotangent; zeros stay symbolic
+logdet_cotangent(sign_::Real, s̄, l̄) = l̄
+logdet_cotangent(sign_::Complex, s̄::AbstractZero, l̄) = l̄
+function logdet_cotangent(sign_::Complex, s̄::Number, l̄)
+    phase = im * imag(s̄ * conj(sign_))
+    return l̄ isa AbstractZero ? phase : l̄ + phase
 end
 
 # --- gather / scatter-add --------------------------------------------------------------------

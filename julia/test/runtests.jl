@@ -2,15 +2,21 @@ using DiffProg
 using LinearAlgebra: LinearAlgebra
 using Test
 
-# Central finite differences of a scalar function of one array (or number) argument.
+# Central finite differences of a real scalar function of one array (or number) argument.
+# For a complex argument a + ib, the gradient in JAX's convention (diffprog's, and what
+# DiffProg returns): ∂f/∂a - i ∂f/∂b.
 function finite_difference_gradient(f, x::AbstractArray; h = 1.0e-6)
     return map(CartesianIndices(x)) do i
         step = zero(x)
         step[i] = h
-        (f(x .+ step) - f(x .- step)) / (2h)
+        along(s) = (f(x .+ s) - f(x .- s)) / (2h)
+        eltype(x) <: Complex ? along(step) - im * along(im .* step) : along(step)
     end
 end
-finite_difference_gradient(f, x::Number; h = 1.0e-6) = (f(x + h) - f(x - h)) / (2h)
+function finite_difference_gradient(f, x::Number; h = 1.0e-6)
+    along(s) = (f(x + s) - f(x - s)) / (2h)
+    return x isa Complex ? along(h) - im * along(im * h) : along(h)
+end
 
 # Finite differences of the first output of `p` with respect to argument `k`.
 function finite_difference_gradient(p::Program, args::Tuple, k::Int; h = 1.0e-6)
@@ -333,11 +339,10 @@ end
         q = load_program("program(a) = (sum(DiffProg.npcholesky(a) .^ 3),)")
         St = permutedims(S, (2, 1))
         _, (gchol,) = value_and_gradient(q, (St,))
-        symmetric_fd = finite_difference_gradient(
-            z -> value(q, ((z .+ permutedims(z, (2, 1))) ./ 2,))[1],
-            St,
-        )
-        @test gchol ≈ symmetric_fd atol = 1.0e-4
+        # NumPy reads the lower triangle of A, the upper one of At: the gradient is that of
+        # this function of At, zero below the diagonal (diffprog's Python rule)
+        @test gchol ≈ finite_difference_gradient(z -> value(q, (z,))[1], St) atol = 1.0e-4
+        @test LinearAlgebra.tril(gchol, -1) == zeros(3, 3)
     end
 
     @testset "npscan: forward, stacked outputs, gradient" begin
@@ -642,7 +647,175 @@ end
         @test DiffProg.array_template() === nothing
     end
 
-    golden_names = ("rk4", "structured", "odeint_rk4")
+    @testset "complex values: JAX's convention" begin
+        z = [0.5 + 1.0im, -1.0 + 0.25im, 0.75 - 0.5im]
+        # a real function of complex z = a + ib: ∂f/∂a - i ∂f/∂b (Zygote's is the conjugate)
+        abs2_sum = load_program("program(z) = (sum(abs2.(z)),)")
+        _, (g,) = value_and_gradient(abs2_sum, (z,))
+        @test g ≈ 2 .* conj.(z)
+        @test g ≈ finite_difference_gradient(abs2_sum, (z,), 1) atol = 1.0e-6
+        @test eltype(g) === ComplexF64
+        mixed = """
+        function program(z, k)
+            v1 = exp.(ComplexF64(0.0, 1.0) .* k .* z)
+            return (sum(real.(v1) .* imag.(z)) + sum(abs.(v1 .* z)),)
+        end
+        """
+        q = load_program(mixed)
+        _, (gz, gk) = value_and_gradient(q, (z, 0.7))
+        @test gz ≈ finite_difference_gradient(q, (z, 0.7), 1) atol = 1.0e-6
+        @test gk isa Float64 # the cotangent of a real argument is real
+        @test gk ≈ finite_difference_gradient(q, (z, 0.7), 2) atol = 1.0e-6
+        # holomorphic: a complex scalar output seeded with 1 gives f'(z)
+        cube = load_program("program(z) = (sum(z .^ 3),)")
+        _, (gc,) = value_and_gradient(cube, (z,))
+        @test gc ≈ 3 .* z.^2
+        _, (gs,) = value_and_gradient(
+            load_program("program(z) = (sin(z) * z,)"),
+            (0.3 + 0.2im,),
+        )
+        @test gs ≈ cos(0.3 + 0.2im) * (0.3 + 0.2im) + sin(0.3 + 0.2im)
+        # pullback: JAX's vjp of the C-linear map z ↦ w z is c ↦ c w (no conjugate)
+        w = ComplexF64(2.0, 1.0)
+        linear = load_program("program(z) = (z .* ComplexF64(2.0, 1.0),)")
+        c = [1.0 - 1.0im, 0.5im, 2.0 + 0.0im]
+        _, (gl,) = pullback(linear, (z,), (c,))
+        @test gl ≈ c .* w
+        # conj is its own transpose: the vjp of conj is conj
+        _, (gconj,) = pullback(load_program("program(z) = (conj.(z),)"), (z,), (c,))
+        @test gconj ≈ conj.(c)
+        # a real argument of a complex output keeps the real part of the cotangent
+        _, (gr,) = pullback(
+            load_program("program(x) = (x .* ComplexF64(2.0, 1.0),)"),
+            ([1.0, 2.0, 3.0],),
+            (c,),
+        )
+        @test gr ≈ real.(c .* w) && eltype(gr) === Float64
+        # jacobians as JAX's jacrev: holomorphic for complex to complex, gradients as rows
+        # for a real output, refused for a complex output of a real argument
+        square = load_program("program(z) = (z .^ 2,)")
+        _, (J,) = jacobian(square, (z,))
+        @test J ≈ LinearAlgebra.diagm(2 .* z) # Julia dims (x, y): diagonal either way
+        _, (Jr,) = jacobian(load_program("program(z) = (abs2.(z),)"), (z,))
+        @test Jr ≈ LinearAlgebra.diagm(2 .* conj.(z))
+        to_complex = load_program("program(x) = (x .* ComplexF64(2.0, 1.0),)")
+        @test_throws ArgumentError jacobian(to_complex, ([1.0, 2.0],))
+        # hessians: f''(z) for a holomorphic f, refused for a real f of complex z
+        @test hessian(cube, (z,), 1) ≈ LinearAlgebra.diagm(6 .* z)
+        @test_throws ArgumentError hessian(abs2_sum, (z,), 1)
+        # Zygote 0.7.11 or later differentiates complex broadcasts correctly
+        problem = DiffProg.complex_derivative_problem()
+        version = pkgversion(DiffProg.Zygote)
+        @test (problem === nothing) == (version === nothing || version >= v"0.7.11")
+    end
+
+    @testset "complex values: helpers" begin
+        Z = [
+            2.0 + 1.0im 0.5 - 0.5im 0.0 + 0.3im
+            1.0 + 0.0im -1.0 + 2.0im 0.5 + 0.0im
+            0.2 - 0.1im 0.0 + 1.0im 3.0 - 1.0im
+        ]
+        Zt = permutedims(Z)
+        s, l = npslogdet(Zt)
+        d = LinearAlgebra.det(Z)
+        @test s ≈ d / abs(d) && l ≈ log(abs(d)) && l isa Float64
+        @test npdet(Zt) ≈ d
+        @test npslogdet(ComplexF64[1 2; 2 4]) == (0.0 + 0.0im, -Inf)
+        # d/dA of Re(conj(u) sign) + logabsdet against finite differences (JAX's convention)
+        slog = load_program(
+            """
+        function program(A)
+            s, l = DiffProg.npslogdet(A)
+            return (real(ComplexF64(0.3, -0.7) * s) + l,)
+        end
+        """,
+        )
+        _, (gsl,) = value_and_gradient(slog, (Zt,))
+        @test gsl ≈ finite_difference_gradient(slog, (Zt,), 1) atol = 1.0e-6
+        det_p = load_program("program(A) = (abs2(DiffProg.npdet(A)),)")
+        _, (gd,) = value_and_gradient(det_p, (Zt,))
+        @test gd ≈ finite_difference_gradient(det_p, (Zt,), 1) rtol = 1.0e-6
+        # NumPy's lexicographic order of complex numbers, NaN parts propagating
+        a = [1.0 + 2.0im, 2.0 + 0.0im, complex(2.0, NaN), 1.0 + 0.0im]
+        b = [1.0 + 3.0im, 1.0 + 5.0im, 1.0 + 0.0im, 1.0 + 0.0im]
+        @test isequal(npmaximum(a, b), [b[1], a[2], a[3], a[4]])
+        @test isequal(npminimum(a, b), [a[1], b[2], a[3], a[4]])
+        @test npmaximum([0.5, 3.0], 1.0 + 1.0im) == [1.0 + 1.0im, 3.0 + 0.0im]
+        choose = load_program(
+            "program(x, y) = (real(sum(DiffProg.npmaximum(x, y) .* " *
+                "ComplexF64(1.0, -2.0))),)",
+        )
+        _, (gx, gy) = value_and_gradient(choose, (a[[1, 2, 4]], b[[1, 2, 4]]))
+        # JAX's cotangent of each operand: the weight (1, 1/2 at a tie, 0) times 1 - 2i
+        @test gx ≈ [0.0, 1.0, 0.5] .* (1.0 - 2.0im)
+        @test gy ≈ [1.0, 0.0, 0.5] .* (1.0 - 2.0im)
+        # conversions: complex to real keeps the real part, as NumPy's astype
+        @test convert_eltype(Float64, [1.5 + 2.0im, -0.5 - 1.0im]) == [1.5, -0.5]
+        @test convert_eltype(Int64, [1.7 + 2.0im, -2.7 + 0.0im]) == [1, -2]
+        @test convert_eltype(Bool, [0.0 + 0.0im, 0.0 + 1.0im]) == [false, true]
+        @test convert_eltype(ComplexF32, [1.5, -2.0]) == ComplexF32[1.5, -2.0]
+        @test npscalar([1.0 + 2.0im]) === 1.0 + 2.0im
+        to_real = load_program(
+            "program(z) = (sum(DiffProg.convert_eltype(Float64, z) .^ 2),)",
+        )
+        _, (gt,) = value_and_gradient(to_real, ([1.5 + 2.0im, -0.5 - 1.0im],))
+        @test gt ≈ [3.0 + 0.0im, -1.0 + 0.0im]
+        # products of complex values: holomorphic, so JAX's rule has no conjugate
+        zs = [1.0 + 0.5im, 0.0 + 0.0im, -2.0 + 1.0im, 0.5 - 0.5im]
+        weights = [1.0 - 1.0im, 0.5 + 2.0im, -1.0 + 0.0im, 0.25im]
+        cum = load_program(
+            "program(x, w) = (real(sum(w .* DiffProg.npcumprod(x; dims = 1))),)",
+        )
+        _, (gcum, _) = value_and_gradient(cum, (zs, weights))
+        @test gcum ≈ finite_difference_gradient(cum, (zs, weights), 1) atol = 1.0e-6
+        prodp = load_program(
+            "program(x) = (real(ComplexF64(0.5, 1.0) * DiffProg.npprod(x)),)",
+        )
+        for x in (zs, [1.0 + 0.5im, -2.0 + 1.0im, 0.5 - 0.5im])
+            _, (gp,) = value_and_gradient(prodp, (x,))
+            @test gp ≈ finite_difference_gradient(prodp, (x,), 1) atol = 1.0e-6
+        end
+        # stacked products (batched_product's rule takes adjoints)
+        bt = reshape(ComplexF64[1:12...] .* (1 - 0.5im) ./ 5, 2, 3, 2)
+        batched = load_program(
+            """
+        function program(a, b)
+            return (sum(abs2.(DiffProg.npmatmul_batched(a, b))),)
+        end
+        """,
+        )
+        at = ComplexF64[1 2; 0.5im -1; 2 1im]
+        _, (ga, gb) = value_and_gradient(batched, (at, bt))
+        @test ga ≈ finite_difference_gradient(batched, (at, bt), 1) rtol = 1.0e-6
+        @test gb ≈ finite_difference_gradient(batched, (at, bt), 2) rtol = 1.0e-6
+        # Hermitian matrices read from NumPy's lower triangle (At's upper one)
+        H = Z * Z' + 3 * LinearAlgebra.I
+        Ht = permutedims(H)
+        @test npeigvalsh(Ht) ≈ LinearAlgebra.eigvals(LinearAlgebra.Hermitian(H, :L))
+        L = LinearAlgebra.cholesky(LinearAlgebra.Hermitian(H, :L)).L
+        @test npcholesky(Ht) ≈ permutedims(Matrix(L))
+        w_, Vt = npeigh(Ht)
+        V = permutedims(Vt) # NumPy's columns
+        @test H * V ≈ V * LinearAlgebra.Diagonal(w_)
+        top = [V[argmax(abs.(V[:, j])), j] for j in 1:3]
+        @test all(t -> abs(imag(t)) < 1.0e-12 && real(t) > 0, top)
+        chol = load_program("program(a) = (sum(abs2.(DiffProg.npcholesky(a) .^ 2)),)")
+        _, (gch,) = value_and_gradient(chol, (Ht,))
+        @test gch ≈ finite_difference_gradient(chol, (Ht,), 1) rtol = 1.0e-5
+        eig = load_program(
+            """
+        function program(a)
+            w, v = DiffProg.npeigh(a)
+            m = [1.0 0.5 -1.0; 0.0 2.0 1.0; 1.0 1.0 0.5]
+            return (sum(w .* [1.0, -0.5, 2.0]) + sum(real.(v) .* m),)
+        end
+        """,
+        )
+        _, (ge,) = value_and_gradient(eig, (Ht,))
+        @test ge ≈ finite_difference_gradient(eig, (Ht,), 1) rtol = 1.0e-5
+    end
+
+    golden_names = ("rk4", "structured", "odeint_rk4", "complex_wave")
     if isdir(GOLDEN)
         @testset "golden $name: Zygote vs NumPy and finite differences" for name in golden_names
             p = load_program(read(joinpath(GOLDEN, "$name.jl"), String))

@@ -17,7 +17,8 @@ def test_tiny_run_reports_every_workload_and_measurement():
     out = io.StringIO()
     results = bench_run.run(size="tiny", repeats=2, target_s=1e-4, use_peers=False, out=out)
     rows = {(r["workload"], r["mode"]): r for r in results["timings"]}
-    assert set(rows) == {(w, m) for w in W.MAKERS for m in ("value", "value+grad")}
+    assert set(rows) == {(w, m) for w in W.MAKERS for m in ("value", "value+grad")} | {
+        (w, m) for w in bench_run.FAST_MATH_WORKLOADS for m in ("value FM", "value+grad FM")}
     for r in rows.values():
         assert math.isfinite(r["ratio_median"]) and r["ratio_median"] > 0
         assert r["hand_ms"] > 0 and r["ours_ms"] > 0
@@ -27,12 +28,14 @@ def test_tiny_run_reports_every_workload_and_measurement():
     assert mem["diffprog_bytes"] > 0 and mem["numpy_by_hand_bytes"] > 0
     text = out.getvalue()
     assert "ratio med" in text and "W4 peak extra memory" in text
+    assert "FM: fast math" in text and "fast math:" in results["fast_math"]
 
 
 @pytest.mark.parametrize("name", sorted(W.MAKERS))
 def test_hand_written_gradients_agree_with_diffprog(name):
     workload = W.MAKERS[name]("tiny")
     bench_run.check(workload)  # raises if they disagree
+    bench_run.check(workload, fast_math=True)
     value = workload.value_by_hand(*workload.args)
     assert_close(value, workload.value_and_grad_by_hand(*workload.args)[0], rtol=1e-12)
 

@@ -8,6 +8,10 @@ with that family's entries and cases. For each entry and each example case on it
   * the JVP matches finite differences;
   * second order (reverse-over-reverse and forward-over-reverse) for cases of order 2
     (order 1: kinks and piecewise rules; order 0: derivatives refused on purpose);
+  * for entries with complex rules (``Primitive.complex``), each case again with complex
+    inputs (``-complex``: every floating input, ``-mixed``: the first one only, the
+    others real and promoted): finite differences along the real and the imaginary
+    direction of each element against JAX's convention (tests/helpers.numeric_grad);
   * it has a Julia spelling or an explicit reason it has none.
 """
 from __future__ import annotations
@@ -34,10 +38,41 @@ def family_entries(module) -> list:
 
 
 def cases_of(entries, second_order=False) -> list:
-    """``pytest.param(entry, case index)`` for every case (of order 2 for ``second_order``)."""
-    return [pytest.param(prim, i, id=f"{prim.name}-{i}") for prim in entries
-            for i, case in enumerate(prim.cases)
-            if not second_order or (prim.differentiable and case.smooth)]
+    """``pytest.param(entry, case index)`` for every case (of order 2 for ``second_order``);
+    the index is ``(i, "complex")`` or ``(i, "mixed")`` for the complex variants."""
+    params = []
+    for prim in entries:
+        for i, case in enumerate(prim.cases):
+            if second_order and not (prim.differentiable and case.smooth):
+                continue
+            params.append(pytest.param(prim, i, id=f"{prim.name}-{i}"))
+            for variant in complex_variants(prim, case):
+                params.append(pytest.param(prim, (i, variant), id=f"{prim.name}-{i}-{variant}"))
+    return params
+
+
+def complex_variants(prim, case) -> list:
+    """Which complex variants a case gets: entries with complex rules, cases whose inputs
+    are real floats (a case already complex is tested as it is)."""
+    if not (prim.complex and case.complex):
+        return []
+    inputs = case.make(np.random.default_rng(0))
+    kinds = [np.asarray(x).dtype.kind for x in inputs]
+    if "c" in kinds or "f" not in kinds:
+        return []
+    return ["complex"] + (["mixed"] if kinds.count("f") > 1 else [])
+
+
+def complexified(inputs, variant, rng) -> list:
+    """The floating inputs moved off the real line by up to ~0.3i (every one, or only the
+    first for ``"mixed"``): the domains of the cases stay clear of branch cuts."""
+    out, moved = [], False
+    for x in inputs:
+        if np.asarray(x).dtype.kind == "f" and not (variant == "mixed" and moved):
+            x = np.asarray(x) + 0.3j * rng.standard_normal(np.shape(x))
+            moved = True
+        out.append(x)
+    return out
 
 
 #: every case of every entry (the engines' tests run them too)
@@ -45,9 +80,12 @@ CASES = cases_of(sorted(PRIMITIVES.values(), key=lambda p: p.name))
 
 
 def setup_case(prim, case_index):
-    case = prim.cases[case_index]
-    rng = np.random.default_rng(7 + case_index)
+    index, variant = case_index if isinstance(case_index, tuple) else (case_index, None)
+    case = prim.cases[index]
+    rng = np.random.default_rng(7 + index)
     inputs = case.make(rng)
+    if variant is not None:
+        inputs = complexified(inputs, variant, np.random.default_rng(13 + index))
     wrap = case.wrap or (lambda *xs: xs[0] if len(xs) == 1 else xs)
 
     def raw(*xs):
@@ -56,7 +94,7 @@ def setup_case(prim, case_index):
         return prim.bind(*wrapped, **case.params)
 
     float_pos = [i for i, x in enumerate(inputs)
-                 if np.issubdtype(np.asarray(x).dtype, np.floating)]
+                 if np.issubdtype(np.asarray(x).dtype, np.inexact)]
     return case, inputs, raw, float_pos
 
 
@@ -72,20 +110,34 @@ def setup_derivative_case(prim, case_index):
 
 
 def projected(prim, raw, inputs):
-    """Scalar test function: a fixed random projection of the primitive's output."""
+    """Scalar test function: a fixed random projection of the primitive's output; the
+    real part of a complex projection for complex outputs (so its gradient is the
+    pullback of the complex weights, in JAX's convention)."""
     out = raw(*inputs)
     outs = out if prim.multiple_results else [out]
     rng = np.random.default_rng(99)
-    weights = [rng.standard_normal(np.shape(o)) for o in outs]
-    pick = [i for i, o in enumerate(outs) if np.issubdtype(np.asarray(o).dtype, np.floating)]
+    weights = [rng.standard_normal(np.shape(o)) + (1j * rng.standard_normal(np.shape(o))
+                                                   if np.iscomplexobj(o) else 0.0)
+               for o in outs]
+    pick = [i for i, o in enumerate(outs) if np.issubdtype(np.asarray(o).dtype, np.inexact)]
 
     def f(*xs):
         res = raw(*xs)
         res = res if prim.multiple_results else [res]
         if not res:  # an effect without outputs (a guard): nothing flows on
-            return np.sum(xs[0]) * 0.0
-        return sum(np.sum(res[i] * weights[i]) for i in pick) if pick else np.sum(res[0] * 0.0)
+            return np.real(np.sum(xs[0]) * 0.0)
+        if not pick:
+            return np.real(np.sum(res[0] * 0.0))
+        return sum(np.real(np.sum(res[i] * weights[i])) for i in pick)
     return f
+
+
+def random_like(rng, x):
+    """A standard-normal direction shaped like x, complex for complex x."""
+    shape = np.shape(x)
+    if np.iscomplexobj(x):
+        return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    return rng.standard_normal(shape)
 
 
 def test_shape_rule_matches_impl(prim, case_index):
@@ -113,7 +165,7 @@ def test_vjp_matches_finite_differences(prim, case_index):
 def test_jvp_matches_finite_differences(prim, case_index):
     case, inputs, raw, float_pos = setup_derivative_case(prim, case_index)
     rng = np.random.default_rng(5)
-    tangents = [rng.standard_normal(np.shape(x)) if i in float_pos else np.zeros(np.shape(x), np.asarray(x).dtype)
+    tangents = [random_like(rng, x) if i in float_pos else np.zeros(np.shape(x), np.asarray(x).dtype)
                 for i, x in enumerate(inputs)]
     f = projected(prim, raw, inputs)
     _, t_out = dp.jvp(f, tuple(inputs), tuple(tangents))
@@ -129,10 +181,10 @@ def test_second_order(prim, case_index):
     f = projected(prim, raw, inputs)
     pos = float_pos[0]
     rng = np.random.default_rng(11)
-    v = rng.standard_normal(np.shape(inputs[pos]))
+    v = random_like(rng, inputs[pos])
 
     def directional(*xs):  # <grad f, v>: its gradient is the Hessian-vector product
-        return np.sum(dp.grad(f, argnums=pos)(*xs) * v)
+        return np.real(np.sum(dp.grad(f, argnums=pos)(*xs) * v))
 
     hvp_rev = dp.grad(directional, argnums=pos)(*inputs)
     expected = numeric_grad(directional, inputs, pos, eps=1e-5)

@@ -194,3 +194,120 @@ def test_other_linalg_rules_match_finite_differences_of_numpy(fn, shapes):
                  for i, s in enumerate(shapes))
     out_shape = np.shape(fn(*args))
     check_grads(_projected(fn, out_shape), args, order=2)
+
+
+# ------------------------------------------------------------------ complex matrices
+# The generated tests run every case of these entries with complex inputs; these check
+# NumPy's own conventions on complex values (the Hermitian matrix read from one triangle,
+# UPLO="U", upper=True, hermitian=True) and functions of the factors at second order.
+
+def _crandn(rng, *shape):
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+
+def _complex_projected(fn, seed=3):
+    """Re(sum(fn(x) * w)) for fixed complex weights w shaped like each output."""
+    def f(*xs):
+        outs = fn(*xs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        rng = np.random.default_rng(seed)
+        return sum(np.real(np.sum(o * _crandn(rng, *np.shape(o)))) for o in outs)
+    return f
+
+
+def _hermitian_pd_lower(rng, n):
+    """A Hermitian positive definite lower triangle, unread noise above it and an
+    imaginary part on the diagonal that LAPACK never reads."""
+    x = _crandn(rng, n, n)
+    return x @ x.conj().T + n * np.eye(n) + np.triu(_crandn(rng, n, n), 1) \
+        + 1j * np.diag(rng.standard_normal(n))
+
+
+@pytest.mark.parametrize("upper", [False, True])
+def test_complex_cholesky_reads_a_hermitian_triangle_as_numpy_does(upper):
+    a = _hermitian_pd_lower(np.random.default_rng(20), 4)
+    a = a.T if upper else a
+    fn = lambda a: np.linalg.cholesky(a, upper=upper)  # noqa: E731
+    np.testing.assert_array_equal(dp.differentiable(fn)(a), fn(a))
+    check_grads(_complex_projected(fn), (a,), order=2)
+    g = dp.grad(_complex_projected(fn))(a)
+    unread = np.triu(g, 1) if not upper else np.tril(g, -1)
+    assert np.all(unread == 0) and np.all(np.imag(np.diag(g)) == 0)
+
+
+@pytest.mark.parametrize("uplo", ["L", "U"])
+def test_complex_eigh_vectors_are_numpys_with_lapacks_phases(uplo):
+    """zheevd leaves the first (UPLO="L") or the last (UPLO="U") component of each
+    eigenvector real; the derivatives of the vectors follow that phase."""
+    a = _crandn(np.random.default_rng(21), 4, 4)
+    fn = lambda a: np.linalg.eigh(a, UPLO=uplo)  # noqa: E731
+    w, v = dp.differentiable(fn)(a)
+    w0, v0 = fn(a)
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(v, v0)
+    check_grads(_complex_projected(fn), (a,), order=2)
+    check_grads(_complex_projected(lambda a: np.linalg.eigvalsh(a, UPLO=uplo)), (a,), order=2)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3, 3), (3, 4), (3, 7), (2, 3, 5)])
+def test_complex_svd_vectors_are_numpys_with_lapacks_phases(shape):
+    a = _crandn(np.random.default_rng(22), *shape)
+    fn = lambda a: np.linalg.svd(a, full_matrices=False)  # noqa: E731
+    for got, expected in zip(dp.differentiable(fn)(a), fn(a)):
+        np.testing.assert_array_equal(got, expected)
+    check_grads(_complex_projected(fn), (a,), order=2)
+
+
+def test_complex_svd_gauge_invariant_functions_and_norms():
+    a = _crandn(np.random.default_rng(23), 4, 3)
+
+    def f(a):
+        u, s, vh = np.linalg.svd(a, full_matrices=False)
+        projector = u[:, :1] @ np.conj(u[:, :1]).T  # no phase: u u^H
+        return np.real(np.sum(projector * np.arange(16.0).reshape(4, 4))) + np.sum(s ** 3)
+
+    check_grads(f, (a,), order=2)
+    check_grads(lambda a: np.linalg.norm(a, 2) + np.linalg.norm(a, "nuc"), (a,), order=2)
+
+
+@pytest.mark.parametrize("shape,mode", [((4, 3), "reduced"), ((3, 5), "reduced"),
+                                        ((3, 3), "r"), ((2, 4, 3), "reduced")])
+def test_complex_qr_keeps_lapacks_real_diagonal(shape, mode):
+    a = _crandn(np.random.default_rng(24), *shape)
+    fn = lambda a: np.linalg.qr(a, mode=mode)  # noqa: E731
+    check_grads(_complex_projected(fn), (a,), order=2)
+    _, dr = dp.jvp(lambda a: np.linalg.qr(a)[1], (a,), (_crandn(np.random.default_rng(1), *shape),))
+    assert np.all(np.abs(np.imag(np.diagonal(dr, axis1=-2, axis2=-1))) < 1e-12)
+
+
+def test_complex_qr_complete_completing_columns_have_no_derivative():
+    a = _crandn(np.random.default_rng(25), 4, 2)
+    g = dp.grad(lambda a: np.real(np.sum(np.linalg.qr(a, mode="complete")[0])))(a)
+    assert np.all(np.isnan(g))
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3, 5), (2, 3, 3)])
+def test_complex_pinv(shape):
+    a = _crandn(np.random.default_rng(26), *shape)
+    np.testing.assert_allclose(dp.differentiable(np.linalg.pinv)(a), np.linalg.pinv(a),
+                               rtol=1e-12, atol=1e-14)
+    check_grads(_complex_projected(np.linalg.pinv), (a,), order=2)
+
+
+def test_complex_pinv_hermitian_reads_the_lower_triangle():
+    a = _hermitian_pd_lower(np.random.default_rng(27), 3)
+    fn = lambda a: np.linalg.pinv(a, hermitian=True)  # noqa: E731
+    np.testing.assert_allclose(dp.differentiable(fn)(a), fn(a), rtol=1e-10)
+    check_grads(_complex_projected(fn), (a,), order=2)
+
+
+def test_complex_eig_and_a_real_input_meeting_complex_vectors():
+    """A real matrix's eigenvectors are complex: the gradient with respect to the real
+    matrix is real (the real part of the complex cotangent)."""
+    a = np.random.default_rng(28).standard_normal((4, 4))
+    f = _complex_projected(np.linalg.eig)
+    g = dp.grad(f)(a)
+    assert g.dtype == np.float64
+    check_grads(f, (a,), order=2)
+    check_grads(_complex_projected(np.linalg.eig), (_crandn(np.random.default_rng(29), 3, 3),),
+                order=2)
