@@ -20,8 +20,12 @@ def test_constant_subexpressions_are_folded_at_trace_time():
 
 
 def test_multiplying_by_one_and_adding_zero_records_nothing():
-    graph = dp.differentiable(lambda x: (x * 1.0 + 0.0) / 1.0).ir(np.ones(3))
+    graph = dp.differentiable(lambda x: (x * 1.0 + -0.0 - 0.0) / 1.0).ir(np.ones(3))
     assert graph.eqns == []
+    # x + 0.0 is not x bit for bit (NumPy gives +0.0 at x = -0.0): kept
+    f = dp.differentiable(lambda x: x + 0.0)
+    assert [e.prim.name for e in f.ir(np.ones(3)).eqns] == ["add"]
+    assert not np.signbit(f(np.array([-0.0]))[0])
 
 
 def test_identity_is_kept_when_it_would_broadcast_or_promote():
@@ -86,5 +90,5 @@ def test_identity_operations_that_change_dtype_are_kept():
     x32 = np.ones(2, np.float32)
     assert dp.differentiable(lambda x: x * np.float64(1))(x32).dtype == np.float64
     assert dp.differentiable(lambda x: x * 1.0)(x32).dtype == np.float32  # weak scalar
-    graph = dp.differentiable(lambda x: x * 1.0 + 0.0).ir(np.ones(3))
+    graph = dp.differentiable(lambda x: x * 1.0 + -0.0).ir(np.ones(3))
     assert graph.eqns == []  # a true identity is still dropped
