@@ -3,7 +3,8 @@
 A *tree* is any nesting of tuples, namedtuples, lists and dicts; everything else is a
 leaf. A namedtuple comes back as the same namedtuple type (``Params(w=..., b=...)``).
 ``flatten`` returns the leaves in a deterministic order (dict keys sorted) and a
-hashable ``TreeDef`` that rebuilds the same structure around new leaves.
+hashable ``TreeDef`` that rebuilds the same structure around new leaves; ``map`` keeps
+the first tree's dict key order.
 
 The names are those of ``jax.tree``: ``dp.tree.map``, ``leaves``, ``structure``,
 ``flatten``, ``unflatten``.
@@ -11,7 +12,7 @@ The names are those of ``jax.tree``: ``dp.tree.map``, ``leaves``, ``structure``,
 >>> import numpy as np, diffprog as dp
 >>> params = {"w": np.ones(2), "b": 0.5}
 >>> dp.tree.map(lambda p, g: p - 0.1 * g, params, {"w": np.ones(2), "b": 1.0})
-{'b': 0.4, 'w': array([0.9, 0.9])}
+{'w': array([0.9, 0.9]), 'b': 0.4}
 >>> dp.tree.leaves(params)
 [0.5, array([1., 1.])]
 >>> dp.tree.structure(params)
@@ -19,6 +20,7 @@ The names are those of ``jax.tree``: ``dp.tree.map``, ``leaves``, ``structure``,
 """
 from __future__ import annotations
 
+import builtins
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -150,11 +152,14 @@ def _build(td: TreeDef, it, orders=None) -> Any:
 def map(fn: Callable, tree: Any, *rest: Any) -> Any:  # noqa: A001 (jax.tree.map's name)
     """Apply ``fn`` leaf-wise over one or more trees of the same structure.
 
-    ``fn`` gets one leaf from each tree; the result has ``tree``'s structure. Every tree
-    in ``rest`` must have that structure too (else an ``ArgumentError`` naming both).
+    ``fn`` gets one leaf from each tree; the result has ``tree``'s structure, its dicts
+    with ``tree``'s key order (so a parameter dict keeps its order through an optimiser
+    step, and a transformed function taking it keeps its compiled program: key order is
+    part of the cache key). Every tree in ``rest`` must have that structure too (else an
+    ``ArgumentError`` naming both).
 
-    >>> map(lambda x, y: x + y, {"a": 1.0, "b": (2.0,)}, {"a": 10.0, "b": (20.0,)})
-    {'a': 11.0, 'b': (22.0,)}
+    >>> map(lambda x, y: x + y, {"b": 1.0, "a": (2.0,)}, {"a": (20.0,), "b": 10.0})
+    {'b': 11.0, 'a': (22.0,)}
     """
     leaves, td = flatten(tree)
     others = []
@@ -166,7 +171,12 @@ def map(fn: Callable, tree: Any, *rest: Any) -> Any:  # noqa: A001 (jax.tree.map
                                 f"tree has structure {td}; every tree must have the same "
                                 f"structure (same containers, dict keys and lengths)")
         others.append(r_leaves)
-    return unflatten(td, [fn(*xs) for xs in zip(leaves, *others)])
+    results = [fn(*xs) for xs in zip(leaves, *others)]
+    return unflatten(td, results, dict_orders(tree) if _has_dicts(td) else None)
+
+
+def _has_dicts(td: TreeDef) -> bool:
+    return td.kind == "dict" or builtins.any(_has_dicts(c) for c in td.children)
 
 
 tree_map = map  # the older name, kept

@@ -79,3 +79,14 @@ def test_mismatched_grads_are_explained():
 def test_docstring_examples_run():
     failures, tried = doctest.testmod(importlib.import_module("diffprog.optim"), verbose=False)
     assert tried >= 12 and failures == 0
+
+
+def test_an_optimiser_step_keeps_the_parameter_dicts_key_order():
+    # key order is part of a transformed function's cache key: a reordered dict retraced
+    opt = dp.optim.Adam(lr=0.1)
+    params = {"w": np.ones(2), "b": np.zeros(1)}
+    state = opt.init(params)
+    grad = dp.grad(lambda p: np.sum(p["w"] ** 2) + np.sum(p["b"]))
+    for _ in range(3):
+        params, state = opt.update(grad(params), state, params)
+        assert list(params) == ["w", "b"] and list(state[1]) == ["w", "b"]
