@@ -11,8 +11,9 @@ import numpy as np
 
 from ..errors import DiffprogError
 from ..ir import Graph, Lit, Var, gc_paused
-from ..tracing import Tracer, bind, new_trace
+from ..tracing import Tracer, bind, new_trace, trace_stack
 from .simplify import simplify
+from .templates import Templates
 
 
 def _is_float(aval) -> bool:
@@ -28,14 +29,16 @@ def vjp_graph(graph: Graph, wrt: list[int], seed: str = "input") -> Graph:
     with gc_paused():
         with new_trace(concrete=False) as trace:
             primals = [trace.new_input(v.aval) for v in graph.invars]
-            env, tape = _forward(graph, primals)
+            templates = _templates()
+            env, tape = _forward(graph, primals, templates)
             outs = [_read(env, o) for o in graph.outvars]
             if seed == "ones":
                 first = graph.outvars[0].aval  # a scalar, or a one-element array
                 cts_out = [np.ones(first.shape, first.dtype)]
             else:
                 cts_out = [trace.new_input(o.aval) for o in graph.outvars]
-            grads = backward_pass(graph, env, tape, cts_out, [graph.invars[i] for i in wrt])
+            grads = backward_pass(graph, env, tape, cts_out, [graph.invars[i] for i in wrt],
+                                  templates)
             result = trace.to_graph(outs + grads)
         return simplify(result)
 
@@ -44,12 +47,37 @@ def _read(env, atom):
     return atom.value if isinstance(atom, Lit) else env[id(atom)]
 
 
-def _forward(graph: Graph, primals):
+def _templates() -> Templates | None:
+    """Rule templates for the innermost trace (the transform's), when it computes no
+    values (see :mod:`diffprog.transforms.templates`)."""
+    trace = trace_stack()[-1]
+    return None if trace.concrete else Templates(trace)
+
+
+def _table_entry(prim) -> bool:
+    """Is ``prim`` an entry of the table (its rules NumPy code over what they are given)?"""
+    from ..primitives.core import PRIMITIVES
+    return PRIMITIVES.get(prim.name) is prim
+
+
+def _forward(graph: Graph, primals, templates: Templates | None = None):
     env = {id(v): p for v, p in zip(graph.invars, primals)}
     tape = []
+    entries: dict = {}
     for eqn in graph.eqns:
         ins = [_read(env, a) for a in eqn.inputs]
-        outs = bind(eqn.prim, *ins, **eqn.params)
+        prim = eqn.prim
+        keyed = None
+        if templates is not None:
+            entry = entries.get(prim)
+            if entry is None:
+                entry = entries[prim] = _table_entry(prim)
+            if entry:
+                keyed = templates.key(("bind", prim), eqn.params, ins)
+        if keyed is not None:
+            outs = templates.call(keyed, lambda: _bound(eqn, ins))
+        else:
+            outs = bind(prim, *ins, **eqn.params)
         outs = outs if isinstance(outs, list) else [outs]
         for v, o in zip(eqn.outputs, outs):
             env[id(v)] = o
@@ -57,15 +85,29 @@ def _forward(graph: Graph, primals):
     return env, tape
 
 
-def backward_pass(graph, env, tape, cts_out, wrt_vars):
+def _bound(eqn, ins) -> list:
+    outs = bind(eqn.prim, *ins, **eqn.params)
+    return outs if isinstance(outs, list) else [outs]
+
+
+def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | None = None):
     ct: dict[int, object] = {}
+    entries: dict = {}
 
     def accumulate(var, value):
         if value is None or not isinstance(var, Var) or not _is_float(var.aval):
             return
-        value = fit_to(value, var)
+        if type(value) is not Tracer or value._var.aval.shape != var.aval.shape or \
+                value._var.aval.dtype != var.aval.dtype:  # (else fit_to returns it as it is)
+            value = fit_to(value, var)
         prev = ct.get(id(var))
-        ct[id(var)] = value if prev is None else prev + value
+        if prev is None:
+            ct[id(var)] = value
+        elif templates is None:
+            ct[id(var)] = prev + value
+        else:
+            ct[id(var)] = templates.call(templates.key(("+",), {}, (prev, value)),
+                                         lambda: [prev + value])[0]
 
     for o, c in zip(graph.outvars, cts_out):
         accumulate(o, c)
@@ -75,12 +117,24 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars):
             continue
         if not eqn.prim.differentiable:
             continue
-        if eqn.prim.multiple_results:
+        prim = eqn.prim
+        if prim.multiple_results:
             gs = [g if g is not None else np.zeros(o.aval.shape, o.aval.dtype)
                   for g, o in zip(gs, eqn.outputs)]
-            cts = eqn.prim.vjp(gs, *ins, out=outs, **eqn.params)
+
+            def rule():
+                return list(prim.vjp(gs, *ins, out=outs, **eqn.params))
         else:
-            cts = eqn.prim.vjp(gs[0], *ins, out=outs[0], **eqn.params)
+            def rule():
+                return list(prim.vjp(gs[0], *ins, out=outs[0], **eqn.params))
+        keyed = None
+        if templates is not None:
+            entry = entries.get(prim)
+            if entry is None:
+                entry = entries[prim] = _table_entry(prim)
+            if entry:
+                keyed = templates.key(("vjp", prim, len(gs)), eqn.params, gs + ins + outs)
+        cts = templates.call(keyed, rule) if keyed is not None else rule()
         if len(cts) != len(eqn.inputs):
             raise DiffprogError(f"internal: vjp rule of {eqn.prim.name} returned {len(cts)} "
                                 f"cotangents for {len(eqn.inputs)} inputs")

@@ -1,0 +1,170 @@
+"""Rule templates: trace a rule once per kind of call, copy its equations after that.
+
+Reverse mode runs a Python rule for every equation (its ``vjp``: NumPy code on traced
+values, each operation going through the NumPy protocol and :func:`~diffprog.tracing.bind`).
+A long program repeats the same few calls again and again: a chain of ``sin`` and
+products, an unrolled loop's body. Within one transform, a rule applied to operands of
+the same kind records the same equations, on other variables: so the first such call is
+traced as usual, and the equations it appended become a *template*; later calls of that
+kind copy the template's equations with their variables renamed (JAX caches a rule's
+jaxpr per abstract signature the same way).
+
+The *kind* of a call (its key) holds everything a rule can see except which variables
+its traced operands are: the entry, its params, and for every operand its aval (traced)
+or its value (a constant: a rule may look at constant values, ``x * 1.0`` records
+nothing), and which traced operands are the same variable. Entries of the table only
+(their rules are NumPy code over what they are given; dp.custom_vjp's user rules are
+never copied), with params of plain values (no loop bodies or functions), in a trace
+that computes no values. A call whose equations read a variable that is not one of its
+operands (a value the rule found elsewhere), or that adds inputs or captures to the
+trace, is not a template: that kind is traced every time, as before.
+
+Copies are the equations the rule records, in the same order, with the same entries,
+params and constants: the program computed is the same, bit for bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Eqn, Var
+from ..tracing import Tracer
+
+
+class _Uncacheable(Exception):
+    """A call that is not keyed (an operand or a param that is not plain data)."""
+
+
+_NOT_A_TEMPLATE = object()
+
+
+def value_key(v):
+    """A hashable key equal for values a rule cannot tell apart: the same type and the
+    same bits (-0.0 is not 0.0, an int8 1 is not an int 1); arrays by identity."""
+    t = type(v)
+    if v is None or t is bool or t is int or t is str:
+        return (t, v)
+    if t is float or t is complex:
+        return (t, repr(v))
+    if t is tuple:
+        return (tuple, tuple([value_key(x) for x in v]))
+    if type(v) is np.ndarray and v.size <= 16 and v.dtype.kind in "biufc":
+        return ("nd", v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, np.generic):
+        return ("g", type(v), v.dtype.str, v.tobytes())
+    if isinstance(v, np.dtype):
+        return ("dtype", v)
+    if t is slice:
+        return (slice, value_key(v.start), value_key(v.stop), value_key(v.step))
+    if v is Ellipsis:
+        return (t,)
+    raise _Uncacheable
+
+
+def _array_key(v, alive: list):
+    """A larger array (or another array type): by identity, kept alive meanwhile so
+    that its id is not reused by another value."""
+    alive.append(v)
+    return ("id", id(v))
+
+
+class Templates:
+    """The templates of one transform (one trace): ``call(key, operands, fn)`` runs
+    ``fn()`` or copies what an earlier call of the same key recorded."""
+
+    def __init__(self, trace):
+        self.trace = trace
+        self.known: dict = {}
+        self._alive: list = []
+
+    def key(self, head: tuple, params: dict, operands) -> tuple | None:
+        """``(key, traced variables)`` for a call with ``params`` on ``operands`` (flat:
+        traced values, constants, None), or None when such a call is not keyed."""
+        trace = self.trace
+        slots: list = []
+        first: dict = {}
+        desc = list(head)
+        try:
+            for k, v in params.items():
+                desc.append(k)
+                desc.append(_array_key(v, self._alive) if isinstance(v, np.ndarray)
+                            else value_key(v))
+            desc.append(None)  # params end here
+            for x in operands:
+                if type(x) is Tracer:
+                    if x._trace is not trace:
+                        return None
+                    var = x._var
+                    i = first.get(id(var))
+                    if i is None:
+                        i = first[id(var)] = len(slots)
+                        slots.append(var)
+                    desc.append((i, var.aval))
+                elif isinstance(x, np.ndarray) and not (x.size <= 16 and type(x) is np.ndarray):
+                    desc.append(_array_key(x, self._alive))
+                else:
+                    desc.append(value_key(x))
+        except _Uncacheable:
+            return None
+        return tuple(desc), slots
+
+    def call(self, keyed, fn):
+        """``fn()``'s result (a list of values), copied from a template when one is known."""
+        if keyed is None:
+            return fn()
+        key, slots = keyed
+        template = self.known.get(key)
+        if template is _NOT_A_TEMPLATE:
+            return fn()
+        if template is not None:
+            return self._copy(template, slots)
+        trace = self.trace
+        start, n_in, n_captured = len(trace.eqns), len(trace.invars), len(trace.captured)
+        result = fn()
+        template = None
+        if len(trace.invars) == n_in and len(trace.captured) == n_captured:
+            template = self._record(start, slots, result)
+        self.known[key] = _NOT_A_TEMPLATE if template is None else template
+        return result
+
+    def _record(self, start: int, slots: list, result: list):
+        trace = self.trace
+        index = {id(v): i for i, v in enumerate(slots)}
+        n = len(slots)
+        eqns = []
+        for eqn in trace.eqns[start:]:
+            spec = []
+            for a in eqn.inputs:
+                if isinstance(a, Var):
+                    i = index.get(id(a))
+                    if i is None:  # a variable the rule found elsewhere
+                        return None
+                    spec.append(i)
+                else:
+                    spec.append(a)  # a Lit: shared by the copies
+            for o in eqn.outputs:
+                index[id(o)] = n
+                n += 1
+            eqns.append((eqn.prim, spec, [o.aval for o in eqn.outputs], eqn.params))
+        results = []
+        for r in result:
+            if type(r) is Tracer:
+                i = index.get(id(r._var)) if r._trace is trace else None
+                if i is None:
+                    return None
+                results.append(i)
+            elif isinstance(r, Tracer):
+                return None
+            else:
+                results.append((r,))  # None or a constant
+        return eqns, results
+
+    def _copy(self, template, slots: list) -> list:
+        eqns, results = template
+        env = list(slots)
+        record = self.trace.eqns.append
+        for prim, spec, avals, params in eqns:
+            outs = [Var(a) for a in avals]
+            record(Eqn(prim, [env[s] if type(s) is int else s for s in spec], outs, params))
+            env += outs
+        trace = self.trace
+        return [Tracer(trace, env[r], None) if type(r) is int else r[0] for r in results]
