@@ -94,9 +94,12 @@ def is_scalar_number(atom) -> bool:
     """A constant operand holding one finite real number (not a bool)."""
     if not (isinstance(atom, Lit) and atom.aval.shape == () and not isinstance(atom.value, bool)):
         return False
-    if isinstance(atom.value, (int, np.integer)):
+    value = atom.value
+    if type(value) is float:  # the common constant: math.isfinite, not a NumPy call
+        return math.isfinite(value)
+    if isinstance(value, (int, np.integer)):
         return True  # any int is finite (a Python int beyond int64 included)
-    return isinstance(atom.value, (float, np.floating)) and bool(np.isfinite(atom.value))
+    return isinstance(value, (float, np.floating)) and bool(np.isfinite(value))
 
 
 #: arrays from this many elements up are checked for being one repeated value

@@ -101,17 +101,15 @@ def common_subexpressions(graph: Graph) -> Graph:
     seen: dict[tuple, list] = {}
     eqns = []
 
-    def ref(a):
-        if isinstance(a, Lit):
-            return _literal_key(a.value)
-        return id(a)  # inputs are renamed already
-
     for eqn in graph.eqns:
-        eqn = _renamed(eqn, rename)
+        if rename:
+            eqn = _renamed(eqn, rename)
         try:
-            refs = tuple([ref(a) for a in eqn.inputs])
+            # inputs are renamed already: a Var by identity, a constant by value
+            refs = tuple([id(a) if a.__class__ is Var else _literal_key(a.value)
+                          for a in eqn.inputs])
             if eqn.prim.commutative:  # a*b == b*a exactly (IEEE), so one of them
-                refs = tuple(sorted(refs, key=repr))
+                refs = _unordered(refs)
             key = (eqn.prim, refs,
                    tuple([(k, _param_key(v)) for k, v in eqn.params.items()])
                    if eqn.params else ())
@@ -126,6 +124,17 @@ def common_subexpressions(graph: Graph) -> Graph:
         seen[key] = eqn.outputs
         eqns.append(eqn)
     return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
+
+
+def _unordered(refs: tuple) -> tuple:
+    """One order for the same operands in any order (variables first, by id)."""
+    if len(refs) == 2:
+        a, b = refs
+        if type(a) is int:
+            return refs if type(b) is not int or a <= b else (b, a)
+        if type(b) is int:
+            return (b, a)
+    return tuple(sorted(refs, key=repr))
 
 
 def merge_extended_loops(graph: Graph) -> Graph:
@@ -195,8 +204,9 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
 
     def negated(atom):
         """a, when atom is ``-a`` used only here; else None."""
-        if isinstance(atom, Var) and uses.get(id(atom), 0) == 1 and id(atom) not in outputs:
-            return negation_of.get(id(atom))
+        inner = negation_of.get(id(atom))  # (only Vars are keys: live objects, unique ids)
+        if inner is not None and uses.get(id(atom), 0) == 1 and id(atom) not in outputs:
+            return inner
         return None
 
     for eqn in graph.eqns:
@@ -230,5 +240,9 @@ def _sign_rules_apply(eqn) -> bool:
         return False
     # every operand already has the result's aval (or is a scalar constant): no rewrite
     # can then change a dtype, a weak type or a broadcast
-    return all(a.aval == out or is_scalar_number(a) for a in eqn.inputs)
-
+    for a in eqn.inputs:
+        aval = a.aval
+        if aval is not out and not (is_scalar_number(a) if a.__class__ is Lit else aval == out):
+            if a.__class__ is not Lit or aval != out:
+                return False
+    return True
