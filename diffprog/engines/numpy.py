@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import string
 import weakref
 
@@ -26,6 +27,8 @@ _compile_ids = itertools.count()
 
 def _is_safe_literal(v) -> bool:
     """Values whose repr we paste: ints, bools, None, finite floats, slices, tuples of them."""
+    if type(v) is float:  # the common case, without a NumPy call
+        return math.isfinite(v)
     if v is None or v is Ellipsis or isinstance(v, bool):
         return True
     if isinstance(v, int) and not isinstance(v, np.integer):
@@ -217,17 +220,27 @@ class ProgramWriter:
         self.names = {id(v): f"a{i}" for i, v in enumerate(graph.invars)}
         self._values = itertools.count()
         self._constants: dict = {}
+        self._literals: dict = {}
         self.last_use = _last_uses(graph)
         self.output_ids = {id(v) for v in graph.outvars if isinstance(v, Var)}
         self.input_ids = {id(v) for v in graph.invars}
+        self._kept = self.output_ids | self.input_ids  # never deleted
 
     # ------------------------------------------------------------ names
 
     def operand(self, atom, as_array=False) -> str:
         """The text of an operand: a value's name, a number, or a bound constant."""
-        if isinstance(atom, Var):
+        if atom.__class__ is Var:
             text = self.names[id(atom)]
             return f"xp.asarray({text})" if as_array and atom.aval.weak else text
+        if not as_array:
+            text = self._literals.get(id(atom))  # (Lits live as long as the graph)
+            if text is None:
+                text = self._literals[id(atom)] = self._literal(atom, False)
+            return text
+        return self._literal(atom, True)
+
+    def _literal(self, atom, as_array: bool) -> str:
         v = atom.value
         if isinstance(v, (int, float, bool)) and not isinstance(v, np.generic) and _is_safe_literal(v):
             if not as_array:
@@ -266,14 +279,21 @@ class ProgramWriter:
         """The lines of equation ``index`` alone: its assignment, then what dies there."""
         eqn = self.graph.eqns[index]
         rhs = self.expression(eqn, self.operands(eqn))
-        lines = [assignment([self.define(o) for o in eqn.outputs], rhs, eqn.prim.multiple_results)]
-        dead = self.freed(eqn.inputs, index, index)
-        return lines + (["del " + ", ".join(dead)] if dead else [])
+        line = assignment([self.define(o) for o in eqn.outputs], rhs, eqn.prim.multiple_results)
+        dead = []  # self.freed(eqn.inputs, index, index), spelled out: the common case
+        last_use, keep, names = self.last_use, self._kept, self.names
+        for a in eqn.inputs:
+            if a.__class__ is Var and last_use[id(a)] == index and id(a) not in keep:
+                name = names[id(a)]
+                if name not in dead:
+                    dead.append(name)
+        return [line, "del " + ", ".join(dead)] if dead else [line]
 
     def expression(self, eqn, operands: list[str], host_fast: bool | None = None) -> str:
         """The right-hand side computing ``eqn`` from ``operands``."""
         host_fast = self.host_fast if host_fast is None else host_fast
-        if host_fast and not any(a.aval.weak for a in eqn.inputs):
+        if host_fast and eqn.prim.name in _HOST_FAST_ENTRIES and \
+                not any(a.aval.weak for a in eqn.inputs):
             fast = self._host_fast(eqn, operands)
             if fast is not None:
                 return fast
@@ -316,11 +336,12 @@ class ProgramWriter:
     def _template(self, template, eqn, operands, fields) -> str:
         params = {k: self.bound.param_text(v) for k, v in eqn.params.items() if k in fields} \
             if eqn.params else {}
-        python_floats = _on_python_floats(eqn)
+        python_floats = eqn.prim.operator is not None and _on_python_floats(eqn)
         if python_floats:  # NumPy's rules, not Python's (see tracing.is_operator)
             self.bound.namespace.update(_f64=np.float64, _py=python_scalar)
             operands = [f"_f64({o})" for o in operands]
-        params["args"] = ", ".join(operands)
+        if "args" in fields:
+            params["args"] = ", ".join(operands)
         text = template.format(*operands, **params)
         return f"_py({text})" if python_floats else text
 
@@ -492,6 +513,9 @@ def _transpose(x, axes):
         return np.transpose(x, axes)
 
 
+#: entries with a host-fast spelling of their own (_HOST_FAST, or _host_fast's scatter_add)
+_HOST_FAST_ENTRIES = frozenset(_HOST_FAST) | {"scatter_add"}
+
 _HOST_FAST_NAMES = {"_add_reduce": np.add.reduce, "_max_reduce": np.maximum.reduce,
                     "_min_reduce": np.minimum.reduce, "_reshape": _reshape,
                     "_transpose": _transpose}
@@ -520,9 +544,17 @@ def _on_python_floats(eqn) -> bool:
     """Does this operator equation run on Python floats only (weak float scalars)?"""
     if not is_operator(eqn.prim):
         return False
-    avals = [a.aval for a in eqn.inputs]
-    return is_operator(eqn.prim) and any(a.dtype.kind == "f" for a in avals) and all(
-        a.weak and a.shape == () and a.dtype.kind in "fi" for a in avals)
+    floats = False
+    for a in eqn.inputs:
+        aval = a.aval
+        if not aval.weak or aval.shape != ():
+            return False
+        kind = aval.dtype.kind
+        if kind == "f":
+            floats = True
+        elif kind != "i":
+            return False
+    return floats
 
 
 class NumpyEngine(Engine):
