@@ -162,7 +162,7 @@ def compiled_body(closed: Closed, xp_module, placement: Placement | None = None)
         else:
             source, namespace = generate_source(closed.graph, xp_module, "body",
                                                 placement=placement)
-        exec(compile(source, "<diffprog body>", "exec"), namespace)
+        compile_pieces(source, "<diffprog body>", namespace)
         hit = compiled[(xp_module, placement)] = CompiledBody(namespace["body"], closed)
     return hit
 
@@ -188,20 +188,127 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
                            fast_math=fast_math)
     segments = fusion.block_segments(graph, blocks) if blocked else _segments(graph, fuse is not None)
     helpers: list[list[str]] = []  # functions defined before the program: fused runs, kernels
-    body: list[str] = []
+
+    def lines_of(segments) -> list[str]:
+        body: list[str] = []
+        for segment in segments:
+            if len(segment) == 1:
+                body += writer.equation(segment[0])
+                continue
+            run = fusion.BlockKernel(writer, segment, len(helpers)) if blocked \
+                else FusedRun(writer, segment, len(helpers), fuse)
+            call = run.write()
+            if call is not None:  # else nothing downstream reads the run (dead code)
+                helpers.append(run.definition)
+                body += call
+        return body
+
+    if len(graph.eqns) < PARTS_FROM:
+        body = lines_of(segments)
+        parts: list[str] = []
+    else:  # a long program: its body in parts, each distinct part compiled once
+        body, parts = [], []
+        known: dict[str, str] = {}
+        for group in _part_groups(graph, segments):
+            writer.open_part()
+            lines = lines_of(group)
+            text, call = writer.close_part(lines, group[0][0], group[-1][-1])
+            name = known.get(text)
+            if name is None:
+                name = known[text] = f"_part{len(known)}"
+                parts.append(f"def {name}{text}\n")
+            body += [line.replace("_part(", f"{name}(", 1) if i == 0 else line
+                     for i, line in enumerate(call)]
+    pieces = ["".join(line + "\n" for line in helper) + "\n" for helper in helpers] + parts
+    pieces.append("\n".join(writer.function(fn_name, body)) + "\n")
+    return GeneratedSource(pieces), writer.bound.namespace
+
+
+#: programs of this many equations and more are written in parts (see _part_groups)
+PARTS_FROM = 1000
+#: a part ends after at least PART_MIN equations where the program's recent entries hash to
+#: a boundary, and after PART_MAX equations at the latest (840 = lcm(1..8): loop bodies of
+#: up to 8 equations repeat at the same offsets in every part)
+PART_MIN, PART_MAX, PART_SPACING = 96, 840, 8
+
+
+class GeneratedSource(str):
+    """A program's source text; ``pieces``: its top-level definitions, each compiled on
+    its own (a long program's parts: memory and time stay linear in its length)."""
+
+    pieces: list
+
+    def __new__(cls, pieces: list):
+        text = super().__new__(cls, "".join(pieces))
+        text.pieces = pieces
+        return text
+
+
+def compile_pieces(source: str, filename: str, namespace: dict) -> None:
+    """Compile and run ``source`` in ``namespace`` one piece at a time."""
+    for piece in getattr(source, "pieces", None) or [source]:
+        exec(compile(piece, filename, "exec"), namespace)
+
+
+def _part_groups(graph: Graph, segments: list) -> list[list]:
+    """The segments of a long program in groups of about PART_MIN..PART_MAX equations,
+    each written as a function of its own (a *part*).
+
+    Where a group ends depends on the equations there only (content-defined chunking):
+    after PART_MIN equations, at the first equation whose entries, with those of the two
+    before it, hash to a boundary. An unrolled loop then splits at the same places in
+    every step, so its parts repeat: written with names of their own (parameters and
+    locals numbered in order), repeated parts are the same text, compiled once."""
+    codes: dict = {}
+    defined_at: dict[int, int] = {}
+    groups, group, size = [], [], 0
+    c1 = c2 = 0
     for segment in segments:
-        if len(segment) == 1:
-            body += writer.equation(segment[0])
-            continue
-        run = fusion.BlockKernel(writer, segment, len(helpers)) if blocked \
-            else FusedRun(writer, segment, len(helpers), fuse)
-        call = run.write()
-        if call is not None:  # else nothing downstream reads the run (dead code)
-            helpers.append(run.definition)
-            body += call
-    source = [line for helper in helpers for line in helper + [""]]
-    source += writer.function(fn_name, body)
-    return "\n".join(source) + "\n", writer.bound.namespace
+        group.append(segment)
+        size += len(segment)
+        index = segment[-1]
+        eqn = graph.eqns[index]
+        code = codes.get(eqn.prim)
+        if code is None:
+            code = codes[eqn.prim] = len(codes) + 1
+        code = code * 8 + len(eqn.inputs)
+        for a in eqn.inputs:  # a constant, the previous equation's value, a recent one, older
+            at = defined_at.get(id(a), -99) if a.__class__ is Var else None
+            code = code * 4 + (0 if at is None else 1 if at == index - 1 else
+                               2 if at >= index - 8 else 3)
+        for o in eqn.outputs:
+            defined_at[id(o)] = index
+        boundary = (((c2 * 31 + c1) * 31 + code) * 2654435761 >> 7) % PART_SPACING == 0
+        c2, c1 = c1, code
+        if size >= PART_MAX or size >= PART_MIN and boundary:
+            groups.append(group)
+            group, size = [], 0
+    if group:
+        groups.append(group)
+    return groups
+
+
+class _Part:
+    """The function a part of a long program is written as: its values' local names
+    (``t0``...), its parameters (``p0``... values, ``_p0``... bound constants) numbered
+    in order of first use, and what the program passes for them."""
+
+    __slots__ = ("local", "defined", "params", "args", "by_key")
+
+    def __init__(self):
+        self.local: dict[int, str] = {}
+        self.defined: list = []
+        self.params: list[str] = []
+        self.args: list[str] = []
+        self.by_key: dict = {}
+
+    def param(self, key, text: str, prefix: str) -> str:
+        name = self.by_key.get(key)
+        if name is None:
+            name = self.by_key[key] = f"{prefix}{len(self.params)}"
+            self.params.append(name)
+            self.args.append(text)
+        return name
 
 
 class ProgramWriter:
@@ -225,20 +332,52 @@ class ProgramWriter:
         self.output_ids = {id(v) for v in graph.outvars if isinstance(v, Var)}
         self.input_ids = {id(v) for v in graph.invars}
         self._kept = self.output_ids | self.input_ids  # never deleted
+        self.part: _Part | None = None  # the part of a long program being written
+        self._var_by_id = {id(v): v for v in graph.invars}
 
     # ------------------------------------------------------------ names
 
     def operand(self, atom, as_array=False) -> str:
         """The text of an operand: a value's name, a number, or a bound constant."""
         if atom.__class__ is Var:
-            text = self.names[id(atom)]
+            text = self.name(atom)
             return f"xp.asarray({text})" if as_array and atom.aval.weak else text
         if not as_array:
             text = self._literals.get(id(atom))  # (Lits live as long as the graph)
             if text is None:
                 text = self._literals[id(atom)] = self._literal(atom, False)
-            return text
-        return self._literal(atom, True)
+        else:
+            text = self._literal(atom, True)
+        if self.part is not None and text.startswith("_"):  # a bound constant: a parameter
+            return self.part.param(text, text, "_p")
+        return text
+
+    def name(self, var) -> str:
+        """The name of a defined value (in a part: its local name, or a parameter)."""
+        part = self.part
+        if part is None:
+            return self.names[id(var)]
+        text = part.local.get(id(var))
+        return text if text is not None else part.param(id(var), self.names[id(var)], "p")
+
+    def open_part(self) -> None:
+        self.part = _Part()
+
+    def close_part(self, lines: list[str], first: int, last: int) -> tuple[str, list[str]]:
+        """The part of equations ``first..last`` written as ``lines``: its function's text
+        after its name, ``(params):`` and the body, and the program's lines calling it
+        (``_part(`` names the function there) and deleting values last used in it."""
+        part, self.part = self.part, None
+        exports = [v for v in part.defined if self.needed_after(v, last)]
+        results = ", ".join(part.local[id(v)] for v in exports)
+        text = "\n".join([f"({', '.join(part.params)}):"] + ["    " + line for line in lines]
+                         + ([f"    return {results}"] if exports else [])) + "\n"
+        call = f"_part({', '.join(part.args)})"
+        if exports:
+            call = ", ".join(self.define(v) for v in exports) + " = " + call
+        used = [v for v in map(self._var_by_id.get, part.by_key) if v is not None]
+        dead = self.freed(used, first, last)
+        return text, [call] + (["del " + ", ".join(dead)] if dead else [])
 
     def _literal(self, atom, as_array: bool) -> str:
         v = atom.value
@@ -259,8 +398,15 @@ class ProgramWriter:
 
     def define(self, var) -> str:
         """A new name for ``var``, the value an equation defines."""
-        self.names[id(var)] = f"v{next(self._values)}"
-        return self.names[id(var)]
+        part = self.part
+        if part is not None:
+            name = part.local[id(var)] = f"t{len(part.defined)}"
+            part.defined.append(var)
+            self._var_by_id[id(var)] = var
+            return name
+        name = self.names[id(var)] = f"v{next(self._values)}"
+        self._var_by_id[id(var)] = var
+        return name
 
     def needed_after(self, var, index: int) -> bool:
         """Is ``var`` read after equation ``index`` (or returned)?"""
@@ -269,9 +415,11 @@ class ProgramWriter:
     def freed(self, atoms, first: int, last: int) -> list[str]:
         """Names of the values among ``atoms`` last used in equations ``first..last`` (not
         inputs or outputs of the program): deleted there, for peak memory."""
-        return [self.names[id(a)] for a in _unique_vars(atoms)
+        part = self.part
+        return [self.name(a) for a in _unique_vars(atoms)
                 if first <= self.last_use.get(id(a), -1) <= last
-                and id(a) not in self.output_ids and id(a) not in self.input_ids]
+                and id(a) not in self.output_ids and id(a) not in self.input_ids
+                and (part is None or id(a) in part.local)]  # (a part's parameters stay)
 
     # ------------------------------------------------------------ equations
 
@@ -281,11 +429,12 @@ class ProgramWriter:
         rhs = self.expression(eqn, self.operands(eqn))
         line = assignment([self.define(o) for o in eqn.outputs], rhs, eqn.prim.multiple_results)
         dead = []  # self.freed(eqn.inputs, index, index), spelled out: the common case
-        last_use, keep, names = self.last_use, self._kept, self.names
+        last_use, keep = self.last_use, self._kept
+        names = self.names if self.part is None else self.part.local
         for a in eqn.inputs:
             if a.__class__ is Var and last_use[id(a)] == index and id(a) not in keep:
-                name = names[id(a)]
-                if name not in dead:
+                name = names.get(id(a))  # (None: a part's parameter, which stays)
+                if name is not None and name not in dead:
                     dead.append(name)
         return [line, "del " + ", ".join(dead)] if dead else [line]
 
@@ -455,7 +604,7 @@ class FusedRun:
             inside.update(id(o) for o in eqn.outputs)
             lines.append(assignment(outs, writer.expression(eqn, ops, host_fast=False), False))
         last = self.segment[-1]
-        exports = [writer.names[id(o)] for eqn in eqns for o in eqn.outputs
+        exports = [writer.name(o) for eqn in eqns for o in eqn.outputs
                    if writer.needed_after(o, last)]
         if not exports:
             return None
@@ -583,6 +732,5 @@ class NumpyEngine(Engine):
         fn_name = f"program_{next(_compile_ids)}"
         with gc_paused():
             source, namespace = self.generate(graph, fn_name)
-            code = compile(source, f"<diffprog {self.name} {fn_name}>", "exec")
-        exec(code, namespace)
-        return Program(namespace[fn_name], source, self.name, graph, self.fast_math)
+            compile_pieces(source, f"<diffprog {self.name} {fn_name}>", namespace)
+        return Program(namespace[fn_name], str(source), self.name, graph, self.fast_math)
