@@ -31,7 +31,7 @@ from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, Dif
 from .primitives.control import GuardFailed
 from .display import Source
 from .randomness import RandomWatch
-from .ir import Aval, Graph
+from .ir import Aval, Graph, gc_paused
 from . import externals
 from .tracing import (_TRACE_STACK, Tracer, eval_graph, trace_function, trace_stack,
                       tracing_active)
@@ -958,6 +958,12 @@ class Transformed:
                 f"(is the function non-deterministic?)") from None
 
     def _new_variant(self, sig, build, engine_name, fresh: bool, fast: bool = False) -> Variant:
+        # the collector off while the program is traced, transformed and compiled: each of
+        # its full collections would walk the growing graph again (ir.gc_paused)
+        with gc_paused():
+            return self._build_variant(sig, build, engine_name, fresh, fast)
+
+    def _build_variant(self, sig, build, engine_name, fresh: bool, fast: bool) -> Variant:
         if fresh:
             traced = trace_call(self.fn, sig)
             if not traced.per_call:
