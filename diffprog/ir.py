@@ -123,7 +123,7 @@ def compact_constant(value: Any) -> Any:
     return np.broadcast_to(flat[:1].copy().reshape((1,) * value.ndim), value.shape)
 
 
-@dataclass
+@dataclass(slots=True)
 class Eqn:
     """``outputs = prim(*inputs, **params)``."""
 

@@ -25,22 +25,23 @@ def dead_code_elimination(graph: Graph) -> Graph:
     return _live_and_uses(graph)[0]
 
 
-def _live_and_uses(graph: Graph) -> tuple[Graph, dict[int, int]]:
-    """Dead-code elimination, and the kept graph's :func:`use_counts` (one pass)."""
-    uses: dict[int, int] = {}
+def _live_and_uses(graph: Graph) -> tuple[Graph, dict]:
+    """Dead-code elimination, and the kept graph's use counts (one pass), keyed by the
+    variables themselves (identity: no int object per variable, as ``id()`` keys make)."""
+    uses: dict = {}
     for v in graph.outvars:
         if isinstance(v, Var):
-            uses[id(v)] = uses.get(id(v), 0) + 1
+            uses[v] = uses.get(v, 0) + 1
     kept = []
     for eqn in reversed(graph.eqns):
         outputs = eqn.outputs
         # effectful equations (guards) have no outputs to keep them alive
-        if (id(outputs[0]) in uses if len(outputs) == 1 else
-                any(id(o) in uses for o in outputs)) or eqn.prim.effectful:
+        if (outputs[0] in uses if len(outputs) == 1 else
+                any(o in uses for o in outputs)) or eqn.prim.effectful:
             kept.append(eqn)
             for a in eqn.inputs:
-                if isinstance(a, Var):
-                    uses[id(a)] = uses.get(id(a), 0) + 1
+                if a.__class__ is Var:
+                    uses[a] = uses.get(a, 0) + 1
     kept.reverse()
     return Graph(graph.invars, kept, graph.outvars), uses
 
@@ -106,13 +107,14 @@ def common_subexpressions(graph: Graph) -> Graph:
             eqn = _renamed(eqn, rename)
         try:
             # inputs are renamed already: a Var by identity, a constant by value
-            refs = tuple([id(a) if a.__class__ is Var else _literal_key(a.value)
+            refs = tuple([a if a.__class__ is Var else _literal_key(a.value)
                           for a in eqn.inputs])
             if eqn.prim.commutative:  # a*b == b*a exactly (IEEE), so one of them
                 refs = _unordered(refs)
-            key = (eqn.prim, refs,
-                   tuple([(k, _param_key(v)) for k, v in eqn.params.items()])
-                   if eqn.params else ())
+            # one flat tuple (the entry, its params, its operands): the map holds one per
+            # equation of a long program
+            key = (eqn.prim, tuple([(k, _param_key(v)) for k, v in eqn.params.items()])
+                   if eqn.params else ()) + refs
             earlier = seen.get(key)
         except TypeError:
             eqns.append(eqn)
@@ -130,11 +132,11 @@ def _unordered(refs: tuple) -> tuple:
     """One order for the same operands in any order (variables first, by id)."""
     if len(refs) == 2:
         a, b = refs
-        if type(a) is int:
-            return refs if type(b) is not int or a <= b else (b, a)
-        if type(b) is int:
+        if a.__class__ is Var:
+            return refs if b.__class__ is not Var or id(a) <= id(b) else (b, a)
+        if b.__class__ is Var:
             return (b, a)
-    return tuple(sorted(refs, key=repr))
+    return tuple(sorted(refs, key=lambda r: (0, id(r), "") if r.__class__ is Var else (1, 0, repr(r))))
 
 
 def merge_extended_loops(graph: Graph) -> Graph:
@@ -196,7 +198,15 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     A negation is absorbed only when its result has no other use, so the number of
     equations never grows; dead negations are left to dead-code elimination.
     """
-    uses = use_counts(graph) if uses is None else uses  # (given by simplify: the same)
+    if uses is None:  # (given by simplify: the same, by variable)
+        uses = {}
+        for eqn in graph.eqns:
+            for a in eqn.inputs:
+                if a.__class__ is Var:
+                    uses[a] = uses.get(a, 0) + 1
+        for o in graph.outvars:
+            if isinstance(o, Var):
+                uses[o] = uses.get(o, 0) + 1
     outputs = {id(v) for v in graph.outvars if isinstance(v, Var)}
     negation_of: dict[int, Var] = {}  # id(-a) -> a, for negations of real floats
     rename: dict[int, Var] = {}
@@ -205,7 +215,7 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     def negated(atom):
         """a, when atom is ``-a`` used only here; else None."""
         inner = negation_of.get(id(atom))  # (only Vars are keys: live objects, unique ids)
-        if inner is not None and uses.get(id(atom), 0) == 1 and id(atom) not in outputs:
+        if inner is not None and uses.get(atom, 0) == 1 and id(atom) not in outputs:
             return inner
         return None
 

@@ -40,6 +40,8 @@ def vjp_graph(graph: Graph, wrt: list[int], seed: str = "input") -> Graph:
             grads = backward_pass(graph, env, tape, cts_out, [graph.invars[i] for i in wrt],
                                   templates)
             result = trace.to_graph(outs + grads)
+        # the replay's values (a tracer per value, the tape) go before simplify's maps come
+        del env, tape, primals, outs, grads, cts_out, templates, trace
         return simplify(result)
 
 
@@ -62,7 +64,6 @@ def _table_entry(prim) -> bool:
 
 def _forward(graph: Graph, primals, templates: Templates | None = None):
     env = {id(v): p for v, p in zip(graph.invars, primals)}
-    tape = []
     entries: dict = {}
     for eqn in graph.eqns:
         ins = [_read(env, a) for a in eqn.inputs]
@@ -81,8 +82,7 @@ def _forward(graph: Graph, primals, templates: Templates | None = None):
         outs = outs if isinstance(outs, list) else [outs]
         for v, o in zip(eqn.outputs, outs):
             env[id(v)] = o
-        tape.append((eqn, ins, outs))
-    return env, tape
+    return env, graph.eqns  # the tape: each equation's operands and results are in env
 
 
 def _bound(eqn, ins) -> list:
@@ -111,12 +111,14 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | No
 
     for o, c in zip(graph.outvars, cts_out):
         accumulate(o, c)
-    for eqn, ins, outs in reversed(tape):
+    for eqn in reversed(tape):
         gs = [ct.pop(id(o), None) for o in eqn.outputs]
         if all(g is None for g in gs):
             continue
         if not eqn.prim.differentiable:
             continue
+        ins = [_read(env, a) for a in eqn.inputs]
+        outs = [env[id(o)] for o in eqn.outputs]
         prim = eqn.prim
         if prim.multiple_results:
             gs = [g if g is not None else np.zeros(o.aval.shape, o.aval.dtype)
