@@ -107,8 +107,12 @@ class Templates:
             return None
         return tuple(desc), slots
 
-    def call(self, keyed, fn):
-        """``fn()``'s result (a list of values), copied from a template when one is known."""
+    def call(self, keyed, fn, needed=None):
+        """``fn()``'s result (a list of values), copied from a template when one is known.
+
+        ``needed``: which results the caller uses (part of the key); copies compute only
+        those (the others are None) and skip the equations only the others need (the
+        cotangent of a constant operand, say: dead code, removed later anyway)."""
         if keyed is None:
             return fn()
         key, slots = keyed
@@ -122,11 +126,11 @@ class Templates:
         result = fn()
         template = None
         if len(trace.invars) == n_in and len(trace.captured) == n_captured:
-            template = self._record(start, slots, result)
+            template = self._record(start, slots, result, needed)
         self.known[key] = _NOT_A_TEMPLATE if template is None else template
         return result
 
-    def _record(self, start: int, slots: list, result: list):
+    def _record(self, start: int, slots: list, result: list, needed):
         trace = self.trace
         index = {id(v): i for i, v in enumerate(slots)}
         n = len(slots)
@@ -141,13 +145,17 @@ class Templates:
                     spec.append(i)
                 else:
                     spec.append(a)  # a Lit: shared by the copies
+            outs = []
             for o in eqn.outputs:
                 index[id(o)] = n
+                outs.append(n)
                 n += 1
-            eqns.append((eqn.prim, spec, [o.aval for o in eqn.outputs], eqn.params))
+            eqns.append((eqn.prim, spec, outs, [o.aval for o in eqn.outputs], eqn.params))
         results = []
-        for r in result:
-            if type(r) is Tracer:
+        for k, r in enumerate(result):
+            if needed is not None and not needed[k]:
+                results.append((None,))
+            elif type(r) is Tracer:
                 i = index.get(id(r._var)) if r._trace is trace else None
                 if i is None:
                     return None
@@ -156,7 +164,24 @@ class Templates:
                 return None
             else:
                 results.append((r,))  # None or a constant
-        return eqns, results
+        # the equations the results need (and effects), numbered as the copies define them
+        live = {r for r in results if type(r) is int}
+        kept = []
+        for prim, spec, outs, avals, params in reversed(eqns):
+            if prim.effectful or any(o in live for o in outs):
+                kept.append((prim, spec, outs, avals, params))
+                live.update(i for i in spec if type(i) is int)
+        kept.reverse()
+        renumber = {i: i for i in range(len(slots))}
+        n = len(slots)
+        template = []
+        for prim, spec, outs, avals, params in kept:
+            template.append((prim, [renumber[i] if type(i) is int else i for i in spec],
+                             avals, params))
+            for o in outs:
+                renumber[o] = n
+                n += 1
+        return template, [renumber[r] if type(r) is int else r for r in results]
 
     def _copy(self, template, slots: list) -> list:
         eqns, results = template

@@ -93,9 +93,18 @@ def _bound(eqn, ins) -> list:
 def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | None = None):
     ct: dict[int, object] = {}
     entries: dict = {}
+    # the variables computed from a differentiated input: cotangents of the others never
+    # reach one (a constant lifted as an input, an input not in wrt), so none is made
+    active = {id(v) for v in wrt_vars}
+    for eqn in tape:
+        for a in eqn.inputs:
+            if id(a) in active:
+                active.update(id(o) for o in eqn.outputs)
+                break
 
     def accumulate(var, value):
-        if value is None or not isinstance(var, Var) or not _is_float(var.aval):
+        if value is None or not isinstance(var, Var) or id(var) not in active or \
+                not _is_float(var.aval):
             return
         if type(value) is not Tracer or value._var.aval.shape != var.aval.shape or \
                 value._var.aval.dtype != var.aval.dtype:  # (else fit_to returns it as it is)
@@ -135,8 +144,12 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | No
             if entry is None:
                 entry = entries[prim] = _table_entry(prim)
             if entry:
-                keyed = templates.key(("vjp", prim, len(gs)), eqn.params, gs + ins + outs)
-        cts = templates.call(keyed, rule) if keyed is not None else rule()
+                # the cotangents accumulate keeps: those of floating variables
+                needed = tuple([a.__class__ is Var and id(a) in active and _is_float(a.aval)
+                                for a in eqn.inputs])
+                keyed = templates.key(("vjp", prim, len(gs), needed), eqn.params,
+                                      gs + ins + outs)
+        cts = templates.call(keyed, rule, needed) if keyed is not None else rule()
         if len(cts) != len(eqn.inputs):
             raise DiffprogError(f"internal: vjp rule of {eqn.prim.name} returned {len(cts)} "
                                 f"cotangents for {len(eqn.inputs)} inputs")
