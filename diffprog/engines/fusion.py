@@ -87,7 +87,7 @@ def sink_small_work(graph, threshold: int):
     program's dependencies (an equation still follows everything it reads) and keeps no
     big array alive longer (only equations whose inputs are all small move).
     """
-    if threshold <= 0 or _all_small_and_pure(graph, threshold):
+    if threshold <= 0 or all_small_and_pure(graph, threshold):
         return graph  # every equation would sink: the order stays as it is
 
     def small(atom) -> bool:
@@ -126,7 +126,7 @@ def sink_small_work(graph, threshold: int):
     return type(graph)(graph.invars, [graph.eqns[i] for i in order], graph.outvars)
 
 
-def _all_small_and_pure(graph, threshold: int) -> bool:
+def all_small_and_pure(graph, threshold: int) -> bool:
     """Is every equation pure, with outputs, and on values under ``threshold`` elements
     only (the common long program on small arrays)? Avals are shared objects: each is
     sized once."""

@@ -182,11 +182,16 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     :data:`~diffprog.engines.ckernel.ULP_BOUND` ulp of NumPy (see ckernel's fast math).
     """
     blocked = blocks > 0 and fuse is None
-    if blocked:
+    if blocked and fusion.all_small_and_pure(graph, blocks):
+        blocked = False  # nothing to sink, nothing to fuse: each equation alone, as below
+        segments = [[i] for i in range(len(graph.eqns))]
+    elif blocked:
         graph = fusion.sink_small_work(graph, blocks)
+        segments = fusion.block_segments(graph, blocks)
+    else:
+        segments = _segments(graph, fuse is not None)
     writer = ProgramWriter(graph, xp_module, placement, host_fast=blocks > 0 or host_fast,
                            fast_math=fast_math)
-    segments = fusion.block_segments(graph, blocks) if blocked else _segments(graph, fuse is not None)
     helpers: list[list[str]] = []  # functions defined before the program: fused runs, kernels
 
     def lines_of(segments) -> list[str]:
@@ -426,8 +431,27 @@ class ProgramWriter:
     def equation(self, index: int) -> list[str]:
         """The lines of equation ``index`` alone: its assignment, then what dies there."""
         eqn = self.graph.eqns[index]
-        rhs = self.expression(eqn, self.operands(eqn))
-        line = assignment([self.define(o) for o in eqn.outputs], rhs, eqn.prim.multiple_results)
+        prim = eqn.prim
+        impl = prim.impl
+        if not eqn.params and impl.__class__ is str and not self.placement.scalars_as_arrays \
+                and len(eqn.outputs) == 1 and not prim.multiple_results \
+                and prim.name not in _HOST_FAST_ENTRIES and _positional_only(impl) \
+                and (prim.operator is None or not _on_python_floats(eqn)):
+            # the common case (what expression() and _template() write for it): the
+            # entry's template filled with the operands' names and numbers
+            part = self.part
+            local = self.names if part is None else part.local
+            operands = []
+            for a in eqn.inputs:
+                if a.__class__ is Var:
+                    text = local.get(id(a))
+                    operands.append(text if text is not None else self.name(a))
+                else:
+                    operands.append(self.operand(a))
+            line = self.define(eqn.outputs[0]) + " = " + impl.format(*operands)
+        else:
+            rhs = self.expression(eqn, self.operands(eqn))
+            line = assignment([self.define(o) for o in eqn.outputs], rhs, prim.multiple_results)
         dead = []  # self.freed(eqn.inputs, index, index), spelled out: the common case
         last_use, keep = self.last_use, self._kept
         names = self.names if self.part is None else self.part.local
@@ -687,6 +711,17 @@ def _template_fields(template: str) -> set:
         fields = _TEMPLATE_FIELDS[template] = frozenset(
             f for _, f, _, _ in string.Formatter().parse(template) if f is not None)
     return fields
+
+
+_POSITIONAL: dict = {}
+
+
+def _positional_only(template: str) -> bool:
+    """Are the template's fields all operand positions ({0}, {1}, ...)?"""
+    known = _POSITIONAL.get(template)
+    if known is None:
+        known = _POSITIONAL[template] = all(f.isdigit() for f in _template_fields(template))
+    return known
 
 
 def _on_python_floats(eqn) -> bool:
