@@ -60,6 +60,14 @@ def value_key(v):
     raise _Uncacheable
 
 
+def plain_key(params: dict):
+    """A key of ``params`` when they are all plain values (``value_key``), else None."""
+    try:
+        return tuple([(k, value_key(v)) for k, v in params.items()])
+    except _Uncacheable:
+        return None
+
+
 def _array_key(v, alive: list):
     """A larger array (or another array type): by identity, kept alive meanwhile so
     that its id is not reused by another value."""
