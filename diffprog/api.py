@@ -1357,10 +1357,9 @@ def _value_only(graph: Graph, has_aux: bool) -> Graph:
 def _aux_grad_graph(graph: Graph, wrt):
     """Gradient of the first output while also returning every output (value and aux)."""
     from .tracing import new_trace
-    from .transforms.vjp import _forward, _read, backward_pass
+    from .transforms.vjp import _read, adopt_forward, backward_pass
     with new_trace(concrete=False) as trace:
-        primals = [trace.new_input(v.aval) for v in graph.invars]
-        env, tape = _forward(graph, primals)
+        primals, env, tape = adopt_forward(graph, trace)
         outs = [_read(env, o) for o in graph.outvars]
         first = graph.outvars[0].aval
         seeds = [np.ones(first.shape, first.dtype)] + [None] * (len(outs) - 1)

@@ -1,7 +1,7 @@
 """Reverse mode: Graph -> Graph computing outputs and vector-Jacobian products.
 
-The forward equations are replayed into a new trace, then each primitive's ``vjp``
-rule runs backwards. Rules are NumPy code on traced values, so the backward pass is
+The forward equations start a new trace (the same equations and variables, each
+variable given a traced value), then each primitive's ``vjp`` rule runs backwards. Rules are NumPy code on traced values, so the backward pass is
 recorded as ordinary equations: the result is a Graph like any other, which is why
 grad-of-grad (hessians) needs no extra machinery.
 """
@@ -28,9 +28,8 @@ def vjp_graph(graph: Graph, wrt: list[int], seed: str = "input") -> Graph:
     """
     with gc_paused():
         with new_trace(concrete=False) as trace:
-            primals = [trace.new_input(v.aval) for v in graph.invars]
             templates = _templates()
-            env, tape = _forward(graph, primals, templates)
+            primals, env, tape = adopt_forward(graph, trace)
             outs = [_read(env, o) for o in graph.outvars]
             if seed == "ones":
                 first = graph.outvars[0].aval  # a scalar, or a one-element array
@@ -40,7 +39,7 @@ def vjp_graph(graph: Graph, wrt: list[int], seed: str = "input") -> Graph:
             grads = backward_pass(graph, env, tape, cts_out, [graph.invars[i] for i in wrt],
                                   templates)
             result = trace.to_graph(outs + grads)
-        # the replay's values (a tracer per value, the tape) go before simplify's maps come
+        # the traced values (a tracer per value) go before simplify's maps come
         del env, tape, primals, outs, grads, cts_out, templates, trace
         return simplify(result)
 
@@ -60,6 +59,21 @@ def _table_entry(prim) -> bool:
     """Is ``prim`` an entry of the table (its rules NumPy code over what they are given)?"""
     from ..primitives.core import PRIMITIVES
     return PRIMITIVES.get(prim.name) is prim
+
+
+def adopt_forward(graph: Graph, trace) -> tuple[list, dict, list]:
+    """``graph``'s inputs and equations as the start of ``trace`` (the same variables and
+    equations: graphs are never changed, so the transform's graph may share them), with a
+    traced value for each of its variables: ``(primals, env, tape)`` as :func:`_forward`
+    gives them, without running every equation through bind again."""
+    trace.invars.extend(graph.invars)
+    trace.eqns.extend(graph.eqns)
+    primals = [Tracer(trace, v, None) for v in graph.invars]
+    env = {id(v): p for v, p in zip(graph.invars, primals)}
+    for eqn in graph.eqns:
+        for o in eqn.outputs:
+            env[id(o)] = Tracer(trace, o, None)
+    return primals, env, graph.eqns
 
 
 def _forward(graph: Graph, primals, templates: Templates | None = None):
