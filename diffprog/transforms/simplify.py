@@ -18,7 +18,11 @@ from ..ir import Eqn, Graph, Lit, Var, is_scalar_number
 def simplify(graph: Graph) -> Graph:
     # sign folding counts uses, so dead equations must be gone first
     graph, uses = _live_and_uses(common_subexpressions(graph))
-    return dead_code_elimination(merge_extended_loops(fold_negations(graph, uses)))
+    folded = fold_negations(graph, uses)
+    merged = merge_extended_loops(folded)
+    if merged is graph:  # nothing rewritten: every equation is still live
+        return graph
+    return dead_code_elimination(merged)
 
 
 def dead_code_elimination(graph: Graph) -> Graph:
@@ -219,6 +223,7 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
             return inner
         return None
 
+    changed = False
     for eqn in graph.eqns:
         eqn = _renamed(eqn, rename)
         if not _sign_rules_apply(eqn):
@@ -234,10 +239,16 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
             negation_of[id(out)] = eqn.inputs[0]
             continue
         rewritten = eqn.prim.absorb_negation(eqn, negated)
-        for new in rewritten if rewritten is not None else [eqn]:
+        if rewritten is None:
+            eqns.append(eqn)
+            continue
+        changed = True
+        for new in rewritten:
             eqns.append(new)
             if new is not eqn and new.prim.negation:
                 negation_of[id(new.outputs[0])] = new.inputs[0]
+    if not changed and not rename:
+        return graph  # nothing rewritten (simplify then needs no second DCE)
     return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
 
 

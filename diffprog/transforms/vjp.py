@@ -109,16 +109,18 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | No
     entries: dict = {}
     # the variables computed from a differentiated input: cotangents of the others never
     # reach one (a constant lifted as an input, an input not in wrt), so none is made
-    active = {id(v) for v in wrt_vars}
+    # (floating variables only: a cotangent never passes through another one)
+    active = {id(v) for v in wrt_vars if _is_float(v.aval)}
     for eqn in tape:
         for a in eqn.inputs:
             if id(a) in active:
-                active.update(id(o) for o in eqn.outputs)
+                for o in eqn.outputs:
+                    if _is_float(o.aval):
+                        active.add(id(o))
                 break
 
     def accumulate(var, value):
-        if value is None or not isinstance(var, Var) or id(var) not in active or \
-                not _is_float(var.aval):
+        if value is None or id(var) not in active:  # (a constant's id is no variable's)
             return
         if type(value) is not Tracer or value._var.aval.shape != var.aval.shape or \
                 value._var.aval.dtype != var.aval.dtype:  # (else fit_to returns it as it is)
@@ -135,9 +137,15 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | No
     for o, c in zip(graph.outvars, cts_out):
         accumulate(o, c)
     for eqn in reversed(tape):
-        gs = [ct.pop(id(o), None) for o in eqn.outputs]
-        if all(g is None for g in gs):
-            continue
+        if len(eqn.outputs) == 1:
+            g = ct.pop(id(eqn.outputs[0]), None)
+            if g is None:
+                continue
+            gs = [g]
+        else:
+            gs = [ct.pop(id(o), None) for o in eqn.outputs]
+            if all(g is None for g in gs):
+                continue
         if not eqn.prim.differentiable:
             continue
         ins = [_read(env, a) for a in eqn.inputs]
@@ -159,8 +167,7 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | No
                 entry = entries[prim] = _table_entry(prim)
             if entry:
                 # the cotangents accumulate keeps: those of floating variables
-                needed = tuple([a.__class__ is Var and id(a) in active and _is_float(a.aval)
-                                for a in eqn.inputs])
+                needed = tuple([id(a) in active for a in eqn.inputs])
                 keyed = templates.key(("vjp", prim, len(gs), needed), eqn.params,
                                       gs + ins + outs)
         cts = templates.call(keyed, rule, needed) if keyed is not None else rule()
