@@ -31,7 +31,7 @@ from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, Dif
 from .primitives.control import GuardFailed
 from .display import Source
 from .randomness import RandomWatch
-from .ir import Aval, Graph, gc_paused
+from .ir import Aval, Graph, Lit, gc_paused
 from . import externals
 from .tracing import (_TRACE_STACK, Tracer, eval_graph, trace_function, trace_stack,
                       tracing_active)
@@ -317,9 +317,11 @@ def _inspected_inputs(trace, n: int) -> frozenset:
     wanted = set(trace.inspected)
     if not wanted:
         return frozenset()
+    if all(v in wanted for v in trace.invars[:n]):  # (the common case: no walk needed)
+        return frozenset(range(n))
     for eqn in reversed(trace.eqns):
         if any(o in wanted for o in eqn.outputs):
-            wanted.update(a for a in eqn.inputs if not hasattr(a, "value"))
+            wanted.update(a for a in eqn.inputs if not isinstance(a, Lit))
     return frozenset(i for i, v in enumerate(trace.invars[:n]) if v in wanted)
 
 
@@ -1152,10 +1154,14 @@ def _refuse_complex(graph: Graph, wrt: list[int], what: str) -> None:
 
 def _check_complex_flow(graph: Graph, live: set, what: str) -> None:
     for eqn in graph.eqns:
-        if not any(id(a) in live for a in eqn.inputs):
+        for a in eqn.inputs:
+            if id(a) in live:
+                break
+        else:
             continue
-        if eqn.prim.differentiable:
-            if not eqn.prim.complex and any(
+        prim = eqn.prim
+        if prim.differentiable:
+            if not prim.complex and any(
                     _is_complex_atom(a) for a in list(eqn.inputs) + list(eqn.outputs)):
                 raise NotDifferentiableError(
                     f"{what}: the derivative would flow through complex values in "
@@ -1163,9 +1169,10 @@ def _check_complex_flow(graph: Graph, live: set, what: str) -> None:
                     f"real values only. Fix: write that step with real arrays (real and "
                     f"imaginary parts separately), or wrap it in dp.custom_vjp with a rule in "
                     f"JAX's complex convention.")
-            for body in _bodies(eqn.params):
+            for body in _bodies(eqn.params) if eqn.params else ():
                 _check_complex_flow(body, {id(v) for v in body.invars}, what)
-        live.update(id(o) for o in eqn.outputs)
+        for o in eqn.outputs:
+            live.add(id(o))
 
 
 def _is_complex_atom(atom) -> bool:
