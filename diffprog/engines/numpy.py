@@ -295,8 +295,8 @@ def _part_groups(graph: Graph, segments: list) -> list[list]:
 
 class _Part:
     """The function a part of a long program is written as: its values' local names
-    (``t0``...), its parameters (``p0``... values, ``_p0``... bound constants) numbered
-    in order of first use, and what the program passes for them."""
+    (``t0``...), its parameters (``p0``... values, ``_p0``... constants: numbers and bound
+    values) numbered in order of first use, and what the program passes for them."""
 
     __slots__ = ("local", "defined", "params", "args", "by_key")
 
@@ -353,8 +353,8 @@ class ProgramWriter:
                 text = self._literals[id(atom)] = self._literal(atom, False)
         else:
             text = self._literal(atom, True)
-        if self.part is not None and text.startswith("_"):  # a bound constant: a parameter
-            return self.part.param(text, text, "_p")
+        if self.part is not None:  # a constant (a number, a bound value): a parameter, so
+            return self.part.param(text, text, "_p")  # parts differing in one are one text
         return text
 
     def name(self, var) -> str:
