@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Eqn, Var
+from ..ir import Eqn, Lit, Var
 from ..tracing import Tracer
 
 
@@ -75,6 +75,40 @@ def _array_key(v, alive: list):
     return ("id", id(v))
 
 
+class _Number:
+    """A Python number operand taking a slot of a template (see Templates.key)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+class _NumberRef:
+    """In a template's equation: the constant is the number in slot ``slot``."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: int):
+        self.slot = slot
+
+
+class _WithNumbers(list):
+    """A template equation's operands, some of them _NumberRefs."""
+
+
+def _parametric_number(x) -> bool:
+    """A Python float or int (not a bool), not 0 or 1, an int within int64."""
+    kind = type(x)
+    if kind is float:
+        return x != 0.0 and x != 1.0
+    return kind is int and x != 0 and x != 1 and -2**63 <= x < 2**63
+
+
+def _number_lit(value) -> Lit:
+    return Lit(value)
+
+
 class Templates:
     """The templates of one transform (one trace): ``call(key, operands, fn)`` runs
     ``fn()`` or copies what an earlier call of the same key recorded."""
@@ -84,21 +118,35 @@ class Templates:
         self.known: dict = {}
         self._alive: list = []
 
-    def key(self, head: tuple, params: dict, operands) -> tuple | None:
-        """``(key, traced variables)`` for a call with ``params`` on ``operands`` (flat:
-        traced values, constants, None), or None when such a call is not keyed."""
+    def key(self, head: tuple, params: dict, operands, numbers=()) -> tuple | None:
+        """``(key, slots)`` for a call with ``params`` on ``operands`` (flat: traced
+        values, constants, None), or None when such a call is not keyed. Slots are the
+        traced variables, and the Python numbers at the positions in ``numbers`` (a rule
+        that only passes such a number on, into the equations it records, is the same
+        template for every number but 0 and 1, where bind drops ``x * 1``, ``x + 0``)."""
         trace = self.trace
         slots: list = []
         first: dict = {}
         desc = list(head)
+        if numbers and not all(type(x) is Tracer for position, x in enumerate(operands)
+                               if position not in numbers or not _parametric_number(x)):
+            # a constant beside the number: the rule's NumPy code may compute a new
+            # constant from both (g * c, folded), which a copy would not recompute
+            numbers = ()
         try:
             for k, v in params.items():
                 desc.append(k)
                 desc.append(_array_key(v, self._alive) if isinstance(v, np.ndarray)
                             else value_key(v))
             desc.append(None)  # params end here
-            for x in operands:
-                if type(x) is Tracer:
+            for position, x in enumerate(operands):
+                if position in numbers and _parametric_number(x):
+                    i = first.get(id(x))
+                    if i is None:
+                        i = first[id(x)] = len(slots)
+                        slots.append(_Number(x))
+                    desc.append(("number", type(x), i))
+                elif type(x) is Tracer:
                     if x._trace is not trace:
                         return None
                     var = x._var
@@ -140,7 +188,9 @@ class Templates:
 
     def _record(self, start: int, slots: list, result: list, needed):
         trace = self.trace
-        index = {id(v): i for i, v in enumerate(slots)}
+        index = {id(v): i for i, v in enumerate(slots) if v.__class__ is not _Number}
+        numbers = {id(v.value): _NumberRef(i) for i, v in enumerate(slots)
+                   if v.__class__ is _Number}
         n = len(slots)
         eqns = []
         for eqn in trace.eqns[start:]:
@@ -151,6 +201,8 @@ class Templates:
                     if i is None:  # a variable the rule found elsewhere
                         return None
                     spec.append(i)
+                elif numbers and id(a.value) in numbers:
+                    spec.append(numbers[id(a.value)])  # this call's number, as a constant
                 else:
                     spec.append(a)  # a Lit: shared by the copies
             outs = []
@@ -163,6 +215,8 @@ class Templates:
         for k, r in enumerate(result):
             if needed is not None and not needed[k]:
                 results.append((None,))
+            elif numbers and r is not None and not isinstance(r, Tracer):
+                return None  # a constant handed back: maybe made of the number
             elif type(r) is Tracer:
                 i = index.get(id(r._var)) if r._trace is trace else None
                 if i is None:
@@ -184,8 +238,10 @@ class Templates:
         n = len(slots)
         template = []
         for prim, spec, outs, avals, params in kept:
-            template.append((prim, [renumber[i] if type(i) is int else i for i in spec],
-                             avals, params))
+            spec = [renumber[i] if type(i) is int else i for i in spec]
+            if numbers and any(i.__class__ is _NumberRef for i in spec):
+                spec = _WithNumbers(spec)
+            template.append((prim, spec, avals, params))
             for o in outs:
                 renumber[o] = n
                 n += 1
@@ -197,7 +253,13 @@ class Templates:
         record = self.trace.eqns.append
         for prim, spec, avals, params in eqns:
             outs = [Var(a) for a in avals]
-            record(Eqn(prim, [env[s] if type(s) is int else s for s in spec], outs, params))
+            if spec.__class__ is _WithNumbers:
+                inputs = [env[s] if type(s) is int else
+                          _number_lit(env[s.slot].value) if s.__class__ is _NumberRef else s
+                          for s in spec]
+            else:
+                inputs = [env[s] if type(s) is int else s for s in spec]
+            record(Eqn(prim, inputs, outs, params))
             env += outs
         trace = self.trace
         return [Tracer(trace, env[r], None) if type(r) is int else r[0] for r in results]

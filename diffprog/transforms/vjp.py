@@ -55,6 +55,12 @@ def _templates() -> Templates | None:
     return None if trace.concrete else Templates(trace)
 
 
+#: entries whose rule only passes a Python number operand on, into the equations it
+#: records (``g * c``, or nothing): their templates hold for any such number
+#: (templates.Templates.key); positions among the rule's operands (g, x, y, out)
+_NUMBERS_AT = {"add": (1, 2), "sub": (1, 2), "mul": (1, 2)}
+
+
 def _table_entry(prim) -> bool:
     """Is ``prim`` an entry of the table (its rules NumPy code over what they are given)?"""
     from ..primitives.core import PRIMITIVES
@@ -169,7 +175,8 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | No
                 # the cotangents accumulate keeps: those of floating variables
                 needed = tuple([id(a) in active for a in eqn.inputs])
                 keyed = templates.key(("vjp", prim, len(gs), needed), eqn.params,
-                                      gs + ins + outs)
+                                      gs + ins + outs,
+                                      _NUMBERS_AT.get(prim.name, ()) if len(gs) == 1 else ())
         cts = templates.call(keyed, rule, needed) if keyed is not None else rule()
         if len(cts) != len(eqn.inputs):
             raise DiffprogError(f"internal: vjp rule of {eqn.prim.name} returned {len(cts)} "
