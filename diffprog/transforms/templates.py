@@ -126,7 +126,6 @@ class Templates:
         template for every number but 0 and 1, where bind drops ``x * 1``, ``x + 0``)."""
         trace = self.trace
         slots: list = []
-        first: dict = {}
         desc = list(head)
         if numbers and not all(type(x) is Tracer for position, x in enumerate(operands)
                                if position not in numbers or not _parametric_number(x)):
@@ -134,27 +133,33 @@ class Templates:
             # constant from both (g * c, folded), which a copy would not recompute
             numbers = ()
         try:
-            for k, v in params.items():
-                desc.append(k)
-                desc.append(_array_key(v, self._alive) if isinstance(v, np.ndarray)
-                            else value_key(v))
+            if params:
+                for k, v in params.items():
+                    desc.append(k)
+                    desc.append(_array_key(v, self._alive) if isinstance(v, np.ndarray)
+                                else value_key(v))
             desc.append(None)  # params end here
             for position, x in enumerate(operands):
-                if position in numbers and _parametric_number(x):
-                    i = first.get(id(x))
-                    if i is None:
-                        i = first[id(x)] = len(slots)
-                        slots.append(_Number(x))
-                    desc.append(("number", type(x), i))
-                elif type(x) is Tracer:
+                if x.__class__ is Tracer:
                     if x._trace is not trace:
                         return None
                     var = x._var
-                    i = first.get(id(var))
-                    if i is None:
-                        i = first[id(var)] = len(slots)
+                    for i, known in enumerate(slots):  # (a few operands: a list will do)
+                        if known is var:
+                            break
+                    else:
+                        i = len(slots)
                         slots.append(var)
-                    desc.append((i, var.aval))
+                    desc.append(i)  # the slot, then the aval: (int, Aval), flat
+                    desc.append(var.aval)
+                elif numbers and position in numbers and _parametric_number(x):
+                    for i, known in enumerate(slots):
+                        if known.__class__ is _Number and known.value is x:
+                            break
+                    else:
+                        i = len(slots)
+                        slots.append(_Number(x))
+                    desc.append(("number", type(x), i))
                 elif isinstance(x, np.ndarray) and not (x.size <= 16 and type(x) is np.ndarray):
                     desc.append(_array_key(x, self._alive))
                 else:
