@@ -213,15 +213,26 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
         parts: list[str] = []
     else:  # a long program: its body in parts, each distinct part compiled once
         body, parts = [], []
-        known: dict[str, str] = {}
+        known: dict[str, str] = {}  # part text -> its function's name
+        seen: dict[tuple, str] = {}  # part fingerprint -> its function's name
         for group in _part_groups(graph, segments):
-            writer.open_part()
-            lines = lines_of(group)
-            text, call = writer.close_part(lines, group[0][0], group[-1][-1])
-            name = known.get(text)
-            if name is None:
-                name = known[text] = f"_part{len(known)}"
-                parts.append(f"def {name}{text}\n")
+            first, last = group[0][0], group[-1][-1]
+            printed = writer.fingerprint(group, first, last)
+            name = seen.get(printed[0]) if printed is not None else None
+            if name is not None and not CHECK_REUSED_PARTS:
+                call = writer.call_part(printed[1], first, last)  # the text is known
+            else:
+                writer.open_part()
+                lines = lines_of(group)
+                text, call = writer.close_part(lines, first, last)
+                if name is not None:  # (tests: a reused part is the text written anew)
+                    assert parts[int(name[5:])] == f"def {name}{text}\n", (name, text)
+                name = known.get(text)
+                if name is None:
+                    name = known[text] = f"_part{len(known)}"
+                    parts.append(f"def {name}{text}\n")
+                if printed is not None:
+                    seen[printed[0]] = name
             body += [line.replace("_part(", f"{name}(", 1) if i == 0 else line
                      for i, line in enumerate(call)]
     pieces = ["".join(line + "\n" for line in helper) + "\n" for helper in helpers] + parts
@@ -231,6 +242,8 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
 
 #: programs of this many equations and more are written in parts (see _part_groups)
 PARTS_FROM = 1000
+#: tests: write every part whose fingerprint was seen, and check it is the known text
+CHECK_REUSED_PARTS = False
 #: a part ends after at least PART_MIN equations where the program's recent entries hash to
 #: a boundary, and after PART_MAX equations at the latest (840 = lcm(1..8): loop bodies of
 #: up to 8 equations repeat at the same offsets in every part)
@@ -338,6 +351,7 @@ class ProgramWriter:
         self.input_ids = {id(v) for v in graph.invars}
         self._kept = self.output_ids | self.input_ids  # never deleted
         self.part: _Part | None = None  # the part of a long program being written
+        self._params_keys: dict = {}  # id(params) -> _params_fingerprint(params)
         self._var_by_id = {id(v): v for v in graph.invars}
 
     # ------------------------------------------------------------ names
@@ -377,12 +391,72 @@ class ProgramWriter:
         results = ", ".join(part.local[id(v)] for v in exports)
         text = "\n".join([f"({', '.join(part.params)}):"] + ["    " + line for line in lines]
                          + ([f"    return {results}"] if exports else [])) + "\n"
+        return text, self.call_part(part, first, last)
+
+    def call_part(self, part: "_Part", first: int, last: int) -> list[str]:
+        """The program's lines calling a part (``_part(`` names its function) and deleting
+        the values last used in it."""
+        exports = [v for v in part.defined if self.needed_after(v, last)]
         call = f"_part({', '.join(part.args)})"
         if exports:
             call = ", ".join(self.define(v) for v in exports) + " = " + call
         used = [v for v in map(self._var_by_id.get, part.by_key) if v is not None]
         dead = self.freed(used, first, last)
-        return text, [call] + (["del " + ", ".join(dead)] if dead else [])
+        return [call] + (["del " + ", ".join(dead)] if dead else [])
+
+    def fingerprint(self, segments: list, first: int, last: int):
+        """``(key, part)`` for the part of equations ``first..last``, or None: equal keys
+        are parts written as the same text, so a part seen before is not written again.
+
+        The key holds what the text is made of, in the order it is written: each
+        equation's entry and params, each operand as the part names it (a local, or a
+        parameter numbered by first use: values by variable, constants by their text)
+        with its aval (by identity for variables: they share aval objects), and where each
+        result dies in the part or that it leaves it. ``part`` has the parameters and
+        locals the text would have (what the program's call line needs). Parts of single
+        equations only, on the host (no fused runs, no kernels, no device arrays), no
+        loop with a compiled C twin (bound per equation)."""
+        if self.placement.scalars_as_arrays:
+            return None
+        part = _Part()
+        eqns, names, literals = self.graph.eqns, self.names, self._literals
+        last_use, keep = self.last_use, self._kept
+        params_keys = self._params_keys
+        key: list = []
+        for segment in segments:
+            if len(segment) != 1:
+                return None
+            eqn = eqns[segment[0]]
+            prim = eqn.prim
+            if prim.name == "scan":
+                return None
+            key.append(prim)
+            if eqn.params:
+                pk = params_keys.get(id(eqn.params))
+                if pk is None:
+                    pk = params_keys[id(eqn.params)] = _params_fingerprint(eqn.params)
+                key.append(pk)
+            else:
+                key.append(None)
+            for a in eqn.inputs:
+                if a.__class__ is Var:
+                    text = part.local.get(id(a))
+                    key.append(text if text is not None else
+                               part.param(id(a), names[id(a)], "p"))
+                    key.append(id(a.aval))
+                else:
+                    text = literals.get(id(a))
+                    if text is None:
+                        text = literals[id(a)] = self._literal(a, False)
+                    key.append(part.param(text, text, "_p"))
+                    key.append(a.aval)
+            key.append(len(eqn.outputs))
+            for o in eqn.outputs:
+                part.local[id(o)] = f"t{len(part.defined)}"
+                part.defined.append(o)
+                use = last_use.get(id(o), -1)
+                key.append("out" if id(o) in keep or use > last else use - first)
+        return tuple(key), part
 
     def _literal(self, atom, as_array: bool) -> str:
         v = atom.value
@@ -711,6 +785,15 @@ def _template_fields(template: str) -> set:
         fields = _TEMPLATE_FIELDS[template] = frozenset(
             f for _, f, _, _ in string.Formatter().parse(template) if f is not None)
     return fields
+
+
+def _params_fingerprint(params: dict):
+    """Params as a part's fingerprint holds them: by value when plain (their text is the
+    same, or names bound to equal values), else by identity (the dict lives as long as
+    its equation)."""
+    from ..transforms.templates import plain_key
+    key = plain_key(params)
+    return key if key is not None else ("id", id(params))
 
 
 _POSITIONAL: dict = {}

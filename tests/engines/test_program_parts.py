@@ -126,3 +126,42 @@ def test_generate_source_of_a_long_graph_runs_standalone():
     assert "def _part" in src
     exec(compile(src, "<t>", "exec"), namespace)
     _same(namespace["prog"](x), NumpyEngine().compile(graph)(x))
+
+
+def _irregular(x):
+    """The same equations every step, but some steps' values are read again at the end:
+    parts alike in their equations differ in what they hand back."""
+    saved = []
+    for i in range(700):
+        y = np.sin(x) * 1.01
+        x = y + x * 0.5
+        if i % 7 == 0 or i % 11 == 3:
+            saved.append(y)
+    return np.sum(x) + sum(np.sum(s * s) for s in saved)
+
+
+@pytest.mark.parametrize("case", ["chain", "rk4", "varying", "irregular"])
+def test_a_part_seen_before_is_the_text_it_would_be_written_as(case, monkeypatch):
+    """A part whose fingerprint was seen is not written again: checked here by writing it
+    anyway (CHECK_REUSED_PARTS) and comparing with the known text."""
+    if case == "irregular":
+        fn, args = _irregular, [np.linspace(0.1, 1.0, 4)]
+    elif case == "chain":
+        fn, args = _chain(400), [np.linspace(0.1, 1.0, 4)]
+    elif case == "rk4":
+        fn, args = _rk4(40), [np.array([1.5, 1.0, 1.0, 3.0]), np.array([1.0, 1.0])]
+    else:
+        def fn(x):
+            for i in range(1500):
+                x = np.sin(x) * (1.0 + 1e-4 * i)
+            return np.sum(x)
+        args = [np.linspace(0.1, 1.0, 4)]
+    graph = _vjp_graph(fn, *args)
+    monkeypatch.setattr(numpy_engine, "CHECK_REUSED_PARTS", True)
+    checked, got = _run(graph, args)
+    monkeypatch.setattr(numpy_engine, "CHECK_REUSED_PARTS", False)
+    reused, again = _run(graph, args)
+    _, want = _run(graph, args, PARTS_FROM=10**9)
+    _same(got, want)
+    _same(again, want)
+    assert re.sub(r"program_\d+", "", reused.source) == re.sub(r"program_\d+", "", checked.source)
