@@ -5,6 +5,13 @@ program has no per-op dispatch. Intermediates are deleted right after their last
 use (peak memory). Constants and non-literal parameters are bound as names in the
 program's namespace, never pasted as text: generated code contains only names we
 made, numbers and our own templates.
+
+A long program (``PARTS_FROM`` equations and more: an unrolled loop) is written in
+*parts*, functions of a few hundred equations the program calls in turn. Parts are cut
+where the equations themselves say (content-defined), so the steps of an unrolled loop
+split alike and repeat: a repeated part is one function, written and compiled once, and
+each piece of source is compiled on its own, so first-call time and memory grow linearly
+with the program's length.
 """
 from __future__ import annotations
 
