@@ -43,6 +43,18 @@ class Aval:
         dims = ",".join(str(d) for d in self.shape)
         return f"{self.dtype.name}[{dims}]" + ("~" if self.weak else "")
 
+    def __hash__(self) -> int:
+        # the fields' hash, computed once: avals key the transforms' maps (templates, shape
+        # rules), and a long program asks for the same few avals' hashes again and again
+        known = self.__dict__.get("_hash")
+        if known is None:
+            known = hash((self.shape, self.dtype, self.weak))
+            object.__setattr__(self, "_hash", known)
+        return known
+
+    def __getstate__(self) -> dict:  # the fields only (a hash is computed where it is used)
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
 
 def aval_of(value: Any) -> Aval:
     """The Aval of a concrete value (array, NumPy scalar or Python number)."""

@@ -127,11 +127,14 @@ class Templates:
         trace = self.trace
         slots: list = []
         desc = list(head)
-        if numbers and not all(type(x) is Tracer for position, x in enumerate(operands)
-                               if position not in numbers or not _parametric_number(x)):
-            # a constant beside the number: the rule's NumPy code may compute a new
-            # constant from both (g * c, folded), which a copy would not recompute
-            numbers = ()
+        if numbers:
+            for position, x in enumerate(operands):
+                if x.__class__ is not Tracer and not (position in numbers and
+                                                      _parametric_number(x)):
+                    # a constant beside the number: the rule's NumPy code may compute a
+                    # new constant from both (g * c, folded), which a copy would not
+                    numbers = ()
+                    break
         try:
             if params:
                 for k, v in params.items():
