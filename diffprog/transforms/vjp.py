@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DiffprogError
-from ..ir import Graph, Lit, Var, gc_paused
-from ..tracing import Tracer, bind, new_trace, trace_stack
+from ..ir import Graph, Lit, gc_paused
+from ..tracing import Tracer, new_trace, trace_stack
 from .simplify import simplify
 from .templates import Templates
 
@@ -70,8 +70,9 @@ def _table_entry(prim) -> bool:
 def adopt_forward(graph: Graph, trace) -> tuple[list, dict, list]:
     """``graph``'s inputs and equations as the start of ``trace`` (the same variables and
     equations: graphs are never changed, so the transform's graph may share them), with a
-    traced value for each of its variables: ``(primals, env, tape)`` as :func:`_forward`
-    gives them, without running every equation through bind again."""
+    traced value for each of its variables: ``(primals, env, tape)``, without running
+    every equation through bind again (the tape: the equations; each one's operands and
+    results are in env)."""
     trace.invars.extend(graph.invars)
     trace.eqns.extend(graph.eqns)
     primals = [Tracer(trace, v, None) for v in graph.invars]
@@ -80,34 +81,6 @@ def adopt_forward(graph: Graph, trace) -> tuple[list, dict, list]:
         for o in eqn.outputs:
             env[id(o)] = Tracer(trace, o, None)
     return primals, env, graph.eqns
-
-
-def _forward(graph: Graph, primals, templates: Templates | None = None):
-    env = {id(v): p for v, p in zip(graph.invars, primals)}
-    entries: dict = {}
-    for eqn in graph.eqns:
-        ins = [_read(env, a) for a in eqn.inputs]
-        prim = eqn.prim
-        keyed = None
-        if templates is not None:
-            entry = entries.get(prim)
-            if entry is None:
-                entry = entries[prim] = _table_entry(prim)
-            if entry:
-                keyed = templates.key(("bind", prim), eqn.params, ins)
-        if keyed is not None:
-            outs = templates.call(keyed, lambda: _bound(eqn, ins))
-        else:
-            outs = bind(prim, *ins, **eqn.params)
-        outs = outs if isinstance(outs, list) else [outs]
-        for v, o in zip(eqn.outputs, outs):
-            env[id(v)] = o
-    return env, graph.eqns  # the tape: each equation's operands and results are in env
-
-
-def _bound(eqn, ins) -> list:
-    outs = bind(eqn.prim, *ins, **eqn.params)
-    return outs if isinstance(outs, list) else [outs]
 
 
 def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | None = None):
