@@ -31,7 +31,7 @@ from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, Dif
 from .primitives.control import GuardFailed
 from .display import Source
 from .randomness import RandomWatch
-from .ir import Aval, Graph
+from .ir import Aval, Graph, Lit, gc_paused
 from . import externals
 from .tracing import (_TRACE_STACK, Tracer, eval_graph, trace_function, trace_stack,
                       tracing_active)
@@ -320,9 +320,11 @@ def _inspected_inputs(trace, n: int) -> frozenset:
     wanted = set(trace.inspected)
     if not wanted:
         return frozenset()
+    if all(v in wanted for v in trace.invars[:n]):  # (the common case: no walk needed)
+        return frozenset(range(n))
     for eqn in reversed(trace.eqns):
         if any(o in wanted for o in eqn.outputs):
-            wanted.update(a for a in eqn.inputs if not hasattr(a, "value"))
+            wanted.update(a for a in eqn.inputs if not isinstance(a, Lit))
     return frozenset(i for i, v in enumerate(trace.invars[:n]) if v in wanted)
 
 
@@ -961,6 +963,12 @@ class Transformed:
                 f"(is the function non-deterministic?)") from None
 
     def _new_variant(self, sig, build, engine_name, fresh: bool, fast: bool = False) -> Variant:
+        # the collector off while the program is traced, transformed and compiled: each of
+        # its full collections would walk the growing graph again (ir.gc_paused)
+        with gc_paused():
+            return self._build_variant(sig, build, engine_name, fresh, fast)
+
+    def _build_variant(self, sig, build, engine_name, fresh: bool, fast: bool) -> Variant:
         if fresh:
             traced = trace_call(self.fn, sig)
             if not traced.per_call:
@@ -1149,10 +1157,14 @@ def _refuse_complex(graph: Graph, wrt: list[int], what: str) -> None:
 
 def _check_complex_flow(graph: Graph, live: set, what: str) -> None:
     for eqn in graph.eqns:
-        if not any(id(a) in live for a in eqn.inputs):
+        for a in eqn.inputs:
+            if id(a) in live:
+                break
+        else:
             continue
-        if eqn.prim.differentiable:
-            if not eqn.prim.complex and any(
+        prim = eqn.prim
+        if prim.differentiable:
+            if not prim.complex and any(
                     _is_complex_atom(a) for a in list(eqn.inputs) + list(eqn.outputs)):
                 raise NotDifferentiableError(
                     f"{what}: the derivative would flow through complex values in "
@@ -1160,9 +1172,10 @@ def _check_complex_flow(graph: Graph, live: set, what: str) -> None:
                     f"real values only. Fix: write that step with real arrays (real and "
                     f"imaginary parts separately), or wrap it in dp.custom_vjp with a rule in "
                     f"JAX's complex convention.")
-            for body in _bodies(eqn.params):
+            for body in _bodies(eqn.params) if eqn.params else ():
                 _check_complex_flow(body, {id(v) for v in body.invars}, what)
-        live.update(id(o) for o in eqn.outputs)
+        for o in eqn.outputs:
+            live.add(id(o))
 
 
 def _is_complex_atom(atom) -> bool:
@@ -1354,10 +1367,9 @@ def _value_only(graph: Graph, has_aux: bool) -> Graph:
 def _aux_grad_graph(graph: Graph, wrt):
     """Gradient of the first output while also returning every output (value and aux)."""
     from .tracing import new_trace
-    from .transforms.vjp import _forward, _read, backward_pass
+    from .transforms.vjp import _read, adopt_forward, backward_pass
     with new_trace(concrete=False) as trace:
-        primals = [trace.new_input(v.aval) for v in graph.invars]
-        env, tape = _forward(graph, primals)
+        primals, env, tape = adopt_forward(graph, trace)
         outs = [_read(env, o) for o in graph.outvars]
         first = graph.outvars[0].aval
         seeds = [np.ones(first.shape, first.dtype)] + [None] * (len(outs) - 1)

@@ -43,6 +43,18 @@ class Aval:
         dims = ",".join(str(d) for d in self.shape)
         return f"{self.dtype.name}[{dims}]" + ("~" if self.weak else "")
 
+    def __hash__(self) -> int:
+        # the fields' hash, computed once: avals key the transforms' maps (templates, shape
+        # rules), and a long program asks for the same few avals' hashes again and again
+        known = self.__dict__.get("_hash")
+        if known is None:
+            known = hash((self.shape, self.dtype, self.weak))
+            object.__setattr__(self, "_hash", known)
+        return known
+
+    def __getstate__(self) -> dict:  # the fields only (a hash is computed where it is used)
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
 
 def aval_of(value: Any) -> Aval:
     """The Aval of a concrete value (array, NumPy scalar or Python number)."""
@@ -94,9 +106,12 @@ def is_scalar_number(atom) -> bool:
     """A constant operand holding one finite real number (not a bool)."""
     if not (isinstance(atom, Lit) and atom.aval.shape == () and not isinstance(atom.value, bool)):
         return False
-    if isinstance(atom.value, (int, np.integer)):
+    value = atom.value
+    if type(value) is float:  # the common constant: math.isfinite, not a NumPy call
+        return math.isfinite(value)
+    if isinstance(value, (int, np.integer)):
         return True  # any int is finite (a Python int beyond int64 included)
-    return isinstance(atom.value, (float, np.floating)) and bool(np.isfinite(atom.value))
+    return isinstance(value, (float, np.floating)) and bool(np.isfinite(value))
 
 
 #: arrays from this many elements up are checked for being one repeated value
@@ -120,7 +135,7 @@ def compact_constant(value: Any) -> Any:
     return np.broadcast_to(flat[:1].copy().reshape((1,) * value.ndim), value.shape)
 
 
-@dataclass
+@dataclass(slots=True)
 class Eqn:
     """``outputs = prim(*inputs, **params)``."""
 

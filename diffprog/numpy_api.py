@@ -972,6 +972,8 @@ def pad(x, pad_width, mode="constant", constant_values=0, **kwargs):
 # =========================================================== indexing
 
 def getitem(x, index):
+    if type(index) is int:  # x[k]: the common case, what the loop below makes of it
+        return shapes.slice_(x, index=(index,))
     index = index if isinstance(index, tuple) else (index,)
     items, arrays = [], []
     for item in index:

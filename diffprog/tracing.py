@@ -205,7 +205,14 @@ def is_operator(prim) -> bool:
 
 def _python_floats(values) -> bool:
     """Only Python floats and ints, at least one float (ints alone keep Python's rules)."""
-    return any(type(v) is float for v in values) and all(type(v) in (float, int) for v in values)
+    floats = False
+    for v in values:
+        kind = type(v)
+        if kind is float:
+            floats = True
+        elif kind is not int:
+            return False
+    return floats
 
 
 def python_scalar(value):
@@ -215,10 +222,15 @@ def python_scalar(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+#: types of values that live on the host (checked by identity first: the common case)
+_HOST_TYPES = {np.ndarray, float, int, bool, complex, np.float64, np.float32, np.int64, np.bool_}
+
+
 def _device_module(values):
     """The ``cupy`` module if any value is a CuPy array, else None."""
     for v in values:
-        if type(v).__module__.startswith("cupy"):
+        kind = type(v)
+        if kind not in _HOST_TYPES and kind.__module__.startswith("cupy"):
             return sys.modules["cupy"]
     return None
 
@@ -432,16 +444,13 @@ class Tracer:
 
     # ---- NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        from . import numpy_api
-        return numpy_api.dispatch_ufunc(ufunc, method, inputs, kwargs)
+        return (_FRONT_END or _front_end()).dispatch_ufunc(ufunc, method, inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
-        from . import numpy_api
-        return numpy_api.dispatch_function(func, args, kwargs)
+        return (_FRONT_END or _front_end()).dispatch_function(func, args, kwargs)
 
     def __getitem__(self, index):
-        from . import numpy_api
-        return numpy_api.getitem(self, index)
+        return (_FRONT_END or _front_end()).getitem(self, index)
 
     def __setitem__(self, index, value):
         raise ArgumentError(
@@ -450,14 +459,25 @@ class Tracer:
             "np.concatenate([...]) or np.stack([...]).")
 
     def __getattr__(self, name):
-        from . import numpy_api
-        method = numpy_api.TRACER_METHODS.get(name)
+        method = (_FRONT_END or _front_end()).TRACER_METHODS.get(name)
         if method is None:
             raise AttributeError(f"traced array has no attribute {name!r}")
         return method.__get__(self)
 
     def __hash__(self):
         return id(self)
+
+
+#: diffprog.numpy_api once imported (it imports this module: imported on first use; a
+#: global, not ``from . import numpy_api`` in each NumPy call on a traced value)
+_FRONT_END = None
+
+
+def _front_end():
+    global _FRONT_END
+    from . import numpy_api
+    _FRONT_END = numpy_api
+    return numpy_api
 
 
 # Set by diffprog.guards to replace the error on bool()/float()/int() with guards.

@@ -149,8 +149,8 @@ def sink_small_work(graph, threshold: int):
     program's dependencies (an equation still follows everything it reads) and keeps no
     big array alive longer (only equations whose inputs are all small move).
     """
-    if threshold <= 0:
-        return graph
+    if threshold <= 0 or all_small_and_pure(graph, threshold):
+        return graph  # every equation would sink: the order stays as it is
 
     def small(atom) -> bool:
         return math.prod(atom.aval.shape) < threshold
@@ -186,6 +186,25 @@ def sink_small_work(graph, threshold: int):
     if order == list(range(len(graph.eqns))):
         return graph
     return type(graph)(graph.invars, [graph.eqns[i] for i in order], graph.outvars)
+
+
+def all_small_and_pure(graph, threshold: int) -> bool:
+    """Is every equation pure, with outputs, and on values under ``threshold`` elements
+    only (the common long program on small arrays)? Avals are shared objects: each is
+    sized once."""
+    small: dict[int, bool] = {}
+    for eqn in graph.eqns:
+        if not eqn.outputs or getattr(eqn.prim, "effectful", False):
+            return False
+        for atoms in (eqn.inputs, eqn.outputs):
+            for a in atoms:
+                aval = a.aval
+                known = small.get(id(aval))
+                if known is None:
+                    known = small[id(aval)] = math.prod(aval.shape) < threshold
+                if not known:
+                    return False
+    return True
 
 
 def block_segments(graph, threshold: int) -> list[list[int]]:

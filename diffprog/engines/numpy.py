@@ -5,11 +5,19 @@ program has no per-op dispatch. Intermediates are deleted right after their last
 use (peak memory). Constants and non-literal parameters are bound as names in the
 program's namespace, never pasted as text: generated code contains only names we
 made, numbers and our own templates.
+
+A long program (``PARTS_FROM`` equations and more: an unrolled loop) is written in
+*parts*, functions of a few hundred equations the program calls in turn. Parts are cut
+where the equations themselves say (content-defined), so the steps of an unrolled loop
+split alike and repeat: a repeated part is one function, written and compiled once, and
+each piece of source is compiled on its own, so first-call time and memory grow linearly
+with the program's length.
 """
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 import string
 import weakref
 
@@ -26,6 +34,8 @@ _compile_ids = itertools.count()
 
 def _is_safe_literal(v) -> bool:
     """Values whose repr we paste: ints, bools, None, finite floats, slices, tuples of them."""
+    if type(v) is float:  # the common case, without a NumPy call
+        return math.isfinite(v)
     if v is None or v is Ellipsis or isinstance(v, bool):
         return True
     if isinstance(v, int) and not isinstance(v, np.integer):
@@ -221,7 +231,7 @@ def compiled_body(closed: Closed, xp_module, placement: Placement | None = None,
         else:
             source, namespace = generate_source(closed.graph, xp_module, "body",
                                                 placement=placement)
-        exec(compile(source, "<diffprog body>", "exec"), namespace)
+        compile_pieces(source, "<diffprog body>", namespace)
         hit = compiled[(xp_module, placement, outer)] = CompiledBody(namespace["body"], closed)
     return hit
 
@@ -241,26 +251,151 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     :data:`~diffprog.engines.ckernel.ULP_BOUND` ulp of NumPy (see ckernel's fast math).
     """
     blocked = blocks > 0 and fuse is None
-    if blocked:
+    if blocked and fusion.all_small_and_pure(graph, blocks):
+        blocked = False  # nothing to sink, nothing to fuse: each equation alone, as below
+        segments = [[i] for i in range(len(graph.eqns))]
+    elif blocked:
         graph = fusion.sink_small_work(graph, blocks)
+        segments = fusion.block_segments(graph, blocks)
+    else:
+        segments = _segments(graph, fuse is not None)
     writer = ProgramWriter(graph, xp_module, placement, host_fast=blocks > 0 or host_fast,
                            outer=outer, fast_math=fast_math)
-    segments = fusion.block_segments(graph, blocks) if blocked else _segments(graph, fuse is not None)
     helpers: list[list[str]] = []  # functions defined before the program: fused runs, kernels
-    body: list[str] = []
+
+    def lines_of(segments) -> list[str]:
+        body: list[str] = []
+        for segment in segments:
+            if len(segment) == 1:
+                body += writer.equation(segment[0])
+                continue
+            run = fusion.BlockKernel(writer, segment, len(helpers)) if blocked \
+                else FusedRun(writer, segment, len(helpers), fuse)
+            call = run.write()
+            if call is not None:  # else nothing downstream reads the run (dead code)
+                helpers.append(run.definition)
+                body += call
+        return body
+
+    if len(graph.eqns) < PARTS_FROM:
+        body = lines_of(segments)
+        parts: list[str] = []
+    else:  # a long program: its body in parts, each distinct part compiled once
+        body, parts = [], []
+        known: dict[str, str] = {}  # part text -> its function's name
+        seen: dict[tuple, str] = {}  # part fingerprint -> its function's name
+        for group in _part_groups(graph, segments):
+            first, last = group[0][0], group[-1][-1]
+            printed = writer.fingerprint(group, first, last)
+            name = seen.get(printed[0]) if printed is not None else None
+            if name is not None and not CHECK_REUSED_PARTS:
+                call = writer.call_part(printed[1], first, last)  # the text is known
+            else:
+                writer.open_part()
+                lines = lines_of(group)
+                text, call = writer.close_part(lines, first, last)
+                if name is not None:  # (tests: a reused part is the text written anew)
+                    assert parts[int(name[5:])] == f"def {name}{text}\n", (name, text)
+                name = known.get(text)
+                if name is None:
+                    name = known[text] = f"_part{len(known)}"
+                    parts.append(f"def {name}{text}\n")
+                if printed is not None:
+                    seen[printed[0]] = name
+            body += [line.replace("_part(", f"{name}(", 1) if i == 0 else line
+                     for i, line in enumerate(call)]
+    pieces = ["".join(line + "\n" for line in helper) + "\n" for helper in helpers] + parts
+    pieces.append("\n".join(writer.function(fn_name, body)) + "\n")
+    return GeneratedSource(pieces), writer.bound.namespace
+
+
+#: programs of this many equations and more are written in parts (see _part_groups)
+PARTS_FROM = 1000
+#: tests: write every part whose fingerprint was seen, and check it is the known text
+CHECK_REUSED_PARTS = False
+#: a part ends after at least PART_MIN equations where the program's recent entries hash to
+#: a boundary, and after PART_MAX equations at the latest (840 = lcm(1..8): loop bodies of
+#: up to 8 equations repeat at the same offsets in every part)
+PART_MIN, PART_MAX, PART_SPACING = 96, 840, 8
+
+
+class GeneratedSource(str):
+    """A program's source text; ``pieces``: its top-level definitions, each compiled on
+    its own (a long program's parts: memory and time stay linear in its length)."""
+
+    pieces: list
+
+    def __new__(cls, pieces: list):
+        text = super().__new__(cls, "".join(pieces))
+        text.pieces = pieces
+        return text
+
+
+def compile_pieces(source: str, filename: str, namespace: dict) -> None:
+    """Compile and run ``source`` in ``namespace`` one piece at a time."""
+    for piece in getattr(source, "pieces", None) or [source]:
+        exec(compile(piece, filename, "exec"), namespace)
+
+
+def _part_groups(graph: Graph, segments: list) -> list[list]:
+    """The segments of a long program in groups of about PART_MIN..PART_MAX equations,
+    each written as a function of its own (a *part*).
+
+    Where a group ends depends on the equations there only (content-defined chunking):
+    after PART_MIN equations, at the first equation whose entries, with those of the two
+    before it, hash to a boundary. An unrolled loop then splits at the same places in
+    every step, so its parts repeat: written with names of their own (parameters and
+    locals numbered in order), repeated parts are the same text, compiled once."""
+    codes: dict = {}
+    defined_at: dict[int, int] = {}
+    groups, group, size = [], [], 0
+    c1 = c2 = 0
     for segment in segments:
-        if len(segment) == 1:
-            body += writer.equation(segment[0])
-            continue
-        run = fusion.BlockKernel(writer, segment, len(helpers)) if blocked \
-            else FusedRun(writer, segment, len(helpers), fuse)
-        call = run.write()
-        if call is not None:  # else nothing downstream reads the run (dead code)
-            helpers.append(run.definition)
-            body += call
-    source = [line for helper in helpers for line in helper + [""]]
-    source += writer.function(fn_name, body)
-    return "\n".join(source) + "\n", writer.bound.namespace
+        group.append(segment)
+        size += len(segment)
+        index = segment[-1]
+        eqn = graph.eqns[index]
+        code = codes.get(eqn.prim)
+        if code is None:
+            code = codes[eqn.prim] = len(codes) + 1
+        code = code * 8 + len(eqn.inputs)
+        for a in eqn.inputs:  # a constant, the previous equation's value, a recent one, older
+            at = defined_at.get(id(a), -99) if a.__class__ is Var else None
+            code = code * 4 + (0 if at is None else 1 if at == index - 1 else
+                               2 if at >= index - 8 else 3)
+        for o in eqn.outputs:
+            defined_at[id(o)] = index
+        boundary = (((c2 * 31 + c1) * 31 + code) * 2654435761 >> 7) % PART_SPACING == 0
+        c2, c1 = c1, code
+        if size >= PART_MAX or size >= PART_MIN and boundary:
+            groups.append(group)
+            group, size = [], 0
+    if group:
+        groups.append(group)
+    return groups
+
+
+class _Part:
+    """The function a part of a long program is written as: its values' local names
+    (``t0``...), its parameters (``p0``... values, ``_p0``... constants: numbers and bound
+    values) numbered in order of first use, and what the program passes for them."""
+
+    __slots__ = ("local", "defined", "params", "args", "by_key")
+
+    def __init__(self):
+        self.local: dict[int, str] = {}
+        self.defined: list = []
+        self.params: list[str] = []
+        self.args: list[str] = []
+        self.by_key: dict = {}
+
+    def param(self, key, text: str, prefix: str) -> str:
+        name = self.by_key.get(key)
+        if name is None:
+            name = self.by_key[key] = f"{prefix}{len(self.params)}"
+            self.params.append(name)
+            self.args.append(text)
+        return name
 
 
 class ProgramWriter:
@@ -280,17 +415,120 @@ class ProgramWriter:
         self.names = {id(v): f"a{i}" for i, v in enumerate(graph.invars)}
         self._values = itertools.count()
         self._constants: dict = {}
+        self._literals: dict = {}
         self.last_use = _last_uses(graph)
         self.output_ids = {id(v) for v in graph.outvars if isinstance(v, Var)}
         self.input_ids = {id(v) for v in graph.invars}
+        self._kept = self.output_ids | self.input_ids  # never deleted
+        self.part: _Part | None = None  # the part of a long program being written
+        self._params_keys: dict = {}  # id(params) -> _params_fingerprint(params)
+        self._var_by_id = {id(v): v for v in graph.invars}
 
     # ------------------------------------------------------------ names
 
     def operand(self, atom, as_array=False) -> str:
         """The text of an operand: a value's name, a number, or a bound constant."""
-        if isinstance(atom, Var):
-            text = self.names[id(atom)]
+        if atom.__class__ is Var:
+            text = self.name(atom)
             return f"xp.asarray({text})" if as_array and atom.aval.weak else text
+        if not as_array:
+            text = self._literals.get(id(atom))  # (Lits live as long as the graph)
+            if text is None:
+                text = self._literals[id(atom)] = self._literal(atom, False)
+        else:
+            text = self._literal(atom, True)
+        if self.part is not None:  # a constant (a number, a bound value): a parameter, so
+            return self.part.param(text, text, "_p")  # parts differing in one are one text
+        return text
+
+    def name(self, var) -> str:
+        """The name of a defined value (in a part: its local name, or a parameter)."""
+        part = self.part
+        if part is None:
+            return self.names[id(var)]
+        text = part.local.get(id(var))
+        return text if text is not None else part.param(id(var), self.names[id(var)], "p")
+
+    def open_part(self) -> None:
+        self.part = _Part()
+
+    def close_part(self, lines: list[str], first: int, last: int) -> tuple[str, list[str]]:
+        """The part of equations ``first..last`` written as ``lines``: its function's text
+        after its name, ``(params):`` and the body, and the program's lines calling it
+        (``_part(`` names the function there) and deleting values last used in it."""
+        part, self.part = self.part, None
+        exports = [v for v in part.defined if self.needed_after(v, last)]
+        results = ", ".join(part.local[id(v)] for v in exports)
+        text = "\n".join([f"({', '.join(part.params)}):"] + ["    " + line for line in lines]
+                         + ([f"    return {results}"] if exports else [])) + "\n"
+        return text, self.call_part(part, first, last)
+
+    def call_part(self, part: "_Part", first: int, last: int) -> list[str]:
+        """The program's lines calling a part (``_part(`` names its function) and deleting
+        the values last used in it."""
+        exports = [v for v in part.defined if self.needed_after(v, last)]
+        call = f"_part({', '.join(part.args)})"
+        if exports:
+            call = ", ".join(self.define(v) for v in exports) + " = " + call
+        used = [v for v in map(self._var_by_id.get, part.by_key) if v is not None]
+        dead = self.freed(used, first, last)
+        return [call] + (["del " + ", ".join(dead)] if dead else [])
+
+    def fingerprint(self, segments: list, first: int, last: int):
+        """``(key, part)`` for the part of equations ``first..last``, or None: equal keys
+        are parts written as the same text, so a part seen before is not written again.
+
+        The key holds what the text is made of, in the order it is written: each
+        equation's entry and params, each operand as the part names it (a local, or a
+        parameter numbered by first use: values by variable, constants by their text)
+        with its aval (by identity for variables: they share aval objects), and where each
+        result dies in the part or that it leaves it. ``part`` has the parameters and
+        locals the text would have (what the program's call line needs). Parts of single
+        equations only, on the host (no fused runs, no kernels, no device arrays), no
+        loop with a compiled C twin (bound per equation)."""
+        if self.placement.scalars_as_arrays:
+            return None
+        part = _Part()
+        eqns, names, literals = self.graph.eqns, self.names, self._literals
+        last_use, keep = self.last_use, self._kept
+        params_keys = self._params_keys
+        key: list = []
+        for segment in segments:
+            if len(segment) != 1:
+                return None
+            eqn = eqns[segment[0]]
+            prim = eqn.prim
+            if prim.name == "scan":
+                return None
+            key.append(prim)
+            if eqn.params:
+                pk = params_keys.get(id(eqn.params))
+                if pk is None:
+                    pk = params_keys[id(eqn.params)] = _params_fingerprint(eqn.params)
+                key.append(pk)
+            else:
+                key.append(None)
+            for a in eqn.inputs:
+                if a.__class__ is Var:
+                    text = part.local.get(id(a))
+                    key.append(text if text is not None else
+                               part.param(id(a), names[id(a)], "p"))
+                    key.append(id(a.aval))
+                else:
+                    text = literals.get(id(a))
+                    if text is None:
+                        text = literals[id(a)] = self._literal(a, False)
+                    key.append(part.param(text, text, "_p"))
+                    key.append(a.aval)
+            key.append(len(eqn.outputs))
+            for o in eqn.outputs:
+                part.local[id(o)] = f"t{len(part.defined)}"
+                part.defined.append(o)
+                use = last_use.get(id(o), -1)
+                key.append("out" if id(o) in keep or use > last else use - first)
+        return tuple(key), part
+
+    def _literal(self, atom, as_array: bool) -> str:
         v = atom.value
         if isinstance(v, (int, float, bool)) and not isinstance(v, np.generic) and _is_safe_literal(v):
             if not as_array:
@@ -309,8 +547,15 @@ class ProgramWriter:
 
     def define(self, var) -> str:
         """A new name for ``var``, the value an equation defines."""
-        self.names[id(var)] = f"v{next(self._values)}"
-        return self.names[id(var)]
+        part = self.part
+        if part is not None:
+            name = part.local[id(var)] = f"t{len(part.defined)}"
+            part.defined.append(var)
+            self._var_by_id[id(var)] = var
+            return name
+        name = self.names[id(var)] = f"v{next(self._values)}"
+        self._var_by_id[id(var)] = var
+        return name
 
     def needed_after(self, var, index: int) -> bool:
         """Is ``var`` read after equation ``index`` (or returned)?"""
@@ -319,24 +564,53 @@ class ProgramWriter:
     def freed(self, atoms, first: int, last: int) -> list[str]:
         """Names of the values among ``atoms`` last used in equations ``first..last`` (not
         inputs or outputs of the program): deleted there, for peak memory."""
-        return [self.names[id(a)] for a in _unique_vars(atoms)
+        part = self.part
+        return [self.name(a) for a in _unique_vars(atoms)
                 if first <= self.last_use.get(id(a), -1) <= last
-                and id(a) not in self.output_ids and id(a) not in self.input_ids]
+                and id(a) not in self.output_ids and id(a) not in self.input_ids
+                and (part is None or id(a) in part.local)]  # (a part's parameters stay)
 
     # ------------------------------------------------------------ equations
 
     def equation(self, index: int) -> list[str]:
         """The lines of equation ``index`` alone: its assignment, then what dies there."""
         eqn = self.graph.eqns[index]
-        rhs = self.expression(eqn, self.operands(eqn))
-        lines = [assignment([self.define(o) for o in eqn.outputs], rhs, eqn.prim.multiple_results)]
-        dead = self.freed(eqn.inputs, index, index)
-        return lines + (["del " + ", ".join(dead)] if dead else [])
+        prim = eqn.prim
+        impl = prim.impl
+        if not eqn.params and impl.__class__ is str and not self.placement.scalars_as_arrays \
+                and len(eqn.outputs) == 1 and not prim.multiple_results \
+                and prim.name not in _HOST_FAST_ENTRIES and _positional_only(impl) \
+                and (prim.operator is None or not _on_python_floats(eqn)):
+            # the common case (what expression() and _template() write for it): the
+            # entry's template filled with the operands' names and numbers
+            part = self.part
+            local = self.names if part is None else part.local
+            operands = []
+            for a in eqn.inputs:
+                if a.__class__ is Var:
+                    text = local.get(id(a))
+                    operands.append(text if text is not None else self.name(a))
+                else:
+                    operands.append(self.operand(a))
+            line = self.define(eqn.outputs[0]) + " = " + impl.format(*operands)
+        else:
+            rhs = self.expression(eqn, self.operands(eqn))
+            line = assignment([self.define(o) for o in eqn.outputs], rhs, prim.multiple_results)
+        dead = []  # self.freed(eqn.inputs, index, index), spelled out: the common case
+        last_use, keep = self.last_use, self._kept
+        names = self.names if self.part is None else self.part.local
+        for a in eqn.inputs:
+            if a.__class__ is Var and last_use[id(a)] == index and id(a) not in keep:
+                name = names.get(id(a))  # (None: a part's parameter, which stays)
+                if name is not None and name not in dead:
+                    dead.append(name)
+        return [line, "del " + ", ".join(dead)] if dead else [line]
 
     def expression(self, eqn, operands: list[str], host_fast: bool | None = None) -> str:
         """The right-hand side computing ``eqn`` from ``operands``."""
         host_fast = self.host_fast if host_fast is None else host_fast
-        if host_fast and not any(a.aval.weak for a in eqn.inputs):
+        if host_fast and eqn.prim.name in _HOST_FAST_ENTRIES and \
+                not any(a.aval.weak for a in eqn.inputs):
             fast = self._host_fast(eqn, operands)
             if fast is not None:
                 return fast
@@ -384,11 +658,12 @@ class ProgramWriter:
     def _template(self, template, eqn, operands, fields) -> str:
         params = {k: self.bound.param_text(v) for k, v in eqn.params.items() if k in fields} \
             if eqn.params else {}
-        python_floats = _on_python_floats(eqn)
+        python_floats = eqn.prim.operator is not None and _on_python_floats(eqn)
         if python_floats:  # NumPy's rules, not Python's (see tracing.is_operator)
             self.bound.namespace.update(_f64=np.float64, _py=python_scalar)
             operands = [f"_f64({o})" for o in operands]
-        params["args"] = ", ".join(operands)
+        if "args" in fields:
+            params["args"] = ", ".join(operands)
         text = template.format(*operands, **params)
         return f"_py({text})" if python_floats else text
 
@@ -502,7 +777,7 @@ class FusedRun:
             inside.update(id(o) for o in eqn.outputs)
             lines.append(assignment(outs, writer.expression(eqn, ops, host_fast=False), False))
         last = self.segment[-1]
-        exports = [writer.names[id(o)] for eqn in eqns for o in eqn.outputs
+        exports = [writer.name(o) for eqn in eqns for o in eqn.outputs
                    if writer.needed_after(o, last)]
         if not exports:
             return None
@@ -560,6 +835,9 @@ def _transpose(x, axes):
         return np.transpose(x, axes)
 
 
+#: entries with a host-fast spelling of their own (_HOST_FAST, or _host_fast's scatter_add)
+_HOST_FAST_ENTRIES = frozenset(_HOST_FAST) | {"scatter_add"}
+
 _HOST_FAST_NAMES = {"_add_reduce": np.add.reduce, "_max_reduce": np.maximum.reduce,
                     "_min_reduce": np.minimum.reduce, "_reshape": _reshape,
                     "_transpose": _transpose}
@@ -584,13 +862,41 @@ def _template_fields(template: str) -> set:
     return fields
 
 
+def _params_fingerprint(params: dict):
+    """Params as a part's fingerprint holds them: by value when plain (their text is the
+    same, or names bound to equal values), else by identity (the dict lives as long as
+    its equation)."""
+    from ..transforms.templates import plain_key
+    key = plain_key(params)
+    return key if key is not None else ("id", id(params))
+
+
+_POSITIONAL: dict = {}
+
+
+def _positional_only(template: str) -> bool:
+    """Are the template's fields all operand positions ({0}, {1}, ...)?"""
+    known = _POSITIONAL.get(template)
+    if known is None:
+        known = _POSITIONAL[template] = all(f.isdigit() for f in _template_fields(template))
+    return known
+
+
 def _on_python_floats(eqn) -> bool:
     """Does this operator equation run on Python floats only (weak float scalars)?"""
     if not is_operator(eqn.prim):
         return False
-    avals = [a.aval for a in eqn.inputs]
-    return is_operator(eqn.prim) and any(a.dtype.kind == "f" for a in avals) and all(
-        a.weak and a.shape == () and a.dtype.kind in "fi" for a in avals)
+    floats = False
+    for a in eqn.inputs:
+        aval = a.aval
+        if not aval.weak or aval.shape != ():
+            return False
+        kind = aval.dtype.kind
+        if kind == "f":
+            floats = True
+        elif kind != "i":
+            return False
+    return floats
 
 
 class NumpyEngine(Engine):
@@ -619,6 +925,5 @@ class NumpyEngine(Engine):
         fn_name = f"program_{next(_compile_ids)}"
         with gc_paused():
             source, namespace = self.generate(graph, fn_name)
-            code = compile(source, f"<diffprog {self.name} {fn_name}>", "exec")
-        exec(code, namespace)
-        return Program(namespace[fn_name], source, self.name, graph, self.fast_math)
+            compile_pieces(source, f"<diffprog {self.name} {fn_name}>", namespace)
+        return Program(namespace[fn_name], str(source), self.name, graph, self.fast_math)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..ir import Eqn, Graph, Var
 from ..primitives.shapes import pack_scalars
-from ..transforms.simplify import dead_code_elimination, use_counts
+from ..transforms.simplify import dead_code_elimination
 
 
 def _unit_slice_index(index, shape):
@@ -36,10 +36,26 @@ def _unit_slice_index(index, shape):
 
 def lower(graph: Graph) -> Graph:
     """The graph with the patterns above rewritten (unchanged when none occurs)."""
-    if not any(e.prim.name in ("concatenate", "reshape") for e in graph.eqns):
+    # the values the patterns look at: operands of concatenates and of reshapes
+    looked_at = set()
+    for e in graph.eqns:
+        name = e.prim.name
+        if name == "concatenate" or name == "reshape":
+            looked_at.update(id(a) for a in e.inputs if isinstance(a, Var))
+    if not looked_at:
         return graph  # nothing to look at (the common case): no maps built
-    uses = use_counts(graph)
-    defined_by = {id(o): e for e in graph.eqns for o in e.outputs}
+    # who defines them, and how often they are read (the maps, for those values only)
+    defined_by, uses = {}, {}
+    for e in graph.eqns:
+        for o in e.outputs:
+            if id(o) in looked_at:
+                defined_by[id(o)] = e
+        for a in e.inputs:
+            if id(a) in looked_at:
+                uses[id(a)] = uses.get(id(a), 0) + 1
+    for o in graph.outvars:
+        if isinstance(o, Var) and id(o) in looked_at:
+            uses[id(o)] = uses.get(id(o), 0) + 1
     outputs = {id(o) for o in graph.outvars if isinstance(o, Var)}
     eqns, changed = [], False
     for eqn in graph.eqns:

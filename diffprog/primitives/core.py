@@ -211,7 +211,7 @@ class Primitive:
     def abstract_eval(self, *avals, **params):
         if self.shape is None:
             return elementwise_aval(self, avals, params)
-        return self.shape(*avals, **params)
+        return shape_of_call(self, avals, params)
 
     def bind(self, *args, **params):
         return bind(self, *as_untraced_code_reads(args), **params)
@@ -356,6 +356,32 @@ def _elementwise_aval(prim: Primitive, avals, params: dict) -> Aval:
     dtype = dtype_by_example(prim, tuple((a.dtype, a.weak) for a in avals), params_key(params))
     weak = prim.operator is not None and all(a.weak for a in avals)
     return Aval(shape, np.dtype(dtype), weak)
+
+
+#: ``{(entry, avals, params key): result avals}``: shape rules asked the same question
+#: again and again (``y[0]`` of a loop's state, every step)
+_SHAPE_RESULTS: dict = {}
+
+
+def shape_of_call(prim: Primitive, avals, params: dict):
+    """``prim.shape(*avals, **params)``, remembered for the table's entries when the params
+    are plain values (a shape rule is a function of those; entries made at run time and
+    params such as loop bodies are asked every time)."""
+    if PRIMITIVES.get(prim.name) is not prim:
+        return prim.shape(*avals, **params)
+    from ..transforms.templates import plain_key
+    try:
+        key = (prim, avals, plain_key(params)) if params else (prim, avals)
+        known = _SHAPE_RESULTS.get(key)
+    except TypeError:  # an unhashable aval (a shape given as a list)
+        return prim.shape(*avals, **params)
+    if known is None:
+        known = prim.shape(*avals, **params)
+        if key[-1] is not None:
+            if len(_SHAPE_RESULTS) >= 8192:
+                _SHAPE_RESULTS.clear()
+            _SHAPE_RESULTS[key] = known
+    return list(known) if isinstance(known, list) else known
 
 
 def normalize_axes(axis, ndim: int) -> tuple:

@@ -18,29 +18,34 @@ from ..ir import Eqn, Graph, Lit, Var, is_scalar_number
 def simplify(graph: Graph) -> Graph:
     # sign folding counts uses, so dead equations must be gone first
     graph, uses = _live_and_uses(common_subexpressions(graph))
-    return dead_code_elimination(merge_extended_loops(fold_negations(graph, uses)))
+    folded = fold_negations(graph, uses)
+    merged = merge_extended_loops(folded)
+    if merged is graph:  # nothing rewritten: every equation is still live
+        return graph
+    return dead_code_elimination(merged)
 
 
 def dead_code_elimination(graph: Graph) -> Graph:
     return _live_and_uses(graph)[0]
 
 
-def _live_and_uses(graph: Graph) -> tuple[Graph, dict[int, int]]:
-    """Dead-code elimination, and the kept graph's :func:`use_counts` (one pass)."""
-    uses: dict[int, int] = {}
+def _live_and_uses(graph: Graph) -> tuple[Graph, dict]:
+    """Dead-code elimination, and the kept graph's use counts (one pass), keyed by the
+    variables themselves (identity: no int object per variable, as ``id()`` keys make)."""
+    uses: dict = {}
     for v in graph.outvars:
         if isinstance(v, Var):
-            uses[id(v)] = uses.get(id(v), 0) + 1
+            uses[v] = uses.get(v, 0) + 1
     kept = []
     for eqn in reversed(graph.eqns):
         outputs = eqn.outputs
         # effectful equations (guards) have no outputs to keep them alive
-        if (id(outputs[0]) in uses if len(outputs) == 1 else
-                any(id(o) in uses for o in outputs)) or eqn.prim.effectful:
+        if (outputs[0] in uses if len(outputs) == 1 else
+                any(o in uses for o in outputs)) or eqn.prim.effectful:
             kept.append(eqn)
             for a in eqn.inputs:
-                if isinstance(a, Var):
-                    uses[id(a)] = uses.get(id(a), 0) + 1
+                if a.__class__ is Var:
+                    uses[a] = uses.get(a, 0) + 1
     kept.reverse()
     return Graph(graph.invars, kept, graph.outvars), uses
 
@@ -101,20 +106,19 @@ def common_subexpressions(graph: Graph) -> Graph:
     seen: dict[tuple, list] = {}
     eqns = []
 
-    def ref(a):
-        if isinstance(a, Lit):
-            return _literal_key(a.value)
-        return id(a)  # inputs are renamed already
-
     for eqn in graph.eqns:
-        eqn = _renamed(eqn, rename)
+        if rename:
+            eqn = _renamed(eqn, rename)
         try:
-            refs = tuple([ref(a) for a in eqn.inputs])
+            # inputs are renamed already: a Var by identity, a constant by value
+            refs = tuple([a if a.__class__ is Var else _literal_key(a.value)
+                          for a in eqn.inputs])
             if eqn.prim.commutative:  # a*b == b*a exactly (IEEE), so one of them
-                refs = tuple(sorted(refs, key=repr))
-            key = (eqn.prim, refs,
-                   tuple([(k, _param_key(v)) for k, v in eqn.params.items()])
-                   if eqn.params else ())
+                refs = _unordered(refs)
+            # one flat tuple (the entry, its params, its operands): the map holds one per
+            # equation of a long program
+            key = (eqn.prim, tuple([(k, _param_key(v)) for k, v in eqn.params.items()])
+                   if eqn.params else ()) + refs
             earlier = seen.get(key)
         except TypeError:
             eqns.append(eqn)
@@ -126,6 +130,17 @@ def common_subexpressions(graph: Graph) -> Graph:
         seen[key] = eqn.outputs
         eqns.append(eqn)
     return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
+
+
+def _unordered(refs: tuple) -> tuple:
+    """One order for the same operands in any order (variables first, by id)."""
+    if len(refs) == 2:
+        a, b = refs
+        if a.__class__ is Var:
+            return refs if b.__class__ is not Var or id(a) <= id(b) else (b, a)
+        if b.__class__ is Var:
+            return (b, a)
+    return tuple(sorted(refs, key=lambda r: (0, id(r), "") if r.__class__ is Var else (1, 0, repr(r))))
 
 
 def merge_extended_loops(graph: Graph) -> Graph:
@@ -187,7 +202,15 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     A negation is absorbed only when its result has no other use, so the number of
     equations never grows; dead negations are left to dead-code elimination.
     """
-    uses = use_counts(graph) if uses is None else uses  # (given by simplify: the same)
+    if uses is None:  # (given by simplify: the same, by variable)
+        uses = {}
+        for eqn in graph.eqns:
+            for a in eqn.inputs:
+                if a.__class__ is Var:
+                    uses[a] = uses.get(a, 0) + 1
+        for o in graph.outvars:
+            if isinstance(o, Var):
+                uses[o] = uses.get(o, 0) + 1
     outputs = {id(v) for v in graph.outvars if isinstance(v, Var)}
     negation_of: dict[int, Var] = {}  # id(-a) -> a, for negations of real floats
     rename: dict[int, Var] = {}
@@ -195,10 +218,12 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
 
     def negated(atom):
         """a, when atom is ``-a`` used only here; else None."""
-        if isinstance(atom, Var) and uses.get(id(atom), 0) == 1 and id(atom) not in outputs:
-            return negation_of.get(id(atom))
+        inner = negation_of.get(id(atom))  # (only Vars are keys: live objects, unique ids)
+        if inner is not None and uses.get(atom, 0) == 1 and id(atom) not in outputs:
+            return inner
         return None
 
+    changed = False
     for eqn in graph.eqns:
         eqn = _renamed(eqn, rename)
         if not _sign_rules_apply(eqn):
@@ -214,10 +239,16 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
             negation_of[id(out)] = eqn.inputs[0]
             continue
         rewritten = eqn.prim.absorb_negation(eqn, negated)
-        for new in rewritten if rewritten is not None else [eqn]:
+        if rewritten is None:
+            eqns.append(eqn)
+            continue
+        changed = True
+        for new in rewritten:
             eqns.append(new)
             if new is not eqn and new.prim.negation:
                 negation_of[id(new.outputs[0])] = new.inputs[0]
+    if not changed and not rename:
+        return graph  # nothing rewritten (simplify then needs no second DCE)
     return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
 
 
@@ -230,5 +261,9 @@ def _sign_rules_apply(eqn) -> bool:
         return False
     # every operand already has the result's aval (or is a scalar constant): no rewrite
     # can then change a dtype, a weak type or a broadcast
-    return all(a.aval == out or is_scalar_number(a) for a in eqn.inputs)
-
+    for a in eqn.inputs:
+        aval = a.aval
+        if aval is not out and not (is_scalar_number(a) if a.__class__ is Lit else aval == out):
+            if a.__class__ is not Lit or aval != out:
+                return False
+    return True

@@ -1,7 +1,7 @@
 """Reverse mode: Graph -> Graph computing outputs and vector-Jacobian products.
 
-The forward equations are replayed into a new trace, then each primitive's ``vjp``
-rule runs backwards. Rules are NumPy code on traced values, so the backward pass is
+The forward equations start a new trace (the same equations and variables, each
+variable given a traced value), then each primitive's ``vjp`` rule runs backwards. Rules are NumPy code on traced values, so the backward pass is
 recorded as ordinary equations: the result is a Graph like any other, which is why
 grad-of-grad (hessians) needs no extra machinery.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DiffprogError
-from ..ir import Graph, Lit, Var, gc_paused
-from ..tracing import Tracer, bind, new_trace
+from ..ir import Graph, Lit, gc_paused
+from ..tracing import Tracer, new_trace, trace_stack
 from .simplify import simplify
+from .templates import Templates
 
 
 def _is_float(aval) -> bool:
@@ -27,16 +28,19 @@ def vjp_graph(graph: Graph, wrt: list[int], seed: str = "input") -> Graph:
     """
     with gc_paused():
         with new_trace(concrete=False) as trace:
-            primals = [trace.new_input(v.aval) for v in graph.invars]
-            env, tape = _forward(graph, primals)
+            templates = _templates()
+            primals, env, tape = adopt_forward(graph, trace)
             outs = [_read(env, o) for o in graph.outvars]
             if seed == "ones":
                 first = graph.outvars[0].aval  # a scalar, or a one-element array
                 cts_out = [np.ones(first.shape, first.dtype)]
             else:
                 cts_out = [trace.new_input(o.aval) for o in graph.outvars]
-            grads = backward_pass(graph, env, tape, cts_out, [graph.invars[i] for i in wrt])
+            grads = backward_pass(graph, env, tape, cts_out, [graph.invars[i] for i in wrt],
+                                  templates)
             result = trace.to_graph(outs + grads)
+        # the traced values (a tracer per value) go before simplify's maps come
+        del env, tape, primals, outs, grads, cts_out, templates, trace
         return simplify(result)
 
 
@@ -44,43 +48,109 @@ def _read(env, atom):
     return atom.value if isinstance(atom, Lit) else env[id(atom)]
 
 
-def _forward(graph: Graph, primals):
+def _templates() -> Templates | None:
+    """Rule templates for the innermost trace (the transform's), when it computes no
+    values (see :mod:`diffprog.transforms.templates`)."""
+    trace = trace_stack()[-1]
+    return None if trace.concrete else Templates(trace)
+
+
+#: entries whose rule only passes a Python number operand on, into the equations it
+#: records (``g * c``, or nothing): their templates hold for any such number
+#: (templates.Templates.key); positions among the rule's operands (g, x, y, out)
+_NUMBERS_AT = {"add": (1, 2), "sub": (1, 2), "mul": (1, 2)}
+
+
+def _table_entry(prim) -> bool:
+    """Is ``prim`` an entry of the table (its rules NumPy code over what they are given)?"""
+    from ..primitives.core import PRIMITIVES
+    return PRIMITIVES.get(prim.name) is prim
+
+
+def adopt_forward(graph: Graph, trace) -> tuple[list, dict, list]:
+    """``graph``'s inputs and equations as the start of ``trace`` (the same variables and
+    equations: graphs are never changed, so the transform's graph may share them), with a
+    traced value for each of its variables: ``(primals, env, tape)``, without running
+    every equation through bind again (the tape: the equations; each one's operands and
+    results are in env)."""
+    trace.invars.extend(graph.invars)
+    trace.eqns.extend(graph.eqns)
+    primals = [Tracer(trace, v, None) for v in graph.invars]
     env = {id(v): p for v, p in zip(graph.invars, primals)}
-    tape = []
     for eqn in graph.eqns:
-        ins = [_read(env, a) for a in eqn.inputs]
-        outs = bind(eqn.prim, *ins, **eqn.params)
-        outs = outs if isinstance(outs, list) else [outs]
-        for v, o in zip(eqn.outputs, outs):
-            env[id(v)] = o
-        tape.append((eqn, ins, outs))
-    return env, tape
+        for o in eqn.outputs:
+            env[id(o)] = Tracer(trace, o, None)
+    return primals, env, graph.eqns
 
 
-def backward_pass(graph, env, tape, cts_out, wrt_vars):
+def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | None = None):
     ct: dict[int, object] = {}
+    entries: dict = {}
+    # the variables computed from a differentiated input: cotangents of the others never
+    # reach one (a constant lifted as an input, an input not in wrt), so none is made
+    # (floating variables only: a cotangent never passes through another one)
+    active = {id(v) for v in wrt_vars if _is_float(v.aval)}
+    for eqn in tape:
+        for a in eqn.inputs:
+            if id(a) in active:
+                for o in eqn.outputs:
+                    if _is_float(o.aval):
+                        active.add(id(o))
+                break
 
     def accumulate(var, value):
-        if value is None or not isinstance(var, Var) or not _is_float(var.aval):
+        if value is None or id(var) not in active:  # (a constant's id is no variable's)
             return
-        value = fit_to(value, var)
+        if type(value) is not Tracer or value._var.aval.shape != var.aval.shape or \
+                value._var.aval.dtype != var.aval.dtype:  # (else fit_to returns it as it is)
+            value = fit_to(value, var)
         prev = ct.get(id(var))
-        ct[id(var)] = value if prev is None else prev + value
+        if prev is None:
+            ct[id(var)] = value
+        elif templates is None:
+            ct[id(var)] = prev + value
+        else:
+            ct[id(var)] = templates.call(templates.key(("+",), {}, (prev, value)),
+                                         lambda: [prev + value])[0]
 
     for o, c in zip(graph.outvars, cts_out):
         accumulate(o, c)
-    for eqn, ins, outs in reversed(tape):
-        gs = [ct.pop(id(o), None) for o in eqn.outputs]
-        if all(g is None for g in gs):
-            continue
+    for eqn in reversed(tape):
+        if len(eqn.outputs) == 1:
+            g = ct.pop(id(eqn.outputs[0]), None)
+            if g is None:
+                continue
+            gs = [g]
+        else:
+            gs = [ct.pop(id(o), None) for o in eqn.outputs]
+            if all(g is None for g in gs):
+                continue
         if not eqn.prim.differentiable:
             continue
-        if eqn.prim.multiple_results:
+        ins = [_read(env, a) for a in eqn.inputs]
+        outs = [env[id(o)] for o in eqn.outputs]
+        prim = eqn.prim
+        if prim.multiple_results:
             gs = [g if g is not None else np.zeros(o.aval.shape, o.aval.dtype)
                   for g, o in zip(gs, eqn.outputs)]
-            cts = eqn.prim.vjp(gs, *ins, out=outs, **eqn.params)
+
+            def rule():
+                return list(prim.vjp(gs, *ins, out=outs, **eqn.params))
         else:
-            cts = eqn.prim.vjp(gs[0], *ins, out=outs[0], **eqn.params)
+            def rule():
+                return list(prim.vjp(gs[0], *ins, out=outs[0], **eqn.params))
+        keyed = None
+        if templates is not None:
+            entry = entries.get(prim)
+            if entry is None:
+                entry = entries[prim] = _table_entry(prim)
+            if entry:
+                # the cotangents accumulate keeps: those of floating variables
+                needed = tuple([id(a) in active for a in eqn.inputs])
+                keyed = templates.key(("vjp", prim, len(gs), needed), eqn.params,
+                                      gs + ins + outs,
+                                      _NUMBERS_AT.get(prim.name, ()) if len(gs) == 1 else ())
+        cts = templates.call(keyed, rule, needed) if keyed is not None else rule()
         if len(cts) != len(eqn.inputs):
             raise DiffprogError(f"internal: vjp rule of {eqn.prim.name} returned {len(cts)} "
                                 f"cotangents for {len(eqn.inputs)} inputs")
