@@ -309,6 +309,10 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
     return GeneratedSource(pieces), writer.bound.namespace
 
 
+#: the prefix of a part's own values: not "t" (a fused block kernel names its loop's values
+#: t0, t1... and takes scalar operands under their outer names, so a part's t0 passed in
+#: was read as the kernel's own t0), nor any other prefix the kernels use inside
+PART_LOCAL = "w"
 #: programs of this many equations and more are written in parts (see _part_groups)
 PARTS_FROM = 1000
 #: tests: write every part whose fingerprint was seen, and check it is the known text
@@ -522,7 +526,7 @@ class ProgramWriter:
                     key.append(a.aval)
             key.append(len(eqn.outputs))
             for o in eqn.outputs:
-                part.local[id(o)] = f"t{len(part.defined)}"
+                part.local[id(o)] = f"{PART_LOCAL}{len(part.defined)}"
                 part.defined.append(o)
                 use = last_use.get(id(o), -1)
                 key.append("out" if id(o) in keep or use > last else use - first)
@@ -549,7 +553,7 @@ class ProgramWriter:
         """A new name for ``var``, the value an equation defines."""
         part = self.part
         if part is not None:
-            name = part.local[id(var)] = f"t{len(part.defined)}"
+            name = part.local[id(var)] = f"{PART_LOCAL}{len(part.defined)}"
             part.defined.append(var)
             self._var_by_id[id(var)] = var
             return name

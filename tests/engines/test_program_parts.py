@@ -165,3 +165,25 @@ def test_a_part_seen_before_is_the_text_it_would_be_written_as(case, monkeypatch
     _same(got, want)
     _same(again, want)
     assert re.sub(r"program_\d+", "", reused.source) == re.sub(r"program_\d+", "", checked.source)
+
+
+@pytest.mark.parametrize("size, fuse_min", [(300_000, None), (5, 4)])
+def test_a_parts_scalar_passed_into_a_fused_block_keeps_its_value(size, fuse_min, monkeypatch):
+    # a part's values were named t0, t1..., as a fused block kernel names its own: a part's
+    # scalar t0 given to a kernel that assigns t0 was read as the kernel's array (wrong
+    # values), or before the kernel assigned it (UnboundLocalError)
+    if fuse_min is not None:
+        monkeypatch.setenv("DIFFPROG_FUSE_MIN", str(fuse_min))
+    x = np.linspace(-1.0, 1.0, size)
+    c = np.linspace(0.5, 1.5, 5)
+
+    def f(x):
+        s = c[0]
+        x = np.tanh(np.sin(x) * 1.1 + 0.2) * s + x * 0.5
+        for _ in range(600):
+            x = x * 0.999 + 0.001
+        return x
+
+    np.testing.assert_array_equal(dp.differentiable(f)(x), f(x))
+    g = dp.grad(lambda x: np.sum(f(x)))(x[:7] if fuse_min is None else x)
+    assert np.all(np.isfinite(g))
