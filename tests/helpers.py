@@ -43,3 +43,13 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-6, what=""):
     dtype = np.complex128 if np.iscomplexobj(actual) or np.iscomplexobj(expected) else np.float64
     np.testing.assert_allclose(np.asarray(actual, dtype), np.asarray(expected, dtype),
                                rtol=rtol, atol=atol, err_msg=what)
+
+
+def sin_chain(n: int):
+    """A loss of ``n`` groups of ``x = sin(x) * 1.01 + x * 0.5``: a long straight-line
+    program (first-call and program-size tests)."""
+    def f(x):
+        for _ in range(n):
+            x = np.sin(x) * 1.01 + x * 0.5
+        return np.sum(x)
+    return f

@@ -35,6 +35,15 @@ def _same(a, b):
         np.array_equal(a, b, equal_nan=True)
 
 
+def _same_value_and_grads(g, *args):
+    """g = value_and_grad(...): the Python loop's and the compiled loop's results, bit for
+    bit (value and every gradient)."""
+    (v1, g1), (v2, g2) = _twice(g, *args)
+    _same(v1, v2)
+    for a, b in zip(g1, g2):
+        _same(a, b)
+
+
 def lv(p, y0, steps=30, h=0.01):
     def rhs(y):
         return np.stack([p[0] * y[0] - p[1] * y[0] * y[1], p[2] * y[0] * y[1] - p[3] * y[1]])
@@ -74,10 +83,7 @@ def test_xs_ys_reverse_and_sums(n):
         return np.sum(c) + np.sum(ys * ys)
 
     g = dp.value_and_grad(f, argnums=(0, 1, 2))
-    (v1, g1), (v2, g2) = _twice(g, c0, xs, w)
-    _same(v1, v2)
-    for a, b in zip(g1, g2):
-        _same(a, b)
+    _same_value_and_grads(g, c0, xs, w)
 
 
 def test_floating_point_errors_reported_as_numpy_does():
@@ -160,10 +166,7 @@ def test_mlp_vector_field_bit_identical(n, h):
         return np.sum(y * y) + np.sum(ks)
 
     g = dp.value_and_grad(f, argnums=(0, 1, 2, 3))
-    (v1, g1), (v2, g2) = _twice(g, W1, b1, W2, y0)
-    _same(v1, v2)
-    for a, b in zip(g1, g2):
-        _same(a, b)
+    _same_value_and_grads(g, W1, b1, W2, y0)
 
 
 def test_matrix_vector_transposed_and_dot():
@@ -180,10 +183,7 @@ def test_matrix_vector_transposed_and_dot():
         return np.sum(x) + np.sum(ys)
 
     g = dp.value_and_grad(f, argnums=(0, 1, 2))
-    (v1, g1), (v2, g2) = _twice(g, A, B, x0)
-    _same(v1, v2)
-    for a, b in zip(g1, g2):
-        _same(a, b)
+    _same_value_and_grads(g, A, B, x0)
 
 
 def _neural_ode_loss():
@@ -276,10 +276,7 @@ def test_strided_first_carry_peels_the_first_step():
         return np.sum(c) + np.sum(ys)
 
     g = dp.value_and_grad(f, argnums=(0, 1))
-    (v1, g1), (v2, g2) = _twice(g, x, W)
-    _same(v1, v2)
-    for a, b in zip(g1, g2):
-        _same(a, b)
+    _same_value_and_grads(g, x, W)
     assert any("if (s == 0)" in k.source for k in ckernel.kernels()
                if isinstance(k, cscan.ScanKernel) and k.runs)
 
@@ -406,10 +403,7 @@ def test_loop_counter_read_as_float():
         return np.sum(odeint(field, y0, t, W1, W2, steps_per_interval=3) ** 2)
 
     g = dp.value_and_grad(loss, argnums=(0, 1))
-    (v1, g1), (v2, g2) = _twice(g, W1, W2)
-    _same(v1, v2)
-    for a, b in zip(g1, g2):
-        _same(a, b)
+    _same_value_and_grads(g, W1, W2)
 
     def counting(x):
         def step(i, c):

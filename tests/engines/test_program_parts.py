@@ -12,13 +12,7 @@ import diffprog as dp
 from diffprog.engines import numpy as numpy_engine
 from diffprog.engines.numpy import NumpyEngine, generate_source
 
-
-def _chain(groups):
-    def f(x):
-        for _ in range(groups):
-            x = np.sin(x) * 1.01 + x * 0.5
-        return np.sum(x)
-    return f
+from ..helpers import sin_chain
 
 
 def _rk4(steps):
@@ -74,7 +68,7 @@ def _same(a, b):
 
 def test_a_long_chain_is_written_in_repeated_parts():
     x = np.linspace(0.1, 1.0, 4)
-    graph = _vjp_graph(_chain(600), x)
+    graph = _vjp_graph(sin_chain(600), x)
     assert len(graph.eqns) >= numpy_engine.PARTS_FROM
     parts, got = _run(graph, [x])
     whole, want = _run(graph, [x], PARTS_FROM=10**9)
@@ -107,7 +101,7 @@ def test_tiny_parts_give_the_same_values(case, fuse_min, monkeypatch):
         monkeypatch.setenv("DIFFPROG_FUSE_MIN", str(fuse_min))
     rng = np.random.default_rng(0)
     if case == "chain":
-        fn, args, argnums = _chain(5), [np.linspace(0.1, 1.0, 40)], 0
+        fn, args, argnums = sin_chain(5), [np.linspace(0.1, 1.0, 40)], 0
     elif case == "rk4":
         fn, args, argnums = _rk4(3), [np.array([1.5, 1.0, 1.0, 3.0]), np.array([1.0, 1.0])], 0
     else:
@@ -121,7 +115,7 @@ def test_tiny_parts_give_the_same_values(case, fuse_min, monkeypatch):
 
 def test_generate_source_of_a_long_graph_runs_standalone():
     x = np.linspace(0.1, 1.0, 4)
-    graph = _vjp_graph(_chain(400), x)
+    graph = _vjp_graph(sin_chain(400), x)
     src, namespace = generate_source(graph, np, "prog")
     assert "def _part" in src
     exec(compile(src, "<t>", "exec"), namespace)
@@ -147,7 +141,7 @@ def test_a_part_seen_before_is_the_text_it_would_be_written_as(case, monkeypatch
     if case == "irregular":
         fn, args = _irregular, [np.linspace(0.1, 1.0, 4)]
     elif case == "chain":
-        fn, args = _chain(400), [np.linspace(0.1, 1.0, 4)]
+        fn, args = sin_chain(400), [np.linspace(0.1, 1.0, 4)]
     elif case == "rk4":
         fn, args = _rk4(40), [np.array([1.5, 1.0, 1.0, 3.0]), np.array([1.0, 1.0])]
     else:

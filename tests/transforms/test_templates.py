@@ -10,19 +10,13 @@ import pytest
 
 import diffprog as dp
 
+from ..helpers import sin_chain
+
 vjp_module = importlib.import_module("diffprog.transforms.vjp")
 
 
 def _no_templates(monkeypatch):
     monkeypatch.setattr(vjp_module, "_templates", lambda: None)
-
-
-def _chain(n):
-    def f(x):
-        for _ in range(n):
-            x = np.sin(x) * 1.01 + x * 0.5
-        return np.sum(x)
-    return f
 
 
 def _varying(n):
@@ -63,7 +57,7 @@ def _rk4(p, y):
 
 
 CASES = {
-    "chain": (_chain(30), [np.linspace(0.1, 1.0, 4)], 0),
+    "chain": (sin_chain(30), [np.linspace(0.1, 1.0, 4)], 0),
     "varying": (_varying(20), [np.linspace(0.1, 1.0, 4)], 0),
     "powers": (_powers, [np.linspace(0.5, 1.5, 3)], 0),
     "mixed": (_mixed, [np.linspace(-1.0, 1.0, 5), np.array([0.7, 1.3, -0.4])], (0, 1)),
