@@ -101,6 +101,16 @@ def operand(x):
     return x
 
 
+def floating_operand(x):
+    """:func:`operand` as a floating array, as SciPy computes: integers become float64,
+    float32 and complex values keep their dtype."""
+    from .. import numpy_api
+    x = operand(x)
+    x = x if hasattr(x, "dtype") else np.asarray(x)
+    dtype = numpy_api.dtype_of(x)
+    return x if np.issubdtype(dtype, np.inexact) else numpy_api.astype(x, np.float64)
+
+
 # ====================================================================== diversion
 
 class Diversion:

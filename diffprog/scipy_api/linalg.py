@@ -17,16 +17,9 @@ import numpy as np
 from .. import numpy_api as npa
 from ..custom import custom_vjp
 from ..errors import ArgumentError, NotDifferentiableError, ShapeError
-from . import divert, operand, original
+from . import divert, floating_operand, original
 
 _TRANSPOSED = (1, 2, "T", "C")
-
-
-def _inexact(x):
-    x = operand(x)
-    x = x if hasattr(x, "dtype") else np.asarray(x)
-    dtype = npa.dtype_of(x)
-    return x if np.issubdtype(dtype, np.inexact) else npa.astype(x, np.float64)
 
 
 def _square(a, what):
@@ -48,7 +41,7 @@ def _symmetric_from(a, lower: bool):
 
 def solve_triangular(a, b, trans=0, lower=False, unit_diagonal=False, overwrite_b=False,
                      check_finite=True):
-    a, b = _inexact(a), _inexact(b)
+    a, b = floating_operand(a), floating_operand(b)
     _square(a, "solve_triangular")
     tri = _triangle(a, lower)
     if unit_diagonal:
@@ -62,7 +55,7 @@ def solve_triangular(a, b, trans=0, lower=False, unit_diagonal=False, overwrite_
 
 
 def cholesky(a, lower=False, overwrite_a=False, check_finite=True):
-    a = _inexact(a)
+    a = floating_operand(a)
     _square(a, "cholesky")
     factor = np.linalg.cholesky(_symmetric_from(a, lower))
     return factor if lower else np.swapaxes(factor, -1, -2)
@@ -76,7 +69,7 @@ def cho_factor(a, lower=False, overwrite_a=False, check_finite=True):
 
 def cho_solve(c_and_lower, b, overwrite_b=False, check_finite=True):
     c, lower = c_and_lower
-    c, b = _inexact(c), _inexact(b)
+    c, b = floating_operand(c), floating_operand(b)
     tri = _triangle(c, lower)
     factor = tri if lower else np.swapaxes(tri, -1, -2)  # A = L L^T
     return np.linalg.solve(np.swapaxes(factor, -1, -2), np.linalg.solve(factor, b))
@@ -85,7 +78,7 @@ def cho_solve(c_and_lower, b, overwrite_b=False, check_finite=True):
 def solve_banded(l_and_u, ab, b, overwrite_ab=False, overwrite_b=False, check_finite=True):
     """The dense matrix of the banded storage (``a[i, j] = ab[u + i - j, j]``), solved."""
     lower, upper = (int(v) for v in l_and_u)
-    ab, b = _inexact(ab), _inexact(b)
+    ab, b = floating_operand(ab), floating_operand(b)
     rows, n = npa.shape(ab)
     if rows != lower + upper + 1:
         raise ValueError(f"invalid values for the number of lower and upper diagonals: "
@@ -102,7 +95,7 @@ _SYMMETRIC = ("sym", "symmetric", "her", "hermitian", "pos", "positive definite"
 
 def solve(a, b, lower=False, overwrite_a=False, overwrite_b=False, check_finite=True,
           assume_a=None, transposed=False):
-    a, b = _inexact(a), _inexact(b)
+    a, b = floating_operand(a), floating_operand(b)
     if assume_a in _SYMMETRIC:
         a = _symmetric_from(a, lower)
     elif assume_a in ("upper triangular", "lower triangular"):
@@ -118,7 +111,7 @@ def solve(a, b, lower=False, overwrite_a=False, overwrite_b=False, check_finite=
 
 
 def inv(a, overwrite_a=False, check_finite=True, *, assume_a=None, lower=False):
-    a = _inexact(a)
+    a = floating_operand(a)
     if assume_a in _SYMMETRIC:
         a = _symmetric_from(a, lower)
     elif assume_a not in (None, "gen", "general"):
@@ -127,7 +120,7 @@ def inv(a, overwrite_a=False, check_finite=True, *, assume_a=None, lower=False):
 
 
 def det(a, overwrite_a=False, check_finite=True):
-    return np.linalg.det(_inexact(a))
+    return np.linalg.det(floating_operand(a))
 
 
 # ---------------------------------------------------------------------- sqrtm
@@ -170,7 +163,7 @@ def _sqrtm_vjp(g, a, out):
 
 
 def sqrtm(A, disp=None, blocksize=None):
-    a = _inexact(A)
+    a = floating_operand(A)
     if npa.ndim(a) != 2 or npa.shape(a)[0] != npa.shape(a)[1]:
         raise ShapeError(f"scipy.linalg.sqrtm on traced values: a square matrix, got shape "
                          f"{npa.shape(a)}")

@@ -13,17 +13,9 @@ import numpy as np
 
 from .. import numpy_api as npa
 from ..primitives import special as entries
-from . import divert, operand
+from . import divert, floating_operand
 
 _NUMBER = "uses diffprog's implementation"
-
-
-def _float(x):
-    """``x`` as a floating array: integers become float64, float32 stays."""
-    x = operand(x)
-    x = x if hasattr(x, "dtype") else np.asarray(x)
-    dtype = npa.dtype_of(x)
-    return x if np.issubdtype(dtype, np.inexact) else npa.astype(x, np.float64)
 
 
 def _axes(axis, ndim):
@@ -34,9 +26,9 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
     """scipy.special.logsumexp: SciPy's algorithm (shift by the maximum, the maxima kept
     out of the sum, ``log1p`` of the rest), the maxima's terms written ``expm1(a - max)``
     (0 in value, 1 in derivative) so that gradients are exact at ties too."""
-    a = _float(a)
+    a = floating_operand(a)
     if b is not None:
-        b = _float(b)
+        b = floating_operand(b)
         dtype = np.result_type(npa.dtype_of(a), npa.dtype_of(b))
         a, b = npa.broadcast_arrays(npa.astype(a, dtype), npa.astype(b, dtype))
     a = npa.atleast_1d(a)
@@ -87,7 +79,7 @@ def _shifted(a, b, axes, return_sign):
 
 def softmax(x, axis=None):
     """scipy.special.softmax: exp(x - max) / sum (the shift a constant)."""
-    x = _float(x)
+    x = floating_operand(x)
     shifted = x - npa.stop_gradient(np.max(x, axis=axis, keepdims=True))
     e = np.exp(shifted)
     return e / np.sum(e, axis=axis, keepdims=True)
@@ -96,7 +88,7 @@ def softmax(x, axis=None):
 def log_softmax(x, axis=None):
     """scipy.special.log_softmax: x - max - log(sum(exp(x - max))), a non-finite maximum
     replaced by 0 as SciPy does."""
-    x = _float(x)
+    x = floating_operand(x)
     x_max = np.max(x, axis=axis, keepdims=True)
     tmp = x - npa.stop_gradient(np.where(np.isfinite(x_max), x_max, 0.0))
     return tmp - np.log(np.sum(np.exp(tmp), axis=axis, keepdims=True))
@@ -111,7 +103,7 @@ def multigammaln(a, d):
     """scipy.special.multigammaln: log of the multivariate gamma function of dimension d."""
     d = int(d)
     j = np.arange(1, d + 1, dtype=np.float64)
-    a = _float(a)
+    a = floating_operand(a)
     terms = entries.gammaln(np.expand_dims(a, -1) + (1.0 - j) / 2.0)
     return d * (d - 1) / 4.0 * np.log(np.pi) + np.sum(terms, axis=-1)
 
