@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 

@@ -1340,7 +1340,6 @@ def kron(a, b):
     nda, ndb = ndim(a), ndim(b)
     if nda == 0 or ndb == 0:
         return a * b
-    nd = max(nda, ndb)
     as_ = (1,) * max(0, ndb - nda) + shape(a)
     bs = (1,) * max(0, nda - ndb) + shape(b)
     a_arr = reshape(a, tuple(v for d in as_ for v in (d, 1)))

@@ -38,7 +38,6 @@ import numpy as np
 
 from .errors import ArgumentError, UnsupportedFunctionError
 from .object_arrays import holds_tracer, traced
-from .tracing import Tracer
 
 #: functions taking a sequence of arrays (NumPy dispatches on the arrays inside it)
 _SEQUENCE_FUNCTIONS = frozenset(

@@ -31,7 +31,6 @@ import numpy as np
 from .. import numpy_api as npa
 from ..errors import ArgumentError, UnsupportedFunctionError
 from ..primitives.sparse import rows_of, sparse_matmul
-from ..tracing import Tracer
 from . import caller_line, divert, operand
 
 _BASE = None  # scipy.sparse's _spbase, once installed

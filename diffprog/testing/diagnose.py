@@ -27,7 +27,7 @@ _NAMED_FACTORS = {
 def explain(checker, d, mode: str, i: int, u: list, result: CheckResult, dense_analytic=None):
     """Fill ``result.dense`` and ``result.diagnosis`` for a failed check of leaf ``i``."""
     from .checks import _dot
-    p, fd = checker.p, checker.fd
+    p = checker.p
     v = checker.directions[i]
     if mode == "rev":
         analytic = result.analytic
