@@ -36,6 +36,7 @@ from . import externals
 from .tracing import (_TRACE_STACK, Tracer, eval_graph, trace_function, trace_stack,
                       tracing_active)
 from .transforms import jvp_graph, simplify, vjp_graph
+from .transforms.closed import bodies
 from .transforms.partial_eval import split_known
 from .leaves import is_dynamic
 from .tree import TreeDef, dict_orders, flatten, leaf_paths, unflatten
@@ -1168,12 +1169,12 @@ def _check_complex_flow(graph: Graph, live: set, what: str) -> None:
                     _is_complex_atom(a) for a in list(eqn.inputs) + list(eqn.outputs)):
                 raise NotDifferentiableError(
                     f"{what}: the derivative would flow through complex values in "
-                    f"{_entry_words(eqn.prim.name)}, whose derivative rules are written for "
+                    f"the primitive {eqn.prim.name!r}, whose derivative rules are written for "
                     f"real values only. Fix: write that step with real arrays (real and "
                     f"imaginary parts separately), or wrap it in dp.custom_vjp with a rule in "
                     f"JAX's complex convention.")
-            for body in _bodies(eqn.params) if eqn.params else ():
-                _check_complex_flow(body, {id(v) for v in body.invars}, what)
+            for body in bodies(eqn) if eqn.params else ():
+                _check_complex_flow(body.graph, {id(v) for v in body.graph.invars}, what)
         for o in eqn.outputs:
             live.add(id(o))
 
@@ -1181,19 +1182,6 @@ def _check_complex_flow(graph: Graph, live: set, what: str) -> None:
 def _is_complex_atom(atom) -> bool:
     aval = getattr(atom, "aval", None)
     return aval is not None and aval.dtype.kind == "c"
-
-
-def _bodies(params: dict):
-    """The sub-programs (loop and branch bodies) an equation holds in its params."""
-    for value in params.values():
-        for item in (value if isinstance(value, (tuple, list)) else (value,)):
-            graph = getattr(item, "graph", None)
-            if isinstance(graph, Graph):
-                yield graph
-
-
-def _entry_words(name: str) -> str:
-    return f"the primitive {name!r}"
 
 
 def _float_positions(sig: Signature, indices) -> list[int]:

@@ -305,3 +305,15 @@ def test_round_of_complex_values_rounds_each_part():
     for decimals in (0, 1, 3, -1):
         np.testing.assert_array_equal(dp.differentiable(lambda v: np.round(v, decimals))(z),
                                       np.round(z, decimals))
+
+
+def test_entries_without_complex_rules_are_refused_inside_loop_bodies():
+    special = pytest.importorskip("scipy.special")
+
+    def f(z):
+        def step(c, _):
+            return special.erf(c * 0.5), None
+        final, _ = dp.scan(step, z, None, length=3)
+        return np.sum(np.abs(final))
+    with pytest.raises(dp.NotDifferentiableError, match="'erf'"):
+        dp.grad(f)(Z)

@@ -103,6 +103,11 @@ def close(fn: Callable, in_avals: list) -> Closed:
     return Closed(simplify(graph))
 
 
+def bodies(eqn) -> list[Closed]:
+    """The sub-programs ``eqn`` holds in its params (a loop's body, a branch, a checkpoint)."""
+    return [v for v in eqn.params.values() if isinstance(v, Closed)]
+
+
 def holds_body(eqn) -> bool:
     """Does ``eqn`` hold a sub-program in its params (a loop, a branch, a checkpoint)?"""
-    return any(isinstance(v, Closed) for v in eqn.params.values())
+    return bool(bodies(eqn))
