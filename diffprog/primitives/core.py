@@ -397,6 +397,12 @@ def normalize_axes(axis, ndim: int) -> tuple:
     return tuple(sorted(set(out)))
 
 
+def real_dtype(dtype) -> np.dtype:
+    """The real dtype of the parts of ``dtype`` (float32 for complex64); a real dtype as it
+    is."""
+    return np.empty((), dtype).real.dtype
+
+
 def is_inexact(dtype) -> bool:
     """A float or complex dtype: one that carries derivatives."""
     return np.issubdtype(dtype, np.inexact)

@@ -6,7 +6,8 @@ import numpy as np
 
 from ..ir import Aval, Eqn, Lit, Var, is_scalar_number
 from ..transforms.batch import by, same_axes
-from .core import Case, Primitive, inside_unit_interval, is_inexact, normal, positive, uniform
+from .core import (Case, Primitive, inside_unit_interval, is_inexact, normal, positive,
+                   real_dtype, uniform)
 from .rules import add_all, as_dtype, in_dtype_of, sum_to
 
 
@@ -460,17 +461,6 @@ stop_gradient = Primitive(
 
 # ------------------------------------------------------------------ complex parts
 
-def _real_dtype(dtype) -> np.dtype:
-    """float64 for complex128, float32 for complex64; a real dtype unchanged."""
-    return np.empty((), dtype).real.dtype
-
-
-def _as_array_of(value, dtype):
-    """``value`` in ``dtype``: a traced or NumPy value by astype, a Python number (a
-    folded constant cotangent) as a NumPy scalar."""
-    return value.astype(dtype) if hasattr(value, "astype") else np.asarray(value, dtype)[()]
-
-
 def _complex_cases(rng):
     return [rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4))]
 
@@ -481,8 +471,8 @@ def _part(name, impl, cotangent, tangent, julia, numpy):
     the complex cotangent of the input for a real cotangent g (JAX: real -> g,
     imag -> -i g), ``tangent(t)`` the part of a complex tangent."""
     return Primitive(
-        name, impl, lambda x: Aval(x.shape, _real_dtype(x.dtype), x.weak), numpy=numpy,
-        vjp=lambda g, x, *, out: (_as_array_of(cotangent(g), x.dtype),),
+        name, impl, lambda x: Aval(x.shape, real_dtype(x.dtype), x.weak), numpy=numpy,
+        vjp=lambda g, x, *, out: (as_dtype(cotangent(g), x.dtype),),
         jvp=lambda ts, x, *, out: None if ts[0] is None else tangent(ts[0]),
         julia=julia, complex=True, cases=[Case(_complex_cases)],
         batch=by(same_axes, lambda: PRIMITIVES_BY_PART[name]))

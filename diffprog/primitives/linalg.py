@@ -14,7 +14,8 @@ from ..errors import ArgumentError, ArgumentValueError, ShapeError, UnsupportedF
 from ..ir import Aval
 from ..tracing import unsupported
 from ..transforms.batch import by, einsum_rule, matmul_rule, solve_rule
-from .core import Case, Primitive, Unsupported, broadcast_shapes, is_inexact, normal
+from .core import (Case, Primitive, Unsupported, broadcast_shapes, is_inexact, normal,
+                   real_dtype)
 from .rules import (add_all, batch_stacked, in_dtype_of, lower_triangle, onto_lower, sum_to,
                     swap_last_axes, symmetric_from_lower, vjp_by_transposing)
 
@@ -452,8 +453,8 @@ det = Primitive(
 
 def _slogdet_shape(a):
     _square(a, "linalg.slogdet")
-    real = np.empty((), a.dtype).real.dtype  # log|det| is real for complex a too
-    return [Aval(a.shape[:-2], a.dtype), Aval(a.shape[:-2], real)]
+    # log|det| is real for complex a too
+    return [Aval(a.shape[:-2], a.dtype), Aval(a.shape[:-2], real_dtype(a.dtype))]
 
 
 def _inverse_or_nan(a, sign):

@@ -75,8 +75,11 @@ def in_dtype_of(x, like):
 
 def as_dtype(x, dtype):
     """``x.astype(dtype)``, taking the real part where a complex value becomes real
-    (astype would warn and drop it the same way; saying so keeps the intent visible)."""
+    (astype would warn and drop it the same way; saying so keeps the intent visible). A
+    Python number (a folded constant cotangent) becomes a NumPy scalar of ``dtype``."""
     dtype = np.dtype(dtype)
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)[()]
     if np.dtype(x.dtype).kind == "c" and dtype.kind != "c":
         x = np.real(x)
         if x.dtype == dtype:

@@ -14,7 +14,7 @@ __tracebackhide__ = True
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -22,9 +22,10 @@ from .. import api
 from .. import engines as _engines
 from ..errors import ArgumentError, ArgumentValueError, GradCheckError, NotDifferentiableError
 from ..leaves import is_dynamic
+from ..primitives.core import real_dtype
 from ..tree import TreeDef, flatten, unflatten
 from . import diagnose
-from .report import CheckResult, ElementMismatch, GradCheckReport
+from .report import CheckResult, GradCheckReport
 
 # (rtol, atol) by the dtype the analytic derivative is computed in. float32 gradients
 # carry rounding errors of ~1e-7 per operation; the default must not fail a correct one.
@@ -141,7 +142,7 @@ class Problem:
     def analytic_dtype(self) -> np.dtype:
         """The real precision the derivatives are computed in (float32 for complex64)."""
         dtype = np.result_type(*[self.dtype(i) for i in self.float_idx])
-        return np.empty((), dtype).real.dtype
+        return real_dtype(dtype)
 
 
 def _flat_outputs(out) -> list[np.ndarray]:
@@ -162,7 +163,7 @@ class FiniteDifferences:
         self.dtype = np.dtype(np.float64)
         try:
             outs = _flat_outputs(problem.f(*problem.args_with(self.base)))
-            reals = [np.empty((), o.dtype).real.dtype for o in outs]
+            reals = [real_dtype(o.dtype) for o in outs]
             if any(r != np.float64 for r in reals):  # f casts internally: FD inherits it
                 self.dtype = np.result_type(*reals)
         except Exception:  # f does not accept float64 inputs: stay in its own dtype
@@ -487,7 +488,7 @@ def _compare_leaf(path, ref, got, rtol, atol) -> list[str]:
     if ref.shape != got.shape:
         return [f"  {path}: shape {got.shape}, expected {ref.shape}"]
     dt = np.result_type(ref.dtype, got.dtype)
-    r_default, a_default = DEFAULT_TOLERANCES.get(np.empty((), dt).real.dtype, (1e-5, 1e-8))
+    r_default, a_default = DEFAULT_TOLERANCES.get(real_dtype(dt), (1e-5, 1e-8))
     rtol = r_default if rtol is None else rtol
     atol = a_default if atol is None else atol
     wide = _fd_dtype(dt)  # complex gradients are compared as complex numbers
