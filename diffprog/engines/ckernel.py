@@ -15,9 +15,12 @@ unfused program for elementwise values), unless the program opted in to fast mat
   is IEEE round-to-nearest like NumPy's loops, and each libm function is a call into the
   libm NumPy itself calls;
 * a primitive's spelling is used only after a probe compared it bit for bit with NumPy
-  on values across every range libm treats differently (once per process; a NumPy whose
-  loop is its own SIMD code, such as exp/log on AVX-512 machines, differs and its
-  primitive stays on the NumPy path);
+  on values across every range libm treats differently (once per process). Where NumPy's
+  loop is its own SIMD code (tanh, exp, log... on AVX-512 machines) the spelling differs;
+  the kernel then calls that very loop (read from the ufunc, :mod:`.cextern`, checked
+  once per process) on each tile of its operand, as NumPy would on the whole array: W4's
+  gradient on this 2-core AVX-512 machine went from the NumPy block loop to compiled
+  (0.43 -> 0.27-0.34 of hand-written NumPy). Otherwise the block stays on the NumPy path;
 * sums use NumPy's pairwise summation over the same blocks (each a subtree of NumPy's
   own summation of the whole array: :func:`diffprog.engines.fusion.sum_plan`), so fused
   reductions match the NumPy block kernel, and ``np.sum``, exactly too;
@@ -73,7 +76,7 @@ from ..errors import DiffprogWarning
 from ..ir import Aval, Eqn, Var
 from ..primitives import PRIMITIVES
 from .fastmath import probe_values
-from .threads import num_threads, run_parallel
+from .threads import num_threads, run_shared
 
 FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-fno-builtin")
 FLAG_BITS = {"divide": 1, "over": 2, "under": 4, "invalid": 8}  # what kernels return
@@ -133,11 +136,23 @@ static double dp_pairwise(const double *a, int64_t n)
     return dp_pairwise(a, n2) + dp_pairwise(a + n2, n - n2);
 }
 
-static int dp_raised(void)
+/* the FLAG_BITS of floating-point exception flags f */
+static inline int dp_flag_bits(int f)
 {
-    const int f = fetestexcept(FE_DIVBYZERO | FE_OVERFLOW | FE_UNDERFLOW | FE_INVALID);
     return ((f & FE_DIVBYZERO) ? 1 : 0) | ((f & FE_OVERFLOW) ? 2 : 0)
          | ((f & FE_UNDERFLOW) ? 4 : 0) | ((f & FE_INVALID) ? 8 : 0);
+}
+static inline int dp_raised(void) { return dp_flag_bits(fetestexcept(FE_ALL_EXCEPT)); }
+
+/* a NumPy inner loop (PyUFuncGenericFunction) on n contiguous doubles, called as NumPy
+ * calls it; it may clear the flags raised before it, so callers collect them first */
+typedef void (*dp_loop_fn)(char **, const intptr_t *, const intptr_t *, void *);
+static inline void dp_call_loop(void *fn, void *data, const double *x, double *y, intptr_t n)
+{
+    char *args[2] = {(char *)x, (char *)y};
+    const intptr_t dims[1] = {n};
+    const intptr_t steps[2] = {8, 8};
+    ((dp_loop_fn)fn)(args, dims, steps, data);
 }
 """
 
@@ -147,6 +162,32 @@ _ON_INTS = {"logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_
 _BOOL_RESULTS = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
                  "logical_and", "logical_or", "logical_xor", "logical_not", "isfinite",
                  "isnan", "isinf", "bitwise_and", "bitwise_or", "bitwise_xor", "invert"}
+
+
+_POW_SHORTCUTS = (2, -1, 1)  # exponents NumPy (and dp_ipow) compute without calling pow
+
+
+def spelling_key(name: str, params) -> str:
+    """The probe's name for a primitive's C spelling with these params: ``x ** n`` for
+    n = 2, -1, 1 is arithmetic in NumPy and C alike, so a machine whose ``pow`` differs
+    from NumPy's (NumPy's own SIMD power on AVX-512) still fuses squares."""
+    if name == "integer_pow" and params.get("n") in _POW_SHORTCUTS:
+        return "integer_pow_shortcut"
+    return name
+
+
+def loop_ufunc(eqn):
+    """The ufunc whose float64 inner loop can stand in for this equation's C spelling: one
+    operand, no params, spelled ``xp.<ufunc>(x)`` in NumPy and by a libm call in C. Why:
+    where NumPy's own SIMD loop differs from libm (``tanh``, ``exp``, ``log``... on AVX-512
+    machines), calling that loop from C gives NumPy's bits (:mod:`~diffprog.engines.cextern`)."""
+    prim = eqn.prim
+    uf = prim.ufunc
+    if uf is None or eqn.params or not isinstance(uf, np.ufunc) or uf.nin != 1 or uf.nout != 1:
+        return None
+    if prim.impl != f"xp.{uf.__name__}({{0}})" or not _LIBM_CALL.search(prim.c or ""):
+        return None
+    return uf
 
 
 def enabled() -> bool:
@@ -193,6 +234,10 @@ def c_literal(value) -> str | None:
 
 
 TILE = 512  # elements per inner loop: a tile of every crossing value stays in L1
+# Elements a compiled kernel gives each thread at least. Below this a second thread costs
+# more than it saves: in W2's gradient (65,536 elements, between BLAS calls whose OpenBLAS
+# threads still spin) the block took 367 us on 2 threads and 119 us on one.
+PER_THREAD = 131072
 
 # A statement calling one of these is a loop of its own (see BlockBuilder.function).
 _LIBM_CALL = re.compile(r"\b(exp|expm1|log|log1p|sin|cos|tan|asin|acos|atan|atan2|sinh|cosh"
@@ -201,12 +246,13 @@ _NAME = re.compile(r"^[xtp]\d+$")
 
 
 class _Stmt:
-    __slots__ = ("lines", "defines", "uses", "costly")
+    __slots__ = ("lines", "defines", "uses", "costly", "loop")
 
-    def __init__(self, lines, defines, uses):
+    def __init__(self, lines, defines, uses, loop=None):
         self.lines, self.defines = lines, defines
         self.uses = [u for u in uses if _NAME.match(u)]
         self.costly = any(_LIBM_CALL.search(line) for line in lines)
+        self.loop = loop  # (primitive name, operand): NumPy's loop may compute it instead
 
 
 class BlockBuilder:
@@ -225,6 +271,10 @@ class BlockBuilder:
         self.ctype: dict[str, str] = {}                 # C value name -> "double" / "int"
         self.needs: set[str] = set()                    # primitives whose spelling is used
         self.sincos = False
+        self.broadcasts: dict[int, tuple[str, int]] = {}  # input k -> (kind, scalar of its L)
+        self.loops: dict[str, np.ufunc] = {}  # primitive name -> ufunc whose loop may stand in
+        self.loop_gaps: set[str] = set()      # names with an occurrence the loop cannot take
+        self.externals: list[str] = []        # ext[k] of the C function: "loop:tanh", "data:tanh"
         self.refused: str | None = None
         if not enabled():
             self.refused = "off (DIFFPROG_CKERNELS=0)"
@@ -246,6 +296,21 @@ class BlockBuilder:
         self.ctype[f"x{k}"] = "int" if aval.dtype == _BOOL else "double"
         return f"x{k}"
 
+    def broadcast_array(self, name: str, aval, kind: str, length: int) -> str:
+        """The C value of an input broadcast to the block (fusion.broadcast_pattern): kind
+        "inner" repeats its values every ``length`` elements, "outer" gives each value to
+        ``length`` consecutive elements. Each tile copies its stretch into a tile buffer
+        (one division per tile, not per element). ``length`` reaches the kernel as a
+        scalar, so one library still serves every size."""
+        if aval.dtype != _F64:
+            self.refuse(f"a broadcast input of dtype {aval.dtype}")
+        value = self.array(name, aval)
+        text = str(int(length))
+        if text not in self.scalars:
+            self.scalars.append(text)
+        self.broadcasts[int(value[1:])] = (kind, self.scalars.index(text))
+        return value
+
     def scalar(self, name: str, aval) -> str:
         if not (aval.dtype == _F64 or _weak_number(aval)):
             self.refuse(f"a scalar of dtype {aval.dtype}")
@@ -265,7 +330,7 @@ class BlockBuilder:
         if why:
             self.refuse(why)
             return
-        self.needs.add(eqn.prim.name)
+        self.needs.add(spelling_key(eqn.prim.name, eqn.params))
         ctype = "int" if eqn.outputs[0].aval.dtype == _BOOL else "double"
         self.ctype[local] = ctype
         values = list(operands)
@@ -274,7 +339,25 @@ class BlockBuilder:
             values[first:] = [f"((double){o})" if self.ctype.get(o) == "int" else o
                               for o in values[first:]]
         expr = eqn.prim.c.format(*values, **eqn.params)
-        self.stmts.append(_Stmt([f"const {ctype} {local} = {expr};"], [local], operands))
+        self.stmts.append(_Stmt([f"const {ctype} {local} = {expr};"], [local], operands,
+                                self._loop_of(eqn, operands)))
+
+    def _loop_of(self, eqn, operands):
+        """``(name, operand)`` when NumPy's loop may compute this equation on a tile of its
+        operand (a float64 array input or a value computed in the block), else None."""
+        ufunc = loop_ufunc(eqn)
+        if ufunc is None:
+            return None
+        name = eqn.prim.name
+        self.loops[name] = ufunc
+        operand = operands[0]
+        if not (re.match(r"^[xt]\d+$", operand) and self.ctype.get(operand) == "double"):
+            self.loop_gaps.add(name)  # a scalar or bool operand: the C spelling only
+            return None
+        for what in (f"loop:{name}", f"data:{name}"):
+            if what not in self.externals:
+                self.externals.append(what)
+        return name, operand
 
     def sin_cos(self, operand: str, sin_local: str, cos_local: str) -> None:
         self.needs.update(("sin", "cos"))
@@ -318,15 +401,19 @@ class BlockBuilder:
         return loops
 
     def n_tiles(self) -> int:
-        return len(self._crossing(self._loops()))
+        """Tiles of scratch: one per crossing value, one per broadcast input."""
+        return len(self._crossing(self._loops())) + len(self.broadcasts)
 
     @staticmethod
     def _crossing(loops) -> list[str]:
-        """Values defined in one inner loop and used in a later one (kept in tiles)."""
+        """Values defined in one inner loop and used in a later one (kept in tiles), and
+        those NumPy's loops may compute (they write tiles)."""
         where = {d: li for li, loop in enumerate(loops) for st in loop for d in st.defines}
         crossing: list[str] = []
         for li, loop in enumerate(loops):
             for st in loop:
+                if st.loop is not None:
+                    crossing += [d for d in st.defines if d not in crossing]
                 for u in st.uses:
                     if where.get(u, li) < li and u not in crossing:
                         crossing.append(u)
@@ -346,7 +433,7 @@ class BlockBuilder:
         tile = {u: q for q, u in enumerate(crossing)}
         block = self.block
         lines = [f"int {name}(int64_t *next, int64_t n_blocks, const int64_t *starts, void *const *arrays,",
-                 "         const double *scalars, double *sums, double *scratch)", "{"]
+                 "         const double *scalars, double *sums, double *scratch, void *const *ext)", "{"]
         lines += [f"    const {ptr[dt]} *restrict a{k} = (const {ptr[dt]} *)arrays[{k}];"
                   for k, (_, dt) in enumerate(self.arrays)]
         base = len(self.arrays)
@@ -355,7 +442,11 @@ class BlockBuilder:
         lines += [f"    const double p{k} = scalars[{k}];" for k in range(len(self.scalars))]
         lines += [f"    double *restrict w{q} = scratch + {self.n_sums * block + q * TILE};"
                   for q in range(len(crossing))]
-        lines += ["    (void)scalars; (void)sums; (void)scratch;",
+        lines += [f"    double *restrict b{k} = scratch + {self.n_sums * block + (len(crossing) + q) * TILE};"
+                  f" const int64_t L{k} = (int64_t)scalars[{at}];"
+                  for q, (k, (_, at)) in enumerate(sorted(self.broadcasts.items()))]
+        lines += ["    (void)scalars; (void)sums; (void)scratch; (void)ext;",
+                  "    int dp_fl = 0; /* flags collected before each call of a NumPy loop */",
                   "    fexcept_t saved;",
                   "    fegetexceptflag(&saved, FE_ALL_EXCEPT);",
                   "    feclearexcept(FE_ALL_EXCEPT);",
@@ -365,10 +456,14 @@ class BlockBuilder:
                   "        const int64_t i = starts[b], j = starts[b + 1];",
                   f"        for (int64_t s = i; s < j; s += {TILE}) {{",
                   f"            const int64_t m = j - s > {TILE} ? {TILE} : j - s;"]
+        lines += self._broadcast_fills()
         defined: set[str] = set()
         for loop in loops:
             used = [u for st in loop for u in st.uses]
             here = {d for st in loop for d in st.defines}
+            called = loop[0].loop if len(loop) == 1 and not fast else None
+            if called is not None:
+                lines += self._numpy_loop_call(called, loop[0].defines[0], tile)
             if fast:
                 lines.append("            #pragma omp simd")
             lines.append("            for (int64_t k = 0; k < m; k++) {")
@@ -376,7 +471,8 @@ class BlockBuilder:
             for u in dict.fromkeys(used):
                 if u.startswith("x"):
                     cond = " != 0" if self.ctype[u] == "int" else ""
-                    lines.append(f"                const {self.ctype[u]} {u} = a{u[1:]}[e]{cond};")
+                    source = f"b{u[1:]}[k]" if int(u[1:]) in self.broadcasts else f"a{u[1:]}[e]"
+                    lines.append(f"                const {self.ctype[u]} {u} = {source}{cond};")
                 elif u in defined and u not in here:
                     lines.append(f"                const {self.ctype[u]} {u} = "
                                  f"({self.ctype[u]})w{tile[u]}[k];")
@@ -386,15 +482,54 @@ class BlockBuilder:
                 lines.append(f"                w{tile[d]}[k] = {d};")
             lines.append("                (void)e;")
             lines.append("            }")
+            if called is not None:
+                lines.append("#endif")
             defined |= here
         lines.append("        }")
         lines += [f"        sums[{r} * n_blocks + b] = dp_pairwise(scratch + {r * block}, j - i);"
                   for r in range(self.n_sums)]
         lines += ["    }",
-                  "    const int raised = dp_raised();",
+                  "    const int raised = dp_flag_bits(dp_fl | fetestexcept(FE_ALL_EXCEPT));",
                   "    fesetexceptflag(&saved, FE_ALL_EXCEPT);",
                   "    return raised;", "}"]
-        return "\n".join(lines) + "\n"
+        defaults = "".join(f"#ifndef DP_LOOP_{n}\n#define DP_LOOP_{n} 0\n#endif\n"
+                           for n in sorted(self.loops))
+        return defaults + "\n".join(lines) + "\n"
+
+    def _broadcast_fills(self) -> list[str]:
+        """Lines copying each broadcast input's stretch of tile ``s..s+m`` into its buffer
+        ``b<k>``, a run at a time: ``n`` elements up to the next wrap (inner: a contiguous
+        stretch of the operand) or the next value (outer: one value repeated). Each run
+        is a branch-free loop the compiler vectorises; a per-element wrap test cost more
+        than the arithmetic (W2's block: 128 -> 29 us)."""
+        lines = []
+        for k, (kind, _) in sorted(self.broadcasts.items()):
+            run = (f"const double *restrict from = a{k} + r; for (int64_t t = 0; t < n; t++) "
+                   f"to[t] = from[t];" if kind == "inner" else
+                   f"const double v = a{k}[q]; for (int64_t t = 0; t < n; t++) to[t] = v;")
+            lines += [f"            for (int64_t q = s / L{k}, r = s % L{k}, k = 0; k < m; r = 0, q++) {{",
+                      f"                const int64_t n = L{k} - r < m - k ? L{k} - r : m - k;",
+                      f"                double *restrict to = b{k} + k;",
+                      f"                {run}",
+                      "                k += n;",
+                      "            }"]
+        return lines
+
+    def _numpy_loop_call(self, called, local: str, tile: dict) -> list[str]:
+        """Lines computing ``local`` on the tile by NumPy's loop where the kernel's source
+        is built with ``DP_LOOP_<name>`` 1 (its C spelling differs from NumPy here: see
+        :meth:`Kernel.prepare`); the C spelling's loop follows under ``#else``."""
+        name, operand = called
+        if operand.startswith("x"):
+            k = int(operand[1:])
+            source = f"b{k}" if k in self.broadcasts else f"a{k} + s"
+        else:
+            source = f"w{tile[operand]}"
+        fn, data = self.externals.index(f"loop:{name}"), self.externals.index(f"data:{name}")
+        return [f"#if DP_LOOP_{name}",
+                "            dp_fl |= fetestexcept(FE_ALL_EXCEPT);",
+                f"            dp_call_loop(ext[{fn}], ext[{data}], {source}, w{tile[local]}, m);",
+                "#else"]
 
     def kernel(self, spans) -> "Kernel | None":
         """The compiled twin walking the blocks ``spans`` (``[(start, stop), ...]``, each at
@@ -404,7 +539,8 @@ class BlockBuilder:
         return Kernel(self.function("dp_block"), spans=spans, block=self.block,
                       n_arrays=len(self.arrays) + len(self.exports), n_scalars=len(self.scalars),
                       n_sums=self.n_sums, n_tiles=self.n_tiles(), needs=frozenset(self.needs),
-                      sincos=self.sincos,
+                      sincos=self.sincos, loops=dict(self.loops), loop_gaps=frozenset(self.loop_gaps),
+                      externals=tuple(self.externals),
                       fast_source=self.function("dp_block", fast=True) if self.fast_math else None)
 
 
@@ -418,8 +554,9 @@ class BlockBuilder:
 # the check and dlopen), and only if it carries the marker of the kernel asked for. A
 # library that fails a check is deleted and built again, with a warning: never a crash.
 
-ABI = 3  # kernels' calling convention; part of every key, so a change never loads old ones
-# (2: fused blocks take a starts array; 3: and scan loops take a table of external loops)
+ABI = 4  # kernels' calling convention; part of every key, so a change never loads old ones
+# (2: fused blocks take a starts array; 3: and scan loops take a table of external loops;
+# 4: and fused blocks too)
 MARK_SYMBOL = "dp_kernel_mark"  # a string each library exports: the ABI and its key
 
 
@@ -812,9 +949,9 @@ def load(lib, name: str):
     the GIL for the call, so worker threads run kernels in parallel)."""
     fn = getattr(lib, name)
     fn.restype = ctypes.c_int
-    # (next, n_blocks, starts, arrays, scalars, sums, scratch): see BlockBuilder.function
+    # (next, n_blocks, starts, arrays, scalars, sums, scratch, ext): see BlockBuilder.function
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return fn
 
 
@@ -870,7 +1007,7 @@ def _probe_cases(fast: bool = False):
                 b.op(eqn, ops, "t0")
                 b.export("t0", dtype)
                 if b.refused is None:
-                    cases.append((name, b, inputs, functools.partial(
+                    cases.append((spelling_key(name, params), b, inputs, functools.partial(
                         _with_numpy_flags, functools.partial(prim.evaluate, np, *inputs, **params))))
     x = np.concatenate([values, np.linspace(-50, 50, 1001)])
     b = BlockBuilder(block=x.size)
@@ -914,7 +1051,8 @@ def _run_probe(fn, builder, inputs) -> list[np.ndarray]:
     ptrs = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
     counter, scratch = np.zeros(1, np.int64), np.empty(max(1, builder.n_tiles() * TILE))
     starts = np.array([0, n], np.int64)
-    raised = fn(counter.ctypes.data, 1, starts.ctypes.data, ptrs, None, None, scratch.ctypes.data)
+    raised = fn(counter.ctypes.data, 1, starts.ctypes.data, ptrs, None, None, scratch.ctypes.data,
+                None)
     return outs, raised
 
 
@@ -1112,7 +1250,9 @@ def _simd_header(functions) -> str:
 
 def _calls(name: str) -> set:
     """The vector-capable libm functions primitive ``name``'s spelling calls (``sincos``:
-    the fused pair)."""
+    the fused pair; ``integer_pow_shortcut``: arithmetic only)."""
+    if name == "integer_pow_shortcut":
+        return set()
     spelling = "DP_SINCOS(" if name == "sincos" else PRIMITIVES[name].c
     words = set(re.findall(r"\b(\w+)\(", spelling))
     found = {w for w in words if w in VECTOR_FUNCTIONS}
@@ -1242,6 +1382,19 @@ def fast_math_status() -> str:
 
 # ============================================================================ running
 
+def spelling_refusal(name: str) -> str | None:
+    """None when a fused block can compute primitive ``name`` (an operand of float64
+    values) bit for bit here, with its C spelling or by NumPy's own loop, else why not."""
+    from . import cextern
+    verdict = probe([name]).get(name, "not probed")
+    if verdict is None:
+        return None
+    prim = PRIMITIVES.get(name)
+    ufunc = None if prim is None else loop_ufunc(Eqn(prim, [], [], {}))
+    why = "no NumPy loop stands in" if ufunc is None else cextern.loop_refusal(ufunc)
+    return None if why is None else f"{verdict}; {why}"
+
+
 def refusal(verdicts: dict, needs) -> str | None:
     """Why a kernel needing the spellings ``needs`` cannot be built from the probe's
     ``verdicts`` (a kernel's ``state``), or None when every one of them passed."""
@@ -1261,7 +1414,8 @@ class Kernel:
     results are the same."""
 
     def __init__(self, source: str, *, spans, block, n_arrays, n_scalars, n_sums, n_tiles,
-                 needs, sincos, fast_source: str | None = None):
+                 needs, sincos, loops=None, loop_gaps=frozenset(), externals=(),
+                 fast_source: str | None = None):
         self.source, self.block = source, block
         self.spans = tuple(spans)  # the blocks: [(start, stop), ...], in order
         self.size = self.spans[-1][1] if self.spans else 0
@@ -1269,6 +1423,8 @@ class Kernel:
         self.fast_source = fast_source  # a fast-math program's kernel: its libmvec twin
         self.n_arrays, self.n_scalars, self.n_sums, self.n_tiles = n_arrays, n_scalars, n_sums, n_tiles
         self.needs, self.uses_sincos = needs, sincos
+        self.loops, self.loop_gaps, self.externals = loops or {}, loop_gaps, externals
+        self._ext = None  # the table of NumPy loops the exact source calls (ext)
         self.state = "compiling"
         self.runs = 0
         self._fn = None
@@ -1292,16 +1448,38 @@ class Kernel:
                     return
                 note = f" (exact kernel: fast math {why})"
             verdicts = probe()
-            refused = refusal(verdicts, self.needs)
+            looped = self._looped(verdicts)
+            refused = refusal(verdicts, self.needs - looped)
             if refused is not None:
                 self.state = refused + note
                 return
             use_sincos = self.uses_sincos and verdicts.get("sincos") is None
-            lib = library(f"#define DP_USE_SINCOS {int(use_sincos)}\n" + self.source)
+            defines = "".join(f"#define DP_LOOP_{n} {int(n in looped)}\n" for n in sorted(self.loops))
+            lib = library(defines + f"#define DP_USE_SINCOS {int(use_sincos)}\n" + self.source)
+            if looped:
+                self._ext = self._ext_table()
             self._fn = load(lib, "dp_block")
-            self.state = "ready" + note
+            self.state = "ready" + note + (f" (NumPy's loops for {', '.join(sorted(looped))})"
+                                           if looped else "")
         except Exception as exc:  # noqa: BLE001 - any failure leaves the NumPy kernel in charge
             self.state = f"failed ({type(exc).__name__}: {exc})"
+
+    def _looped(self, verdicts) -> set:
+        """Names whose C spelling differs from NumPy here and whose NumPy loop, called
+        from C, was checked to give NumPy's bits (cextern's probe): the kernel calls it."""
+        from . import cextern
+        return {name for name, ufunc in self.loops.items()
+                if verdicts.get(name) is not None and name not in self.loop_gaps
+                and cextern.loop_refusal(ufunc) is None}
+
+    def _ext_table(self):
+        from . import cextern
+        pointers = []
+        for what in self.externals:
+            kind, name = what.split(":")
+            fn, data = cextern.ufunc_loop(self.loops[name])
+            pointers.append(fn if kind == "loop" else data)
+        return (ctypes.c_void_p * max(1, len(pointers)))(*pointers)
 
     def __call__(self, arrays, outputs, scalars):
         fn = self._fn
@@ -1318,16 +1496,17 @@ class Kernel:
         ptrs = (ctypes.c_void_p * len(all_arrays))(*[a.ctypes.data for a in all_arrays])
         n_blocks, starts = len(self.spans), self.starts
         counter = np.zeros(1, np.int64)
+        ext = self._ext
         sums = np.empty((self.n_sums, n_blocks))
         scratch_size = max(1, self.n_sums * self.block + self.n_tiles * TILE)
 
         def work():
             scratch = np.empty(scratch_size)
             return fn(counter.ctypes.data, n_blocks, starts.ctypes.data, ptrs, values,
-                      sums.ctypes.data, scratch.ctypes.data)
+                      sums.ctypes.data, scratch.ctypes.data, ext)
 
         raised = 0
-        for flags in run_parallel([work] * min(num_threads(), n_blocks)):
+        for flags in run_shared(work, min(num_threads(), n_blocks, self.size // PER_THREAD + 1)):
             raised |= flags
         if raised & _reported_flags():
             return None

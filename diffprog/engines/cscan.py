@@ -180,33 +180,11 @@ def _memory_order(d):
     return "F" if d.flags.f_contiguous else None
 
 
-def _loop_ufunc(eqn):
-    """The ufunc whose float64 loop can stand in for this equation's C spelling: one
-    operand, no params, spelled ``xp.<ufunc>(x)`` in the Python loop and by a libm call
-    in C (where NumPy's own SIMD loops differ from libm)."""
-    prim = eqn.prim
-    uf = prim.ufunc
-    if uf is None or eqn.params or not isinstance(uf, np.ufunc) or uf.nin != 1 or uf.nout != 1:
-        return None
-    if prim.impl != f"xp.{uf.__name__}({{0}})" or not ckernel._LIBM_CALL.search(prim.c or ""):
-        return None
-    return uf
-
-
 _HEADER = """\
 typedef {blasint} dp_blasint;
 typedef void (*dp_gemv_fn)(int, int, dp_blasint, dp_blasint, double, const double *, dp_blasint,
                            const double *, dp_blasint, double, double *, dp_blasint);
 typedef double (*dp_dot_fn)(dp_blasint, const double *, dp_blasint, const double *, dp_blasint);
-typedef void (*dp_loop_fn)(char **, const intptr_t *, const intptr_t *, void *);
-/* a NumPy inner loop on n contiguous doubles, called as NumPy calls it */
-static inline void dp_call_loop(void *fn, void *data, const double *x, double *y, intptr_t n)
-{{
-    char *args[2] = {{(char *)x, (char *)y}};
-    const intptr_t dims[1] = {{n}};
-    const intptr_t steps[2] = {{8, 8}};
-    ((dp_loop_fn)fn)(args, dims, steps, data);
-}}
 """
 
 
@@ -315,7 +293,7 @@ class _Body:
         why = _integer_refusal(eqn) if integers else dtype_refusal(eqn)
         if why:
             raise Refused(why)
-        self.needs.add(name)
+        self.needs.add(ckernel.spelling_key(name, p))
         out_aval = eqn.outputs[0].aval
         ctype = "int" if out_aval.dtype == _BOOL else "double"
         shape = out_aval.shape
@@ -330,7 +308,7 @@ class _Body:
                                   for o in values[first:]]
             out[idx] = self.fresh(ctype)
             spelled.append(f"const {ctype} {out[idx]} = {eqn.prim.c.format(*values, **p)};")
-        ufunc = None if integers else _loop_ufunc(eqn)
+        ufunc = None if integers else ckernel.loop_ufunc(eqn)
         if ufunc is None:
             self.emit(*spelled)
             return out
@@ -911,9 +889,7 @@ def render(eqn, layouts=None) -> Rendered:
     src += ["    " + t for t in final]
     if calls:
         src += ["    (void)in; (void)out; (void)ext;",
-                "    const int dp_f = dp_fl | fetestexcept(FE_ALL_EXCEPT);",
-                "    const int raised = ((dp_f & FE_DIVBYZERO) ? 1 : 0) | ((dp_f & FE_OVERFLOW) ? 2 : 0)",
-                "        | ((dp_f & FE_UNDERFLOW) ? 4 : 0) | ((dp_f & FE_INVALID) ? 8 : 0);"]
+                "    const int raised = dp_flag_bits(dp_fl | fetestexcept(FE_ALL_EXCEPT));"]
     else:
         src += ["    (void)in; (void)out;", "    const int raised = dp_raised();"]
     src += ["    fesetexceptflag(&saved, FE_ALL_EXCEPT);", "    return raised;", "}"]

@@ -38,13 +38,24 @@ computes all equations of an element in registers; it runs once built and checke
 the same results. Blocks are the unit of work for both, and fused sums are added up per
 block in the tree's order, so results do not depend on the thread count.
 
-Arrays smaller than ``min_size()`` elements are left alone: there the per-block Python
-overhead and thread hand-off cost more than they save. Measured on W2 (a 256x256 run of
-three cheap ops) on a loaded 2-core machine: unfused 0.97 ms, fused 1.27 ms, so the
-default (2**18) leaves it alone; W4 (1e6 elements) gains 2x.
+Which arrays are fused depends on who computes the blocks. The NumPy block loop pays
+Python overhead and a thread hand-off per block, so it only runs on arrays of at least
+``PY_BLOCK_MIN`` (2**18) elements: measured on W2 (a 256x256 run of three cheap ops) on a
+loaded 2-core machine, unfused 0.97 ms, NumPy-blocked 1.27 ms. The compiled twin has no
+such overhead, and on arrays of 2**15 elements and more it saves more than the passes: each
+unfused temporary of 256 KiB or more is a fresh ``mmap`` that the kernel zero-fills page
+by page, which on such a machine costs more than the arithmetic (a 4-op chain on 65,536
+float64: unfused 769 us, compiled 144 us; at 16,384 elements they tie, at 4,096 unfused
+wins). So arrays of ``min_size()`` (2**15) up to ``PY_BLOCK_MIN`` elements are fused only
+when compiled kernels can be built, and until the twin is ready (or where it refuses a
+block, or a call raises a floating-point flag NumPy must report) the block runs its
+equations unfused, exactly as the unfused program does.
 
 Settings (environment, read when a program is compiled):
-``DIFFPROG_FUSE_MIN``  smallest array size (elements) fused; default 262144; 0 turns fusion off.
+``DIFFPROG_FUSE_MIN``  smallest array size (elements) fused; 0 turns fusion off. When set,
+                       the NumPy block loop runs from that size too (tests use it to
+                       exercise the loop on small arrays); unset: 32768 for compiled
+                       kernels, 262144 for the NumPy loop, as above.
 ``DIFFPROG_THREADS``   worker threads; default: the CPUs this process may use.
 """
 from __future__ import annotations
@@ -60,20 +71,62 @@ from . import ckernel, fastmath
 from .threads import run_blocks
 
 BLOCK = 16384
-DEFAULT_MIN_SIZE = 262144
+PY_BLOCK_MIN = 262144   # smallest array the NumPy block loop runs on (by default)
+COMPILED_MIN = 32768    # smallest array fused when compiled kernels can be built
+
+
+def _configured_min() -> int | None:
+    try:
+        return int(os.environ["DIFFPROG_FUSE_MIN"])
+    except (KeyError, ValueError):
+        return None
+
 
 def min_size() -> int:
-    try:
-        return int(os.environ.get("DIFFPROG_FUSE_MIN", DEFAULT_MIN_SIZE))
-    except ValueError:
-        return DEFAULT_MIN_SIZE
+    """Smallest array size (elements) fused: ``DIFFPROG_FUSE_MIN`` when set, else
+    ``COMPILED_MIN`` where compiled kernels can be built, else ``PY_BLOCK_MIN``."""
+    configured = _configured_min()
+    if configured is not None:
+        return configured
+    return COMPILED_MIN if ckernel.enabled() and ckernel.compiler() else PY_BLOCK_MIN
+
+
+def python_block_min() -> int:
+    """Smallest array size whose block kernel falls back to the NumPy block loop (smaller
+    ones fall back to their equations unfused)."""
+    configured = _configured_min()
+    return configured if configured is not None else PY_BLOCK_MIN
 
 
 # ============================================================================ planning
 
 def _blockable_operand(atom, shape) -> bool:
     s = atom.aval.shape
-    return s == shape or s == ()
+    return s == shape or s == () or broadcast_pattern(s, shape) is not None
+
+
+def broadcast_pattern(op_shape, shape) -> tuple[str, int] | None:
+    """How an operand of ``op_shape`` broadcast to the block shape ``shape`` is walked in
+    C order: ``("inner", L)`` when it repeats its values every ``L`` elements (it spans
+    ``shape``'s last axes, as a bias ``b`` in ``x @ w + b`` does), ``("outer", L)`` when each
+    of its values covers ``L`` consecutive elements (it spans the first axes, as a column
+    ``(n, 1)`` does); None when it is not broadcast (or broadcast otherwise).
+
+    >>> broadcast_pattern((256,), (64, 256)), broadcast_pattern((64, 1), (64, 256))
+    (('inner', 256), ('outer', 256))
+    """
+    op_shape, shape = tuple(op_shape), tuple(shape)
+    d = len(shape)
+    if len(op_shape) > d or not op_shape or op_shape == shape:
+        return None
+    padded = (1,) * (d - len(op_shape)) + op_shape
+    for k in range(1, d + 1):
+        if padded[:k] == (1,) * k and padded[k:] == shape[k:]:
+            return "inner", math.prod(shape[k:])
+    for k in range(d):
+        if padded[:k] == shape[:k] and padded[k:] == (1,) * (d - k):
+            return "outer", math.prod(shape[k:])
+    return None
 
 
 def _elementwise_in_block(eqn, shape) -> bool:
@@ -183,6 +236,55 @@ def sink_small_work(graph, threshold: int):
         flush_needed_by(eqn)
         order.append(idx)
     order.extend(pending)
+    if order == list(range(len(graph.eqns))):
+        return graph
+    return type(graph)(graph.invars, [graph.eqns[i] for i in order], graph.outvars)
+
+
+def _run_shape(eqn, threshold: int):
+    """The block shape an equation could join a fused run of (elementwise on values of at
+    least ``threshold`` elements), else None. Full sums are left out: they end runs."""
+    if not eqn.outputs:
+        return None
+    shape = eqn.outputs[0].aval.shape
+    if math.prod(shape) < threshold or not _elementwise_in_block(eqn, shape):
+        return None
+    return shape
+
+
+def gather_runs(graph, threshold: int):
+    """The graph with each pure equation that sits inside an elementwise run, and reads
+    nothing the run computed so far, moved before the run.
+
+    Why: reverse mode interleaves products with elementwise work (W2's gradient: the
+    outer product of a cotangent, then ``h.T @ d``, then ``d * (1 - h * h)``); each
+    product would end the run, making two kernels and a full-size value between them.
+    The moved equation still follows everything it reads, and nothing in the run reads
+    it (it came after the run)."""
+    if threshold <= 0:
+        return graph
+    order: list[int] = []
+    start, shape, defined = None, None, set()  # the open run: where it starts in order
+    for idx, eqn in enumerate(graph.eqns):
+        this = _run_shape(eqn, threshold)
+        if this is not None:
+            if this != shape:
+                start, shape, defined = len(order), this, set()
+            order.append(idx)
+            defined.update(id(o) for o in eqn.outputs)
+            continue
+        if start is not None and _full_sum(eqn, shape):  # it joins the run (block_segments)
+            defined.update(id(o) for o in eqn.outputs)  # what reads it stays after it
+            order.append(idx)
+            continue
+        movable = (start is not None and eqn.outputs and not getattr(eqn.prim, "effectful", False)
+                   and not any(id(a) in defined for a in eqn.inputs if isinstance(a, Var)))
+        if movable:
+            order.insert(start, idx)
+            start += 1
+            continue
+        start, shape, defined = None, None, set()
+        order.append(idx)
     if order == list(range(len(graph.eqns))):
         return graph
     return type(graph)(graph.invars, [graph.eqns[i] for i in order], graph.outvars)
@@ -304,6 +406,7 @@ class BlockKernel:
         self.c_value: dict[int, str] = {}  # var id -> its C value
         self.params: list[str] = []       # kernel parameters (program names of outside values)
         self.flat_inputs: list[str] = []  # lines preparing full-size inputs
+        self.loop_inputs: list[str] = []  # lines broadcasting inputs to full size (NumPy loop)
         self.block_inputs: list[str] = []  # lines slicing inputs per block
         self.export_lines: list[str] = []  # lines allocating full-size results
         self.body: list[str] = []         # the block loop's lines
@@ -346,8 +449,14 @@ class BlockKernel:
         if text not in self.full_params:
             self.full_params.append(text)
         self.flat_inputs.append(f"{key} = xp.ravel({text})")
-        self.block_inputs.append(f"{key}b = {key}[i:j]")
-        c_value = self.c_twin.array(key, atom.aval)
+        pattern = broadcast_pattern(atom.aval.shape, self.shape)
+        if pattern is None:
+            self.block_inputs.append(f"{key}b = {key}[i:j]")
+            c_value = self.c_twin.array(key, atom.aval)
+        else:  # the C twin walks the small operand; the NumPy loop a full-size copy
+            self.loop_inputs.append(f"{key}w = xp.ravel(xp.broadcast_to({text}, {self.shape!r}))")
+            self.block_inputs.append(f"{key}b = {key}w[i:j]")
+            c_value = self.c_twin.broadcast_array(key, atom.aval, *pattern)
         if isinstance(atom, Var):
             self._define_local(atom, f"{key}b", c_value)
         return f"{key}b", c_value
@@ -481,6 +590,8 @@ class BlockKernel:
         namespace.update(_run_blocks=run_blocks, _combine=combine, _add_reduce=np.add.reduce)
         self.spans_name = self.writer.bound.bind_value(self.spans, "spans")
         lines = [f"def {self.name}({', '.join(self.params)}):"]
+        if self.size < python_block_min():
+            return lines + [f"    {line}" for line in self._compiled_or_unfused()]
         lines += [f"    {line}" for line in self._layout_guard()]
         lines += [f"    {line}" for line in self.flat_inputs + self.export_lines]
         lines += ["    def chunk(lo, hi):"]
@@ -495,19 +606,25 @@ class BlockKernel:
 
     def _layout_guard(self) -> list[str]:
         """Lines running the unfused equations instead when the kernel's C-order walk would
-        not sum in NumPy's order: with sums, over two or more dimensions, when an input is
-        not C-ordered (NumPy's results then follow the inputs' layout, and its sums walk
-        memory order) or an input summed as it is is not C-contiguous (NumPy sums each of
-        its contiguous stretches on its own). One-dimensional values always sum in order."""
-        if not self.reductions or len(self.shape) < 2:
+        not sum in NumPy's order (see :meth:`_layout_condition`)."""
+        condition = self._layout_condition()
+        if condition is None:
             return []
+        return [f"if not {condition}:"] + [f"    {line}" for line in self._unfused_lines()]
+
+    def _layout_condition(self) -> str | None:
+        """The test that the kernel's C-order walk sums in NumPy's order (None: it always
+        does). It may not with sums over two or more dimensions when an input is not
+        C-ordered (NumPy's results then follow the inputs' layout, and its sums walk memory
+        order) or an input summed as it is is not C-contiguous (NumPy sums each of its
+        contiguous stretches on its own). One-dimensional values always sum in order."""
+        if not self.reductions or len(self.shape) < 2:
+            return None
         namespace = self.writer.bound.namespace
         namespace.update(_c_ordered=c_ordered, _c_contiguous=c_contiguous)
         tests = [f"_c_ordered({t})" for t in self.full_params if t not in self.summed_params]
         tests += [f"_c_contiguous({t})" for t in self.summed_params]
-        if not tests:
-            return []
-        return [f"if not ({' and '.join(tests)}):"] + [f"    {line}" for line in self._unfused_lines()]
+        return f"({' and '.join(tests)})" if tests else None
 
     def _unfused_lines(self) -> list[str]:
         """The run's equations one by one on full-size values, as the unfused program spells
@@ -522,21 +639,41 @@ class BlockKernel:
         results = [names[id(v)] for _, v in self.exports] + [names[id(v)] for _, v in self.reductions]
         return lines + [f"return ({', '.join(results)},)"]
 
-    def _run_lines(self) -> list[str]:
-        """Run the C twin when it is ready (and the inputs suit it), else the NumPy kernel."""
-        numpy_kernel = f"_run_blocks(chunk, {self.spans_name})"
+    def _compiled_or_unfused(self) -> list[str]:
+        """A mid-size block's body (see the module's docstring): the C twin when it is ready
+        and the inputs suit it, else the equations unfused (never the NumPy block loop,
+        which costs more than it saves on arrays this small)."""
         compiled = self.c_twin.kernel(self.spans)
         if compiled is None:
-            why = [f"    # no compiled twin: {self.c_twin.refused}"] if self.c_twin.refused else []
-            return why + [f"    parts = {numpy_kernel}"]
+            why = f" (no compiled twin: {self.c_twin.refused})" if self.c_twin.refused else ""
+            return [f"# unfused{why}"] + self._unfused_lines()
+        condition = self._layout_condition()  # else the C twin would not sum in NumPy's order
+        compiled_lines = (self.flat_inputs + self.export_lines + self._compiled_call(compiled)
+                          + ["if parts is not None:", f"    return ({', '.join(self._results())},)"])
+        if condition is not None:
+            compiled_lines = [f"if {condition}:"] + [f"    {line}" for line in compiled_lines]
+        return compiled_lines + self._unfused_lines()
+
+    def _compiled_call(self, compiled) -> list[str]:
+        """The line calling the C twin (and a comment when it is a fast-math one)."""
         self.writer.bound.namespace[f"_ck{self.index}"] = compiled
         arrays = "".join(name + ", " for name, _ in self.c_twin.arrays)
         outputs = "".join(full + ", " for full, _ in self.exports)
         scalars = "".join(name + ", " for name in self.c_twin.scalars)
-        fast = [f"    # fast math: its compiled twin may differ from NumPy by {ckernel.ULP_BOUND} "
+        fast = [f"# fast math: its compiled twin may differ from NumPy by {ckernel.ULP_BOUND} "
                 "ulp per libm call"] if compiled.fast_source is not None else []
-        return fast + [f"    parts = _ck{self.index}(({arrays}), ({outputs}), ({scalars}))",
-                "    if parts is None:", f"        parts = {numpy_kernel}"]
+        return fast + [f"parts = _ck{self.index}(({arrays}), ({outputs}), ({scalars}))"]
+
+    def _run_lines(self) -> list[str]:
+        """Run the C twin when it is ready (and the inputs suit it), else the NumPy kernel."""
+        numpy_kernel = f"_run_blocks(chunk, {self.spans_name})"
+        compiled = self.c_twin.kernel(self.spans)
+        numpy_lines = self.loop_inputs + [f"parts = {numpy_kernel}"]
+        if compiled is None:
+            why = [f"    # no compiled twin: {self.c_twin.refused}"] if self.c_twin.refused else []
+            return why + [f"    {line}" for line in numpy_lines]
+        call = [f"    {line}" for line in self._compiled_call(compiled)]
+        return call + ["    if parts is None:"] + [f"        {line}" for line in numpy_lines]
 
     def _results(self) -> list[str]:
         texts = [f"{full}.reshape({v.aval.shape!r})" for full, v in self.exports]

@@ -255,7 +255,7 @@ def generate_source(graph: Graph, xp_module, fn_name="program", *, placement: Pl
         blocked = False  # nothing to sink, nothing to fuse: each equation alone, as below
         segments = [[i] for i in range(len(graph.eqns))]
     elif blocked:
-        graph = fusion.sink_small_work(graph, blocks)
+        graph = fusion.gather_runs(fusion.sink_small_work(graph, blocks), blocks)
         segments = fusion.block_segments(graph, blocks)
     else:
         segments = _segments(graph, fuse is not None)

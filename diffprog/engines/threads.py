@@ -106,3 +106,21 @@ def run_parallel(calls: list) -> list:
     futures = [worker_pool(len(calls) - 1).submit(call) for call in calls[1:]]
     first = calls[0]()
     return [first] + [f.result() for f in futures]
+
+
+def run_shared(work, copies: int) -> list:
+    """Results of ``work()`` run on the calling thread and on up to ``copies - 1`` pool
+    threads, for work that takes its pieces from a shared counter (compiled kernels): any
+    copy may do all of it. Copies a worker has not started by the time the calling
+    thread's copy returns are cancelled, not waited for. Why: on small kernels (W2's
+    65,536 elements, ~30 us) a worker thread's wake-up took longer than the work, and the
+    caller sat waiting for a copy that would find nothing left to do."""
+    if copies <= 1:
+        return [work()]
+    futures = [worker_pool(copies - 1).submit(work) for _ in range(copies - 1)]
+    results = [work()]
+    for f in futures:
+        if not f.cancel():
+            results.append(f.result())
+    return results
+

@@ -30,6 +30,7 @@ HAVE_CC = ckernel.compiler() is not None
 def settings(monkeypatch):
     monkeypatch.setenv("DIFFPROG_FUSE_MIN", "1000")
     monkeypatch.delenv("DIFFPROG_CKERNELS", raising=False)
+    monkeypatch.setattr(ckernel, "PER_THREAD", 1000)  # several threads on test-sized arrays
     previous = dp.set_fast_math(False)
     yield
     ckernel.wait()

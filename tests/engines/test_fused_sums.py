@@ -33,6 +33,7 @@ HAVE_CC = ckernel.compiler() is not None
 def fresh_settings(monkeypatch):
     monkeypatch.delenv("DIFFPROG_CKERNELS", raising=False)
     monkeypatch.delenv("DIFFPROG_THREADS", raising=False)
+    monkeypatch.setattr(ckernel, "PER_THREAD", 1000)  # several threads on test-sized arrays
     yield
     ckernel.wait()
 

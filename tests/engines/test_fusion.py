@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import diffprog as dp
-from diffprog.engines import fusion
+from diffprog.engines import ckernel, fusion
 from diffprog.engines.numpy import generate_source
 from diffprog.transforms import vjp_graph
 
@@ -223,3 +223,121 @@ def test_repeated_value_constants_are_never_copied_to_full_size():
     assert peak < 1.5 * 8 * n  # the gradient itself, no full-size copy of a constant
     assert value == first[0] and np.array_equal(grad, first[1])
     assert np.array_equal(grad, 3.0 * np.cos(x) + np.full(n, 2.0))
+
+
+def test_default_thresholds_fuse_mid_size_arrays_only_with_compiled_kernels(monkeypatch):
+    """Unset DIFFPROG_FUSE_MIN: arrays from COMPILED_MIN elements are fused where compiled
+    kernels can be built, but below PY_BLOCK_MIN the block falls back to its equations
+    unfused (never the NumPy block loop, which costs more than it saves there)."""
+    monkeypatch.delenv("DIFFPROG_FUSE_MIN")
+    monkeypatch.delenv("DIFFPROG_CKERNELS", raising=False)
+
+    def f(x):
+        return np.sum(np.sin(x) * x)
+
+    mid = np.ones(fusion.COMPILED_MIN)
+    if ckernel.compiler() is None:
+        assert fusion.min_size() == fusion.PY_BLOCK_MIN
+    else:
+        assert fusion.min_size() == fusion.COMPILED_MIN
+        source = dp.differentiable(f).source(mid, kind="grad")
+        assert "_block" in source and "_run_blocks" not in source and "u0 = " in source
+        small = dp.differentiable(f).source(np.ones(fusion.COMPILED_MIN - 1), kind="grad")
+        assert "_block" not in small
+        big = dp.differentiable(f).source(np.ones(fusion.PY_BLOCK_MIN), kind="grad")
+        assert "_run_blocks" in big  # the NumPy block loop from PY_BLOCK_MIN on
+    monkeypatch.setenv("DIFFPROG_CKERNELS", "0")
+    assert fusion.min_size() == fusion.PY_BLOCK_MIN
+    assert "_block" not in dp.differentiable(f).source(mid, kind="grad")
+
+
+@pytest.mark.parametrize("shape", [(fusion.COMPILED_MIN,), (256, 256), (3, 20000)])
+def test_mid_size_blocks_give_numpy_bits_before_and_after_the_compiler(monkeypatch, rng, shape):
+    monkeypatch.delenv("DIFFPROG_FUSE_MIN")
+    x, y = rng.standard_normal(shape), rng.standard_normal(shape)
+
+    def f(x, y):
+        h = np.tanh(x * y + 0.5)
+        return np.sum((1.0 - h * h) * y) + np.sum(np.exp(-x * x) * np.cos(3.0 * x))
+
+    def by_hand(x, y):
+        h = np.tanh(x * y + 0.5)
+        return np.sum((1.0 - h * h) * y) + np.sum(np.exp(-x * x) * np.cos(3.0 * x))
+
+    g = dp.differentiable(f)
+    first = g(x, y)  # the C twin may still be compiling: the unfused equations run
+    ckernel.wait()
+    second = g(x, y)
+    expect = by_hand(x, y)
+    assert first == expect and second == expect  # bit for bit
+    vg = dp.value_and_grad(dp.differentiable(f), argnums=(0, 1))
+    v1, (gx1, gy1) = vg(x, y)
+    ckernel.wait()
+    v2, (gx2, gy2) = vg(x, y)
+    assert v1 == v2 == expect
+    np.testing.assert_array_equal(gx1, gx2)
+    np.testing.assert_array_equal(gy1, gy2)
+    # a transposed (not C-ordered) input: the unfused equations sum in NumPy's order
+    xt = np.ascontiguousarray(x.T).T
+    assert dp.differentiable(f)(xt, y) == by_hand(xt, y)
+
+
+@pytest.mark.parametrize("shape, small", [
+    ((40, 300), (300,)), ((40, 300), (1, 300)), ((40, 300), (40, 1)), ((40, 300), (1, 1)),
+    ((4, 25, 30), (30,)), ((4, 25, 30), (25, 30)), ((4, 25, 30), (4, 1, 1)),
+    ((4, 25, 30), (4, 25, 1)), ((4, 25, 30), (4, 1, 30))])  # the last: not a pattern
+def test_broadcast_operands_join_blocks_with_numpy_bits(rng, shape, small):
+    """A bias (trailing axes) or a column (leading axes) broadcast against block-sized
+    values is read inside the block; the values and sums are NumPy's, bit for bit."""
+    x, b = rng.standard_normal(shape), rng.standard_normal(small)
+
+    def f(x, b):
+        h = np.tanh(x + b) * b
+        return np.sum(h * x - b), h
+
+    for kind in ("value", "grad"):
+        (fused, src), (plain, _) = _programs(f, x, b, kind=kind)
+        if fusion.broadcast_pattern(small, shape) is not None:
+            assert "_block" in src and "broadcast_to" in src
+        _assert_same(fused(x, b), plain(x, b))
+
+
+def test_broadcast_pattern():
+    bp = fusion.broadcast_pattern
+    assert bp((5,), (3, 5)) == ("inner", 5) and bp((1, 5), (3, 5)) == ("inner", 5)
+    assert bp((3, 1), (3, 5)) == ("outer", 5) and bp((3, 1, 1), (3, 4, 5)) == ("outer", 20)
+    assert bp((4, 5), (3, 4, 5)) == ("inner", 20) and bp((1, 1), (3, 5)) == ("inner", 1)
+    assert bp((3, 5), (3, 5)) is None and bp((), (3, 5)) is None
+    assert bp((3, 1, 5), (3, 4, 5)) is None and bp((5, 3), (3, 5)) is None
+
+
+def test_products_inside_an_elementwise_run_move_before_it(rng):
+    """W2's gradient: the output cotangent's outer product, then ``h.T @ d``, then
+    ``d * (1 - h * h)``; the product reads nothing the run computes, so it moves before
+    the run and the run is one kernel."""
+    x, w1 = rng.standard_normal((64, 8)), rng.standard_normal((8, 64))
+    w2, y = rng.standard_normal((64, 1)), rng.standard_normal((64, 1))
+
+    def loss(w1, w2, x, y):
+        return np.mean((np.tanh(x @ w1) @ w2 - y) ** 2)
+
+    (fused, src), (plain, _) = _programs(loss, w1, w2, x, y)
+    assert src.count("def _block") == 1, src
+    _assert_same(fused(w1, w2, x, y), plain(w1, w2, x, y))
+
+
+def test_an_equation_reading_the_run_is_not_moved(rng):
+    a, b = rng.standard_normal((40, 40)), rng.standard_normal((40, 40))
+
+    def f(a, b):
+        c = np.sin(a) * b
+        d = c @ b              # reads the run: the run ends here
+        return np.sum(np.cos(d) * c + a)
+
+    graph = dp.differentiable(f).ir(a, b)
+    moved = fusion.gather_runs(graph, 1000)
+    names = [e.prim.name for e in moved.eqns]
+    assert names.index("matmul") > names.index("mul")  # still after what it reads
+    (fused, _), (plain, _) = _programs(f, a, b)
+    _assert_same(fused(a, b), plain(a, b))
+    assert fusion.gather_runs(graph, 0) is graph
