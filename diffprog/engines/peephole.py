@@ -7,6 +7,13 @@ cost several calls each where one does:
 * ``concatenate([reshape(s0, (1,)), reshape(s1, (1,)), ...])`` of 0-d values (what
   ``np.stack([s0, s1])`` traces to) becomes ``np.array([s0, s1], dtype)``: 1.5 us -> 0.26 us.
 * ``reshape(x[k:k+1], ())`` (the forward of a cotangent's slice) becomes ``x[k]``.
+* ``a @ b`` of an ``(n, 1)`` and a ``(1, m)`` real matrix (an outer product: reverse mode
+  writes one for every ``h @ w`` with a one-column ``w``) becomes ``a * b + 0.0``: BLAS
+  sums one product per element, so the result is that product, and adding ``+0.0`` turns
+  a ``-0.0`` into ``0.0`` as BLAS's zero-started sum does (checked once per process,
+  :func:`outer_product_is_exact`). A broadcast multiply is cheaper than a BLAS call
+  (W2: 106 -> 71 us on 256 x 256), and the two elementwise steps can join a fused block.
+  (A NumPy warning for such a product, as for ``inf * 0``, then names ``multiply``.)
 
 The rewrite happens on a copy of the equation list just before code generation, for
 the numpy engine only; the IR users see and the other engines are untouched. Values
@@ -15,7 +22,12 @@ the same numbers as the calls they replace.
 """
 from __future__ import annotations
 
-from ..ir import Eqn, Graph, Var
+import functools
+
+import numpy as np
+
+from ..ir import Aval, Eqn, Graph, Lit, Var
+from ..primitives.elementwise import add, mul
 from ..primitives.shapes import pack_scalars
 from ..transforms.simplify import dead_code_elimination
 
@@ -34,8 +46,46 @@ def _unit_slice_index(index, shape):
     return tuple(picked)
 
 
+@functools.lru_cache(maxsize=None)
+def outer_product_is_exact() -> bool:
+    """Does NumPy's matmul of an (n, 1) by a (1, m) matrix give ``a * b + 0.0`` bit for
+    bit here (signed zeros, infinities times zero, NaN), in float64 and float32, through
+    both of the BLAS routines NumPy picks (gemm, and gemv for one-row results)?"""
+    a = np.array([[-0.0], [1.5], [np.inf], [-3.0], [np.nan], [1e-310], [2.0 ** 600]])
+    b = np.array([[0.0, -0.0, 2.0, -np.inf, 1e300, 3.0 ** -5, 7.0]])
+    with np.errstate(all="ignore"):
+        for dtype in (np.float64, np.float32):
+            x, y = a.astype(dtype), b.astype(dtype)
+            for left, right in ((x, y), (x[:1], y), (x, y[:, :1]), (x[:1], y[:, :1])):
+                got, want = left @ right, left * right + dtype(0.0)
+                if got.tobytes() != want.tobytes():
+                    return False
+    return True
+
+
+def _outer_products(graph: Graph) -> Graph:
+    """Each real outer product written as a matmul rewritten (see the module's docstring)."""
+    eqns, changed = [], False
+    for eqn in graph.eqns:
+        if eqn.prim.name == "matmul" and not eqn.params and len(eqn.inputs) == 2:
+            (a, b), out = eqn.inputs, eqn.outputs[0]
+            if len(a.aval.shape) == 2 and len(b.aval.shape) == 2 and a.aval.shape[1] == 1 \
+                    and b.aval.shape[0] == 1 and out.aval.dtype in _REAL \
+                    and a.aval.dtype == b.aval.dtype == out.aval.dtype and outer_product_is_exact():
+                product = Var(Aval(out.aval.shape, out.aval.dtype))
+                eqns += [Eqn(mul, [a, b], [product], {}), Eqn(add, [product, Lit(0.0)], [out], {})]
+                changed = True
+                continue
+        eqns.append(eqn)
+    return Graph(graph.invars, eqns, graph.outvars) if changed else graph
+
+
+_REAL = (np.dtype(np.float64), np.dtype(np.float32))
+
+
 def lower(graph: Graph) -> Graph:
     """The graph with the patterns above rewritten (unchanged when none occurs)."""
+    graph = _outer_products(graph)
     # the values the patterns look at: operands of concatenates and of reshapes
     looked_at = set()
     for e in graph.eqns:
