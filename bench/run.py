@@ -85,6 +85,9 @@ def interleaved(candidates: dict, args_of: dict, repeats: int, target_s: float) 
 
 
 def _close(a, b, rtol=1e-9) -> bool:
+    if isinstance(a, dict) or isinstance(b, dict):  # a pytree's gradient (P50)
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and \
+            all(_close(a[k], b[k], rtol) for k in a)
     a, b = np.asarray(P.to_numpy(a), float), np.asarray(P.to_numpy(b), float)
     scale = max(1.0, float(np.max(np.abs(b)))) if b.size else 1.0
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=rtol * scale))

@@ -13,6 +13,8 @@ W3  100-step RK4 Lotka-Volterra trajectory loss, grad w.r.t. its 4 parameters, w
     as a plain Python loop (the trace is unrolled: about 3,000 equations forward).
 W3s W3 written with dp.scan (one loop equation: fast to trace and compile).
 W4  sum(exp(-x**2) * cos(3x)) over 1e6 elements.
+P50 a dict of 50 parameter arrays (8 x 8) whose function reads one: the per-leaf cost of
+    pytree arguments (the gradient still has all 50 leaves, 49 of them zeros).
 W5  the neural ODE of notebooks/03-neural-ode: dy/dt = tanh(y @ W1 + b1) @ W2 + b2 (2 -> 16
     -> 2), odeint RK4 over 30 intervals of 2 steps, mean squared error against a damped
     oscillator, grads w.r.t. the four weights (products and nested loops in dp.scan).
@@ -299,8 +301,29 @@ def make_w5(size="full"):
                     make_w5_fn(y0, t, target, n), args, (0, 1, 2, 3), value, value_and_grad)
 
 
+# ======================================================================== P50
+
+def p50_fn(params, x):
+    return np.sum(np.tanh(params["w3"] @ x) ** 2)
+
+
+def p50_value_and_grad_by_hand(params, x):
+    h = np.tanh(params["w3"] @ x)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    grads["w3"] = np.outer(2.0 * h * (1.0 - h * h), x)
+    return np.sum(h * h), (grads,)
+
+
+def make_p50(size="full"):
+    n = 50 if size == "full" else 5
+    rng = np.random.default_rng(5)
+    params = {f"w{i}": rng.standard_normal((8, 8)) * 0.3 for i in range(n)}
+    return Workload("P50", f"dict of {n} arrays (8x8), one read", p50_fn,
+                    (params, rng.standard_normal(8)), (0,), p50_fn, p50_value_and_grad_by_hand)
+
+
 MAKERS = {"W1": make_w1, "W2": make_w2, "W3": make_w3, "W3s": make_w3s, "W4": make_w4,
-          "W5": make_w5}
+          "W5": make_w5, "P50": make_p50}
 
 
 # ================================================================== a big program

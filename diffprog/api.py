@@ -611,15 +611,17 @@ def _picked(picks, args) -> list:
     """The leaves a fast plan passes, after checking every leaf: a trace may depend on
     the shape, dtype or type of a leaf its program never reads (np.zeros(p["w"].shape))."""
     checks, passes = picks
-    for arg, kinds, full in checks:
-        values = args[arg].values() if type(args[arg]) is dict else (args[arg],)
+    for arg, kinds, full in checks:  # (dict arguments only: see _fast_plan)
+        values = args[arg].values()
         if tuple(map(type, values)) != kinds:  # every leaf: still an array (a None, a
             raise _NotThisPlan                 # list would change what the code does)
-        if full:
-            values = tuple(values)
-            for k, shape, dtype in full:  # shapes and dtypes the program or code relies on
-                if values[k].shape != shape or values[k].dtype != dtype:
-                    raise _NotThisPlan
+        if full is not None:  # shapes and dtypes the program or code relies on
+            keys, shapes, dtypes = full
+            if keys is not None:
+                given = args[arg]
+                values = [given[k] for k in keys]
+            if [v.shape for v in values] != shapes or [v.dtype for v in values] != dtypes:
+                raise _NotThisPlan
     return [args[arg] if name is None else args[arg][name] for arg, name in passes]
 
 
@@ -670,9 +672,17 @@ def _fast_plan(variant, sig, args, check_all: bool):
             position[[pos for pos, (a, _) in enumerate(where) if a == i][0]] = (i, 0)
     checks = []
     for i, arg in enumerate(args):
-        values = list(arg.values()) if type(arg) is dict else [arg]
-        full = tuple((position[pos][1], sig.leaves[pos].shape, sig.leaves[pos].dtype)
-                     for pos in sorted(relied) if position[pos][0] == i)
+        if type(arg) is not dict:
+            continue  # an array's type, shape and dtype are in the fast key already
+        values = list(arg.values())
+        checked = [pos for pos in sorted(relied) if position[pos][0] == i]
+        full = None
+        if checked:
+            index = [position[pos][1] for pos in checked]
+            every = index == list(range(len(values)))
+            full = (None if every else [where[pos][1] for pos in checked],  # keys; None: all
+                    [sig.leaves[pos].shape for pos in checked],
+                    [sig.leaves[pos].dtype for pos in checked])
         checks.append((i, tuple(map(type, values)), full))
     passes = tuple(where[pos] for pos in keep)
     return run, (tuple(checks), passes)
@@ -1015,7 +1025,9 @@ class Differentiable(Transformed):
         flat, variant = self._run(sig, ("value",), lambda t: t.graph)
         out_tree = variant.traced.out_tree
         if variant.traced.reusable:  # guarded programs go through _run's variant checks
-            self._fast_store(key, variant, lambda flat: unflatten(out_tree, flat), sig, args)
+            assemble = (lambda flat: flat[0]) if out_tree.kind == "leaf" else \
+                (lambda flat: unflatten(out_tree, flat))  # (one array: the common case)
+            self._fast_store(key, variant, assemble, sig, args)
         return unflatten(out_tree, flat)
 
     def __get__(self, obj, objtype=None):  # usable as a method
@@ -1256,14 +1268,35 @@ def _check_holomorphic_inputs(sig: Signature, wrt: list[int], what: str) -> None
 
 def _grads_tree(sig: Signature, argnums: tuple, wrt: list[int], grads, single: bool):
     """Place flat gradients back into the structure of the differentiated arguments."""
+    return _grads_placer(sig, argnums, wrt, single)(grads)
+
+
+def _grads_placer(sig: Signature, argnums: tuple, wrt: list[int], single: bool):
+    """A function of the flat gradients (in ``wrt`` order) giving them in the structure of
+    the differentiated arguments; everything that does not depend on the gradients is
+    worked out once here (a 50-leaf parameter dict: 40 -> 10 us per call)."""
     ranges = _arg_leaf_ranges(sig.treedef)
-    by_dyn = dict(zip(wrt, grads))
+    slot = {pos: k for k, pos in enumerate(wrt)}
     dyn_index = {p: i for i, p in enumerate(sig.dynamic)}
-    out = []
+    placers = []
     for a in argnums:
-        leaves = [by_dyn.get(dyn_index.get(pos)) for pos in ranges[a]]
-        out.append(unflatten(sig.treedef.children[a], leaves))
-    return out[0] if single else tuple(out)
+        picks = [slot.get(dyn_index.get(pos)) for pos in ranges[a]]
+        placers.append(_leaves_placer(sig.treedef.children[a], picks))
+    if single:
+        return placers[0]
+    return lambda grads: tuple(place(grads) for place in placers)
+
+
+def _leaves_placer(treedef: TreeDef, picks: list):
+    """grads -> ``treedef`` filled with ``grads[k]`` for each k of ``picks`` (None: None)."""
+    if treedef.kind == "dict" and all(c.kind == "leaf" for c in treedef.children) \
+            and None not in picks:
+        keys = treedef.keys  # a flat parameter dict: one dict() call
+
+        def place(grads):
+            return dict(zip(keys, [grads[k] for k in picks]))
+        return place
+    return lambda grads: unflatten(treedef, [None if k is None else grads[k] for k in picks])
 
 
 def _run_nested(graph: Graph, traced: Traced, dyn_values: list) -> list:
@@ -1334,9 +1367,11 @@ class _GradFunction(Transformed):
             return (lambda flat: (flat[0], tuple(flat[1:1 + n]))) if with_value \
                 else (lambda flat: tuple(flat[1:1 + n]))
 
+        place = _grads_placer(shape, argnums, wrt, single)
+
         def assemble(flat):
             value = unflatten(out_tree, flat[:n_out]) if has_aux else flat[0]
-            grads = _grads_tree(shape, argnums, wrt, flat[n_out if has_aux else 1:], single)
+            grads = place(flat[n_out if has_aux else 1:])
             if with_value:
                 return value, grads
             if has_aux:
