@@ -252,15 +252,21 @@ def _run_shape(eqn, threshold: int):
     return shape
 
 
-def gather_runs(graph, threshold: int):
-    """The graph with each pure equation that sits inside an elementwise run, and reads
-    nothing the run computed so far, moved before the run.
+# equations that compute nothing (views and copies of values): they raise no floating-point
+# error, so moving one changes neither results nor which warning or error comes first
+QUIET = frozenset({"reshape", "transpose", "broadcast_to", "concatenate", "slice", "pad"})
 
-    Why: reverse mode interleaves products with elementwise work (W2's gradient: the
-    outer product of a cotangent, then ``h.T @ d``, then ``d * (1 - h * h)``); each
-    product would end the run, making two kernels and a full-size value between them.
-    The moved equation still follows everything it reads, and nothing in the run reads
-    it (it came after the run)."""
+
+def gather_runs(graph, threshold: int):
+    """The graph with each view or copy (``QUIET``) that sits inside an elementwise run,
+    and reads nothing the run computed so far, moved before the run.
+
+    Why: reverse mode interleaves transposes and reshapes with elementwise work; each
+    would end the run, making two kernels and a full-size value between them. The moved
+    equation still follows everything it reads, and nothing in the run reads it (it came
+    after the run). Equations that compute stay where they are, products included:
+    moving one ahead of the run would change which of two floating-point errors NumPy's
+    ``errstate`` reports first (a reviewer's ``log`` of -1 before an ``inf @ 0``)."""
     if threshold <= 0:
         return graph
     order: list[int] = []
@@ -277,7 +283,7 @@ def gather_runs(graph, threshold: int):
             defined.update(id(o) for o in eqn.outputs)  # what reads it stays after it
             order.append(idx)
             continue
-        movable = (start is not None and eqn.outputs and not getattr(eqn.prim, "effectful", False)
+        movable = (start is not None and eqn.prim.name in QUIET and eqn.outputs
                    and not any(id(a) in defined for a in eqn.inputs if isinstance(a, Var)))
         if movable:
             order.insert(start, idx)
@@ -613,12 +619,14 @@ class BlockKernel:
         return [f"if not {condition}:"] + [f"    {line}" for line in self._unfused_lines()]
 
     def _layout_condition(self) -> str | None:
-        """The test that the kernel's C-order walk sums in NumPy's order (None: it always
-        does). It may not with sums over two or more dimensions when an input is not
-        C-ordered (NumPy's results then follow the inputs' layout, and its sums walk memory
-        order) or an input summed as it is is not C-contiguous (NumPy sums each of its
-        contiguous stretches on its own). One-dimensional values always sum in order."""
-        if not self.reductions or len(self.shape) < 2:
+        """The test that the kernel's C-order walk gives NumPy's layout and sums (None: it
+        always does). Over two or more dimensions, an input that is not C-ordered makes
+        NumPy's results follow its layout (F-ordered inputs give F-ordered results), where
+        the kernel writes C-ordered ones: the same values, but a later sum along an axis
+        walks memory in another order and rounds differently; and NumPy sums an input
+        summed as it is one contiguous stretch at a time. One-dimensional values always
+        walk in order."""
+        if len(self.shape) < 2:
             return None
         namespace = self.writer.bound.namespace
         namespace.update(_c_ordered=c_ordered, _c_contiguous=c_contiguous)

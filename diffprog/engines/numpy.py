@@ -402,6 +402,56 @@ class _Part:
         return name
 
 
+REUSE_MIN = 16384  # elements (128 KiB of float64): smaller arrays come from malloc's caches
+_REUSABLE_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+_NO_ALIAS = {"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod"}
+
+
+def reusable_inputs(graph: Graph, last_use: dict, kept: set) -> dict:
+    """``{equation index: input}`` for each elementwise equation on big real arrays
+    (``REUSE_MIN`` elements or more) that may write its result into an input dying there:
+    ``v1 = xp.tanh(v0, out=v0)``, not a fresh array.
+
+    Why: a fresh array of 128 KiB or more is a new ``mmap`` that the OS zero-fills page by
+    page once glibc has trimmed its heap (it trims what was freed at the end of the last
+    call); on W2's gradient that cost more than the ``tanh`` itself. The result is the same
+    ufunc loop on the same values (NumPy handles an output that is exactly an input).
+
+    An input qualifies when nothing else can see its memory: a value the program made
+    (never an argument, constant or result), by an elementwise ufunc or a product (fresh
+    arrays, or a block kernel's results), read until now only by equations that make no
+    views of it (elementwise ones, products, reductions), of the result's shape and dtype
+    (float64/float32: NumPy's complex loops are not always the same in place)."""
+    fresh: set = set()   # ids of values made as new arrays, with no view of them made since
+    reuse: dict = {}
+    for idx, eqn in enumerate(graph.eqns):
+        prim = eqn.prim
+        ufunc = prim.elementwise and len(eqn.outputs) == 1 and prim.name != "where" \
+            and prim.as_ufunc(eqn.params) is not None
+        if ufunc:
+            out = eqn.outputs[0].aval
+            if out.dtype in _REUSABLE_DTYPES and len(out.shape) >= 1 and math.prod(out.shape) >= REUSE_MIN:
+                for a in eqn.inputs:
+                    if a.__class__ is Var and id(a) in fresh and last_use.get(id(a)) == idx \
+                            and id(a) not in kept and a.aval.shape == out.shape \
+                            and a.aval.dtype == out.dtype:
+                        reuse[idx] = a
+                        break
+        elif prim.name not in _NO_ALIAS:  # it may make a view of what it reads
+            fresh.difference_update(id(a) for a in eqn.inputs if a.__class__ is Var)
+        if ufunc or prim.name == "matmul":
+            fresh.update(id(o) for o in eqn.outputs)
+    return reuse
+
+
+def _into_if_c_ordered(target, *others):
+    """``target`` when NumPy would lay out a ufunc's result of ``target`` and ``others``
+    as ``target`` is laid out (all C-ordered), else None (``out=None``: a fresh array)."""
+    if target.flags.c_contiguous and all(fusion.c_ordered(o) for o in others):
+        return target
+    return None
+
+
 class ProgramWriter:
     """Writes one graph as a Python function over ``xp``: names its values (``a0``...
     inputs, ``v0``... the rest), binds its constants and functions into the namespace
@@ -427,6 +477,9 @@ class ProgramWriter:
         self.part: _Part | None = None  # the part of a long program being written
         self._params_keys: dict = {}  # id(params) -> _params_fingerprint(params)
         self._var_by_id = {id(v): v for v in graph.invars}
+        # equation index -> the dying input its result is written into (see reusable_inputs)
+        self.reuse = reusable_inputs(graph, self.last_use, self._kept) \
+            if host_fast and xp_module is np and len(graph.eqns) < PARTS_FROM else {}
 
     # ------------------------------------------------------------ names
 
@@ -581,7 +634,20 @@ class ProgramWriter:
         eqn = self.graph.eqns[index]
         prim = eqn.prim
         impl = prim.impl
-        if not eqn.params and impl.__class__ is str and not self.placement.scalars_as_arrays \
+        reused = self.reuse.get(index) if self.reuse else None
+        if reused is not None:
+            ufunc, extra = prim.as_ufunc(eqn.params)
+            operands = self.operands(eqn)
+            args = operands + [repr(v) for v in extra]
+            target = self.name(reused)
+            others = [text for a, text in zip(eqn.inputs, operands)
+                      if a is not reused and a.aval.shape != ()]
+            if others:  # NumPy lays out a result of several arrays in C order unless all agree
+                self.bound.namespace["_into"] = _into_if_c_ordered
+                target = f"_into({target}, {', '.join(others)})"
+            line = f"{self.define(eqn.outputs[0])} = xp.{ufunc.__name__}({', '.join(args)}, " \
+                   f"out={target})"
+        elif not eqn.params and impl.__class__ is str and not self.placement.scalars_as_arrays \
                 and len(eqn.outputs) == 1 and not prim.multiple_results \
                 and prim.name not in _HOST_FAST_ENTRIES and _positional_only(impl) \
                 and (prim.operator is None or not _on_python_floats(eqn)):

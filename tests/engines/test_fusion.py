@@ -311,19 +311,35 @@ def test_broadcast_pattern():
     assert bp((3, 1, 5), (3, 4, 5)) is None and bp((5, 3), (3, 5)) is None
 
 
-def test_products_inside_an_elementwise_run_move_before_it(rng):
-    """W2's gradient: the output cotangent's outer product, then ``h.T @ d``, then
-    ``d * (1 - h * h)``; the product reads nothing the run computes, so it moves before
-    the run and the run is one kernel."""
-    x, w1 = rng.standard_normal((64, 8)), rng.standard_normal((8, 64))
-    w2, y = rng.standard_normal((64, 1)), rng.standard_normal((64, 1))
+def test_views_inside_an_elementwise_run_move_before_it_and_products_stay(rng):
+    """A transpose between two parts of a run reads nothing the run computed: it moves
+    before the run, which becomes one kernel. A product stays where it is (moving it
+    would change which of two floating-point errors errstate reports first)."""
+    a, b = rng.standard_normal((64, 64)), rng.standard_normal((64, 64))
 
-    def loss(w1, w2, x, y):
-        return np.mean((np.tanh(x @ w1) @ w2 - y) ** 2)
+    def views(a, b):
+        c = np.sin(a) * b
+        bt = b.T                        # a view, between two parts of the run
+        return np.sum(np.cos(c) * bt + c)
 
-    (fused, src), (plain, _) = _programs(loss, w1, w2, x, y)
+    def product(a, b):
+        c = np.sin(a) * b
+        d = a @ b                       # computes: stays between the parts
+        return np.sum(np.cos(c) * d + c)
+
+    graph = dp.differentiable(views).ir(a, b)
+    names = [e.prim.name for e in fusion.gather_runs(graph, 1000).eqns]
+    assert names.index("transpose") < names.index("sin")
+    (fused, src), (plain, _) = _programs(views, a, b, kind="value")
     assert src.count("def _block") == 1, src
-    _assert_same(fused(w1, w2, x, y), plain(w1, w2, x, y))
+    _assert_same(fused(a, b), plain(a, b))
+    graph = dp.differentiable(product).ir(a, b)
+    assert fusion.gather_runs(graph, 1000) is graph
+    with np.errstate(invalid="raise"):  # log(-1) first, as NumPy: not the product's inf * 0
+        x, inf = np.full(4096, -1.0), np.array([[np.inf, 1.0]])
+        f = dp.differentiable(lambda x, A, B: (np.log(x) * 2.0 + x, A @ B))
+        with pytest.raises(FloatingPointError, match="log"):
+            f(x, inf, np.array([[0.0], [1.0]]))
 
 
 def test_an_equation_reading_the_run_is_not_moved(rng):
@@ -341,3 +357,34 @@ def test_an_equation_reading_the_run_is_not_moved(rng):
     (fused, _), (plain, _) = _programs(f, a, b)
     _assert_same(fused(a, b), plain(a, b))
     assert fusion.gather_runs(graph, 0) is graph
+
+
+@pytest.mark.parametrize("layout", ["F", "T", "strided"])
+def test_results_keep_numpys_layout_for_sums_along_an_axis(monkeypatch, rng, layout):
+    """NumPy lays out an elementwise result like its inputs (F-ordered in, F-ordered out);
+    a sum along an axis then walks that memory. Blocks write C order, so a block over
+    inputs that are not C-ordered runs its equations unfused: the same bits on the first
+    call (before the C twin is built) and after it (a reviewer's repro)."""
+    monkeypatch.delenv("DIFFPROG_FUSE_MIN")
+    base = rng.standard_normal((256, 256))
+    x = {"F": np.asfortranarray(base), "T": np.ascontiguousarray(base.T).T,
+         "strided": np.repeat(base, 2, axis=1)[:, ::2]}[layout]
+    col = rng.standard_normal((256, 1))
+
+    def f(x, col):
+        return np.sum(np.sin(x) * 2.0 + x * col, axis=0), np.sum(np.cos(x) - col, axis=1)
+
+    g = dp.differentiable(f)
+    want = f(x, col)
+    first = g(x, col)
+    ckernel.wait()
+    second = g(x, col)
+    for got in (first, second):
+        for a, b in zip(got, want):
+            assert a.tobytes() == b.tobytes()
+    vg = dp.value_and_grad(dp.differentiable(lambda x, col: np.sum(f(x, col)[0] ** 2)),
+                           argnums=(0, 1))
+    r1 = vg(x, col)
+    ckernel.wait()
+    r2 = vg(x, col)
+    assert r1[0] == r2[0] and r1[1][1].tobytes() == r2[1][1].tobytes()

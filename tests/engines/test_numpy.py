@@ -102,3 +102,89 @@ def test_host_fast_spellings_accept_python_floats_where_the_graph_says_float64()
     assert_close(pullback(np.array([1.0]))[0], [2.0, 4.0])
     out, pullback = dp.vjp(lambda x: np.sum(x * x), np.array([1.0, 2.0]))
     assert_close(pullback(1.0)[0], [2.0, 4.0])
+
+
+# ---------------------------------------------------------------- buffers reused in place
+
+def _host_program(fn, *args, kind="value"):
+    from diffprog.transforms import vjp_graph
+    graph = dp.differentiable(fn).ir(*args)
+    if kind == "grad":
+        graph = vjp_graph(graph, list(range(len(args))), seed="ones")
+    src, ns = generate_source(graph, np, "prog", host_fast=True)
+    exec(compile(src, "<test>", "exec"), ns)
+    return ns["prog"], src
+
+
+def test_big_elementwise_results_reuse_a_dying_fresh_input(rng):
+    x, y = rng.standard_normal((200, 100)), rng.standard_normal((200, 100))
+    x0, y0 = x.copy(), y.copy()
+
+    def f(x, y):
+        h = np.tanh(x * y)         # x * y dies in tanh: written in place
+        return np.sum(np.exp(h) * h)
+
+    prog, src = _host_program(f, x, y)
+    assert "xp.tanh(v0, out=v0)" in src
+    assert "out=a" not in src  # never into an argument
+    (value,) = prog(x, y)
+    assert value == f(x, y)  # the same bits
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def test_no_reuse_of_viewed_returned_small_or_complex_values(rng):
+    x = rng.standard_normal((200, 100))
+
+    def viewed(x):
+        a = np.sin(x)
+        b = a.T                    # a view of a is alive: a is never overwritten
+        return np.sum(np.cos(a) + b.T)
+
+    def returned(x):
+        a = np.sin(x)
+        return a, np.cos(a)        # a is a result
+
+    for fn in (viewed, returned):
+        prog, src = _host_program(fn, x)
+        assert "out=v0" not in src, src  # sin(x): viewed, or returned
+        for got, want in zip(prog(x), fn(x) if isinstance(fn(x), tuple) else (fn(x),)):
+            np.testing.assert_array_equal(got, want)
+    small = rng.standard_normal(100)
+    assert "out=" not in _host_program(lambda x: np.cos(np.sin(x)), small)[1]
+    z = x + 1j * x
+    assert "out=" not in _host_program(lambda z: np.exp(np.sin(z)), z)[1]
+
+
+def test_gradients_with_reuse_match_the_program_without(rng):
+    x, w = rng.standard_normal((128, 32)), rng.standard_normal((32, 160))
+
+    def loss(x, w):
+        h = np.tanh(x @ w)
+        return np.sum(np.log1p(h * h) * np.cos(h))
+
+    prog, src = _host_program(loss, x, w, kind="grad")
+    assert "out=" in src
+    from diffprog.transforms import vjp_graph
+    graph = vjp_graph(dp.differentiable(loss).ir(x, w), [0, 1], seed="ones")
+    plain_src, ns = generate_source(graph, np, "plain")
+    assert "out=" not in plain_src
+    exec(compile(plain_src, "<test>", "exec"), ns)
+    for got, want in zip(prog(x, w), ns["plain"](x, w)):
+        assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
+
+
+def test_reuse_keeps_numpys_layout_when_operands_disagree(rng):
+    """``a + b`` of an F-ordered and a C-ordered array is C-ordered in NumPy: writing it
+    into the F-ordered one would change the layout, and a later sum along an axis."""
+    x = np.asfortranarray(rng.standard_normal((300, 200)))
+    y = rng.standard_normal((300, 200))
+
+    def f(x, y):
+        a = np.sin(x)              # F-ordered, like x
+        return np.sum(a + np.cos(y), axis=1)
+
+    prog, src = _host_program(f, x, y)
+    assert "_into(" in src
+    (got,) = prog(x, y)
+    assert got.tobytes() == f(x, y).tobytes()
