@@ -75,8 +75,11 @@ def _matmul_vjp(g, a, b, *, out):
         G = np.expand_dims(G, -1)
     if a_nd == 1:
         G = np.expand_dims(G, -2)
-    ga = sum_to(G @ swap_last_axes(B), np.shape(A)) if is_inexact(np.result_type(a)) else None
+    # b's cotangent first: in ``x @ w`` (activations on the left, how NumPy code writes a
+    # dense layer) x's cotangent then comes last, next to the elementwise derivative it
+    # feeds (tanh's, say), so the numpy engine fuses the two into one kernel (W2)
     gb = sum_to(swap_last_axes(A) @ G, np.shape(B)) if is_inexact(np.result_type(b)) else None
+    ga = sum_to(G @ swap_last_axes(B), np.shape(A)) if is_inexact(np.result_type(a)) else None
     if ga is not None and a_nd == 1:
         ga = np.reshape(ga, np.shape(a))
     if gb is not None and b_nd == 1:
