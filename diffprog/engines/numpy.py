@@ -757,7 +757,7 @@ class ProgramWriter:
                 text = f"_fresh({text})"
             elif isinstance(o, Lit) and isinstance(o.value, np.ndarray) \
                     and self.bound.namespace.get("xp") is np:
-                text = f"{text}.copy()"  # (a zero gradient of an unused leaf: 0.25 us, not 0.34)
+                text = f"{text}.copy(order=\"K\")"  # (a zero gradient of an unused leaf: 0.25 us, not 0.34)
             elif isinstance(o, Lit) and (isinstance(o.value, np.ndarray) or
                                          self.placement.outputs_as_arrays and not o.aval.weak):
                 text = f"xp.array({text}, copy=True)"

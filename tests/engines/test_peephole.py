@@ -104,3 +104,23 @@ def test_the_mlp_gradient_gives_the_same_bits_with_the_rewrite(rng, monkeypatch)
     assert with_rewrite[0] == without[0]
     for g1, g2 in zip(with_rewrite[1], without[1]):
         assert g1.tobytes() == g2.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64])
+def test_int_operands_of_float_arithmetic_become_floats_with_the_same_bits(rng, dtype):
+    x = (rng.standard_normal(7) * 1e3).astype(dtype)
+
+    def f(x):
+        return 2 * x - 3, x / 7, 1 - x * 2 ** 53, 5 + x
+
+    graph = dp.differentiable(f).ir(x)
+    lowered = peephole.lower(graph)
+    floats = [a.value for e in lowered.eqns for a in e.inputs if hasattr(a, "value")
+              and not isinstance(a.value, np.ndarray)]
+    if dtype is np.int64:  # int results stay int arithmetic, except the true division
+        assert all(type(v) is int for v in floats if v != 7)
+    else:
+        assert floats and all(type(v) is float for v in floats)
+    got, _ = _run(lowered, x)
+    for g, want in zip(got, f(x)):
+        assert g.dtype == want.dtype and g.tobytes() == want.tobytes()
