@@ -12,6 +12,7 @@ higher level; values from outer traces that the inner function closes over are
 from __future__ import annotations
 
 import contextlib
+import math
 import contextvars
 import linecache
 import os
@@ -272,11 +273,30 @@ def _drop_identity(prim, args):
             other = args[1 - pos]
             if not _is_identity_bitwise(prim.name, args[pos], other):
                 return None
-            if isinstance(other, Tracer):
+            if isinstance(other, Tracer) and not _may_be_strided(other):
                 avals = [a.aval if isinstance(a, Tracer) else aval_of(a) for a in args]
                 if prim.abstract_eval(*avals) == other.aval:
                     return other
     return None
+
+
+_FRESH_PRODUCERS = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod"})
+_LOOK_BACK = 64  # equations searched for a value's producer (identities follow it closely)
+
+
+def _may_be_strided(tracer: "Tracer") -> bool:
+    """May ``tracer``'s array be strided or reversed (the caller's array, a view)? Then
+    ``x * 1.0`` is kept: it makes a contiguous copy, and NumPy's SIMD loops (``exp`` on
+    AVX-512) may give a strided array other bits than a contiguous one, so dropping it
+    would change what a following ``np.exp`` returns (a reviewer's repro: ``exp(x * 1.0)``
+    of ``x[::-1]``). Values a ufunc or a product made are contiguous."""
+    if math.prod(tracer.aval.shape) <= 1:
+        return False
+    var, eqns = tracer._var, tracer._trace.eqns
+    for eqn in eqns[:-_LOOK_BACK - 1:-1]:
+        if any(o is var for o in eqn.outputs):
+            return not (eqn.prim.elementwise or eqn.prim.name in _FRESH_PRODUCERS)
+    return True  # an input of the trace, or made long ago: kept, to be safe
 
 
 def _as_tracer_in(trace: Trace, x: Any) -> Any:

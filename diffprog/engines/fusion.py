@@ -63,6 +63,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 
 import numpy as np
 
@@ -100,9 +101,19 @@ def python_block_min() -> int:
 
 # ============================================================================ planning
 
-def _blockable_operand(atom, shape) -> bool:
+# Equations that may read a broadcast operand inside a block: IEEE arithmetic, selections
+# and comparisons, whose results do not depend on the code path NumPy takes. Why: NumPy
+# runs a ufunc on a broadcast (stride-0) operand through another inner loop than on a
+# contiguous one, and its SIMD loops for transcendental functions (arctan2, hypot, pow,
+# logaddexp... on AVX-512) may round differently from the scalar ones.
+_BROADCAST_OK = frozenset({"add", "sub", "mul", "div", "maximum", "minimum", "where", "less",
+                           "less_equal", "greater", "greater_equal", "equal", "not_equal"})
+
+
+def _blockable_operand(atom, shape, prim_name: str = "") -> bool:
     s = atom.aval.shape
-    return s == shape or s == () or broadcast_pattern(s, shape) is not None
+    return s == shape or s == () or (prim_name in _BROADCAST_OK
+                                     and broadcast_pattern(s, shape) is not None)
 
 
 def broadcast_pattern(op_shape, shape) -> tuple[str, int] | None:
@@ -133,7 +144,7 @@ def _elementwise_in_block(eqn, shape) -> bool:
     prim = eqn.prim
     return (prim.elementwise and not prim.multiple_results and isinstance(prim.impl, str)
             and eqn.outputs[0].aval.shape == shape
-            and all(_blockable_operand(a, shape) for a in eqn.inputs)
+            and all(_blockable_operand(a, shape, prim.name) for a in eqn.inputs)
             and (prim.as_ufunc(eqn.params) is not None or prim.name == "where"))
 
 
@@ -424,6 +435,7 @@ class BlockKernel:
         self.last_use = {id(a): pos for pos, eqn in enumerate(self.eqns)
                          for a in eqn.inputs if isinstance(a, Var)}
         self.definition: list[str] = []
+        self._fallback: list[str] | None = None  # _unfused_lines, once written
 
     # ------------------------------------------------------------ operands and results
 
@@ -595,6 +607,7 @@ class BlockKernel:
             namespace[f"_dt_{dtype}"] = np.dtype(dtype)
         namespace.update(_run_blocks=run_blocks, _combine=combine, _add_reduce=np.add.reduce)
         self.spans_name = self.writer.bound.bind_value(self.spans, "spans")
+        self._unfused_lines()  # first: it may add parameters (a part's constants)
         lines = [f"def {self.name}({', '.join(self.params)}):"]
         if self.size < python_block_min():
             return lines + [f"    {line}" for line in self._compiled_or_unfused()]
@@ -619,24 +632,25 @@ class BlockKernel:
         return [f"if not {condition}:"] + [f"    {line}" for line in self._unfused_lines()]
 
     def _layout_condition(self) -> str | None:
-        """The test that the kernel's C-order walk gives NumPy's layout and sums (None: it
-        always does). Over two or more dimensions, an input that is not C-ordered makes
-        NumPy's results follow its layout (F-ordered inputs give F-ordered results), where
-        the kernel writes C-ordered ones: the same values, but a later sum along an axis
-        walks memory in another order and rounds differently; and NumPy sums an input
-        summed as it is one contiguous stretch at a time. One-dimensional values always
-        walk in order."""
-        if len(self.shape) < 2:
+        """The test that the kernel computes what the unfused program would (None: it
+        always does): every array input C-contiguous. Why, for each other layout:
+        F-ordered (or transposed) inputs make NumPy's results F-ordered, where the kernel
+        writes C order: the same values, but a later sum along an axis walks memory in
+        another order and rounds differently (a reviewer's repro), and NumPy sums an
+        input summed as it is one contiguous stretch at a time. Strided inputs (``x[::2]``,
+        ``x[::-1]``) are copied by ``ravel``, and NumPy's SIMD loops (``exp`` on AVX-512)
+        give other bits on a contiguous copy than on the strided original. Such calls run
+        the equations unfused."""
+        if not self.full_params:
             return None
-        namespace = self.writer.bound.namespace
-        namespace.update(_c_ordered=c_ordered, _c_contiguous=c_contiguous)
-        tests = [f"_c_ordered({t})" for t in self.full_params if t not in self.summed_params]
-        tests += [f"_c_contiguous({t})" for t in self.summed_params]
-        return f"({' and '.join(tests)})" if tests else None
+        self.writer.bound.namespace["_c_contiguous"] = c_contiguous
+        return f"({' and '.join(f'_c_contiguous({t})' for t in self.full_params)})"
 
     def _unfused_lines(self) -> list[str]:
         """The run's equations one by one on full-size values, as the unfused program spells
-        them, returning what the kernel returns."""
+        them, returning what the kernel returns (written once: see _function)."""
+        if self._fallback is not None:
+            return self._fallback
         names: dict[int, str] = {}
         lines = []
         for pos, eqn in enumerate(self.eqns):
@@ -645,7 +659,14 @@ class BlockKernel:
             out = names[id(eqn.outputs[0])] = f"u{pos}"
             lines.append(f"{out} = {self.writer.expression(eqn, ops)}")
         results = [names[id(v)] for _, v in self.exports] + [names[id(v)] for _, v in self.reductions]
-        return lines + [f"return ({', '.join(results)},)"]
+        part = self.writer.part
+        if part is not None:  # constants the spelled equations read as the part's parameters
+            used = set(re.findall(r"\b_?p\d+\b", "\n".join(lines)))
+            for name in part.params:
+                if name in used:
+                    self._parameter(name)
+        self._fallback = lines + [f"return ({', '.join(results)},)"]
+        return self._fallback
 
     def _compiled_or_unfused(self) -> list[str]:
         """A mid-size block's body (see the module's docstring): the C twin when it is ready

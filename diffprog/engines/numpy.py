@@ -635,7 +635,8 @@ class ProgramWriter:
         prim = eqn.prim
         impl = prim.impl
         reused = self.reuse.get(index) if self.reuse else None
-        if reused is not None:
+        if reused is not None:  # (host arrays of REUSE_MIN elements or more only: none of
+            # the checks below for Python-float operands and device placement can apply)
             ufunc, extra = prim.as_ufunc(eqn.params)
             operands = self.operands(eqn)
             args = operands + [repr(v) for v in extra]

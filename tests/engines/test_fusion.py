@@ -388,3 +388,33 @@ def test_results_keep_numpys_layout_for_sums_along_an_axis(monkeypatch, rng, lay
     ckernel.wait()
     r2 = vg(x, col)
     assert r1[0] == r2[0] and r1[1][1].tobytes() == r2[1][1].tobytes()
+
+
+@pytest.mark.parametrize("view", ["reversed", "strided", "reversed-2d"])
+def test_strided_inputs_give_numpys_bits_on_every_call(monkeypatch, rng, view):
+    """NumPy's SIMD loops may give a strided or reversed array other bits than a
+    contiguous copy of it (exp on AVX-512: a reviewer's repro), so blocks over such
+    inputs run unfused, before and after their compiled twin is built."""
+    monkeypatch.delenv("DIFFPROG_FUSE_MIN")
+    base = rng.standard_normal((400, 300))
+    x = {"reversed": base.ravel()[::-1], "strided": base.ravel()[::2],
+         "reversed-2d": base[::-1, ::-1]}[view]
+
+    def f(x):
+        return np.minimum(np.exp(x * 1.0), np.cos(x * 1.0)) - np.maximum(x * 2.0, x * 3.0)
+
+    g, want = dp.differentiable(f), f(x)
+    first = g(x)
+    ckernel.wait()
+    for got in (first, g(x), g(x)):
+        assert got.tobytes() == want.tobytes()
+
+
+def test_broadcast_operands_join_only_exact_arithmetic():
+    """arctan2 of a bias: NumPy runs a broadcast operand through another loop than a
+    contiguous one, and its SIMD arctan2 may round differently: left out of the block."""
+    x, b = np.ones((40, 300)), np.ones(300)
+    src = dp.differentiable(lambda x, b: np.sin(np.arctan2(x * 2.0, b)) * x).source(x, b)
+    assert "xp.arctan2(" in src.split("def program")[1]  # unfused, in the program body
+    src = dp.differentiable(lambda x, b: np.sin(x * 2.0 + b) * x).source(x, b)
+    assert "xp.add" not in src.split("def program")[1] and "broadcast_to" in src
