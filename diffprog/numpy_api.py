@@ -18,7 +18,7 @@ import numpy as np
 
 from .primitives import core, elementwise, linalg, reductions, shapes, special
 from .errors import ArgumentError, ShapeError
-from .tracing import Tracer, unsupported
+from .tracing import Tracer, may_be_strided, unsupported
 
 HANDLERS: dict[Any, Callable] = {}
 TRACER_METHODS: dict[str, Callable] = {}
@@ -67,6 +67,18 @@ def constant(x):
 
 def _is_traced(*xs) -> bool:
     return builtins.any(isinstance(x, Tracer) for x in xs)
+
+
+def copied(x, order: str = "K"):
+    """``x`` as NumPy's copy of it in ``order`` ("C", "F" or "K") is laid out: a ``copy``
+    equation where that layout may differ from ``x``'s (elementwise.copy says why it
+    matters), else ``x`` itself. A value the program made by a ufunc is contiguous in
+    some order, so its "K" copy (and any copy of it in one dimension) is laid out as it is."""
+    if not isinstance(x, Tracer) or int(np.prod(x.aval.shape)) <= 1:
+        return x
+    if not may_be_strided(x) and (order == "K" or len(x.aval.shape) <= 1):
+        return x
+    return elementwise.copy(x, order=order)
 
 
 def shape(x) -> tuple:
@@ -216,8 +228,8 @@ def power(x, y):
         x, n = _promoted_for_power(x, y), int(y)
         if n == 0:
             return ones_like(x)
-        if n == 1 and not _is_complex(x):  # a real x ** 1 is x, bit for bit
-            return x
+        if n == 1 and not _is_complex(x):  # a real x ** 1 is x, bit for bit (a copy in NumPy)
+            return copied(x)
         return elementwise.integer_pow(x, n=n)
     if isinstance(y, float) and y.is_integer() and abs(y) <= 64 and not _is_traced(y):
         return elementwise.integer_pow(_promoted_for_power(x, y), n=int(y))
@@ -285,17 +297,18 @@ def rad2deg(x):
 
 @_ufunc_composite(np.positive)
 def positive(x):
-    return x
+    return copied(x)  # (a new array in NumPy, laid out as x)
 
 
 # =========================================================== dtype / creation
 
 @implements(method="astype")
-def astype(x, dtype, copy=True, **_):
+def astype(x, dtype, order="K", casting="unsafe", subok=True, copy=True):
     dtype = np.dtype(dtype)
     if dtype_of(x) == dtype:
-        return x
-    return elementwise.convert(x, dtype=dtype)
+        return copied(x, order) if copy else x
+    return copied(elementwise.convert(x, dtype=dtype), order) if order in ("C", "F") \
+        else elementwise.convert(x, dtype=dtype)
 
 
 @implements(np.zeros_like)
@@ -345,9 +358,14 @@ def _result_type(*arrays_and_dtypes):
     return np.result_type(*[dtype_of(a) if isinstance(a, Tracer) else a for a in arrays_and_dtypes])
 
 
-@implements(np.copy, method="copy")
-def copy(a, *args, **kwargs):
-    return a
+@implements(np.copy)
+def copy(a, order="K", subok=False):
+    return copied(a, order)
+
+
+@implements(method="copy")
+def copy_method(a, order="C"):
+    return copied(a, order)
 
 
 def _is_complex(a) -> bool:

@@ -67,9 +67,20 @@ def _traced_array(obj, dtype=None, ndmin: int = 0):
 
 # ------------------------------------------------------------------ array constructors
 
+def _copied(x, order):
+    from .numpy_api import copied
+    return copied(x, order)
+
+
+def _single_tracer(obj):
+    """``obj`` when it is one traced array (np.array(x) of it copies it), else None."""
+    from .tracing import Tracer
+    return obj if isinstance(obj, Tracer) else None
+
 def array(object, dtype=None, *, copy=True, order="K", subok=False, ndmin=0, **kwargs):
     if holds_tracer(object) and not _wants_objects(dtype):
-        return _traced_array(object, dtype, ndmin)
+        out = _traced_array(object, dtype, ndmin)
+        return _copied(out, order) if copy and out is _single_tracer(object) else out
     return np.array(object, dtype, copy=copy, order=order, subok=subok, ndmin=ndmin, **kwargs)
 
 
@@ -87,13 +98,13 @@ def asanyarray(a, dtype=None, order=None, **kwargs):
 
 def ascontiguousarray(a, dtype=None, **kwargs):
     if holds_tracer(a) and not _wants_objects(dtype):
-        return _traced_array(a, dtype, ndmin=1)
+        return _copied(_traced_array(a, dtype, ndmin=1), "C")
     return np.ascontiguousarray(a, dtype, **kwargs)
 
 
 def asfortranarray(a, dtype=None, **kwargs):
     if holds_tracer(a) and not _wants_objects(dtype):
-        return _traced_array(a, dtype, ndmin=1)
+        return _copied(_traced_array(a, dtype, ndmin=1), "F")
     return np.asfortranarray(a, dtype, **kwargs)
 
 

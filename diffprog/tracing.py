@@ -273,7 +273,7 @@ def _drop_identity(prim, args):
             other = args[1 - pos]
             if not _is_identity_bitwise(prim.name, args[pos], other):
                 return None
-            if isinstance(other, Tracer) and not _may_be_strided(other):
+            if isinstance(other, Tracer) and not may_be_strided(other):
                 avals = [a.aval if isinstance(a, Tracer) else aval_of(a) for a in args]
                 if prim.abstract_eval(*avals) == other.aval:
                     return other
@@ -284,7 +284,7 @@ _FRESH_PRODUCERS = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min"
 _LOOK_BACK = 64  # equations searched for a value's producer (identities follow it closely)
 
 
-def _may_be_strided(tracer: "Tracer") -> bool:
+def may_be_strided(tracer: "Tracer") -> bool:
     """May ``tracer``'s array be strided or reversed (the caller's array, a view)? Then
     ``x * 1.0`` is kept: it makes a contiguous copy, and NumPy's SIMD loops (``exp`` on
     AVX-512) may give a strided array other bits than a contiguous one, so dropping it
@@ -525,7 +525,7 @@ def _install_operators() -> None:
     for name, uf in compare.items():
         setattr(Tracer, f"__{name}__", lambda self, other, uf=uf: uf(self, other))
     Tracer.__neg__ = lambda self: np.negative(self)
-    Tracer.__pos__ = lambda self: self
+    Tracer.__pos__ = lambda self: np.positive(self)  # a copy in NumPy (numpy_api.positive)
     Tracer.__abs__ = lambda self: np.abs(self)
     Tracer.__invert__ = lambda self: np.invert(self)
 

@@ -101,3 +101,44 @@ def test_identity_operations_that_change_dtype_are_kept():
     assert dp.differentiable(lambda x: x * 1.0)(x32).dtype == np.float32  # weak scalar
     graph = dp.differentiable(lambda x: np.cos(x) * 1.0 + -0.0).ir(np.ones(3))
     assert [e.prim.name for e in graph.eqns] == ["cos"]  # a true identity is still dropped
+
+
+_COPIES = {
+    "astype": lambda x: np.exp(x.astype(np.float64)),
+    "np.array": lambda x: np.exp(np.array(x)),
+    "np.copy": lambda x: np.exp(np.copy(x)),
+    "copy method": lambda x: np.exp(x.copy()),
+    "ascontiguousarray": lambda x: np.exp(np.ascontiguousarray(x)),
+    "positive": lambda x: np.exp(+x),
+    "np.positive": lambda x: np.exp(np.positive(x)),
+    "power 1": lambda x: np.exp(x ** 1),
+    "double negation": lambda x: np.exp(-(-x)),
+    "times one": lambda x: np.exp(x * 1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_COPIES))
+def test_copies_numpy_makes_are_kept_where_they_change_bits(name):
+    """NumPy's SIMD exp (AVX-512) may give a reversed array other bits than a contiguous
+    copy of it: every spelling of a copy must reach np.exp as NumPy's copy does."""
+    f = _COPIES[name]
+    x = np.linspace(-700.0, 700.0, 100001)[::-1]
+    with np.errstate(all="ignore"):
+        want = f(x)
+        assert dp.differentiable(f)(x).tobytes() == want.tobytes()
+        g = dp.grad(lambda x: np.sum(f(x)))(x[:5000])
+    np.testing.assert_allclose(g, np.exp(x[:5000]), rtol=1e-15)
+
+
+@pytest.mark.parametrize("order", ["C", "F", "K"])
+def test_copies_are_laid_out_as_numpy_lays_them_out(order):
+    """A later sum along an axis walks memory: F and C copies of one array sum apart."""
+    x = np.asfortranarray(np.random.default_rng(3).standard_normal((300, 200)))
+
+    def f(x):
+        c = {"C": np.ascontiguousarray, "F": np.asfortranarray,
+             "K": lambda a: np.copy(a, order="K")}[order](np.sin(x))
+        return np.sum(c, axis=1), np.sum(np.exp(c) * 2.0, axis=0)
+
+    for got, want in zip(dp.differentiable(f)(x), f(x)):
+        assert got.tobytes() == want.tobytes()

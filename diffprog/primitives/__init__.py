@@ -14,6 +14,7 @@ from .elementwise import (abs_, add, arccos, arcsin, arctan, arctan2, bitwise_an
                           log1p, log2, log10, logaddexp, logical_and, logical_not, logical_or,
                           logical_xor, maximum, minimum, mul, neg, not_equal, pow_, remainder,
                           round_, sign, sin, sinh, sqrt, stop_gradient, sub, tan, tanh, trunc,
+                          copy,
                           where)
 from .fft import fftn, ifftn, irfftn, rfftn
 from .linalg import (adjugate, cholesky, det, eig, eigvals, einsum, inv, matmul, slogdet,

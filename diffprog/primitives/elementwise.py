@@ -453,6 +453,19 @@ convert = Primitive(
            Case(normal(3), {"dtype": np.dtype("complex128")})],
     batch=by(same_axes, lambda: convert))
 
+# A copy NumPy makes (x.copy(), np.copy, np.array(x), astype to the same dtype, +x, x ** 1,
+# np.ascontiguousarray), kept where it can matter: NumPy lays the copy out as ``order``
+# says (a later sum along an axis walks that memory), and its SIMD loops (exp on AVX-512)
+# may give a strided or reversed array other bits than a contiguous copy of it, so
+# ``np.exp(x.copy())`` of ``x[::-1]`` is not ``np.exp(x[::-1])`` bit for bit.
+copy = Primitive(
+    "copy", "xp.array({0}, copy=True, order={order})", lambda x, *, order: x,
+    vjp=lambda g, x, *, out, order: (g,), jvp=lambda ts, x, *, out, order: ts[0],
+    julia="copy({0})", complex=True,
+    cases=[Case(normal(3, 4), {"order": "C"}), Case(normal(3, 4), {"order": "K"}),
+           Case(normal(3, 4), {"order": "F"})],
+    batch=by(same_axes, lambda: copy))
+
 stop_gradient = Primitive(
     "stop_gradient", "{0}", lambda x: x, vjp=lambda g, x, *, out: (None,),
     jvp=lambda ts, x, *, out: None, julia="DiffProg.stop_gradient({0})", complex=True,

@@ -10,6 +10,8 @@ These passes know no primitive by name: what they may do with an equation is ent
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ir import Eqn, Graph, Lit, Var, is_scalar_number
@@ -215,6 +217,10 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     negation_of: dict[int, Var] = {}  # id(-a) -> a, for negations of real floats
     rename: dict[int, Var] = {}
     eqns: list[Eqn] = []
+    # values that may be strided or reversed (arguments, views): --a of one stays, as
+    # in NumPy it is a contiguous array, and NumPy's SIMD loops (exp on AVX-512) may give
+    # a strided array other bits (tracing.may_be_strided)
+    may_be_strided = {id(v) for v in graph.invars}
 
     def negated(atom):
         """a, when atom is ``-a`` used only here; else None."""
@@ -226,13 +232,16 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     changed = False
     for eqn in graph.eqns:
         eqn = _renamed(eqn, rename)
+        if not (eqn.prim.elementwise or eqn.prim.name in _FRESH):
+            may_be_strided.update(id(o) for o in eqn.outputs)
         if not _sign_rules_apply(eqn):
             eqns.append(eqn)
             continue
         out = eqn.outputs[0]
         if eqn.prim.negation:
             inner = negated(eqn.inputs[0])
-            if inner is not None:  # --a
+            if inner is not None and (id(inner) not in may_be_strided
+                                      or math.prod(inner.aval.shape) <= 1):  # --a
                 rename[id(out)] = inner
                 continue
             eqns.append(eqn)
@@ -250,6 +259,9 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     if not changed and not rename:
         return graph  # nothing rewritten (simplify then needs no second DCE)
     return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
+
+
+_FRESH = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod"})
 
 
 def _sign_rules_apply(eqn) -> bool:
