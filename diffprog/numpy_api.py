@@ -713,9 +713,15 @@ def _method_reshape(self, *shape, order="C"):
 TRACER_METHODS["reshape"] = _method_reshape
 
 
-@implements(np.ravel, method="ravel,flatten")
+@implements(np.ravel, method="ravel")
 def ravel(x, order="C"):
-    return reshape(x, (-1,), order=order)
+    # contiguous in NumPy (a copy of a strided or reversed x): see copied
+    return copied(reshape(x, (-1,), order=order), "C")
+
+
+@implements(method="flatten")
+def flatten(x, order="C"):
+    return copied(reshape(x, (-1,), order=order), "C")  # always a copy in NumPy
 
 
 @implements(np.transpose)
@@ -816,8 +822,8 @@ def concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
     arrays = list(arrays)
     if axis is None:
         arrays, axis = [ravel(a) for a in arrays], 0
-    if len(arrays) == 1:
-        return arrays[0]
+    if len(arrays) == 1:  # a new C-ordered array in NumPy: see copied
+        return copied(arrays[0], "C") if _is_traced(arrays[0]) else np.concatenate(arrays, axis)
     nd = ndim(arrays[0])
     if not _is_traced(*arrays):
         return np.concatenate(arrays, axis=axis)

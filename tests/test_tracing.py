@@ -114,6 +114,10 @@ _COPIES = {
     "power 1": lambda x: np.exp(x ** 1),
     "double negation": lambda x: np.exp(-(-x)),
     "times one": lambda x: np.exp(x * 1.0),
+    "flatten": lambda x: np.exp(x.flatten()),
+    "ravel": lambda x: np.exp(np.ravel(x)),
+    "concatenate of one": lambda x: np.exp(np.concatenate([x])),
+    "stack of one": lambda x: np.exp(np.stack([x])),
 }
 
 
