@@ -384,7 +384,8 @@ def conj(a, *args):
     return elementwise.conj(a) if _is_complex(a) else a
 
 
-_UFUNC_COMPOSITES[np.conjugate] = conj
+# the ufunc np.conjugate makes a new array of a real one too (the method returns it as is)
+_UFUNC_COMPOSITES[np.conjugate] = lambda a, *args: conj(a) if _is_complex(a) else copied(a)
 
 
 TRACER_METHODS["real"] = property(lambda self: real(self))
@@ -469,7 +470,7 @@ def sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=
         x = astype(x, dtype)
     axes = _axes(axis, ndim(x))
     if not axes:
-        return x
+        return copied(x)  # (a new array in NumPy: see copied)
     if np.dtype(dtype_of(x)) == np.bool_:
         x = astype(x, np.intp)
     return reductions.reduce_sum(x, axes=axes, keepdims=bool(keepdims))
@@ -481,21 +482,21 @@ def prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where
     if dtype is not None:
         x = astype(x, dtype)
     axes = _axes(axis, ndim(x))
-    return reductions.reduce_prod(x, axes=axes, keepdims=bool(keepdims)) if axes else x
+    return reductions.reduce_prod(x, axes=axes, keepdims=bool(keepdims)) if axes else copied(x)
 
 
 @implements(np.max, np.amax, method="max")
 def amax(x, axis=None, out=None, keepdims=False, initial=None, where=None):
     _check_reduce_kwargs("max", {"initial": initial, "where": where})
     axes = _axes(axis, ndim(x))
-    return reductions.reduce_max(x, axes=axes, keepdims=bool(keepdims)) if axes else x
+    return reductions.reduce_max(x, axes=axes, keepdims=bool(keepdims)) if axes else copied(x)
 
 
 @implements(np.min, np.amin, method="min")
 def amin(x, axis=None, out=None, keepdims=False, initial=None, where=None):
     _check_reduce_kwargs("min", {"initial": initial, "where": where})
     axes = _axes(axis, ndim(x))
-    return reductions.reduce_min(x, axes=axes, keepdims=bool(keepdims)) if axes else x
+    return reductions.reduce_min(x, axes=axes, keepdims=bool(keepdims)) if axes else copied(x)
 
 
 @implements(np.any, method="any")
@@ -822,8 +823,8 @@ def concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
     arrays = list(arrays)
     if axis is None:
         arrays, axis = [ravel(a) for a in arrays], 0
-    if len(arrays) == 1:  # a new C-ordered array in NumPy: see copied
-        return copied(arrays[0], "C") if _is_traced(arrays[0]) else np.concatenate(arrays, axis)
+    if len(arrays) == 1:  # a new array in NumPy, laid out as its operand: see copied
+        return copied(arrays[0], "K") if _is_traced(arrays[0]) else np.concatenate(arrays, axis)
     nd = ndim(arrays[0])
     if not _is_traced(*arrays):
         return np.concatenate(arrays, axis=axis)
@@ -954,7 +955,7 @@ def tile(x, reps):
     # interleave a new axis of size rep before each axis, broadcast, then merge pairs
     expanded = reshape(x, tuple(v for d in xs for v in (1, d)))
     b = broadcast_to(expanded, tuple(v for r, d in zip(reps, xs) for v in (r, d)))
-    return reshape(b, tuple(r * d for r, d in zip(reps, xs)))
+    return copied(reshape(b, tuple(r * d for r, d in zip(reps, xs))))  # always a new array
 
 
 @implements(np.repeat, method="repeat")
@@ -1158,8 +1159,13 @@ def dot(a, b, out=None):
 
 @implements(np.vdot)
 def vdot(a, b):
-    """sum(conj(a) * b), both flattened: NumPy conjugates the first operand."""
-    return sum(conj(ravel(a)) * ravel(b))
+    """conj(a) . b, both flattened: NumPy conjugates the first operand, and sums with a
+    BLAS dot (another order, other bits than sum(conj(a) * b))."""
+    if not _is_traced(a, b):
+        return np.vdot(a, b)
+    # (NumPy flattens a one-dimensional operand as it is, strided or reversed: no copy)
+    a, b = (x if ndim(x) == 1 else ravel(x) for x in (a, b))
+    return linalg.matmul(conj(a), b)
 
 
 @implements(np.inner)
@@ -1217,6 +1223,9 @@ def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
 @implements(np.linalg.norm)
 def norm(x, ord=None, axis=None, keepdims=False):
     x = _float_of(x)
+    if axis is None and (ord is None or (ord in ("f", "fro") and ndim(x) == 2)
+                         or (ord == 2 and ndim(x) == 1)):
+        return _norm_by_dot(x, keepdims)
     if axis is None and ndim(x) == 2 and ord is not None:
         axis = (0, 1)
     if axis is None and ndim(x) == 1:
@@ -1227,6 +1236,20 @@ def norm(x, ord=None, axis=None, keepdims=False):
         ax = axis if isinstance(axis, (int, np.integer)) else axis[0]
         return _vector_norm(x, ord, ax, keepdims)
     return _matrix_norm(x, ord, tuple(axis), keepdims)
+
+
+def _norm_by_dot(x, keepdims):
+    """NumPy's own spelling for the whole array's 2-norm: sqrt(x . x) of x flattened, a
+    BLAS dot (real and imaginary parts apart for complex x), whose summation order and
+    bits differ from sum(x * x)."""
+    flat = ravel(x)
+    if _is_complex(flat):
+        re, im = real(flat), imag(flat)
+        squares = linalg.matmul(re, re) + linalg.matmul(im, im)
+    else:
+        squares = linalg.matmul(flat, flat)
+    out = _root_of_squares(squares)
+    return reshape(out, (1,) * ndim(x)) if keepdims else out
 
 
 def _vector_norm(x, ord, axis, keepdims):

@@ -86,7 +86,8 @@ def array(object, dtype=None, *, copy=True, order="K", subok=False, ndmin=0, **k
 
 def asarray(a, dtype=None, order=None, **kwargs):
     if holds_tracer(a) and not _wants_objects(dtype):
-        return _traced_array(a, dtype)
+        out = _traced_array(a, dtype)  # order "C"/"F": NumPy copies what is not laid out so
+        return _copied(out, order) if order in ("C", "F") else out
     return np.asarray(a, dtype, order, **kwargs)
 
 

@@ -304,3 +304,34 @@ def test_a_numpy_function_reaches_one_place_a_front_end_handler_or_an_entry():
     assert_close(dp.grad(lambda a: np.linalg.slogdet(a)[1])(x), np.linalg.inv(x).T)
     assert_close(dp.differentiable(lambda a: np.linalg.cholesky(a, upper=True))(x),
                  np.linalg.cholesky(x, upper=True))
+
+
+def _same(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("name", ["norm", "norm 2-d", "fro", "keepdims", "complex norm",
+                                  "vdot", "vdot reversed", "vdot 2-d", "einsum matmul",
+                                  "einsum rows", "einsum all"])
+def test_reductions_sum_in_numpys_own_order(name):
+    """np.linalg.norm (axis=None) and np.vdot are BLAS dots in NumPy, and np.einsum's
+    default is optimize=False: other summation orders than sum(x * x), other bits."""
+    rng = np.random.default_rng(4)
+    x, X = rng.standard_normal(40000), rng.standard_normal((200, 300))
+    z = x + 1j * rng.standard_normal(40000)
+    f, args = {
+        "norm": (lambda x: np.linalg.norm(x), (x,)),
+        "norm 2-d": (lambda x: np.linalg.norm(x), (X,)),
+        "fro": (lambda x: np.linalg.norm(x, "fro"), (X,)),
+        "keepdims": (lambda x: np.linalg.norm(x, keepdims=True), (X,)),
+        "complex norm": (lambda x: np.linalg.norm(x), (z,)),
+        "vdot": (lambda a, b: np.vdot(a, b), (x, x * 0.5)),
+        "vdot reversed": (lambda a: np.vdot(a, a[::-1]), (x,)),
+        "vdot 2-d": (lambda a: np.vdot(a, a * 2.0), (X[::-1],)),
+        "einsum matmul": (lambda a: np.einsum("ij,jk->ik", a, a.T), (X,)),
+        "einsum rows": (lambda a: np.einsum("ij,ij->i", a, a), (X,)),
+        "einsum all": (lambda a: np.einsum("ij,ij->", a, a), (X,)),
+    }[name]
+    _same(dp.differentiable(f)(*args), f(*args))

@@ -118,6 +118,10 @@ _COPIES = {
     "ravel": lambda x: np.exp(np.ravel(x)),
     "concatenate of one": lambda x: np.exp(np.concatenate([x])),
     "stack of one": lambda x: np.exp(np.stack([x])),
+    "np.conj of real": lambda x: np.exp(np.conj(x)),
+    "tile once": lambda x: np.exp(np.tile(x, 1)),
+    "sum over no axes": lambda x: np.exp(np.sum(x, axis=())),
+    "asarray order C": lambda x: np.exp(np.asarray(x, order="C")),
 }
 
 

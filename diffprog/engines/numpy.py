@@ -780,7 +780,9 @@ def assignment(names: list[str], rhs: str, multiple: bool) -> str:
 
 def _fresh_copy(value):
     """A copy of an array (NumPy or CuPy); scalars are immutable and pass as they are."""
-    if isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__"):
+    if isinstance(value, np.ndarray):
+        return value.copy(order="K")  # laid out as the argument (F stays F)
+    if hasattr(value, "__cuda_array_interface__"):
         return value.copy()
     return value
 

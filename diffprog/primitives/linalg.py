@@ -147,7 +147,8 @@ def _einsum_vjp(g, *ops, out, subscripts, optimize):
         available = set(outsub).union(*others) if others else set(outsub)
         kept = "".join(c for c in target if c in available)
         spec = ",".join([outsub] + others) + "->" + kept
-        ct = einsum(g, *[o for j, o in enumerate(ops) if j != i], subscripts=spec, optimize=optimize)
+        rest = [o for j, o in enumerate(ops) if j != i]
+        ct = einsum(g, *rest, subscripts=spec, optimize=_derivative_order(g, *rest))
         if kept != target:  # indices only in this operand were summed: broadcast back
             shape_kept = tuple(np.shape(op)[target.index(c)] if c in kept else 1 for c in target)
             perm_src = kept + "".join(c for c in target if c not in kept)
@@ -164,7 +165,7 @@ def _einsum_jvp(ts, *ops, out, subscripts, optimize):
         if t is not None:
             args = list(ops)
             args[i] = t
-            terms.append(einsum(*args, subscripts=subscripts, optimize=optimize))
+            terms.append(einsum(*args, subscripts=subscripts, optimize=_derivative_order(*args)))
     return add_all(terms)
 
 
@@ -182,19 +183,28 @@ def _julia_einsum(eqn, jl):
     return f"DiffProg.npeinsum({jl.tuple(labels(sub) for sub in ins)}, {labels(out)}, {{args}})"
 
 
+def _derivative_order(*operands) -> bool:
+    """optimize= for the einsums of a derivative: NumPy's optimized order (BLAS) for a
+    contraction of several large operands. The user's own einsum keeps the optimize= it
+    was called with (NumPy's default False: another summation order, other bits); a
+    derivative has no NumPy spelling to match, so it may take the fast one."""
+    return bool(len(operands) > 1 and sum(int(np.prod(np.shape(o))) for o in operands) > 4096)
+
+
 def _einsum_call(subscripts, *operands, optimize=False, **kwargs):
     """np.einsum: the sublist form as subscripts (:func:`_from_sublists`), the subscripts
     made explicit (:func:`_explicit_subscripts`), an index repeated within one operand (a
-    diagonal, a trace) read as that diagonal first (:func:`_without_repeats`); a
-    contraction of several large operands gets NumPy's optimized order."""
+    diagonal, a trace) read as that diagonal first (:func:`_without_repeats`); NumPy's
+    optimize= (default False), so the result has NumPy's bits."""
     if not isinstance(subscripts, str):
         subscripts, operands = _from_sublists((subscripts,) + operands)
     if kwargs:
         raise ArgumentError(f"np.einsum: unsupported keyword(s) {sorted(kwargs)} on traced values")
     spec = _explicit_subscripts(subscripts, [np.ndim(o) for o in operands])
     spec, operands = _without_repeats(spec, list(operands))
-    big = sum(int(np.prod(np.shape(o))) for o in operands) > 4096
-    return einsum(*operands, subscripts=spec, optimize=bool(len(operands) > 1 and big))
+    if not isinstance(optimize, bool):  # a path or "greedy"/"optimal": optimized
+        optimize = True
+    return einsum(*operands, subscripts=spec, optimize=optimize)
 
 
 def _from_sublists(args):
