@@ -18,7 +18,7 @@ import numpy as np
 
 from .primitives import core, elementwise, linalg, reductions, shapes, special
 from .errors import ArgumentError, ShapeError
-from .tracing import Tracer, may_be_strided, unsupported
+from .tracing import IN_DERIVATIVE_RULE, Tracer, may_be_strided, unsupported
 
 HANDLERS: dict[Any, Callable] = {}
 TRACER_METHODS: dict[str, Callable] = {}
@@ -74,7 +74,7 @@ def copied(x, order: str = "K"):
     equation where that layout may differ from ``x``'s (elementwise.copy says why it
     matters), else ``x`` itself. A value the program made by a ufunc is contiguous in
     some order, so its "K" copy (and any copy of it in one dimension) is laid out as it is."""
-    if not isinstance(x, Tracer) or int(np.prod(x.aval.shape)) <= 1:
+    if not isinstance(x, Tracer) or int(np.prod(x.aval.shape)) <= 1 or IN_DERIVATIVE_RULE.get():
         return x
     if not may_be_strided(x) and (order == "K" or len(x.aval.shape) <= 1):
         return x

@@ -273,11 +273,17 @@ def _drop_identity(prim, args):
             other = args[1 - pos]
             if not _is_identity_bitwise(prim.name, args[pos], other):
                 return None
-            if isinstance(other, Tracer) and not may_be_strided(other):
+            if isinstance(other, Tracer) and (IN_DERIVATIVE_RULE.get() or not may_be_strided(other)):
                 avals = [a.aval if isinstance(a, Tracer) else aval_of(a) for a in args]
                 if prim.abstract_eval(*avals) == other.aval:
                     return other
     return None
+
+
+# True while a derivative rule (a VJP or JVP) is traced: copies NumPy would make are not
+# kept there (numpy_api.copied). A derivative has no NumPy program whose bits it must
+# match, and a kept copy would split a gradient's fused kernel (W4: x ** 1 in d(x ** 2)).
+IN_DERIVATIVE_RULE = contextvars.ContextVar("diffprog_in_derivative_rule", default=False)
 
 
 _FRESH_PRODUCERS = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod"})

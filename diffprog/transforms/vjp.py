@@ -7,11 +7,13 @@ grad-of-grad (hessians) needs no extra machinery.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ..errors import DiffprogError
 from ..ir import Graph, Lit, gc_paused
-from ..tracing import Tracer, new_trace, trace_stack
+from ..tracing import IN_DERIVATIVE_RULE, Tracer, new_trace, trace_stack
 from .simplify import simplify
 from .templates import Templates
 
@@ -135,10 +137,12 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | No
                   for g, o in zip(gs, eqn.outputs)]
 
             def rule():
-                return list(prim.vjp(gs, *ins, out=outs, **eqn.params))
+                with _derivative_rule():
+                    return list(prim.vjp(gs, *ins, out=outs, **eqn.params))
         else:
             def rule():
-                return list(prim.vjp(gs[0], *ins, out=outs[0], **eqn.params))
+                with _derivative_rule():
+                    return list(prim.vjp(gs[0], *ins, out=outs[0], **eqn.params))
         keyed = None
         if templates is not None:
             entry = entries.get(prim)
@@ -182,3 +186,14 @@ def _grad_or_zeros(value, var):
     if value is None:
         return np.zeros(var.aval.shape, var.aval.dtype)
     return value
+
+
+@contextlib.contextmanager
+def _derivative_rule():
+    """While a VJP rule is traced: copies NumPy would make are not kept (see
+    tracing.IN_DERIVATIVE_RULE)."""
+    token = IN_DERIVATIVE_RULE.set(True)
+    try:
+        yield
+    finally:
+        IN_DERIVATIVE_RULE.reset(token)
