@@ -78,6 +78,8 @@ def copied(x, order: str = "K"):
         return x
     if not may_be_strided(x) and (order == "K" or len(x.aval.shape) <= 1):
         return x
+    if len(x.aval.shape) <= 1:
+        order = "K"  # one dimension: every order lays a copy out alike (one copy kind)
     return elementwise.copy(x, order=order)
 
 

@@ -58,8 +58,8 @@ def _traced_array(obj, dtype=None, ndmin: int = 0):
     """The traced array ``np.array(obj)`` stands for (``obj`` holds traced values)."""
     out = traced(obj)
     from . import numpy_api
-    if dtype is not None:
-        out = numpy_api.astype(out, dtype)
+    if dtype is not None:  # (no copy here: np.asarray makes none; np.array adds its own)
+        out = numpy_api.astype(out, dtype, copy=False)
     if ndmin > out.ndim:
         out = numpy_api.reshape(out, (1,) * (ndmin - out.ndim) + out.shape)
     return out

@@ -286,7 +286,8 @@ def _drop_identity(prim, args):
 IN_DERIVATIVE_RULE = contextvars.ContextVar("diffprog_in_derivative_rule", default=False)
 
 
-_FRESH_PRODUCERS = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod"})
+_FRESH_PRODUCERS = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod",
+                               "copy"})
 _LOOK_BACK = 64  # equations searched for a value's producer (identities follow it closely)
 
 

@@ -279,6 +279,9 @@ class _Body:
             raise Refused(f"{name} on bools")
         if name == "matmul":
             return [self.matmul(eqn, ins, lays)], [_fresh(eqn.outputs[0].aval)]
+        if name == "copy":  # the same values, laid out as NumPy's copy in that order
+            return [ins[0]], [None if lays[0] is None
+                              else np.array(lays[0], copy=True, order=p["order"])]
         out = self.shape_op(eqn, ins)
         if name in _VIEWS:
             return [out], [_view_layout(name, lays[0], p)]

@@ -444,6 +444,35 @@ def reusable_inputs(graph: Graph, last_use: dict, kept: set) -> dict:
     return reuse
 
 
+def copies_if_needed(graph: Graph, outputs: set) -> frozenset:
+    """Indices of the ``copy`` equations whose value is read only by equations that make
+    new arrays of it (ufuncs, products, reductions) and is not a result: those copy only
+    when the array is not laid out as the copy would be (:func:`_as_laid_out`). Why: a
+    copy of an already contiguous argument changes no bit, and a fresh array of 128 KiB
+    or more costs page faults (0.6 ms for 1.6 MB); a view or a result of it must not
+    share the caller's memory, so those copy always."""
+    copies = {id(e.outputs[0]): k for k, e in enumerate(graph.eqns) if e.prim.name == "copy"}
+    if not copies:
+        return frozenset()
+    always = {v for v in copies if v in outputs}  # (ids)
+    for e in graph.eqns:
+        makes_new = (e.prim.elementwise and e.prim.as_ufunc(e.params) is not None) \
+            or e.prim.name in _NO_ALIAS
+        if not makes_new:
+            always.update(id(a) for a in e.inputs if a.__class__ is Var and id(a) in copies)
+    return frozenset(k for v, k in copies.items() if v not in always)
+
+
+def _as_laid_out(x, order: str):
+    """``x`` when NumPy's copy of it in ``order`` would be laid out as x already is (the
+    same bits follow from either), else that copy."""
+    flags = x.flags
+    if flags.c_contiguous if order == "C" else flags.f_contiguous if order == "F" \
+            else (flags.c_contiguous or flags.f_contiguous):
+        return x
+    return np.array(x, copy=True, order=order)
+
+
 def _into_if_c_ordered(target, *others):
     """``target`` when NumPy would lay out a ufunc's result of ``target`` and ``others``
     as ``target`` is laid out (all C-ordered), else None (``out=None``: a fresh array)."""
@@ -480,6 +509,8 @@ class ProgramWriter:
         # equation index -> the dying input its result is written into (see reusable_inputs)
         self.reuse = reusable_inputs(graph, self.last_use, self._kept) \
             if host_fast and xp_module is np and len(graph.eqns) < PARTS_FROM else {}
+        self.copies_if_needed = copies_if_needed(graph, self.output_ids) \
+            if xp_module is np else frozenset()
 
     # ------------------------------------------------------------ names
 
@@ -635,7 +666,11 @@ class ProgramWriter:
         prim = eqn.prim
         impl = prim.impl
         reused = self.reuse.get(index) if self.reuse else None
-        if reused is not None:  # (host arrays of REUSE_MIN elements or more only: none of
+        if index in self.copies_if_needed:
+            self.bound.namespace["_as_laid_out"] = _as_laid_out
+            line = f"{self.define(eqn.outputs[0])} = _as_laid_out({self.operands(eqn)[0]}, " \
+                   f"{eqn.params['order']!r})"
+        elif reused is not None:  # (host arrays of REUSE_MIN elements or more only: none of
             # the checks below for Python-float operands and device placement can apply)
             ufunc, extra = prim.as_ufunc(eqn.params)
             operands = self.operands(eqn)

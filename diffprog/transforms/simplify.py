@@ -261,7 +261,7 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
 
 
-_FRESH = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod"})
+_FRESH = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "copy"})
 
 
 def _sign_rules_apply(eqn) -> bool:
