@@ -309,8 +309,8 @@ def astype(x, dtype, order="K", casting="unsafe", subok=True, copy=True):
     dtype = np.dtype(dtype)
     if dtype_of(x) == dtype:
         return copied(x, order) if copy else x
-    return copied(elementwise.convert(x, dtype=dtype), order) if order in ("C", "F") \
-        else elementwise.convert(x, dtype=dtype)
+    converted = elementwise.convert(x, dtype=dtype)  # new, laid out as x (order K)
+    return copied(converted, order) if order in ("C", "F") else converted
 
 
 @implements(np.zeros_like)
@@ -716,15 +716,10 @@ def _method_reshape(self, *shape, order="C"):
 TRACER_METHODS["reshape"] = _method_reshape
 
 
-@implements(np.ravel, method="ravel")
+@implements(np.ravel, method="ravel,flatten")
 def ravel(x, order="C"):
-    # contiguous in NumPy (a copy of a strided or reversed x): see copied
+    # contiguous in NumPy (flatten always copies, ravel a strided or reversed x): copied
     return copied(reshape(x, (-1,), order=order), "C")
-
-
-@implements(method="flatten")
-def flatten(x, order="C"):
-    return copied(reshape(x, (-1,), order=order), "C")  # always a copy in NumPy
 
 
 @implements(np.transpose)

@@ -72,15 +72,10 @@ def _copied(x, order):
     return copied(x, order)
 
 
-def _single_tracer(obj):
-    """``obj`` when it is one traced array (np.array(x) of it copies it), else None."""
-    from .tracing import Tracer
-    return obj if isinstance(obj, Tracer) else None
-
 def array(object, dtype=None, *, copy=True, order="K", subok=False, ndmin=0, **kwargs):
     if holds_tracer(object) and not _wants_objects(dtype):
-        out = _traced_array(object, dtype, ndmin)
-        return _copied(out, order) if copy and out is _single_tracer(object) else out
+        out = _traced_array(object, dtype, ndmin)  # np.array(x) of one traced x copies it
+        return _copied(out, order) if copy and out is object else out
     return np.array(object, dtype, copy=copy, order=order, subok=subok, ndmin=ndmin, **kwargs)
 
 

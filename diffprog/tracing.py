@@ -12,9 +12,9 @@ higher level; values from outer traces that the inner function closes over are
 from __future__ import annotations
 
 import contextlib
-import math
 import contextvars
 import linecache
+import math
 import os
 import sys
 from typing import Any, Callable
@@ -286,9 +286,25 @@ def _drop_identity(prim, args):
 IN_DERIVATIVE_RULE = contextvars.ContextVar("diffprog_in_derivative_rule", default=False)
 
 
+@contextlib.contextmanager
+def derivative_rule():
+    """Marks the tracing of a derivative rule (VJP or JVP): see IN_DERIVATIVE_RULE."""
+    token = IN_DERIVATIVE_RULE.set(True)
+    try:
+        yield
+    finally:
+        IN_DERIVATIVE_RULE.reset(token)
+
+
 _FRESH_PRODUCERS = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod",
                                "copy"})
 _LOOK_BACK = 64  # equations searched for a value's producer (identities follow it closely)
+
+
+def makes_contiguous(prim) -> bool:
+    """Does ``prim`` always give a new contiguous array (elementwise ones, products,
+    reductions, copies), never a view that may be strided?"""
+    return prim.elementwise or prim.name in _FRESH_PRODUCERS
 
 
 def may_be_strided(tracer: "Tracer") -> bool:
@@ -302,7 +318,7 @@ def may_be_strided(tracer: "Tracer") -> bool:
     var, eqns = tracer._var, tracer._trace.eqns
     for eqn in eqns[:-_LOOK_BACK - 1:-1]:
         if any(o is var for o in eqn.outputs):
-            return not (eqn.prim.elementwise or eqn.prim.name in _FRESH_PRODUCERS)
+            return not makes_contiguous(eqn.prim)
     return True  # an input of the trace, or made long ago: kept, to be safe
 
 

@@ -366,6 +366,15 @@ def ufunc_loop(ufunc):
         return _LOOPS[ufunc]
 
 
+def loop_address(what: str, loops: dict):
+    """The address a compiled loop's table of externals holds for ``what``: "loop:<name>"
+    (the inner loop of ``loops[name]``, a ufunc) or "data:<name>" (its data pointer); None
+    when the loop was not found."""
+    kind, name = what.split(":")
+    found = ufunc_loop(loops[name])
+    return (found[0] if kind == "loop" else found[1]) if found else None
+
+
 def call_loop(ufunc, x: np.ndarray) -> np.ndarray:
     """``ufunc(x)`` for a contiguous float64 ``x`` by calling its loop as the C code does."""
     fn, data = ufunc_loop(ufunc)

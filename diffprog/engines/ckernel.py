@@ -1474,11 +1474,7 @@ class Kernel:
 
     def _ext_table(self):
         from . import cextern
-        pointers = []
-        for what in self.externals:
-            kind, name = what.split(":")
-            fn, data = cextern.ufunc_loop(self.loops[name])
-            pointers.append(fn if kind == "loop" else data)
+        pointers = [cextern.loop_address(what, self.loops) for what in self.externals]
         return (ctypes.c_void_p * max(1, len(pointers)))(*pointers)
 
     def __call__(self, arrays, outputs, scalars):

@@ -652,9 +652,7 @@ class ScanKernel:
             if what in ("dgemv", "ddot"):
                 pointers.append(lib.addresses[what])
             else:
-                kind, name = what.split(":")
-                found = cextern.ufunc_loop(self.rendered.loops[name])
-                pointers.append((found[0] if kind == "loop" else found[1]) if found else None)
+                pointers.append(cextern.loop_address(what, self.rendered.loops))
         return (ctypes.c_void_p * len(pointers))(*pointers)
 
     def __call__(self, args):

@@ -417,8 +417,7 @@ class BlockKernel:
         self.max_block = max(j - i for i, j in self.spans)  # at most BLOCK
         # (the C twin's source does not depend on the size: one library serves every size)
         self.c_twin = ckernel.BlockBuilder(BLOCK, fast_math=writer.fast_math)
-        self.full_params: list[str] = []   # full-size arrays read (C order checked, with sums)
-        self.summed_params: list[str] = []  # those of them summed as they are
+        self.full_params: list[str] = []   # array inputs read (each checked C-contiguous)
         self.local: dict[int, str] = {}   # var id -> its name in the NumPy block loop
         self.c_value: dict[int, str] = {}  # var id -> its C value
         self.params: list[str] = []       # kernel parameters (program names of outside values)
@@ -534,13 +533,6 @@ class BlockKernel:
 
     def full_sum(self, pos: int, operand: tuple[str, str]) -> None:
         eqn = self.eqns[pos]
-        summed = eqn.inputs[0]
-        if not (isinstance(summed, Var) and any(id(o) == id(summed) for e in self.eqns[:pos]
-                                                for o in e.outputs)):
-            # a value from outside, summed as it is: NumPy walks it in its memory order
-            text = self.writer.operand(summed)
-            if text not in self.summed_params:
-                self.summed_params.append(text)
         acc = f"r{len(self.reductions)}"
         self.reductions.append((acc, eqn.outputs[0]))
         self.body.append(f"{acc}.append(_add_reduce({operand[0]}))")
@@ -624,8 +616,8 @@ class BlockKernel:
         return lines + self._run_lines() + [f"    return ({', '.join(self._results())},)"]
 
     def _layout_guard(self) -> list[str]:
-        """Lines running the unfused equations instead when the kernel's C-order walk would
-        not sum in NumPy's order (see :meth:`_layout_condition`)."""
+        """Lines running the unfused equations instead when the kernel would not compute
+        what they do (see :meth:`_layout_condition`)."""
         condition = self._layout_condition()
         if condition is None:
             return []
@@ -676,7 +668,7 @@ class BlockKernel:
         if compiled is None:
             why = f" (no compiled twin: {self.c_twin.refused})" if self.c_twin.refused else ""
             return [f"# unfused{why}"] + self._unfused_lines()
-        condition = self._layout_condition()  # else the C twin would not sum in NumPy's order
+        condition = self._layout_condition()  # else the C twin may differ from NumPy
         compiled_lines = (self.flat_inputs + self.export_lines + self._compiled_call(compiled)
                           + ["if parts is not None:", f"    return ({', '.join(self._results())},)"])
         if condition is not None:

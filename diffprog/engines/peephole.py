@@ -93,7 +93,7 @@ _ARITHMETIC = frozenset({"add", "sub", "mul", "div"})
 
 def _float_literals(graph: Graph) -> Graph:
     """Python int operands of real floating-point arithmetic written as floats (above)."""
-    eqns, changed = None, False
+    eqns = None  # a copy of the equation list, once one is rewritten
     for k, eqn in enumerate(graph.eqns):
         if eqn.prim.name not in _ARITHMETIC or eqn.outputs[0].aval.dtype.kind != "f":
             continue
@@ -103,8 +103,7 @@ def _float_literals(graph: Graph) -> Graph:
             if eqns is None:
                 eqns = list(graph.eqns)
             eqns[k] = Eqn(eqn.prim, inputs, list(eqn.outputs), eqn.params)
-            changed = True
-    return Graph(graph.invars, eqns, graph.outvars) if changed else graph
+    return graph if eqns is None else Graph(graph.invars, eqns, graph.outvars)
 
 
 def lower(graph: Graph) -> Graph:

@@ -8,13 +8,12 @@ from .core import (NUMPY_BINDINGS, PRIMITIVES, Binding, Case, Primitive, Unsuppo
                    as_untraced_code_reads, broadcast_shapes)
 from .control import cond, error_if, guard, remat, scan, while_loop, while_loop_grad
 from .elementwise import (abs_, add, arccos, arcsin, arctan, arctan2, bitwise_and, bitwise_or,
-                          bitwise_xor, cbrt, ceil, convert, cos, cosh, div, equal, exp, exp2,
+                          bitwise_xor, cbrt, ceil, convert, copy, cos, cosh, div, equal, exp, exp2,
                           expm1, floor, floor_divide, greater, greater_equal, hypot,
                           integer_pow, invert, isfinite, isinf, isnan, less, less_equal, log,
                           log1p, log2, log10, logaddexp, logical_and, logical_not, logical_or,
                           logical_xor, maximum, minimum, mul, neg, not_equal, pow_, remainder,
                           round_, sign, sin, sinh, sqrt, stop_gradient, sub, tan, tanh, trunc,
-                          copy,
                           where)
 from .fft import fftn, ifftn, irfftn, rfftn
 from .linalg import (adjugate, cholesky, det, eig, eigvals, einsum, inv, matmul, slogdet,

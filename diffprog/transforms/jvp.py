@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Lit
-from ..tracing import IN_DERIVATIVE_RULE, bind, new_trace
+from ..tracing import bind, derivative_rule, new_trace
 from .simplify import simplify
 from .vjp import fit_to
 
@@ -28,11 +28,8 @@ def jvp_graph(graph: Graph, wrt: list[int]) -> Graph:
             for v, o in zip(eqn.outputs, outs_l):
                 env[id(v)] = o
             if eqn.prim.differentiable and any(t is not None for t in ts):
-                token = IN_DERIVATIVE_RULE.set(True)  # (see tracing.IN_DERIVATIVE_RULE)
-                try:
+                with derivative_rule():  # (no NumPy copies kept: tracing.IN_DERIVATIVE_RULE)
                     touts = eqn.prim.jvp(ts, *ins, out=outs, **eqn.params)
-                finally:
-                    IN_DERIVATIVE_RULE.reset(token)
                 touts = touts if isinstance(touts, list) else [touts]
                 for v, t in zip(eqn.outputs, touts):
                     if t is not None and np.issubdtype(v.aval.dtype, np.inexact):

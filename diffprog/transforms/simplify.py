@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from ..ir import Eqn, Graph, Lit, Var, is_scalar_number
+from ..tracing import makes_contiguous
 
 
 def simplify(graph: Graph) -> Graph:
@@ -232,7 +233,7 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     changed = False
     for eqn in graph.eqns:
         eqn = _renamed(eqn, rename)
-        if not (eqn.prim.elementwise or eqn.prim.name in _FRESH):
+        if not makes_contiguous(eqn.prim):
             may_be_strided.update(id(o) for o in eqn.outputs)
         if not _sign_rules_apply(eqn):
             eqns.append(eqn)
@@ -259,9 +260,6 @@ def fold_negations(graph: Graph, uses: dict[int, int] | None = None) -> Graph:
     if not changed and not rename:
         return graph  # nothing rewritten (simplify then needs no second DCE)
     return Graph(graph.invars, eqns, _renamed_outputs(graph.outvars, rename))
-
-
-_FRESH = frozenset({"matmul", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "copy"})
 
 
 def _sign_rules_apply(eqn) -> bool:

@@ -7,13 +7,11 @@ grad-of-grad (hessians) needs no extra machinery.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from ..errors import DiffprogError
 from ..ir import Graph, Lit, gc_paused
-from ..tracing import IN_DERIVATIVE_RULE, Tracer, new_trace, trace_stack
+from ..tracing import Tracer, derivative_rule, new_trace, trace_stack
 from .simplify import simplify
 from .templates import Templates
 
@@ -137,11 +135,11 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | No
                   for g, o in zip(gs, eqn.outputs)]
 
             def rule():
-                with _derivative_rule():
+                with derivative_rule():
                     return list(prim.vjp(gs, *ins, out=outs, **eqn.params))
         else:
             def rule():
-                with _derivative_rule():
+                with derivative_rule():
                     return list(prim.vjp(gs[0], *ins, out=outs[0], **eqn.params))
         keyed = None
         if templates is not None:
@@ -186,14 +184,3 @@ def _grad_or_zeros(value, var):
     if value is None:
         return np.zeros(var.aval.shape, var.aval.dtype)
     return value
-
-
-@contextlib.contextmanager
-def _derivative_rule():
-    """While a VJP rule is traced: copies NumPy would make are not kept (see
-    tracing.IN_DERIVATIVE_RULE)."""
-    token = IN_DERIVATIVE_RULE.set(True)
-    try:
-        yield
-    finally:
-        IN_DERIVATIVE_RULE.reset(token)
