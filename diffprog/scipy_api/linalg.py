@@ -32,11 +32,26 @@ def _triangle(a, lower: bool):
     return np.tril(a) if lower else np.triu(a)
 
 
-def _symmetric_from(a, lower: bool):
-    """The symmetric matrix LAPACK reads from one triangle of ``a``."""
-    tri = _triangle(a, lower)
+def _conj(x):
+    """The complex conjugate of a complex operand; a real one as it is (no copy)."""
+    return np.conj(x) if npa.dtype_of(x).kind == "c" else x
+
+
+def _adjoint(x):
+    """The conjugate transpose of (a stack of) matrices."""
+    return _conj(np.swapaxes(x, -1, -2))
+
+
+def _symmetric_from(a, lower: bool, hermitian: bool = True):
+    """The matrix LAPACK reads from one triangle of ``a``: Hermitian (the other triangle
+    the conjugate mirror, the diagonal's imaginary part ignored, as ?potrf/?hetrf do) or,
+    with ``hermitian=False``, complex symmetric (?sytrf: the plain mirror)."""
     strict = np.tril(a, -1) if lower else np.triu(a, 1)
-    return tri + np.swapaxes(strict, -1, -2)
+    if not hermitian or npa.dtype_of(a).kind != "c":
+        return _triangle(a, lower) + np.swapaxes(strict, -1, -2)
+    n = npa.shape(a)[-1]
+    diagonal = np.real(a) * np.eye(n)
+    return strict + diagonal + _adjoint(strict)
 
 
 def solve_triangular(a, b, trans=0, lower=False, unit_diagonal=False, overwrite_b=False,
@@ -47,7 +62,9 @@ def solve_triangular(a, b, trans=0, lower=False, unit_diagonal=False, overwrite_
     if unit_diagonal:
         n = npa.shape(a)[-1]
         tri = tri * (1.0 - np.eye(n)) + np.eye(n)
-    if trans in _TRANSPOSED:
+    if trans in (2, "C"):
+        tri = _adjoint(tri)
+    elif trans in _TRANSPOSED:
         tri = np.swapaxes(tri, -1, -2)
     elif trans not in (0, "N"):
         raise ArgumentError(f"scipy.linalg.solve_triangular: invalid trans {trans!r}")
@@ -57,8 +74,8 @@ def solve_triangular(a, b, trans=0, lower=False, unit_diagonal=False, overwrite_
 def cholesky(a, lower=False, overwrite_a=False, check_finite=True):
     a = floating_operand(a)
     _square(a, "cholesky")
-    factor = np.linalg.cholesky(_symmetric_from(a, lower))
-    return factor if lower else np.swapaxes(factor, -1, -2)
+    factor = np.linalg.cholesky(_symmetric_from(a, lower))  # A = L L^H
+    return factor if lower else _adjoint(factor)  # (upper: U = L^H, A = U^H U)
 
 
 def cho_factor(a, lower=False, overwrite_a=False, check_finite=True):
@@ -71,8 +88,8 @@ def cho_solve(c_and_lower, b, overwrite_b=False, check_finite=True):
     c, lower = c_and_lower
     c, b = floating_operand(c), floating_operand(b)
     tri = _triangle(c, lower)
-    factor = tri if lower else np.swapaxes(tri, -1, -2)  # A = L L^T
-    return np.linalg.solve(np.swapaxes(factor, -1, -2), np.linalg.solve(factor, b))
+    factor = tri if lower else _adjoint(tri)  # A = L L^H
+    return np.linalg.solve(_adjoint(factor), np.linalg.solve(factor, b))
 
 
 def solve_banded(l_and_u, ab, b, overwrite_ab=False, overwrite_b=False, check_finite=True):
@@ -91,13 +108,14 @@ def solve_banded(l_and_u, ab, b, overwrite_ab=False, overwrite_b=False, check_fi
 
 
 _SYMMETRIC = ("sym", "symmetric", "her", "hermitian", "pos", "positive definite")
+_COMPLEX_SYMMETRIC = ("sym", "symmetric")  # (complex a: a^T = a, not a^H = a)
 
 
 def solve(a, b, lower=False, overwrite_a=False, overwrite_b=False, check_finite=True,
           assume_a=None, transposed=False):
     a, b = floating_operand(a), floating_operand(b)
     if assume_a in _SYMMETRIC:
-        a = _symmetric_from(a, lower)
+        a = _symmetric_from(a, lower, hermitian=assume_a not in _COMPLEX_SYMMETRIC)
     elif assume_a in ("upper triangular", "lower triangular"):
         a = _triangle(a, assume_a.startswith("lower"))
     elif assume_a == "diagonal":
@@ -113,7 +131,7 @@ def solve(a, b, lower=False, overwrite_a=False, overwrite_b=False, check_finite=
 def inv(a, overwrite_a=False, check_finite=True, *, assume_a=None, lower=False):
     a = floating_operand(a)
     if assume_a in _SYMMETRIC:
-        a = _symmetric_from(a, lower)
+        a = _symmetric_from(a, lower, hermitian=assume_a not in _COMPLEX_SYMMETRIC)
     elif assume_a not in (None, "gen", "general"):
         raise ArgumentError(f"scipy.linalg.inv(assume_a={assume_a!r}) on traced values")
     return np.linalg.inv(a)

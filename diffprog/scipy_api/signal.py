@@ -83,18 +83,24 @@ def convolve(in1, in2, mode="full", method="auto"):
 
 
 def correlate(in1, in2, mode="full", method="auto"):
+    """correlate(in1, in2) = convolve(in1, conj(in2) reversed); in 'valid' mode with in2
+    the larger operand SciPy swaps them, which reverses (and conjugates) the result."""
     in1, in2 = operand(in1), operand(in2)
-    """correlate(in1, in2) = convolve(in1, in2 reversed); in 'valid' mode with in2 the
-    larger operand SciPy swaps them, which reverses the result."""
     if npa.ndim(in1) != npa.ndim(in2):
         raise ValueError("in1 and in2 should have the same dimensionality")
     if npa.ndim(in1) == 0:
         return in1 * in2
     s1, s2 = npa.shape(in1), npa.shape(in2)
+    # SciPy (and np.correlate) conjugate the second operand: sum in1[n + k] * conj(in2[n])
     if mode == "valid" and not all(a >= b for a, b in zip(s1, s2)) and \
             all(b >= a for a, b in zip(s1, s2)):
-        return npa.flip(convolve(in2, npa.flip(in1), mode, method))
-    return convolve(in1, npa.flip(in2), mode, method)
+        return npa.flip(convolve(_conj(in2), npa.flip(in1), mode, method))
+    return convolve(in1, _conj(npa.flip(in2)), mode, method)
+
+
+def _conj(x):
+    """The complex conjugate of a complex operand; a real one as it is (no copy)."""
+    return np.conj(x) if npa.dtype_of(x).kind == "c" else x
 
 
 def fftconvolve(in1, in2, mode="full", axes=None):
