@@ -67,7 +67,7 @@ def _static_key(leaf, where: Callable[[], str]):  # noqa: C901
             f"Fix: pass arrays as traced arguments (not in static_argnums), make the value "
             f"hashable (a tuple instead of a list, a frozen dataclass), or close over it.") \
             from None
-    if isinstance(leaf, (float, complex, np.generic, tuple)):
+    if isinstance(leaf, (float, complex, np.generic, tuple, frozenset)):
         return externals.value_key(leaf)  # bitwise: 0.0 and -0.0 differ, NaN equals NaN
     return (type(leaf), leaf)
 
@@ -656,7 +656,9 @@ def _fast_plan(variant, sig, args, check_all: bool):
         program = _engines.get(program.engine,
                                fast_math=getattr(program, "fast_math", False)).compile(pruned)
     reader = variant.traced.externals
-    run = program if reader is None else (lambda *a, p=program: p(*a, *reader(())))
+    # (the generated function itself where there is one: one call frame less)
+    run = getattr(program, "fn", program) if reader is None else \
+        (lambda *a, p=program: p(*a, *reader(())))
     # every leaf's type; shape and dtype of the leaves the program reads, the code looked
     # at (variant.traced.inspected), or, for gradients (whose zeros take every leaf's
     # shape), all of them

@@ -138,6 +138,8 @@ def _bits(x):
         return (type(x), x.tobytes())
     if isinstance(x, tuple):
         return (tuple,) + tuple(_bits(v) for v in x)
+    if isinstance(x, frozenset):  # members by bits too: {2}, {2.0} and {True} are equal sets
+        return (type(x), frozenset(_bits(v) for v in x))
     return (type(x), x)
 
 
@@ -186,6 +188,17 @@ def _same_object(expected):
     return lambda value: value is expected
 
 
+def _same_members(expected: set):
+    """The same set object, holding the same members (by bits) as at the end of the trace:
+    a set the caller changes in place (``S.add(3)``) retraces."""
+    try:
+        key = _bits(frozenset(expected))
+        hash(key)
+    except TypeError:
+        return _same_object(expected)
+    return lambda value: value is expected and _bits(frozenset(value)) == key
+
+
 # ------------------------------------------------------------------------- the reads
 
 def _liftable(value) -> bool:
@@ -200,7 +213,7 @@ def _liftable(value) -> bool:
 def _is_static(value) -> bool:
     """Compared by value: numbers (and their subclasses, enum members), strings, None,
     dtypes, and tuples of those."""
-    if type(value) is tuple:
+    if type(value) in (tuple, frozenset):
         return len(value) <= 64 and all(_is_static(v) for v in value)
     return isinstance(value, (int, float, complex, str, bytes, type(None), np.dtype, np.generic,
                               enum.Enum))
@@ -294,6 +307,10 @@ class ExternalReads:
         elif isinstance(value, type) and is_user_code(value) and depth < MAX_DEPTH:
             self._guard(path, _same_object)
             return _ClassView(value, self, path, depth)
+        elif type(value) is set:
+            self._guard(path, _same_members)
+        else:  # a NumPy ufunc, a builtin, a library's object or class: rebinding retraces
+            self._guard(path, _same_object)
         return value
 
     def _guard(self, path: Path, make_check: Callable) -> None:

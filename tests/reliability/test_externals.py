@@ -315,3 +315,44 @@ def test_large_index_arrays_changed_in_place_are_seen():
     assert f(X) == 70000.0
     mod.IDX[:] = 2
     assert f(X) == 210000.0
+
+
+def test_a_rebound_ufunc_builtin_or_library_function_retraces():
+    # (a reviewer: an activation held in a global or attribute was frozen at its first value)
+    mod = _module("import numpy as np\nimport scipy.special as ss\nact = np.tanh\nmag = abs\n"
+                  "def f(x):\n    return np.sum(act(x)) + np.sum(mag(x))\n")
+    f = dp.differentiable(mod.f)
+    assert f(X) == mod.f(X)
+    for act, mag in [(np.sin, abs), (np.sin, np.negative), (mod.ss.expit, np.negative)]:
+        mod.act, mod.mag = act, mag
+        assert f(X) == mod.f(X), (act, mag)
+
+    class Layer:
+        def __init__(self):
+            self.act = np.tanh
+
+        def __call__(self, x):
+            return np.sum(self.act(x))
+
+    layer = Layer()
+    g = dp.differentiable(lambda x: layer(x))
+    assert g(X) == layer(X)
+    layer.act = np.sin
+    assert g(X) == layer(X)
+
+
+def test_static_and_global_sets_compare_members_by_type_and_bits():
+    # {2}, {2.0} and {True} are equal Python sets, but 2 and 2.0 give different NumPy dtypes
+    h = dp.differentiable(lambda x, s: x * max(s), static_argnums=(1,))
+    x = np.array([100], np.int8)
+    for s in (frozenset({2}), frozenset({2.0}), frozenset({True}), frozenset({2})):
+        out = h(x, s)
+        assert out.dtype == (x * max(s)).dtype and np.array_equal(out, x * max(s)), s
+    mod = _module("import numpy as np\nS = frozenset({2})\nT = {1, 2}\n"
+                  "def f(x):\n    return x * max(S) * len(T)\n")
+    f = dp.differentiable(mod.f)
+    assert np.array_equal(f(x), mod.f(x))
+    mod.S = frozenset({2.0})
+    assert f(x).dtype == np.float64 and np.array_equal(f(x), mod.f(x))
+    mod.T.add(3)  # a set changed in place
+    assert np.array_equal(f(x), mod.f(x))
