@@ -333,6 +333,7 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
     run: list[int] = []
     shape = None
     kind = None  # the run's sums' kind (sum_kind): one pairwise tree, so one kind per run
+    summed: set = set()  # ids of the run's full sums: known only once the whole run is done
 
     def close():
         nonlocal run, shape, kind
@@ -344,6 +345,7 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
         else:
             segments.extend([i] for i in run)
         run, shape, kind = [], None, None
+        summed.clear()
 
     for idx, eqn in enumerate(graph.eqns):
         out_shape = eqn.outputs[0].aval.shape if eqn.outputs else None
@@ -351,8 +353,9 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
             else out_shape
         big = threshold > 0 and candidate is not None and math.prod(candidate) >= threshold
         if big and (_elementwise_in_block(eqn, candidate) or _full_sum(eqn, candidate)):
-            if shape is not None and candidate != shape:
-                close()
+            if shape is not None and candidate != shape or \
+                    summed and any(id(a) in summed for a in eqn.inputs):
+                close()  # (a run's sum is read after the run: exp(a) / np.sum(a))
             is_sum = _full_sum(eqn, candidate)
             if is_sum:
                 this_kind = sum_kind(eqn.inputs[0].aval.dtype)
@@ -362,6 +365,7 @@ def block_segments(graph, threshold: int) -> list[list[int]]:
                     segments.append([idx])
                     continue
                 kind = this_kind
+                summed.add(id(eqn.outputs[0]))
             shape = candidate
             run.append(idx)
             continue
