@@ -148,7 +148,8 @@ class Primitive:
                  jvp=None, batch=None, julia=None, numpy=None, ufunc=None, ufunc_call=None,
                  operator=None, c=None, cases=(), differentiable=True, elementwise=False,
                  multiple_results=False, identity=None, commutative=False, effectful=False,
-                 negation=False, absorb_negation=None, register=True, complex=False):
+                 negation=False, absorb_negation=None, register=True, complex=False,
+                 missing_cotangents=False):
         self.name = name
         self.ufunc = ufunc
         self.ufunc_call = ufunc_call
@@ -167,6 +168,10 @@ class Primitive:
         self.complex = complex
         self.elementwise = elementwise
         self.multiple_results = multiple_results
+        #: (multiple results) its VJP takes None for a result without a cotangent, not
+        #: zeros: a derivative of eigenvectors at repeated eigenvalues is 0 * inf = NaN
+        #: even when only the eigenvalues are used
+        self.missing_cotangents = missing_cotangents
         #: {operand position: neutral constant}: bind drops the equation when that operand
         #: is the neutral constant and the result equals the other operand (x * 1, x + 0)
         self.identity = identity or {}

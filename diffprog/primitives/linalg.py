@@ -509,7 +509,8 @@ slogdet = Primitive(
     "slogdet", "tuple(xp.linalg.slogdet({0}))", _slogdet_shape, vjp=_slogdet_vjp,
     numpy={np.linalg.slogdet: lambda a: tuple(slogdet(a))},
     jvp=_slogdet_jvp, julia=_single_matrix_julia("DiffProg.npslogdet({0})"),
-    multiple_results=True, cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))],
+    multiple_results=True, missing_cotangents=True,
+    cases=[Case(_well_conditioned(3, 3)), Case(_well_conditioned(2, 3, 3))],
     batch=batch_stacked(lambda: slogdet), complex=True)
 
 
@@ -712,7 +713,8 @@ def _eigh_vjp(gs, a, *, out):
 # not bound to np.linalg.eigh: NumPy leaves the eigenvectors' signs to LAPACK
 eigh = Primitive(
     "eigh", _eigh_impl, _eigh_shape, vjp=_real_rule_or_transposed(_eigh_vjp, _eigh_jvp),
-    jvp=_eigh_jvp, multiple_results=True, julia=_single_matrix_julia("DiffProg.npeigh({0})"),
+    jvp=_eigh_jvp, multiple_results=True, missing_cotangents=True,
+    julia=_single_matrix_julia("DiffProg.npeigh({0})"),
     cases=[Case(normal(3, 3)), Case(normal(2, 3, 3))], batch=batch_stacked(lambda: eigh),
     complex=True)
 
@@ -834,7 +836,8 @@ def _eigh_call(a, UPLO="L"):  # noqa: N803 (NumPy's keyword)
 eigh_lapack = Primitive(
     "eigh_lapack", _eigh_lapack_impl, lambda a, *, uplo: _eigh_shape(a),
     vjp=_real_rule_or_transposed(_eigh_lapack_vjp, _eigh_lapack_jvp),
-    jvp=_eigh_lapack_jvp, multiple_results=True, batch=batch_stacked(lambda: eigh_lapack),
+    jvp=_eigh_lapack_jvp, multiple_results=True, missing_cotangents=True,
+    batch=batch_stacked(lambda: eigh_lapack),
     julia=Unsupported(f"np.linalg.eigh: {_LAPACK_SIGNS}"), numpy={np.linalg.eigh: _eigh_call},
     cases=[Case(normal(3, 3), {"uplo": "L"}), Case(normal(2, 4, 4), {"uplo": "L"}),
            Case(normal(4, 4), {"uplo": "U"}), Case(normal(4, 4), {"uplo": "L"}, wrap=_spd)],
@@ -961,7 +964,7 @@ def _tall_wide_and_stacked(*shapes):
 
 
 svd = Primitive(
-    "svd", _svd_impl, _svd_shape, vjp=_svd_vjp, jvp=_svd_jvp, multiple_results=True,
+    "svd", _svd_impl, _svd_shape, vjp=_svd_vjp, jvp=_svd_jvp, multiple_results=True, missing_cotangents=True,
     numpy={np.linalg.svd: lambda *args, **kwargs: _svd_call(*args, **kwargs)},
     batch=batch_stacked(lambda: svd), julia=Unsupported(f"np.linalg.svd: {_LAPACK_SIGNS}"),
     cases=[Case(normal(4, 3), {"full_matrices": False}), Case(normal(3, 5), {"full_matrices": False}),
@@ -1160,7 +1163,7 @@ def _qr_call(a, mode="reduced"):
 
 
 qr = Primitive(
-    "qr", _qr_impl, _qr_shape, vjp=_qr_vjp, jvp=_qr_jvp, multiple_results=True,
+    "qr", _qr_impl, _qr_shape, vjp=_qr_vjp, jvp=_qr_jvp, multiple_results=True, missing_cotangents=True,
     numpy={np.linalg.qr: _qr_call}, batch=batch_stacked(lambda: qr),
     julia=Unsupported(f"np.linalg.qr: {_LAPACK_SIGNS}"),
     cases=[Case(normal(4, 3), {"complete": False}), Case(normal(3, 3), {"complete": False}),
@@ -1237,7 +1240,8 @@ def _eig_call(a):
 
 eig = Primitive(
     "eig", _eig_impl, _eig_shape, jvp=_eig_jvp, vjp=vjp_by_transposing(_eig_jvp),
-    multiple_results=True, numpy={np.linalg.eig: _eig_call}, batch=batch_stacked(lambda: eig),
+    multiple_results=True, missing_cotangents=True, numpy={np.linalg.eig: _eig_call},
+    batch=batch_stacked(lambda: eig),
     julia=Unsupported("np.linalg.eig: the order of the eigenvalues and the phases of the "
                       "eigenvectors are LAPACK's choices on the row-major matrix, which the "
                       "julia engine (holding the transpose; Julia's eigen also sorts) cannot "

@@ -131,12 +131,16 @@ def vjp_by_transposing(jvp):
                 tangents[i] = trace.new_input(aval.__class__(aval.shape, aval.dtype))
             res = jvp(tangents, *xs, out=out, **params)
             res = list(res) if multiple else [res]
-            res = [r if r is not None else np.zeros(a.shape, a.dtype)
-                   for r, a in zip(res, out_avals)]
+            # only the results with a cotangent: the others' tangents (eigenvectors' at a
+            # repeated eigenvalue: inf) must not meet a zero seed (0 * inf = NaN)
+            wanted = [i for i, g in enumerate(gs) if g is not None] or list(range(len(res)))
+            res = [res[i] if res[i] is not None else np.zeros(out_avals[i].shape, out_avals[i].dtype)
+                   for i in wanted]
             graph = trace.to_graph(res)
         vg = vjp_graph(graph, list(range(len(floats))), seed="input")
         placeholders = [np.zeros(np.shape(xs[i]), np.result_type(xs[i])) for i in floats]
-        seeds = [g if g is not None else np.zeros(a.shape, a.dtype) for g, a in zip(gs, out_avals)]
+        seeds = [gs[i] if gs[i] is not None else np.zeros(out_avals[i].shape, out_avals[i].dtype)
+                 for i in wanted]
         flat = eval_graph(vg, placeholders + [o for o, _ in trace.captured] + seeds)
         grads = flat[len(graph.outvars):]
         cts = [None] * len(xs)

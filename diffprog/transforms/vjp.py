@@ -131,8 +131,9 @@ def backward_pass(graph, env, tape, cts_out, wrt_vars, templates: Templates | No
         outs = [env[id(o)] for o in eqn.outputs]
         prim = eqn.prim
         if prim.multiple_results:
-            gs = [g if g is not None else np.zeros(o.aval.shape, o.aval.dtype)
-                  for g, o in zip(gs, eqn.outputs)]
+            if not prim.missing_cotangents:
+                gs = [g if g is not None else np.zeros(o.aval.shape, o.aval.dtype)
+                      for g, o in zip(gs, eqn.outputs)]
 
             def rule():
                 with derivative_rule():

@@ -311,3 +311,18 @@ def test_complex_eig_and_a_real_input_meeting_complex_vectors():
     check_grads(f, (a,), order=2)
     check_grads(_complex_projected(np.linalg.eig), (_crandn(np.random.default_rng(29), 3, 3),),
                 order=2)
+
+
+@pytest.mark.parametrize("fn, expected", [
+    (lambda a: np.sum(np.linalg.eigh(a)[0] ** 2), 2 * np.eye(3)),
+    (lambda a: np.sum(np.linalg.eigvalsh(a) ** 2), 2 * np.eye(3)),
+    (lambda a: np.sum(np.linalg.svd(a)[1]), np.eye(3)),
+    (lambda a: np.sum(np.linalg.svd(a, full_matrices=False)[1]), np.eye(3)),
+    (lambda a: np.sum(np.real(np.linalg.eig(a)[0])), np.eye(3)),
+    (lambda a: np.linalg.slogdet(a)[1], np.eye(3)),
+], ids=["eigh", "eigvalsh", "svd", "svd_reduced", "eig", "slogdet"])
+def test_unused_vectors_at_repeated_eigenvalues_give_no_nan(fn, expected):
+    # (a reviewer: the identity's eigenvalue gradient was all NaN: the unused eigenvectors'
+    # zero cotangent met 1 / (w_j - w_i) = inf. A result without a cotangent is now None.)
+    with np.errstate(all="raise"):
+        np.testing.assert_allclose(dp.grad(fn)(np.eye(3)), expected, atol=1e-12)
