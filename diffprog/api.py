@@ -33,7 +33,8 @@ from .display import Source
 from .randomness import RandomWatch
 from .ir import Aval, Graph, Lit, gc_paused
 from . import externals
-from .tracing import (_TRACE_STACK, Tracer, eval_graph, trace_function, trace_stack,
+from .tracing import (_TRACE_STACK, Tracer, eval_graph, refuse_array_subclass,
+                      trace_function, trace_stack,
                       tracing_active)
 from .transforms import jvp_graph, simplify, vjp_graph
 from .transforms.closed import bodies
@@ -72,31 +73,11 @@ def _static_key(leaf, where: Callable[[], str]):  # noqa: C901
     return (type(leaf), leaf)
 
 
-#: ndarray subclasses whose values and operations are those of a plain ndarray
-_PLAIN_SUBCLASSES = (np.memmap,)
-
-
 def _check_array_leaf(leaf, where: Callable[[], str]) -> None:
     """Refuse array inputs that diffprog would compute with as if they were something
     else: masked arrays (the mask would be ignored), np.matrix (``*`` is a matrix
     product there), other ndarray subclasses, and dtypes that are not numbers."""
-    if isinstance(leaf, np.ma.MaskedArray):
-        raise ArgumentError(
-            f"{where()} is a masked array (numpy.ma.MaskedArray). diffprog computes on plain "
-            f"arrays and would silently ignore its mask. Fix: pass x.filled(fill_value) (or "
-            f"np.ma.getdata(x)) and the mask as a separate boolean array, and use np.where(mask, "
-            f"..., ...) inside the function.")
-    if isinstance(leaf, np.matrix):
-        raise ArgumentError(
-            f"{where()} is an np.matrix, whose operators differ from arrays ('*' is a matrix "
-            f"product, results stay 2-d). diffprog computes with plain arrays and would give "
-            f"different numbers. Fix: pass np.asarray(x) and write '@' for matrix products.")
-    if isinstance(leaf, np.ndarray) and type(leaf) is not np.ndarray and \
-            not isinstance(leaf, _PLAIN_SUBCLASSES):
-        raise ArgumentError(
-            f"{where()} is a {type(leaf).__module__}.{type(leaf).__qualname__}, a subclass of "
-            f"np.ndarray whose own behaviour diffprog would not reproduce. Fix: pass "
-            f"np.asarray(x) if its values are all that matters.")
+    refuse_array_subclass(leaf, where)
     dtype = getattr(leaf, "dtype", None)
     try:
         kind = np.dtype(dtype).kind if dtype is not None else "f"
@@ -387,7 +368,12 @@ def _warn_per_call_once(fn, traced: Traced) -> None:
                "noise=rng.normal(size=n)))")
     else:
         what = (f"has effects a compiled program would not repeat ({'; '.join(traced.writes)})")
-        fix = "return new values instead of assigning globals or nonlocals"
+        assigns = any(" assigns " in w for w in traced.writes)
+        reads = any(" assigns " not in w for w in traced.writes)
+        fix = " and ".join(
+            ([] if not assigns else ["return new values instead of assigning globals or nonlocals"])
+            + ([] if not reads else ["read the clock, files or iterators outside the function "
+                                     "and pass what they give in as arguments"]))
     warnings.warn(
         f"{name} {what}, so diffprog traces {name} anew at every call: its effects happen "
         f"at every call, as in plain Python, but each call pays a trace and a compile. "

@@ -46,7 +46,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import numpy_standin
+from . import effects, numpy_standin
 from .ir import Aval, aval_of
 from .randomness import is_generator
 
@@ -286,6 +286,12 @@ class ExternalReads:
             if not isinstance(value, types.ModuleType):
                 self._guard(path, _same_object)  # a rebound name retraces
             return seen
+        effect = effects.standin(value)  # the clock, files, entropy: traced at every call
+        if effect is not value:
+            self._guard(path, _same_object)
+            return effect
+        if hasattr(type(value), "__next__") and hasattr(type(value), "__iter__"):
+            effects.iterator_read(self, path.where)
         if _is_static(value):
             self._guard(path, _same_value)
         elif type(value) is np.ndarray:
@@ -636,8 +642,8 @@ class _Globals(dict):
     def __init__(self, real: dict, reads: ExternalReads):
         super().__init__()
         self.real, self.reads = real, reads
-        if "__builtins__" in real:
-            dict.__setitem__(self, "__builtins__", real["__builtins__"])
+        if "__builtins__" in real:  # (open and input: see diffprog.effects)
+            dict.__setitem__(self, "__builtins__", effects.builtins_for(real["__builtins__"]))
         dict.__setitem__(self, "__name__", real.get("__name__"))
 
     def __missing__(self, name):

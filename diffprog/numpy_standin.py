@@ -36,6 +36,7 @@ import types
 
 import numpy as np
 
+from . import effects
 from .errors import ArgumentError, UnsupportedFunctionError
 from .object_arrays import holds_tracer, traced
 
@@ -200,6 +201,8 @@ def standin(value):
         return _R if value is np.r_ else _C
     if isinstance(value, _FUNCTION_TYPES) or type(value) is type(np.array) and \
             any(value is c for c in _CONSTRUCTORS):
+        if effects.is_impure(value):  # np.load, np.loadtxt...: read at every call
+            return effects.standin(value)
         module = getattr(value, "__module__", None) or ""
         if module == "numpy" or module.startswith("numpy."):
             return function(value)

@@ -86,7 +86,37 @@ class Trace:
             if x._trace is self:
                 return x._var
             return self.capture(x)._var
+        if isinstance(x, np.ndarray) and type(x) is not np.ndarray:
+            refuse_array_subclass(x, lambda: "a constant the function computes with")
+            x = np.asarray(x)  # (a memmap: its values, as a plain array)
         return Lit(x)
+
+
+#: ndarray subclasses whose values and operations are those of a plain ndarray
+_PLAIN_SUBCLASSES = (np.memmap,)
+
+
+def refuse_array_subclass(x, where: Callable[[], str]) -> None:
+    """Refuse an ndarray subclass diffprog would compute with as if it were a plain array:
+    a masked array (its mask would be ignored), np.matrix (``*`` is a matrix product
+    there), any other subclass whose own behaviour would be lost. ``where()`` names it."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise ArgumentError(
+            f"{where()} is a masked array (numpy.ma.MaskedArray). diffprog computes on plain "
+            f"arrays and would silently ignore its mask. Fix: pass x.filled(fill_value) (or "
+            f"np.ma.getdata(x)) and the mask as a separate boolean array, and use np.where(mask, "
+            f"..., ...) inside the function.")
+    if isinstance(x, np.matrix):
+        raise ArgumentError(
+            f"{where()} is an np.matrix, whose operators differ from arrays ('*' is a matrix "
+            f"product, results stay 2-d). diffprog computes with plain arrays and would give "
+            f"different numbers. Fix: pass np.asarray(x) and write '@' for matrix products.")
+    if isinstance(x, np.ndarray) and type(x) is not np.ndarray and \
+            not isinstance(x, _PLAIN_SUBCLASSES):
+        raise ArgumentError(
+            f"{where()} is a {type(x).__module__}.{type(x).__qualname__}, a subclass of "
+            f"np.ndarray whose own behaviour diffprog would not reproduce. Fix: pass "
+            f"np.asarray(x) if its values are all that matters.")
 
 
 #: called, without arguments, before each trace opens (diffprog.scipy_api: SciPy dispatch)
@@ -508,7 +538,16 @@ class Tracer:
         return method.__get__(self)
 
     def __hash__(self):
-        return id(self)
+        # NumPy: arrays are unhashable, scalars hash by value. A traced scalar's value may
+        # differ at the next call, so all hash alike: a set or dict then tells them apart
+        # by ==, whose truth value is guarded (or refused) like any other ``if``. (Hashing
+        # by id() deduplicated {a[0], a[1]} by object, not value: silently wrong.)
+        if self._var.aval.shape:
+            raise ArgumentError(
+                f"unhashable type: a traced array of shape {self._var.aval.shape} (NumPy "
+                f"arrays are unhashable too). Fix: use a tuple of its elements, or keep "
+                f"arrays out of sets and dict keys.")
+        return 0x5CA1A5
 
 
 #: diffprog.numpy_api once imported (it imports this module: imported on first use; a

@@ -187,3 +187,21 @@ def test_float_subclass_arguments_are_the_number_they_hold():
         pass
     assert dp.grad(lambda a, x: np.sum(a * x))(Meters(2.0), np.ones(3)) == 3.0
     assert dp.differentiable(lambda a: a ** 2)(Meters(3.0)) == 9.0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.ma.masked_array([1.0, 2.0, 3.0], mask=[1, 0, 0]),
+    lambda: np.matrix([[1.0, 2.0, 3.0]]),
+], ids=["masked", "matrix"])
+def test_masked_arrays_and_matrices_met_as_constants_are_refused(make):
+    # (a reviewer: refused as arguments, but a closure's masked array lost its mask)
+    constant = make()
+    for fn in (lambda x: np.sum(x * constant), lambda x: np.sum(np.sin(x) * constant)):
+        with pytest.raises(dp.errors.ArgumentError, match="constant the function computes with"):
+            dp.grad(fn)(np.ones(3))
+
+
+def test_a_memmap_constant_computes_as_its_values(tmp_path):
+    mm = np.memmap(tmp_path / "w.dat", dtype=float, mode="w+", shape=(3,))
+    mm[:] = 2.0
+    assert list(dp.grad(lambda x: np.sum(x * mm))(np.ones(3))) == [2.0] * 3
