@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import inplace
 from .primitives import core, elementwise, linalg, reductions, shapes, special
 from .errors import ArgumentError, ShapeError
 from .tracing import IN_DERIVATIVE_RULE, Tracer, may_be_strided, unsupported
@@ -1870,3 +1871,4 @@ def _ufunc_methods() -> None:
 
 
 _ufunc_methods()
+TRACER_METHODS.update(inplace.METHODS)  # x.sort(), x.fill(v): change x (diffprog.inplace)

@@ -116,6 +116,9 @@ def holding(tracer: Tracer, dtype=None) -> np.ndarray:
         out = np.empty((), dtype=object)
         out[()] = tracer
         return out
+    # a snapshot: the array is NumPy's copy, which an in-place change of tracer later
+    # (diffprog.inplace: the same object then stands for the new value) must not reach
+    tracer = Tracer(tracer._trace, tracer._var, tracer.val)
     source = _Source(tracer, user_frame_line())
     flat = np.empty(tracer.size, dtype=object)
     flat[:] = [Element(source, k) for k in range(tracer.size)]

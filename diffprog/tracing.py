@@ -21,7 +21,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ArgumentError, ConcretizationError, DiffprogError, UnsupportedFunctionError
+from . import inplace
+from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
+                     UnsupportedFunctionError)
+from .inplace import VIEW_ENTRIES
 from .ir import Aval, Eqn, Graph, Lit, Var, aval_of
 from .tree import flatten
 
@@ -174,7 +177,12 @@ def bind(prim, *args, **params):
                 value = _evaluate(prim, concrete_in, params)
         outvar = Var(out_avals)
         trace.eqns.append(Eqn(prim, atoms, [outvar], params))
-        return Tracer(trace, outvar, value)
+        out = Tracer(trace, outvar, value)
+        if prim.name in VIEW_ENTRIES and out_avals.shape and isinstance(args[0], Tracer) \
+                and args[0]._trace is trace:  # NumPy's result shares its memory
+            inplace.note_view(out, args[0], prim, params,
+                              prim.name == "reshape" and may_be_strided(args[0]))
+        return out
     out_avals = list(out_avals)
     values = [None] * len(out_avals)
     if trace.concrete:
@@ -421,13 +429,16 @@ class Tracer:
     """An array-like stand-in recorded into a Trace. Behaves like an ndarray."""
 
     # Underscored: ``x.trace()`` and ``x.var()`` are NumPy methods users call.
-    __slots__ = ("_trace", "_var", "val")
+    # _view: (base, entry, params, ambiguous) when NumPy's array is a view of base's;
+    # _views: weak references to the views made of this one (diffprog.inplace)
+    __slots__ = ("_trace", "_var", "val", "_view", "_views", "__weakref__")
     __array_priority__ = 1000  # ndarray (op) Tracer defers to the Tracer
 
     def __init__(self, trace: Trace, var: Var, val: Any = None):
         self._trace = trace
         self._var = var
         self.val = val
+        self._view = self._views = None
 
     # ---- abstract properties
     @property
@@ -473,6 +484,7 @@ class Tracer:
         # np.array([x, y]), np.asarray(x), np.r_[...]: NumPy does not dispatch these, so
         # the answer is an array of Python objects holding the traced values, made one
         # traced array again where it meets diffprog (see diffprog.object_arrays)
+        _refuse_store_into_plain_array(sys._getframe(1))
         from .object_arrays import holding
         return holding(self, dtype)
 
@@ -480,6 +492,7 @@ class Tracer:
         return self._concrete_guard("bool", bool)
 
     def __float__(self):
+        _refuse_store_into_plain_array(sys._getframe(1))
         return self._concrete_guard("float", float)
 
     def __int__(self):
@@ -526,10 +539,7 @@ class Tracer:
         return (_FRONT_END or _front_end()).getitem(self, index)
 
     def __setitem__(self, index, value):
-        raise ArgumentError(
-            "item assignment (x[i] = v) on a traced array mutates it, which cannot be "
-            "differentiated. Fix: build the result functionally, e.g. np.where(mask, v, x), "
-            "np.concatenate([...]) or np.stack([...]).")
+        inplace.set_item_in_place(self, index, value)  # NumPy's semantics, functionally
 
     def __getattr__(self, name):
         method = (_FRONT_END or _front_end()).TRACER_METHODS.get(name)
@@ -548,6 +558,25 @@ class Tracer:
                 f"arrays are unhashable too). Fix: use a tuple of its elements, or keep "
                 f"arrays out of sets and dict keys.")
         return 0x5CA1A5
+
+
+def _refuse_store_into_plain_array(frame) -> None:
+    """``y[i] = v`` with ``y`` a plain array: NumPy asks for ``v``'s number (or array).
+    Refused with a ValueError NumPy passes on (it turns a TypeError from ``float()`` into
+    "setting an array element with a sequence")."""
+    if inplace.storing_into_plain_array(frame):
+        error = ArgumentValueError(
+            f"y[...] = v writes a traced value into a plain NumPy array y (one made inside the "
+            f"function: np.zeros(n), np.zeros_like(x)) at {user_frame_line()}: NumPy would "
+            f"store its number and drop what it depends on. Fix: collect the values and build "
+            f"the array from them (y = np.stack([...]) or np.array([v0, v1, ...])), or start "
+            f"from a traced array (y = x.copy() or y = x * 0.0, then y[i] = v).")
+        _STORE_ERROR.set(error)  # (the trace raises it if NumPy's ValueError comes out)
+        raise error
+
+
+#: the error of a traced value stored into a plain array, which NumPy may replace by its own
+_STORE_ERROR: contextvars.ContextVar = contextvars.ContextVar("diffprog_store_error", default=None)
 
 
 #: diffprog.numpy_api once imported (it imports this module: imported on first use; a
@@ -574,14 +603,23 @@ def _install_operators() -> None:
         "matmul": np.matmul, "and": np.bitwise_and, "or": np.bitwise_or,
         "xor": np.bitwise_xor,  # as for NumPy arrays: bitwise (logical on booleans)
     }
+    symbols = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//",
+               "mod": "%", "pow": "**", "matmul": "@", "and": "&", "or": "|", "xor": "^"}
     for name, uf in binary.items():
         def fwd(self, other, uf=uf):
             return uf(self, other)
 
         def rev(self, other, uf=uf):
             return uf(other, self)
+
+        def in_place(self, other, uf=uf, symbol=symbols[name]):
+            result = uf(self, other)
+            if self._var.aval.shape == ():  # NumPy scalars are immutable: a new value
+                return result
+            return inplace.operator_in_place(self, result, symbol)
         setattr(Tracer, f"__{name}__", fwd)
         setattr(Tracer, f"__r{name}__", rev)
+        setattr(Tracer, f"__i{name}__", in_place)
     compare = {"lt": np.less, "le": np.less_equal, "gt": np.greater,
                "ge": np.greater_equal, "eq": np.equal, "ne": np.not_equal}
     for name, uf in compare.items():
@@ -592,7 +630,7 @@ def _install_operators() -> None:
     Tracer.__invert__ = lambda self: np.invert(self)
 
 
-_install_operators()
+_install_operators()  # (inplace.measure runs at the first in-place change)
 
 
 def trace_function(fn: Callable, flat_values: list, build_args: Callable, concrete: bool = True,
@@ -611,7 +649,15 @@ def trace_function(fn: Callable, flat_values: list, build_args: Callable, concre
             tracers.append(trace.new_input(aval, val if concrete else None))
         if prepare is not None:
             fn = prepare(trace, fn)
-        out = fn(*build_args(tracers))
+        _STORE_ERROR.set(None)
+        try:
+            out = fn(*build_args(tracers))
+        except ValueError as e:  # NumPy replaces the error float() raised: raise ours
+            pending = _STORE_ERROR.get()
+            if pending is not None:
+                _STORE_ERROR.set(None)
+                raise pending from e
+            raise
         flat_out, out_tree = flatten(out)
         graph = trace.to_graph(flat_out)
     return graph, out_tree, trace

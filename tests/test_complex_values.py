@@ -83,6 +83,13 @@ def _r(key, fn, *inputs, **kw):
     return Recipe(key, fn, inputs, **kw)
 
 
+def _in_place(z, change):
+    """``change`` (an in-place method) applied to a copy of ``z``, which is returned."""
+    y = z.copy()
+    change(y)
+    return y
+
+
 def _m(method, fn, *inputs, **kw):
     kw.setdefault("name", f".{method}")
     return Recipe(f"method:{method}", fn, inputs, **kw)
@@ -314,7 +321,8 @@ RECIPES += [
     _m("argmax", lambda z: z.argmax(axis=0), Z), _m("argmin", lambda z: z.argmin(), Z),
     _m("argsort", lambda z: z.argsort(axis=0), Z),
     _m("argpartition", lambda z: z.argpartition(1, axis=1), Z),
-    _m("sort", lambda z: np.sort(z, axis=0), Z),  # ndarray.sort sorts in place
+    _m("sort", lambda z: _in_place(z, lambda y: y.sort(axis=0)), Z),  # sorts y itself
+    _m("fill", lambda z: _in_place(z, lambda y: y.fill(0.5 - 2j)), Z),
     _m("cumsum", lambda z: z.cumsum(axis=0), Z), _m("cumprod", lambda z: z.cumprod(axis=1), Z),
     _m("clip", lambda z: z.clip(-0.5 + 0j, 0.5 + 0j), Z),
     _m("round", lambda z: (z * 3.7).round(1), Z),

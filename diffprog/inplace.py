@@ -1,0 +1,239 @@
+"""In-place changes of traced arrays: ``x += v``, ``x[i] = v``, ``x[1:] *= 3``,
+``x.sort()``, ``x.fill(v)``.
+
+NumPy changes the array itself: every name and container holding it, and every view of
+its memory, sees the change. diffprog computes the new value functionally (``x[i] = v``
+is ``np.where(mask, v placed, x)``, the placing and casting NumPy's own) and then makes
+the traced array *stand for* that value (:func:`replaced`: the same Python object, so
+``y = x; y += 1`` changes what ``x`` stands for too). Views are followed both ways: a
+traced array made by basic slicing, transposing or reshaping (:data:`VIEW_ENTRIES`)
+remembers its base; a change of the base recomputes its live views from the new base,
+and a change of a view is written back into its base (a slice placed back with the same
+index, a transpose transposed back, a reshape reshaped back), whose views are then
+recomputed, the changed one among them.
+
+Refused (an :class:`~diffprog.errors.ArgumentError` naming the fix), never silently
+different: changing an array the function was given (an argument, a global or attribute
+it reads: NumPy would change the caller's array, and diffprog never changes what it is
+given); changing a broadcast (read-only in NumPy too), a ``.real``/``.imag`` view, or a
+reshape of an array that may be strided (NumPy may have copied it or not).
+
+0-d values are NumPy scalars (``a[0]``, ``np.sum(a)``), which are immutable: ``s += 1``
+rebinds ``s`` in NumPy too. Otherwise a result keeps the array's shape and dtype, as
+NumPy's ``out=`` does: cast with ``same_kind`` for operators (``x_f32 += y_f64`` stays
+float32; ``x_int += 0.5`` is NumPy's casting error), unsafely for item assignment
+(``x_int[0] = 2.7`` stores 2).
+"""
+from __future__ import annotations
+
+import os
+import weakref
+
+import numpy as np
+
+from .errors import ArgumentError, ShapeError
+
+#: entries whose result shares its operand's memory in NumPy (a view)
+VIEW_ENTRIES = frozenset({"reshape", "transpose", "slice", "broadcast_to", "real", "imag"})
+#: views whose change is written back into their base (the others are refused)
+_WRITABLE = frozenset({"reshape", "transpose", "slice"})
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def note_view(out, base, prim, params, strided: bool) -> None:
+    """``out`` (a new Tracer) is ``prim(base, **params)``, a view of ``base`` in NumPy;
+    ``strided``: base may be strided, so a reshape of it may be a copy."""
+    out._view = (base, prim, params, strided and prim.name == "reshape")
+    views = base._views
+    if views is None:
+        views = base._views = []
+    elif len(views) > 64:  # (drop the dead ones now and then)
+        views[:] = [r for r in views if r() is not None]
+    views.append(weakref.ref(out))
+
+
+def change(x, new, what: str) -> None:
+    """``x`` (a Tracer) stands for ``new`` from now on, and so does everything sharing its
+    memory (see the module doc); ``what`` names the change in errors."""
+    _refuse_given(x, what)
+    view = x._view
+    if view is None:
+        replaced(x, new)
+        _refresh_views(x, what)
+        return
+    base, prim, params, ambiguous = view
+    if prim.name not in _WRITABLE or ambiguous:
+        raise ArgumentError(_view_refusal(what, prim.name, ambiguous))
+    change(base, _written_back(base, prim, params, new), what)  # (x is among base's views)
+
+
+def replaced(x, new) -> None:
+    """``x`` stands for ``new``'s value from now on (the same Python object)."""
+    x._var, x.val = new._var, new.val
+
+
+def _refresh_views(x, what: str) -> None:
+    """Recompute the live views of ``x`` (just changed) from its new value."""
+    views = x._views
+    if not views:
+        return
+    from .tracing import bind
+    for ref in list(views):
+        view = ref()
+        if view is None or view._view is None or view._view[0] is not x:
+            continue
+        _, prim, params, ambiguous = view._view
+        if ambiguous:
+            raise ArgumentError(_view_refusal(what, prim.name, ambiguous))
+        replaced(view, bind(prim, x, **params))
+        _refresh_views(view, what)
+
+
+def _written_back(base, prim, params, new):
+    """``base`` after its view ``prim(base, **params)`` became ``new``."""
+    from . import numpy_api as npa
+    if prim.name == "slice":
+        return set_items(base, params["index"], new)
+    if prim.name == "transpose":
+        return npa.transpose(new, tuple(np.argsort(params["axes"])))
+    return npa.reshape(new, base._var.aval.shape)
+
+
+def _view_refusal(what: str, name: str, ambiguous: bool) -> str:
+    if name == "broadcast_to":
+        why = "a broadcast view is read-only in NumPy too"
+    elif ambiguous:
+        why = ("it is a reshape of an array that may be strided, which NumPy may have "
+               "copied or not")
+    else:
+        why = "it is the .real or .imag view of a complex array"
+    return (f"{what} changes a view in place, but {why}. Fix: change a copy "
+            f"(v = v.copy() first), or compute the new array (np.where(mask, new, x)).")
+
+
+def _refuse_given(x, what: str) -> None:
+    """An array the function was given, or one of an enclosing trace, stays as it is."""
+    from .tracing import trace_stack
+    trace, stack = x._trace, trace_stack()
+    given = not stack or trace is not stack[-1] or any(v is x._var for v in trace.invars) \
+        or any(v is x._var for _, v in trace.captured)
+    if given:
+        raise ArgumentError(
+            f"{what} changes an array the function was given (an argument, or a global or "
+            f"attribute it reads) in place: NumPy would change the caller's array too, and "
+            f"diffprog never changes what it is given. Fix: work on a new array "
+            f"(x = x + 1 instead of x += 1; x = x.copy() first for item assignment).")
+
+
+# ------------------------------------------------------------------ the entry points
+
+def operator_in_place(x, result, symbol: str):
+    """``x <symbol>= ...`` (``result``: ``x <symbol> ...``): ``x`` changed, returned."""
+    from .numpy_api import astype
+    from .tracing import Tracer
+    if not isinstance(result, Tracer):
+        result = _as_traced(x, result)
+    aval, new = x._var.aval, result._var.aval
+    if new.shape != aval.shape:
+        raise ShapeError(
+            f"x {symbol}= ...: non-broadcastable output operand with shape {aval.shape} "
+            f"doesn't match the broadcast shape {new.shape} (as NumPy). Fix: write "
+            f"x = x {symbol} ... for a new array of the larger shape.")
+    if new.dtype != aval.dtype:
+        if not np.can_cast(new.dtype, aval.dtype, casting="same_kind"):
+            raise ArgumentError(
+                f"x {symbol}= ...: cannot cast the result from {new.dtype} to x's dtype "
+                f"{aval.dtype} with casting rule 'same_kind' (NumPy raises this too). Fix: "
+                f"x = x {symbol} ... for a new array, or convert x first (x.astype(float)).")
+        result = astype(result, aval.dtype)
+    change(x, result, f"x {symbol}= ...")
+    return x
+
+
+def _as_traced(x, value):
+    """A constant result (nothing traced in it) as a traced value of ``x``'s trace."""
+    return np.where(True, value, x)
+
+
+def set_items(x, index, value):
+    """``x`` with ``x[index] = value`` done as NumPy does it, as a new traced value: the
+    selection, broadcasting, casting and (for repeated index entries) last-write-wins
+    order are NumPy's own, computed on an array of positions; the values are gathered
+    from ``value`` (bit for bit) and placed with ``np.where``."""
+    from . import numpy_api as npa
+    from .tracing import Tracer
+    if _has_tracer(index):
+        raise ArgumentError(
+            "x[i] = v with a traced index i: where the value lands would depend on data. "
+            "Fix: np.where(np.arange(n) == i, v, x) (or index with a constant).")
+    shape, dtype = x._var.aval.shape, x._var.aval.dtype
+    positions = np.full(shape, -1, dtype=np.intp)
+    target = positions[index]  # IndexError as NumPy's
+    count = int(np.size(target))
+    positions[index] = np.arange(count, dtype=np.intp).reshape(np.shape(target))
+    mask = positions >= 0
+    if count == 0:
+        return x
+    value_shape = tuple(value._var.aval.shape) if isinstance(value, Tracer) else np.shape(value)
+    while len(value_shape) > np.ndim(target) and value_shape[0] == 1:  # NumPy drops them
+        value = npa.reshape(value, value_shape[1:])
+        value_shape = value_shape[1:]
+    try:
+        np.broadcast_shapes(value_shape, np.shape(target))
+    except ValueError:
+        raise ShapeError(
+            f"x[...] = v: could not broadcast input array from shape {value_shape} into shape "
+            f"{np.shape(target)} (as NumPy). Fix: give v the shape of the selection.") from None
+    flat = npa.reshape(np.broadcast_to(value, np.shape(target)), (count,))
+    if npa.dtype_of(flat) != dtype:
+        flat = npa.astype(flat, dtype, casting="unsafe")
+    placed = flat[np.where(mask, positions, 0)]
+    return np.where(mask, placed, x)
+
+
+def set_item_in_place(x, index, value) -> None:
+    """``x[index] = value``."""
+    change(x, set_items(x, index, value), "x[...] = v")
+
+
+def _has_tracer(index) -> bool:
+    from .tracing import Tracer
+    items = index if isinstance(index, tuple) else (index,)
+    for item in items:
+        if isinstance(item, Tracer):
+            return True
+        if isinstance(item, (list, np.ndarray)):
+            values = np.asarray(item, dtype=object).ravel()
+            if any(isinstance(v, Tracer) for v in values):
+                return True
+    return False
+
+
+def storing_into_plain_array(frame) -> bool:
+    """Is ``frame`` (user code) at ``y[index] = value``? (NumPy converting a traced value
+    to store it into a plain array ``y`` asks for its number or its array.)"""
+    if frame is None or frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        return False  # (diffprog's own stores: object arrays holding traced values)
+    import dis
+    code, lasti = frame.f_code, frame.f_lasti
+    try:
+        return dis.opname[code.co_code[lasti]] == "STORE_SUBSCR"
+    except IndexError:
+        return False
+
+
+# ------------------------------------------------------------------ methods that change x
+
+def _sort(self, axis=-1, kind=None, order=None, **stable):
+    """``x.sort()``: sorts x itself and returns None, as NumPy's (np.sort makes a copy)."""
+    change(self, np.sort(self, axis=axis, kind=kind, order=order, **stable), "x.sort()")
+
+
+def _fill(self, value):
+    """``x.fill(v)``: every element of x set to v (cast to x's dtype), returning None."""
+    change(self, set_items(self, Ellipsis, value), "x.fill(v)")
+
+
+#: the traced array's methods that change it (diffprog.numpy_api adds them)
+METHODS = {"sort": _sort, "fill": _fill}

@@ -1,0 +1,210 @@
+"""In-place changes of traced arrays (diffprog/inplace.py): done functionally where nothing
+else sees the array, refused where NumPy's change would show through another name, a view
+or the caller's array (a reviewer found y = x; y += 1 and x.sort() silently lost)."""
+import numpy as np
+import pytest
+
+import diffprog as dp
+from diffprog.errors import ArgumentError, ArgumentValueError, ShapeError
+
+from .helpers import numeric_grad
+
+X = np.array([3.0, 1.0, 2.0, 5.0])
+
+
+def _same_as_numpy(fn, x=X):
+    got, want = dp.differentiable(fn)(x.copy()), fn(x.copy())
+    assert np.result_type(got) == np.result_type(want) and np.array_equal(got, want)
+    loss = lambda x: np.sum(np.sin(fn(x)))  # noqa: E731
+    np.testing.assert_allclose(dp.grad(loss)(x.copy()), numeric_grad(loss, (x.copy(),), 0),
+                               rtol=1e-6, atol=1e-8)
+
+
+def _refused(fn, match, error=ArgumentError, x=X):
+    with pytest.raises(error, match=match):
+        dp.differentiable(fn)(x.copy())
+    with pytest.raises(error, match=match):
+        dp.grad(lambda x: np.sum(fn(x)))(x.copy())
+
+
+def test_operators_on_an_array_the_function_made_are_numpys():
+    def f(x):
+        y = x * 2.0
+        y += 1.0
+        y *= x
+        y **= 2
+        return y
+    _same_as_numpy(f)
+
+
+def test_item_assignment_slices_and_augmented_items():
+    def f(x):
+        y = x * 1.0
+        y[0] = 5.0
+        y[1:] *= 3.0
+        y[:2] += x[2:]
+        y[[0, 0]] = x[1:3]  # repeated index: the last write wins, as NumPy
+        for i in range(1, 4):
+            y[i] += y[i - 1]
+        return y
+    _same_as_numpy(f)
+
+    def g(x):
+        a = np.outer(x, x) * 1.0
+        a[0] += 1.0
+        a[:, 1] *= x
+        a[2, 2] = -0.0  # the value's bits, signed zero too
+        a[np.array([True, False, True, False])] = x
+        return a
+    _same_as_numpy(g)
+
+
+def test_results_keep_the_arrays_dtype_as_numpys_out_does():
+    def f(x):
+        y = (x * 1.0).astype(np.float32)
+        y += x  # float64 result stored as float32
+        z = (x * 2.0).astype(np.int64)
+        z[0] = 2.7  # item assignment casts unsafely: 2
+        return y, z
+    got, want = dp.differentiable(f)(X), f(X)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    _refused(lambda x: (x * 1.0).astype(np.int64).__iadd__(0.5), "same_kind")
+
+
+def test_in_place_methods_sort_and_fill():
+    def f(x):
+        y = x * 1.0
+        y.sort()
+        z = x * 1.0
+        z.fill(2.0)
+        return y * z
+    _same_as_numpy(f)
+
+
+def test_scalars_rebind_as_numpy_scalars_do():
+    def f(x):
+        s = x[0]
+        t = s
+        s += 1.0
+        return x * (t + s)
+    _same_as_numpy(f)
+
+
+def test_other_names_containers_and_views_see_the_change_as_in_numpy():
+    def alias(x):
+        y = x * 1.0
+        z = y
+        z += 1.0
+        return y * 2.0
+    _same_as_numpy(alias)
+
+    def container(x):
+        h = [x * 1.0]
+        y = h[0]
+        y *= 3.0
+        return h[0] + 0.0
+
+    _same_as_numpy(container)
+
+    def helper_changes_its_argument(x):
+        def normalise(v):
+            v /= np.sum(v)
+        y = x * 2.0
+        normalise(y)
+        return y
+    _same_as_numpy(helper_changes_its_argument)
+
+    def view_changed(x):
+        y = x * 1.0
+        v = y[1:]
+        v *= 3.0
+        t = y.reshape(2, 2).T
+        t[0] = 9.0
+        return y + v[0]
+    _same_as_numpy(view_changed)
+
+    def base_changed(x):
+        y = np.outer(x, x) * 1.0
+        row, col, flat = y[1], y[:, 2], y.reshape(-1)
+        y += 1.0
+        y[0, 0] = -1.0
+        return row * col[0] + flat[:4]
+    _same_as_numpy(base_changed)
+
+    def sort_a_view(x):
+        y = x * 1.0
+        y[1:].sort()
+        return y
+    _same_as_numpy(sort_a_view)
+
+
+def test_an_array_built_from_traced_values_keeps_its_copy():
+    def f(x):
+        y = x * 1.0
+        a = np.array([y, y * 2.0])  # NumPy copies y
+        y += 10.0
+        return a + y
+    _same_as_numpy(f)
+
+
+def test_views_numpy_keeps_read_only_or_may_copy_are_refused():
+    def broadcast(x):
+        b = np.broadcast_to(x * 1.0, (2, 4))
+        b += 1.0
+        return b
+    _refused(broadcast, "read-only")
+
+    def real_part(x):
+        z = (x * 1.0).astype(complex)
+        r = z.real
+        r += 1.0
+        return np.abs(z)
+    _refused(real_part, "real")
+
+
+def test_the_callers_arrays_are_never_changed():
+    _refused(lambda x: x.__iadd__(1.0), "was given")
+
+    def item(x):
+        x[0] = 1.0
+        return x
+    _refused(item, "was given")
+
+    def augmented_item(x):
+        x[1:] *= 3.0
+        return x
+    _refused(augmented_item, "was given")
+    w = np.ones(4)
+
+    def global_array(x):
+        v = w
+        v += x
+        return v
+    _refused(global_array, "was given")
+    assert np.array_equal(w, np.ones(4))
+
+
+def test_shapes_must_match_as_numpy_requires():
+    def f(x):
+        y = x * 1.0
+        y += np.ones((2, 4))
+        return y
+    _refused(f, "non-broadcastable", ShapeError)
+
+
+def test_a_traced_value_stored_into_a_plain_array_is_refused_with_the_fix():
+    def f(a):
+        out = np.zeros(3)
+        for i in range(3):
+            out[i] = a[i] ** 2
+        return out.sum()
+    with pytest.raises(ArgumentValueError, match="np.stack"):
+        dp.grad(f)(np.ones(4))
+
+    def row(a):
+        out = np.zeros((2, 4))
+        out[1] = a
+        return out.sum()
+    with pytest.raises(ArgumentValueError, match="plain NumPy array"):
+        dp.grad(row)(np.ones(4))
