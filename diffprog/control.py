@@ -318,8 +318,9 @@ def checkpoint(fn: Callable) -> Callable:
         if not any(isinstance(x, Tracer) for x in leaves) and not tracing_active():
             return fn(*args)
         leaves = [_as_leaf(x) for x in leaves]
-        graph, out_tree, captured = trace_user(lambda *a: fn(*a), tree, _avals(leaves),
-                                                "a dp.checkpoint block")
+        # fn itself (not a lambda of ours around it): trace_user reads what it reads
+        # (globals, cells, attributes) at every call, as the root function's own reads
+        graph, out_tree, captured = trace_user(fn, tree, _avals(leaves), "a dp.checkpoint block")
         res = bind_all(entries.remat, leaves + captured, body=Closed(graph))
         return unflatten(out_tree, res)
     wrapped.__wrapped__ = fn

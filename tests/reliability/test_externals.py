@@ -356,3 +356,30 @@ def test_static_and_global_sets_compare_members_by_type_and_bits():
     assert f(x).dtype == np.float64 and np.array_equal(f(x), mod.f(x))
     mod.T.add(3)  # a set changed in place
     assert np.array_equal(f(x), mod.f(x))
+
+
+def test_a_checkpointed_block_reads_its_globals_and_attributes_at_each_call():
+    # (a reviewer: dp.checkpoint traced the block through a lambda of its own, so what the
+    # block read was frozen at the first call)
+    mod = _module("import numpy as np\nimport diffprog as dp\nB = 2.0\nW = np.ones(3)\n"
+                  "blk = dp.checkpoint(lambda v: v * B * W)\n"
+                  "def f(x):\n    return np.sum(blk(x))\n")
+    f, g = dp.differentiable(mod.f), dp.grad(mod.f)
+    assert f(X) == 12.0 and list(g(X)) == [2.0] * 3
+    mod.B = 7.0
+    mod.W[:] = 3.0
+    assert f(X) == 126.0 and list(g(X)) == [21.0] * 3
+
+    class Layer:
+        def __init__(self):
+            self.w = np.ones(3)
+
+        def __call__(self, v):
+            return np.tanh(v * self.w)
+
+    layer = Layer()
+    block = dp.checkpoint(layer)
+    h = dp.grad(lambda x: np.sum(block(x)))
+    h(X)
+    layer.w = np.full(3, 2.0)
+    np.testing.assert_allclose(h(X), 2.0 * (1.0 - np.tanh(2.0 * X) ** 2))
