@@ -389,6 +389,9 @@ class _CustomFunction:
         except _UNTRACEABLE as e:
             self._rule_opaque = True
             raise self._not_transposable(e) from e
+        nonlinear = _nonlinear_use(graph, len(float_first))
+        if nonlinear is not None:
+            raise self._not_linear(nonlinear)
         from .transforms.vjp import vjp_graph
         vg = vjp_graph(graph, list(range(len(float_first))), seed="input")
         seeds = [c if c is not None else _zeros(a) for c, a in zip(cts, result_avals)]
@@ -398,6 +401,20 @@ class _CustomFunction:
         for i, g in zip(float_first, grads):
             out[i] = g
         return out
+
+    def _not_linear(self, entry: str):
+        other = "forward" if self.mode == "vjp" else "reverse"
+        first = "cotangent g" if self.mode == "vjp" else "tangents"
+        own = 'reverse mode (dp.grad, dp.jacobian(mode="rev"))' if self.mode == "vjp" else \
+            'forward mode (dp.jvp, dp.jacobian(mode="fwd"))'
+        fix = "define the forward rule with dp.custom_jvp" if self.mode == "vjp" else \
+            "define the reverse rule with dp.custom_vjp"
+        return NotDifferentiableError(
+            f"{other}-mode derivatives of {self.__name__} (a dp.{self.kind} function) would be "
+            f"its {self.mode} rule {self._rule_name()} transposed, which is exact only for a "
+            f"rule linear in its {first}; this one applies {entry!r} to them (gradient "
+            f"clipping, say), so the transpose would be silently wrong. Fix: use {own} only, "
+            f"or {fix}.")
 
     def _not_transposable(self, cause):
         other = "forward" if self.mode == "vjp" else "reverse"
@@ -450,6 +467,44 @@ class custom_vjp(_CustomFunction):
     def defvjp(self, rule: Callable) -> Callable:
         """Set the rule ``rule(g_out, *args[, out=...]) -> cotangent per argument``."""
         return self._set_rule(rule)
+
+
+#: entries linear in each operand when the others are held (a product: one factor may
+#: carry the tangent), and in all operands together (a sum); a rule's graph that applies
+#: anything else to its tangent/cotangent is not linear in it (_nonlinear_use)
+_LINEAR_IN_ONE = {"mul": None, "div": {0}, "matmul": None, "einsum": None, "solve": {1},
+                  "sparse_matmul": None, "where": {1, 2}, "gather": {0}, "scatter_add": {0},
+                  "pad": {0}}
+_LINEAR_JOINTLY = {"add", "sub", "neg", "concatenate", "pack_scalars", "complex", "reshape",
+                   "transpose", "slice", "broadcast_to", "reduce_sum", "cumsum", "real",
+                   "imag", "conj", "copy", "fftn", "ifftn", "rfftn", "irfftn",
+                   "stop_gradient"}
+
+
+def _nonlinear_use(graph, n_first: int) -> str | None:
+    """The first entry the graph applies non-linearly to its first ``n_first`` inputs
+    (what flows from them), or None when every use is linear."""
+    carried = {id(v) for v in graph.invars[:n_first]}
+    for eqn in graph.eqns:
+        hit = [i for i, a in enumerate(eqn.inputs) if id(a) in carried]
+        if not hit:
+            continue
+        name = eqn.prim.name
+        if name in _LINEAR_JOINTLY:
+            linear = True
+        elif name in _LINEAR_IN_ONE:
+            allowed = _LINEAR_IN_ONE[name]
+            linear = len(hit) == 1 and (allowed is None or hit[0] in allowed)
+        elif name == "convert":
+            linear = all(o.aval.dtype.kind in "fc" for o in eqn.outputs)
+        elif name == "integer_pow":
+            linear = eqn.params.get("n") == 1
+        else:
+            linear = False
+        if not linear:
+            return name
+        carried.update(id(o) for o in eqn.outputs)
+    return None
 
 
 class custom_jvp(_CustomFunction):

@@ -168,3 +168,38 @@ def test_check_grads_catches_a_wrong_rule():
     report = check_grads(square, (X,), raise_=False)
     assert not report.passed
     assert any("factor of 1/2" in line for r in report.failures for line in r.diagnosis)
+
+
+def test_forward_mode_of_a_rule_not_linear_in_its_cotangent_is_refused():
+    # (a reviewer: gradient clipping's transpose gave jacobian(mode="fwd") = 5 * I where
+    # reverse mode gives I: silently wrong; JAX refuses forward mode of custom_vjp)
+    @dp.custom_vjp
+    def clip_gradient(x):
+        return x
+
+    @clip_gradient.defvjp
+    def _(g, x):
+        return np.clip(g, -1.0, 1.0)
+
+    f = lambda x: 5.0 * clip_gradient(x)  # noqa: E731
+    x = np.array([0.5, 2.0, -3.0])
+    np.testing.assert_array_equal(np.diag(dp.jacobian(f)(x)), [1.0, 1.0, 1.0])
+    with pytest.raises(dp.errors.NotDifferentiableError, match="linear in its cotangent"):
+        dp.jacobian(f, mode="fwd")(x)
+    with pytest.raises(dp.errors.NotDifferentiableError, match="linear"):
+        dp.jvp(f, (x,), (np.ones(3),))
+
+
+def test_forward_mode_of_a_linear_rule_is_its_transpose():
+    @dp.custom_vjp
+    def square(x):
+        return x ** 2
+
+    @square.defvjp
+    def _(g, x):
+        return 2.0 * x * g
+
+    x = np.array([0.5, 2.0, -3.0])
+    out, tangent = dp.jvp(lambda x: np.sum(square(x)), (x,), (np.ones(3),))
+    assert out == np.sum(x ** 2) and tangent == np.sum(2.0 * x)
+    np.testing.assert_allclose(dp.hessian(lambda x: np.sum(square(x)))(x), 2.0 * np.eye(3))
