@@ -188,6 +188,28 @@ def _same_object(expected):
     return lambda value: value is expected
 
 
+def _same_sparse(expected):
+    """The same scipy.sparse matrix, with the same arrays: a CSR/CSC matrix's own arrays are
+    the program's constants (their values changed in place are seen), so its data,
+    indices and indptr must still be those arrays (``S.data = new`` or ``S[i, j] = v``
+    makes new ones); other formats are converted when traced, so their entries are
+    compared (a COO matrix's ``C.data *= 2`` retraces)."""
+    shape, form = expected.shape, expected.format
+    if form in ("csr", "csc"):
+        data, indices, indptr = expected.data, expected.indices, expected.indptr
+        return lambda v: (v is expected and v.shape == shape and v.data is data
+                          and v.indices is indices and v.indptr is indptr)
+    coo = expected.tocoo(copy=True)
+    entries = (coo.row.copy(), coo.col.copy(), coo.data.copy())
+
+    def check(value):
+        if value is not expected or value.shape != shape or value.format != form:
+            return False
+        now = value.tocoo()
+        return all(np.array_equal(a, b) for a, b in zip((now.row, now.col, now.data), entries))
+    return check
+
+
 def _same_members(expected: set):
     """The same set object, holding the same members (by bits) as at the end of the trace:
     a set the caller changes in place (``S.add(3)``) retraces."""
@@ -315,6 +337,8 @@ class ExternalReads:
             return _ClassView(value, self, path, depth)
         elif type(value) is set:
             self._guard(path, _same_members)
+        elif type(value).__module__.startswith("scipy.sparse") and hasattr(value, "format"):
+            self._guard(path, _same_sparse)
         else:  # a NumPy ufunc, a builtin, a library's object or class: rebinding retraces
             self._guard(path, _same_object)
         return value

@@ -9,7 +9,9 @@ differentiable in ``x``, to any order, in every transform. The products run SciP
 sparse kernels (``cupyx.scipy.sparse`` on the CuPy engine). A CSR matrix is used as it
 is (its arrays are the program's constants: changing ``S.data`` in place between calls
 is seen); CSC is used as the CSR matrix of its transpose (no copy); other formats are
-converted when traced (a snapshot).
+converted when traced. A matrix read from outside the function (a global, an attribute)
+is guarded (diffprog.externals): rebinding it, giving it new arrays (``S.data = ...``,
+``S[i, j] = v``) or changing a converted format's entries traces again.
 
 Differentiating with respect to the nonzero values: :func:`with_data` gives the matrix
 with traced values in place of ``S.data``,
@@ -144,7 +146,7 @@ class TracedSparse:
 
     def toarray(self, order=None, out=None):
         n = self.shape[1]
-        return self._csr.matmul(np.eye(n, dtype=np.result_type(self.dtype, np.float64)))
+        return self._csr.matmul(np.eye(n, dtype=self.dtype))  # (its dtype, as SciPy's)
 
     todense = toarray
 

@@ -108,3 +108,35 @@ def test_traced_sparse_is_what_multiply_returns():
         return out @ X
     dp.differentiable(f)(X)
     assert seen == [TracedSparse]
+
+
+def test_a_global_sparse_matrix_rebound_or_changed_is_seen():
+    # (a reviewer: a rebound sparse global, a COO matrix changed in place and a CSR
+    # matrix given new arrays all kept their first values)
+    import types
+    import warnings
+    mod = types.ModuleType("user_code")
+    exec("import numpy as np\nimport scipy.sparse as sps\nS = sps.eye(3, format='csr')\n"
+         "C = sps.coo_matrix(np.eye(3))\ndef f(x):\n    return np.sum(S @ x) + np.sum(C @ x)\n",
+         mod.__dict__)
+    f, x = dp.differentiable(mod.f), np.ones(3)
+    assert f(x) == 6.0
+    mod.S = 2 * mod.sps.eye(3, format="csr")
+    assert f(x) == mod.f(x) == 9.0
+    mod.C.data *= 2
+    assert f(x) == mod.f(x) == 12.0
+    mod.S.data = mod.S.data * 3
+    assert f(x) == mod.f(x) == 24.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (SciPy: changing the sparsity structure)
+        mod.S[0, 1] = 5.0
+    assert f(x) == mod.f(x)
+
+
+@pytest.mark.parametrize("sparse_dtype", [np.float32, np.float64, bool, np.complex64])
+def test_elementwise_products_keep_scipys_dtype(sparse_dtype):
+    s = sp.csr_matrix(np.eye(2, dtype=sparse_dtype))
+    x = np.full(2, 1.5, np.float32)
+    want = s.multiply(x).toarray()
+    got = dp.differentiable(lambda x: s.multiply(x).toarray())(x)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
