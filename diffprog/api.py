@@ -151,6 +151,14 @@ def _has_dict(treedef: TreeDef) -> bool:
 
 
 def _static_positions(treedef: TreeDef, static_argnums) -> set:
+    n = len(treedef.children)
+    for i in static_argnums:
+        if not -n <= i < n:
+            raise ArgumentValueError(
+                f"static_argnums={tuple(static_argnums)!r} is out of range: the function was "
+                f"called with {n} positional argument(s). Fix: use positions between 0 and "
+                f"{n - 1}.")
+    static_argnums = {i % n for i in static_argnums}
     out, start = set(), 0
     for i, child in enumerate(treedef.children):
         n = child.num_leaves
@@ -807,6 +815,11 @@ class Transformed:
     def __init__(self, fn: Callable, engine: str | None = None, static_argnums: Sequence[int] = (),
                  fast_math: bool | None = None):
         fast_math = _check_fast_math(fast_math, "differentiable", allow_none=True)
+        if not callable(fn):
+            raise ArgumentError(
+                f"expected a function to transform, got {type(fn).__name__} {fn!r}. Fix: pass "
+                f"the function itself (dp.grad(f), not dp.grad(f(x))).")
+        static_argnums = _checked_positions(static_argnums, "static_argnums")
         if fast_math is None and isinstance(fn, Transformed):
             fast_math = fn.fast_math  # grad(grad(f)) of a fast-math f is fast math too
         base = fn
@@ -1103,9 +1116,22 @@ def differentiable(fn: Callable | None = None, *, engine: str | None = None,
 
 # ============================================================================ helpers
 
+def _checked_positions(positions, what: str) -> tuple:
+    """``argnums`` / ``static_argnums`` as a tuple of ints (one int allowed), or the error
+    naming what was given (a string "01" or a float 0.0 was read as positions before)."""
+    single = isinstance(positions, (int, np.integer)) and not isinstance(positions, bool)
+    items = (positions,) if single else positions
+    if isinstance(positions, (str, bytes)) or not isinstance(items, (tuple, list)) or any(
+            isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in items):
+        raise ArgumentValueError(
+            f"{what} must be an int or a tuple of ints (argument positions), got {positions!r}. "
+            f"Fix: e.g. {what}=0 or {what}=(0, 2).")
+    return tuple(int(a) for a in items)
+
+
 def _norm_argnums(argnums, n_args: int) -> tuple:
-    single = isinstance(argnums, (int, np.integer))
-    nums = (int(argnums),) if single else tuple(int(a) for a in argnums)
+    single = isinstance(argnums, (int, np.integer)) and not isinstance(argnums, bool)
+    nums = _checked_positions(argnums, "argnums")
     for a in nums:
         if not -n_args <= a < n_args:
             raise ArgumentValueError(
@@ -1298,6 +1324,7 @@ class _GradFunction(Transformed):
     def __init__(self, fn, argnums=0, has_aux=False, with_value=False, engine=None,
                  holomorphic=False):
         super().__init__(fn, engine)
+        _checked_positions(argnums, "argnums")
         self.argnums = argnums
         self.has_aux = has_aux
         self.holomorphic = bool(holomorphic)
@@ -1508,6 +1535,12 @@ def jvp(fn: Callable, primals: Sequence, tangents: Sequence):
     >>> dp.jvp(np.sin, (np.array([0.0, 1.0]),), (np.array([1.0, 1.0]),))  # doctest: +ELLIPSIS
     (array([0.        , 0.84147...]), array([1.        , 0.54030...]))
     """
+    for name, given in (("primals", primals), ("tangents", tangents)):
+        if not isinstance(given, (tuple, list)):
+            raise ArgumentError(
+                f"jvp: {name} must be a tuple with one entry per argument of the function "
+                f"(as jax.jvp), got {type(given).__name__}. Fix: dp.jvp(f, (x,), (t,)) for a "
+                f"function of one argument.")
     primals, tangents = tuple(primals), tuple(tangents)
     t = Transformed(fn)
     sig = t._signature(primals)

@@ -41,6 +41,13 @@ def _avals(values) -> list:
     return [strong(v.aval) if isinstance(v, Tracer) else aval_of(_as_leaf(v)) for v in values]
 
 
+def _callable(fn, where: str) -> None:
+    """Refuse a body that is not a function (dp.scan(3, ...) failed deep inside)."""
+    if not callable(fn):
+        raise ArgumentError(f"{where} must be a function, got {type(fn).__name__} {fn!r}. "
+                            f"Fix: pass the function itself (a def or a lambda).")
+
+
 def trace_user(fn: Callable, in_tree, in_avals: list, what: str):
     """Trace a user body on abstract inputs shaped ``in_avals`` (pytree ``in_tree``).
 
@@ -99,6 +106,7 @@ def scan(f: Callable, init, xs=None, length: int | None = None, reverse: bool = 
     >>> dp.grad(lambda x: np.sum(dp.scan(cumulative, 0.0, x)[1]))(np.ones(4))
     array([4., 3., 2., 1.])
     """
+    _callable(f, "dp.scan: f")
     x_leaves, x_tree = _flatten_opt(xs)
     x_leaves = [_as_leaf(x) for x in x_leaves]
     lengths = {np.shape(x)[0] if np.ndim(x) else None for x in x_leaves}
@@ -232,6 +240,7 @@ def fori_loop(lower: int, upper: int, body_fn: Callable, init_val, checkpoint: b
     >>> float(dp.grad(lambda x: dp.fori_loop(0, 3, lambda i, v: np.sin(v) + i, x))(0.5))  # doctest: +ELLIPSIS
     0.0851...
     """
+    _callable(body_fn, "dp.fori_loop: body_fn")
     lower, upper = int(lower), int(upper)
     idx = np.arange(lower, max(lower, upper))
     carry, _ = scan(lambda c, i: (body_fn(i, c), None), init_val, idx, checkpoint=checkpoint)
@@ -253,6 +262,8 @@ def cond(pred, true_fn: Callable, false_fn: Callable, *operands):
     >>> f(np.array([1.0, 2.0])), dp.grad(lambda x: np.sum(f(x)))(np.array([-1.0, -2.0]))
     (array([2., 4.]), array([-1., -1.]))
     """
+    _callable(true_fn, "dp.cond: true_fn")
+    _callable(false_fn, "dp.cond: false_fn")
     if not isinstance(pred, Tracer):
         return true_fn(*operands) if bool(pred) else false_fn(*operands)
     if pred.shape != ():
@@ -313,6 +324,7 @@ def checkpoint(fn: Callable) -> Callable:
     >>> dp.grad(lambda x: np.sum(block(x)))(np.zeros(2))
     array([2., 2.])
     """
+    _callable(fn, "dp.checkpoint: fn")
     def wrapped(*args):
         leaves, tree = flatten(tuple(args))
         if not any(isinstance(x, Tracer) for x in leaves) and not tracing_active():
@@ -350,6 +362,8 @@ def while_loop(cond_fn: Callable, body_fn: Callable, init_val, max_steps: int | 
     ...                                        lambda v: v * 2.0, x)))(np.array([1.0, 1.0]))
     array([8., 8.])
     """
+    _callable(cond_fn, "dp.while_loop: cond_fn")
+    _callable(body_fn, "dp.while_loop: body_fn")
     if max_steps is not None:
         return _bounded_while(cond_fn, body_fn, init_val, int(max_steps))
     leaves, tree = flatten(init_val)

@@ -464,9 +464,28 @@ class custom_vjp(_CustomFunction):
     kind = "custom_vjp"
     mode = "vjp"
 
-    def defvjp(self, rule: Callable) -> Callable:
-        """Set the rule ``rule(g_out, *args[, out=...]) -> cotangent per argument``."""
-        return self._set_rule(rule)
+    def defvjp(self, rule: Callable, bwd: Callable | None = None) -> Callable:
+        """Set the rule ``rule(g_out, *args[, out=...]) -> cotangent per argument``.
+
+        JAX's form ``defvjp(fwd, bwd)`` (``fwd(*args) -> (out, residuals)``,
+        ``bwd(residuals, g) -> tuple of cotangents``) is taken too: the rule is then
+        ``bwd(fwd(*args)[1], g)``, its forward pass traced again in the backward program
+        (the same equations: the compiler shares what both compute)."""
+        if bwd is None:
+            return self._set_rule(rule)
+        fwd = rule
+        if not callable(fwd) or not callable(bwd):
+            raise ArgumentError(f"{self.__name__}.defvjp(fwd, bwd) takes two functions; got "
+                                f"{type(fwd).__name__} and {type(bwd).__name__}")
+
+        def from_residuals(g, *args):
+            _, residuals = fwd(*args)
+            cotangents = bwd(residuals, g)
+            return cotangents[0] if isinstance(cotangents, tuple) and len(args) == 1 \
+                else cotangents
+        from_residuals.__name__ = f"{getattr(bwd, '__name__', 'bwd')} (with {getattr(fwd, '__name__', 'fwd')})"
+        self._set_rule(from_residuals)
+        return fwd
 
 
 #: entries linear in each operand when the others are held (a product: one factor may

@@ -85,6 +85,8 @@ class Trace:
         if type(x) in (list, tuple) or type(x) is np.ndarray and x.dtype.kind == "O":
             from .object_arrays import traced  # never a constant holding traced values
             x = traced(x)
+            if type(x) in (list, tuple):  # an array_like of numbers: NumPy's array of it
+                x = np.asarray(x)  # (derivative rules read its dtype and shape)
         if isinstance(x, Tracer):
             if x._trace is self:
                 return x._var
@@ -497,6 +499,13 @@ class Tracer:
 
     def __int__(self):
         return self._concrete_guard("int", int)
+
+    def __round__(self, ndigits=None):
+        # NumPy: round(array, n) and round(array) are np.round (traced); round(scalar) is
+        # a Python int (guarded like int(); its derivative is zero almost everywhere)
+        if ndigits is not None or self._var.aval.shape:
+            return np.round(self, 0 if ndigits is None else ndigits)
+        return self._concrete_guard("int", lambda v: round(float(v)))
 
     def __index__(self):
         return self._concrete_guard("index", int)

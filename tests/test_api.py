@@ -433,3 +433,38 @@ def test_grad_takes_one_element_outputs_as_autograd_does():
     np.testing.assert_allclose(dp.grad(lambda v: dp.grad(f)(v)[0])(x), [2.0, 0.0])
     with pytest.raises(dp.NotDifferentiableError, match="one-element"):
         dp.grad(lambda v: v ** 2)(x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: dp.grad(3), lambda: dp.grad(np.sum, argnums=0.0),
+    lambda: dp.grad(np.sum, argnums="01"), lambda: dp.differentiable(np.sum, static_argnums="a"),
+    lambda: dp.differentiable(lambda x: x, static_argnums=(4,))(np.ones(2)),
+    lambda: dp.jvp(np.sin, np.ones(3), np.ones(3)),
+], ids=["not_callable", "float_argnums", "string_argnums", "string_static", "static_out_of_range",
+        "jvp_bare_arrays"])
+def test_malformed_transform_arguments_are_refused_by_name(make):
+    # (a reviewer: these were accepted and failed later with raw TypeErrors, or were read
+    # wrongly: argnums="01" as (0, 1), jvp's bare arrays as one primal per element)
+    with pytest.raises(dp.DiffprogError, match="argnums|function|jvp"):
+        make()
+
+
+def test_list_operands_beside_traced_values_differentiate():
+    # (a reviewer: np.dot([1.0, 2.0], a) traced, but its gradient read the list's dtype)
+    a = np.ones(2)
+    for fn in (lambda a: np.dot([1.0, 2.0], a), lambda a: np.sum(np.multiply([1, 2], a)),
+               lambda a: [1.0, 2.0] @ a, lambda a: np.einsum("i,i", (1.0, 2.0), a)):
+        assert np.array_equal(dp.differentiable(fn)(a), fn(a))
+        np.testing.assert_array_equal(dp.grad(fn)(a), [1.0, 2.0])
+
+
+def test_round_of_traced_values_is_numpys():
+    a = np.array([1.26, 2.0])
+    f = dp.differentiable(lambda a: round(a[0], 1) * a + round(np.sum(a)))
+    assert np.array_equal(f(a), round(a[0], 1) * a + round(np.sum(a)))
+    np.testing.assert_array_equal(dp.grad(lambda a: np.sum(a * round(a[0], 1)))(a), [1.3, 1.3])
+
+
+def test_gradient_of_an_empty_product_is_empty():
+    assert dp.grad(lambda a: np.prod(a))(np.zeros(0)).shape == (0,)
+    assert dp.grad(lambda a: np.sum(np.prod(a, axis=0)))(np.zeros((0, 3))).shape == (0, 3)

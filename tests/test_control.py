@@ -318,3 +318,21 @@ def _python_while(v, body):
     while v > 0.5:
         v = body(v)
     return v
+
+
+def test_loops_of_no_steps_differentiate():
+    # (a reviewer: the compiled C loop indexed the first step of a zero-step loop)
+    assert dp.grad(lambda c: dp.fori_loop(0, 0, lambda i, c: c * 2.0, c))(1.0) == 1.0
+    assert dp.grad(lambda c: dp.scan(lambda c, x: (c * x, c), c, np.ones(0))[0])(1.0) == 1.0
+    value, grad = dp.value_and_grad(
+        lambda c: np.sum(dp.scan(lambda c, x: (c * x, c * x), c, np.ones(0))[1]))(1.0)
+    assert value == 0.0 and grad == 0.0
+
+
+@pytest.mark.parametrize("call", [
+    lambda: dp.scan(3, 0.0, np.ones(2)), lambda: dp.fori_loop(0, 2, None, 1.0),
+    lambda: dp.cond(True, 1, lambda: 0.0), lambda: dp.while_loop(None, abs, 1.0),
+    lambda: dp.checkpoint(2)])
+def test_bodies_that_are_not_functions_are_refused_by_name(call):
+    with pytest.raises(dp.errors.ArgumentError, match="must be a function"):
+        call()

@@ -203,3 +203,30 @@ def test_forward_mode_of_a_linear_rule_is_its_transpose():
     out, tangent = dp.jvp(lambda x: np.sum(square(x)), (x,), (np.ones(3),))
     assert out == np.sum(x ** 2) and tangent == np.sum(2.0 * x)
     np.testing.assert_allclose(dp.hessian(lambda x: np.sum(square(x)))(x), 2.0 * np.eye(3))
+
+
+def test_jax_style_defvjp_with_forward_and_backward_functions():
+    @dp.custom_vjp
+    def f(x, y):
+        return np.sin(x) * y
+
+    def f_fwd(x, y):
+        return f(x, y), (np.cos(x), np.sin(x), y)
+
+    def f_bwd(residuals, g):
+        cos_x, sin_x, y = residuals
+        return cos_x * g * y, sin_x * g
+
+    f.defvjp(f_fwd, f_bwd)
+    x, y = np.array([0.3, 1.0]), np.array([2.0, 3.0])
+    gx, gy = dp.grad(lambda x, y: np.sum(f(x, y)), argnums=(0, 1))(x, y)
+    np.testing.assert_allclose(gx, np.cos(x) * y)
+    np.testing.assert_allclose(gy, np.sin(x))
+
+    @dp.custom_vjp
+    def cube(x):
+        return x ** 3
+
+    cube.defvjp(lambda x: (x ** 3, x), lambda r, g: (3.0 * r ** 2 * g,))
+    np.testing.assert_allclose(dp.grad(lambda x: np.sum(cube(x)))(x), 3.0 * x ** 2)
+    np.testing.assert_allclose(dp.hessian(lambda x: np.sum(cube(x)))(x), np.diag(6.0 * x))

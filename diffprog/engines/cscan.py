@@ -799,6 +799,8 @@ def render(eqn, layouts=None) -> Rendered:
     p = eqn.params
     body, n_carry, n_x, length, reverse = (p["body"], p["n_carry"], p["n_x"], p["length"],
                                            p["reverse"])
+    if length == 0:  # nothing to loop over: the Python loop's answer is immediate
+        raise Refused("a loop of no steps")
     graph = body.graph
     used = _used(graph)
     skip = set()

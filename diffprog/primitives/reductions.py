@@ -103,6 +103,8 @@ def _exclusive_cumprod(x, axis, reverse):
 def _product_of_others(x, axes):
     """d prod / d x_i = the product of all other elements, exact even with zeros."""
     shape = np.shape(x)
+    if 0 in shape:  # an empty product: no element, nothing to differentiate
+        return np.zeros(shape, np.result_type(x))
     last = tuple(range(len(shape) - len(axes), len(shape)))
     moved = np.moveaxis(x, axes, last)
     flat = np.reshape(moved, moved.shape[:len(shape) - len(axes)] + (-1,))

@@ -129,7 +129,12 @@ def odeint(f: Callable, y0, t, *params, method: str = "rk4", rtol: float = 1e-6,
     rhs = _checked_rhs(f, y0, params)
 
     if method == "rk4":
-        n = int(steps_per_interval)
+        n = steps_per_interval
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ArgumentValueError(
+                f"odeint: steps_per_interval must be a positive integer (RK4 steps between "
+                f"two times of t), got {n!r}. Fix: pass e.g. steps_per_interval=10.")
+        n = int(n)
 
         def interval(y, ts):
             t0, t1 = ts[0], ts[1]

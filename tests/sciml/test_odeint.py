@@ -157,3 +157,10 @@ def test_dopri5_decreasing_traced_times_are_an_error_not_y0():
                                            method="dopri5"))
     with pytest.raises(dp.SolverError, match="strictly increasing"):
         f(1.0)
+
+
+@pytest.mark.parametrize("steps", [0, 2.5, -1, True, "10"])
+def test_steps_per_interval_must_be_a_positive_integer(steps):
+    # (a reviewer: 2.5 was truncated to 2 and 0 returned y0 for every time, silently)
+    with pytest.raises(dp.errors.ArgumentValueError, match="steps_per_interval"):
+        odeint(lambda y, t: -y, 1.0, np.linspace(0.0, 1.0, 3), steps_per_interval=steps)
