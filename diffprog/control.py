@@ -31,7 +31,7 @@ from .errors import ArgumentError, ShapeError
 from .ir import Aval, Graph, aval_of
 from .primitives import control as entries  # the control-flow entries of the table
 from .primitives.control import bind_all, strong
-from .tracing import Tracer, eval_graph, new_trace, trace_stack, tracing_active
+from .tracing import Tracer, call_user, eval_graph, new_trace, trace_stack, tracing_active
 from .transforms.closed import Closed, close
 from .transforms.simplify import simplify
 from .tree import LEAF, TreeDef, flatten, unflatten
@@ -59,7 +59,7 @@ def trace_user(fn: Callable, in_tree, in_avals: list, what: str):
         args = [trace.new_input(a) for a in in_avals]
         fn = externals.for_nested_call(fn, trace_stack())  # what it reads: the root call's
         with externals.draws_refused_in(what):  # one draw would serve every step
-            out = fn(*unflatten(in_tree, args))
+            out = call_user(fn, *unflatten(in_tree, args))
         flat, out_tree = flatten(out)
         graph = trace.to_graph(flat)
     return simplify(graph), out_tree, [o for o, _ in trace.captured]

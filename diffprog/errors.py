@@ -27,6 +27,10 @@ class UnsupportedFunctionError(DiffprogError, TypeError):
     """A NumPy function was called on a traced value and diffprog has no rule for it."""
 
 
+class UnsupportedAttributeError(DiffprogError, AttributeError):
+    """An ndarray attribute or method diffprog does not trace (``hasattr`` stays False)."""
+
+
 class ConcretizationError(DiffprogError, TypeError):
     """A traced value was turned into a plain Python/NumPy value, which drops its gradient."""
 

@@ -41,16 +41,105 @@ _WRITABLE = frozenset({"reshape", "transpose", "slice"})
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def note_view(out, base, prim, params, strided: bool) -> None:
-    """``out`` (a new Tracer) is ``prim(base, **params)``, a view of ``base`` in NumPy;
-    ``strided``: base may be strided, so a reshape of it may be a copy."""
-    out._view = (base, prim, params, strided and prim.name == "reshape")
+def note_view(out, base, prim, params) -> None:
+    """``out`` (a new Tracer) is ``prim(base, **params)``, a view of ``base`` in NumPy (a
+    reshape of an array whose layout is not known to be C-contiguous may be a copy:
+    ambiguous, see :func:`_reshape_is_view`)."""
+    ambiguous = prim.name == "reshape" and not _reshape_is_view(base, params["shape"])
+    out._view = (base, prim, params, ambiguous)
     views = base._views
     if views is None:
         views = base._views = []
     elif len(views) > 64:  # (drop the dead ones now and then)
         views[:] = [r for r in views if r() is not None]
     views.append(weakref.ref(out))
+
+
+def zero_d_view(prim, params) -> bool:
+    """Is a 0-d result of this entry a NumPy 0-d *array* view (``x[0, ...]``,
+    ``x[3:4].reshape(())``), not a scalar (``x[0]``, which is a copy)?"""
+    if prim.name == "reshape":
+        return True
+    index = params.get("index") if prim.name == "slice" else None
+    return isinstance(index, tuple) and any(i is Ellipsis for i in index)
+
+
+def same_view(x, read_only: bool = False):
+    """A new view of all of ``x`` (np.reshape to its own shape, a no-op transpose or
+    broadcast_to): a new object sharing x's memory, as NumPy's."""
+    from .primitives.shapes import broadcast_to, reshape
+    from .tracing import Tracer
+    if not isinstance(x, Tracer):
+        return x
+    out = Tracer(x._trace, x._var, x.val)
+    shape = x._var.aval.shape
+    note_view(out, x, broadcast_to if read_only else reshape, {"shape": shape})
+    return out
+
+
+def _reshape_is_view(base, shape) -> bool:
+    """Does NumPy's reshape of ``base`` to ``shape`` make a view whatever base's layout?
+    When only axes of length 1 come or go (squeeze, expand_dims, x[None]), or base is
+    known to be C-contiguous (:func:`_known_c`)."""
+    old = [d for d in base._var.aval.shape if d != 1]
+    if old == [d for d in shape if d != 1]:
+        return True
+    return _known_c(base)
+
+
+def _known_c(x, depth: int = 0) -> bool:
+    """Is ``x``'s NumPy array C-contiguous whatever the function's arguments are laid out
+    like? One-dimensional results of ufuncs and products, products, and ufunc results of
+    such arrays (NumPy lays out a ufunc's result as its operands are: ``y.T * 1.5`` is
+    Fortran-ordered); arguments and views are not known."""
+    if depth > 16:
+        return False
+    eqn = _producer(x)
+    if eqn is None:
+        return False
+    name, ndim = eqn.prim.name, len(x._var.aval.shape)
+    if name in ("matmul", "concatenate"):
+        return True
+    if name == "copy":
+        return eqn.params.get("order") == "C" or ndim <= 1
+    if name == "reshape" and x._view is not None and not x._view[3]:
+        return _known_c(x._view[0], depth + 1)
+    if name == "slice" and x._view is not None and _leading_rows(eqn.params["index"]):
+        return _known_c(x._view[0], depth + 1)  # (rows of a C array: C-contiguous)
+    if eqn.prim.elementwise:
+        if ndim <= 1:
+            return True
+        full = [a for a in eqn.inputs if a.__class__.__name__ == "Var"
+                and a.aval.shape == x._var.aval.shape]  # (they decide NumPy's layout)
+        return all(_known_c(_tracer_of(x, a), depth + 1) for a in full)
+    return False
+
+
+def _leading_rows(index) -> bool:
+    """Does this basic index take whole rows (an int or a step-1 slice on the first axis,
+    all of every other axis)?"""
+    items = index if isinstance(index, tuple) else (index,)
+    if not items:
+        return True
+    first, rest = items[0], items[1:]
+    if not (isinstance(first, (int, np.integer)) or isinstance(first, slice)
+            and first.step in (None, 1)):
+        return False
+    return all(isinstance(i, slice) and i == slice(None) for i in rest)
+
+
+def _producer(x):
+    var = x._var
+    for eqn in reversed(x._trace.eqns[-4096:]):
+        if any(o is var for o in eqn.outputs):
+            return eqn
+    return None
+
+
+def _tracer_of(x, var):
+    """A stand-in tracer for ``var`` (a value of x's trace), to follow its producer."""
+    from .tracing import Tracer
+    return Tracer(x._trace, var)
 
 
 def change(x, new, what: str) -> None:
@@ -70,7 +159,7 @@ def change(x, new, what: str) -> None:
 
 def replaced(x, new) -> None:
     """``x`` stands for ``new``'s value from now on (the same Python object)."""
-    x._var, x.val = new._var, new.val
+    x._trace, x._var, x.val = new._trace, new._var, new.val
 
 
 def _refresh_views(x, what: str) -> None:
@@ -113,11 +202,13 @@ def _view_refusal(what: str, name: str, ambiguous: bool) -> str:
 
 
 def _refuse_given(x, what: str) -> None:
-    """An array the function was given, or one of an enclosing trace, stays as it is."""
+    """An array the function was given (an input of its trace), or one made before the
+    innermost trace opened (outside a loop or branch body that changes it), stays as it
+    is. (A value a body makes from outer values alone is recorded in the outer trace, to
+    compute it once: made in the body, it may change there.)"""
     from .tracing import trace_stack
     trace, stack = x._trace, trace_stack()
-    given = not stack or trace is not stack[-1] or any(v is x._var for v in trace.invars) \
-        or any(v is x._var for _, v in trace.captured)
+    given = not stack or x._depth < 0 or trace is not stack[-1] and x._depth < len(stack)
     if given:
         raise ArgumentError(
             f"{what} changes an array the function was given (an argument, or a global or "

@@ -19,7 +19,7 @@ import numpy as np
 from . import inplace
 from .primitives import core, elementwise, linalg, reductions, shapes, special
 from .errors import ArgumentError, ShapeError
-from .tracing import IN_DERIVATIVE_RULE, Tracer, may_be_strided, unsupported
+from .tracing import IN_DERIVATIVE_RULE, Tracer, fresh, may_be_strided, unsupported
 
 HANDLERS: dict[Any, Callable] = {}
 TRACER_METHODS: dict[str, Callable] = {}
@@ -70,15 +70,15 @@ def _is_traced(*xs) -> bool:
     return builtins.any(isinstance(x, Tracer) for x in xs)
 
 
-def copied(x, order: str = "K"):
+def copied(x, order: str = "K", same_object: bool = False):
     """``x`` as NumPy's copy of it in ``order`` ("C", "F" or "K") is laid out: a ``copy``
     equation where that layout may differ from ``x``'s (elementwise.copy says why it
     matters), else ``x`` itself. A value the program made by a ufunc is contiguous in
     some order, so its "K" copy (and any copy of it in one dimension) is laid out as it is."""
     if not isinstance(x, Tracer) or int(np.prod(x.aval.shape)) <= 1 or IN_DERIVATIVE_RULE.get():
-        return x
+        return x if same_object else fresh(x)  # (NumPy's copy is a new array: a new object)
     if not may_be_strided(x) and (order == "K" or len(x.aval.shape) <= 1):
-        return x
+        return x if same_object else fresh(x)
     if len(x.aval.shape) <= 1:
         order = "K"  # one dimension: every order lays a copy out alike (one copy kind)
     return elementwise.copy(x, order=order)
@@ -198,7 +198,14 @@ def dispatch_function(func, args, kwargs):
         name = getattr(func, "__module__", "numpy") or "numpy"
         name = name.replace("numpy.linalg._linalg", "np.linalg").replace("numpy", "np")
         raise unsupported(f"{name}.{func.__name__}" if "linalg" in name else f"np.{func.__name__}")
-    return handler(*args, **kwargs)
+    result = handler(*args, **kwargs)
+    if result.__class__ is Tracer and func not in _SAME_OBJECT and any(result is a for a in args):
+        result = fresh(result)  # NumPy made a new array (np.copy, np.concatenate([x]), ...)
+    return result
+
+
+#: NumPy functions that hand back their argument itself when it needs no conversion
+_SAME_OBJECT = {np.asarray, np.asanyarray, np.ascontiguousarray, np.asfortranarray}
 
 
 _ENTRY_BINDINGS: dict[Any, Callable] = {}
@@ -704,7 +711,7 @@ def reshape(x, shape=None, order="C", *, newshape=None, copy=None):
     if order != "C":
         raise ArgumentError("reshape: only order='C' is supported on traced values")
     if shape_of(x) == target:
-        return x
+        return inplace.same_view(x)  # (a new view of the same memory, as NumPy's)
     return shapes.reshape(x, shape=target)
 
 
@@ -717,10 +724,15 @@ def _method_reshape(self, *shape, order="C"):
 TRACER_METHODS["reshape"] = _method_reshape
 
 
-@implements(np.ravel, method="ravel,flatten")
+@implements(np.ravel, method="ravel")
 def ravel(x, order="C"):
-    # contiguous in NumPy (flatten always copies, ravel a strided or reversed x): copied
-    return copied(reshape(x, (-1,), order=order), "C")
+    # a view of a contiguous x (the same memory), else NumPy's contiguous copy
+    return copied(reshape(x, (-1,), order=order), "C", same_object=True)
+
+
+@implements(method="flatten")
+def flatten(x, order="C"):
+    return fresh(ravel(x, order))  # always a copy in NumPy
 
 
 @implements(np.transpose)
@@ -728,7 +740,7 @@ def transpose(x, axes=None):
     nd = ndim(x)
     axes = tuple(reversed(range(nd))) if axes is None else tuple(int(a) % nd for a in axes)
     if axes == tuple(range(nd)):
-        return x
+        return inplace.same_view(x)
     return shapes.transpose(x, axes=axes)
 
 
@@ -792,7 +804,7 @@ def squeeze(x, axis=None):
 def broadcast_to(x, shape, subok=False):
     shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
     if shape_of(x) == shape:
-        return x
+        return inplace.same_view(x, read_only=True)
     if not _is_traced(x):
         return np.broadcast_to(x, shape)
     return shapes.broadcast_to(x, shape=shape)

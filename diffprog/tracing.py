@@ -23,7 +23,7 @@ import numpy as np
 
 from . import inplace
 from .errors import (ArgumentError, ArgumentValueError, ConcretizationError, DiffprogError,
-                     UnsupportedFunctionError)
+                     UnsupportedAttributeError, UnsupportedFunctionError)
 from .inplace import VIEW_ENTRIES
 from .ir import Aval, Eqn, Graph, Lit, Var, aval_of
 from .tree import flatten
@@ -46,6 +46,10 @@ def tracing_active() -> bool:
     return bool(_TRACE_STACK.get())
 
 
+#: Tracer._depth of a trace's inputs (arguments, captured outer values): given, not made
+GIVEN = -1
+
+
 class Trace:
     """Records equations. ``concrete`` traces also compute every value eagerly."""
 
@@ -55,7 +59,7 @@ class Trace:
         self.eqns: list[Eqn] = []
         self.invars: list[Var] = []
         self.captured: list[tuple[Any, Var]] = []  # (outer tracer, inner input var)
-        self._capture_index: dict[int, Tracer] = {}
+        self._capture_index: dict[int, tuple] = {}  # id(outer) -> (outer, inner)
         # inputs whose shape/dtype the traced code looked at (np.zeros(p["w"].shape)): the
         # fast call path checks those even when the program never reads their values
         self.inspected: set = set()
@@ -64,17 +68,22 @@ class Trace:
     def new_input(self, aval: Aval, value: Any = None) -> "Tracer":
         var = Var(aval)
         self.invars.append(var)
-        return Tracer(self, var, value)
+        tracer = Tracer(self, var, value)
+        tracer._depth = GIVEN  # (diffprog.inplace: never changed in place)
+        return tracer
 
     def capture(self, outer: "Tracer") -> "Tracer":
         """Turn a tracer of an enclosing trace into an input of this one."""
         known = self._capture_index.get(id(outer))
-        if known is not None:
-            return known
+        if known is not None and known[0] is outer:
+            return known[1]
         var = Var(outer._var.aval)
-        self.captured.append((outer, var))
+        # a snapshot: the object may later stand for a new value (diffprog.inplace)
+        self.captured.append((Tracer(outer._trace, outer._var, outer.val), var))
         inner = Tracer(self, var, outer.val if self.concrete else None)
-        self._capture_index[id(outer)] = inner
+        inner._depth = GIVEN
+        # (the entry holds the outer object: its id is not reused while the trace lives)
+        self._capture_index[id(outer)] = (outer, inner)
         return inner
 
     def to_graph(self, outputs: list) -> Graph:
@@ -180,10 +189,9 @@ def bind(prim, *args, **params):
         outvar = Var(out_avals)
         trace.eqns.append(Eqn(prim, atoms, [outvar], params))
         out = Tracer(trace, outvar, value)
-        if prim.name in VIEW_ENTRIES and out_avals.shape and isinstance(args[0], Tracer) \
-                and args[0]._trace is trace:  # NumPy's result shares its memory
-            inplace.note_view(out, args[0], prim, params,
-                              prim.name == "reshape" and may_be_strided(args[0]))
+        if prim.name in VIEW_ENTRIES and isinstance(args[0], Tracer) and args[0]._trace is trace \
+                and (out_avals.shape or inplace.zero_d_view(prim, params)):
+            inplace.note_view(out, args[0], prim, params)  # NumPy's result shares its memory
         return out
     out_avals = list(out_avals)
     values = [None] * len(out_avals)
@@ -304,6 +312,12 @@ def _is_constant_equal(x, value) -> bool:
     return False
 
 
+def fresh(x):
+    """A new Python object for the same traced value: NumPy made a new array, so an
+    in-place change of one (diffprog.inplace) must not reach the other."""
+    return Tracer(x._trace, x._var, x.val) if isinstance(x, Tracer) else x
+
+
 def _drop_identity(prim, args):
     """``x * 1``, ``x + (-0.0)``, ``x - 0``, ``x / 1``: return x when the result is x bit
     for bit and would have exactly x's aval (shape, dtype, weak type). ``uint8 * 1.0`` is
@@ -316,7 +330,7 @@ def _drop_identity(prim, args):
             if isinstance(other, Tracer) and (IN_DERIVATIVE_RULE.get() or not may_be_strided(other)):
                 avals = [a.aval if isinstance(a, Tracer) else aval_of(a) for a in args]
                 if prim.abstract_eval(*avals) == other.aval:
-                    return other
+                    return fresh(other)  # (NumPy's x * 1 is a new array)
     return None
 
 
@@ -433,7 +447,8 @@ class Tracer:
     # Underscored: ``x.trace()`` and ``x.var()`` are NumPy methods users call.
     # _view: (base, entry, params, ambiguous) when NumPy's array is a view of base's;
     # _views: weak references to the views made of this one (diffprog.inplace)
-    __slots__ = ("_trace", "_var", "val", "_view", "_views", "__weakref__")
+    # _depth: how many traces were open when it was made (diffprog.inplace)
+    __slots__ = ("_trace", "_var", "val", "_view", "_views", "_depth", "__weakref__")
     __array_priority__ = 1000  # ndarray (op) Tracer defers to the Tracer
 
     def __init__(self, trace: Trace, var: Var, val: Any = None):
@@ -441,6 +456,7 @@ class Tracer:
         self._var = var
         self.val = val
         self._view = self._views = None
+        self._depth = len(_TRACE_STACK.get())
 
     # ---- abstract properties
     @property
@@ -553,7 +569,14 @@ class Tracer:
     def __getattr__(self, name):
         method = (_FRONT_END or _front_end()).TRACER_METHODS.get(name)
         if method is None:
-            raise AttributeError(f"traced array has no attribute {name!r}")
+            if name.startswith("__"):  # (protocol probes: hasattr(x, "__foo__"))
+                raise AttributeError(name)
+            raise UnsupportedAttributeError(
+                f"traced array has no attribute {name!r}" + (
+                    ": NumPy arrays have it, but diffprog does not trace it (it changes or "
+                    "exposes memory in ways a traced value cannot). Fix: use a NumPy function "
+                    "on the array instead (np.put_along_axis, np.partition, x.ravel())."
+                    if hasattr(np.ndarray, name) else "."))
         return method.__get__(self)
 
     def __hash__(self):
@@ -584,6 +607,20 @@ def _refuse_store_into_plain_array(frame) -> None:
         raise error
 
 
+def call_user(fn: Callable, *args):
+    """``fn(*args)`` (user code being traced), raising our error where NumPy replaced it
+    by "setting an array element with a sequence" (see _refuse_store_into_plain_array)."""
+    _STORE_ERROR.set(None)
+    try:
+        return fn(*args)
+    except ValueError as e:
+        pending = _STORE_ERROR.get()
+        if pending is not None:
+            _STORE_ERROR.set(None)
+            raise pending from e
+        raise
+
+
 #: the error of a traced value stored into a plain array, which NumPy may replace by its own
 _STORE_ERROR: contextvars.ContextVar = contextvars.ContextVar("diffprog_store_error", default=None)
 
@@ -611,9 +648,11 @@ def _install_operators() -> None:
         "floordiv": np.floor_divide, "mod": np.remainder, "pow": np.power,
         "matmul": np.matmul, "and": np.bitwise_and, "or": np.bitwise_or,
         "xor": np.bitwise_xor,  # as for NumPy arrays: bitwise (logical on booleans)
+        "lshift": np.left_shift, "rshift": np.right_shift,
     }
     symbols = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//",
-               "mod": "%", "pow": "**", "matmul": "@", "and": "&", "or": "|", "xor": "^"}
+               "mod": "%", "pow": "**", "matmul": "@", "and": "&", "or": "|", "xor": "^",
+               "lshift": "<<", "rshift": ">>"}
     for name, uf in binary.items():
         def fwd(self, other, uf=uf):
             return uf(self, other)
@@ -623,8 +662,8 @@ def _install_operators() -> None:
 
         def in_place(self, other, uf=uf, symbol=symbols[name]):
             result = uf(self, other)
-            if self._var.aval.shape == ():  # NumPy scalars are immutable: a new value
-                return result
+            if self._var.aval.shape == () and self._view is None:  # a NumPy scalar: a new
+                return result  # value (immutable; a 0-d view, x[0, ...], changes in place)
             return inplace.operator_in_place(self, result, symbol)
         setattr(Tracer, f"__{name}__", fwd)
         setattr(Tracer, f"__r{name}__", rev)
@@ -658,15 +697,7 @@ def trace_function(fn: Callable, flat_values: list, build_args: Callable, concre
             tracers.append(trace.new_input(aval, val if concrete else None))
         if prepare is not None:
             fn = prepare(trace, fn)
-        _STORE_ERROR.set(None)
-        try:
-            out = fn(*build_args(tracers))
-        except ValueError as e:  # NumPy replaces the error float() raised: raise ours
-            pending = _STORE_ERROR.get()
-            if pending is not None:
-                _STORE_ERROR.set(None)
-                raise pending from e
-            raise
+        out = call_user(fn, *build_args(tracers))
         flat_out, out_tree = flatten(out)
         graph = trace.to_graph(flat_out)
     return graph, out_tree, trace
