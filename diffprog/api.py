@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 import os
 import sys
 import threading
@@ -1014,7 +1015,7 @@ class Differentiable(Transformed):
 
     def __call__(self, *args, **kwargs):
         if kwargs:
-            raise _keyword_error(self.fn, kwargs)
+            args = _as_positional(self.fn, args, kwargs)
         key = self._fast_key(args)
         if key is not None:
             done = self._fast_call(key, args)
@@ -1057,12 +1058,47 @@ class Differentiable(Transformed):
         return f"<diffprog.differentiable {getattr(self.fn, '__qualname__', self.fn)}>"
 
 
+def _as_positional(fn, args: tuple, kwargs: dict) -> tuple:
+    """The call's arguments in order, keyword arguments placed at their parameters'
+    positions (defaults filling the positions skipped), as the transforms count positions:
+    ``f(x, a=4.0)`` is ``f(x, 4.0)``. Keyword-only parameters and ``**kwargs`` have no
+    position: refused (_keyword_error says the fix)."""
+    if isinstance(fn, _Batched):  # (dp.vmap maps positional arguments: in_axes)
+        raise _keyword_error(fn, kwargs)
+    try:
+        signature = inspect.signature(fn)
+        bound = signature.bind(*args, **kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, TypeError) and "argument" in str(e):
+            name = getattr(fn, "__qualname__", repr(fn))
+            raise ArgumentError(f"{name}: {e}. Fix: call it with the arguments it takes.") \
+                from None
+        raise _keyword_error(fn, kwargs) from None
+    params = signature.parameters
+    unplaced = {name: value for name, value in bound.arguments.items()
+                if params[name].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                         inspect.Parameter.VAR_KEYWORD)}
+    if unplaced:  # keyword-only parameters, **kwargs
+        raise _keyword_error(fn, unplaced)
+    positional = [p for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    given = [i for i, p in enumerate(positional) if p.name in bound.arguments]
+    values = []
+    for p in positional[:given[-1] + 1] if given else ():
+        values.append(bound.arguments[p.name] if p.name in bound.arguments else p.default)
+    extra = [p for p in signature.parameters.values() if p.kind is p.VAR_POSITIONAL]
+    if extra and extra[0].name in bound.arguments:
+        values.extend(bound.arguments[extra[0].name])
+    return tuple(values)
+
+
 def _keyword_error(fn, kwargs) -> ArgumentError:
     name = getattr(fn, "__qualname__", repr(fn))
     return ArgumentError(
-        f"{name} was called with keyword argument(s) {', '.join(sorted(kwargs))}; diffprog's "
-        f"transformed functions take positional arguments (argnums, in_axes and static_argnums "
-        f"count positions). Fix: pass them positionally, or fix them with functools.partial "
+        f"{name} was called with keyword argument(s) {', '.join(sorted(kwargs))} that have no "
+        f"position in its signature (keyword-only parameters, **kwargs); diffprog's "
+        f"transformed functions count arguments by position (argnums, in_axes and "
+        f"static_argnums). Fix: pass them positionally, or fix them with functools.partial "
         f"before transforming.")
 
 
@@ -1333,7 +1369,11 @@ class _GradFunction(Transformed):
 
     def __call__(self, *args, **kwargs):
         if kwargs:
-            raise _keyword_error(self.fn, kwargs)
+            if any(a < 0 for a in _checked_positions(self.argnums, "argnums")):
+                raise ArgumentValueError(
+                    f"argnums={self.argnums!r} counts from the end, which keyword arguments "
+                    f"make ambiguous. Fix: give non-negative positions.")
+            args = _as_positional(self.fn, args, kwargs)
         key = self._fast_key(args)
         if key is not None:
             done = self._fast_call(key, args)

@@ -56,6 +56,7 @@ def trace_user(fn: Callable, in_tree, in_avals: list, what: str):
     """
     with new_trace(concrete=False) as trace:
         trace.purpose = what  # named by errors on bool()/int() in the body (diffprog.guards)
+        trace.owns_inputs = True  # (carry += x changes the loop's value, not the caller's)
         args = [trace.new_input(a) for a in in_avals]
         fn = externals.for_nested_call(fn, trace_stack())  # what it reads: the root call's
         with externals.draws_refused_in(what):  # one draw would serve every step

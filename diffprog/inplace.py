@@ -102,8 +102,8 @@ def _known_c(x, depth: int = 0) -> bool:
         return True
     if name == "copy":
         return eqn.params.get("order") == "C" or ndim <= 1
-    if name == "reshape" and x._view is not None and not x._view[3]:
-        return _known_c(x._view[0], depth + 1)
+    if name == "reshape":  # (of a C-contiguous array: a view, C-contiguous too)
+        return _known_c(_tracer_of(x, eqn.inputs[0]), depth + 1)
     if name == "slice" and x._view is not None and _leading_rows(eqn.params["index"]):
         return _known_c(x._view[0], depth + 1)  # (rows of a C array: C-contiguous)
     if eqn.prim.elementwise:
@@ -155,6 +155,31 @@ def change(x, new, what: str) -> None:
     if prim.name not in _WRITABLE or ambiguous:
         raise ArgumentError(_view_refusal(what, prim.name, ambiguous))
     change(base, _written_back(base, prim, params, new), what)  # (x is among base's views)
+
+
+def set_shape(x, shape) -> None:
+    """``x.shape = shape``: the same array (and memory) with a new shape, as NumPy's. A
+    view keeps viewing its base (a reshape of it); changing the shape of a slice or
+    transpose view, or of an array with views in use, is refused (they would no longer
+    agree on where each element lives)."""
+    from . import numpy_api as npa
+    _refuse_given(x, "x.shape = ...")
+    if x._views and any(r() is not None and r()._view is not None and r()._view[0] is x
+                        for r in x._views):
+        raise ArgumentError(
+            "x.shape = ... on an array that has views in use (slices, reshapes): diffprog "
+            "cannot follow them through the new shape. Fix: y = x.reshape(...) instead.")
+    view = x._view
+    if view is not None and (view[1].name != "reshape" or view[3]):
+        kind = "a reshape that may be a copy" if view[3] else "a slice or transpose view"
+        raise ArgumentError(
+            f"x.shape = ... on {kind}: NumPy may refuse it too (it needs no copy only where "
+            f"the memory allows). Fix: y = x.reshape(...) instead.")
+    new = npa.reshape(x, shape)
+    new_shape = new._var.aval.shape
+    replaced(x, new)
+    if view is not None:
+        x._view = (view[0], view[1], {**view[2], "shape": new_shape}, view[3])
 
 
 def replaced(x, new) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import functools
 import inspect
+import types
 from typing import Any, Callable
 
 import numpy as np
@@ -190,10 +191,20 @@ def _ufunc_reduce(ufunc, x, axis=0, dtype=None, keepdims=False, **rest):
     return table[ufunc](x, axis=axis, keepdims=keepdims)
 
 
+def _resolve_numpy(dotted: str):
+    """``np.<dotted>`` (``"linalg.cross"``), or None where this NumPy lacks it."""
+    value = np
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
 def dispatch_function(func, args, kwargs):
     if FOREIGN_OPERANDS and (result := _foreign(func, args, kwargs)) is not NotImplemented:
         return result
-    handler = HANDLERS.get(func) or _entry_binding(func)
+    handler = HANDLERS.get(func) or _entry_binding(func) or _numpy_own(func)
     if handler is None:
         name = getattr(func, "__module__", "numpy") or "numpy"
         name = name.replace("numpy.linalg._linalg", "np.linalg").replace("numpy", "np")
@@ -202,6 +213,47 @@ def dispatch_function(func, args, kwargs):
     if result.__class__ is Tracer and func not in _SAME_OBJECT and any(result is a for a in args):
         result = fresh(result)  # NumPy made a new array (np.copy, np.concatenate([x]), ...)
     return result
+
+
+def _numpy_own(func):
+    """NumPy's own Python code of ``func`` for the functions in NUMPY_OWN, run on traced
+    values: NumPy composes them from functions diffprog traces (every call in them
+    dispatches back here), so running its code computes what NumPy computes, bit for bit,
+    and differentiates it. The code runs over its module's globals with NumPy's array
+    constructors as numpy_standin's (``asanyarray(x)`` of a traced x is x: NumPy's would
+    make an array of Python objects of it). Each is checked against NumPy in
+    tests/test_more_numpy.py."""
+    if func not in NUMPY_OWN:
+        return None
+    own = _OWN_CODE.get(func)
+    if own is None:
+        from . import numpy_standin
+        impl = func._implementation
+        names = dict(impl.__globals__)
+        for name, value in impl.__globals__.items():
+            seen = numpy_standin.standin(value)
+            if seen is not value:
+                names[name] = seen
+        own = types.FunctionType(impl.__code__, names, impl.__name__, impl.__defaults__,
+                                 impl.__closure__)
+        own.__kwdefaults__ = impl.__kwdefaults__
+        own = _OWN_CODE[func] = _refusing_out(own, func.__name__)
+    return own
+
+
+_OWN_CODE: dict = {}
+
+
+#: NumPy functions run as NumPy's own Python code on traced values (see _numpy_own)
+NUMPY_OWN = {f: name for name, f in (
+    (name, _resolve_numpy(name)) for name in (
+        "isclose", "allclose", "array_equal", "array_equiv", "meshgrid", "trapezoid",
+        "polyval", "dstack", "unstack", "cross", "matrix_transpose", "cumulative_sum",
+        "cumulative_prod", "fix", "linalg.cross", "linalg.outer", "linalg.matmul",
+        "linalg.tensordot", "linalg.multi_dot", "linalg.vector_norm", "linalg.matrix_norm",
+        "linalg.trace", "linalg.diagonal", "linalg.matrix_transpose", "linalg.tensorinv",
+        "linalg.cond"))
+    if f is not None and hasattr(f, "_implementation")}
 
 
 #: NumPy functions that hand back their argument itself when it needs no conversion
@@ -319,6 +371,27 @@ def astype(x, dtype, order="K", casting="unsafe", subok=True, copy=True):
         return copied(x, order) if copy else x
     converted = elementwise.convert(x, dtype=dtype)  # new, laid out as x (order K)
     return copied(converted, order) if order in ("C", "F") else converted
+
+
+if hasattr(np, "astype"):  # (NumPy 2)
+    @implements(np.astype)
+    def astype_function(x, dtype, /, *, copy=True, device=None):
+        return astype(x, dtype, copy=copy)
+
+
+@implements(np.vander)
+def vander(x, N=None, increasing=False):
+    """NumPy's: columns 1, x, x*x, (x*x)*x... (products in NumPy's order: a cumulative
+    product, as its multiply.accumulate), in float64 or wider."""
+    n = shape(x)[0] if N is None else int(N)
+    x = astype(x, np.promote_types(dtype_of(x), int), copy=False)
+    rows = shape(x)[0]
+    if n == 0:
+        return np.zeros((rows, 0), dtype_of(x))
+    ones = np.ones((rows, 1), dtype_of(x))
+    powers = cumprod(broadcast_to(reshape(x, (rows, 1)), (rows, n - 1)), axis=1)
+    columns = concatenate([ones, powers], axis=1)
+    return columns if increasing else columns[:, ::-1]
 
 
 @implements(np.zeros_like)

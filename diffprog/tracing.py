@@ -64,12 +64,16 @@ class Trace:
         # fast call path checks those even when the program never reads their values
         self.inspected: set = set()
         self.active = True
+        #: a loop or branch body's trace: its inputs are the loop's own values (a carry, a
+        #: step of xs), which the body may change in place (carry += x), not the caller's
+        self.owns_inputs = False
 
     def new_input(self, aval: Aval, value: Any = None) -> "Tracer":
         var = Var(aval)
         self.invars.append(var)
         tracer = Tracer(self, var, value)
-        tracer._depth = GIVEN  # (diffprog.inplace: never changed in place)
+        if not self.owns_inputs:
+            tracer._depth = GIVEN  # (diffprog.inplace: never changed in place)
         return tracer
 
     def capture(self, outer: "Tracer") -> "Tracer":
@@ -469,6 +473,10 @@ class Tracer:
         self._trace.inspected.add(self._var)
         return self._var.aval.shape
 
+    @shape.setter
+    def shape(self, value) -> None:
+        inplace.set_shape(self, value)  # x.shape = (2, 3): the array itself, reshaped
+
     @property
     def dtype(self) -> np.dtype:
         self._trace.inspected.add(self._var)
@@ -697,7 +705,11 @@ def trace_function(fn: Callable, flat_values: list, build_args: Callable, concre
             tracers.append(trace.new_input(aval, val if concrete else None))
         if prepare is not None:
             fn = prepare(trace, fn)
-        out = call_user(fn, *build_args(tracers))
+        # The values a concrete trace computes are computed again by the program it makes,
+        # right after, under the caller's floating-point settings: NumPy's warnings (and
+        # errors under np.errstate(...='raise')) come from there, once, as plain NumPy's.
+        with np.errstate(all="ignore") if concrete else contextlib.nullcontext():
+            out = call_user(fn, *build_args(tracers))
         flat_out, out_tree = flatten(out)
         graph = trace.to_graph(flat_out)
     return graph, out_tree, trace

@@ -468,3 +468,23 @@ def test_round_of_traced_values_is_numpys():
 def test_gradient_of_an_empty_product_is_empty():
     assert dp.grad(lambda a: np.prod(a))(np.zeros(0)).shape == (0,)
     assert dp.grad(lambda a: np.sum(np.prod(a, axis=0)))(np.zeros((0, 3))).shape == (0, 3)
+
+
+def test_keyword_arguments_are_placed_at_their_positions():
+    # (a reviewer: every transformed function refused f(x, a=4.0))
+    x = np.ones(3)
+    f = dp.differentiable(lambda x, a=2.0: np.sum(a * x))
+    assert (f(x), f(x, a=4.0), f(x, 4.0)) == (6.0, 12.0, 12.0)
+    g = dp.grad(lambda x, a=2.0, b=3.0: np.sum(a * x * b))
+    np.testing.assert_array_equal(g(x, b=10.0), np.full(3, 20.0))
+    value, grad = dp.value_and_grad(lambda x, y: np.sum(x * y), argnums=1)(x, y=2.0 * x)
+    assert value == 6.0 and list(grad) == [1.0, 1.0, 1.0]
+
+    def keyword_only(x, *, k=1.0):
+        return np.sum(x * k)
+    with pytest.raises(dp.ArgumentError, match="no position"):
+        dp.differentiable(keyword_only)(x, k=2.0)
+    with pytest.raises(dp.ArgumentError, match="unexpected keyword"):
+        f(x, c=1.0)
+    with pytest.raises(dp.errors.ArgumentValueError, match="counts from the end"):
+        dp.grad(lambda x, y: np.sum(x * y), argnums=-1)(x, y=x)

@@ -145,6 +145,8 @@ RECIPES = [
     _r(np.vdot, lambda a, b: np.vdot(a, b), R, Z2, name="vdot-real-first"),
     _r(np.inner, lambda a, b: np.inner(a, b), Z, Z2),
     _r(np.outer, lambda a, b: np.outer(a, b), ZV, ZV3),
+    _r(np.vander, lambda a: np.vander(a, 4), ZV3),
+    _r(np.astype, lambda z: np.astype(z, np.complex64), Z),
     _r(np.tensordot, lambda a, b: np.tensordot(a, b, axes=([1], [1])), Z, Z2),
     _r(np.kron, lambda a, b: np.kron(a, b), ZV3, M2),
     _r(np.cross, lambda a, b: np.cross(a, b), Z[:, :3], Z2[:, :3]),

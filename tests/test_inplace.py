@@ -301,3 +301,43 @@ def test_unsupported_array_methods_are_diffprog_errors_and_attribute_errors():
         dp.differentiable(lambda x: (x * 1.0).put([0], [1.0]))(X)
     assert not hasattr(dp.errors.UnsupportedAttributeError("x"), "nonexistent")
     assert issubclass(dp.errors.UnsupportedAttributeError, AttributeError)
+
+
+def test_setting_the_shape_reshapes_the_array_itself():
+    def f(x):
+        y = x * 2.0
+        y.shape = (2, 2)
+        v = y.reshape(4)
+        v.shape = (4, 1)
+        v += 1.0  # a view of y: y changes too
+        return y
+    _same_as_numpy(f)
+
+    def slice_view(x):
+        y = x * 2.0
+        s = y[1:3]
+        s.shape = (2, 1)
+        return s
+    _refused(slice_view, "slice or transpose view")
+
+
+def test_a_loop_body_changes_its_own_carry_in_place():
+    steps = np.arange(1.0, 5.0)
+
+    def f(c0):
+        def body(c, x):
+            c += x
+            c *= 1.5
+            return c, c * 2.0
+        return dp.scan(body, c0, steps)
+
+    init = np.zeros(3)
+    final, ys = dp.differentiable(f)(init)
+    c, want = 0.0, []
+    for x in steps:
+        c = (c + x) * 1.5
+        want.append(c * 2.0)
+    assert np.array_equal(final, np.full(3, c)) and np.array_equal(ys[:, 0], want)
+    assert np.array_equal(init, np.zeros(3))  # the caller's array is not the carry
+    np.testing.assert_allclose(dp.grad(lambda c: np.sum(f(c)[1]))(init),
+                               np.full(3, 2.0 * sum(1.5 ** k for k in range(1, 5))))

@@ -40,8 +40,9 @@ def _named() -> list[tuple[str, object]]:
         for token in re.findall(r"`([^`]+)`", text):
             if token in ("np.linalg", "np.fft"):
                 continue
-            if re.fullmatch(r"np\.fft\.\w+", token):  # np.fft's names are written in full
-                names.append((token, getattr(np.fft, token.split(".")[-1])))
+            if re.fullmatch(r"np\.(fft|linalg)\.\w+", token):  # (names written in full)
+                part = np.fft if token.split(".")[1] == "fft" else np.linalg
+                names.append((token, getattr(part, token.split(".")[-1])))
             elif re.fullmatch(r"\.[A-Za-z_]\w*(\(\))?", token):  # a method or property
                 names.append((token, token.strip(".()")))
             elif re.fullmatch(r"[A-Za-z_]\w*", token) and token != "None":
@@ -61,7 +62,8 @@ def _supported(fn) -> bool:
         return np.isfinite(dp.grad(_NUMPY_CODE[fn])(0.5))
     if isinstance(fn, str):
         return fn in numpy_api.TRACER_METHODS
-    return fn in numpy_api.HANDLERS or fn in core.NUMPY_BINDINGS or fn in numpy_api._UFUNC_COMPOSITES
+    return fn in numpy_api.HANDLERS or fn in core.NUMPY_BINDINGS or \
+        fn in numpy_api._UFUNC_COMPOSITES or fn in numpy_api.NUMPY_OWN
 
 
 NAMED = _named()
@@ -80,7 +82,8 @@ def test_every_named_function_is_supported(name, fn):
 
 def test_every_supported_numpy_function_is_named():
     named = {fn for _, fn in NAMED}
-    known = set(numpy_api.HANDLERS) | set(core.NUMPY_BINDINGS) | set(numpy_api._UFUNC_COMPOSITES)
+    known = set(numpy_api.HANDLERS) | set(core.NUMPY_BINDINGS) | set(numpy_api._UFUNC_COMPOSITES) \
+        | set(numpy_api.NUMPY_OWN)
     # plumbing, aliases and operators the list covers with words ("arithmetic", "comparisons
     # and logical ops", "building arrays") rather than names
     unlisted = {fn for fn in known if getattr(fn, "__name__", "") in _COVERED_BY_WORDS}

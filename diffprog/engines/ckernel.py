@@ -942,6 +942,8 @@ def _discard(path: str) -> None:
             os.unlink(p)  # a symbolic link itself, never what it points to
         except FileNotFoundError:
             pass
+        except OSError:  # a directory planted there, say: left alone (never loaded either)
+            pass
 
 
 def load(lib, name: str):

@@ -87,3 +87,22 @@ def test_python_ints_beyond_int64_multiply_float_arrays_as_in_numpy():
     x = np.array([0.5, 1.0])
     np.testing.assert_array_equal(dp.differentiable(lambda x: x * 2**70)(x), x * 2**70)
     np.testing.assert_array_equal(dp.grad(lambda x: np.sum(x * 2**70))(x), [2.0**70] * 2)
+
+
+def test_floating_point_warnings_come_once_per_call_as_numpys():
+    # (a reviewer: the first call warned twice, from the trace and from the program)
+    import warnings
+    fn = lambda x: np.sum(x * 1e308 + 1e308)  # noqa: E731
+    f = dp.differentiable(fn)
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        f(np.ones(2))
+        f(np.ones(2))
+    with warnings.catch_warnings(record=True) as numpys:
+        warnings.simplefilter("always")
+        fn(np.ones(2))
+        fn(np.ones(2))
+    count = lambda caught: sum(issubclass(w.category, RuntimeWarning) for w in caught)  # noqa: E731
+    assert count(ours) == count(numpys) == 2
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        dp.differentiable(lambda x: np.sum(x * 1e308 * 10.0))(np.ones(2))
