@@ -1184,11 +1184,14 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
     wrt = []
     for a in argnums:
         before = len(wrt)
+        # a leaf of a container (a params dict) that is not floating is static there, as
+        # transforms.md says: no gradient (None), the float leaves beside it differentiated
+        inside = sig.treedef.children[a].kind != "leaf"
         for pos in ranges[a]:
             leaf = sig.leaves[pos]
             where = f"argument {a}{paths[pos][len(f'[{a}]'):]}"
             if pos not in dyn_index:
-                if leaf is None or isinstance(leaf, str):
+                if leaf is None or isinstance(leaf, str) or inside:
                     continue
                 raise NotDifferentiableError(
                     f"cannot differentiate with respect to {where}: it is a Python "
@@ -1197,6 +1200,8 @@ def _wrt_positions(sig: Signature, argnums: tuple) -> list[int]:
                     f"or leave this argument out of argnums.")
             dt = _leaf_dtype(leaf)
             if not np.issubdtype(dt, np.inexact):
+                if inside:
+                    continue
                 raise NotDifferentiableError(
                     f"cannot differentiate with respect to {where}: its dtype is {dt}, not a "
                     f"floating type. Fix: convert it with .astype(float) or leave it out of argnums.")

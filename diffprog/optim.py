@@ -61,8 +61,10 @@ class SGD:
     def update(self, grads, state, params):
         """Return ``(new params, new state)``; nothing passed in is modified."""
         _check_same_structure(grads, params)
-        velocity = tree_map(lambda v, g: self.momentum * v + g, state, grads)
-        return tree_map(lambda p, v: p - self.lr * v, params, velocity), velocity
+        # (a None gradient: a static leaf, an int in a params dict, which stays as it is)
+        velocity = tree_map(lambda v, g: v if g is None else self.momentum * v + g, state, grads)
+        return tree_map(lambda p, v, g: p if g is None else p - self.lr * v,
+                        params, velocity, grads), velocity
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,12 @@ class Adam:
         _check_same_structure(grads, params)
         step, m, v = state
         step += 1
-        m = tree_map(lambda m, g: self.b1 * m + (1 - self.b1) * g, m, grads)
-        v = tree_map(lambda v, g: self.b2 * v + (1 - self.b2) * np.square(g), v, grads)
+        m = tree_map(lambda m, g: m if g is None else self.b1 * m + (1 - self.b1) * g, m, grads)
+        v = tree_map(lambda v, g: v if g is None else self.b2 * v + (1 - self.b2) * np.square(g),
+                     v, grads)
         c1, c2 = 1 - self.b1 ** step, 1 - self.b2 ** step
-        new = tree_map(lambda p, m, v: p - self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps),
-                       params, m, v)
+        new = tree_map(lambda p, m, v, g: p if g is None else
+                       p - self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps), params, m, v, grads)
         return new, (step, m, v)
 
 

@@ -67,3 +67,20 @@ def test_an_error_inside_a_custom_rule_names_the_rule():
     with pytest.raises(ValueError, match=r"in the vjp rule .*h_bwd of h: operands could not be "
                                          r"broadcast"):
         dp.grad(lambda x: np.sum(h(x)))(np.ones(3))
+
+
+def test_int_and_bool_leaves_of_a_params_dict_are_static_with_no_gradient():
+    # (a reviewer: transforms.md says non-float leaves are static, but grad refused them)
+    x = np.full(2, 1.5)
+    g = dp.grad(lambda p: np.sum(p["w"] ** p["n"] * p["on"]))({"w": x, "n": 2, "on": True})
+    assert g["n"] is None and g["on"] is None
+    np.testing.assert_array_equal(g["w"], 2.0 * x)
+    g = dp.grad(lambda p: np.sum(p["w"][p["idx"]]))({"w": x, "idx": np.array([0, 0, 1])})
+    assert g["idx"] is None and list(g["w"]) == [2.0, 1.0]
+    params = {"w": x, "n": 2}
+    for opt in (dp.optim.SGD(lr=0.1, momentum=0.9), dp.optim.Adam(lr=0.1)):
+        new, _ = opt.update(dp.grad(lambda p: np.sum(p["w"] ** p["n"]))(params),
+                            opt.init(params), params)
+        assert new["n"] == 2 and np.all(new["w"] < x)
+    with pytest.raises(dp.errors.NotDifferentiableError, match="Python int"):
+        dp.grad(lambda n: n * 2.0)(3)  # an int argument itself: nothing to differentiate
