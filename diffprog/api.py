@@ -1092,6 +1092,15 @@ def _as_positional(fn, args: tuple, kwargs: dict) -> tuple:
     return tuple(values)
 
 
+def _keywords_placed(fn, args: tuple, kwargs: dict, argnums) -> tuple:
+    """:func:`_as_positional` for a transform with ``argnums`` (non-negative there)."""
+    if any(a < 0 for a in _checked_positions(argnums, "argnums")):
+        raise ArgumentValueError(
+            f"argnums={argnums!r} counts from the end, which keyword arguments make "
+            f"ambiguous. Fix: give non-negative positions.")
+    return _as_positional(fn, args, kwargs)
+
+
 def _keyword_error(fn, kwargs) -> ArgumentError:
     name = getattr(fn, "__qualname__", repr(fn))
     return ArgumentError(
@@ -1374,11 +1383,7 @@ class _GradFunction(Transformed):
 
     def __call__(self, *args, **kwargs):
         if kwargs:
-            if any(a < 0 for a in _checked_positions(self.argnums, "argnums")):
-                raise ArgumentValueError(
-                    f"argnums={self.argnums!r} counts from the end, which keyword arguments "
-                    f"make ambiguous. Fix: give non-negative positions.")
-            args = _as_positional(self.fn, args, kwargs)
+            args = _keywords_placed(self.fn, args, kwargs, self.argnums)
         key = self._fast_key(args)
         if key is not None:
             done = self._fast_call(key, args)
@@ -1664,7 +1669,9 @@ def jacobian(fn: Callable, argnums: int | Sequence[int] = 0, mode: str = "rev",
     if mode not in ("rev", "fwd"):
         raise ArgumentValueError(f"jacobian: mode must be 'rev' or 'fwd', got {mode!r}")
 
-    def jac(*args):
+    def jac(*args, **kwargs):
+        if kwargs:
+            args = _keywords_placed(fn, args, kwargs, argnums)
         nums = _norm_argnums(argnums, len(args))
         single = isinstance(argnums, (int, np.integer))
         for a in nums:
@@ -1835,7 +1842,9 @@ def hessian(fn: Callable, argnums: int = 0, holomorphic: bool = False):
     by_transforms = jacobian(grad(fn, argnums, holomorphic=holomorphic), argnums, mode="fwd",
                              holomorphic=holomorphic)
 
-    def hess(*args):
+    def hess(*args, **kwargs):
+        if kwargs:
+            args = _keywords_placed(fn, args, kwargs, argnums)
         nums = _norm_argnums(argnums, len(args))
         if not holomorphic:
             for a in nums:

@@ -492,12 +492,20 @@ class custom_vjp(_CustomFunction):
 #: carry the tangent), and in all operands together (a sum); a rule's graph that applies
 #: anything else to its tangent/cotangent is not linear in it (_nonlinear_use)
 _LINEAR_IN_ONE = {"mul": None, "div": {0}, "matmul": None, "einsum": None, "solve": {1},
-                  "sparse_matmul": None, "where": {1, 2}, "gather": {0}, "scatter_add": {0},
-                  "pad": {0}}
-_LINEAR_JOINTLY = {"add", "sub", "neg", "concatenate", "pack_scalars", "complex", "reshape",
-                   "transpose", "slice", "broadcast_to", "reduce_sum", "cumsum", "real",
-                   "imag", "conj", "copy", "fftn", "ifftn", "rfftn", "irfftn",
-                   "stop_gradient"}
+                  "sparse_matmul": None, "gather": {0}, "scatter_add": {0}}
+#: one operand, linear in it
+_LINEAR_UNARY = {"neg", "reshape", "transpose", "slice", "broadcast_to", "reduce_sum", "cumsum",
+                 "real", "imag", "conj", "copy", "fftn", "ifftn", "rfftn", "irfftn",
+                 "stop_gradient"}
+#: linear in all operands together: each must carry the tangent, or be a constant zero
+#: (g + 0.1 * x, g + 1.0: affine, not linear: their transpose drops the constant term)
+_LINEAR_SUMS = {"add", "sub", "concatenate", "pack_scalars", "complex"}
+
+
+def _is_zero(atom) -> bool:
+    """A constant operand whose every element is zero."""
+    value = getattr(atom, "value", None)
+    return value is not None and not isinstance(value, type) and not np.any(value)
 
 
 def _nonlinear_use(graph, n_first: int) -> str | None:
@@ -509,8 +517,15 @@ def _nonlinear_use(graph, n_first: int) -> str | None:
         if not hit:
             continue
         name = eqn.prim.name
-        if name in _LINEAR_JOINTLY:
+        if name in _LINEAR_UNARY:
             linear = True
+        elif name in _LINEAR_SUMS:
+            linear = all(i in hit or _is_zero(a) for i, a in enumerate(eqn.inputs))
+        elif name == "where":  # a constant choice between carried values (or zeros)
+            linear = 0 not in hit and all(i in hit or _is_zero(a)
+                                          for i, a in enumerate(eqn.inputs) if i > 0)
+        elif name == "pad":
+            linear = hit == [0] and not np.any(eqn.params.get("value", 0.0))
         elif name in _LINEAR_IN_ONE:
             allowed = _LINEAR_IN_ONE[name]
             linear = len(hit) == 1 and (allowed is None or hit[0] in allowed)

@@ -31,7 +31,7 @@ import numpy as np
 _IMPURE: dict | None = None  # id(function) -> (function, what a call does)
 _WRAPPERS: dict = {}         # id(function) -> its recording wrapper
 #: modules whose impure functions are wrapped when the traced code reads the module
-_MODULES = ("time", "os", "secrets", "uuid")
+_MODULES = ("time", "os", "os.path", "posixpath", "ntpath", "secrets", "uuid")
 
 
 def _impure() -> dict:
@@ -46,6 +46,11 @@ def _impure() -> dict:
             np.genfromtxt: "reads a file (np.genfromtxt)",
             np.fromfile: "reads a file (np.fromfile)",
             os.urandom: "reads fresh entropy (os.urandom)",
+            os.getenv: "reads the environment (os.getenv)",
+            os.stat: "reads a file's metadata (os.stat)",
+            os.path.getmtime: "reads a file's metadata (os.path.getmtime)",
+            os.path.getsize: "reads a file's metadata (os.path.getsize)",
+            os.path.exists: "looks for a file (os.path.exists)",
             uuid.uuid1: "makes a new id (uuid.uuid1)", uuid.uuid4: "makes a new id (uuid.uuid4)",
         }
         if hasattr(os, "getrandom"):

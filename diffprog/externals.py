@@ -308,6 +308,9 @@ class ExternalReads:
             if not isinstance(value, types.ModuleType):
                 self._guard(path, _same_object)  # a rebound name retraces
             return seen
+        if type(value).__module__.startswith("scipy.sparse") and hasattr(value, "format"):
+            self._guard(path, _same_sparse)  # (before containers: a dok_matrix is a dict)
+            return value
         effect = effects.standin(value)  # the clock, files, entropy: traced at every call
         if effect is not value:
             self._guard(path, _same_object)

@@ -38,7 +38,7 @@ VIEW_ENTRIES = frozenset({"reshape", "transpose", "slice", "broadcast_to", "real
 #: views whose change is written back into their base (the others are refused)
 _WRITABLE = frozenset({"reshape", "transpose", "slice"})
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def note_view(out, base, prim, params) -> None:
@@ -80,14 +80,14 @@ def same_view(x, read_only: bool = False):
 def _reshape_is_view(base, shape) -> bool:
     """Does NumPy's reshape of ``base`` to ``shape`` make a view whatever base's layout?
     When only axes of length 1 come or go (squeeze, expand_dims, x[None]), or base is
-    known to be C-contiguous (:func:`_known_c`)."""
+    known to be C-contiguous (:func:`known_c`)."""
     old = [d for d in base._var.aval.shape if d != 1]
     if old == [d for d in shape if d != 1]:
         return True
-    return _known_c(base)
+    return known_c(base)
 
 
-def _known_c(x, depth: int = 0) -> bool:
+def known_c(x, depth: int = 0) -> bool:
     """Is ``x``'s NumPy array C-contiguous whatever the function's arguments are laid out
     like? One-dimensional results of ufuncs and products, products, and ufunc results of
     such arrays (NumPy lays out a ufunc's result as its operands are: ``y.T * 1.5`` is
@@ -103,15 +103,15 @@ def _known_c(x, depth: int = 0) -> bool:
     if name == "copy":
         return eqn.params.get("order") == "C" or ndim <= 1
     if name == "reshape":  # (of a C-contiguous array: a view, C-contiguous too)
-        return _known_c(_tracer_of(x, eqn.inputs[0]), depth + 1)
+        return known_c(_tracer_of(x, eqn.inputs[0]), depth + 1)
     if name == "slice" and x._view is not None and _leading_rows(eqn.params["index"]):
-        return _known_c(x._view[0], depth + 1)  # (rows of a C array: C-contiguous)
+        return known_c(x._view[0], depth + 1)  # (rows of a C array: C-contiguous)
     if eqn.prim.elementwise:
         if ndim <= 1:
             return True
         full = [a for a in eqn.inputs if a.__class__.__name__ == "Var"
                 and a.aval.shape == x._var.aval.shape]  # (they decide NumPy's layout)
-        return all(_known_c(_tracer_of(x, a), depth + 1) for a in full)
+        return all(known_c(_tracer_of(x, a), depth + 1) for a in full)
     return False
 
 
@@ -329,8 +329,9 @@ def _has_tracer(index) -> bool:
 def storing_into_plain_array(frame) -> bool:
     """Is ``frame`` (user code) at ``y[index] = value``? (NumPy converting a traced value
     to store it into a plain array ``y`` asks for its number or its array.)"""
-    if frame is None or frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        return False  # (diffprog's own stores: object arrays holding traced values)
+    if frame is None or frame.f_code.co_filename.startswith(PACKAGE_DIR) or \
+            "site-packages" in frame.f_code.co_filename:
+        return False  # (diffprog's own stores, and a library's: tracing.call_user names it)
     import dis
     code, lasti = frame.f_code, frame.f_lasti
     try:

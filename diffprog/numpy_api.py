@@ -78,7 +78,8 @@ def copied(x, order: str = "K", same_object: bool = False):
     some order, so its "K" copy (and any copy of it in one dimension) is laid out as it is."""
     if not isinstance(x, Tracer) or int(np.prod(x.aval.shape)) <= 1 or IN_DERIVATIVE_RULE.get():
         return x if same_object else fresh(x)  # (NumPy's copy is a new array: a new object)
-    if not may_be_strided(x) and (order == "K" or len(x.aval.shape) <= 1):
+    if not may_be_strided(x) and (order == "K" or len(x.aval.shape) <= 1) or \
+            order in ("C", "K") and inplace.known_c(x):  # (C-contiguous: NumPy copies nothing)
         return x if same_object else fresh(x)
     if len(x.aval.shape) <= 1:
         order = "K"  # one dimension: every order lays a copy out alike (one copy kind)
@@ -232,6 +233,9 @@ def _numpy_own(func):
         names = dict(impl.__globals__)
         for name, value in impl.__globals__.items():
             seen = numpy_standin.standin(value)
+            if seen is value and isinstance(value, types.ModuleType) and \
+                    value.__name__.startswith("numpy"):
+                seen = numpy_standin.namespace(value)  # (NX.asanyarray: the stand-in's)
             if seen is not value:
                 names[name] = seen
         own = types.FunctionType(impl.__code__, names, impl.__name__, impl.__defaults__,
@@ -257,7 +261,8 @@ NUMPY_OWN = {f: name for name, f in (
 
 
 #: NumPy functions that hand back their argument itself when it needs no conversion
-_SAME_OBJECT = {np.asarray, np.asanyarray, np.ascontiguousarray, np.asfortranarray}
+_SAME_OBJECT = {np.asarray, np.asanyarray, np.ascontiguousarray, np.asfortranarray,
+                np.atleast_1d, np.atleast_2d, np.atleast_3d, np.require}
 
 
 _ENTRY_BINDINGS: dict[Any, Callable] = {}
@@ -799,8 +804,12 @@ TRACER_METHODS["reshape"] = _method_reshape
 
 @implements(np.ravel, method="ravel")
 def ravel(x, order="C"):
-    # a view of a contiguous x (the same memory), else NumPy's contiguous copy
-    return copied(reshape(x, (-1,), order=order), "C", same_object=True)
+    # a view of a contiguous x (the same memory), else NumPy's contiguous copy: for
+    # in-place changes, a reshape view of x either way (diffprog.inplace decides which)
+    out = copied(reshape(x, (-1,), order=order), "C", same_object=True)
+    if isinstance(out, Tracer) and isinstance(x, Tracer) and out._view is None:
+        inplace.note_view(out, x, shapes.reshape, {"shape": shape_of(out)})
+    return out
 
 
 @implements(method="flatten")

@@ -68,9 +68,9 @@ def _traced_array(obj, dtype=None, ndmin: int = 0):
 
 # ------------------------------------------------------------------ array constructors
 
-def _copied(x, order):
+def _copied(x, order, same_object: bool = False):
     from .numpy_api import copied
-    return copied(x, order)
+    return copied(x, order, same_object)
 
 
 def array(object, dtype=None, *, copy=True, order="K", subok=False, ndmin=0, **kwargs):
@@ -83,7 +83,7 @@ def array(object, dtype=None, *, copy=True, order="K", subok=False, ndmin=0, **k
 def asarray(a, dtype=None, order=None, **kwargs):
     if holds_tracer(a) and not _wants_objects(dtype):
         out = _traced_array(a, dtype)  # order "C"/"F": NumPy copies what is not laid out so
-        return _copied(out, order) if order in ("C", "F") else out
+        return _copied(out, order, same_object=True) if order in ("C", "F") else out
     return np.asarray(a, dtype, order, **kwargs)
 
 
@@ -95,13 +95,13 @@ def asanyarray(a, dtype=None, order=None, **kwargs):
 
 def ascontiguousarray(a, dtype=None, **kwargs):
     if holds_tracer(a) and not _wants_objects(dtype):
-        return _copied(_traced_array(a, dtype, ndmin=1), "C")
+        return _copied(_traced_array(a, dtype, ndmin=1), "C", same_object=True)
     return np.ascontiguousarray(a, dtype, **kwargs)
 
 
 def asfortranarray(a, dtype=None, **kwargs):
     if holds_tracer(a) and not _wants_objects(dtype):
-        return _copied(_traced_array(a, dtype, ndmin=1), "F")
+        return _copied(_traced_array(a, dtype, ndmin=1), "F", same_object=True)
     return np.asfortranarray(a, dtype, **kwargs)
 
 
@@ -210,6 +210,16 @@ def standin(value):
 
 
 _R, _C = _Concatenator(np.r_), _Concatenator(np.c_)
+_NAMESPACES: dict = {}
+
+
+def namespace(module) -> "_Namespace":
+    """A stand-in of any NumPy module (``numpy._core.numeric`` as NumPy's own code names
+    it): its functions through :func:`standin`."""
+    found = _NAMESPACES.get(module.__name__)
+    if found is None:
+        found = _NAMESPACES[module.__name__] = _Namespace(module)
+    return found
 NUMPY = _Namespace(np)
 LINALG = _Namespace(np.linalg)
 FFT = _Namespace(np.fft)

@@ -16,6 +16,7 @@ import contextvars
 import linecache
 import math
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -621,12 +622,68 @@ def call_user(fn: Callable, *args):
     _STORE_ERROR.set(None)
     try:
         return fn(*args)
-    except ValueError as e:
-        pending = _STORE_ERROR.get()
+    except DiffprogError as e:
+        if not isinstance(e, UnsupportedAttributeError) or _library_call(e.__traceback__) is None:
+            raise
+        return _library_failure(e)
+    except Exception as e:
+        pending = _STORE_ERROR.get() if isinstance(e, ValueError) else None
         if pending is not None:
             _STORE_ERROR.set(None)
             raise pending from e
-        raise
+        if _library_call(e.__traceback__) is None or not _CONVERSION_FAILURE.search(str(e)):
+            raise  # (a library's own error about the values: a simplex, a range...)
+        return _library_failure(e)
+
+
+def _library_failure(e: Exception):
+    """Raise the error naming the library function that failed on traced values."""
+    function, line = _library_call(e.__traceback__)
+    raise UnsupportedFunctionError(
+            f"{function} (called at {line}) failed on traced values: {type(e).__name__}: "
+            f"{str(e).strip()[:300]}\nIt has no diffprog rule: it converts its arguments to "
+            f"plain arrays (of Python objects, here), which cannot carry a derivative. Fix: "
+            f"compute it outside the function and pass the result in, use a supported "
+            f"equivalent (README, 'What you can differentiate'), or give it a rule with "
+            f"dp.custom_vjp.") from e
+
+
+#: what NumPy and C extensions say when they meet arrays of Python objects (traced values
+#: converted by a library with np.asarray) where they want numbers
+_CONVERSION_FAILURE = re.compile(
+    r"sequence|object|Tracer|not supported for the input types|could not be (safely )?coerced"
+    r"|float\(\) argument|must be (a )?real number|dtype\('O'\)|not available for this type"
+    r"|strides|flags", re.IGNORECASE)
+
+
+#: libraries whose functions, called with traced values they have no rule for, fail in
+#: their own code: the error then names the function called (call_user)
+_LIBRARIES = ("scipy.", "sklearn.", "numba.")
+
+
+def _library_call(tb):
+    """``(function, user line)`` where a traceback enters one of _LIBRARIES from user code
+    (the library function the user called), or None."""
+    line, found = "?", None
+    while tb is not None:
+        frame = tb.tb_frame
+        module = frame.f_globals.get("__name__", "") or ""
+        if module.startswith(_LIBRARIES):
+            name = f"{module}.{frame.f_code.co_name}"
+            if frame.f_code.co_name not in _WRAPPER_NAMES:  # (a decorator's: look inside)
+                return name, line
+            found = found or (name, line)
+            tb = tb.tb_next
+            continue
+        if found is not None:
+            return found
+        if not frame.f_code.co_filename.startswith(inplace.PACKAGE_DIR):
+            line = f"{os.path.basename(frame.f_code.co_filename)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+_WRAPPER_NAMES = frozenset({"wrapper", "inner", "wrapped", "decorated", "_wrapper", "__call__"})
 
 
 #: the error of a traced value stored into a plain array, which NumPy may replace by its own

@@ -238,9 +238,11 @@ def test_str_and_none_inputs_to_grad_are_rejected_clearly():
         dp.grad(lambda x: 1.0)(None)
 
 
-def test_nested_integer_leaf_is_named_by_path():
-    with pytest.raises(dp.NotDifferentiableError, match=r"argument 0\['n'\]"):
-        dp.grad(lambda p: np.sum(p["w"]) * p["n"])({"w": np.ones(2), "n": np.arange(2)})
+def test_nested_integer_leaf_is_static_and_an_integer_argument_named():
+    g = dp.grad(lambda p: np.sum(p["w"] * p["n"]))({"w": np.ones(2), "n": np.arange(2)})
+    assert g["n"] is None and list(g["w"]) == [0.0, 1.0]
+    with pytest.raises(dp.NotDifferentiableError, match=r"argument 0.*int64"):
+        dp.grad(lambda n: np.sum(n * 2.0))(np.arange(2))
 
 
 def test_argnums_out_of_range():
@@ -488,3 +490,10 @@ def test_keyword_arguments_are_placed_at_their_positions():
         f(x, c=1.0)
     with pytest.raises(dp.errors.ArgumentValueError, match="counts from the end"):
         dp.grad(lambda x, y: np.sum(x * y), argnums=-1)(x, y=x)
+
+
+def test_jacobian_and_hessian_take_keyword_arguments_too():
+    x = np.ones(3)
+    np.testing.assert_array_equal(np.diag(dp.jacobian(lambda a, b=1.0: a * b)(x, b=2.0)), 2.0)
+    np.testing.assert_array_equal(
+        np.diag(dp.hessian(lambda a, c=1.0: np.sum(a ** 3) * c)(x, c=2.0)), 12.0)

@@ -230,3 +230,18 @@ def test_jax_style_defvjp_with_forward_and_backward_functions():
     cube.defvjp(lambda x: (x ** 3, x), lambda r, g: (3.0 * r ** 2 * g,))
     np.testing.assert_allclose(dp.grad(lambda x: np.sum(cube(x)))(x), 3.0 * x ** 2)
     np.testing.assert_allclose(dp.hessian(lambda x: np.sum(cube(x)))(x), np.diag(6.0 * x))
+
+
+@pytest.mark.parametrize("rule", [
+    lambda g, x: g + 0.1 * x, lambda g, x: g + 1.0,
+    lambda g, x: np.pad(g[1:], (0, 1), constant_values=5.0)],
+    ids=["weight_decay", "plus_constant", "pad_constant"])
+def test_an_affine_rule_is_not_linear_either(rule):
+    # (a reviewer: g + 0.1 * x passed the linearity check; its transpose drops 0.1 * x)
+    @dp.custom_vjp
+    def f(x):
+        return x * 1.0
+
+    f.defvjp(rule)
+    with pytest.raises(dp.errors.NotDifferentiableError, match="linear"):
+        dp.jacobian(f, mode="fwd")(np.array([1.0, 2.0, 3.0]))

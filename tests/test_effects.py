@@ -75,3 +75,17 @@ def test_pure_functions_of_the_same_modules_keep_their_program():
     with warnings.catch_warnings():
         warnings.simplefilter("error", DiffprogWarning)
         assert f(X) == 9.0 and f(X) == 9.0
+
+
+def test_the_environment_and_file_metadata_are_read_at_every_call(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFPROG_TEST_SCALE", "2")
+    f = dp.differentiable(lambda x: x * float(os.getenv("DIFFPROG_TEST_SCALE")))
+    assert list(f(X)) == [2.0] * 3
+    monkeypatch.setenv("DIFFPROG_TEST_SCALE", "3")
+    assert list(f(X)) == [3.0] * 3
+    path = tmp_path / "data.txt"
+    path.write_text("a")
+    g = dp.differentiable(lambda x: x * os.path.getsize(path))
+    assert list(g(X)) == [1.0] * 3
+    path.write_text("abc")
+    assert list(g(X)) == [3.0] * 3

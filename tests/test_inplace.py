@@ -341,3 +341,18 @@ def test_a_loop_body_changes_its_own_carry_in_place():
     assert np.array_equal(init, np.zeros(3))  # the caller's array is not the carry
     np.testing.assert_allclose(dp.grad(lambda c: np.sum(f(c)[1]))(init),
                                np.full(3, 2.0 * sum(1.5 ** k for k in range(1, 5))))
+
+
+def test_ravel_and_functions_handing_back_their_argument_share_its_memory():
+    def f(x):
+        y = (x * 1.0).reshape(2, 2)
+        v = y.ravel()
+        v[3] = 7.0
+        w = np.atleast_2d(y)
+        w[0, 0] = 42.0
+        c = np.ascontiguousarray(y)
+        c[0, 1] = -1.0
+        y[1, 0] = 5.0  # and back: the views see it
+        return y, v, w
+    got, want = dp.differentiable(f)(X), f(X.copy())
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))

@@ -1273,6 +1273,9 @@ def _eigvals_pairing(a, w):
     w_eig, v = eig(a)
     n = np.shape(w)[-1]
     gaps = np.abs(np.expand_dims(w, -1) - np.expand_dims(w_eig, -2))
+    # ties (a repeated eigenvalue) go to the same position, so the pairing stays one to
+    # one: argmin alone sent every copy of a repeated eigenvalue to its first position
+    gaps = gaps + np.where(np.eye(n, dtype=bool), 0.0, np.finfo(np.float64).tiny)
     nearest = np.expand_dims(np.argmin(gaps, axis=-1), -1) == np.arange(n)
     return v, np.where(nearest, 1.0, 0.0)
 

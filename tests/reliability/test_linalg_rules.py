@@ -326,3 +326,11 @@ def test_unused_vectors_at_repeated_eigenvalues_give_no_nan(fn, expected):
     # zero cotangent met 1 / (w_j - w_i) = inf. A result without a cotangent is now None.)
     with np.errstate(all="raise"):
         np.testing.assert_allclose(dp.grad(fn)(np.eye(3)), expected, atol=1e-12)
+
+
+def test_eigvals_at_repeated_eigenvalues_pairs_each_with_its_own():
+    # (a reviewer: every copy of a repeated eigenvalue was paired with the first one)
+    np.testing.assert_allclose(
+        dp.grad(lambda a: np.sum(np.linalg.eigvals(a)).real)(np.eye(3)), np.eye(3), atol=1e-12)
+    _, tangent = dp.jvp(np.linalg.eigvals, (np.diag([1.0, 1.0, 2.0]),), (np.diag([1.0, 2.0, 3.0]),))
+    np.testing.assert_allclose(tangent, [1.0, 2.0, 3.0], atol=1e-12)

@@ -134,3 +134,16 @@ def test_lists_holding_traced_values_are_arrays():
     np.testing.assert_allclose([ga, gb], -(np.array([0.3, -1.2]) - 0.1) / 4.0, rtol=1e-12)
     np.testing.assert_allclose(dp.differentiable(lambda a, b: ss.convolve([a, b, a], [1.0, 2.0]))(a, b),
                                ss.convolve([0.3, -1.2, 0.3], [1.0, 2.0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda a: np.sum(sl.expm(a)), "expm"),
+    (lambda a: np.sum(sl.lu(a)[1]), "lu"),
+    (lambda a: np.sum(__import__("scipy.signal").signal.lfilter([1.0], [1.0, -0.5], a[0])),
+     "lfilter"),
+])
+def test_a_scipy_function_without_a_rule_is_named_in_the_error(call, name):
+    # (a reviewer: they failed deep inside SciPy with "setting an array element with a
+    # sequence", "object arrays are not supported", NotImplementedError...)
+    with pytest.raises(dp.errors.UnsupportedFunctionError, match=rf"scipy\..*{name}.*traced"):
+        dp.grad(call)(np.eye(3) * 0.5)

@@ -140,3 +140,16 @@ def test_elementwise_products_keep_scipys_dtype(sparse_dtype):
     want = s.multiply(x).toarray()
     got = dp.differentiable(lambda x: s.multiply(x).toarray())(x)
     assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_a_global_dok_matrix_changed_in_place_is_seen():
+    import warnings
+    dok = sp.dok_matrix((3, 3))
+    dok[0, 0] = 1.0
+    f = dp.differentiable(lambda x: dok @ x)
+    x = np.array([1.0, 2.0, 3.0])
+    assert list(f(x)) == [1.0, 0.0, 0.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dok[1, 1] = 5.0
+    assert list(f(x)) == [1.0, 10.0, 0.0]
