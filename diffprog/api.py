@@ -1175,7 +1175,6 @@ def _checked_positions(positions, what: str) -> tuple:
 
 
 def _norm_argnums(argnums, n_args: int) -> tuple:
-    single = isinstance(argnums, (int, np.integer)) and not isinstance(argnums, bool)
     nums = _checked_positions(argnums, "argnums")
     for a in nums:
         if not -n_args <= a < n_args:

@@ -256,7 +256,7 @@ NUMPY_OWN = {f: name for name, f in (
         "cumulative_prod", "fix", "linalg.cross", "linalg.outer", "linalg.matmul",
         "linalg.tensordot", "linalg.multi_dot", "linalg.vector_norm", "linalg.matrix_norm",
         "linalg.trace", "linalg.diagonal", "linalg.matrix_transpose", "linalg.tensorinv",
-        "linalg.cond"))
+        "linalg.cond", "linalg.svdvals", "put_along_axis", "polyder", "polyint"))
     if f is not None and hasattr(f, "_implementation")}
 
 
@@ -672,8 +672,15 @@ def _even_power(s, exponent):
     distance matrix, a constant sample). s is replaced by 1 before the power there, so
     no inf is formed at all."""
     zero = s == 0
-    safe = elementwise.where(zero, 1.0, s)
-    return elementwise.where(zero, 0.0, elementwise.sqrt(safe) if exponent == 0.5 else power(safe, exponent))
+    safe = _scalar_if_0d(elementwise.where(zero, 1.0, s))
+    return _scalar_if_0d(elementwise.where(
+        zero, 0.0, elementwise.sqrt(safe) if exponent == 0.5 else power(safe, exponent)))
+
+
+def _scalar_if_0d(x):
+    """A 0-d result as the NumPy scalar NumPy's own code has there (``where`` makes 0-d
+    arrays; NumPy's scalar power rounds unlike its array loop: np.linalg.norm(x, 3))."""
+    return x[()] if ndim(x) == 0 else x
 
 
 @implements(np.argmax, method="argmax")

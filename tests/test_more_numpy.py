@@ -36,6 +36,20 @@ XQ = np.array([-1.5, -0.3, 0.2, 0.9, 1.2, 2.9, 3.5])  # inside, outside, away fr
 SORTED = np.sort(R.standard_normal(6))
 
 
+def _put_along(y):
+    np.put_along_axis(y, np.array([[0], [2], [1]]), 5.0, axis=1)  # (changes y itself)
+    return y
+
+
+#: the cases run as NumPy's own code (numpy_api.NUMPY_OWN): none may fall back to arrays of
+#: Python objects (exact but one equation per element)
+OWN_CASES = ("isclose", "allclose", "array_equal", "meshgrid", "meshgrid_sparse", "trapezoid",
+             "polyval", "dstack_unstack", "cross", "cumulative_sum", "matrix_transpose", "fix",
+             "linalg_products", "multi_dot", "vector_norm", "matrix_norm",
+             "linalg_trace_diagonal", "tensorinv", "cond", "svdvals", "put_along_axis",
+             "polyder_polyint")
+
+
 def _mult(x, y):
     k = np.array([[1, -2, 0, 3], [-1, 2, 1, -3], [0, 1, -2, 2]])
     return (k + np.clip(x, 0.1, 0.9)) * y  # away from the jumps of fmod
@@ -157,6 +171,9 @@ CASES = {
     "linalg_trace_diagonal": (lambda a: np.linalg.trace(a)[:, None] + np.linalg.diagonal(a), [T234]),
     "tensorinv": (lambda a: np.linalg.tensorinv(a + 3.0 * np.eye(3), ind=1), [M3]),
     "cond": (lambda a: np.linalg.cond(a + 3.0 * np.eye(3)), [M3]),
+    "svdvals": (lambda a: np.linalg.svdvals(a), [A34]),
+    "put_along_axis": (lambda a: _put_along(a * 1.0), [A34]),
+    "polyder_polyint": (lambda p: np.polyder(p, 2) + np.polyint(p, k=1.0)[:3], [V5]),
 }
 
 
@@ -198,6 +215,15 @@ def test_vmap_equals_stacking_examples(name):
     for b, x in enumerate(first):
         for got, want in zip(_outputs(batched), _outputs(fn(x, *args[1:]))):
             assert_close(got[b], want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", OWN_CASES)
+def test_numpys_own_code_stays_traced_arrays(name):
+    import warnings
+    fn, args = CASES[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dp.DiffprogWarning)  # ("became an array of Python objects")
+        dp.differentiable(fn)(*args)
 
 
 def test_all_nan_slices_give_nan_as_numpy_does():
@@ -267,3 +293,16 @@ def test_complex_helpers_on_real_arrays_follow_numpy():
     np.testing.assert_array_equal(dp.differentiable(np.angle)(z), np.angle(z))
     with pytest.raises(dp.UnsupportedFunctionError, match="real_if_close"):
         dp.differentiable(np.real_if_close)(z)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_norms_of_any_order_are_numpys_bits_and_type(dtype):
+    # (a reviewer: ord=3 differed from NumPy by 1 ulp, and came back a 0-d array: NumPy's
+    # final power is scalar math on a NumPy scalar)
+    rng = np.random.default_rng(3)
+    for order in (3, 4, 1.5, -3, 0.5):
+        for _ in range(10):
+            a = rng.standard_normal(12).astype(dtype)
+            got = dp.differentiable(lambda x: np.linalg.norm(x, order))(a)
+            want = np.linalg.norm(a, order)
+            assert type(got) is type(want) and got == want, (order, got, want)
