@@ -256,9 +256,12 @@ def is_user_code(obj) -> bool:
 
 
 def _is_user_function(fn) -> bool:
-    if not isinstance(fn, types.FunctionType):
-        return False
-    filename = fn.__code__.co_filename
+    return isinstance(fn, types.FunctionType) and is_user_file(fn.__code__.co_filename)
+
+
+def is_user_file(filename: str) -> bool:
+    """Is code from ``filename`` the user's (not an installed library, the standard
+    library, NumPy or diffprog)?"""
     if filename.startswith("<"):  # notebooks, exec'd code: the user's
         return True
     path = os.path.abspath(filename)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import functools
 import inspect
+import sys
 import types
 from typing import Any, Callable
 
@@ -399,26 +400,52 @@ def vander(x, N=None, increasing=False):
     return columns if increasing else columns[:, ::-1]
 
 
-@implements(np.zeros_like)
 def zeros_like(a, dtype=None, order="K", subok=True, shape=None):
     return np.zeros(shape if shape is not None else shape_of(a), dtype or dtype_of(a))
 
 
-@implements(np.ones_like)
 def ones_like(a, dtype=None, order="K", subok=True, shape=None):
     return np.ones(shape if shape is not None else shape_of(a), dtype or dtype_of(a))
 
 
-@implements(np.empty_like)
 def empty_like(a, dtype=None, order="K", subok=True, shape=None):
     return zeros_like(a, dtype, shape=shape)
 
 
-@implements(np.full_like)
 def full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None):
     if _is_traced(fill_value):
         return broadcast_to(astype(fill_value, dtype or dtype_of(a)), shape or shape_of(a))
     return np.full(shape if shape is not None else shape_of(a), fill_value, dtype or dtype_of(a))
+
+
+def _fillable(make):
+    """``np.zeros_like(x)`` (and ones/empty/full) of a traced x, called by the user's code:
+    a *traced* array of those values, so the code may go on to fill it in place
+    (``dydt = np.zeros_like(y); dydt[0] = y[1]``: the ODE right-hand side a scientist
+    writes), which a plain array cannot hold. Called by diffprog's or NumPy's own code, or
+    inside a derivative rule, the constant itself (it folds into what uses it)."""
+    @functools.wraps(make)
+    def like(a, *args, **kwargs):
+        constant = make(a, *args, **kwargs)
+        if not isinstance(a, Tracer) or IN_DERIVATIVE_RULE.get() or \
+                constant.shape != a._var.aval.shape or not _called_by_user_code():
+            return constant
+        return elementwise.where(True, constant, astype(a, constant.dtype, copy=False))
+    return like
+
+
+def _called_by_user_code() -> bool:
+    """Is the NumPy call being handled made by the user's own code?"""
+    from .externals import is_user_file
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(inplace.PACKAGE_DIR):
+        frame = frame.f_back
+    return frame is not None and is_user_file(frame.f_code.co_filename)
+
+
+for _numpy_like, _make in ((np.zeros_like, zeros_like), (np.ones_like, ones_like),
+                           (np.empty_like, empty_like), (np.full_like, full_like)):
+    implements(_numpy_like)(_fillable(_make))
 
 
 def shape_of(a):

@@ -608,10 +608,11 @@ def _refuse_store_into_plain_array(frame) -> None:
     if inplace.storing_into_plain_array(frame):
         error = ArgumentValueError(
             f"y[...] = v writes a traced value into a plain NumPy array y (one made inside the "
-            f"function: np.zeros(n), np.zeros_like(x)) at {user_frame_line()}: NumPy would "
-            f"store its number and drop what it depends on. Fix: collect the values and build "
-            f"the array from them (y = np.stack([...]) or np.array([v0, v1, ...])), or start "
-            f"from a traced array (y = x.copy() or y = x * 0.0, then y[i] = v).")
+            f"function from no traced value: np.zeros(n), np.empty((n, 2))) at "
+            f"{user_frame_line()}: NumPy would store its number and drop what it depends on. "
+            f"Fix: make y from a traced array (y = np.zeros_like(x), y = x.copy(), then "
+            f"y[i] = v), or collect the values and build the array from them (np.stack([...]) "
+            f"or np.array([v0, v1, ...])).")
         _STORE_ERROR.set(error)  # (the trace raises it if NumPy's ValueError comes out)
         raise error
 

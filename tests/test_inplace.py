@@ -356,3 +356,28 @@ def test_ravel_and_functions_handing_back_their_argument_share_its_memory():
         return y, v, w
     got, want = dp.differentiable(f)(X), f(X.copy())
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_an_ode_right_hand_side_filled_into_zeros_like():
+    from diffprog.sciml import odeint
+
+    def rhs(y, t, k):
+        dydt = np.zeros_like(y)  # a traced array: filled in place, as scientists write it
+        dydt[0] = y[1]
+        dydt[1] = -k * y[0]
+        return dydt
+
+    t, y0 = np.linspace(0.0, 1.0, 5), np.array([1.0, 0.0])
+    loss = lambda k: np.sum(odeint(rhs, y0, t, k)[-1])  # noqa: E731
+    eps = 1e-6
+    np.testing.assert_allclose(dp.grad(loss)(1.5), (loss(1.5 + eps) - loss(1.5 - eps)) / (2 * eps),
+                               rtol=1e-6)
+
+    def fill(x):
+        a, b, c = np.empty_like(x), np.ones_like(x), np.full_like(x, 2.0)
+        a[:] = x * 3.0
+        b[1] += x[0]
+        c[0] = x[2]
+        return a + b * c, np.zeros_like(x, dtype=int) + 1
+    _same_as_numpy(lambda x: fill(x)[0])
+    assert dp.differentiable(lambda x: fill(x)[1])(X).dtype == fill(X)[1].dtype
