@@ -785,6 +785,91 @@ def median(x, axis=None, out=None, overwrite_input=False, keepdims=False):
     return out
 
 
+@implements(np.quantile)
+def quantile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+             keepdims=False, *, weights=None):
+    weak_q = type(q) in (int, float)  # (NumPy's: a Python q keeps a float32 result float32)
+    return _quantile(a, np.asanyarray(_static_q(q, "quantile")), axis, method, keepdims,
+                     weights, weak_q, "quantile", "Quantiles must be in the range [0, 1]")
+
+
+@implements(np.percentile)
+def percentile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+               keepdims=False, *, weights=None):
+    weak_q = type(q) in (int, float)
+    return _quantile(a, np.true_divide(_static_q(q, "percentile"), 100), axis, method, keepdims,
+                     weights, weak_q, "percentile", "Percentiles must be in the range [0, 100]")
+
+
+def _static_q(q, name):
+    if _is_traced(q):
+        raise unsupported(f"np.{name} with a traced q (where it reads the sorted values "
+                          f"would depend on data)")
+    return q
+
+
+def _quantile(a, q, axis, method, keepdims, weights, weak_q, name, invalid):
+    """NumPy's quantile (method "linear", no weights), as its own code computes it
+    (_function_base_impl._quantile): the positions (n - 1) q and their floor and ceiling
+    from the constant q, the values there of the sorted array (what its partition puts
+    there), and NumPy's _lerp, which interpolates from the nearer end; a slice holding a
+    NaN gives NaN."""
+    if method != "linear" or weights is not None:
+        raise unsupported(f"np.{name}(..., method={method!r}"
+                          f"{', weights=...' if weights is not None else ''})")
+    if dtype_of(a).kind == "c":  # (NumPy's TypeError, named)
+        raise ArgumentError(f"np.{name}: a must be an array of real numbers (complex values "
+                            f"have no order), got {dtype_of(a)}")
+    if not (np.all(q >= 0) and np.all(q <= 1)):
+        raise ValueError(invalid)
+    if q.ndim > 1:
+        raise ValueError("q must be a scalar or 1d")
+    kept = shape(a)
+    if axis is None:
+        arr, axis = reshape(a, (-1,)), 0
+        kept = (1,) * len(kept)
+    else:
+        if not isinstance(axis, (int, np.integer)):
+            raise unsupported(f"np.{name}(..., axis={axis!r}) (one axis, or None)")
+        axis = int(axis) % ndim(a)
+        arr = a if axis == 0 else moveaxis(a, axis, 0)
+        kept = kept[:axis] + (1,) + kept[axis + 1:]
+    count = shape(arr)[0]
+    virtual = np.asanyarray((count - 1) * q)
+    ordered = sort(arr, axis=0)
+    if np.issubdtype(virtual.dtype, np.integer):
+        result = ordered[virtual]
+    else:
+        previous_index = np.floor(virtual, out=...)  # (0-d arrays for a scalar q, as NumPy)
+        next_index = np.add(previous_index, 1, out=...)
+        previous_index[virtual >= count - 1] = -1
+        next_index[virtual >= count - 1] = -1
+        previous_index[virtual < 0] = 0
+        next_index[virtual < 0] = 0
+        previous_index = previous_index.astype(np.intp)
+        next_index = next_index.astype(np.intp)
+        gamma = np.asanyarray(np.asanyarray(virtual - previous_index), dtype=virtual.dtype)
+        gamma = float(gamma) if weak_q else gamma.reshape(virtual.shape + (1,) * (ndim(arr) - 1))
+        result = _lerp(ordered[previous_index], ordered[next_index], gamma)
+    if np.issubdtype(dtype_of(arr), np.inexact) and count:
+        last = ordered[-1]
+        result = elementwise.where(elementwise.isnan(last), last, result)
+        result = result[()] if ndim(result) == 0 else result
+    if keepdims:
+        result = reshape(result, q.shape + kept)
+    return result
+
+
+def _lerp(a, b, t):
+    """NumPy's _lerp: a + (b - a) t, and b - (b - a)(1 - t) where t >= 0.5 (in the dtype
+    of the first), a 0-d result a NumPy scalar."""
+    diff = b - a
+    low = a + diff * t
+    high = astype(b - diff * (1 - t), dtype_of(low), copy=False)
+    result = elementwise.where(np.asanyarray(t) >= 0.5, high, low)
+    return result[()] if ndim(result) == 0 else result
+
+
 @implements(np.cumsum, method="cumsum")
 def cumsum(x, axis=None, dtype=None, out=None):
     if dtype is not None:

@@ -146,6 +146,8 @@ RECIPES = [
     _r(np.inner, lambda a, b: np.inner(a, b), Z, Z2),
     _r(np.outer, lambda a, b: np.outer(a, b), ZV, ZV3),
     _r(np.vander, lambda a: np.vander(a, 4), ZV3),
+    _r(np.quantile, lambda z: np.quantile(z, 0.3), Z),
+    _r(np.percentile, lambda z: np.percentile(z, 30), Z),
     _r(np.astype, lambda z: np.astype(z, np.complex64), Z),
     _r(np.tensordot, lambda a, b: np.tensordot(a, b, axes=([1], [1])), Z, Z2),
     _r(np.kron, lambda a, b: np.kron(a, b), ZV3, M2),

@@ -172,6 +172,9 @@ CASES = {
     "tensorinv": (lambda a: np.linalg.tensorinv(a + 3.0 * np.eye(3), ind=1), [M3]),
     "cond": (lambda a: np.linalg.cond(a + 3.0 * np.eye(3)), [M3]),
     "svdvals": (lambda a: np.linalg.svdvals(a), [A34]),
+    "quantile": (lambda a: np.quantile(a, [0.1, 0.5, 0.95], axis=1) + np.quantile(a, 0.3), [A34]),
+    "percentile": (lambda a: np.percentile(a, 37.5) + np.percentile(a, [0, 60, 100], axis=0,
+                                                                   keepdims=True), [A34]),
     "put_along_axis": (lambda a: _put_along(a * 1.0), [A34]),
     "polyder_polyint": (lambda p: np.polyder(p, 2) + np.polyint(p, k=1.0)[:3], [V5]),
 }
@@ -224,6 +227,21 @@ def test_numpys_own_code_stays_traced_arrays(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error", dp.DiffprogWarning)  # ("became an array of Python objects")
         dp.differentiable(fn)(*args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_quantiles_are_numpys_bits_types_and_nans(dtype):
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((7, 9)).astype(dtype)
+    with_nan = a.copy()
+    with_nan[2, 3] = np.nan
+    for fn, x in [(lambda a: np.quantile(a, 0.3), a), (lambda a: np.quantile(a, [0.1, 0.95]), a),
+                  (lambda a: np.percentile(a, 37.5, axis=1), a),
+                  (lambda a: np.quantile(a, np.float64(0.7), axis=1, keepdims=True), a),
+                  (lambda a: np.percentile(a, 50, axis=1), with_nan), (lambda a: np.quantile(a, 1), a)]:
+        got, want = dp.differentiable(fn)(x), fn(x)
+        assert type(got) is type(want) and np.shape(got) == np.shape(want)
+        assert np.array_equal(got, want, equal_nan=True) and np.result_type(got) == np.result_type(want)
 
 
 def test_all_nan_slices_give_nan_as_numpy_does():
