@@ -20,7 +20,7 @@ import numpy as np
 
 from . import inplace
 from .primitives import core, elementwise, linalg, reductions, shapes, special
-from .errors import ArgumentError, ShapeError
+from .errors import ArgumentError, ArgumentValueError, ShapeError
 from .tracing import IN_DERIVATIVE_RULE, Tracer, fresh, may_be_strided, unsupported
 
 HANDLERS: dict[Any, Callable] = {}
@@ -414,7 +414,8 @@ def empty_like(a, dtype=None, order="K", subok=True, shape=None):
 
 def full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None):
     if _is_traced(fill_value):
-        return broadcast_to(astype(fill_value, dtype or dtype_of(a)), shape or shape_of(a))
+        return broadcast_to(astype(fill_value, dtype or dtype_of(a)),
+                            shape if shape is not None else shape_of(a))
     return np.full(shape if shape is not None else shape_of(a), fill_value, dtype or dtype_of(a))
 
 
@@ -428,9 +429,12 @@ def _fillable(make):
     def like(a, *args, **kwargs):
         constant = make(a, *args, **kwargs)
         if not isinstance(a, Tracer) or IN_DERIVATIVE_RULE.get() or \
-                constant.shape != a._var.aval.shape or not _called_by_user_code():
-            return constant
-        return elementwise.where(True, constant, astype(a, constant.dtype, copy=False))
+                constant.dtype.kind not in "fc" or constant.shape != a._var.aval.shape or \
+                not _called_by_user_code():
+            return constant  # (a mask or an index array stays a constant: x[mask] works)
+        # the values a constant's; a only gives the result a place in the program, with no
+        # derivative flowing from it (float(np.zeros_like(a)[0]) is no function of a)
+        return elementwise.where(True, constant, stop_gradient(astype(a, constant.dtype, copy=False)))
     return like
 
 
@@ -822,15 +826,20 @@ def _quantile(a, q, axis, method, keepdims, weights, weak_q, name, invalid):
                             f"have no order), got {dtype_of(a)}")
     if not (np.all(q >= 0) and np.all(q <= 1)):
         raise ValueError(invalid)
-    if q.ndim > 1:
-        raise ValueError("q must be a scalar or 1d")
+    if q.ndim > 2:
+        raise ArgumentValueError(f"np.{name}: q must be a scalar, 1d or 2d, got {q.ndim}d")
     kept = shape(a)
+    if isinstance(axis, tuple) and len(axis) == 1:
+        axis = axis[0]
     if axis is None:
         arr, axis = reshape(a, (-1,)), 0
         kept = (1,) * len(kept)
     else:
         if not isinstance(axis, (int, np.integer)):
             raise unsupported(f"np.{name}(..., axis={axis!r}) (one axis, or None)")
+        if not -ndim(a) <= axis < ndim(a):
+            raise ShapeError(f"np.{name}: axis {axis} is out of bounds for an array of "
+                             f"dimension {ndim(a)} (NumPy's AxisError)")
         axis = int(axis) % ndim(a)
         arr = a if axis == 0 else moveaxis(a, axis, 0)
         kept = kept[:axis] + (1,) + kept[axis + 1:]
@@ -1474,10 +1483,18 @@ def _vector_norm(x, ord, axis, keepdims):
         return sum(elementwise.abs_(x), axis=axis, keepdims=keepdims)
     if ord == 0:
         return sum(astype(x != 0, linalg._real_dtype(dtype_of(x))), axis=axis, keepdims=keepdims)
-    if ord < 0:  # |0| ** ord is inf, and the norm 0: NumPy's values, no kink to smooth
-        return power(sum(power(elementwise.abs_(x), float(ord)), axis=axis, keepdims=keepdims), 1.0 / ord)
-    return _even_power(sum(_even_power(elementwise.abs_(x), float(ord)), axis=axis, keepdims=keepdims),
-                       1.0 / ord)
+    absx = elementwise.abs_(x)
+    if ord < 0:  # |0| ** ord is inf, and the norm 0: NumPy's value; its derivative 0 there
+        zero = any_(absx == 0, axis=axis, keepdims=keepdims)
+        safe = elementwise.where(absx == 0, 1.0, absx)
+        total = sum(astype(power(safe, ord), dtype_of(absx), copy=False), axis=axis,
+                    keepdims=keepdims)  # (NumPy's absx **= ord keeps absx's dtype)
+        value = power(total, np.reciprocal(ord, dtype=dtype_of(total)))
+        return _scalar_if_0d(elementwise.where(zero, 0.0, value))
+    # NumPy: absx **= ord; ret **= reciprocal(ord, dtype=ret.dtype) (the exponents as given)
+    total = sum(astype(_even_power(absx, ord), dtype_of(absx), copy=False), axis=axis,
+                keepdims=keepdims)
+    return _even_power(total, np.reciprocal(ord, dtype=dtype_of(total)))
 
 
 def _matrix_norm(x, ord, axes, keepdims):
@@ -1489,7 +1506,7 @@ def _matrix_norm(x, ord, axes, keepdims):
         col = sum(elementwise.abs_(x), axis=inner_ax, keepdims=True)
         red = amax if ord in (1, np.inf) else amin
         out = red(col, axis=outer_ax, keepdims=True)
-        return out if keepdims else squeeze(out, axis=(r, c))
+        return out if keepdims else _scalar_if_0d(squeeze(out, axis=(r, c)))
     if ord in (2, -2, "nuc"):  # from the singular values of each matrix
         values = linalg.svdvals(moveaxis(x, (r, c), (-2, -1)))
         reduce_ = {2: amax, -2: amin, "nuc": sum}[ord]

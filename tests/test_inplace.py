@@ -381,3 +381,15 @@ def test_an_ode_right_hand_side_filled_into_zeros_like():
         return a + b * c, np.zeros_like(x, dtype=int) + 1
     _same_as_numpy(lambda x: fill(x)[0])
     assert dp.differentiable(lambda x: fill(x)[1])(X).dtype == fill(X)[1].dtype
+
+
+def test_zeros_like_masks_and_plain_reads_stay_constants():
+    # (a reviewer: a bool mask from zeros_like became traced, so x[mask] was refused, and
+    # float(np.zeros_like(a)[0]) was taken for a function of a)
+    def f(a):
+        mask = np.zeros_like(a, dtype=bool)
+        mask[1] = True
+        return a[mask] * float(np.zeros_like(a)[0] + 2.0)
+    got, want = dp.differentiable(f)(X), f(X)
+    assert np.array_equal(got, want)
+    assert dp.differentiable(lambda a: np.full_like(a, a[0], shape=()))(X).shape == ()

@@ -324,3 +324,27 @@ def test_vector_norms_of_any_order_are_numpys_bits_and_type(dtype):
             got = dp.differentiable(lambda x: np.linalg.norm(x, order))(a)
             want = np.linalg.norm(a, order)
             assert type(got) is type(want) and got == want, (order, got, want)
+
+
+def test_quantile_axes_and_two_dimensional_q_as_numpy():
+    a = np.array([3.0, 1.0, 2.0])
+    got = dp.differentiable(lambda a: np.quantile(a, [[0.2, 0.9]]))(a)
+    assert got.shape == (1, 2) and np.array_equal(got, np.quantile(a, [[0.2, 0.9]]))
+    assert dp.differentiable(lambda a: np.quantile(a, 0.3, axis=(0,)))(a) == np.quantile(a, 0.3)
+    with pytest.raises(dp.errors.ShapeError, match="out of bounds"):
+        dp.differentiable(lambda a: np.quantile(a, 0.3, axis=1))(a)
+
+
+@pytest.mark.parametrize("order", [np.int64(3), np.float32(3), -np.float64(1.5), -1, -3])
+def test_norm_orders_given_as_numpy_scalars_keep_numpys_dtype(order):
+    import warnings
+    rng = np.random.default_rng(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (NumPy: 0 ** -1)
+        for v in (rng.standard_normal(9).astype(np.float32), np.array([0.0, 1.5, -2.0])):
+            got, want = dp.differentiable(lambda x: np.linalg.norm(x, order))(v), np.linalg.norm(v, order)
+            assert type(got) is type(want) and got == want
+    if order < 0:  # the norm is 0 around a zero element: its derivative 0, not NaN
+        np.testing.assert_array_equal(
+            dp.grad(lambda x: np.linalg.norm(x, order))(np.array([0.0, 1.5, -2.0])), 0.0)
+    assert type(dp.differentiable(lambda m: np.linalg.norm(m, 1))(np.eye(2))) is np.float64
