@@ -41,6 +41,33 @@ def _avals(values) -> list:
     return [strong(v.aval) if isinstance(v, Tracer) else aval_of(_as_leaf(v)) for v in values]
 
 
+def _eager_predicate(value):
+    if np.shape(value) != ():
+        raise ShapeError(f"dp.while_loop: cond_fn must return a scalar, got shape "
+                         f"{np.shape(value)}. Fix: reduce it (np.any / np.all).")
+    return value
+
+
+def _same_carry(new, old) -> None:
+    """A while_loop body run as Python keeps its carry's structure, shapes and dtypes, as
+    the traced loop requires (the same code must not pass here and fail under dp.grad)."""
+    new_leaves, new_tree = flatten(new)
+    old_leaves, old_tree = flatten(old)
+    if new_tree != old_tree:
+        raise ArgumentError(f"dp.while_loop: body_fn returned structure {new_tree}, the carry "
+                            f"has {old_tree}. Fix: return the carry's structure.")
+    for n, o in zip(new_leaves, old_leaves):
+        if np.shape(n) != np.shape(o):
+            raise ShapeError(f"dp.while_loop: body_fn changed a carry's shape from "
+                             f"{np.shape(o)} to {np.shape(n)}. Fix: the loop carry must keep "
+                             f"its shape from step to step.")
+        old_dtype, new_dtype = np.result_type(o), np.result_type(n)
+        if new_dtype != old_dtype and not np.can_cast(new_dtype, old_dtype, "same_kind"):
+            raise ArgumentError(f"dp.while_loop: body_fn changed a carry's dtype from "
+                                f"{old_dtype} to {new_dtype}. Fix: keep its dtype "
+                                f"(.astype({old_dtype.name})).")
+
+
 def _callable(fn, where: str) -> None:
     """Refuse a body that is not a function (dp.scan(3, ...) failed deep inside)."""
     if not callable(fn):
@@ -266,6 +293,10 @@ def cond(pred, true_fn: Callable, false_fn: Callable, *operands):
     _callable(true_fn, "dp.cond: true_fn")
     _callable(false_fn, "dp.cond: false_fn")
     if not isinstance(pred, Tracer):
+        if np.shape(pred) != ():  # (the same refusal as for a traced predicate, below)
+            raise ShapeError(f"dp.cond: the predicate must be a scalar, got shape "
+                             f"{np.shape(pred)}. Fix: reduce it (np.any / np.all), or use "
+                             f"np.where for elementwise choices.")
         return true_fn(*operands) if bool(pred) else false_fn(*operands)
     if pred.shape != ():
         raise ShapeError(f"dp.cond: the predicate must be a scalar, got shape {pred.shape}. "
@@ -371,9 +402,11 @@ def while_loop(cond_fn: Callable, body_fn: Callable, init_val, max_steps: int | 
     leaves = [_as_leaf(x) for x in leaves]
     avals = _avals(leaves)
     if not any(isinstance(x, Tracer) for x in leaves) and not tracing_active():
-        val = init_val
-        while bool(cond_fn(val)):
-            val = body_fn(val)
+        val = init_val  # (run as Python, with the checks the traced loop makes)
+        while bool(_eager_predicate(cond_fn(val))):
+            new = body_fn(val)
+            _same_carry(new, val)
+            val = new
         return val
     g_c, c_tree, cap_c = trace_user(lambda v: _as_leaf(cond_fn(v)), _single(tree), avals,
                                     "cond_fn of dp.while_loop")

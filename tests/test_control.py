@@ -336,3 +336,17 @@ def test_loops_of_no_steps_differentiate():
 def test_bodies_that_are_not_functions_are_refused_by_name(call):
     with pytest.raises(dp.errors.ArgumentError, match="must be a function"):
         call()
+
+
+def test_eager_cond_and_while_loop_make_the_traced_checks():
+    # (a reviewer: run as Python they accepted what dp.grad of the same code refused, and a
+    # vector predicate gave NumPy's "truth value of an array is ambiguous")
+    with pytest.raises(dp.errors.ShapeError, match="predicate must be a scalar"):
+        dp.cond(np.array([True, False]), lambda: 1.0, lambda: 2.0)
+    with pytest.raises(dp.errors.ShapeError, match="changed a carry's shape"):
+        dp.while_loop(lambda v: np.sum(v) < 10, lambda v: np.concatenate([v, v]), np.ones(2))
+    with pytest.raises(dp.errors.ShapeError, match="must return a scalar"):
+        dp.while_loop(lambda v: v < 10, lambda v: v * 2, np.ones(2))
+    with pytest.raises(dp.errors.ArgumentError, match="changed a carry's dtype"):
+        dp.while_loop(lambda i: i < 10, lambda i: i + 0.5, 0)
+    assert dp.while_loop(lambda i: i < 10, lambda i: i + 1, 0) == 10
