@@ -31,7 +31,7 @@ import numpy as np
 _IMPURE: dict | None = None  # id(function) -> (function, what a call does)
 _WRAPPERS: dict = {}         # id(function) -> its recording wrapper
 #: modules whose impure functions are wrapped when the traced code reads the module
-_MODULES = ("time", "os", "os.path", "posixpath", "ntpath", "secrets", "uuid")
+_MODULES = ("time", "os", "posixpath", "ntpath", "secrets", "uuid")  # (os.path is posixpath)
 
 
 def _impure() -> dict:

@@ -343,8 +343,6 @@ class ExternalReads:
             return _ClassView(value, self, path, depth)
         elif type(value) is set:
             self._guard(path, _same_members)
-        elif type(value).__module__.startswith("scipy.sparse") and hasattr(value, "format"):
-            self._guard(path, _same_sparse)
         else:  # a NumPy ufunc, a builtin, a library's object or class: rebinding retraces
             self._guard(path, _same_object)
         return value

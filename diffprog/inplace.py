@@ -94,7 +94,8 @@ def known_c(x, depth: int = 0) -> bool:
     Fortran-ordered); arguments and views are not known."""
     if depth > 16:
         return False
-    eqn = _producer(x)
+    from .tracing import producer
+    eqn = producer(x, 4096)
     if eqn is None:
         return False
     name, ndim = eqn.prim.name, len(x._var.aval.shape)
@@ -128,14 +129,6 @@ def _leading_rows(index) -> bool:
     return all(isinstance(i, slice) and i == slice(None) for i in rest)
 
 
-def _producer(x):
-    var = x._var
-    for eqn in reversed(x._trace.eqns[-4096:]):
-        if any(o is var for o in eqn.outputs):
-            return eqn
-    return None
-
-
 def _tracer_of(x, var):
     """A stand-in tracer for ``var`` (a value of x's trace), to follow its producer."""
     from .tracing import Tracer
@@ -164,8 +157,7 @@ def set_shape(x, shape) -> None:
     agree on where each element lives)."""
     from . import numpy_api as npa
     _refuse_given(x, "x.shape = ...")
-    if x._views and any(r() is not None and r()._view is not None and r()._view[0] is x
-                        for r in x._views):
+    if any(True for _ in _live_views(x)):
         raise ArgumentError(
             "x.shape = ... on an array that has views in use (slices, reshapes): diffprog "
             "cannot follow them through the new shape. Fix: y = x.reshape(...) instead.")
@@ -187,16 +179,18 @@ def replaced(x, new) -> None:
     x._trace, x._var, x.val = new._trace, new._var, new.val
 
 
+def _live_views(x):
+    """The views of ``x`` still in use (and still views of x)."""
+    for ref in list(x._views or ()):
+        view = ref()
+        if view is not None and view._view is not None and view._view[0] is x:
+            yield view
+
+
 def _refresh_views(x, what: str) -> None:
     """Recompute the live views of ``x`` (just changed) from its new value."""
-    views = x._views
-    if not views:
-        return
     from .tracing import bind
-    for ref in list(views):
-        view = ref()
-        if view is None or view._view is None or view._view[0] is not x:
-            continue
+    for view in _live_views(x):
         _, prim, params, ambiguous = view._view
         if ambiguous:
             raise ArgumentError(_view_refusal(what, prim.name, ambiguous))
@@ -247,9 +241,6 @@ def _refuse_given(x, what: str) -> None:
 def operator_in_place(x, result, symbol: str):
     """``x <symbol>= ...`` (``result``: ``x <symbol> ...``): ``x`` changed, returned."""
     from .numpy_api import astype
-    from .tracing import Tracer
-    if not isinstance(result, Tracer):
-        result = _as_traced(x, result)
     aval, new = x._var.aval, result._var.aval
     if new.shape != aval.shape:
         raise ShapeError(
@@ -265,11 +256,6 @@ def operator_in_place(x, result, symbol: str):
         result = astype(result, aval.dtype)
     change(x, result, f"x {symbol}= ...")
     return x
-
-
-def _as_traced(x, value):
-    """A constant result (nothing traced in it) as a traced value of ``x``'s trace."""
-    return np.where(True, value, x)
 
 
 def set_items(x, index, value):
@@ -329,8 +315,8 @@ def _has_tracer(index) -> bool:
 def storing_into_plain_array(frame) -> bool:
     """Is ``frame`` (user code) at ``y[index] = value``? (NumPy converting a traced value
     to store it into a plain array ``y`` asks for its number or its array.)"""
-    if frame is None or frame.f_code.co_filename.startswith(PACKAGE_DIR) or \
-            "site-packages" in frame.f_code.co_filename:
+    from .externals import is_user_file
+    if frame is None or not is_user_file(frame.f_code.co_filename):
         return False  # (diffprog's own stores, and a library's: tracing.call_user names it)
     import dis
     code, lasti = frame.f_code, frame.f_lasti

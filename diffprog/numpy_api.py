@@ -862,8 +862,7 @@ def _quantile(a, q, axis, method, keepdims, weights, weak_q, name, invalid):
         result = _lerp(ordered[previous_index], ordered[next_index], gamma)
     if np.issubdtype(dtype_of(arr), np.inexact) and count:
         last = ordered[-1]
-        result = elementwise.where(elementwise.isnan(last), last, result)
-        result = result[()] if ndim(result) == 0 else result
+        result = _scalar_if_0d(elementwise.where(elementwise.isnan(last), last, result))
     if keepdims:
         result = reshape(result, q.shape + kept)
     return result
@@ -875,8 +874,7 @@ def _lerp(a, b, t):
     diff = b - a
     low = a + diff * t
     high = astype(b - diff * (1 - t), dtype_of(low), copy=False)
-    result = elementwise.where(np.asanyarray(t) >= 0.5, high, low)
-    return result[()] if ndim(result) == 0 else result
+    return _scalar_if_0d(elementwise.where(np.asanyarray(t) >= 0.5, high, low))
 
 
 @implements(np.cumsum, method="cumsum")

@@ -374,11 +374,19 @@ def may_be_strided(tracer: "Tracer") -> bool:
     of ``x[::-1]``). Values a ufunc or a product made are contiguous."""
     if math.prod(tracer.aval.shape) <= 1:
         return False
-    var, eqns = tracer._var, tracer._trace.eqns
-    for eqn in eqns[:-_LOOK_BACK - 1:-1]:
+    eqn = producer(tracer)
+    # (None: an input of the trace, or made long ago: kept, to be safe)
+    return eqn is None or not makes_contiguous(eqn.prim)
+
+
+def producer(tracer: "Tracer", look_back: int = _LOOK_BACK):
+    """The equation of its trace that made ``tracer``'s value, among the last
+    ``look_back``; None (an input, or older)."""
+    var = tracer._var
+    for eqn in tracer._trace.eqns[:-look_back - 1:-1]:
         if any(o is var for o in eqn.outputs):
-            return not makes_contiguous(eqn.prim)
-    return True  # an input of the trace, or made long ago: kept, to be safe
+            return eqn
+    return None
 
 
 def _as_tracer_in(trace: Trace, x: Any) -> Any:
@@ -624,22 +632,26 @@ def call_user(fn: Callable, *args):
     try:
         return fn(*args)
     except DiffprogError as e:
-        if not isinstance(e, UnsupportedAttributeError) or _library_call(e.__traceback__) is None:
+        library = _library_call(e.__traceback__) \
+            if isinstance(e, UnsupportedAttributeError) else None
+        if library is None:
             raise
-        return _library_failure(e)
+        return _library_failure(e, library)
     except Exception as e:
         pending = _STORE_ERROR.get() if isinstance(e, ValueError) else None
         if pending is not None:
             _STORE_ERROR.set(None)
             raise pending from e
-        if _library_call(e.__traceback__) is None or not _CONVERSION_FAILURE.search(str(e)):
+        library = _library_call(e.__traceback__)
+        if library is None or not _CONVERSION_FAILURE.search(str(e)):
             raise  # (a library's own error about the values: a simplex, a range...)
-        return _library_failure(e)
+        return _library_failure(e, library)
 
 
-def _library_failure(e: Exception):
-    """Raise the error naming the library function that failed on traced values."""
-    function, line = _library_call(e.__traceback__)
+def _library_failure(e: Exception, library: tuple):
+    """Raise the error naming the library function (``library``: _library_call's) that
+    failed on traced values."""
+    function, line = library
     raise UnsupportedFunctionError(
             f"{function} (called at {line}) failed on traced values: {type(e).__name__}: "
             f"{str(e).strip()[:300]}\nIt has no diffprog rule: it converts its arguments to "
